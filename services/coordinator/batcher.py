@@ -1,0 +1,165 @@
+"""The coordinator: reads new tasks, groups them into batches, flushes batches on time.
+
+Correctness lives in one Lua script (``shared/lua/batch.lua``): adding, flushing and
+acknowledging happen atomically, so any number of coordinators may run and any may die.
+The timer's deadline is a Redis key every coordinator watches, so a batch opened by a
+coordinator that died is still flushed on time by another. A short ``SET NX PX`` lock keeps
+replicas from all running the same timer flush at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from services.coordinator.settings import CoordinatorSettings
+from shared import groups, logs
+from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
+from shared.redis_conn import UNAVAILABLE
+from shared.scripts import Scripts
+from shared.timeutil import now_ms
+
+log = logs.get("sluice.coordinator")
+READ_COUNT = 256
+FLUSH_LOCK_MS = 5000
+MAX_TIMER_WAIT_S = 1.0
+
+
+class Coordinator:
+    def __init__(self, settings: CoordinatorSettings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.common.redis_prefix)
+        self.scripts = Scripts.register(redis)
+        self.name = settings.name
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        await groups.ensure_group(self.redis, self.keys.tasks_stream, TASKS_GROUP)
+        await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
+        log.info("coordinator_started", name=self.name)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._forever(self._intake_once, "intake"))
+            tg.create_task(self._forever(self._timer_loop, "timer"))
+            tg.create_task(self._forever(self._heartbeat_once, "heartbeat",
+                                         self.settings.heartbeat_s))
+            tg.create_task(self._forever(self._housekeeping_once, "housekeeping", 2.0))
+        await self.redis.zrem(self.keys.coordinators_alive, self.name)
+        log.info("coordinator_stopped", name=self.name)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
+        """Run ``step`` until asked to stop; survive Redis outages with capped backoff."""
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                await step()
+                delay = 0.1
+            except UNAVAILABLE as exc:
+                log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
+                            error=type(exc).__name__)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if pause:
+                await self._sleep(pause)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    # --- batching ---------------------------------------------------------------------------
+    async def _batch(self, mode: str, extra: list[str] | None = None) -> list[int]:
+        k, b = self.keys, self.settings.batching
+        reply: list[int] = await self.scripts.batch(
+            keys=[k.open_batch, k.batch_deadline, k.batches_stream, k.tasks_stream,
+                  k.batch_seq, k.batch_backlog, k.processors_free, k.processors_alive,
+                  k.stats],
+            args=[mode, now_ms(), b.batch_size, b.batch_timeout_ms,
+                  "1" if b.batch_adaptive else "0", TASKS_GROUP, k.task(""), k.events(""),
+                  k.batch_channel, BATCHES_GROUP, *(extra or [])])
+        return reply
+
+    async def add(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        pairs: list[str] = []
+        for entry_id, fields in entries:
+            pairs += [entry_id, fields.get("id", "")]
+        for start in range(0, len(pairs), 2 * READ_COUNT):
+            await self._batch("add", pairs[start:start + 2 * READ_COUNT])
+
+    async def _intake_once(self) -> None:
+        reply: Any = await self.redis.xreadgroup(
+            TASKS_GROUP, self.name, {self.keys.tasks_stream: ">"}, count=READ_COUNT, block=1000)
+        for _stream, entries in reply or []:
+            if entries:
+                await self.add(entries)
+
+    async def flush(self, mode: str) -> int:
+        """Flush by 'timer' or 'idle' under the flush lock; returns batches flushed."""
+        token = secrets.token_hex(8)
+        lock = self.keys.flush_lock
+        if not await self.redis.set(lock, token, nx=True, px=FLUSH_LOCK_MS):
+            return 0
+        try:
+            _len, _deadline, flushed = await self._batch(mode)
+            return int(flushed)
+        finally:
+            await self.scripts.release(keys=[lock], args=[token])
+
+    async def _timer_loop(self) -> None:
+        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.keys.batch_channel)
+        try:
+            while not self.stopping.is_set():
+                await self._timer_step(pubsub)
+        finally:
+            await pubsub.aclose()
+
+    async def _timer_step(self, pubsub: PubSub) -> None:
+        deadline = int(await self.redis.get(self.keys.batch_deadline) or 0)
+        now = now_ms()
+        if deadline and deadline <= now:
+            if not await self.flush("timer"):
+                await asyncio.sleep(0.005)  # another replica holds the lock and is flushing
+            return
+        wait = MAX_TIMER_WAIT_S if not deadline else min(MAX_TIMER_WAIT_S, (deadline - now) / 1000)
+        message = await pubsub.get_message(timeout=wait)
+        if message is not None and message.get("data") == "capacity" \
+                and self.settings.batching.batch_adaptive:
+            await self.flush("idle")
+
+    # --- liveness and housekeeping ------------------------------------------------------------
+    async def _heartbeat_once(self) -> None:
+        k, now = self.keys, now_ms()
+        expiry = now + int(self.settings.heartbeat_s * 3000)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zadd(k.coordinators_alive, {self.name: expiry})
+            p.zremrangebyscore(k.coordinators_alive, "-inf", now - 60_000)
+            p.zrangebyscore(k.processors_alive, "-inf", now - 60_000)
+            _, _, gone = await p.execute()
+        if gone:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zrem(k.processors_alive, *gone)
+                p.hdel(k.processors_free, *gone)
+                p.hdel(k.processors_inflight, *gone)
+                await p.execute()
+
+    async def _housekeeping_once(self) -> None:
+        """Take over entries a dead coordinator read but never placed, and trim both streams."""
+        _next, entries, _deleted = await self.redis.xautoclaim(
+            self.keys.tasks_stream, TASKS_GROUP, self.name,
+            min_idle_time=self.settings.reclaim_idle_ms, start_id="0-0", count=READ_COUNT)
+        live = [(eid, fields) for eid, fields in entries if fields]
+        if live:
+            log.warning("reclaimed_tasks", count=len(live))
+            await self.add(live)
+        await groups.trim_consumed(self.redis, self.keys.tasks_stream, TASKS_GROUP)
+        await groups.trim_consumed(self.redis, self.keys.batches_stream, BATCHES_GROUP)

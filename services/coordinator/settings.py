@@ -1,0 +1,31 @@
+"""Coordinator settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from shared.config import Batching, Common, Env
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    common: Common
+    batching: Batching
+    name: str
+    heartbeat_s: float
+    reclaim_idle_ms: int
+    drain_s: float
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> CoordinatorSettings:
+        env = env or Env()
+        return cls(
+            common=Common.from_env(env),
+            batching=Batching.from_env(env),
+            name=env.text("COORDINATOR_NAME", f"coord-{socket.gethostname()}-{os.getpid()}"),
+            heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
+            reclaim_idle_ms=env.integer("COORDINATOR_RECLAIM_IDLE_MS", 5000, min_value=100),
+            drain_s=env.number("DRAIN_S", 5.0, min_value=0),
+        )

@@ -1,0 +1,35 @@
+"""``python -m services.edge``"""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
+from shared import logs
+from shared.config import ConfigError, describe
+from shared.runtime import install_uvloop
+
+
+def main() -> None:
+    try:
+        settings = EdgeSettings.from_env()
+    except ConfigError as exc:
+        print(f"sluice edge: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(settings.common.log_format, settings.common.log_level)
+    log = logs.get("sluice.edge")
+    log.info("starting", port=settings.port, settings=describe(settings.common))
+    if settings.open_access:
+        log.warning("open_access", detail="EDGE_API_KEYS is not set: anyone who can reach this "
+                    "port can submit tasks and read results")
+    install_uvloop()
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                reuse_port=True, shutdown_timeout=settings.shutdown_timeout_s,
+                access_log=None, print=None, handle_signals=True)
+
+
+if __name__ == "__main__":
+    main()

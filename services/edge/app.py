@@ -1,0 +1,48 @@
+"""The edge: ``create_app(settings)`` builds the aiohttp application; no I/O at import."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from services.edge import views_status, views_tasks
+from services.edge.auth import auth_middleware
+from services.edge.context import SETTINGS, resources
+from services.edge.errors import Handler, error_middleware
+from services.edge.settings import EdgeSettings
+from shared import logs
+
+log = logs.get("sluice.edge")
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One summary line per request; no bodies, no keys, no prompts."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        if request.path != "/api/health":
+            log.info("request", method=request.method, path=request.path, status=status,
+                     ms=round((time.perf_counter() - started) * 1000, 2),
+                     task_id=request.get("task_id") or request.match_info.get("id"))
+
+
+def create_app(settings: EdgeSettings) -> web.Application:
+    # client_max_size is a backstop: read_json enforces MAX_BODY_BYTES while streaming.
+    app = web.Application(client_max_size=settings.max_body_bytes + 1,
+                          middlewares=[access_log, error_middleware, auth_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(resources)
+    r = app.router
+    r.add_post("/api/tasks", views_tasks.create_task)
+    r.add_get("/api/tasks/{id}", views_tasks.get_task)
+    r.add_delete("/api/tasks/{id}", views_tasks.cancel_task)
+    r.add_get("/api/health", views_status.health)
+    r.add_get("/api/async-status", views_status.async_status)
+    r.add_get("/api/ai-status", views_status.ai_status)
+    return app

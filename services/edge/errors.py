@@ -1,0 +1,70 @@
+"""Every error leaves the edge as ``{"error": {"code", "message"}}`` with the right status:
+never a 500 page or a traceback. OpenAI-compatible routes use OpenAI's shape instead."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from shared import logs
+from shared.redis_conn import UNAVAILABLE
+
+log = logs.get("sluice.edge")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+                 413: "invalid_request_error", 415: "invalid_request_error",
+                 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *,
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+        self.param = param
+
+
+def error_response(request: web.Request, err: ApiError) -> web.Response:
+    if request.path.startswith("/v1/"):
+        body = {"error": {"message": err.message, "code": err.code, "param": err.param,
+                          "type": _OPENAI_TYPES.get(err.status, "api_error")}}
+    else:
+        body = {"error": {"code": err.code, "message": err.message}}
+        if err.param:
+            body["error"]["field"] = err.param
+    return web.Response(status=err.status, body=orjson.dumps(body),
+                        content_type="application/json", headers=err.headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+               400: "bad_request", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.status != 413 else "request body is too large"
+        return error_response(request, ApiError(exc.status, code, message))
+    except UNAVAILABLE:
+        log.warning("redis_unavailable", path=request.path)
+        return error_response(request, ApiError(
+            503, "unavailable", "the queue is unavailable, retry shortly",
+            headers={"Retry-After": "1"}))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return error_response(request, ApiError(500, "internal", "internal error"))

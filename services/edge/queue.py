@@ -1,0 +1,100 @@
+"""The edge's operations on the queue: submit, read and cancel tasks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from services.edge.context import Edge
+from services.edge.errors import ApiError
+from services.edge.validation import TaskRequest
+from shared import tasks
+from shared.redis_conn import hash_of
+from shared.timeutil import iso, now_ms
+
+_QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    id: str
+    created_at: int
+    existing: bool
+
+
+def body_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None) -> Submitted:
+    digest = body_hash(req.payload) if idem_key else ""
+    if idem_key:
+        known = await edge.store.get_idempotency_key(tenant, idem_key)
+        if known is not None:
+            return _replay(known, digest)
+    task_id, created = tasks.new_task_id(), now_ms()
+    k = edge.keys
+    outcome, tid = await edge.scripts.submit(
+        keys=[k.task(task_id), k.events(task_id), k.tasks_stream,
+              k.idempotency(tenant, idem_key or "")],
+        args=[task_id, tenant, orjson.dumps(req.payload), req.model, created, digest,
+              edge.settings.idempotency_ttl_s, _QUEUED_EVENT, edge.settings.task_ttl_s])
+    if outcome == "conflict":
+        raise _idempotency_conflict()
+    if outcome == "existing":
+        return Submitted(tid, int(await edge.redis.hget(k.task(tid), "created_at") or created),
+                         existing=True)
+    if idem_key:
+        await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
+    return Submitted(task_id, created, existing=False)
+
+
+def _replay(known: tuple[str, str], digest: str) -> Submitted:
+    task_id, stored = known
+    if stored != digest:
+        raise _idempotency_conflict()
+    return Submitted(task_id, 0, existing=True)
+
+
+def _idempotency_conflict() -> ApiError:
+    return ApiError(409, "idempotency_conflict",
+                    "this Idempotency-Key was used with a different body")
+
+
+async def read(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
+    """The task as clients see it: from Redis while it is known there, else from the store."""
+    if not task_id.startswith("tsk_") or len(task_id) > 64:
+        raise not_found()
+    h = await hash_of(edge.redis, edge.keys.task(task_id))
+    if h:
+        if h.get("tenant") != tenant:
+            raise not_found()
+        return tasks.view_from_redis(h)
+    row = await edge.store.get_task(task_id)
+    if row is None or row["tenant"] != tenant:
+        raise not_found()
+    return tasks.view_from_row(row)
+
+
+async def cancel(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
+    k = edge.keys
+    outcome = await edge.scripts.cancel(
+        keys=[k.task(task_id), k.events(task_id)],
+        args=[tenant, now_ms(), k.cancel_channel, task_id, edge.settings.retention_s])
+    if outcome == "missing":
+        await read(edge, tenant, task_id)  # 404 unless the store knows it (then terminal)
+        outcome = "terminal"
+    if outcome == "terminal":
+        raise ApiError(409, "already_terminal", "the task has already finished")
+    return {"id": task_id, "status": tasks.CANCELLED if outcome == "cancelled" else "cancelling"}
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "not_found", "no such task")
+
+
+def accepted_body(sub: Submitted) -> dict[str, Any]:
+    return {"id": sub.id, "status": tasks.QUEUED, "created_at": iso(sub.created_at or now_ms())}

@@ -1,0 +1,106 @@
+"""Health and monitoring: /api/health, /api/async-status, /api/ai-status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from services.edge.context import edge_of
+from services.edge.views_tasks import json_response
+from shared.keys import BATCHES_GROUP, TASKS_GROUP
+from shared.redis_conn import hash_of
+from shared.timeutil import iso, now_ms
+
+
+async def health(request: web.Request) -> web.Response:
+    edge = edge_of(request)
+    checks: dict[str, str] = {}
+    for name, probe in (("redis", edge.redis.ping()), ("store", edge.store.ping())):
+        try:
+            await asyncio.wait_for(probe, timeout=2)
+            checks[name] = "ok"
+        except Exception as exc:  # any failure of a probe means that dependency is down
+            checks[name] = f"down: {type(exc).__name__}"
+    failing = [n for n, v in checks.items() if v != "ok"]
+    body: dict[str, Any] = {
+        "status": "ok" if not failing else "unavailable",
+        "checks": checks,
+        "auth": "open (no EDGE_API_KEYS: anyone can submit)" if edge.settings.open_access
+        else "api-keys",
+    }
+    if failing:
+        body["failing"] = failing
+    return json_response(body, 200 if not failing else 503)
+
+
+async def _group(redis: Any, stream: str, group: str) -> dict[str, int]:
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except RedisError:
+        return {"lag": 0, "pending": 0}
+    for g in groups:
+        if g["name"] == group:
+            return {"lag": int(g.get("lag") or 0), "pending": int(g.get("pending") or 0)}
+    return {"lag": 0, "pending": 0}
+
+
+async def async_status(request: web.Request) -> web.Response:
+    edge = edge_of(request)
+    k, r, now = edge.keys, edge.redis, now_ms()
+    async with r.pipeline(transaction=False) as p:
+        p.zrangebyscore(k.processors_alive, now, "+inf")
+        p.zcount(k.coordinators_alive, now, "+inf")
+        p.hgetall(k.processors_free)
+        p.hgetall(k.processors_inflight)
+        p.llen(k.open_batch)
+        p.get(k.batch_deadline)
+        p.get(k.batch_backlog)
+        p.hgetall(k.stats)
+        procs, coords, free, inflight, open_len, deadline, backlog, stats = await p.execute()
+    tasks_q = await _group(r, k.tasks_stream, TASKS_GROUP)
+    batches_q = await _group(r, k.batches_stream, BATCHES_GROUP)
+    b = edge.settings.batching
+    return json_response({
+        "status": "ok",
+        "coordinators": {"alive": coords > 0, "count": coords},
+        "processors": {
+            "alive": len(procs) > 0, "count": len(procs),
+            "free_capacity": sum(int(free.get(p, 0)) for p in procs),
+            "tasks_in_flight": sum(int(inflight.get(p, 0)) for p in procs),
+        },
+        "queue": {"depth": tasks_q["lag"] + tasks_q["pending"]},
+        "open_batch": {"size": open_len,
+                       "flush_at": iso(deadline) if deadline else None},
+        "batches": {"waiting": batches_q["lag"], "in_flight": batches_q["pending"],
+                    "tasks_waiting": int(backlog or 0)},
+        "settings": {"batchSize": b.batch_size, "batchTimeoutMs": b.batch_timeout_ms,
+                     "batchAdaptive": b.batch_adaptive, "lockTtlMs": b.lock_ttl_ms,
+                     "aiTimeoutS": edge.settings.provider.ai_timeout_s},
+        "stats": {key: int(v) for key, v in stats.items()},
+        "batchProcessing": True,
+        "streamingSupport": True,
+        "fallbackSupport": True,
+        "timestamp": iso(now),
+    })
+
+
+async def ai_status(request: web.Request) -> web.Response:
+    edge = edge_of(request)
+    p = edge.settings.provider
+    h = await hash_of(edge.redis, edge.keys.ai_status)
+    streaming = h.get("streaming")
+    return json_response({
+        "base_url": p.ai_base_url,
+        "model": p.ai_model,
+        "mock": p.ai_base_url.startswith("http://127.0.0.1:8090") or p.is_mock,
+        "api_key_configured": p.ai_api_key is not None,
+        "streaming": None if streaming is None else streaming == "1",
+        "streaming_checked_at": iso(h.get("streaming_at")),
+        "last_success_at": iso(h.get("success_at")),
+        "last_error": h.get("error"),
+        "last_error_at": iso(h.get("error_at")),
+        "timeout_s": p.ai_timeout_s,
+    })

@@ -1,0 +1,52 @@
+"""Thin handlers for /api/tasks: parse, call one queue operation, answer JSON."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from services.edge import queue
+from services.edge.auth import tenant_of
+from services.edge.context import edge_of
+from services.edge.errors import ApiError
+from services.edge.validation import parse_task, read_json
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255 or not key.isprintable():
+        raise ApiError(422, "invalid_request", "Idempotency-Key: 1 to 255 printable characters",
+                       param="Idempotency-Key")
+    return key
+
+
+async def create_task(request: web.Request) -> web.Response:
+    edge = edge_of(request)
+    key = idempotency_key(request)
+    req = parse_task(await read_json(request, edge.settings.max_body_bytes), edge.settings)
+    tenant = tenant_of(request)
+    sub = await queue.submit(edge, tenant, req, key)
+    body = queue.accepted_body(sub)
+    if sub.existing:
+        view = await queue.read(edge, tenant, sub.id)
+        body = {"id": sub.id, "status": view["status"], "created_at": view["created_at"]}
+    request["task_id"] = sub.id
+    return json_response(body, 202, {"Location": f"/api/tasks/{sub.id}"})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    view = await queue.read(edge_of(request), tenant_of(request), request.match_info["id"])
+    return json_response(view)
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    out = await queue.cancel(edge_of(request), tenant_of(request), request.match_info["id"])
+    return json_response(out, 202 if out["status"] == "cancelling" else 200)

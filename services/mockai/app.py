@@ -1,0 +1,452 @@
+"""aiohttp application: OpenAI-compatible endpoints plus the /mock control plane.
+
+Run it with `handler_cancellation=True` on the runner (``python -m services.mockai`` and
+aiohttp's TestServer both do) so a client disconnect cancels the handler at once and
+`disconnected_at` is exact. Without it, disconnects are still detected: by the next
+failing write, or by the transport poll in `_sleep` during long waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .faults import (
+    Fault,
+    FaultCounters,
+    FaultKind,
+    FaultSpecError,
+    parse_fault,
+    parse_fault_header,
+)
+from .protocol import (
+    DONE,
+    ChatRequest,
+    ChunkEncoder,
+    RequestError,
+    completion_body,
+    error_body,
+    parse_chat_request,
+    status_error_defaults,
+    stream_error_event,
+    usage,
+)
+from .records import RecordStore, RequestRecord
+from .settings import MockSettings
+from .text import content_tokens, reasoning_tokens
+
+log = structlog.get_logger("mockai")
+
+# Long waits (TTFT, stalls) wake this often to notice a vanished client even when the
+# runner does not cancel handlers; short enough for tests, cheap for 1,000 streams.
+POLL_S = 0.25
+# Prompts can be big (benchmarks replay long contexts); aiohttp's default is 1 MiB.
+CLIENT_MAX_SIZE = 32 * 1024 * 1024
+# Faults that fire at a position in the content stream.
+_POSITIONAL = frozenset({FaultKind.CUT, FaultKind.STALL, FaultKind.STREAM_ERROR})
+
+
+class MockState:
+    """Mutable per-app state: request records, fault counters, id sequence."""
+
+    __slots__ = ("_ids", "_prefix", "faults", "records", "started")
+
+    def __init__(self) -> None:
+        self.records = RecordStore()
+        self.faults = FaultCounters()
+        self.started = int(time.time())
+        # Random per-process prefix keeps ids unique across restarts; the counter keeps
+        # them cheap and ordered within one process.
+        self._prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"chatcmpl-{self._prefix}{next(self._ids):010x}"
+
+
+SETTINGS_KEY = web.AppKey("mockai_settings", MockSettings)
+STATE_KEY = web.AppKey("mockai_state", MockState)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything about one completion, decided before the first byte is sent."""
+
+    cid: str
+    created: int
+    model: str
+    reasoning: tuple[str, ...]
+    content: tuple[str, ...]
+    finish_reason: str
+    usage: dict[str, Any]
+    include_usage: bool
+    ttft_s: float
+    interval_s: float  # 0 = no pacing between tokens
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+async def _sleep(request: web.Request, seconds: float) -> None:
+    """Sleep, but raise ConnectionResetError as soon as the client is seen to be gone."""
+    if seconds <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while True:
+        remaining = end - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.sleep(min(remaining, POLL_S))
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client disconnected")
+
+
+def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
+    mock = req.mock
+    n_content = settings.content_tokens if mock.content_tokens is None else mock.content_tokens
+    n_reasoning = (
+        settings.reasoning_tokens if mock.reasoning_tokens is None else mock.reasoning_tokens
+    )
+    finish_reason = "stop"
+    if req.max_tokens is not None and req.max_tokens < n_content:
+        n_content, finish_reason = req.max_tokens, "length"
+    ttft_ms = settings.ttft_ms if mock.ttft_ms is None else mock.ttft_ms
+    rate = settings.tokens_per_s if mock.tokens_per_s is None else mock.tokens_per_s
+    return Plan(
+        cid=cid,
+        created=int(time.time()),
+        model=req.model or settings.model,
+        reasoning=reasoning_tokens(req.prompt.seed, n_reasoning),
+        content=content_tokens(req.prompt.seed, n_content),
+        finish_reason=finish_reason,
+        usage=usage(req.prompt.words, n_reasoning, n_content),
+        include_usage=req.include_usage,
+        ttft_s=ttft_ms / 1000.0,
+        interval_s=1.0 / rate if rate > 0 else 0.0,
+    )
+
+
+def _auth_failure(request: web.Request, api_key: str | None) -> web.Response | None:
+    if api_key is None:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode()):
+        return None
+    message = "Incorrect API key provided." if header else "You didn't provide an API key."
+    return _json(
+        error_body(message, "invalid_request_error", "invalid_api_key"),
+        status=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+# --- handlers --------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json(b'{"status":"ok"}')
+
+
+async def list_models(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    denied = _auth_failure(request, settings.api_key)
+    if denied is not None:
+        return denied
+    model = {
+        "id": settings.model,
+        "object": "model",
+        "created": request.app[STATE_KEY].started,
+        "owned_by": "sluice-mockai",
+    }
+    return web.json_response({"object": "list", "data": [model]})
+
+
+async def mock_requests(request: web.Request) -> web.Response:
+    records = request.app[STATE_KEY].records.to_json(request.query.get("tag"))
+    return web.json_response({"requests": records})
+
+
+async def mock_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    cleared = state.records.clear()
+    state.faults.clear()
+    return web.json_response({"status": "ok", "cleared": cleared})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
+    state = request.app[STATE_KEY]
+    cid = state.new_id()
+    rec = RequestRecord(cid)
+    state.records.add(rec)
+    headers = {"X-Request-Id": cid}
+
+    denied = _auth_failure(request, settings.api_key)
+    if denied is not None:
+        rec.finish("rejected", 401)
+        return denied
+
+    try:
+        req = parse_chat_request(await request.read())
+    except RequestError as exc:
+        rec.finish("rejected", 400)
+        return _json(error_body(str(exc), code=exc.code), 400, headers)
+    rec.tag = req.mock.tag
+
+    try:
+        header = request.headers.get("X-Mock-Fault")
+        fault: Fault | None = None
+        if header is not None:  # header wins over the body, per the fault contract
+            fault = parse_fault_header(header)
+        elif req.mock.fault is not None:
+            fault = parse_fault(req.mock.fault)
+    except FaultSpecError as exc:
+        rec.finish("rejected", 400)
+        return _json(error_body(str(exc), code="invalid_mock_fault"), 400, headers)
+
+    if fault is not None:
+        rec.fault_key = fault.key
+        if state.faults.claim(fault):
+            rec.fault = fault.kind.value
+            log.info("mockai.fault", request_id=cid, kind=fault.kind.value, key=fault.key)
+        else:
+            fault = None
+
+    if fault is not None and fault.kind is FaultKind.STATUS:
+        return _status_fault(rec, fault, headers)
+
+    plan = _plan(settings, req, cid)
+    rec.set_tokens(plan.reasoning, plan.content)
+    stream = (
+        req.stream
+        and not settings.no_stream
+        and not (fault is not None and fault.kind is FaultKind.JSON)
+    )
+    rec.stream = stream
+    if stream:
+        return await _SseStream(request, rec, plan, fault).run(headers)
+    return await _respond_json(request, rec, plan, fault, headers)
+
+
+def _client_gone(rec: RequestRecord) -> None:
+    if rec.client_gone():  # False when we closed the connection ourselves (cut fault)
+        log.info(
+            "mockai.client_disconnected",
+            request_id=rec.id,
+            tokens_sent=rec.reasoning_sent + rec.content_sent,
+        )
+
+
+def _status_fault(rec: RequestRecord, fault: Fault, headers: dict[str, str]) -> web.Response:
+    error_type, code = status_error_defaults(fault.status)
+    body = error_body(
+        fault.message or f"mock: injected HTTP {fault.status}",
+        fault.error_type or error_type,
+        fault.code if fault.code is not None else code,
+    )
+    if fault.retry_after is not None:
+        headers["Retry-After"] = fault.retry_after
+    rec.finish("error_status", fault.status)
+    return _json(body, fault.status, headers)
+
+
+async def _respond_json(
+    request: web.Request,
+    rec: RequestRecord,
+    plan: Plan,
+    fault: Fault | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Non-streaming answer, after the whole generation time has elapsed."""
+    n_reasoning, n_content = len(plan.reasoning), len(plan.content)
+    positional = fault is not None and fault.kind in _POSITIONAL
+    # A positional fault fires once `after` content tokens would have been generated.
+    generated = n_reasoning + (min(fault.after, n_content) if fault and positional else n_content)
+    delay = plan.ttft_s + generated * plan.interval_s
+    if fault is not None and fault.kind is FaultKind.STALL:
+        delay += fault.stall_s + (n_content - min(fault.after, n_content)) * plan.interval_s
+    try:
+        await _sleep(request, delay)
+    except ConnectionError:
+        _client_gone(rec)
+        return web.Response()  # never reaches anyone; aiohttp drops it quietly
+    except asyncio.CancelledError:
+        _client_gone(rec)
+        raise
+
+    if fault is not None and fault.kind is FaultKind.CUT:
+        # No bytes at all: the client sees the server drop the connection mid-request.
+        rec.finish("cut")
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response()
+    if fault is not None and fault.kind is FaultKind.STREAM_ERROR:
+        message = fault.message or "mock: injected server error"
+        rec.finish("error_status", 500)
+        return _json(error_body(message, "server_error", 500), 500, headers)
+
+    reasoning = "".join(plan.reasoning) if n_reasoning else None
+    body = completion_body(
+        plan.cid,
+        plan.created,
+        plan.model,
+        "".join(plan.content),
+        reasoning,
+        plan.finish_reason,
+        plan.usage,
+    )
+    rec.reasoning_sent, rec.content_sent = n_reasoning, n_content
+    rec.finish_reason = plan.finish_reason
+    rec.finish("completed")
+    return _json(body, headers=headers)
+
+
+class _SseStream:
+    """One paced SSE completion.
+
+    Tokens are scheduled on absolute deadlines (ttft + i/rate from the start) instead of
+    sleeping a fixed interval after each write, so pacing does not drift under load; when
+    the loop falls behind, every overdue token goes out in a single write. With no delay
+    configured, the whole body is one write_eof() call.
+    """
+
+    __slots__ = ("enc", "fault", "i", "n_reasoning", "out", "plan", "rec", "request", "resp", "t0")
+
+    def __init__(
+        self, request: web.Request, rec: RequestRecord, plan: Plan, fault: Fault | None
+    ) -> None:
+        self.request = request
+        self.rec = rec
+        self.plan = plan
+        self.fault = fault
+        self.enc = ChunkEncoder(plan.cid, plan.created, plan.model)
+        self.n_reasoning = len(plan.reasoning)
+        self.resp = web.StreamResponse()
+        self.out: list[bytes] = [self.enc.role()]  # encoded but not yet written
+        self.i = 0  # next token index (reasoning tokens first, then content)
+        self.t0 = asyncio.get_running_loop().time() + plan.ttft_s  # deadline of token 0
+
+    def _chunk(self, i: int) -> bytes:
+        if i < self.n_reasoning:
+            return self.enc.reasoning(self.plan.reasoning[i])
+        return self.enc.content(self.plan.content[i - self.n_reasoning])
+
+    def _progress(self) -> None:
+        self.rec.reasoning_sent = min(self.i, self.n_reasoning)
+        self.rec.content_sent = max(0, self.i - self.n_reasoning)
+
+    async def _flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            await self.resp.write(data)
+            self._progress()
+
+    async def _finish(self, tail: list[bytes]) -> None:
+        self.out.extend(tail)
+        data = b"".join(self.out)
+        self.out.clear()
+        await self.resp.write_eof(data)
+        self._progress()
+
+    async def _emit_until(self, stop: int) -> None:
+        """Encode tokens up to `stop`, writing and sleeping as their deadlines require.
+
+        The last batch stays in `out`, so the caller can send it together with whatever
+        follows (finish chunk, [DONE]) in one write.
+        """
+        interval = self.plan.interval_s
+        if self.plan.ttft_s <= 0 and interval <= 0:  # benchmark mode: no clock, no sleep
+            self.out.extend(self._chunk(k) for k in range(self.i, stop))
+            self.i = max(self.i, stop)
+            return
+        loop = asyncio.get_running_loop()
+        while self.i < stop:
+            now = loop.time()
+            due = self.t0 + self.i * interval
+            if due > now:
+                await self._flush()
+                await _sleep(self.request, due - now)
+                now = loop.time()
+            end = stop
+            if interval > 0:
+                # Everything already due, at least one token (timers may fire a hair early).
+                end = min(stop, max(self.i + 1, int((now - self.t0) / interval) + 1))
+            self.out.extend(self._chunk(k) for k in range(self.i, end))
+            self.i = end
+
+    async def run(self, headers: dict[str, str]) -> web.StreamResponse:
+        plan, fault, rec = self.plan, self.fault, self.rec
+        resp = self.resp
+        resp.headers.update(headers)
+        resp.headers["Content-Type"] = "text/event-stream"
+        resp.headers["Cache-Control"] = "no-cache"
+        total = self.n_reasoning + len(plan.content)
+        stop = total
+        if fault is not None and fault.kind in _POSITIONAL:
+            stop = self.n_reasoning + min(fault.after, len(plan.content))
+        try:
+            await resp.prepare(self.request)
+            await self._emit_until(stop)
+            if fault is not None and fault.kind is FaultKind.CUT:
+                await self._flush()
+                rec.finish("cut")
+                # close() flushes what we wrote, then drops the socket without the
+                # terminating zero-length chunk: the client sees a truncated body.
+                transport = self.request.transport
+                if transport is not None:
+                    transport.close()
+                return resp
+            if fault is not None and fault.kind is FaultKind.STREAM_ERROR:
+                message = fault.message or "mock: injected error in stream"
+                await self._finish([stream_error_event(message)])
+                rec.finish("stream_error")
+                return resp
+            if fault is not None and fault.kind is FaultKind.STALL:
+                await self._flush()
+                loop = asyncio.get_running_loop()
+                stalled_at = loop.time()
+                await _sleep(self.request, fault.stall_s)
+                # Shift the schedule so the stream resumes at its normal pace.
+                self.t0 += loop.time() - stalled_at
+                await self._emit_until(total)
+            tail = [self.enc.finish(plan.finish_reason, plan.usage)]
+            if plan.include_usage:
+                tail.append(self.enc.usage(plan.usage))
+            tail.append(DONE)
+            await self._finish(tail)
+            rec.finish_reason = plan.finish_reason
+            rec.finish("completed")
+        except ConnectionError:
+            # Write to a closed transport or our own poll: the client went away.
+            _client_gone(rec)
+        except asyncio.CancelledError:
+            # handler_cancellation: aiohttp cancels us the moment the peer disconnects.
+            _client_gone(rec)
+            raise
+        return resp
+
+
+def create_app(settings: MockSettings | None = None) -> web.Application:
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
+    app[STATE_KEY] = MockState()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/mock/requests", mock_requests)
+    app.router.add_post("/mock/reset", mock_reset)
+    return app

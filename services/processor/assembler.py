@@ -1,0 +1,554 @@
+"""Turn OpenAI-compatible chat completion payloads into a result, live deltas and typed errors.
+
+Pure logic, no I/O. :class:`StreamAssembler` consumes the events of
+:class:`services.processor.sse.SSEDecoder` (``chat.completion.chunk`` payloads),
+:func:`assemble_completion` reads a non-streaming ``chat.completion`` body and
+:func:`parse_error_body` classifies an error response.
+
+Provider quirks handled here come from real captures (``/work/shared/sse-corpus``): choices keyed
+by ``index`` and interleaved (n>1), usage on the finish chunk, on a ``choices: []`` chunk or
+cumulative on every chunk, tool-call fragments that repeat the id with an empty name, a usage
+chunk with an empty delta after the finish chunk, reasoning in ``reasoning_content`` or
+``reasoning``, and error envelopes of two shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import orjson
+
+from services.processor.sse import SSEEvent
+
+__all__ = [
+    "ChoiceResult",
+    "Delta",
+    "ProviderError",
+    "StreamAssembler",
+    "ToolCall",
+    "Usage",
+    "assemble_completion",
+    "parse_error_body",
+    "parse_retry_after",
+]
+
+# Statuses worth retrying: timeouts, conflicts, rate limits and server-side failures
+# (529 = "overloaded", used by some providers). Other 4xx need a changed request or account.
+_RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+# Error types that say "your request/account is wrong": retrying the same request cannot help.
+_FATAL_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "permission_denied",
+        "not_found_error",
+        "insufficient_quota",
+        "billing_error",
+        "context_length_exceeded",
+        "invalid_api_key",
+        "model_not_found",
+    }
+)
+_MAX_BODY_MESSAGE = 500  # non-JSON bodies (HTML error pages...) are cut to this
+_MAX_JSON_MESSAGE = 2000  # provider messages are kept whole unless absurdly long
+_BOM = b"\xef\xbb\xbf"
+
+DeltaKind = Literal["reasoning", "content", "refusal"]
+
+
+# --- public types ------------------------------------------------------------------------------
+@dataclass(slots=True)
+class ToolCall:
+    id: str | None
+    type: str | None
+    name: str
+    arguments: str  # concatenated fragments; valid JSON only once the call is complete
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    index: int
+    content: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None  # passed through as sent, unknown values included
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    # The raw usage object, for provider-specific counters (completion_tokens_details,
+    # prompt_cache_hit_tokens, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of text to forward live; only for choice 0 and never empty."""
+
+    kind: DeltaKind
+    text: str
+
+
+class ProviderError(Exception):
+    """An error reported by the provider, as an HTTP error body or mid-stream."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}" if self.status is not None else "mid-stream"
+        return f"provider error ({where}): {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderError(status={self.status!r}, message={self.message!r}, code={self.code!r}, "
+            f"type={self.type!r}, retryable={self.retryable!r}, retry_after={self.retry_after!r})"
+        )
+
+
+# --- streaming ---------------------------------------------------------------------------------
+class _ToolState:
+    __slots__ = ("args", "id", "name", "type")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.type: str | None = None
+        self.name = ""
+        self.args: list[str] = []
+
+
+class _ChoiceState:
+    """Text kept as lists of fragments: ``str +=`` on attributes is quadratic in CPython."""
+
+    __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tools")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tools: dict[int, _ToolState] = {}
+        self.finish_reason: str | None = None
+
+    def snapshot(self, index: int) -> ChoiceResult:
+        return ChoiceResult(
+            index=index,
+            content=_collapse(self.content),
+            reasoning=_collapse(self.reasoning),
+            refusal=_collapse(self.refusal),
+            tool_calls=[
+                ToolCall(id=t.id, type=t.type, name=t.name, arguments=_collapse(t.args))
+                for _, t in sorted(self.tools.items())
+            ],
+            finish_reason=self.finish_reason,
+        )
+
+
+class StreamAssembler:
+    """Accumulates ``chat.completion.chunk`` events; see the module docstring for the quirks.
+
+    Attributes: ``done`` ("[DONE]" seen), ``finished`` (choice 0 got a finish_reason),
+    ``usage`` (last non-null usage object), ``model`` (first model name seen), ``bad_events``
+    (events whose data was not a JSON object: skipped, never fatal), ``chunks`` (JSON
+    payloads processed).
+    """
+
+    __slots__ = ("_choices", "bad_events", "chunks", "done", "finished", "model", "usage")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finished = False
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.bad_events = 0
+        self.chunks = 0
+        self._choices: dict[int, _ChoiceState] = {}
+
+    @property
+    def choices(self) -> dict[int, ChoiceResult]:
+        """A snapshot of every choice seen, keyed by the provider's ``index``."""
+        return {i: c.snapshot(i) for i, c in sorted(self._choices.items())}
+
+    def result(self) -> ChoiceResult:
+        """Choice 0 (the one a client asked for with n=1), or an empty one if none arrived."""
+        state = self._choices.get(0)
+        return state.snapshot(0) if state is not None else ChoiceResult(index=0)
+
+    def add_event(self, ev: SSEEvent) -> list[Delta]:
+        """Apply one SSE event; return the text deltas of choice 0 it carried.
+
+        Raises :class:`ProviderError` for a payload with a top-level ``error`` (or an
+        ``event: error`` event).
+        """
+        data = ev.data
+        if self.done:
+            return []  # nothing after [DONE] belongs to this completion
+        if data == "[DONE]" or (len(data) < 16 and data.strip() == "[DONE]"):
+            self.done = True
+            return []
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if ev.event == "error":
+                raise ProviderError(_snippet(data.encode()), retryable=True) from None
+            self.bad_events += 1
+            return []
+        if not isinstance(payload, dict):
+            self.bad_events += 1
+            return []
+        self.chunks += 1
+        error = payload.get("error")
+        if error is not None or ev.event == "error":
+            raise _stream_error(payload if error is None else error, payload)
+        return self._apply_chunk(payload)
+
+    def _apply_chunk(self, payload: dict[str, Any]) -> list[Delta]:
+        if self.model is None:
+            model = payload.get("model")
+            if isinstance(model, str) and model:
+                self.model = model
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            # Last one wins: some servers repeat cumulative totals on every chunk.
+            self.usage = _parse_usage(usage)
+        choices = payload.get("choices")
+        if not isinstance(choices, list):
+            return []  # a usage-only chunk may omit choices altogether
+        deltas: list[Delta] = []
+        for position, choice in enumerate(choices):
+            if isinstance(choice, dict):
+                self._apply_choice(_as_index(choice.get("index"), position), choice, deltas)
+        return deltas
+
+    def _apply_choice(self, index: int, choice: dict[str, Any], deltas: list[Delta]) -> None:
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _ChoiceState()
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta:
+            live = deltas if index == 0 else None
+            _append(state.reasoning, _reasoning_of(delta), "reasoning", live)
+            _append(state.content, delta.get("content"), "content", live)
+            _append(state.refusal, delta.get("refusal"), "refusal", live)
+            tool_calls = delta.get("tool_calls")
+            if isinstance(tool_calls, list):
+                for position, fragment in enumerate(tool_calls):
+                    if isinstance(fragment, dict):
+                        _apply_tool_fragment(state.tools, fragment, position)
+        finish = choice.get("finish_reason")
+        # Only a real value sets it: a later chunk without one (e.g. a relay's usage chunk with
+        # an empty delta) must not clear it.
+        if isinstance(finish, str) and finish:
+            state.finish_reason = finish
+            if index == 0:
+                self.finished = True
+
+
+def _append(parts: list[str], text: object, kind: DeltaKind, live: list[Delta] | None) -> None:
+    # null and "" are both common ("content": null next to reasoning, "reasoning_content": ""
+    # in a role chunk) and must not produce empty deltas.
+    if isinstance(text, str) and text:
+        parts.append(text)
+        if live is not None:
+            live.append(Delta(kind, text))
+
+
+def _reasoning_of(obj: dict[str, Any]) -> object:
+    # DeepSeek/SiliconFlow/vLLM use reasoning_content, OpenRouter and newer vLLM use reasoning.
+    # Some servers send both with the same text: take one, never both.
+    text = obj.get("reasoning_content")
+    return text if isinstance(text, str) and text else obj.get("reasoning")
+
+
+def _apply_tool_fragment(tools: dict[int, _ToolState], fragment: dict[str, Any], pos: int) -> None:
+    call_id = fragment.get("id")
+    call_id = call_id if isinstance(call_id, str) and call_id else None
+    index = _tool_index(tools, fragment.get("index"), call_id, pos)
+    tool = tools.get(index)
+    if tool is None:
+        tool = tools[index] = _ToolState()
+    # The first fragment names the call; later ones may repeat the id or send "name": "" (seen
+    # from Hunyuan): never let them rename or reset it.
+    if tool.id is None:
+        tool.id = call_id
+    kind = fragment.get("type")
+    if tool.type is None and isinstance(kind, str) and kind:
+        tool.type = kind
+    function = fragment.get("function")
+    if isinstance(function, dict):
+        name = function.get("name")
+        if not tool.name and isinstance(name, str) and name:
+            tool.name = name
+        args = function.get("arguments")
+        if isinstance(args, str):
+            if args:
+                tool.args.append(args)
+        elif args is not None:  # a server that sends an object instead of a JSON string
+            tool.args.append(orjson.dumps(args).decode())
+
+
+def _tool_index(tools: dict[int, _ToolState], raw: object, call_id: str | None, pos: int) -> int:
+    """Which call a fragment belongs to: its ``index``, else inferred from its id."""
+    same_id = None
+    if call_id is not None:
+        same_id = next((i for i, t in tools.items() if t.id == call_id), None)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        # A known id under a new index is a repeat of that call, not a second call.
+        return same_id if same_id is not None and raw not in tools else raw
+    # No usable index (some servers omit it): a known id continues its call, a new id opens
+    # the next call, an id-less fragment continues the latest call.
+    if same_id is not None:
+        return same_id
+    if not tools:
+        return pos
+    return max(tools) + 1 if call_id is not None else max(tools)
+
+
+# --- non-streaming -----------------------------------------------------------------------------
+def assemble_completion(body: bytes) -> tuple[dict[int, ChoiceResult], Usage | None]:
+    """Parse a non-streaming ``chat.completion`` body into choices (keyed by index) and usage.
+
+    Leading blank lines are tolerated: DeepSeek sends empty lines as keep-alive while a
+    non-streaming request waits. A body that is not a JSON object, or carries ``error``, raises
+    :class:`ProviderError` (status None, as the HTTP status said success).
+    """
+    payload = _loads_object(body)
+    if payload is None:
+        raise ProviderError(f"invalid completion body: {_snippet(body)}", retryable=True)
+    error = payload.get("error")
+    if error is not None:
+        raise _stream_error(error, payload)
+    results: dict[int, ChoiceResult] = {}
+    choices = payload.get("choices")
+    for position, choice in enumerate(choices if isinstance(choices, list) else []):
+        if isinstance(choice, dict):
+            index = _as_index(choice.get("index"), position)
+            results[index] = _message_result(index, choice)
+    usage = payload.get("usage")
+    return results, _parse_usage(usage) if isinstance(usage, dict) else None
+
+
+def _message_result(index: int, choice: dict[str, Any]) -> ChoiceResult:
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
+    finish = choice.get("finish_reason")
+    return ChoiceResult(
+        index=index,
+        content=_text_of(message.get("content")),
+        reasoning=_text_of(_reasoning_of(message)),
+        refusal=_text_of(message.get("refusal")),
+        tool_calls=[
+            _tool_call_of(t) for t in message.get("tool_calls") or [] if isinstance(t, dict)
+        ],
+        finish_reason=finish if isinstance(finish, str) and finish else None,
+    )
+
+
+def _tool_call_of(raw: dict[str, Any]) -> ToolCall:
+    function = raw.get("function")
+    function = function if isinstance(function, dict) else {}
+    args = function.get("arguments")
+    if not isinstance(args, str):
+        args = "" if args is None else orjson.dumps(args).decode()
+    return ToolCall(
+        id=_str_or_none(raw.get("id")),
+        type=_str_or_none(raw.get("type")),
+        name=_text_of(function.get("name")),
+        arguments=args,
+    )
+
+
+def _text_of(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # content given as parts: [{"type": "text", "text": ...}]
+        return "".join(
+            p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+# --- errors ------------------------------------------------------------------------------------
+def parse_error_body(
+    status: int, body: bytes, retry_after_header: str | None = None
+) -> ProviderError:
+    """Classify an HTTP error response, whatever its content type.
+
+    Accepts OpenAI-style ``{"error": {"message", "type", "code"}}`` (also ``{"error": "text"}``)
+    and SiliconFlow-style ``{"code", "message", "data"}``; anything else becomes a short excerpt
+    of the body.
+    """
+    message, code, err_type = _error_fields(_loads_object(body), body)
+    return ProviderError(
+        message or f"HTTP {status}",
+        status=status,
+        code=code,
+        type=err_type,
+        retryable=_retryable(status, err_type),
+        retry_after=parse_retry_after(retry_after_header),
+    )
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delta-seconds or an HTTP date, clamped >= 0."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return _seconds_until(value, now)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def _seconds_until(http_date: str, now: datetime | None) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no zone information
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(delta, 0.0)
+
+
+def _stream_error(error: object, payload: dict[str, Any]) -> ProviderError:
+    """A mid-stream (or 2xx-body) error: no HTTP status, so retry unless the error says not to."""
+    message, code, err_type = _error_fields({"error": error}, orjson.dumps(payload))
+    # Some servers (OpenRouter) put the HTTP-like status in error.code.
+    status_hint = _http_status_hint(error)
+    return ProviderError(
+        message or "error event without a message",
+        status=None,
+        code=code,
+        type=err_type,
+        retryable=_retryable(status_hint, err_type),
+    )
+
+
+def _error_fields(
+    payload: dict[str, Any] | None, body: bytes
+) -> tuple[str, str | None, str | None]:
+    """(message, code, type) from either envelope; message falls back to a body excerpt."""
+    if payload is None:
+        return _snippet(body), None, None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        source = error
+    elif isinstance(error, str) and error:
+        return _cap(error), _str_or_none(payload.get("code")), _str_or_none(payload.get("type"))
+    else:
+        source = payload  # SiliconFlow: {"code": 20012, "message": "...", "data": null}
+    message = source.get("message") or source.get("msg") or source.get("detail")
+    if message is not None and not isinstance(message, str):
+        message = orjson.dumps(message).decode()  # e.g. FastAPI's list-valued "detail"
+    return (
+        _cap(message) if message else _snippet(body),
+        _str_or_none(source.get("code")),
+        _str_or_none(source.get("type")),
+    )
+
+
+def _retryable(status: int | None, err_type: str | None) -> bool:
+    if status is None or not 400 <= status <= 599:
+        # No usable status (mid-stream): the error type is the only hint; unknown means "try
+        # again", since a stream that broke halfway usually worked when it started.
+        return err_type not in _FATAL_ERROR_TYPES
+    if status < 500:
+        return status in _RETRYABLE_STATUSES
+    return status != 501  # 501 Not Implemented will not change; other 5xx are transient
+
+
+def _http_status_hint(error: object) -> int | None:
+    if not isinstance(error, dict):
+        return None
+    for key in ("status", "code"):
+        value = error.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            return value
+    return None
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _loads_object(body: bytes) -> dict[str, Any] | None:
+    body = body.lstrip()
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :].lstrip()
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _parse_usage(raw: dict[str, Any]) -> Usage:
+    prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
+    completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
+    total = raw.get("total_tokens")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(total) if total is not None else prompt + completion,
+        extra=raw,
+    )
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return 0
+
+
+def _as_index(value: object, fallback: int) -> int:
+    # Choices are keyed by their "index", not list position; position is only a fallback for
+    # servers that omit it.
+    return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+
+def _str_or_none(value: object) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _collapse(parts: list[str]) -> str:
+    # Join once and keep the joined string, so repeated snapshots stay linear.
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= _MAX_JSON_MESSAGE else text[: _MAX_JSON_MESSAGE - 1] + "…"
+
+
+def _snippet(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= _MAX_BODY_MESSAGE else text[: _MAX_BODY_MESSAGE - 1] + "…"

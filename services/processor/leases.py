@@ -1,0 +1,74 @@
+"""Keeping what this processor holds: task leases and the batch entries it works on.
+
+One loop renews every lease every third of its TTL in one pipeline (one coroutine for all
+tasks, not one per task, so 1,000 in-flight streams cost one round trip per renewal). A lease
+found lost wakes its task, which stops streaming and writes nothing. The same loop re-claims
+our own pending batch entries, which resets their idle time: only a dead processor's entries
+grow idle long enough to be reclaimed by others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from shared import logs
+from shared.keys import BATCHES_GROUP, Keys
+from shared.redis_conn import UNAVAILABLE
+from shared.scripts import Scripts
+
+log = logs.get("sluice.processor")
+
+
+@dataclass(slots=True)
+class Lease:
+    task_id: str
+    token: str
+    fence: int
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LeaseKeeper:
+    def __init__(self, redis: Redis, scripts: Scripts, keys: Keys, name: str,
+                 ttl_ms: int) -> None:
+        self.redis, self.scripts, self.keys, self.name = redis, scripts, keys, name
+        self.ttl_ms = ttl_ms
+        self.leases: dict[str, Lease] = {}
+        self.entries: set[str] = set()
+
+    def hold(self, lease: Lease) -> None:
+        self.leases[lease.task_id] = lease
+
+    def drop(self, task_id: str) -> None:
+        self.leases.pop(task_id, None)
+
+    async def run(self, stopping: asyncio.Event, drained: asyncio.Event) -> None:
+        interval = self.ttl_ms / 3000
+        while not drained.is_set():
+            try:
+                await self.renew_all()
+            except UNAVAILABLE as exc:
+                log.warning("lease_renewal_failed", error=type(exc).__name__,
+                            leases=len(self.leases))
+            try:
+                await asyncio.wait_for(drained.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def renew_all(self) -> None:
+        held = list(self.leases.values())
+        if held:
+            async with self.redis.pipeline(transaction=False) as p:
+                for lease in held:
+                    await self.scripts.renew(keys=[self.keys.lease(lease.task_id)],
+                                             args=[lease.token, self.ttl_ms], client=p)
+                results = await p.execute()
+            for lease, ok in zip(held, results, strict=True):
+                if not ok and not lease.lost.is_set():
+                    log.warning("lease_lost", task_id=lease.task_id, fence=lease.fence)
+                    lease.lost.set()
+        if self.entries:
+            await self.redis.xclaim(self.keys.batches_stream, BATCHES_GROUP, self.name, 0,
+                                    list(self.entries), justid=True)

@@ -1,0 +1,122 @@
+"""Calling the model provider: one streamed chat completion, parsed as it arrives.
+
+The stream is read in whatever pieces the socket gives; every piece's deltas are handed on in
+one call, so a fast provider costs one Redis round trip per network read, not per token. A
+provider that answers JSON to a streaming request is used as is and remembered as not streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from services.processor.assembler import (
+    ChoiceResult,
+    Delta,
+    ProviderError,
+    StreamAssembler,
+    Usage,
+    assemble_completion,
+    parse_error_body,
+)
+from services.processor.sse import SSEDecoder
+from shared.config import Provider
+
+OnDeltas = Callable[[list[Delta]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Completion:
+    result: ChoiceResult
+    usage: Usage | None
+    streamed: bool
+
+
+def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
+    """The process's one client: pooled connections, explicit timeouts (read = idle timeout)."""
+    timeout = httpx.Timeout(connect=10.0, read=settings.ai_idle_timeout_s, write=30.0, pool=None)
+    limits = httpx.Limits(max_connections=max_connections,
+                          max_keepalive_connections=max_connections)
+    headers = {"Accept": "text/event-stream, application/json"}
+    if settings.ai_api_key:
+        headers["Authorization"] = f"Bearer {settings.ai_api_key}"
+    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers)
+
+
+def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
+    body = dict(payload)
+    if not settings.is_mock:
+        body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
+    body["stream"] = True
+    body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[str, Any],
+                   on_deltas: OnDeltas) -> Completion:
+    """One attempt. Raises ProviderError for anything the provider did wrong."""
+    url = f"{settings.ai_base_url}/chat/completions"
+    try:
+        async with asyncio.timeout(settings.ai_timeout_s):
+            async with client.stream("POST", url, content=request_body(payload, settings),
+                                     headers={"Content-Type": "application/json"}) as resp:
+                if resp.status_code >= 400:
+                    raise parse_error_body(resp.status_code, await resp.aread(),
+                                           resp.headers.get("retry-after"))
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    return await _from_json(await resp.aread(), on_deltas)
+                return await _from_stream(resp, on_deltas)
+    except TimeoutError:
+        raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
+                            code="timeout", retryable=True) from None
+    except httpx.TimeoutException as exc:
+        raise ProviderError(f"provider stalled: {type(exc).__name__}", code="idle_timeout",
+                            retryable=True) from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"connection to the provider failed: {type(exc).__name__}",
+                            code="connection_error", retryable=True) from None
+
+
+async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
+    decoder, assembler = SSEDecoder(), StreamAssembler()
+    async for raw in resp.aiter_raw():
+        deltas: list[Delta] = []
+        for event in decoder.feed(raw):
+            deltas += assembler.add_event(event)
+        if deltas:
+            await on_deltas(_merge(deltas))
+        if assembler.done:
+            break
+    decoder.close()
+    # A stream may end without [DONE] (some relays never send it): a finish_reason is the
+    # provider's own word that the answer is complete.
+    if not (assembler.done or assembler.finished):
+        raise ProviderError("the stream ended before the answer was complete",
+                            code="stream_cut", retryable=True)
+    return Completion(assembler.result(), assembler.usage, streamed=True)
+
+
+async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
+    choices, usage = assemble_completion(body)
+    result = choices.get(0) or ChoiceResult(index=0)
+    deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
+                          Delta("refusal", result.refusal)) if d.text]
+    if deltas:
+        await on_deltas(deltas)
+    return Completion(result, usage, streamed=False)
+
+
+def _merge(deltas: list[Delta]) -> list[Delta]:
+    """Join consecutive deltas of one kind: one event per kind per network read."""
+    out: list[Delta] = []
+    for d in deltas:
+        if out and out[-1].kind == d.kind:
+            out[-1] = Delta(d.kind, out[-1].text + d.text)
+        else:
+            out.append(d)
+    return out

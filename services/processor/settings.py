@@ -1,0 +1,45 @@
+"""Processor settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from shared.config import Batching, Common, Env, Provider
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSettings:
+    common: Common
+    batching: Batching
+    provider: Provider
+    name: str
+    concurrency: int
+    max_attempts: int
+    retry_base_s: float
+    retry_cap_s: float
+    retention_s: int
+    drain_s: float
+    heartbeat_s: float
+    reclaim_interval_s: float
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> ProcessorSettings:
+        env = env or Env()
+        batching = Batching.from_env(env)
+        return cls(
+            common=Common.from_env(env),
+            batching=batching,
+            provider=Provider.from_env(env),
+            name=env.text("PROCESSOR_NAME", f"proc-{socket.gethostname()}-{os.getpid()}"),
+            concurrency=env.integer("PROCESSOR_CONCURRENCY", 32, min_value=1, max_value=100_000),
+            max_attempts=env.integer("MAX_ATTEMPTS", 3, min_value=1, max_value=100),
+            retry_base_s=env.number("RETRY_BASE_S", 1.0, min_value=0),
+            retry_cap_s=env.number("RETRY_CAP_S", 30.0, min_value=0),
+            retention_s=env.integer("EVENTS_RETENTION_S", 3600, min_value=1),
+            drain_s=env.number("DRAIN_S", 20.0, min_value=0),
+            heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
+            reclaim_interval_s=env.number(
+                "RECLAIM_INTERVAL_S", min(5.0, batching.lock_ttl_ms / 3000), min_value=0.05),
+        )

@@ -1,0 +1,170 @@
+"""Strict, incremental ``text/event-stream`` decoder (WHATWG HTML, "Server-sent events").
+
+Pure logic, no I/O: the HTTP layer hands over whatever bytes a network read returned and gets
+back the events those bytes completed. Chunk boundaries carry no meaning, so a read may end
+inside a line, between a CR and its LF, inside a multi-byte UTF-8 character or right after
+``data:``; feeding a body byte by byte gives the same events as feeding it whole.
+
+Work is done per *block of complete lines*, not per byte: the new chunk is searched once for its
+last line terminator, the completed text is decoded once and split with a regex on CR/LF.
+``str.splitlines()`` is deliberately not used: it also splits on U+2028, U+2029, U+0085, VT, FF
+and \\x1c-\\x1e, which may appear raw inside JSON strings (see corpus file 16).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["SSEDecoder", "SSEEvent"]
+
+_BOM = b"\xef\xbb\xbf"
+# The only line terminators of the format. CRLF comes first so it counts as one terminator.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One dispatched event.
+
+    ``id`` is the *last event ID* at dispatch time: it persists across events until an ``id``
+    field changes it, as the spec says. ``retry`` is the reconnection time given by a valid
+    ``retry`` field inside this event's block, else None (the stream-wide value is
+    ``SSEDecoder.retry``).
+    """
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Feed raw bytes with :meth:`feed`, call :meth:`close` at EOF.
+
+    ``last_event_id`` and ``retry`` expose the stream-level state (the values a reconnecting
+    client would use); they survive :meth:`close`.
+    """
+
+    __slots__ = (
+        "_at_start",
+        "_data",
+        "_event_retry",
+        "_event_type",
+        "_pending",
+        "_skip_lf",
+        "last_event_id",
+        "retry",
+    )
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None
+        self.retry: int | None = None
+        # Bytes of the current, unterminated line. It never holds a CR or LF: everything up to
+        # the last terminator of each chunk is consumed at once.
+        self._pending = bytearray()
+        # The previous chunk ended with CR: an LF opening the next chunk belongs to that CR.
+        self._skip_lf = False
+        # Nothing after a possible BOM has been seen yet.
+        self._at_start = True
+        self._data: list[str] = []
+        self._event_type = ""
+        self._event_retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume one network read; return the events it completed, in order."""
+        if self._at_start:
+            chunk = self._strip_bom(chunk)
+        if not chunk:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        # rfind twice (C speed) beats scanning the chunk in Python; the buffered part holds no
+        # terminator, so only the new chunk needs searching.
+        last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if last < 0:
+            self._pending += chunk
+            return []
+        if self._pending:
+            block = bytes(self._pending) + chunk[: last + 1]
+            self._pending.clear()
+        else:
+            block = chunk[: last + 1]
+        self._pending += chunk[last + 1 :]
+        self._skip_lf = chunk[last] == 0x0D and last == len(chunk) - 1
+        return self._process_block(block)
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream. A strict parser discards an unterminated line and event: returns []."""
+        self._pending.clear()
+        self._skip_lf = False
+        self._at_start = True
+        self._reset_event()
+        return []
+
+    # --- internals -----------------------------------------------------------------------------
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        """Drop one UTF-8 BOM at the very start, even when it arrives split over reads."""
+        head = bytes(self._pending) + chunk
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            # Could still become a BOM: wait for more bytes before deciding.
+            self._pending = bytearray(head)
+            return b""
+        self._at_start = False
+        self._pending.clear()
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+    def _process_block(self, block: bytes) -> list[SSEEvent]:
+        # Decoding the whole block at once is safe: it ends on a terminator, and CR/LF bytes never
+        # occur inside a multi-byte UTF-8 sequence. Invalid bytes become U+FFFD, as the spec says.
+        lines = _LINE_END.split(block.decode("utf-8", "replace"))
+        lines.pop()  # the empty string after the block's final terminator
+        events: list[SSEEvent] = []
+        for line in lines:
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+            elif line[0] != ":":  # a leading colon marks a comment (keep-alives)
+                self._process_field(line)
+        return events
+
+    def _process_field(self, line: str) -> None:
+        name, colon, value = line.partition(":")
+        if colon and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event_type = value
+        elif name == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif name == "retry":
+            # isdigit() alone accepts non-ASCII digits such as "²"; the spec wants ASCII only.
+            if value.isascii() and value.isdigit():
+                self.retry = self._event_retry = int(value)
+        # Any other field name is ignored, as the spec requires.
+
+    def _dispatch(self) -> SSEEvent | None:
+        # An event is dispatched only if at least one data line was seen; a block of only
+        # "event:"/"retry:" lines dispatches nothing but still resets the event type.
+        event = None
+        if self._data:
+            event = SSEEvent(
+                data="\n".join(self._data),
+                event=self._event_type or "message",
+                id=self.last_event_id,
+                retry=self._event_retry,
+            )
+        self._reset_event()
+        return event
+
+    def _reset_event(self) -> None:
+        self._data = []
+        self._event_type = ""
+        self._event_retry = None

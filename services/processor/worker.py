@@ -1,0 +1,267 @@
+"""The processor: takes batches while it has room, runs their tasks, keeps its leases.
+
+Everything runs in one ``asyncio.TaskGroup``. SIGTERM stops claiming; in-flight tasks get
+``DRAIN_S`` to finish; what is left is handed back to the queue at once (leases released, a
+new batch entry queued) so another processor takes it without waiting for a lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from services.processor import provider
+from services.processor.leases import LeaseKeeper
+from services.processor.runner import Outcome, TaskRun
+from services.processor.settings import ProcessorSettings
+from shared import groups, logs
+from shared.keys import BATCHES_GROUP, Keys
+from shared.redis_conn import UNAVAILABLE
+from shared.scripts import Scripts
+from shared.store import BatchRow, Store
+from shared.tasks import TERMINAL
+from shared.timeutil import now_ms
+
+log = logs.get("sluice.processor")
+
+
+class Processor:
+    def __init__(self, settings: ProcessorSettings, redis: Redis, store: Store,
+                 http: httpx.AsyncClient) -> None:
+        self.settings, self.redis, self.store, self.http = settings, redis, store, http
+        self.name = settings.name
+        self.keys = Keys(settings.common.redis_prefix)
+        self.scripts = Scripts.register(redis)
+        self.leases = LeaseKeeper(redis, self.scripts, self.keys, self.name,
+                                  settings.batching.lock_ttl_ms)
+        self.runs: dict[str, TaskRun] = {}
+        self.inflight = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.stopping = asyncio.Event()
+        self.drained = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
+        log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self.leases.run(self.stopping, self.drained))
+            tg.create_task(self._forever(self._report_capacity, "heartbeat",
+                                         self.settings.heartbeat_s))
+            tg.create_task(self._forever(self._listen_cancels, "cancels"))
+            tg.create_task(self._forever(self._reclaim_once, "reclaim",
+                                         self.settings.reclaim_interval_s))
+            await self._forever(self._claim_once, "claim")
+            await self._drain()
+            self.drained.set()
+        await self._retire()
+        log.info("processor_stopped", name=self.name)
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("draining", in_flight=self.inflight, drain_s=self.settings.drain_s)
+            self.stopping.set()
+            self.room.set()
+
+    async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                await step()
+                delay = 0.1
+            except UNAVAILABLE as exc:
+                log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
+                            error=type(exc).__name__)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if pause:
+                await self._sleep(pause)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _drain(self) -> None:
+        pending = set(self._batches)
+        if pending:
+            _done, pending = await asyncio.wait(pending, timeout=self.settings.drain_s)
+        if pending:
+            log.warning("handing_off", tasks=len(self.runs))
+            for run in list(self.runs.values()):
+                run.handoff.set()
+            await asyncio.wait(pending)
+
+    async def _retire(self) -> None:
+        """Leave the pool: no capacity advertised for a processor that is gone."""
+        k = self.keys
+        try:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zrem(k.processors_alive, self.name)
+                p.hdel(k.processors_free, self.name)
+                p.hdel(k.processors_inflight, self.name)
+                await p.execute()
+        except UNAVAILABLE:
+            pass
+
+    # --- capacity -----------------------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return 0 if self.stopping.is_set() else max(0, self.settings.concurrency - self.inflight)
+
+    async def _report_capacity(self, taken: int = 0) -> None:
+        k = self.keys
+        expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
+        await self.scripts.capacity(
+            keys=[k.processors_free, k.processors_alive, k.batch_backlog, k.open_batch,
+                  k.processors_inflight],
+            args=[self.name, self.free, expiry, taken, k.batch_channel, self.inflight])
+
+    def _set_inflight(self, delta: int) -> None:
+        self.inflight += delta
+        if self.free > 0:
+            self.room.set()
+        else:
+            self.room.clear()
+
+    # --- claiming -----------------------------------------------------------------------------
+    async def _claim_once(self) -> None:
+        await self.room.wait()
+        if self.stopping.is_set():
+            return
+        reply: Any = await self.redis.xreadgroup(
+            BATCHES_GROUP, self.name, {self.keys.batches_stream: ">"}, count=1, block=1000)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                await self._start(entry_id, fields, fresh=True)
+
+    async def _reclaim_once(self) -> None:
+        """Take over batch entries whose processor stopped renewing them (it died)."""
+        if self.free <= 0:
+            return
+        _next, entries, _deleted = await self.redis.xautoclaim(
+            self.keys.batches_stream, BATCHES_GROUP, self.name,
+            min_idle_time=self.settings.batching.lock_ttl_ms, start_id="0-0", count=1)
+        for entry_id, fields in entries:
+            if fields:
+                log.warning("reclaimed_batch", batch_id=fields.get("b"), entry=entry_id)
+                await self._start(entry_id, fields, fresh=False)
+
+    async def _start(self, entry_id: str, fields: dict[str, str], fresh: bool) -> None:
+        ids = [t for t in fields.get("t", "").split(",") if t]
+        self._set_inflight(len(ids))
+        self.leases.entries.add(entry_id)
+        await self._report_capacity(taken=len(ids) if fresh else 0)
+        assert self._tg is not None
+        task = self._tg.create_task(self._run_batch(entry_id, fields, ids))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    # --- running a batch ----------------------------------------------------------------------
+    async def _run_batch(self, entry_id: str, fields: dict[str, str], ids: list[str]) -> None:
+        batch_id = fields.get("b", entry_id)
+        await self.store.save_batch(BatchRow(
+            id=batch_id, size=len(ids), reason=fields.get("r", "size"), processor=self.name,
+            created_at=int(fields.get("at") or now_ms()), claimed_at=now_ms(),
+            completed_at=None))
+        outcomes = await asyncio.gather(*(self._run_task(t, batch_id) for t in ids))
+        handed = [t for t, o in zip(ids, outcomes, strict=True) if o is Outcome.HANDOFF]
+        try:
+            if handed:
+                await self._handoff(entry_id, batch_id, handed)
+            elif await self._all_terminal(ids):
+                await self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id)
+                await self.store.save_batch(BatchRow(
+                    id=batch_id, size=len(ids), reason=fields.get("r", "size"),
+                    processor=self.name, created_at=int(fields.get("at") or now_ms()),
+                    claimed_at=None, completed_at=now_ms()))
+        finally:
+            self.leases.entries.discard(entry_id)
+
+    async def _run_task(self, task_id: str, batch_id: str) -> Outcome:
+        try:
+            while True:
+                run = TaskRun(self, task_id, batch_id)
+                self.runs[task_id] = run
+                outcome = await self._retrying(run)
+                if outcome is not Outcome.BUSY or self.stopping.is_set():
+                    return Outcome.HANDOFF if outcome is Outcome.BUSY else outcome
+                # Someone else holds it and is alive (it renews): look again in a while.
+                await self._sleep(self.settings.batching.lock_ttl_ms / 3000)
+        finally:
+            self.runs.pop(task_id, None)
+            self._set_inflight(-1)
+            await self._safe_report()
+
+    async def _retrying(self, run: TaskRun) -> Outcome:
+        """Redis going away mid-task must not lose it: retry the step until it is back."""
+        delay = 0.1
+        while True:
+            try:
+                return await run.run()
+            except UNAVAILABLE as exc:
+                log.warning("redis_unavailable", loop="task", task_id=run.task_id,
+                            error=type(exc).__name__, retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _safe_report(self) -> None:
+        try:
+            await self._report_capacity()
+        except UNAVAILABLE:
+            pass
+
+    async def _all_terminal(self, ids: list[str]) -> bool:
+        async with self.redis.pipeline(transaction=False) as p:
+            for t in ids:
+                p.hget(self.keys.task(t), "status")
+            statuses = await p.execute()
+        return all(s is None or s in TERMINAL for s in statuses)
+
+    async def _handoff(self, entry_id: str, batch_id: str, ids: list[str]) -> None:
+        k = self.keys
+        n = await self.scripts.handoff(
+            keys=[k.batches_stream, k.batch_backlog, k.stats],
+            args=[BATCHES_GROUP, entry_id, batch_id, now_ms(), *ids])
+        log.info("handed_off", batch_id=batch_id, tasks=n)
+
+    # --- cancellation -------------------------------------------------------------------------
+    async def _listen_cancels(self) -> None:
+        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.keys.cancel_channel)
+        try:
+            while not self.stopping.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    run = self.runs.get(str(message["data"]))
+                    if run is not None:
+                        run.cancel_requested.set()
+        finally:
+            await pubsub.aclose()
+
+    # --- provider status ----------------------------------------------------------------------
+    async def note_provider(self, *, streamed: bool | None = None,
+                            error: str | None = None) -> None:
+        k, now = self.keys.ai_status, now_ms()
+        fields: dict[str | bytes, str | int] = {}
+        if streamed is not None:
+            fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
+                      "success_at": now}
+        if error is not None:
+            fields = {"error": error[:300], "error_at": now}
+        if fields:
+            await self.redis.hset(k, mapping=fields)  # type: ignore[arg-type]
+
+
+def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:
+    return provider.make_client(settings.provider, settings.concurrency + 16)

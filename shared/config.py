@@ -1,0 +1,187 @@
+"""Reading settings from the environment: once, strictly, with errors that name the variable.
+
+Each service builds one frozen settings object from these helpers at start-up; nothing else
+reads ``os.environ``. A bad value raises :class:`ConfigError`, which ``__main__`` turns into a
+one-line message and exit status 2 (Starlette's ``Config`` does the same).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MOCK_BASE_URL = "http://127.0.0.1:8090/v1"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Env:
+    """Typed access to one snapshot of the environment."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ if environ is None else environ)
+
+    def raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def optional(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def integer(self, name: str, default: int, *, min_value: int | None = None,
+            max_value: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+        self._check_range(name, number, min_value, max_value)
+        return number
+
+    def number(self, name: str, default: float, *, min_value: float | None = None,
+              max_value: float | None = None) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        self._check_range(name, number, min_value, max_value)
+        return number
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in schemes:
+            raise ConfigError(f"{name}: expected a URL starting with "
+                              f"{' or '.join(s + '://' for s in schemes)}, got {mask_url(value)!r}")
+        return value
+
+    @staticmethod
+    def _check_range(name: str, number: float, lo: float | None, hi: float | None) -> None:
+        if lo is not None and number < lo:
+            raise ConfigError(f"{name}: must be at least {lo}, got {number}")
+        if hi is not None and number > hi:
+            raise ConfigError(f"{name}: must be at most {hi}, got {number}")
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL such as ``redis://user:secret@host``."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
+
+
+SECRET_FIELDS = frozenset({"ai_api_key", "api_keys"})
+
+
+def describe(settings: Any) -> dict[str, Any]:
+    """Settings as a dict that is safe to log: secrets masked, URLs without passwords."""
+    out: dict[str, Any] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in SECRET_FIELDS:
+            value = "***" if value else None
+        elif isinstance(value, str) and "://" in value:
+            value = mask_url(value)
+        out[f.name] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Common:
+    """Settings every service shares."""
+
+    redis_url: str
+    store_path: str
+    log_format: str
+    log_level: str
+    redis_prefix: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> Common:
+        return cls(
+            redis_url=env.url("REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            store_path=env.text("STORE_PATH", "./data/sluice.db"),
+            log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
+            log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            redis_prefix=env.text("REDIS_PREFIX", "sluice"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How tasks are grouped and how long a processor's lease lasts."""
+
+    batch_size: int
+    batch_timeout_ms: int
+    batch_adaptive: bool
+    lock_ttl_ms: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> Batching:
+        return cls(
+            batch_size=env.integer("BATCH_SIZE", 3, min_value=1, max_value=1000),
+            batch_timeout_ms=env.integer("BATCH_TIMEOUT_MS", 30_000, min_value=1),
+            batch_adaptive=env.flag("BATCH_ADAPTIVE", True),
+            lock_ttl_ms=env.integer("LOCK_TTL_MS", 30_000, min_value=300),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """The OpenAI-compatible model provider; the mock one when AI_BASE_URL is unset."""
+
+    ai_base_url: str
+    ai_api_key: str | None
+    ai_model: str
+    ai_timeout_s: float
+    ai_idle_timeout_s: float
+    is_mock: bool
+
+    @classmethod
+    def from_env(cls, env: Env) -> Provider:
+        base = env.optional("AI_BASE_URL")
+        return cls(
+            ai_base_url=(base or MOCK_BASE_URL).rstrip("/"),
+            ai_api_key=env.optional("AI_API_KEY"),
+            ai_model=env.text("AI_MODEL", "mock-r1" if base is None else "deepseek-reasoner"),
+            ai_timeout_s=env.number("AI_TIMEOUT_S", 300.0, min_value=0.1),
+            ai_idle_timeout_s=env.number("AI_IDLE_TIMEOUT_S", 120.0, min_value=0.1),
+            is_mock=base is None or env.flag("AI_FORWARD_METADATA", False),
+        )

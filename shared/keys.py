@@ -1,0 +1,120 @@
+"""Every Redis key and channel name Sluice uses. No other module spells a key.
+
+All keys share one prefix (``REDIS_PREFIX``, default ``sluice``) wrapped in a hash tag, so that
+on a Redis Cluster every key lands in one slot and each Lua script stays single-slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS_GROUP = "coordinators"
+BATCHES_GROUP = "processors"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sluice"
+
+    @property
+    def _p(self) -> str:
+        return "{" + self.prefix + "}"
+
+    # --- per task ---------------------------------------------------------------------------
+    def task(self, task_id: str) -> str:
+        """Hash: the task's request, status, timestamps, fence, result."""
+        return f"{self._p}:task:{task_id}"
+
+    def events(self, task_id: str) -> str:
+        """Stream: the task's status changes and deltas, read live by clients."""
+        return f"{self._p}:events:{task_id}"
+
+    def lease(self, task_id: str) -> str:
+        """String: the token of the processor holding the task (SET NX PX)."""
+        return f"{self._p}:lease:{task_id}"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String: ``<task id> <body hash>`` for an Idempotency-Key."""
+        return f"{self._p}:idem:{tenant}:{key}"
+
+    # --- queues -----------------------------------------------------------------------------
+    @property
+    def tasks_stream(self) -> str:
+        """Stream of new task ids, consumed by the coordinators' group."""
+        return f"{self._p}:tasks"
+
+    @property
+    def batches_stream(self) -> str:
+        """Stream of flushed batches, consumed by the processors' group."""
+        return f"{self._p}:batches"
+
+    @property
+    def open_batch(self) -> str:
+        """List: ids of the tasks in the batch being filled."""
+        return f"{self._p}:batch:open"
+
+    @property
+    def batch_deadline(self) -> str:
+        """String: epoch ms at which the open batch must be flushed (the timer)."""
+        return f"{self._p}:batch:deadline"
+
+    @property
+    def batch_seq(self) -> str:
+        return f"{self._p}:batch:seq"
+
+    @property
+    def batch_backlog(self) -> str:
+        """Counter: tasks in flushed batches not yet read by a processor."""
+        return f"{self._p}:batch:backlog"
+
+    @property
+    def flush_lock(self) -> str:
+        """Lock (SET NX PX) a coordinator holds while it flushes on the timer."""
+        return f"{self._p}:lock:flush"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set: dead-lettered task ids scored by time."""
+        return f"{self._p}:dead"
+
+    # --- liveness and capacity --------------------------------------------------------------
+    @property
+    def processors_free(self) -> str:
+        """Hash: processor name -> free task slots."""
+        return f"{self._p}:proc:free"
+
+    @property
+    def processors_alive(self) -> str:
+        """Sorted set: processor name -> heartbeat expiry (epoch ms)."""
+        return f"{self._p}:proc:alive"
+
+    @property
+    def processors_inflight(self) -> str:
+        """Hash: processor name -> tasks in flight."""
+        return f"{self._p}:proc:inflight"
+
+    @property
+    def coordinators_alive(self) -> str:
+        """Sorted set: coordinator name -> heartbeat expiry (epoch ms)."""
+        return f"{self._p}:coord:alive"
+
+    @property
+    def ai_status(self) -> str:
+        """Hash: what processors last learnt about the provider."""
+        return f"{self._p}:ai"
+
+    @property
+    def stats(self) -> str:
+        """Hash: counters (batches by flush reason, tasks by outcome)."""
+        return f"{self._p}:stats"
+
+    # --- pub/sub ----------------------------------------------------------------------------
+    @property
+    def batch_channel(self) -> str:
+        """Channel: 'the open batch or capacity changed', wakes coordinators."""
+        return f"{self._p}:ch:batch"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Channel: task ids whose cancellation was asked, for the processor holding them."""
+        return f"{self._p}:ch:cancel"

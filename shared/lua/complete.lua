@@ -1,0 +1,21 @@
+-- Mark a task terminal in Redis, after its row is in the store: status, result, terminal event,
+-- lease released, retention set. Only the lease holder may do it.
+-- KEYS[1] task hash, KEYS[2] lease, KEYS[3] events stream, KEYS[4] dead letters, KEYS[5] stats
+-- ARGV[1] token, ARGV[2] status, ARGV[3] result JSON, ARGV[4] error JSON, ARGV[5] now (ms),
+-- ARGV[6] retention (s), ARGV[7] terminal event type, ARGV[8] terminal event data, ARGV[9] id
+-- Returns 1, or 0 when the lease is lost.
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'error', ARGV[4],
+  'completed_at', ARGV[5])
+redis.call('HDEL', KEYS[1], 'cancel')
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[7], 'd', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+if ARGV[2] == 'failed' then
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[9])
+else
+  redis.call('ZREM', KEYS[4], ARGV[9])
+end
+redis.call('HINCRBY', KEYS[5], 'tasks_' .. ARGV[2], 1)
+return 1

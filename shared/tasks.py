@@ -1,0 +1,92 @@
+"""What a task is: statuses, and the JSON shapes clients see. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+from shared.timeutil import iso
+
+QUEUED, BATCHED, RUNNING = "queued", "batched", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+STATUSES = (QUEUED, BATCHED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+TERMINAL_EVENT = {SUCCEEDED: "done", FAILED: "error", CANCELLED: "cancelled"}
+
+
+def new_task_id() -> str:
+    """128 random bits: ids are unguessable, so knowing one proves it was handed out."""
+    return "tsk_" + secrets.token_hex(16)
+
+
+def loads_or_none(raw: str | bytes | None) -> Any:
+    if raw is None or raw == "" or raw == b"":
+        return None
+    return orjson.loads(raw)
+
+
+def view_from_redis(h: dict[str, str]) -> dict[str, Any]:
+    """The public view of a task from its Redis hash."""
+    return {
+        "id": h["id"],
+        "status": h.get("status"),
+        "model": h.get("model") or None,
+        "created_at": iso(h.get("created_at")),
+        "started_at": iso(h.get("started_at")),
+        "completed_at": iso(h.get("completed_at")),
+        "batch_id": h.get("batch_id") or None,
+        "attempts": int(h.get("attempts") or 0),
+        "result": loads_or_none(h.get("result")),
+        "error": loads_or_none(h.get("error")),
+        "metadata": _metadata(h.get("request")),
+    }
+
+
+def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The public view of a task from its store row (after Redis forgot it)."""
+    result = None
+    if row["status"] == SUCCEEDED or row.get("content") or row.get("reasoning_content"):
+        result = result_dict(row.get("content") or "", row.get("reasoning_content") or "",
+                             row.get("finish_reason"), _usage_from_row(row))
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "model": row.get("model"),
+        "created_at": iso(row.get("created_at")),
+        "started_at": iso(row.get("started_at")),
+        "completed_at": iso(row.get("completed_at")),
+        "batch_id": row.get("batch_id"),
+        "attempts": int(row.get("attempts") or 0),
+        "result": result,
+        "error": loads_or_none(row.get("error")),
+        "metadata": _metadata(row.get("request")),
+    }
+
+
+def result_dict(content: str, reasoning: str, finish_reason: str | None,
+                usage: dict[str, int] | None) -> dict[str, Any]:
+    return {
+        "content": content,
+        "reasoning_content": reasoning,
+        "finish_reason": finish_reason,
+        "usage": usage,
+    }
+
+
+def _usage_from_row(row: dict[str, Any]) -> dict[str, int] | None:
+    if row.get("total_tokens") is None:
+        return None
+    return {
+        "prompt_tokens": int(row.get("prompt_tokens") or 0),
+        "completion_tokens": int(row.get("completion_tokens") or 0),
+        "total_tokens": int(row.get("total_tokens") or 0),
+    }
+
+
+def _metadata(request_json: str | None) -> Any:
+    if not request_json:
+        return None
+    return orjson.loads(request_json).get("metadata")
