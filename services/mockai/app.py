@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -170,19 +171,20 @@ async def list_models(request: web.Request) -> web.Response:
         "created": request.app[STATE_KEY].started,
         "owned_by": "sluice-mockai",
     }
-    return web.json_response({"object": "list", "data": [model]})
+    return _json(orjson.dumps({"object": "list", "data": [model]}))
 
 
 async def mock_requests(request: web.Request) -> web.Response:
+    # orjson: up to 10,000 records, and tests poll this endpoint in tight loops.
     records = request.app[STATE_KEY].records.to_json(request.query.get("tag"))
-    return web.json_response({"requests": records})
+    return _json(orjson.dumps({"requests": records}))
 
 
 async def mock_reset(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     cleared = state.records.clear()
     state.faults.clear()
-    return web.json_response({"status": "ok", "cleared": cleared})
+    return _json(orjson.dumps({"status": "ok", "cleared": cleared}))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,49 @@
+# Sluice: `make run` starts everything locally, `make test` runs the whole test suite.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint bench up down redis-server clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's redis-server, installed when missing (CI machines start without it).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null
+
+run: $(STAMP) redis-server
+	$(BIN)/python -m scripts.run_local
+
+test: $(STAMP) redis-server
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) redis-server
+	$(BIN)/pytest -q -m "not e2e and not chaos"
+
+lint: $(STAMP)
+	$(BIN)/ruff check services shared tests scripts
+	$(BIN)/mypy services shared scripts
+
+bench: $(STAMP) redis-server
+	$(BIN)/python -m bench
+
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
