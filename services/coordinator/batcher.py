@@ -19,7 +19,7 @@ from redis.asyncio.client import PubSub
 from services.coordinator.settings import CoordinatorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
-from shared.redis_conn import UNAVAILABLE
+from shared.loops import forever, sleep_unless
 from shared.scripts import Scripts
 from shared.timeutil import now_ms
 
@@ -38,9 +38,12 @@ class Coordinator:
         self.name = settings.name
         self.stopping = asyncio.Event()
 
-    async def run(self) -> None:
+    async def _ensure_groups(self) -> None:
         await groups.ensure_group(self.redis, self.keys.tasks_stream, TASKS_GROUP)
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
+
+    async def run(self) -> None:
+        await self._ensure_groups()
         log.info("coordinator_started", name=self.name)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))
@@ -55,26 +58,10 @@ class Coordinator:
         self.stopping.set()
 
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
-        """Run ``step`` until asked to stop; survive Redis outages with capped backoff."""
-        delay = 0.1
-        while not self.stopping.is_set():
-            try:
-                await step()
-                delay = 0.1
-            except UNAVAILABLE as exc:
-                log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
-                            error=type(exc).__name__)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if pause:
-                await self._sleep(pause)
+        await forever(step, what, self.stopping, pause=pause, recreate_groups=self._ensure_groups)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await sleep_unless(self.stopping, seconds)
 
     # --- batching ---------------------------------------------------------------------------
     async def _batch(self, mode: str, extra: list[str] | None = None) -> list[int]:

@@ -62,13 +62,13 @@ class TaskRun:
         self.proc, self.task_id, self.batch_id = proc, task_id, batch_id
         self.cancel_requested = asyncio.Event()
         self.handoff = asyncio.Event()
+        self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
         self.lease: Lease | None = None
         self.started = time.perf_counter()
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
-        p, k = self.proc, self.proc.keys
-        token = secrets.token_hex(16)
+        p, k, token = self.proc, self.proc.keys, self.token
         reply = await p.scripts.begin(
             keys=[k.task(self.task_id), k.lease(self.task_id), k.events(self.task_id)],
             args=[token, p.settings.batching.lock_ttl_ms, now_ms(), p.name])
@@ -83,12 +83,26 @@ class TaskRun:
         self.lease = Lease(self.task_id, token, int(reply[1]))
         p.leases.hold(self.lease)
         try:
-            outcome = await self._work(int(reply[2]), cancelled=reply[3] == "1")
+            attempts = int(reply[2])
+            if attempts > 0 and await self._adopt_stored_result():
+                return Outcome.DONE
+            outcome = await self._work(attempts, cancelled=reply[3] == "1")
             if outcome is Outcome.HANDOFF:
                 await p.scripts.release(keys=[k.lease(self.task_id)], args=[token])
             return outcome
         finally:
             p.leases.drop(self.task_id)
+
+    async def _adopt_stored_result(self) -> bool:
+        """A holder that died after writing the store but before marking Redis finished the
+        task already: finish it from the row, never calling the provider again."""
+        row = await self.proc.store.get_task(self.task_id)
+        if row is None or row["status"] not in tasks.TERMINAL:
+            return False
+        view = tasks.view_from_row(row)
+        log.info("adopted_stored_result", task_id=self.task_id, status=row["status"])
+        return await self._complete(row["status"], view["result"], view["error"], view,
+                                    int(row["completed_at"] or now_ms()))
 
     async def _work(self, attempts: int, cancelled: bool) -> Outcome:
         h = await hash_of(self.proc.redis, self.proc.keys.task(self.task_id))
@@ -207,6 +221,10 @@ class TaskRun:
             batch_id=h.get("batch_id") or self.batch_id, processor=p.name, fence=lease.fence,
             created_at=int(h["created_at"]), started_at=int(h.get("started_at") or completed),
             completed_at=completed)
+        if not await p.scripts.renew(keys=[k.lease(self.task_id)],
+                                     args=[lease.token, p.settings.batching.lock_ttl_ms]):
+            log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
+            return Outcome.LOST
         if not await p.store.save_task(row):
             log.warning("stale_write_refused", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
@@ -218,16 +236,23 @@ class TaskRun:
         view = {**tasks.view_from_redis(h), "status": status, "attempts": attempts,
                 "result": result, "error": error, "completed_at": iso(completed),
                 "started_at": iso(row.started_at), "batch_id": row.batch_id}
+        if not await self._complete(status, result, error, view, completed):
+            return Outcome.LOST
+        self._log_summary(status, attempts, partial, usage)
+        return Outcome.DONE
+
+    async def _complete(self, status: str, result: dict[str, Any] | None,
+                        error: dict[str, Any] | None, view: dict[str, Any],
+                        completed: int) -> bool:
+        p, k, lease = self.proc, self.proc.keys, self.lease
+        assert lease is not None
         ok = await p.scripts.complete(
             keys=[k.task(self.task_id), k.lease(self.task_id), k.events(self.task_id),
                   k.dead_letters, k.stats],
             args=[lease.token, status, orjson.dumps(result) if result else "",
                   orjson.dumps(error) if error else "", completed, p.settings.retention_s,
                   tasks.TERMINAL_EVENT[status], orjson.dumps(view), self.task_id])
-        if not ok:
-            return Outcome.LOST
-        self._log_summary(status, attempts, partial, usage)
-        return Outcome.DONE
+        return bool(ok)
 
     async def _ensure_row_for_terminal(self) -> None:
         """A task cancelled before it ran (or finished by a holder that died before acking):

@@ -20,6 +20,7 @@ from services.processor.runner import Outcome, TaskRun
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
+from shared.loops import forever, sleep_unless
 from shared.redis_conn import UNAVAILABLE
 from shared.scripts import Scripts
 from shared.store import BatchRow, Store
@@ -48,8 +49,11 @@ class Processor:
         self._batches: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def _ensure_group(self) -> None:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
+
+    async def run(self) -> None:
+        await self._ensure_group()
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
@@ -72,25 +76,10 @@ class Processor:
             self.room.set()
 
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
-        delay = 0.1
-        while not self.stopping.is_set():
-            try:
-                await step()
-                delay = 0.1
-            except UNAVAILABLE as exc:
-                log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
-                            error=type(exc).__name__)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if pause:
-                await self._sleep(pause)
+        await forever(step, what, self.stopping, pause=pause, recreate_groups=self._ensure_group)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await sleep_unless(self.stopping, seconds)
 
     async def _drain(self) -> None:
         pending = set(self._batches)

@@ -1,0 +1,48 @@
+"""The loop every long-running service step runs in: until stopped, surviving Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import ResponseError
+
+from shared import logs
+from shared.redis_conn import UNAVAILABLE
+
+log = logs.get("sluice.loop")
+
+
+async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when ``stopping`` is set."""
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: asyncio.Event,
+                  *, pause: float = 0.0,
+                  recreate_groups: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Run ``step`` until ``stopping`` is set. Redis being unreachable is waited out with
+    capped, logged backoff; a consumer group that vanished (Redis restarted without
+    persistence) is recreated. Any other error propagates and stops the service."""
+    delay = 0.1
+    while not stopping.is_set():
+        try:
+            await step()
+            delay = 0.1
+        except UNAVAILABLE as exc:
+            log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
+                        error=type(exc).__name__)
+            await sleep_unless(stopping, delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc) or recreate_groups is None:
+                raise
+            log.error("consumer_group_missing", loop=what)
+            await recreate_groups()
+            continue
+        if pause:
+            await sleep_unless(stopping, pause)
