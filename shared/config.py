@@ -107,6 +107,14 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
 
 
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every occurrence of each non-empty secret replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 SECRET_FIELDS = frozenset({"ai_api_key", "api_keys"})
 
 
@@ -132,16 +140,37 @@ class Common:
     log_format: str
     log_level: str
     redis_prefix: str
+    redis_cluster: bool = False
 
     @classmethod
     def from_env(cls, env: Env) -> Common:
+        url = _redis_url(env)
         return cls(
-            redis_url=env.url("REDIS_URL", DEFAULT_REDIS_URL, ("redis", "rediss", "unix")),
+            redis_url=url,
             store_path=env.text("STORE_PATH", "./data/sluice.db"),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
             log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             redis_prefix=env.text("REDIS_PREFIX", "sluice"),
+            redis_cluster=url.split("://", 1)[0].endswith("+cluster"),
         )
+
+
+def _redis_url(env: Env) -> str:
+    """REDIS_URL, with REDIS_CLUSTER=true folded into its scheme (``redis+cluster://``), so
+    that the URL alone tells every client which kind of Redis it talks to."""
+    url = env.url("REDIS_URL", DEFAULT_REDIS_URL,
+                  ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"))
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    in_url = scheme.endswith("+cluster")
+    wanted = env.flag("REDIS_CLUSTER", in_url)
+    if in_url and not wanted:
+        raise ConfigError(f"REDIS_CLUSTER: false, but REDIS_URL asks for a cluster "
+                          f"({scheme}://)")
+    if wanted and scheme == "unix":
+        raise ConfigError("REDIS_CLUSTER: a Redis Cluster is reached over TCP (redis:// or "
+                          "rediss://), not a unix socket")
+    return f"{scheme}+cluster://{rest}" if wanted and not in_url else f"{scheme}://{rest}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared.redis_conn import RedisClient
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
     """Create the group reading from the very start, so entries added before it existed
     (a task submitted before any coordinator started) are delivered too."""
     try:
@@ -16,7 +17,7 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-async def trim_consumed(redis: Redis, stream: str, group: str) -> None:
+async def trim_consumed(redis: RedisClient, stream: str, group: str) -> None:
     """Drop entries every consumer has acknowledged: those older than both the oldest pending
     entry and the group's last delivered one. Never drops an unread or unacknowledged entry."""
     groups = await redis.xinfo_groups(stream)

@@ -37,6 +37,17 @@ class Keys:
         """String: ``<task id> <body hash>`` for an Idempotency-Key."""
         return f"{self._p}:idem:{tenant}:{key}"
 
+    # --- per tenant -------------------------------------------------------------------------
+    def tenant_rate(self, tenant: str, window: int) -> str:
+        """Counter: the tenant's submissions in one fixed rate window (``window`` = its index,
+        epoch ms // window length); it expires shortly after the window ends."""
+        return f"{self._p}:rate:{window}:{tenant}"
+
+    def tenant_active(self, tenant: str) -> str:
+        """Sorted set: the tenant's queued or running task ids, scored by submit time (ms).
+        ``tenant_active("")`` is the prefix Lua scripts append a tenant read from a task hash to."""
+        return f"{self._p}:active:{tenant}"
+
     # --- queues -----------------------------------------------------------------------------
     @property
     def tasks_stream(self) -> str:

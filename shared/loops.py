@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -11,6 +12,7 @@ from shared import logs
 from shared.redis_conn import UNAVAILABLE
 
 log = logs.get("sluice.loop")
+T = TypeVar("T")
 
 
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
@@ -46,3 +48,18 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             continue
         if pause:
             await sleep_unless(stopping, pause)
+
+
+async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **context: object
+                              ) -> T:
+    """Run one idempotent step, retrying while Redis is unreachable (a restart, a failover).
+    Used where giving up would strand work: acknowledging a batch, finishing a task."""
+    delay = 0.1
+    while True:
+        try:
+            return await step()
+        except UNAVAILABLE as exc:
+            log.warning("redis_unavailable", loop=what, error=type(exc).__name__,
+                        retry_in_s=round(delay, 2), **context)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from shared.redis_conn import RedisClient
 
 _DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff")
+         "release", "cancel", "handoff", "retry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +28,10 @@ class Scripts:
     release: AsyncScript
     cancel: AsyncScript
     handoff: AsyncScript
+    retry: AsyncScript
 
     @classmethod
-    def register(cls, redis: Redis) -> Scripts:
+    def register(cls, redis: RedisClient) -> Scripts:
         loaded: dict[str, Any] = {
             name: redis.register_script((_DIR / f"{name}.lua").read_text()) for name in NAMES
         }

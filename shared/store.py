@@ -249,6 +249,15 @@ class Store:
             return dict(row) if row else None
         return await self._read(q)
 
+    async def list_failed(self, tenant: str, limit: int) -> list[dict[str, Any]]:
+        """The tenant's dead letters: tasks that failed for good, newest first."""
+        def q(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                "SELECT * FROM tasks WHERE tenant = ? AND status = 'failed' "
+                "ORDER BY completed_at DESC LIMIT ?", (tenant, limit))
+            return [dict(r) for r in cur.fetchall()]
+        return await self._read(q)
+
     async def get_idempotency_key(self, tenant: str, key: str) -> tuple[str, str] | None:
         def q(conn: sqlite3.Connection) -> tuple[str, str] | None:
             row = conn.execute(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.harness import RedisServer, external_or_own_redis
+from tests.client import Api
+from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +22,39 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         container.stop()  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 masters (redis-server processes on loopback ports) for the
+    session; stacks on it are kept apart by their REDIS_PREFIX, as on the plain one."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """``redis+cluster://`` and one seed node: what a Sluice service is given."""
+    return redis_cluster.url
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own (AOF on), for tests that kill or restart Redis."""
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def api_factory() -> Iterator[Any]:
+    made: list[Api] = []
+
+    def make(base: str, key: str | None = None) -> Api:
+        api = Api(base, key)
+        made.append(api)
+        return api
+    yield make
+    for api in made:
+        api.http.close()

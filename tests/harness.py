@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -44,6 +47,34 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):  # t
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA and a server certificate it signed (for 127.0.0.1), as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Self-signed CA plus a server certificate for 127.0.0.1, made with the openssl CLI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr = folder / "redis.crt", folder / "redis.key", folder / "redis.csr"
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "2", "-subj", "/CN=sluice-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    return TlsFiles(ca, cert, key)
+
+
 @dataclass
 class RedisServer:
     """A redis-server process we own, so tests may kill and restart it."""
@@ -52,10 +83,17 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     appendonly: bool = True
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # --requirepass: clients must AUTH
+    tls: TlsFiles | None = None  # serve TLS only (--port 0 --tls-port)
+    extra_args: list[str] = field(default_factory=list)  # e.g. cluster mode
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return (f"rediss://{auth}127.0.0.1:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}")
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -66,14 +104,34 @@ class RedisServer:
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += self.extra_args
+        if self.tls is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                     "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._ping, 10, f"redis-server on port {self.port}")
         return self
 
     def _ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), 0.5))
+            if self.tls is not None:
+                ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+                s = stack.enter_context(ctx.wrap_socket(s, server_hostname="127.0.0.1"))
+            if self.password:
+                pw = self.password.encode()
+                s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = b""
+            while b"+PONG" not in reply and len(reply) < 256:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return b"+PONG" in reply
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
@@ -82,6 +140,82 @@ class RedisServer:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+
+def free_cluster_port() -> int:
+    """A loopback port free for a cluster node, whose cluster bus (port + 10000) is free too."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20_000, 55_000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` redis-server processes (no replicas) on loopback ports,
+    made with ``redis-cli --cluster create``: the slots split evenly over the masters."""
+
+    dir: Path
+    masters: int = 3
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The URL a Sluice service is given: one seed node, the scheme selects cluster mode."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def start(self) -> RedisClusterServers:
+        for i in range(self.masters):
+            node = RedisServer(self.dir / f"node{i}", port=free_cluster_port(), appendonly=False,
+                               extra_args=["--cluster-enabled", "yes",
+                                           "--cluster-config-file", "nodes.conf",
+                                           "--cluster-node-timeout", "5000"])
+            self.nodes.append(node.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        for port in self.ports:
+            wait_for(lambda port=port: "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO"),
+                     30, f"cluster_state:ok on node {port}", interval=0.1)
+        return self
+
+    def cli(self, port: int, *args: str) -> str:
+        out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                             check=True, capture_output=True, text=True, timeout=10)
+        return out.stdout
+
+    def owner_of(self, key: str) -> int:
+        """The port of the master serving the slot of ``key``."""
+        slot = int(self.cli(self.ports[0], "CLUSTER", "KEYSLOT", key).strip())
+        for line in self.cli(self.ports[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2]:
+                continue
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            for span in fields[8:]:
+                lo, _, hi = span.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return port
+        raise AssertionError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def external_or_own_redis(tmp: Path) -> tuple[str, RedisServer | None, object | None]:
@@ -193,9 +327,16 @@ class Stack:
         self.wait_alive(processors, coordinators)
         return self
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """A key of EDGE_API_KEYS, when the stack has any, for the harness's own requests."""
+        keys = self.env_overrides.get("EDGE_API_KEYS", "")
+        first = keys.replace(",", "\n").split("\n")[0].strip()
+        return {"Authorization": f"Bearer {first.split(':')[0]}"} if first else {}
+
     def wait_alive(self, processors: int, coordinators: int, timeout: float = 20) -> None:
         def ready() -> bool:
-            s = httpx.get(f"{self.edge_url}/api/async-status").json()
+            s = httpx.get(f"{self.edge_url}/api/async-status", headers=self.auth_headers).json()
             return (s["processors"]["count"] >= processors
                     and s["coordinators"]["count"] >= coordinators)
         wait_for(ready, timeout, f"{processors} processors and {coordinators} coordinators")
@@ -217,7 +358,9 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:
     env = {k: str(v) for k, v in kw.pop("env", {}).items()}  # type: ignore[attr-defined]
-    stack = Stack(tmp, redis_url, env)
+    prefix = kw.pop("prefix", None)  # REDIS_PREFIX; a fresh one by default
+    stack = Stack(tmp, redis_url, env) if prefix is None else Stack(tmp, redis_url, env,
+                                                                    prefix=str(prefix))
     try:
         stack.up(**kw)  # type: ignore[arg-type]
         yield stack

@@ -7,8 +7,9 @@ import sys
 
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import logs, redis_conn
-from shared.config import ConfigError, describe
+from shared import healthcheck, logs, redis_conn
+from shared.config import ConfigError, Env, describe
+from shared.keys import Keys
 from shared.runtime import install_uvloop, on_stop_signals
 
 
@@ -30,6 +31,10 @@ def main() -> None:
     except ConfigError as exc:
         print(f"sluice coordinator: {exc}", file=sys.stderr)
         sys.exit(2)
+    if "--check" in sys.argv[1:]:  # the container healthcheck: is our heartbeat alive?
+        heartbeats = Keys(settings.common.redis_prefix).coordinators_alive
+        sys.exit(healthcheck.check(settings.common.redis_url, heartbeats, "coord",
+                                    Env().optional("COORDINATOR_NAME")))
     logs.configure(settings.common.log_format, settings.common.log_level)
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))

@@ -13,13 +13,13 @@ import asyncio
 import secrets
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from services.coordinator.settings import CoordinatorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless
+from shared.redis_conn import RedisClient
 from shared.scripts import Scripts
 from shared.timeutil import now_ms
 
@@ -30,7 +30,7 @@ MAX_TIMER_WAIT_S = 1.0
 
 
 class Coordinator:
-    def __init__(self, settings: CoordinatorSettings, redis: Redis) -> None:
+    def __init__(self, settings: CoordinatorSettings, redis: RedisClient) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.common.redis_prefix)
@@ -119,8 +119,15 @@ class Coordinator:
             return
         wait = MAX_TIMER_WAIT_S if not deadline else min(MAX_TIMER_WAIT_S, (deadline - now) / 1000)
         message = await pubsub.get_message(timeout=wait)
-        if message is not None and message.get("data") == "capacity" \
-                and self.settings.batching.batch_adaptive:
+        if message is None:
+            return
+        capacity = message.get("data") == "capacity"
+        # Under load every processor reports capacity after each task: one flush answers all
+        # the reports already waiting (it reads the state as it is now), instead of one flush,
+        # three round trips, per report.
+        while (more := await pubsub.get_message(timeout=0)) is not None:
+            capacity = capacity or more.get("data") == "capacity"
+        if capacity and self.settings.batching.batch_adaptive:
             await self.flush("idle")
 
     # --- liveness and housekeeping ------------------------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 from shared.config import Batching, Common, Env
+from shared.healthcheck import default_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +23,7 @@ class CoordinatorSettings:
         return cls(
             common=Common.from_env(env),
             batching=Batching.from_env(env),
-            name=env.text("COORDINATOR_NAME", f"coord-{socket.gethostname()}-{os.getpid()}"),
+            name=env.optional("COORDINATOR_NAME") or default_name("coord"),
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_idle_ms=env.integer("COORDINATOR_RECLAIM_IDLE_MS", 5000, min_value=100),
             drain_s=env.number("DRAIN_S", 5.0, min_value=0),

@@ -6,7 +6,15 @@ import time
 
 from aiohttp import web
 
-from services.edge import views_status, views_tasks
+from services.edge import (
+    dead_letters,
+    events,
+    feeds,
+    openai_api,
+    openapi,
+    views_status,
+    views_tasks,
+)
 from services.edge.auth import auth_middleware
 from services.edge.context import SETTINGS, resources
 from services.edge.errors import Handler, error_middleware
@@ -38,11 +46,19 @@ def create_app(settings: EdgeSettings) -> web.Application:
                           middlewares=[access_log, error_middleware, auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)
     r.add_get("/api/tasks/{id}", views_tasks.get_task)
     r.add_delete("/api/tasks/{id}", views_tasks.cancel_task)
+    r.add_get("/api/tasks/{id}/events", events.task_events)
+    r.add_post("/api/tasks/{id}/retry", dead_letters.retry_task)
+    r.add_get("/api/dead-letters", dead_letters.list_dead_letters)
     r.add_get("/api/health", views_status.health)
     r.add_get("/api/async-status", views_status.async_status)
     r.add_get("/api/ai-status", views_status.ai_status)
+    r.add_get("/api/openapi.json", openapi.serve)
+    r.add_post("/v1/chat/completions", openai_api.chat_completions)
+    r.add_get("/v1/models", openai_api.list_models)
     return app

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from services.edge.settings import EdgeSettings
 from shared import redis_conn
 from shared.keys import Keys
+from shared.redis_conn import RedisClient
 from shared.scripts import Scripts
 from shared.store import Store
 
@@ -18,7 +18,7 @@ from shared.store import Store
 @dataclass(slots=True)
 class Edge:
     settings: EdgeSettings
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     keys: Keys
     store: Store

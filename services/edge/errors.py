@@ -57,7 +57,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body is too large"
-        return error_response(request, ApiError(exc.status, code, message))
+        # A 405 must say which methods the resource has (RFC 9110): keep aiohttp's Allow.
+        kept = {h: exc.headers[h] for h in ("Allow",) if h in exc.headers}
+        return error_response(request, ApiError(exc.status, code, message, headers=kept))
     except UNAVAILABLE:
         log.warning("redis_unavailable", path=request.path)
         return error_response(request, ApiError(

@@ -16,6 +16,7 @@ from shared.redis_conn import hash_of
 from shared.timeutil import iso, now_ms
 
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
+RATE_WINDOW_MS = 60_000  # TENANT_RATE_PER_MINUTE counts submissions per fixed minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +37,22 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         if known is not None:
             return _replay(known, digest)
     task_id, created = tasks.new_task_id(), now_ms()
-    k = edge.keys
+    k, s = edge.keys, edge.settings
     outcome, tid = await edge.scripts.submit(
         keys=[k.task(task_id), k.events(task_id), k.tasks_stream,
-              k.idempotency(tenant, idem_key or "")],
+              k.idempotency(tenant, idem_key or ""),
+              k.tenant_rate(tenant, created // RATE_WINDOW_MS), k.tenant_active(tenant)],
         args=[task_id, tenant, orjson.dumps(req.payload), req.model, created, digest,
-              edge.settings.idempotency_ttl_s, _QUEUED_EVENT, edge.settings.task_ttl_s])
+              s.idempotency_ttl_s, _QUEUED_EVENT, s.task_ttl_s,
+              s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks])
+    if outcome == "rate_limited":
+        raise ApiError(429, "rate_limited",
+                       f"this key may submit {s.rate_per_minute} tasks per minute",
+                       headers={"Retry-After": str(tid)})
+    if outcome == "too_many_active":
+        raise ApiError(429, "too_many_active_tasks",
+                       f"this key may have {s.max_active_tasks} tasks queued or running at once",
+                       headers={"Retry-After": str(tid)})
     if outcome == "conflict":
         raise _idempotency_conflict()
     if outcome == "existing":
@@ -82,7 +93,7 @@ async def read(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
 async def cancel(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
     k = edge.keys
     outcome = await edge.scripts.cancel(
-        keys=[k.task(task_id), k.events(task_id)],
+        keys=[k.task(task_id), k.events(task_id), k.tenant_active(tenant)],
         args=[tenant, now_ms(), k.cancel_channel, task_id, edge.settings.retention_s])
     if outcome == "missing":
         await read(edge, tenant, task_id)  # 404 unless the store knows it (then terminal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class EdgeSettings:
     rate_per_minute: int
     max_active_tasks: int
     keepalive_s: float
+    stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
 
     @classmethod
@@ -50,6 +52,7 @@ class EdgeSettings:
             rate_per_minute=env.integer("TENANT_RATE_PER_MINUTE", 6000, min_value=0),
             max_active_tasks=env.integer("TENANT_MAX_ACTIVE", 10_000, min_value=0),
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
+            stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
         )
 
@@ -72,7 +75,18 @@ def _api_keys(env: Env) -> dict[str, str]:
         if not item or item.startswith("#"):
             continue
         key, sep, tenant = item.partition(":")
-        if not sep or not key.strip() or not tenant.strip():
+        key, tenant = key.strip(), tenant.strip()
+        if not sep or not key or not tenant:
             raise ConfigError("EDGE_API_KEYS: expected key:tenant pairs separated by commas")
-        keys[key.strip()] = tenant.strip()
+        if not _KEY.fullmatch(key):  # the message never repeats the key
+            raise ConfigError("EDGE_API_KEYS: a key must be visible ASCII with no spaces")
+        if not _TENANT.fullmatch(tenant):
+            raise ConfigError(f"EDGE_API_KEYS: tenant {tenant!r} must be 1 to 64 letters, "
+                              "digits, '.', '_' or '-'")
+        keys[key] = tenant
     return keys
+
+
+# Tenants name Redis keys and store rows: a small alphabet keeps them unambiguous.
+_TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_KEY = re.compile(r"[!-~]+")

@@ -74,10 +74,10 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
     elif not isinstance(model, str) or not 0 < len(model) <= 200:
         raise _invalid("model", "must be a non-empty string of at most 200 characters")
     payload: dict[str, Any] = {"model": model, "messages": messages}
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens") if openai else None)
-    if max_tokens is not None:
-        field = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-        payload["max_tokens"] = _int(field, max_tokens, 1, settings.max_tokens_limit)
+    # OpenAI's newer clients send max_completion_tokens; both are checked, max_tokens wins.
+    for field in ("max_completion_tokens", "max_tokens") if openai else ("max_tokens",):
+        if body.get(field) is not None:
+            payload["max_tokens"] = _int(field, body[field], 1, settings.max_tokens_limit)
     for name, hi in (("temperature", 2.0), ("top_p", 1.0)):
         if body.get(name) is not None:
             payload[name] = _number(name, body[name], 0.0, hi)
@@ -112,15 +112,18 @@ def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> lis
         if not isinstance(msg, dict):
             raise _invalid(where, "must be an object")
         role = msg.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _invalid(f"{where}.role", f"must be one of {', '.join(sorted(ROLES))}")
         content = msg.get("content")
         total += _content_length(f"{where}.content", content)
         if total > settings.max_text_chars:
             raise _invalid("messages", f"more than {settings.max_text_chars} characters in all")
         clean: dict[str, Any] = {"role": role, "content": content}
-        if isinstance(msg.get("name"), str):
-            clean["name"] = msg["name"][:64]
+        name = msg.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not 0 < len(name) <= 64:
+                raise _invalid(f"{where}.name", "must be a string of 1 to 64 characters")
+            clean["name"] = name
         out.append(clean)
     return out
 
@@ -142,6 +145,8 @@ def _content_length(field: str, content: Any) -> int:
 
 
 def _int(field: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema counts 8.0 as an integer, so do we
     if isinstance(value, bool) or not isinstance(value, int):
         raise _invalid(field, "must be an integer")
     if not lo <= value <= hi:

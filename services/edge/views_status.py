@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from services.edge.context import edge_of
 from services.edge.views_tasks import json_response
+from shared.config import mask_url
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
 from shared.redis_conn import hash_of
 from shared.timeutil import iso, now_ms
@@ -93,7 +94,7 @@ async def ai_status(request: web.Request) -> web.Response:
     h = await hash_of(edge.redis, edge.keys.ai_status)
     streaming = h.get("streaming")
     return json_response({
-        "base_url": p.ai_base_url,
+        "base_url": mask_url(p.ai_base_url),  # a URL may carry credentials
         "model": p.ai_model,
         "mock": p.ai_base_url.startswith("http://127.0.0.1:8090") or p.is_mock,
         "api_key_configured": p.ai_api_key is not None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from aiohttp import web
 
@@ -22,10 +24,17 @@ def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 0 < len(key) <= 255 or not key.isprintable():
-        raise ApiError(422, "invalid_request", "Idempotency-Key: 1 to 255 printable characters",
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(422, "invalid_request",
+                       "Idempotency-Key: 1 to 255 visible ASCII characters (inner spaces allowed)",
                        param="Idempotency-Key")
     return key
+
+
+# HTTP strips a header value's outer spaces, so what arrives never starts or ends with one; the
+# same pattern is in the OpenAPI document.
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]{0,253}[!-~])?$"
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 async def create_task(request: web.Request) -> web.Response:

@@ -10,6 +10,9 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
+from shared import logs
+from shared.config import Common, Env
+
 from .app import create_app
 from .settings import ConfigError, MockSettings
 
@@ -72,6 +75,8 @@ def main() -> int:
     except ConfigError as exc:
         print(f"mockai: {exc}", file=sys.stderr)
         return 2
+    common = Common.from_env(Env())
+    logs.configure(common.log_format, common.log_level)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))

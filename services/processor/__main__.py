@@ -7,8 +7,9 @@ import sys
 
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import logs, redis_conn
-from shared.config import ConfigError, describe
+from shared import healthcheck, logs, redis_conn
+from shared.config import ConfigError, Env, describe
+from shared.keys import Keys
 from shared.runtime import install_uvloop, on_stop_signals
 from shared.store import Store
 
@@ -37,6 +38,10 @@ def main() -> None:
     except ConfigError as exc:
         print(f"sluice processor: {exc}", file=sys.stderr)
         sys.exit(2)
+    if "--check" in sys.argv[1:]:  # the container healthcheck: is our heartbeat alive?
+        heartbeats = Keys(settings.common.redis_prefix).processors_alive
+        sys.exit(healthcheck.check(settings.common.redis_url, heartbeats, "proc",
+                                    Env().optional("PROCESSOR_NAME")))
     logs.configure(settings.common.log_format, settings.common.log_level)
     logs.get("sluice.processor").info(
         "starting", settings=describe(settings.common), provider=describe(settings.provider),

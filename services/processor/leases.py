@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from shared import logs
 from shared.keys import BATCHES_GROUP, Keys
-from shared.redis_conn import UNAVAILABLE
+from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
 
 log = logs.get("sluice.processor")
@@ -31,7 +29,7 @@ class Lease:
 
 
 class LeaseKeeper:
-    def __init__(self, redis: Redis, scripts: Scripts, keys: Keys, name: str,
+    def __init__(self, redis: RedisClient, scripts: Scripts, keys: Keys, name: str,
                  ttl_ms: int) -> None:
         self.redis, self.scripts, self.keys, self.name = redis, scripts, keys, name
         self.ttl_ms = ttl_ms
@@ -63,7 +61,8 @@ class LeaseKeeper:
             async with self.redis.pipeline(transaction=False) as p:
                 for lease in held:
                     await self.scripts.renew(keys=[self.keys.lease(lease.task_id)],
-                                             args=[lease.token, self.ttl_ms], client=p)
+                                             args=[lease.token, self.ttl_ms],
+                                             client=p)  # type: ignore[arg-type]  # a pipeline
                 results = await p.execute()
             for lease, ok in zip(held, results, strict=True):
                 if not ok and not lease.lost.is_set():

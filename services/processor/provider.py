@@ -25,7 +25,7 @@ from services.processor.assembler import (
     parse_error_body,
 )
 from services.processor.sse import SSEDecoder
-from shared.config import Provider
+from shared.config import Provider, redact
 
 OnDeltas = Callable[[list[Delta]], Awaitable[None]]
 
@@ -71,6 +71,12 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     return await _from_json(await resp.aread(), on_deltas)
                 return await _from_stream(resp, on_deltas)
+    except ProviderError as err:
+        # Its message reaches clients and /api/ai-status as the provider wrote it, and a
+        # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
+        err.message = redact(err.message, settings.ai_api_key)
+        err.args = (err.message,)
+        raise
     except TimeoutError:
         raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
                             code="timeout", retryable=True) from None

@@ -168,11 +168,16 @@ class TaskRun:
                 s.cancel()
         if job.done():
             return job.result()
-        job.cancel()  # closes the upstream connection: httpx's stream context exits
-        try:
-            await job
-        except (asyncio.CancelledError, ProviderError):
-            pass
+        # Cancelling closes the upstream connection (httpx's stream context exits). On Python
+        # 3.11 a cancel that lands while redis-py is sending a command can be swallowed, so
+        # keep cancelling until the job has really ended.
+        while not job.done():
+            job.cancel()
+            await asyncio.wait([job], timeout=0.05)
+        if not job.cancelled() and job.exception() is not None \
+                and not isinstance(job.exception(), ProviderError):
+            log.warning("interrupted_with_error", task_id=self.task_id,
+                        error=type(job.exception()).__name__)
         raise _Stop
 
     async def _stopped(self, h: dict[str, str], partial: Partial, attempts: int) -> Outcome:
@@ -251,7 +256,8 @@ class TaskRun:
                   k.dead_letters, k.stats],
             args=[lease.token, status, orjson.dumps(result) if result else "",
                   orjson.dumps(error) if error else "", completed, p.settings.retention_s,
-                  tasks.TERMINAL_EVENT[status], orjson.dumps(view), self.task_id])
+                  tasks.TERMINAL_EVENT[status], orjson.dumps(view), self.task_id,
+                  k.tenant_active("")])
         return bool(ok)
 
     async def _ensure_row_for_terminal(self) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 from shared.config import Batching, Common, Env, Provider
+from shared.healthcheck import default_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,7 @@ class ProcessorSettings:
             common=Common.from_env(env),
             batching=batching,
             provider=Provider.from_env(env),
-            name=env.text("PROCESSOR_NAME", f"proc-{socket.gethostname()}-{os.getpid()}"),
+            name=env.optional("PROCESSOR_NAME") or default_name("proc"),
             concurrency=env.integer("PROCESSOR_CONCURRENCY", 32, min_value=1, max_value=100_000),
             max_attempts=env.integer("MAX_ATTEMPTS", 3, min_value=1, max_value=100),
             retry_base_s=env.number("RETRY_BASE_S", 1.0, min_value=0),

@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from services.processor import provider
@@ -20,8 +19,8 @@ from services.processor.runner import Outcome, TaskRun
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
-from shared.loops import forever, sleep_unless
-from shared.redis_conn import UNAVAILABLE
+from shared.loops import forever, sleep_unless, until_redis_answers
+from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
 from shared.store import BatchRow, Store
 from shared.tasks import TERMINAL
@@ -31,7 +30,7 @@ log = logs.get("sluice.processor")
 
 
 class Processor:
-    def __init__(self, settings: ProcessorSettings, redis: Redis, store: Store,
+    def __init__(self, settings: ProcessorSettings, redis: RedisClient, store: Store,
                  http: httpx.AsyncClient) -> None:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
@@ -147,14 +146,16 @@ class Processor:
                 await self._start(entry_id, fields, fresh=False)
 
     async def _start(self, entry_id: str, fields: dict[str, str], fresh: bool) -> None:
+        """Own the entry at once: from here on only the batch task may let go of it, so a
+        Redis error below can never leave an entry we keep renewing but never run."""
         ids = [t for t in fields.get("t", "").split(",") if t]
         self._set_inflight(len(ids))
         self.leases.entries.add(entry_id)
-        await self._report_capacity(taken=len(ids) if fresh else 0)
         assert self._tg is not None
         task = self._tg.create_task(self._run_batch(entry_id, fields, ids))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
+        await self._safe_report(taken=len(ids) if fresh else 0)
 
     # --- running a batch ----------------------------------------------------------------------
     async def _run_batch(self, entry_id: str, fields: dict[str, str], ids: list[str]) -> None:
@@ -167,9 +168,13 @@ class Processor:
         handed = [t for t, o in zip(ids, outcomes, strict=True) if o is Outcome.HANDOFF]
         try:
             if handed:
-                await self._handoff(entry_id, batch_id, handed)
-            elif await self._all_terminal(ids):
-                await self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id)
+                await until_redis_answers(lambda: self._handoff(entry_id, batch_id, handed),
+                                          "handoff", batch_id=batch_id)
+            elif await until_redis_answers(lambda: self._all_terminal(ids), "batch",
+                                           batch_id=batch_id):
+                await until_redis_answers(
+                    lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
+                    "ack", batch_id=batch_id)
                 await self.store.save_batch(BatchRow(
                     id=batch_id, size=len(ids), reason=fields.get("r", "size"),
                     processor=self.name, created_at=int(fields.get("at") or now_ms()),
@@ -182,7 +187,7 @@ class Processor:
             while True:
                 run = TaskRun(self, task_id, batch_id)
                 self.runs[task_id] = run
-                outcome = await self._retrying(run)
+                outcome = await until_redis_answers(run.run, "task", task_id=task_id)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
                     return Outcome.HANDOFF if outcome is Outcome.BUSY else outcome
                 # Someone else holds it and is alive (it renews): look again in a while.
@@ -192,21 +197,11 @@ class Processor:
             self._set_inflight(-1)
             await self._safe_report()
 
-    async def _retrying(self, run: TaskRun) -> Outcome:
-        """Redis going away mid-task must not lose it: retry the step until it is back."""
-        delay = 0.1
-        while True:
-            try:
-                return await run.run()
-            except UNAVAILABLE as exc:
-                log.warning("redis_unavailable", loop="task", task_id=run.task_id,
-                            error=type(exc).__name__, retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _safe_report(self) -> None:
+    async def _safe_report(self, taken: int = 0) -> None:
+        """Best effort: a lost report is corrected by the next heartbeat (and the backlog
+        counter by the group's lag)."""
         try:
-            await self._report_capacity()
+            await self._report_capacity(taken)
         except UNAVAILABLE:
             pass
 

@@ -1,6 +1,6 @@
 -- Ask for a task's cancellation. A task not yet running is cancelled here and now (a processor
 -- that later finds it skips the provider); a running one is flagged and its holder told.
--- KEYS[1] task hash, KEYS[2] events stream
+-- KEYS[1] task hash, KEYS[2] events stream, KEYS[3] the tenant's active set
 -- ARGV[1] tenant, ARGV[2] now (ms), ARGV[3] cancel channel, ARGV[4] task id, ARGV[5] retention (s)
 -- Returns 'missing' | 'terminal' | 'cancelled' | 'cancelling'
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -14,4 +14,6 @@ end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', ARGV[2],
   'error', '{"code":"cancelled","message":"cancelled by the client"}')
 redis.call('XADD', KEYS[2], '*', 'e', 'cancelled', 'd', '{"status":"cancelled"}')
+-- Terminal now: it no longer counts against the tenant's cap on active tasks.
+redis.call('ZREM', KEYS[3], ARGV[4])
 return 'cancelled'

@@ -1,8 +1,11 @@
 -- Mark a task terminal in Redis, after its row is in the store: status, result, terminal event,
--- lease released, retention set. Only the lease holder may do it.
+-- lease released, retention set, and the task off its tenant's active set. Only the lease
+-- holder may do it.
 -- KEYS[1] task hash, KEYS[2] lease, KEYS[3] events stream, KEYS[4] dead letters, KEYS[5] stats
 -- ARGV[1] token, ARGV[2] status, ARGV[3] result JSON, ARGV[4] error JSON, ARGV[5] now (ms),
--- ARGV[6] retention (s), ARGV[7] terminal event type, ARGV[8] terminal event data, ARGV[9] id
+-- ARGV[6] retention (s), ARGV[7] terminal event type, ARGV[8] terminal event data, ARGV[9] id,
+-- ARGV[10] key prefix of the tenants' active sets (Keys.tenant_active(""); the tenant is read
+-- from the task hash, as batch.lua builds task keys from a prefix)
 -- Returns 1, or 0 when the lease is lost.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
@@ -16,6 +19,10 @@ if ARGV[2] == 'failed' then
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[9])
 else
   redis.call('ZREM', KEYS[4], ARGV[9])
+end
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant and ARGV[10] then
+  redis.call('ZREM', ARGV[10] .. tenant, ARGV[9])
 end
 redis.call('HINCRBY', KEYS[5], 'tasks_' .. ARGV[2], 1)
 return 1

@@ -1,10 +1,18 @@
--- Store a new task and queue it, in one step: a 202 is only ever sent for a stored task.
--- KEYS[1] task hash, KEYS[2] task events stream, KEYS[3] tasks stream, KEYS[4] idempotency key
+-- Store a new task and queue it, in one step: a 202 is only ever sent for a stored task. The
+-- tenant's limits are checked and counted in the same step, so however many edge replicas run,
+-- a tenant never gets more than its share, and a refused request leaves nothing behind.
+-- KEYS[1] task hash, KEYS[2] task events stream, KEYS[3] tasks stream, KEYS[4] idempotency key,
+-- KEYS[5] the tenant's counter for the current rate window, KEYS[6] the tenant's active set
 -- ARGV[1] task id, ARGV[2] tenant, ARGV[3] request JSON, ARGV[4] model, ARGV[5] now (ms),
 -- ARGV[6] body hash ('' when no Idempotency-Key), ARGV[7] idempotency TTL (s),
--- ARGV[8] data of the first status event, ARGV[9] task TTL while not finished (s)
+-- ARGV[8] data of the first status event, ARGV[9] task TTL while not finished (s),
+-- ARGV[10] submissions allowed per rate window (0: no limit), ARGV[11] rate window (ms),
+-- ARGV[12] tasks allowed queued or running at once (0: no limit)
 -- Returns {'created', id} | {'existing', id} | {'conflict', id}
+--       | {'rate_limited', seconds until the window resets} | {'too_many_active', '1'}
+local now = tonumber(ARGV[5])
 if ARGV[6] ~= '' then
+  -- A replay of an accepted request is not a new submission: answer it before any limit.
   local prev = redis.call('GET', KEYS[4])
   if prev then
     local sep = string.find(prev, ' ', 1, true)
@@ -12,8 +20,32 @@ if ARGV[6] ~= '' then
     if string.sub(prev, sep + 1) == ARGV[6] then return {'existing', prev_id} end
     return {'conflict', prev_id}
   end
+end
+
+-- Rate: a fixed window counter; the key names the window, so a new window starts at zero.
+local rate, window = tonumber(ARGV[10]), tonumber(ARGV[11])
+local window_left = window - (now % window)
+if rate > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= rate then
+  return {'rate_limited', tostring(math.max(1, math.ceil(window_left / 1000)))}
+end
+
+-- Active cap: members are scored by submit time. One older than the task TTL belongs to a task
+-- whose hash expired without ever finishing (nothing will remove it), so it is dropped here.
+local cap = tonumber(ARGV[12])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (now - tonumber(ARGV[9]) * 1000))
+if cap > 0 and redis.call('ZCARD', KEYS[6]) >= cap then
+  return {'too_many_active', '1'}
+end
+
+if ARGV[6] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[7])
 end
+if rate > 0 then
+  redis.call('INCR', KEYS[5])
+  redis.call('PEXPIRE', KEYS[5], window_left + 1000)
+end
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('EXPIRE', KEYS[6], ARGV[9])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'tenant', ARGV[2], 'status', 'queued',
   'request', ARGV[3], 'model', ARGV[4], 'created_at', ARGV[5], 'attempts', '0', 'fence', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[9])

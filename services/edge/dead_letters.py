@@ -1,0 +1,52 @@
+"""Dead letters: tasks that failed after their last attempt, listed and re-queued by id.
+
+The list comes from the store (durable, and Redis forgets finished tasks after the retention
+time); re-queueing is one Lua script, which rebuilds the task in Redis from its row if needed.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.edge import queue
+from services.edge.auth import tenant_of
+from services.edge.context import edge_of
+from services.edge.errors import ApiError
+from services.edge.views_tasks import json_response
+from shared import tasks
+from shared.timeutil import iso, now_ms
+
+MAX_LIMIT = 500
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    edge = edge_of(request)
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(422, "invalid_request", f"limit: an integer from 1 to {MAX_LIMIT}",
+                       param="limit")
+    rows = await edge.store.list_failed(tenant_of(request), int(raw))
+    return json_response({"data": [{
+        "id": r["id"], "model": r["model"], "attempts": r["attempts"],
+        "error": tasks.loads_or_none(r["error"]), "created_at": iso(r["created_at"]),
+        "failed_at": iso(r["completed_at"])} for r in rows]})
+
+
+async def retry_task(request: web.Request) -> web.Response:
+    edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
+    view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
+    if view["status"] != tasks.FAILED:
+        raise ApiError(409, "not_failed", "only a failed task can be retried")
+    row = await edge.store.get_task(task_id)
+    k = edge.keys
+    outcome = await edge.scripts.retry(
+        keys=[k.task(task_id), k.events(task_id), k.tasks_stream, k.dead_letters],
+        args=[tenant, now_ms(), edge.settings.task_ttl_s, task_id,
+              row["request"] if row else "", row["model"] or "" if row else "",
+              row["created_at"] if row else 0, row["fence"] if row else 0])
+    if outcome == "missing":
+        raise queue.not_found()
+    if outcome == "not_failed":
+        raise ApiError(409, "not_failed", "only a failed task can be retried")
+    return json_response({"id": task_id, "status": tasks.QUEUED}, 202,
+                         {"Location": f"/api/tasks/{task_id}"})

@@ -1,0 +1,156 @@
+"""``GET /api/tasks/{id}/events``: a task's status changes and deltas, live, as Server-Sent
+Events straight from its Redis events stream.
+
+Every event's ``id:`` is its stream entry id, so a client that reconnects with
+``Last-Event-ID`` gets exactly what follows it. A late client gets everything from the start;
+once Redis has forgotten the task (``EVENTS_RETENTION_S``), the stored result arrives as one
+terminal event. A comment line every ``SSE_KEEPALIVE_S`` keeps idle connections open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.edge import queue
+from services.edge.auth import tenant_of
+from services.edge.context import Edge, edge_of
+from services.edge.errors import ApiError
+from services.edge.feeds import FEEDS, GONE, TERMINAL_EVENTS, Event, Feeds
+from shared import tasks
+from shared.redis_conn import UNAVAILABLE
+
+# The id of a terminal event rebuilt from the store: nothing can follow it.
+FINAL_ID = "final"
+KEEPALIVE = b": keepalive\n\n"
+# Idle streams look at their client this often, so a vanished one is let go within a second.
+POLL_S = 1.0
+_STREAM_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+ViewLoader = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+def sse_response(headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=headers)
+    resp.content_type = "text/event-stream"
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"  # tell nginx-like proxies not to buffer
+    return resp
+
+
+def encode(event: Event) -> bytes:
+    data = "".join(f"data: {line}\n" for line in event.data.split("\n"))
+    return f"id: {event.id}\nevent: {event.type}\n{data}\n".encode()
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def view_loader(edge: Edge, tenant: str, task_id: str) -> ViewLoader:
+    async def load() -> dict[str, Any] | None:
+        try:
+            return await queue.read(edge, tenant, task_id)
+        except (ApiError, *UNAVAILABLE):
+            return None  # the stream just ends; the client reconnects or reads the task
+    return load
+
+
+def terminal_from_view(view: dict[str, Any]) -> Event | None:
+    """The one terminal event a client gets once Redis has forgotten the task."""
+    kind = tasks.TERMINAL_EVENT.get(view.get("status") or "")
+    return None if kind is None else Event(FINAL_ID, kind, orjson.dumps(view).decode())
+
+
+async def follow(feeds: Feeds, key: str, after: str | None, tick: float,
+                 final_view: ViewLoader) -> AsyncGenerator[Event | None, None]:
+    """The task's events after ``after`` (all when None), up to and including its terminal
+    event; ``None`` after each ``tick`` seconds without one. Stops early, without a terminal
+    event, when the edge shuts down or Redis fails: the client reconnects and resumes."""
+    async with feeds.watch(key) as feed:
+        pos = 0
+        while True:
+            changed = feed.changed
+            # The feed may be younger than this client and not yet hold its Last-Event-ID.
+            pos = max(pos, feed.position_after(after))
+            while pos < len(feed.events):
+                event = feed.events[pos]
+                pos += 1
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+            if feed.ended is not None:
+                break
+            try:
+                async with asyncio.timeout(tick):
+                    await changed.wait()
+            except TimeoutError:
+                yield None
+        gone = feed.ended == GONE
+    if gone:
+        view = await final_view()
+        final = terminal_from_view(view) if view is not None else None
+        if final is not None:
+            yield final
+
+
+def last_event_id(request: web.Request) -> str | None:
+    """``Last-Event-ID`` (or ``?last_event_id=`` for clients that cannot set headers)."""
+    value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if value is None or value.strip() == "":
+        return None
+    value = value.strip()
+    if value != FINAL_ID and not _STREAM_ID.fullmatch(value):
+        raise ApiError(422, "invalid_request", "Last-Event-ID: not an event id of this stream",
+                       param="Last-Event-ID")
+    return value
+
+
+async def _caught_up(edge: Edge, key: str, after: str) -> bool:
+    """True when the client already holds the last event of a finished task's stream."""
+    if after == FINAL_ID:
+        return True
+    async with edge.redis.pipeline(transaction=False) as p:
+        p.exists(key)
+        p.xrange(key, min="(" + after, max="+", count=1)
+        exists, following = await p.execute()
+    return bool(exists) and not following
+
+
+async def task_events(request: web.Request) -> web.StreamResponse:
+    edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
+    view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
+    after = last_event_id(request)
+    request["task_id"] = task_id
+    key = edge.keys.events(task_id)
+    if after is not None and view["status"] in tasks.TERMINAL and await _caught_up(
+            edge, key, after):
+        # Nothing more will ever come; 204 is what stops an EventSource from reconnecting.
+        return web.Response(status=204)
+    resp = sse_response()
+    await resp.prepare(request)
+    keepalive = edge.settings.keepalive_s
+    events = follow(request.app[FEEDS], key, after, min(keepalive, POLL_S),
+                    view_loader(edge, tenant, task_id))
+    async with contextlib.aclosing(events):
+        last_write = time.monotonic()
+        async for event in events:
+            if event is None:
+                if client_gone(request):
+                    break
+                if time.monotonic() - last_write < keepalive:
+                    continue
+            try:
+                await resp.write(KEEPALIVE if event is None else encode(event))
+            except ConnectionResetError:
+                break  # the client left: nothing to clean up but the feed, done by aclosing
+            last_write = time.monotonic()
+    return resp

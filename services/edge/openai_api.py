@@ -1,0 +1,221 @@
+"""The OpenAI-compatible front door: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+A completion is an ordinary task (queued, batched, stored, fetchable by id, the id in the
+``X-Sluice-Task-Id`` header); this module only answers the way OpenAI does, relaying the task's
+events as ``chat.completion.chunk`` events, or waiting for its end and answering one
+``chat.completion``. A client that goes away does not cancel its task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.edge import queue
+from services.edge.auth import tenant_of
+from services.edge.context import edge_of
+from services.edge.errors import ApiError
+from services.edge.events import (
+    KEEPALIVE,
+    POLL_S,
+    client_gone,
+    follow,
+    sse_response,
+    view_loader,
+)
+from services.edge.feeds import FEEDS, TERMINAL_EVENTS, Event
+from services.edge.validation import parse_task, read_json
+from services.edge.views_tasks import idempotency_key, json_response
+
+EventStream = AsyncGenerator[Event | None, None]
+TASK_HEADER = "X-Sluice-Task-Id"
+# The task has run and ended (with the processor's own retries): an SDK that retried the request
+# would only start the same work again. OpenAI's SDKs obey this header.
+NO_RETRY = {"x-should-retry": "false"}
+DELTA_FIELDS = {"content": "content", "reasoning": "reasoning_content", "refusal": "refusal"}
+_UNAVAILABLE = ("unavailable", "the edge stopped following this task; its result will be "
+                f"at GET /api/tasks/<the {TASK_HEADER} header>")
+
+
+class Relay:
+    """The text of one kind (content, reasoning, refusal) already sent to the client.
+
+    OpenAI chunks cannot be taken back, so when an attempt restarts (``reset``), the new
+    attempt's text is held back while it repeats what was sent, and only what goes beyond it
+    is forwarded. The mock is deterministic, so retries repeat themselves; a real provider may
+    diverge, and then its new deltas are simply forwarded from the point of divergence on.
+    """
+
+    __slots__ = ("_pos", "_replaying", "sent")
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._pos = 0  # how much of ``sent`` the current attempt has repeated so far
+        self._replaying = False
+
+    def reset(self) -> None:
+        self._pos, self._replaying = 0, bool(self.sent)
+
+    def feed(self, delta: str) -> str:
+        """The part of ``delta`` to forward."""
+        if self._replaying:
+            ahead = self.sent[self._pos:self._pos + len(delta)]
+            if delta.startswith(ahead):  # still repeating what was sent
+                self._pos += len(ahead)
+                delta = delta[len(ahead):]
+                if self._pos < len(self.sent):
+                    return ""
+            self._replaying = False  # caught up, or diverged: forward from here on
+        self.sent += delta
+        return delta
+
+
+class Completion:
+    """The OpenAI shapes of one task's answer."""
+
+    def __init__(self, task_id: str, model: str, created: int) -> None:
+        self.id, self.model, self.created = f"chatcmpl-{task_id}", model, created
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return self._data({"id": self.id, "object": "chat.completion.chunk",
+                           "created": self.created, "model": self.model,
+                           "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": finish_reason}]})
+
+    def usage_chunk(self, usage: dict[str, Any] | None) -> bytes:
+        return self._data({"id": self.id, "object": "chat.completion.chunk",
+                           "created": self.created, "model": self.model, "choices": [],
+                           "usage": usage})
+
+    def whole(self, result: dict[str, Any]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": result.get("content") or "",
+                   "reasoning_content": result.get("reasoning_content") or None,
+                   "refusal": result.get("refusal") or None}
+        return {"id": self.id, "object": "chat.completion", "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": result.get("finish_reason") or "stop"}],
+                "usage": result.get("usage")}
+
+    @staticmethod
+    def _data(obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _failure(event: Event) -> tuple[int, str, str]:
+    """(HTTP status, code, message) of a task that ended without an answer."""
+    view = orjson.loads(event.data)
+    error = view.get("error") or {}
+    if event.type == "cancelled":
+        return 409, "cancelled", error.get("message") or "cancelled by the client"
+    return (502, error.get("code") or "provider_error",
+            error.get("message") or "the task failed")
+
+
+def _error_event(code: str, message: str) -> bytes:
+    body = {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(422, "invalid_request", "stream: must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(422, "invalid_request", "stream_options: must be an object",
+                       param="stream_options")
+    include_usage = (options or {}).get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise ApiError(422, "invalid_request", "stream_options.include_usage: must be a "
+                       "boolean", param="stream_options.include_usage")
+    return bool(stream), bool(include_usage)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    edge = edge_of(request)
+    key = idempotency_key(request)
+    body = await read_json(request, edge.settings.max_body_bytes)
+    req = parse_task(body, edge.settings, openai=True)
+    stream, include_usage = _stream_options(body)
+    tenant = tenant_of(request)
+    sub = await queue.submit(edge, tenant, req, key)
+    request["task_id"] = sub.id
+    completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
+    headers = {TASK_HEADER: sub.id}
+    events = follow(request.app[FEEDS], edge.keys.events(sub.id), None,
+                    min(edge.settings.keepalive_s, POLL_S), view_loader(edge, tenant, sub.id))
+    async with contextlib.aclosing(events):
+        if stream:
+            return await _relay(request, events, completion, headers, include_usage)
+        return await _wait(request, events, completion, headers)
+
+
+async def _wait(request: web.Request, events: EventStream, completion: Completion,
+                headers: dict[str, str]) -> web.StreamResponse:
+    async for event in events:
+        if client_gone(request):
+            return web.Response(status=499)  # nobody to answer; the task goes on
+        if event is None:
+            continue
+        if event.type == "done":
+            result = orjson.loads(event.data).get("result") or {}
+            return json_response(completion.whole(result), headers=headers)
+        if event.type in TERMINAL_EVENTS:
+            status, code, message = _failure(event)
+            raise ApiError(status, code, message, headers={**headers, **NO_RETRY})
+    raise ApiError(503, *_UNAVAILABLE, headers={**headers, **NO_RETRY})
+
+
+async def _relay(request: web.Request, events: EventStream, completion: Completion,
+                 headers: dict[str, str], include_usage: bool) -> web.StreamResponse:
+    resp = sse_response(headers)
+    await resp.prepare(request)
+    keepalive = edge_of(request).settings.keepalive_s
+    relays = {kind: Relay() for kind in DELTA_FIELDS}
+    try:
+        await resp.write(completion.chunk({"role": "assistant", "content": ""}))
+        last_write = time.monotonic()
+        async for event in events:
+            out = b""
+            if event is None:
+                if client_gone(request):
+                    return resp  # the task goes on; its result stays fetchable by id
+                if time.monotonic() - last_write >= keepalive:
+                    out = KEEPALIVE
+            elif event.type in DELTA_FIELDS:
+                text = relays[event.type].feed(orjson.loads(event.data).get("delta") or "")
+                if text:
+                    out = completion.chunk({DELTA_FIELDS[event.type]: text})
+            elif event.type == "reset":
+                for relay in relays.values():
+                    relay.reset()
+            elif event.type == "done":
+                result = orjson.loads(event.data).get("result") or {}
+                out = completion.chunk({}, result.get("finish_reason") or "stop")
+                if include_usage:
+                    out += completion.usage_chunk(result.get("usage"))
+                await resp.write(out + b"data: [DONE]\n\n")
+                return resp
+            elif event.type in TERMINAL_EVENTS:
+                _status, code, message = _failure(event)
+                await resp.write(_error_event(code, message))
+                return resp
+            if out:
+                await resp.write(out)
+                last_write = time.monotonic()
+        await resp.write(_error_event(*_UNAVAILABLE))
+    except ConnectionResetError:
+        pass  # the client left; the task goes on and its result stays fetchable by id
+    return resp
+
+
+async def list_models(request: web.Request) -> web.Response:
+    model = edge_of(request).settings.provider.ai_model
+    return json_response({"object": "list", "data": [
+        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}]})

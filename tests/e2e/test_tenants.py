@@ -1,0 +1,123 @@
+"""Two tenants on one edge: neither can see or touch the other's tasks through any endpoint.
+
+The route list comes from the app's own router (``create_app``), so a route with ``{id}`` added
+later is covered without touching this file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
+from shared.config import Env
+from shared.keys import Keys
+from tests.e2e.conftest import rows
+from tests.harness import running_stack
+
+pytestmark = pytest.mark.e2e
+
+KEY_A, KEY_B = "sk-tenant-alpha-61c2f0", "sk-tenant-beta-0e9d4a"
+KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"
+FAIL = {"mock": {"fault": {"status": 400, "key": "tenants-fail"}}}
+
+
+def id_routes() -> list[tuple[str, str]]:
+    """(method, path template) of every route of the app that names a task by its id."""
+    app = create_app(EdgeSettings.from_env(Env({"EDGE_API_KEYS": KEYS})))
+    return sorted({(r.method, r.resource.canonical) for r in app.router.routes()
+                   if r.resource is not None and "{id}" in r.resource.canonical
+                   and r.method != "HEAD"})
+
+
+def call(http: httpx.Client, method: str, path: str) -> tuple[int, str]:
+    """The status and (at most the first 64 KiB of) the body, also for event streams."""
+    with http.stream(method, path) as r:
+        body = b""
+        for chunk in r.iter_bytes():
+            body += chunk
+            if len(body) > 65536:
+                break
+        return r.status_code, body.decode(errors="replace")
+
+
+def dead_letters(api: Any) -> set[str]:
+    r = api.http.get("/api/dead-letters")
+    assert r.status_code == 200, r.text
+    return {d["id"] for d in r.json()["data"]}
+
+
+def test_two_tenants_cannot_see_or_touch_each_others_tasks(
+        tmp_path: Path, redis_url: str, api_factory: Any) -> None:
+    routes = id_routes()
+    assert {("GET", "/api/tasks/{id}"), ("DELETE", "/api/tasks/{id}"),
+            ("GET", "/api/tasks/{id}/events"), ("POST", "/api/tasks/{id}/retry")} <= set(routes)
+    with running_stack(tmp_path, redis_url, env={"EDGE_API_KEYS": KEYS}) as stack:
+        alpha, beta = api_factory(stack.edge_url, KEY_A), api_factory(stack.edge_url, KEY_B)
+        done = alpha.submit({"prompt": "alpha's secret question"})
+        failed = alpha.submit({"prompt": "alpha fails", "metadata": FAIL})
+        r = alpha.http.post("/v1/chat/completions",
+                            json={"messages": [{"role": "user", "content": "alpha via v1"}]})
+        assert r.status_code == 200, r.text
+        via_v1 = r.headers["X-Sluice-Task-Id"]
+        assert alpha.wait_terminal(done)["status"] == "succeeded"
+        assert alpha.wait_terminal(failed)["status"] == "failed"
+        assert alpha.wait_terminal(via_v1)["status"] == "succeeded"
+        ids = {"done": done, "failed": failed, "via_v1": via_v1}
+        for task_id in ids.values():
+            assert re.fullmatch(r"tsk_[0-9a-f]{32}", task_id)  # 128 random bits
+
+        # Beta first: every route with {id}, every one of alpha's tasks, all 404.
+        for method, template in routes:
+            for name, task_id in ids.items():
+                status, body = call(beta.http, method, template.replace("{id}", task_id))
+                assert status == 404, (method, template, name, body)
+                assert "alpha" not in body and task_id not in body.replace(
+                    f"/api/tasks/{task_id}", "")
+        # ... and the same requests as alpha are answered: the 404s above were about tenants.
+        for method, template in routes:
+            status, body = call(alpha.http, method, template.replace("{id}", done))
+            assert status != 404, (method, template, body)
+
+        # Nothing beta did changed alpha's tasks.
+        assert alpha.get(done)["status"] == "succeeded"
+        assert alpha.get(failed)["status"] == "failed"
+
+        # Dead letters are per tenant too.
+        assert failed in dead_letters(alpha) and failed not in dead_letters(beta)
+
+        # The tenant is stored with the task, in Redis and in the store.
+        r_ = redis.Redis.from_url(redis_url, decode_responses=True)
+        keys = Keys(stack.prefix)
+        for task_id in ids.values():
+            assert r_.hget(keys.task(task_id), "tenant") == "alpha"
+        stored = rows(stack.store_path, "SELECT id, tenant FROM tasks")
+        assert {(i, "alpha") for i in ids.values()} <= set(stored)
+
+
+def test_idempotency_keys_are_per_tenant(tmp_path: Path, redis_url: str,
+                                         api_factory: Any) -> None:
+    """The same Idempotency-Key from another tenant is another request, not a replay that
+    would hand over the first tenant's task."""
+    with running_stack(tmp_path, redis_url, env={"EDGE_API_KEYS": KEYS}) as stack:
+        alpha, beta = api_factory(stack.edge_url, KEY_A), api_factory(stack.edge_url, KEY_B)
+        headers = {"Idempotency-Key": "order-42"}
+        body = {"prompt": "same body"}
+        a1 = alpha.submit(body, headers=headers)
+        assert alpha.submit(body, headers=headers) == a1  # a replay for alpha
+        b1 = beta.submit(body, headers=headers)
+        assert b1 != a1
+        assert beta.get(b1)["id"] == b1
+        assert beta.http.get(f"/api/tasks/{a1}").status_code == 404
+        chat = {"messages": [{"role": "user", "content": "same"}]}
+        headers = {"Idempotency-Key": "chat-7"}
+        ra = alpha.http.post("/v1/chat/completions", json=chat, headers=headers)
+        rb = beta.http.post("/v1/chat/completions", json=chat, headers=headers)
+        assert ra.status_code == rb.status_code == 200
+        assert ra.headers["X-Sluice-Task-Id"] != rb.headers["X-Sluice-Task-Id"]
+        assert ra.json()["id"] != rb.json()["id"]

@@ -1,0 +1,57 @@
+"""The real edge app (``create_app``) on a local port, against the session's redis-server and a
+SQLite file of the test's own, with a fresh key prefix: what it leaves behind is easy to see."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
+from shared.config import Env
+
+
+@dataclass
+class EdgeUnderTest:
+    client: TestClient
+    settings: EdgeSettings
+    redis: aioredis.Redis
+    store_path: Path
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.common.redis_prefix
+
+    async def redis_keys(self) -> list[str]:
+        """Every key under this edge's prefix (all of them share the ``{prefix}`` hash tag)."""
+        return sorted([k async for k in self.redis.scan_iter(match=f"{{{self.prefix}}}:*")])
+
+    def store_rows(self, table: str) -> int:
+        conn = sqlite3.connect(self.store_path)
+        try:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        finally:
+            conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running_edge(redis_url: str, tmp: Path, **env: str) -> AsyncIterator[EdgeUnderTest]:
+    values = {"REDIS_URL": redis_url, "REDIS_PREFIX": "e" + uuid.uuid4().hex[:10],
+              "STORE_PATH": str(tmp / f"edge-{uuid.uuid4().hex[:6]}.db"),
+              "SSE_KEEPALIVE_S": "0.2", **env}
+    settings = EdgeSettings.from_env(Env(values))
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield EdgeUnderTest(client, settings, r, Path(settings.common.store_path))
+    finally:
+        await client.close()
+        await r.aclose()
