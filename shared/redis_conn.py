@@ -63,7 +63,7 @@ def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
             "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections}
 
 
-def connect(url: str, *, max_connections: int = 256) -> RedisClient:
+def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -74,10 +74,18 @@ def connect(url: str, *, max_connections: int = 256) -> RedisClient:
     On a cluster the same holds (``retry`` with 0 retries also turns off the cluster client's
     own re-sends after a connection error); it still follows MOVED and ASK redirections, which
     answer a command that did not run. ``max_connections`` is per node there.
+
+    ``wait``: when every connection is busy, a command waits for one instead of failing. The
+    processor uses it to keep a small pool however many streams it runs: each connection costs
+    about 20 KiB, and 1,000 in-flight tasks need far fewer than 1,000 at any moment.
     """
+    options = _options(max_connections, 10)
     if is_cluster_url(url):
-        return SluiceCluster.from_url(plain_url(url), **_options(max_connections, 10))
-    return Redis.from_url(url, **_options(max_connections, 10))
+        cls = GatedCluster if wait else SluiceCluster
+        return cls.from_url(plain_url(url), **options)
+    if wait:
+        return Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=None, **options))
+    return Redis.from_url(url, **options)
 
 
 def connect_blocking(url: str, *, max_connections: int, socket_timeout: float) -> RedisClient:
@@ -123,7 +131,7 @@ class SluiceCluster(RedisCluster):
                  shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
             return super().pipeline(transaction, shard_hint)  # raises, as redis-py does
-        return super().pipeline(transaction)
+        return _ScriptPipeline(self, transaction, self.script_texts)  # type: ignore[abstract]
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:

@@ -43,7 +43,8 @@ async def retry_task(request: web.Request) -> web.Response:
         keys=[k.task(task_id), k.events(task_id), k.tasks_stream, k.dead_letters],
         args=[tenant, now_ms(), edge.settings.task_ttl_s, task_id,
               row["request"] if row else "", row["model"] or "" if row else "",
-              row["created_at"] if row else 0, row["fence"] if row else 0])
+              row["created_at"] if row else 0, row["fence"] if row else 0,
+              k.tenant_active("")])
     if outcome == "missing":
         raise queue.not_found()
     if outcome == "not_failed":

@@ -32,7 +32,7 @@ FINAL_ID = "final"
 KEEPALIVE = b": keepalive\n\n"
 # Idle streams look at their client this often, so a vanished one is let go within a second.
 POLL_S = 1.0
-_STREAM_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_STREAM_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
 
 ViewLoader = Callable[[], Awaitable[dict[str, Any] | None]]
 
@@ -104,14 +104,15 @@ async def follow(feeds: Feeds, key: str, after: str | None, tick: float,
 
 def last_event_id(request: web.Request) -> str | None:
     """``Last-Event-ID`` (or ``?last_event_id=`` for clients that cannot set headers)."""
-    value = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    if value is None or value.strip() == "":
-        return None
-    value = value.strip()
-    if value != FINAL_ID and not _STREAM_ID.fullmatch(value):
-        raise ApiError(422, "invalid_request", "Last-Event-ID: not an event id of this stream",
-                       param="Last-Event-ID")
-    return value
+    found = None
+    for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")),
+                      ("last_event_id", request.query.get("last_event_id"))):
+        value = (raw or "").strip()
+        if value and value != FINAL_ID and not _STREAM_ID.fullmatch(value):
+            raise ApiError(422, "invalid_request", f"{name}: not an event id of this stream",
+                           param=name)
+        found = found or value or None
+    return found
 
 
 async def _caught_up(edge: Edge, key: str, after: str) -> bool:
@@ -129,6 +130,8 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
     view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
     after = last_event_id(request)
+    if after == FINAL_ID and view["status"] not in tasks.TERMINAL:
+        after = None  # "final" came from an earlier run of a task since retried: start over
     request["task_id"] = task_id
     key = edge.keys.events(task_id)
     if after is not None and view["status"] in tasks.TERMINAL and await _caught_up(

@@ -3,7 +3,7 @@
 Built from the settings, so the limits it states (body size, message count, text length,
 ``max_tokens``) are the ones this edge enforces, and security appears only when keys are
 configured. The tests keep it true: every route of the app must be documented here and every
-operation here must exist (tests/integration/test_edge_validation.py), and schemathesis checks
+operation here must exist (tests/integration/test_openapi_doc.py), and schemathesis checks
 every answer against it (tests/e2e/test_schemathesis.py).
 
 The schemas say exactly what the validators accept, because schemathesis sends data both just
@@ -26,7 +26,7 @@ from shared import tasks
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
 TASK_ID = "^tsk_[0-9a-f]{32}$"
-EVENT_ID = "^(|final|[0-9]{1,20}(-[0-9]{1,20})?)$"  # empty means "from the start"
+EVENT_ID = "^(|final|[0-9]{1,19}(-[0-9]{1,19})?)$"  # empty: from the start; 19 digits fit 64 bits
 
 
 def ref(name: str) -> Schema:
@@ -224,8 +224,10 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
     accepted = obj(["id", "status", "created_at"], {
         "id": {"type": "string", "pattern": TASK_ID},
         "status": {"enum": list(tasks.STATUSES)}, "created_at": TIME_OR_NULL})
-    body = {"required": True, "content": {"application/json": {"schema": ref("TaskRequest")}}}
-    chat_body = {"required": True,
+    size = f"at most {s.max_body_bytes} bytes (larger: 413)"
+    body = {"required": True, "description": size,
+            "content": {"application/json": {"schema": ref("TaskRequest")}}}
+    chat_body = {"required": True, "description": size,
                  "content": {"application/json": {"schema": ref("ChatCompletionRequest")}}}
     task_header = {"X-Sluice-Task-Id": {"description": "the task behind this completion",
                                         "schema": STR}}

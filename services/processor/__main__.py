@@ -15,8 +15,8 @@ from shared.store import Store
 
 
 async def serve(settings: ProcessorSettings) -> None:
-    redis = redis_conn.connect(settings.common.redis_url,
-                               max_connections=settings.concurrency + 32)
+    redis = redis_conn.connect(settings.common.redis_url, wait=True,
+                               max_connections=min(settings.concurrency + 32, 96))
     store = Store(settings.common.store_path)
     http = make_http(settings)
     try:

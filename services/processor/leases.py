@@ -10,6 +10,8 @@ grow idle long enough to be reclaimed by others.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import logs
@@ -25,7 +27,24 @@ class Lease:
     task_id: str
     token: str
     fence: int
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    on_lost: Callable[[], None] | None = None
+    lost: bool = False
+    # When the lease was last (re)set in Redis, on our monotonic clock: it is ours until at
+    # least renewed_at + TTL, whatever happens, since only its holder can extend it.
+    renewed_at: float = field(default_factory=time.monotonic)
+
+    def mark_lost(self) -> None:
+        if not self.lost:
+            self.lost = True
+            log.warning("lease_lost", task_id=self.task_id, fence=self.fence)
+            if self.on_lost is not None:
+                self.on_lost()
+
+    def surely_held(self, ttl_ms: int) -> bool:
+        """True while half the TTL since the last renewal has not passed: no other holder can
+        exist yet, so a check in Redis would only confirm it (Redlock's validity time, with
+        half the TTL left as margin for clock drift and the time the caller still needs)."""
+        return not self.lost and time.monotonic() - self.renewed_at < ttl_ms / 2000
 
 
 class LeaseKeeper:
@@ -58,6 +77,7 @@ class LeaseKeeper:
     async def renew_all(self) -> None:
         held = list(self.leases.values())
         if held:
+            sent = time.monotonic()
             async with self.redis.pipeline(transaction=False) as p:
                 for lease in held:
                     await self.scripts.renew(keys=[self.keys.lease(lease.task_id)],
@@ -65,9 +85,10 @@ class LeaseKeeper:
                                              client=p)  # type: ignore[arg-type]  # a pipeline
                 results = await p.execute()
             for lease, ok in zip(held, results, strict=True):
-                if not ok and not lease.lost.is_set():
-                    log.warning("lease_lost", task_id=lease.task_id, fence=lease.fence)
-                    lease.lost.set()
+                if ok:
+                    lease.renewed_at = sent
+                else:
+                    lease.mark_lost()
         if self.entries:
             await self.redis.xclaim(self.keys.batches_stream, BATCHES_GROUP, self.name, 0,
                                     list(self.entries), justid=True)

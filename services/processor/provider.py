@@ -8,7 +8,8 @@ provider that answers JSON to a streaming request is used as is and remembered a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,11 @@ from services.processor.assembler import (
     parse_error_body,
 )
 from services.processor.sse import SSEDecoder
+from services.processor.transport import AiohttpTransport
 from shared.config import Provider, redact
 
 OnDeltas = Callable[[list[Delta]], Awaitable[None]]
+DRAIN_AFTER_DONE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -40,12 +43,11 @@ class Completion:
 def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
     """The process's one client: pooled connections, explicit timeouts (read = idle timeout)."""
     timeout = httpx.Timeout(connect=10.0, read=settings.ai_idle_timeout_s, write=30.0, pool=None)
-    limits = httpx.Limits(max_connections=max_connections,
-                          max_keepalive_connections=max_connections)
     headers = {"Accept": "text/event-stream, application/json"}
     if settings.ai_api_key:
         headers["Authorization"] = f"Bearer {settings.ai_api_key}"
-    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers)
+    return httpx.AsyncClient(timeout=timeout, headers=headers,
+                             transport=AiohttpTransport(max_connections))
 
 
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
@@ -90,7 +92,8 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
 
 async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
     decoder, assembler = SSEDecoder(), StreamAssembler()
-    async for raw in resp.aiter_raw():
+    chunks = resp.aiter_bytes()
+    async for raw in chunks:
         deltas: list[Delta] = []
         for event in decoder.feed(raw):
             deltas += assembler.add_event(event)
@@ -99,12 +102,23 @@ async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
         if assembler.done:
             break
     decoder.close()
+    if assembler.done:
+        await _drain(chunks)
     # A stream may end without [DONE] (some relays never send it): a finish_reason is the
     # provider's own word that the answer is complete.
     if not (assembler.done or assembler.finished):
         raise ProviderError("the stream ended before the answer was complete",
                             code="stream_cut", retryable=True)
     return Completion(assembler.result(), assembler.usage, streamed=True)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE] (usually just the end of the body) so the connection goes back
+    to the pool; a provider that keeps it open after [DONE] is not waited for long."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+            async for _ in chunks:
+                pass
 
 
 async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:

@@ -12,9 +12,10 @@ import asyncio
 import random
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from services.processor.worker import Processor
 
 log = logs.get("sluice.processor")
+T = TypeVar("T")
 
 
 class Outcome(Enum):
@@ -60,8 +62,8 @@ class Partial:
 class TaskRun:
     def __init__(self, proc: Processor, task_id: str, batch_id: str) -> None:
         self.proc, self.task_id, self.batch_id = proc, task_id, batch_id
-        self.cancel_requested = asyncio.Event()
-        self.handoff = asyncio.Event()
+        self.stop_reason: str | None = None
+        self._job: asyncio.Future[Any] | None = None
         self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
         self.lease: Lease | None = None
         self.started = time.perf_counter()
@@ -80,13 +82,15 @@ class TaskRun:
             return Outcome.DONE
         if reply[0] == "busy":
             return Outcome.BUSY
-        self.lease = Lease(self.task_id, token, int(reply[1]))
+        self.lease = Lease(self.task_id, token, int(reply[1]),
+                           on_lost=lambda: self.interrupt("lost"))
         p.leases.hold(self.lease)
         try:
-            attempts = int(reply[2])
-            if attempts > 0 and await self._adopt_stored_result():
+            attempts, counted = int(reply[2]), reply[4] == "1"
+            if not counted and attempts > 0 and await self._adopt_stored_result():
                 return Outcome.DONE
-            outcome = await self._work(attempts, cancelled=reply[3] == "1")
+            h = dict(zip(reply[5::2], reply[6::2], strict=True))
+            outcome = await self._work(h, attempts, counted, cancelled=reply[3] == "1")
             if outcome is Outcome.HANDOFF:
                 await p.scripts.release(keys=[k.lease(self.task_id)], args=[token])
             return outcome
@@ -104,8 +108,8 @@ class TaskRun:
         return await self._complete(row["status"], view["result"], view["error"], view,
                                     int(row["completed_at"] or now_ms()))
 
-    async def _work(self, attempts: int, cancelled: bool) -> Outcome:
-        h = await hash_of(self.proc.redis, self.proc.keys.task(self.task_id))
+    async def _work(self, h: dict[str, str], attempts: int, counted: bool,
+                    cancelled: bool) -> Outcome:
         partial = Partial()
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, partial, None, None, attempts)
@@ -113,10 +117,12 @@ class TaskRun:
         last_error: dict[str, Any] | None = {
             "code": "attempts_exhausted",
             "message": f"gave up after {attempts} attempts (a processor died during each)"}
-        while attempts < self.proc.settings.max_attempts:
-            attempts = await self._count_attempt()
-            if attempts < 0:
-                return Outcome.LOST
+        while counted or attempts < self.proc.settings.max_attempts:
+            if not counted:
+                attempts = await self._count_attempt()
+                if attempts < 0:
+                    return Outcome.LOST
+            counted = False
             partial = Partial()
             try:
                 done = await self._interruptible(self._call(request, partial))
@@ -149,42 +155,53 @@ class TaskRun:
                 args += [d.kind, orjson.dumps({"delta": d.text}).decode()]
             if not await p.scripts.emit(keys=[k.lease(self.task_id), k.events(self.task_id)],
                                         args=args):
-                lease.lost.set()
+                lease.mark_lost()
 
         completion = await provider.complete(p.http, p.settings.provider, request, on_deltas)
         await p.note_provider(streamed=completion.streamed)
         return completion
 
-    async def _interruptible(self, work: Any) -> Any:
-        """Run ``work`` until it ends or we are told to stop (cancel, lease lost, drain)."""
-        assert self.lease is not None
+    def interrupt(self, reason: str) -> None:
+        """Stop the current attempt: 'cancel' (the client asked), 'lost' (our lease is gone) or
+        'handoff' (we are draining). The first reason given wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._cancel_job()
+
+    def _cancel_job(self) -> None:
+        job = self._job
+        if job is not None and not job.done():
+            job.cancel()  # closes the upstream connection: httpx's stream context exits
+            # On Python 3.11 a cancel that lands while redis-py is sending a command can be
+            # swallowed: look again shortly, until the job has really ended.
+            asyncio.get_running_loop().call_later(0.05, self._cancel_job)
+
+    async def _interruptible(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` unless, or until, the run is interrupted (then raise _Stop)."""
+        if self.stop_reason is not None:
+            work.close()
+            raise _Stop
         job = asyncio.ensure_future(work)
-        stops = [asyncio.ensure_future(e.wait())
-                 for e in (self.cancel_requested, self.lease.lost, self.handoff)]
+        self._job = job
         try:
-            await asyncio.wait([job, *stops], return_when=asyncio.FIRST_COMPLETED)
+            return await job
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.stop_reason is None or (current is not None and current.cancelling()):
+                raise  # we are being cancelled ourselves, not just the job
+            raise _Stop from None
+        except ProviderError:
+            if self.stop_reason is not None:
+                raise _Stop from None
+            raise
         finally:
-            for s in stops:
-                s.cancel()
-        if job.done():
-            return job.result()
-        # Cancelling closes the upstream connection (httpx's stream context exits). On Python
-        # 3.11 a cancel that lands while redis-py is sending a command can be swallowed, so
-        # keep cancelling until the job has really ended.
-        while not job.done():
-            job.cancel()
-            await asyncio.wait([job], timeout=0.05)
-        if not job.cancelled() and job.exception() is not None \
-                and not isinstance(job.exception(), ProviderError):
-            log.warning("interrupted_with_error", task_id=self.task_id,
-                        error=type(job.exception()).__name__)
-        raise _Stop
+            self._job = None
 
     async def _stopped(self, h: dict[str, str], partial: Partial, attempts: int) -> Outcome:
         assert self.lease is not None
-        if self.lease.lost.is_set():
+        if self.stop_reason == "lost":
             return Outcome.LOST
-        if self.cancel_requested.is_set():
+        if self.stop_reason == "cancel":
             return await self._finish(h, tasks.CANCELLED, partial, None, None, attempts)
         return Outcome.HANDOFF
 
@@ -206,7 +223,7 @@ class TaskRun:
     async def _finish(self, h: dict[str, str], status: str, partial: Partial,
                       done: provider.Completion | None, error: dict[str, Any] | None,
                       attempts: int) -> Outcome:
-        p, k, lease = self.proc, self.proc.keys, self.lease
+        p, lease = self.proc, self.lease
         assert lease is not None
         content = done.result.content if done else "".join(partial.content)
         reasoning = done.result.reasoning if done else "".join(partial.reasoning)
@@ -226,8 +243,7 @@ class TaskRun:
             batch_id=h.get("batch_id") or self.batch_id, processor=p.name, fence=lease.fence,
             created_at=int(h["created_at"]), started_at=int(h.get("started_at") or completed),
             completed_at=completed)
-        if not await p.scripts.renew(keys=[k.lease(self.task_id)],
-                                     args=[lease.token, p.settings.batching.lock_ttl_ms]):
+        if not await self._still_ours():
             log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
         if not await p.store.save_task(row):
@@ -245,6 +261,20 @@ class TaskRun:
             return Outcome.LOST
         self._log_summary(status, attempts, partial, usage)
         return Outcome.DONE
+
+    async def _still_ours(self) -> bool:
+        """Whether our lease still holds, asking Redis only when time alone cannot tell."""
+        p, lease = self.proc, self.lease
+        assert lease is not None
+        ttl = p.settings.batching.lock_ttl_ms
+        if lease.surely_held(ttl):
+            return True
+        sent = time.monotonic()
+        if await p.scripts.renew(keys=[p.keys.lease(self.task_id)], args=[lease.token, ttl]):
+            lease.renewed_at = sent
+            return True
+        lease.mark_lost()
+        return False
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
                         error: dict[str, Any] | None, view: dict[str, Any],

@@ -46,6 +46,9 @@ class Processor:
         self.drained = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._report_due = asyncio.Event()
+        self._taken = 0
+        self._ai_noted: tuple[bool, int] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -57,8 +60,9 @@ class Processor:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             tg.create_task(self.leases.run(self.stopping, self.drained))
-            tg.create_task(self._forever(self._report_capacity, "heartbeat",
+            tg.create_task(self._forever(self._safe_report, "heartbeat",
                                          self.settings.heartbeat_s))
+            tg.create_task(self._forever(self._report_when_due, "capacity"))
             tg.create_task(self._forever(self._listen_cancels, "cancels"))
             tg.create_task(self._forever(self._reclaim_once, "reclaim",
                                          self.settings.reclaim_interval_s))
@@ -73,6 +77,7 @@ class Processor:
             log.info("draining", in_flight=self.inflight, drain_s=self.settings.drain_s)
             self.stopping.set()
             self.room.set()
+            self._report_due.set()  # wake the reporter so its loop sees we are stopping
 
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
         await forever(step, what, self.stopping, pause=pause, recreate_groups=self._ensure_group)
@@ -87,7 +92,7 @@ class Processor:
         if pending:
             log.warning("handing_off", tasks=len(self.runs))
             for run in list(self.runs.values()):
-                run.handoff.set()
+                run.interrupt("handoff")
             await asyncio.wait(pending)
 
     async def _retire(self) -> None:
@@ -159,26 +164,22 @@ class Processor:
 
     # --- running a batch ----------------------------------------------------------------------
     async def _run_batch(self, entry_id: str, fields: dict[str, str], ids: list[str]) -> None:
-        batch_id = fields.get("b", entry_id)
-        await self.store.save_batch(BatchRow(
-            id=batch_id, size=len(ids), reason=fields.get("r", "size"), processor=self.name,
-            created_at=int(fields.get("at") or now_ms()), claimed_at=now_ms(),
-            completed_at=None))
+        batch_id, claimed_at = fields.get("b", entry_id), now_ms()
         outcomes = await asyncio.gather(*(self._run_task(t, batch_id) for t in ids))
         handed = [t for t, o in zip(ids, outcomes, strict=True) if o is Outcome.HANDOFF]
         try:
             if handed:
                 await until_redis_answers(lambda: self._handoff(entry_id, batch_id, handed),
                                           "handoff", batch_id=batch_id)
-            elif await until_redis_answers(lambda: self._all_terminal(ids), "batch",
-                                           batch_id=batch_id):
+            elif all(o is Outcome.DONE for o in outcomes) or await until_redis_answers(
+                    lambda: self._all_terminal(ids), "batch", batch_id=batch_id):
                 await until_redis_answers(
                     lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
                     "ack", batch_id=batch_id)
                 await self.store.save_batch(BatchRow(
                     id=batch_id, size=len(ids), reason=fields.get("r", "size"),
                     processor=self.name, created_at=int(fields.get("at") or now_ms()),
-                    claimed_at=None, completed_at=now_ms()))
+                    claimed_at=claimed_at, completed_at=now_ms()))
         finally:
             self.leases.entries.discard(entry_id)
 
@@ -198,12 +199,20 @@ class Processor:
             await self._safe_report()
 
     async def _safe_report(self, taken: int = 0) -> None:
-        """Best effort: a lost report is corrected by the next heartbeat (and the backlog
-        counter by the group's lag)."""
+        """Ask for a capacity report. Reports asked for while one is on its way go out
+        together as the next one: under load, one round trip covers many finished tasks."""
+        self._taken += taken
+        self._report_due.set()
+
+    async def _report_when_due(self) -> None:
+        await self._report_due.wait()
+        self._report_due.clear()
+        taken, self._taken = self._taken, 0
         try:
             await self._report_capacity(taken)
         except UNAVAILABLE:
-            pass
+            self._taken += taken  # counted on the next report (the heartbeat's at the latest)
+            raise
 
     async def _all_terminal(self, ids: list[str]) -> bool:
         async with self.redis.pipeline(transaction=False) as p:
@@ -229,7 +238,7 @@ class Processor:
                 if message is not None:
                     run = self.runs.get(str(message["data"]))
                     if run is not None:
-                        run.cancel_requested.set()
+                        run.interrupt("cancel")
         finally:
             await pubsub.aclose()
 
@@ -239,6 +248,11 @@ class Processor:
         k, now = self.keys.ai_status, now_ms()
         fields: dict[str | bytes, str | int] = {}
         if streamed is not None:
+            # Once a second is enough for "last success"; a change of streaming goes at once.
+            last = self._ai_noted
+            if last is not None and last[0] == streamed and now - last[1] < 1000:
+                return
+            self._ai_noted = (streamed, now)
             fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
                       "success_at": now}
         if error is not None:

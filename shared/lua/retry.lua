@@ -4,7 +4,7 @@
 -- KEYS[1] task hash, KEYS[2] events stream, KEYS[3] tasks stream, KEYS[4] dead letters
 -- ARGV[1] tenant, ARGV[2] now (ms), ARGV[3] task TTL (s), ARGV[4] task id,
 -- ARGV[5] request JSON ('' when Redis should know the task), ARGV[6] model,
--- ARGV[7] created_at (ms), ARGV[8] fence
+-- ARGV[7] created_at (ms), ARGV[8] fence, ARGV[9] key prefix of the tenants' active sets
 -- Returns 'queued' | 'missing' | 'not_failed'
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
@@ -23,5 +23,6 @@ redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[2], '*', 'e', 'status', 'd', '{"status":"queued","retried":true}')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('ZADD', ARGV[9] .. ARGV[1], ARGV[2], ARGV[4])  -- active again: counts against its limit
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[4])
 return 'queued'

@@ -21,6 +21,7 @@ from tests.harness import RedisServer, Stack, running_stack, wait_for
 
 TASKS = 500
 KILL_EVERY_S = (2.0, 4.0)
+SUBMIT_PAUSE_S = 0.4  # 8 submitters: the 500 tasks arrive over about 25 s of chaos
 
 
 def submit_until_accepted(stack: Stack, n: int) -> str:
@@ -35,6 +36,7 @@ def submit_until_accepted(stack: Stack, n: int) -> str:
             r = httpx.post(f"{stack.edge_url}/api/tasks", json=body, timeout=10,
                            headers={"Idempotency-Key": key})
             if r.status_code == 202:
+                time.sleep(SUBMIT_PAUSE_S)
                 return str(r.json()["id"])
         except httpx.HTTPError:
             pass
@@ -47,6 +49,7 @@ class Chaos(threading.Thread):
         super().__init__(daemon=True)
         self.stack, self.redis, self.rng = stack, redis, random.Random(seed)
         self.stopping = threading.Event()
+        self.round_done = threading.Event()
         self.restarts: Counter[str] = Counter()
         self.recovery_s: list[float] = []
 
@@ -57,6 +60,8 @@ class Chaos(threading.Thread):
                 order = ["edge", "coordinator", "processor", "redis"]
                 self.rng.shuffle(order)
             target = order.pop()
+            if not order:
+                self.round_done.set()
             started = time.monotonic()
             if target == "redis":
                 self.redis.kill(signal.SIGKILL)
@@ -83,6 +88,7 @@ def test_soak_with_random_kills(tmp_path: Path, own_redis: RedisServer) -> None:
             with ThreadPoolExecutor(8) as pool:
                 accepted = list(pool.map(lambda n: submit_until_accepted(stack, n),
                                          range(TASKS)))
+            chaos.round_done.wait(60)  # every kind of service killed at least once
         finally:
             chaos.stopping.set()
             chaos.join()

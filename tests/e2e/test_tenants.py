@@ -98,6 +98,8 @@ def test_two_tenants_cannot_see_or_touch_each_others_tasks(
             assert r_.hget(keys.task(task_id), "tenant") == "alpha"
         stored = rows(stack.store_path, "SELECT id, tenant FROM tasks")
         assert {(i, "alpha") for i in ids.values()} <= set(stored)
+        [edge] = stack.of("edge")
+        assert '"open_access"' not in edge.log.read_text()
 
 
 def test_idempotency_keys_are_per_tenant(tmp_path: Path, redis_url: str,
@@ -121,3 +123,15 @@ def test_idempotency_keys_are_per_tenant(tmp_path: Path, redis_url: str,
         assert ra.status_code == rb.status_code == 200
         assert ra.headers["X-Sluice-Task-Id"] != rb.headers["X-Sluice-Task-Id"]
         assert ra.json()["id"] != rb.json()["id"]
+
+
+def test_without_keys_the_edge_is_open_and_says_so(tmp_path: Path, redis_url: str,
+                                                  api_factory: Any) -> None:
+    with running_stack(tmp_path, redis_url, processors=0) as stack:
+        api = api_factory(stack.edge_url)
+        assert api.http.get("/api/health").json()["auth"].startswith("open")
+        task_id = api.submit()
+        r_ = redis.Redis.from_url(redis_url, decode_responses=True)
+        assert r_.hget(Keys(stack.prefix).task(task_id), "tenant") == "public"
+        [edge] = stack.of("edge")
+        assert '"open_access"' in edge.log.read_text()

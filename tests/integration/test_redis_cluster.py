@@ -1,0 +1,127 @@
+"""shared/redis_conn.py against a real 3-master Redis Cluster: what differs from one Redis and
+is smoothed over there (scripts in pipelines, pub/sub, waiting for connections, outages)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ResponseError
+from structlog.testing import capture_logs
+
+from shared import redis_conn
+from shared.keys import Keys
+from shared.redis_conn import UNAVAILABLE, RedisClient
+from tests.harness import RedisClusterServers
+
+
+@pytest.fixture
+async def cluster(redis_cluster_url: str) -> AsyncIterator[RedisClient]:
+    client = redis_conn.connect(redis_cluster_url)
+    await redis_conn.wait_until_ready(client, redis_cluster_url, attempts=5)
+    yield client
+    await client.aclose()
+
+
+def keys_on_two_masters(servers: RedisClusterServers) -> tuple[Keys, Keys]:
+    first = Keys("k" + uuid.uuid4().hex[:8])
+    while True:
+        second = Keys("k" + uuid.uuid4().hex[:8])
+        if servers.owner_of(second.stats) != servers.owner_of(first.stats):
+            return first, second
+
+
+async def test_the_url_scheme_chooses_the_cluster_client(cluster: RedisClient) -> None:
+    assert isinstance(cluster, RedisCluster)
+    assert isinstance(redis_conn.connect("redis://127.0.0.1:1/0"), Redis)
+
+
+async def test_scripts_in_a_pipeline_all_run_in_order(cluster: RedisClient) -> None:
+    # What the processor's lease keeper does with renew.lua: one pipeline of many scripts.
+    k = Keys("p" + uuid.uuid4().hex[:8])
+    incr = cluster.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    async with cluster.pipeline(transaction=False) as p:
+        for n in range(1, 6):
+            await incr(keys=[k.task(str(n % 2))], args=[n], client=p)  # type: ignore[arg-type]
+        p.get(k.task("1"))
+        assert await p.execute() == [1, 2, 4, 6, 9, "9"]
+
+
+async def test_a_script_may_touch_undeclared_keys_of_its_slot_only(
+        cluster: RedisClient, redis_cluster: RedisClusterServers) -> None:
+    # batch.lua, complete.lua and submit.lua build task keys from prefixes passed in ARGV:
+    # Redis Cluster runs such a script as long as those keys are on the node it runs on,
+    # which the shared hash tag guarantees; a key of another master is refused.
+    mine, other = keys_on_two_masters(redis_cluster)
+    touch = cluster.register_script(
+        "redis.call('HSET', ARGV[1] .. 'x', 'f', 'v'); return redis.call('HGET', KEYS[1], 'f')")
+    await cluster.hset(mine.task("x"), "f", "declared")
+    assert await touch(keys=[mine.task("x")], args=[mine.events("")]) == "declared"
+    assert await cluster.hget(mine.events("x"), "f") == "v"
+    with pytest.raises(ResponseError, match="non local key"):
+        await touch(keys=[mine.task("x")], args=[other.events("")])
+
+
+async def test_a_publish_from_a_script_reaches_a_subscriber_on_any_master(
+        cluster: RedisClient, redis_cluster: RedisClusterServers) -> None:
+    # PUBLISH (not SPUBLISH) is broadcast over the cluster bus: cancel.lua publishes from the
+    # master of the deployment's keys; the processor's subscription may sit on any node.
+    mine, other = keys_on_two_masters(redis_cluster)
+    pubsub = cluster.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(other.cancel_channel)  # on the master of the *other* tag
+    try:
+        assert await pubsub.get_message(timeout=0.2) is None
+        say = cluster.register_script("return redis.call('PUBLISH', ARGV[1], ARGV[2])")
+        await say(keys=[mine.stats], args=[other.cancel_channel, "tsk_1"])
+        message = None
+        for _ in range(50):
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:
+                break
+        assert message is not None and message["data"] == "tsk_1"
+    finally:
+        await pubsub.aclose()
+
+
+async def test_blocking_reads_beyond_the_connections_wait_their_turn(
+        redis_cluster_url: str) -> None:
+    reader = redis_conn.connect_blocking(redis_cluster_url, max_connections=1,
+                                         socket_timeout=5)
+    stream = Keys("b" + uuid.uuid4().hex[:8]).events("t")
+    try:
+        replies = await asyncio.gather(*(reader.xread({stream: "0-0"}, block=200)
+                                         for _ in range(4)))
+        assert replies == [[]] * 4 or replies == [{}] * 4
+    finally:
+        await reader.aclose()
+
+
+async def test_the_safety_check_reads_every_master(
+        cluster: RedisClient, redis_cluster: RedisClusterServers) -> None:
+    async def warnings() -> list[str]:
+        with capture_logs() as captured:
+            await redis_conn.warn_if_unsafe(cluster)
+        return [e["event"] for e in captured]
+
+    first, *others = redis_cluster.ports
+    try:
+        for port in others:
+            redis_cluster.cli(port, "CONFIG", "SET", "appendonly", "yes")
+        assert await warnings() == ["redis_no_persistence"]  # one master of three lacks it
+        redis_cluster.cli(first, "CONFIG", "SET", "appendonly", "yes")
+        assert await warnings() == []
+    finally:
+        for port in redis_cluster.ports:
+            redis_cluster.cli(port, "CONFIG", "SET", "appendonly", "no")
+
+
+async def test_an_unreachable_cluster_is_unavailable_not_a_bug() -> None:
+    client = redis_conn.connect("redis+cluster://127.0.0.1:1")
+    try:
+        with pytest.raises(UNAVAILABLE):
+            await client.ping()
+    finally:
+        await client.aclose()
