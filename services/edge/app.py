@@ -16,7 +16,7 @@ from services.edge import (
     views_tasks,
 )
 from services.edge.auth import auth_middleware
-from services.edge.context import SETTINGS, resources
+from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_middleware
 from services.edge.settings import EdgeSettings
 from shared import logs
@@ -37,7 +37,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         if request.path != "/api/health":
             log.info("request", method=request.method, path=request.path, status=status,
                      ms=round((time.perf_counter() - started) * 1000, 2),
-                     task_id=request.get("task_id") or request.match_info.get("id"))
+                     task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
 
 
 def create_app(settings: EdgeSettings) -> web.Application:

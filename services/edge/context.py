@@ -26,6 +26,8 @@ class Edge:
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
 EDGE = web.AppKey("edge", Edge)
+# The task a request created or named, for the one summary line per request.
+TASK_ID_KEY = web.RequestKey("task_id", str)
 
 
 def edge_of(request: web.Request) -> Edge:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from services.edge import queue
 from services.edge.auth import tenant_of
-from services.edge.context import Edge, edge_of
+from services.edge.context import TASK_ID_KEY, Edge, edge_of
 from services.edge.errors import ApiError
 from services.edge.feeds import FEEDS, GONE, TERMINAL_EVENTS, Event, Feeds
 from shared import tasks
@@ -132,7 +132,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     after = last_event_id(request)
     if after == FINAL_ID and view["status"] not in tasks.TERMINAL:
         after = None  # "final" came from an earlier run of a task since retried: start over
-    request["task_id"] = task_id
+    request[TASK_ID_KEY] = task_id
     key = edge.keys.events(task_id)
     if after is not None and view["status"] in tasks.TERMINAL and await _caught_up(
             edge, key, after):

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from services.edge import queue
 from services.edge.auth import tenant_of
-from services.edge.context import edge_of
+from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.events import (
     KEEPALIVE,
@@ -145,7 +145,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream, include_usage = _stream_options(body)
     tenant = tenant_of(request)
     sub = await queue.submit(edge, tenant, req, key)
-    request["task_id"] = sub.id
+    request[TASK_ID_KEY] = sub.id
     completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
     headers = {TASK_HEADER: sub.id}
     events = follow(request.app[FEEDS], edge.keys.events(sub.id), None,

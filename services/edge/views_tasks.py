@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.edge import queue
 from services.edge.auth import tenant_of
-from services.edge.context import edge_of
+from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.validation import parse_task, read_json
 
@@ -47,7 +47,7 @@ async def create_task(request: web.Request) -> web.Response:
     if sub.existing:
         view = await queue.read(edge, tenant, sub.id)
         body = {"id": sub.id, "status": view["status"], "created_at": view["created_at"]}
-    request["task_id"] = sub.id
+    request[TASK_ID_KEY] = sub.id
     return json_response(body, 202, {"Location": f"/api/tasks/{sub.id}"})
 
 
