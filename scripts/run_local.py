@@ -26,6 +26,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
+    for _name, p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for _name, p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("LOG_FORMAT", "console")
@@ -66,15 +78,10 @@ def main() -> int:
                     stopping = True
             time.sleep(0.2)
     finally:
-        for _name, p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 25
-        for _name, p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # Services first, so they drain while Redis is still there; Redis last.
+        services = [(n, p) for n, p in procs if n != "redis"]
+        stop_all(services, 25)
+        stop_all([(n, p) for n, p in procs if n == "redis"], 10)
     return 0
 
 

@@ -10,6 +10,7 @@ replicas from all running the same timer flush at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.coordinator.settings import CoordinatorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless
-from shared.redis_conn import RedisClient
+from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
 from shared.timeutil import now_ms
 
@@ -51,7 +52,8 @@ class Coordinator:
             tg.create_task(self._forever(self._heartbeat_once, "heartbeat",
                                          self.settings.heartbeat_s))
             tg.create_task(self._forever(self._housekeeping_once, "housekeeping", 2.0))
-        await self.redis.zrem(self.keys.coordinators_alive, self.name)
+        with contextlib.suppress(*UNAVAILABLE):  # leaving the pool is a courtesy, not a must
+            await self.redis.zrem(self.keys.coordinators_alive, self.name)
         log.info("coordinator_stopped", name=self.name)
 
     def stop(self) -> None:
