@@ -33,8 +33,8 @@ test-fast: $(STAMP) redis-server
 	$(BIN)/pytest -q -m "not e2e and not chaos"
 
 lint: $(STAMP)
-	$(BIN)/ruff check services shared tests scripts
-	$(BIN)/mypy services shared scripts
+	$(BIN)/ruff check services shared tests scripts bench
+	$(BIN)/mypy services shared scripts bench
 
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench
