@@ -15,9 +15,9 @@ from services.edge import (
     views_status,
     views_tasks,
 )
-from services.edge.auth import auth_middleware
+from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
-from services.edge.errors import Handler, error_middleware
+from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
 from shared import logs
 
@@ -25,12 +25,18 @@ log = logs.get("sluice.edge")
 
 
 @web.middleware
-async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One summary line per request; no bodies, no keys, no prompts."""
+async def edge_layer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one layer around every handler (one, not three: it runs on every submit):
+    the API key, errors as JSON, and one summary line per request, with no bodies, keys or
+    prompts."""
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            authenticate(request)
+            response = await handler(request)
+        except Exception as exc:
+            response = error_for(request, exc)
         status = response.status
         return response
     finally:
@@ -43,7 +49,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 def create_app(settings: EdgeSettings) -> web.Application:
     # client_max_size is a backstop: read_json enforces MAX_BODY_BYTES while streaming.
     app = web.Application(client_max_size=settings.max_body_bytes + 1,
-                          middlewares=[access_log, error_middleware, auth_middleware])
+                          middlewares=[edge_layer])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)

@@ -9,7 +9,7 @@ import hmac
 from aiohttp import web
 
 from services.edge.context import SETTINGS
-from services.edge.errors import ApiError, Handler
+from services.edge.errors import ApiError
 
 OPEN_TENANT = "public"
 TENANT = web.RequestKey("tenant", str)
@@ -27,21 +27,20 @@ def find_tenant(keys: dict[str, str], presented: str) -> str | None:
     return found
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request) -> None:
+    """Set the request's tenant from its API key, or raise 401."""
     keys = request.app[SETTINGS].api_keys
     if not keys:
         request[TENANT] = OPEN_TENANT
-        return await handler(request)
+        return
     if request.path in PUBLIC_PATHS:
-        return await handler(request)
+        return
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     tenant = find_tenant(keys, presented.strip()) if scheme.lower() == "bearer" else None
     if tenant is None:
         raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer)",
                        headers={"WWW-Authenticate": "Bearer"})
     request[TENANT] = tenant
-    return await handler(request)
 
 
 def tenant_of(request: web.Request) -> str:

@@ -3,7 +3,6 @@ never a 500 page or a traceback. OpenAI-compatible routes use OpenAI's shape ins
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -46,27 +45,24 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
                400: "bad_request", 415: "unsupported_media_type"}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(request, err)
-    except web.HTTPException as exc:
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for an exception a handler raised; re-raises what must propagate."""
+    if isinstance(exc, ApiError):
+        return error_response(request, exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason if exc.status != 413 else "request body is too large"
         # A 405 must say which methods the resource has (RFC 9110): keep aiohttp's Allow.
         kept = {h: exc.headers[h] for h in ("Allow",) if h in exc.headers}
         return error_response(request, ApiError(exc.status, code, message, headers=kept))
-    except UNAVAILABLE:
+    if isinstance(exc, UNAVAILABLE):
         log.warning("redis_unavailable", path=request.path)
         return error_response(request, ApiError(
             503, "unavailable", "the queue is unavailable, retry shortly",
             headers={"Retry-After": "1"}))
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled_error", path=request.path, method=request.method)
-        return error_response(request, ApiError(500, "internal", "internal error"))
+    if isinstance(exc, ConnectionResetError):
+        raise exc
+    log.exception("unhandled_error", path=request.path, method=request.method)
+    return error_response(request, ApiError(500, "internal", "internal error"))

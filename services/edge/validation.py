@@ -7,6 +7,7 @@ Sluice does not forward (tools, n, logprobs, ...), so unmodified SDKs keep worki
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,12 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
+    if length is not None:  # known and within the limit: one read, the common case
+        try:
+            return _loads(await request.content.readexactly(length))
+        except asyncio.IncompleteReadError:
+            raise ApiError(400, "incomplete_body", "the body ended before Content-Length") \
+                from None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(65_536):
@@ -54,8 +61,12 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
         chunks.append(chunk)
+    return _loads(b"".join(chunks))
+
+
+def _loads(body: bytes) -> Any:
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
 
