@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import healthcheck, logs, redis_conn
-from shared.config import ConfigError, Env, describe
+from shared import logs, redis_conn
+from shared.config import describe
 from shared.keys import Keys
-from shared.runtime import install_uvloop, on_stop_signals
+from shared.runtime import (
+    healthcheck_if_asked,
+    install_uvloop,
+    on_stop_signals,
+    settings_or_exit,
+)
 
 
 async def serve(settings: CoordinatorSettings) -> None:
@@ -26,15 +30,9 @@ async def serve(settings: CoordinatorSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = CoordinatorSettings.from_env()
-    except ConfigError as exc:
-        print(f"sluice coordinator: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if "--check" in sys.argv[1:]:  # the container healthcheck: is our heartbeat alive?
-        heartbeats = Keys(settings.common.redis_prefix).coordinators_alive
-        sys.exit(healthcheck.check(settings.common.redis_url, heartbeats, "coord",
-                                    Env().optional("COORDINATOR_NAME")))
+    settings = settings_or_exit("coordinator", CoordinatorSettings.from_env)
+    heartbeats = Keys(settings.common.redis_prefix).coordinators_alive
+    healthcheck_if_asked(settings.common, heartbeats, "coord", "COORDINATOR_NAME")
     logs.configure(settings.common.log_format, settings.common.log_level)
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 from aiohttp import web
 
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared import logs
-from shared.config import ConfigError, describe
-from shared.runtime import install_uvloop
+from shared.config import describe
+from shared.runtime import install_uvloop, settings_or_exit
 
 
 def main() -> None:
-    try:
-        settings = EdgeSettings.from_env()
-    except ConfigError as exc:
-        print(f"sluice edge: {exc}", file=sys.stderr)
-        sys.exit(2)
+    settings = settings_or_exit("edge", EdgeSettings.from_env)
     logs.configure(settings.common.log_format, settings.common.log_level)
     log = logs.get("sluice.edge")
     log.info("starting", port=settings.port, settings=describe(settings.common))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import healthcheck, logs, redis_conn
-from shared.config import ConfigError, Env, describe
+from shared import logs, redis_conn
+from shared.config import describe
 from shared.keys import Keys
-from shared.runtime import install_uvloop, on_stop_signals
+from shared.runtime import (
+    healthcheck_if_asked,
+    install_uvloop,
+    on_stop_signals,
+    settings_or_exit,
+)
 from shared.store import Store
 
 
@@ -33,15 +37,9 @@ async def serve(settings: ProcessorSettings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = ProcessorSettings.from_env()
-    except ConfigError as exc:
-        print(f"sluice processor: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if "--check" in sys.argv[1:]:  # the container healthcheck: is our heartbeat alive?
-        heartbeats = Keys(settings.common.redis_prefix).processors_alive
-        sys.exit(healthcheck.check(settings.common.redis_url, heartbeats, "proc",
-                                    Env().optional("PROCESSOR_NAME")))
+    settings = settings_or_exit("processor", ProcessorSettings.from_env)
+    heartbeats = Keys(settings.common.redis_prefix).processors_alive
+    healthcheck_if_asked(settings.common, heartbeats, "proc", "PROCESSOR_NAME")
     logs.configure(settings.common.log_format, settings.common.log_level)
     logs.get("sluice.processor").info(
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
