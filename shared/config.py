@@ -7,6 +7,7 @@ one-line message and exit status 2 (Starlette's ``Config`` does the same).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -41,7 +42,7 @@ class Env:
         return self.raw(name)
 
     def integer(self, name: str, default: int, *, min_value: int | None = None,
-            max_value: int | None = None) -> int:
+                max_value: int | None = None) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -49,11 +50,11 @@ class Env:
             number = int(value)
         except ValueError:
             raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-        self._check_range(name, number, min_value, max_value)
+        self._check_range(name, value, number, min_value, max_value)
         return number
 
     def number(self, name: str, default: float, *, min_value: float | None = None,
-              max_value: float | None = None) -> float:
+               max_value: float | None = None) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -61,7 +62,9 @@ class Env:
             number = float(value)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-        self._check_range(name, number, min_value, max_value)
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        self._check_range(name, value, number, min_value, max_value)
         return number
 
     def flag(self, name: str, default: bool) -> bool:
@@ -90,11 +93,12 @@ class Env:
         return value
 
     @staticmethod
-    def _check_range(name: str, number: float, lo: float | None, hi: float | None) -> None:
+    def _check_range(name: str, raw: str, number: float, lo: float | None,
+                     hi: float | None) -> None:
         if lo is not None and number < lo:
-            raise ConfigError(f"{name}: must be at least {lo}, got {number}")
+            raise ConfigError(f"{name}: must be at least {lo}, got {raw!r}")
         if hi is not None and number > hi:
-            raise ConfigError(f"{name}: must be at most {hi}, got {number}")
+            raise ConfigError(f"{name}: must be at most {hi}, got {raw!r}")
 
 
 def mask_url(url: str) -> str:
