@@ -47,6 +47,18 @@ async def submit(steps: Steps, *, tenant: str = "acme", body: dict[str, Any] | N
     return task_id
 
 
+async def complete(steps: Steps, task_id: str, token: str, status: str = tasks.SUCCEEDED,
+                   result: dict[str, Any] | None = None, retention_s: int = 60) -> object:
+    """complete.lua with a small result (or error), as the runner calls it."""
+    result = result if result is not None else {"content": "Hi"}
+    error = {"code": "boom", "message": "it broke"} if status == tasks.FAILED else None
+    return await steps.complete(
+        task_id=task_id, token=token, status=status,
+        result_json=orjson.dumps(result) if status == tasks.SUCCEEDED else "",
+        error_json=orjson.dumps(error) if error else "", now=now_ms(), retention_s=retention_s,
+        view_json=orjson.dumps({"id": task_id, "status": status}))
+
+
 async def read_new(redis: RedisClient, stream: str, group: str, consumer: str,
                    count: int = 100) -> list[tuple[str, dict[str, str]]]:
     """Entries delivered to ``consumer`` (the group is created when missing)."""

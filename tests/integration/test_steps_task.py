@@ -3,8 +3,6 @@ renew, renew_many, release_lease, release_lock, and the plain reads and writes."
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from shared import tasks
@@ -21,21 +19,10 @@ from shared.steps import (
     Steps,
 )
 from shared.timeutil import now_ms
-from tests.integration.kit import begun, contents, events, submit
+from tests.integration.kit import begun, complete, contents, events, submit
 
 RUNNING_EVENT = ("status", {"status": "running"})
 QUEUED_EVENT = ("status", {"status": "queued"})
-
-
-async def complete(steps: Steps, task_id: str, token: str, status: str = tasks.SUCCEEDED,
-                   result: dict[str, Any] | None = None, retention_s: int = 60) -> object:
-    result = result if result is not None else {"content": "Hi"}
-    error = {"code": "boom", "message": "it broke"} if status == tasks.FAILED else None
-    return await steps.complete(
-        task_id=task_id, token=token, status=status,
-        result_json=orjson.dumps(result) if status == tasks.SUCCEEDED else "",
-        error_json=orjson.dumps(error) if error else "", now=now_ms(), retention_s=retention_s,
-        view_json=orjson.dumps({"id": task_id, "status": status}))
 
 
 async def test_begin_takes_the_lease_counts_attempt_one_and_is_reentrant_for_its_token(
