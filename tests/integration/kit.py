@@ -27,6 +27,7 @@ from shared.timeutil import now_ms
 NO_LIMITS = TenantLimits(rate_per_window=0, window_ms=60_000, max_active=0)
 QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 BURST_TIMEOUT_S = 20  # a hang guard, far above what any burst here takes
+QUIET = {"reasoning_tokens": 0}  # mock answers of content only: simpler to compare
 
 
 def request(mock: dict[str, Any] | None = None, prompt: str = "Say something") -> dict[str, Any]:
@@ -168,3 +169,20 @@ class Core:
     async def close(self) -> None:
         for http in self._http:
             await http.aclose()
+
+
+async def mid_stream(core: Core, task_id: str) -> None:
+    """Block on the task's event stream until a content delta is in it."""
+    last = "0-0"
+    async with asyncio.timeout(BURST_TIMEOUT_S):
+        while True:
+            reply = await core.redis.xread({core.keys.events(task_id): last}, block=1000)
+            for _stream, entries in reply:
+                for entry_id, fields in entries:
+                    if fields["e"] == "content":
+                        return
+                    last = entry_id
+
+
+def deltas(evs: list[tuple[str, Any]]) -> str:
+    return "".join(d["delta"] for kind, d in evs if kind == "content")

@@ -11,8 +11,16 @@ from shared.keys import BATCHES_GROUP
 from shared.steps import CancelledNow, CancelRequested
 from shared.store import TaskRow
 from shared.timeutil import now_ms
-from tests.integration.kit import BURST_TIMEOUT_S, Core, begun, events, until
-from tests.integration.test_runner import QUIET, deltas, mid_stream
+from tests.integration.kit import (
+    BURST_TIMEOUT_S,
+    QUIET,
+    Core,
+    begun,
+    deltas,
+    events,
+    mid_stream,
+    until,
+)
 
 
 async def test_a_burst_runs_every_task_to_its_row_and_terminal_state(core: Core) -> None:

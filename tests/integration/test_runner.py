@@ -5,7 +5,6 @@ its faults asked for in metadata.mock."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 import pytest
@@ -13,32 +12,22 @@ import pytest
 from services.processor.assembler import ProviderError
 from services.processor.runner import Outcome, TaskRun
 from services.processor.worker import Processor
-from tests.integration.kit import BURST_TIMEOUT_S, Core, contents, events, until
-
-QUIET = {"reasoning_tokens": 0}  # content only: simpler to compare
+from tests.integration.kit import (
+    BURST_TIMEOUT_S,
+    QUIET,
+    Core,
+    contents,
+    deltas,
+    events,
+    mid_stream,
+    until,
+)
 
 
 async def run_task(core: Core, task_id: str, processor: Processor | None = None) -> Outcome:
     run = TaskRun((processor or core.processor()).deps, task_id, "b-test")
     async with asyncio.timeout(BURST_TIMEOUT_S):
         return await run.run()
-
-
-async def mid_stream(core: Core, task_id: str) -> None:
-    """Block on the task's event stream until a content delta is in it."""
-    last = "0-0"
-    async with asyncio.timeout(BURST_TIMEOUT_S):
-        while True:
-            reply = await core.redis.xread({core.keys.events(task_id): last}, block=1000)
-            for _stream, entries in reply:
-                for entry_id, fields in entries:
-                    if fields["e"] == "content":
-                        return
-                    last = entry_id
-
-
-def deltas(evs: list[tuple[str, Any]]) -> str:
-    return "".join(d["delta"] for kind, d in evs if kind == "content")
 
 
 async def test_a_run_streams_stores_and_finishes_the_task(core: Core) -> None:
