@@ -62,7 +62,7 @@ class Processor:
         self._batches: set[asyncio.Task[None]] = set()
         self._report_due = asyncio.Event()
         self._taken = 0
-        self.burst = False
+        self._burst = False
         self._poll_s = POLL_S
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -74,7 +74,7 @@ class Processor:
         process): stop by itself, draining as on a signal, once no batch entry is new or
         pending and nothing is in flight."""
         if burst:
-            self.burst, self._poll_s = True, BURST_POLL_S
+            self._burst, self._poll_s = True, BURST_POLL_S
         await self._ensure_group()
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with asyncio.TaskGroup() as tg:
@@ -157,7 +157,7 @@ class Processor:
             for entry_id, fields in entries:
                 read = True
                 await self._start(entry_id, fields, fresh=True)
-        if self.burst and not read and await self._idle():
+        if self._burst and not read and await self._idle():
             self.stop()
 
     async def _idle(self) -> bool:
