@@ -109,7 +109,8 @@ async def test_idle_flushes_when_live_processors_have_spare_slots(
     # A processor whose heartbeat expired does not count.
     await steps.report_capacity(name="gone", free=8, expiry_ms=now - 1, taken=0, inflight=0)
     assert (await steps.batch("idle", now=now, policy=policy)).flushed == 0
-    # A live one with 3 free slots: flushed at once, then 3 tasks wait unread (the backlog).
+    # A live one with 3 free slots: the 2 tasks are flushed at once, and so is the next one
+    # (1 slot left); then the 3 flushed tasks, not yet read, take every slot (the backlog).
     await steps.report_capacity(name="p1", free=3, expiry_ms=now + 10_000, taken=0, inflight=0)
     assert await steps.batch("idle", now=now, policy=policy) == BatchState(0, 0, 1)
     one = await queued(steps, redis, 1)
