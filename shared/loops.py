@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from shared import logs
+from shared import logs, metrics
 from shared.redis_conn import UNAVAILABLE
 
 log = logs.get("sluice.loop")
@@ -35,6 +35,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             await step()
             delay = 0.1
         except UNAVAILABLE as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
                         error=type(exc).__name__)
             await sleep_unless(stopping, delay)
@@ -59,6 +60,7 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
         try:
             return await step()
         except UNAVAILABLE as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning("redis_unavailable", loop=what, error=type(exc).__name__,
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared import logs
+from shared import logs, metrics
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.store")
@@ -214,6 +214,7 @@ class Store:
                 try:
                     results = await loop.run_in_executor(self._writer, self._write_many, items)
                 except Exception as exc:  # handed to every waiting writer
+                    metrics.store_errors.inc()
                     for item in items:
                         if not item.future.done():
                             item.future.set_exception(exc)

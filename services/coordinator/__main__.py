@@ -6,7 +6,7 @@ import asyncio
 
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import logs, redis_conn
+from shared import logs, metrics, redis_conn
 from shared.config import describe
 from shared.keys import Keys
 from shared.runtime import (
@@ -24,7 +24,9 @@ async def serve(settings: CoordinatorSettings) -> None:
         await redis_conn.warn_if_unsafe(redis)
         coordinator = Coordinator(settings, redis)
         on_stop_signals(coordinator.stop)
-        await coordinator.run()
+        async with metrics.serving(settings.metrics, "coordinator",
+                                   coordinator.refresh_metrics()):
+            await coordinator.run()
     finally:
         await redis.aclose()
 

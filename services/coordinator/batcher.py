@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from redis.asyncio.client import PubSub
 
 from services.coordinator.settings import CoordinatorSettings
-from shared import groups, logs
+from shared import figures, groups, logs, metrics
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless
 from shared.redis_conn import UNAVAILABLE, RedisClient
@@ -61,6 +62,12 @@ class Coordinator:
     def stop(self) -> None:
         self.stopping.set()
 
+    def refresh_metrics(self) -> Callable[[], Awaitable[None]]:
+        """What /metrics reads from Redis at scrape time: the cluster's batch counters."""
+        collector = metrics.BatchesFlushed()
+        metrics.REGISTRY.register(collector)
+        return lambda: figures.refresh_batches(self.redis, self.keys, collector)
+
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
         await forever(step, what, self.stopping, pause=pause, recreate_groups=self._ensure_groups)
 
@@ -70,6 +77,7 @@ class Coordinator:
     # --- batching ---------------------------------------------------------------------------
     async def add(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         pairs = [(entry_id, fields.get("id", "")) for entry_id, fields in entries]
+        metrics.tasks_placed.inc(len(pairs))
         for start in range(0, len(pairs), READ_COUNT):
             await self.steps.batch("add", now=now_ms(), policy=self.policy,
                                    entries=pairs[start:start + READ_COUNT])
@@ -160,6 +168,7 @@ class Coordinator:
         live = [(eid, fields) for eid, fields in entries if fields]
         if live:
             log.warning("reclaimed_tasks", count=len(live))
+            metrics.reclaims.labels("tasks").inc(len(live))
             await self.add(live)
         await groups.trim_consumed(self.redis, self.keys.tasks_stream, TASKS_GROUP)
         await groups.trim_consumed(self.redis, self.keys.batches_stream, BATCHES_GROUP)

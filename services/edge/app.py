@@ -10,6 +10,7 @@ from services.edge import (
     dead_letters,
     events,
     feeds,
+    metrics_view,
     openai_api,
     openapi,
     views_status,
@@ -19,7 +20,7 @@ from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
-from shared import logs
+from shared import logs, metrics
 
 log = logs.get("sluice.edge")
 
@@ -40,9 +41,11 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        metrics_view.observe(request, status, elapsed)
         if request.path != "/api/health":
             log.info("request", method=request.method, path=request.path, status=status,
-                     ms=round((time.perf_counter() - started) * 1000, 2),
+                     ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
 
 
@@ -51,6 +54,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes + 1,
                           middlewares=[edge_layer])
     app[SETTINGS] = settings
+    metrics.configure(settings.metrics)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
     app.on_shutdown.append(feeds.close_feeds)
@@ -65,6 +69,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/api/async-status", views_status.async_status)
     r.add_get("/api/ai-status", views_status.ai_status)
     r.add_get("/api/openapi.json", openapi.serve)
+    r.add_get("/metrics", metrics_view.serve)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
     return app

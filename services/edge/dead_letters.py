@@ -13,7 +13,7 @@ from services.edge.auth import tenant_of
 from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.edge.views_tasks import json_response
-from shared import tasks
+from shared import metrics, tasks
 from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms
 
@@ -48,5 +48,6 @@ async def retry_task(request: web.Request) -> web.Response:
         raise queue.not_found()
     if isinstance(result, NotFailed):
         raise ApiError(409, "not_failed", "only a failed task can be retried")
+    metrics.tasks_requeued.inc()
     return json_response({"id": task_id, "status": tasks.QUEUED}, 202,
                          {"Location": f"/api/tasks/{task_id}"})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import Batching, Common, ConfigError, Env, Provider
+from shared.metrics import MetricsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class EdgeSettings:
     host: str
     port: int
     api_keys: dict[str, str]  # key -> tenant; empty means the edge is open
+    admin_keys: dict[str, str]  # EDGE_ADMIN_KEYS: key -> 'admin'; /metrics and the dashboard
     max_body_bytes: int
     max_messages: int
     max_text_chars: int
@@ -30,6 +32,8 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    metrics: MetricsSettings
+    dashboard_show_prompts: bool
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -41,6 +45,7 @@ class EdgeSettings:
             host=env.text("EDGE_HOST", "0.0.0.0"),
             port=env.integer("EDGE_PORT", 8080, min_value=0, max_value=65535),
             api_keys=_api_keys(env),
+            admin_keys=_admin_keys(env),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1 << 20, min_value=1024),
             max_messages=env.integer("MAX_MESSAGES", 256, min_value=1),
             max_text_chars=env.integer("MAX_TEXT_CHARS", 400_000, min_value=1),
@@ -54,11 +59,18 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            metrics=MetricsSettings.from_env(env),
+            dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
         )
 
     @property
     def open_access(self) -> bool:
         return not self.api_keys
+
+    @property
+    def open_admin(self) -> bool:
+        """No key of any kind: /metrics and the dashboard are open, like the rest."""
+        return not self.api_keys and not self.admin_keys
 
 
 def _api_keys(env: Env) -> dict[str, str]:
@@ -85,6 +97,14 @@ def _api_keys(env: Env) -> dict[str, str]:
                               "digits, '.', '_' or '-'")
         keys[key] = tenant
     return keys
+
+
+def _admin_keys(env: Env) -> dict[str, str]:
+    keys = [k.strip() for k in (env.optional("EDGE_ADMIN_KEYS") or "").split(",") if k.strip()]
+    for key in keys:
+        if not _KEY.fullmatch(key):  # the message never repeats the key
+            raise ConfigError("EDGE_ADMIN_KEYS: a key must be visible ASCII with no spaces")
+    return dict.fromkeys(keys, "admin")
 
 
 # Tenants name Redis keys and store rows: a small alphabet keeps them unambiguous.

@@ -21,6 +21,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from shared import http_metrics
+
 from .faults import (
     Fault,
     FaultCounters,
@@ -446,7 +448,8 @@ class _SseStream:
 
 
 def create_app(settings: MockSettings | None = None) -> web.Application:
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE,
+                          middlewares=[http_metrics.middleware("mockai")])
     app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
     app[STATE_KEY] = MockState()
     app.router.add_get("/health", health)

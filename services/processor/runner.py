@@ -19,11 +19,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion, OnDeltas
-from shared import logs, tasks
+from shared import logs, metrics, tasks
 from shared.steps import (
     AlreadyTerminal,
     AttemptCounted,
@@ -143,6 +144,7 @@ class TaskRun:
             d.leases.drop(self.task_id)
 
     async def _owned(self, begun: Begun) -> Outcome:
+        telemetry.begun(begun)
         self.attempts = begun.attempts
         if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
             return Outcome.ADOPTED
@@ -301,6 +303,7 @@ class TaskRun:
             return Outcome.LOST
         if not await self.deps.store.save_task(row):
             log.warning("stale_write_refused", task_id=self.task_id, fence=lease.fence)
+            metrics.fence_rejections.inc()
             return Outcome.LOST
         result = None
         if status == tasks.SUCCEEDED or content or reasoning:

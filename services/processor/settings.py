@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from shared.config import Batching, Common, Env, Provider
 from shared.healthcheck import default_name
+from shared.metrics import MetricsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class ProcessorSettings:
     drain_s: float
     heartbeat_s: float
     reclaim_interval_s: float
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ProcessorSettings:
@@ -43,4 +45,5 @@ class ProcessorSettings:
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_interval_s=env.number(
                 "RECLAIM_INTERVAL_S", min(5.0, batching.lock_ttl_ms / 3000), min_value=0.05),
+            metrics=MetricsSettings.from_env(env),
         )

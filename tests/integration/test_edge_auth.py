@@ -29,10 +29,10 @@ def protected_routes() -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def test_routes_needing_a_key_are_every_api_and_v1_route() -> None:
+def test_routes_needing_a_key_are_every_api_and_v1_route_and_metrics() -> None:
     paths = {p for _, p in protected_routes()}
-    assert {"/api/tasks", f"/api/tasks/{SOME_ID}", "/v1/chat/completions"} <= paths
-    assert all(p.startswith(("/api/", "/v1/")) for p in paths)
+    assert {"/api/tasks", f"/api/tasks/{SOME_ID}", "/v1/chat/completions", "/metrics"} <= paths
+    assert all(p.startswith(("/api/", "/v1/")) or p == "/metrics" for p in paths)
 
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", "Bearer wrong-key",

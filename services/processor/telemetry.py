@@ -1,0 +1,111 @@
+"""The processor's per-task figures: queue wait, time to first token, inter-token latency,
+tokens, provider answers, outcome. Kept out of the runner: the runner says when a task begins
+(``begun``), the worker wraps the provider call (``observed``) and reports the outcome
+(``finished``); the task's own facts travel in a context variable, which each task's asyncio
+task has to itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.provider import Completion, OnDeltas
+from shared import metrics, tasks
+from shared.steps import Begun
+from shared.timeutil import now_ms
+
+CallProvider = Callable[[dict[str, Any], OnDeltas], Awaitable[Completion]]
+
+
+@dataclass(slots=True)
+class TaskFacts:
+    created_at_ms: int
+    tenant: str
+    attempted_before: bool  # another run (a dead holder's) called the provider already
+    calls: int = 0
+
+
+_facts: ContextVar[TaskFacts | None] = ContextVar("sluice_task_facts", default=None)
+
+
+def begun(b: Begun) -> None:
+    """This run holds the task's lease now. The first run of a task observes its queue wait."""
+    h = b.task
+    created = int(h.get("created_at") or 0)
+    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not b.counted))
+    if b.counted and created:
+        metrics.queue_wait.observe(max(0.0, (now_ms() - created) / 1000))
+
+
+def finished(status: str | None) -> None:
+    """This run made the task terminal with ``status``."""
+    facts = _facts.get()
+    if status is None or facts is None:
+        return
+    metrics.tasks_finished.labels(status, metrics.tenant(facts.tenant)).inc()
+    if status == tasks.FAILED:
+        metrics.tasks_dead_lettered.inc()
+    if facts.created_at_ms:
+        metrics.e2e_latency.observe(max(0.0, (now_ms() - facts.created_at_ms) / 1000))
+
+
+def observed(call: CallProvider) -> CallProvider:
+    """``call`` with its figures: status code, first token, gaps between pieces, tokens."""
+
+    async def run(request: dict[str, Any], on_deltas: OnDeltas) -> Completion:
+        facts = _facts.get()
+        if facts is not None:
+            if facts.calls or facts.attempted_before:
+                metrics.task_retries.inc()
+            facts.calls += 1
+        started = time.perf_counter()
+        last: float | None = None
+
+        async def timed(deltas: list[Delta]) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if last is None:
+                metrics.ttft.observe(now - started)
+            else:
+                metrics.itl.observe(now - last)
+            last = now
+            await on_deltas(deltas)
+
+        metrics.provider_in_flight.inc()
+        try:
+            completion = await call(request, timed)
+        except ProviderError as err:
+            _count_error(err)
+            raise
+        finally:
+            metrics.provider_in_flight.dec()
+        metrics.provider_requests.labels("200").inc()
+        _count_tokens(completion.usage)
+        return completion
+
+    return run
+
+
+def _count_error(err: ProviderError) -> None:
+    metrics.provider_requests.labels(str(err.status) if err.status else "error").inc()
+    if err.status == 429:
+        metrics.provider_rate_limited.inc()
+    if err.retry_after is not None:
+        metrics.provider_pauses.inc()
+        metrics.provider_pause_seconds.inc(max(0.0, err.retry_after))
+
+
+def _count_tokens(usage: Usage | None) -> None:
+    if usage is None:
+        return
+    details = usage.extra.get("completion_tokens_details") or {}
+    reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
+    metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+    metrics.tokens.labels("reasoning").inc(reasoning)
+    metrics.tokens.labels("completion").inc(max(0, usage.completion_tokens - reasoning))
+    metrics.prompt_tokens.inc(usage.prompt_tokens)
+    metrics.generation_tokens.inc(usage.completion_tokens)
