@@ -119,6 +119,14 @@ class Keys:
         """Hash: counters (batches by flush reason, tasks by outcome)."""
         return f"{self._p}:stats"
 
+    def rollup(self, minute: int) -> str:
+        """Hash: the dashboard's per-minute figures (minute = epoch ms // 60000), kept 24 h."""
+        return f"{self._p}:rollup:{minute}"
+
+    def tenant_active_pattern(self) -> str:
+        """SCAN pattern of every tenant's active set (the dashboard's admin view)."""
+        return f"{self._p}:active:*"
+
     # --- pub/sub ----------------------------------------------------------------------------
     @property
     def batch_channel(self) -> str:

@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from services.edge import (
+    dashboard,
     dead_letters,
     events,
     feeds,
@@ -57,6 +58,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     metrics.configure(settings.metrics)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(metrics_view.rollup_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)
@@ -70,6 +72,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/api/ai-status", views_status.ai_status)
     r.add_get("/api/openapi.json", openapi.serve)
     r.add_get("/metrics", metrics_view.serve)
+    dashboard.add_routes(app)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
     return app

@@ -34,7 +34,12 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def retry_task(request: web.Request) -> web.Response:
-    edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
+    return await retry(request, tenant_of(request), request.match_info["id"])
+
+
+async def retry(request: web.Request, tenant: str, task_id: str) -> web.Response:
+    """Re-queue ``tenant``'s failed task (the API, and the dashboard's retry button)."""
+    edge = edge_of(request)
     view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
     if view["status"] != tasks.FAILED:
         raise ApiError(409, "not_failed", "only a failed task can be retried")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from services.edge.context import edge_of
-from shared import figures, metrics
+from services.edge.context import EDGE, edge_of
+from shared import figures, metrics, rollup
 from shared.redis_conn import UNAVAILABLE
 
 
@@ -19,6 +21,19 @@ async def serve(request: web.Request) -> web.Response:
         metrics.redis_errors.labels("scrape").inc()  # the rest of the page is still true
     return web.Response(body=metrics.exposition(), content_type=metrics.CONTENT_TYPE,
                         charset="utf-8")
+
+
+async def rollup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Flush this edge's share of the dashboard's history; sample the queue's depth."""
+    edge = app[EDGE]
+
+    async def depth() -> dict[str, float]:
+        await figures.refresh_queue(edge.redis, edge.keys)
+        return {"depth": sum(metrics.queue_depth.labels(s)._value.get()
+                             for s in ("queued", "open_batch", "batched"))}
+
+    async with rollup.flushing(edge.redis, edge.keys, depth):
+        yield
 
 
 def observe(request: web.Request, status: int, seconds: float) -> None:

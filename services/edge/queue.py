@@ -11,7 +11,7 @@ import orjson
 from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
-from shared import metrics, tasks
+from shared import metrics, rollup, tasks
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
@@ -68,6 +68,7 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
             view = await edge.steps.task_hash(tid)
             return Submitted(tid, int(view.get("created_at") or created), existing=True)
     metrics.tasks_submitted.labels(metrics.tenant(tenant)).inc()
+    rollup.add("submitted")
     if idem_key:
         await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
     return Submitted(task_id, created, existing=False)

@@ -6,7 +6,7 @@ import asyncio
 
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import logs, metrics, redis_conn
+from shared import logs, metrics, redis_conn, rollup
 from shared.config import describe
 from shared.keys import Keys
 from shared.runtime import (
@@ -29,7 +29,8 @@ async def serve(settings: ProcessorSettings) -> None:
         await redis_conn.warn_if_unsafe(redis)
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
-        async with metrics.serving(settings.metrics, "processor"):
+        async with (metrics.serving(settings.metrics, "processor"),
+                    rollup.flushing(redis, processor.keys)):
             await processor.run()
     finally:
         await http.aclose()

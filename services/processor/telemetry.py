@@ -14,7 +14,7 @@ from typing import Any
 
 from services.processor.assembler import Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas
-from shared import metrics, tasks
+from shared import metrics, rollup, tasks
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
@@ -38,7 +38,10 @@ def begun(b: Begun) -> None:
     created = int(h.get("created_at") or 0)
     _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not b.counted))
     if b.counted and created:
-        metrics.queue_wait.observe(max(0.0, (now_ms() - created) / 1000))
+        wait = max(0.0, (now_ms() - created) / 1000)
+        metrics.queue_wait.observe(wait)
+        rollup.add("queue_wait_s", wait)
+        rollup.add("queue_wait_n")
 
 
 def finished(status: str | None) -> None:
@@ -47,8 +50,10 @@ def finished(status: str | None) -> None:
     if status is None or facts is None:
         return
     metrics.tasks_finished.labels(status, metrics.tenant(facts.tenant)).inc()
+    rollup.add("finished")
     if status == tasks.FAILED:
         metrics.tasks_dead_lettered.inc()
+        rollup.add("failed")
     if facts.created_at_ms:
         metrics.e2e_latency.observe(max(0.0, (now_ms() - facts.created_at_ms) / 1000))
 
@@ -70,6 +75,8 @@ def observed(call: CallProvider) -> CallProvider:
             now = time.perf_counter()
             if last is None:
                 metrics.ttft.observe(now - started)
+                rollup.add("ttft_s", now - started)
+                rollup.add("ttft_n")
             else:
                 metrics.itl.observe(now - last)
             last = now
@@ -94,8 +101,10 @@ def _count_error(err: ProviderError) -> None:
     metrics.provider_requests.labels(str(err.status) if err.status else "error").inc()
     if err.status == 429:
         metrics.provider_rate_limited.inc()
+        rollup.add("rate_limited")
     if err.retry_after is not None:
         metrics.provider_pauses.inc()
+        rollup.add("pauses")
         metrics.provider_pause_seconds.inc(max(0.0, err.retry_after))
 
 
