@@ -6,7 +6,7 @@ import asyncio
 
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import logs, metrics, redis_conn
+from shared import logs, metrics, redis_conn, tracing
 from shared.config import describe
 from shared.keys import Keys
 from shared.runtime import (
@@ -39,7 +39,11 @@ def main() -> None:
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))
     install_uvloop()
-    asyncio.run(serve(settings))
+    tracing.setup("coordinator")
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 
 log = logs.get("sluice.edge")
 
@@ -35,6 +35,8 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     try:
         try:
+            if tracing.enabled():
+                tracing.incoming.set(request.headers.get("traceparent"))
             authenticate(request)
             response = await handler(request)
         except Exception as exc:

@@ -6,7 +6,7 @@ import asyncio
 
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import logs, metrics, redis_conn, rollup
+from shared import logs, metrics, redis_conn, rollup, tracing
 from shared.config import describe
 from shared.keys import Keys
 from shared.runtime import (
@@ -47,7 +47,11 @@ def main() -> None:
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)
     install_uvloop()
-    asyncio.run(serve(settings))
+    tracing.setup("processor")
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 from services.processor.assembler import Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas
-from shared import metrics, rollup, tasks
+from shared import metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
@@ -26,6 +26,7 @@ class TaskFacts:
     created_at_ms: int
     tenant: str
     attempted_before: bool  # another run (a dead holder's) called the provider already
+    traceparent: str | None = None  # the coordinator's batch span
     calls: int = 0
 
 
@@ -36,7 +37,8 @@ def begun(b: Begun) -> None:
     """This run holds the task's lease now. The first run of a task observes its queue wait."""
     h = b.task
     created = int(h.get("created_at") or 0)
-    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not b.counted))
+    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not b.counted,
+                         traceparent=h.get("traceparent")))
     if b.counted and created:
         wait = max(0.0, (now_ms() - created) / 1000)
         metrics.queue_wait.observe(wait)
@@ -82,19 +84,45 @@ def observed(call: CallProvider) -> CallProvider:
             last = now
             await on_deltas(deltas)
 
+        span = _genai_span(request, facts) if tracing.enabled() else None
         metrics.provider_in_flight.inc()
         try:
             completion = await call(request, timed)
         except ProviderError as err:
             _count_error(err)
+            tracing.end(span, err.code or (f"http_{err.status}" if err.status else "error"))
+            raise
+        except BaseException as exc:  # cancelled (the client, a lost lease, a drain)
+            tracing.end(span, type(exc).__name__)
             raise
         finally:
             metrics.provider_in_flight.dec()
         metrics.provider_requests.labels("200").inc()
         _count_tokens(completion.usage)
+        tracing.end(span, attributes=_genai_result(completion))
         return completion
 
     return run
+
+
+def _genai_span(request: dict[str, Any], facts: TaskFacts | None) -> Any:
+    """The provider call as a GenAI client span (OpenTelemetry's gen_ai semantic conventions),
+    child of the coordinator's batch span."""
+    model = str(request.get("model") or "")
+    return tracing.start(f"chat {model}".strip(), facts.traceparent if facts else None,
+                         "client", {"gen_ai.operation.name": "chat",
+                                    "gen_ai.provider.name": "openai",
+                                    "gen_ai.request.model": model})
+
+
+def _genai_result(completion: Completion) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if completion.result.finish_reason:
+        out["gen_ai.response.finish_reasons"] = [completion.result.finish_reason]
+    if completion.usage is not None:
+        out["gen_ai.usage.input_tokens"] = completion.usage.prompt_tokens
+        out["gen_ai.usage.output_tokens"] = completion.usage.completion_tokens
+    return out
 
 
 def _count_error(err: ProviderError) -> None:
