@@ -19,7 +19,7 @@ from redis.asyncio.client import PubSub
 from services.coordinator.settings import CoordinatorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
-from shared.loops import forever, sleep_unless
+from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
 from shared.timeutil import now_ms
@@ -44,7 +44,7 @@ class Coordinator:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
     async def run(self) -> None:
-        await self._ensure_groups()
+        await until_redis_answers(self._ensure_groups, "groups")
         log.info("coordinator_started", name=self.name)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))

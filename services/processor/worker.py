@@ -20,7 +20,7 @@ from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import forever, sleep_unless, until_redis_answers
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient, wait_event
 from shared.scripts import Scripts
 from shared.store import BatchRow, Store
 from shared.tasks import TERMINAL
@@ -55,7 +55,7 @@ class Processor:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
     async def run(self) -> None:
-        await self._ensure_group()
+        await until_redis_answers(self._ensure_group, "groups")
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
@@ -258,7 +258,11 @@ class Processor:
         if error is not None:
             fields = {"error": error[:300], "error_at": now}
         if fields:
-            await self.redis.hset(k, mapping=fields)  # type: ignore[arg-type]
+            try:
+                await self.redis.hset(k, mapping=fields)  # type: ignore[arg-type]
+            except WAIT_OUT as exc:
+                # A note, not a step of the task: a task must not stop (and be run again) for it.
+                log.warning(wait_event(exc), loop="provider_status", error=type(exc).__name__)
 
 
 def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:
