@@ -354,6 +354,11 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} (rc={s.proc.poll()})\n{s.tail()}" for s in self.services)
 
+    def logged(self, module: str, event: str) -> bool:
+        """Whether any process of ``module`` logged the structlog ``event`` (LOG_FORMAT=json)."""
+        return any(f'"event": "{event}"' in s.log.read_text(errors="replace")
+                   for s in self.services if s.name.startswith(module + "-"))
+
 
 @contextlib.contextmanager
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:

@@ -16,15 +16,10 @@ import redis
 
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of, task_hash
 from tests.client import rows
-from tests.harness import RedisServer, Stack, running_stack, wait_for
+from tests.harness import RedisServer, running_stack, wait_for
 
 HEADROOM = 400_000  # bytes above what Redis uses when the fill starts
 PAD = "x" * 20_000  # per submitted prompt: the fill takes about 20 submits
-
-
-def logged(stack: Stack, module: str, event: str) -> bool:
-    return any(f'"event": "{event}"' in s.log.read_text(errors="replace")
-               for s in stack.services if s.name.startswith(module + "-"))
 
 
 def fill(api: httpx.Client, r: redis.Redis) -> tuple[list[str], list[str], httpx.Response]:
@@ -77,14 +72,14 @@ def test_redis_full_stops_intake_but_no_service_and_no_accepted_task(
         assert cancel.status_code == 503 and cancel.json()["error"]["code"] == "queue_full"
 
         # The pipeline waits the full Redis out instead of dying, and says why.
-        wait_for(lambda: logged(stack, "coordinator", "redis_oom"), 30, "coordinator redis_oom")
+        wait_for(lambda: stack.logged("coordinator", "redis_oom"), 30, "coordinator redis_oom")
         # Work in flight finishes while Redis is still full.
         for task_id in running:
             assert api.wait_terminal(task_id, 60)["status"] == "succeeded", task_id
         assert int(r.info("memory")["used_memory"]) > int(r.config_get("maxmemory")["maxmemory"])
-        wait_for(lambda: logged(stack, "processor", "redis_oom"), 30, "processor redis_oom")
-        assert not logged(stack, "processor", "redis_unavailable")
-        assert not logged(stack, "coordinator", "redis_unavailable")
+        wait_for(lambda: stack.logged("processor", "redis_oom"), 30, "processor redis_oom")
+        assert not stack.logged("processor", "redis_unavailable")
+        assert not stack.logged("coordinator", "redis_unavailable")
         dead = [s.name for s in stack.services if not s.alive]
         assert not dead, f"exited under OOM: {dead}\n{stack.logs()}"
 
