@@ -12,7 +12,7 @@ from shared.redis_conn import RedisClient
 
 _DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "retry")
+         "release", "cancel", "handoff", "retry", "heartbeat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ class Scripts:
     cancel: AsyncScript
     handoff: AsyncScript
     retry: AsyncScript
+    heartbeat: AsyncScript
 
     @classmethod
     def register(cls, redis: RedisClient) -> Scripts:

@@ -136,11 +136,8 @@ class Coordinator:
     async def _heartbeat_once(self) -> None:
         k, now = self.keys, now_ms()
         expiry = now + int(self.settings.heartbeat_s * 3000)
-        async with self.redis.pipeline(transaction=False) as p:
-            p.zadd(k.coordinators_alive, {self.name: expiry})
-            p.zremrangebyscore(k.coordinators_alive, "-inf", now - 60_000)
-            p.zrangebyscore(k.processors_alive, "-inf", now - 60_000)
-            _, _, gone = await p.execute()
+        gone = await self.scripts.heartbeat(keys=[k.coordinators_alive, k.processors_alive],
+                                            args=[self.name, expiry, now - 60_000])
         if gone:
             async with self.redis.pipeline(transaction=False) as p:
                 p.zrem(k.processors_alive, *gone)

@@ -109,6 +109,10 @@ async def handoff(r: aioredis.Redis) -> Call:
     return [K.batches_stream, K.batch_backlog, K.stats], [BATCHES_GROUP, "1-1", "b1", NOW, T]
 
 
+async def heartbeat(r: aioredis.Redis) -> Call:
+    return [K.coordinators_alive, K.processors_alive], ["c1", NOW + 600, NOW - 60_000]
+
+
 async def retry(r: aioredis.Redis) -> Call:
     await _task(r, "failed")
     await r.zadd(K.dead_letters, {T: NOW})
@@ -122,6 +126,7 @@ CASES = {
     "capacity": Case(capacity, True), "attempt": Case(attempt, True), "emit": Case(emit, True),
     "complete": Case(complete, True), "renew": Case(renew, True),
     "release": Case(release, True), "handoff": Case(handoff, True),
+    "heartbeat": Case(heartbeat, True),
 }
 
 
