@@ -5,6 +5,7 @@ plain-Redis suite run here again as they are, plus what only a cluster shows: tw
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -126,18 +127,25 @@ def _processor_name(stack: Any) -> str:
 
 
 
+
 def test_a_full_master_stops_intake_and_the_pipeline_waits_it_out(
         tmp_path: Path, redis_cluster: RedisClusterServers, api_factory: Any) -> None:
     """maxmemory reached on the master holding the deployment's slot (the others have room):
-    submits get 503 queue_full, the running task finishes, no service exits, and intake
-    resumes once that master has room again."""
+    submits get 503 queue_full, the running task finishes, the coordinator waits to place the
+    task accepted last, no service exits, and all goes on once that master has room again."""
     with running_stack(tmp_path, redis_cluster.url) as stack:
         api = api_factory(stack.edge_url)
         running = api.submit({"prompt": "before", "metadata": {
             "mock": {"tokens_per_s": 20, "content_tokens": 30}}})
         wait_for(lambda: api.get(running)["status"] == "running", 30, "the task to run")
         owner = redis_cluster.owner_of(Keys(stack.prefix).tasks_stream)
-        redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "1")
+        [coordinator] = stack.of("coordinator")
+        coordinator.kill(signal.SIGSTOP)  # so the last task accepted is placed once full
+        try:
+            queued = api.submit({"prompt": "accepted last"})
+            redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "1")
+        finally:
+            coordinator.kill(signal.SIGCONT)
         try:
             refused = api.http.post("/api/tasks", json={"prompt": "full"})
             assert refused.status_code == 503, refused.text
@@ -146,9 +154,11 @@ def test_a_full_master_stops_intake_and_the_pipeline_waits_it_out(
             assert health["redis_memory"]["state"] == "full", health
             wait_for(lambda: stack.logged("coordinator", "redis_oom"), 30, "coordinator wait")
             assert api.wait_terminal(running)["status"] == "succeeded"
+            assert api.get(queued)["status"] == "queued"
             assert all(s.alive for s in stack.services), stack.logs()
         finally:
             redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "0")
         task_id = api.submit({"prompt": "room again"})
-        assert api.wait_terminal(task_id)["status"] == "succeeded"
+        for t in (queued, task_id):
+            assert api.wait_terminal(t)["status"] == "succeeded"
         assert all(s.alive for s in stack.services), stack.logs()
