@@ -1,140 +1,100 @@
 """Every Lua script over Redis ``maxmemory``: refused whole, or (``allow-oom``) run whole.
 
 Each script gets a state in which it really writes (checked with memory free), is then called
-the way the services call it (redis-py's registered script: EVALSHA, SCRIPT LOAD after a
-NOSCRIPT) on a real redis-server whose ``maxmemory`` is below what it uses, and the keyspace is
-compared key by key before and after. A script without a scenario here fails the test, so a new
-script cannot skip the question.
+the way the services call it (its method in shared/steps.py: redis-py's registered script,
+EVALSHA, SCRIPT LOAD after a NOSCRIPT) on a real redis-server whose ``maxmemory`` is below
+what it uses, and the keyspace is compared key by key before and after. A script without a
+case here fails the test, so a new script cannot skip the question.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
-from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
-from shared.scripts import _DIR, NAMES, Scripts
+from shared.keys import Keys
+from shared.scripts import DIR, NAMES, source
+from shared.steps import HELD, BatchPolicy, Steps, TenantLimits
 from tests.harness import RedisServer
 
 K = Keys("oom")
 T, TENANT, TOKEN, NOW = "tsk_1", "acme", "tok", 1_700_000_000_000
-Call = tuple[list[str], list[object]]
+Step = Callable[[Steps], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
 class Case:
-    setup: Callable[[aioredis.Redis], Awaitable[Call]]
+    setup: Callable[[aioredis.Redis], Awaitable[None]]  # a state in which the step writes
+    step: Step
     allow_oom: bool  # runs over maxmemory: it finishes or keeps work already running
 
 
-async def _task(r: aioredis.Redis, status: str, **extra: str) -> None:
+async def nothing(r: aioredis.Redis) -> None:
+    pass
+
+
+async def queued(r: aioredis.Redis, status: str = "queued", **extra: str) -> None:
     await r.hset(K.task(T), mapping={"id": T, "tenant": TENANT, "status": status,
                                      "request": '{"prompt":"x"}', "model": "m",
                                      "created_at": str(NOW), "attempts": "1", "fence": "1",
                                      **extra})
+    await r.zadd(K.tenant_active(TENANT), {T: NOW})
 
 
-async def _leased(r: aioredis.Redis, status: str = "running") -> None:
-    await _task(r, status)
+async def batched(r: aioredis.Redis) -> None:
+    await queued(r, "batched", attempts="0")
+
+
+async def failed(r: aioredis.Redis) -> None:
+    await queued(r, "failed")
+    await r.zadd(K.dead_letters, {T: NOW})
+
+
+async def leased(r: aioredis.Redis) -> None:
+    await queued(r, "running")
     await r.set(K.lease(T), TOKEN, px=950_000)
 
 
-async def submit(r: aioredis.Redis) -> Call:
-    # No Idempotency-Key: the script's first write is ZREMRANGEBYSCORE, which Redis does not
-    # check for OOM by itself (the finding: 202s went on past maxmemory).
-    return ([K.task(T), K.events(T), K.tasks_stream, K.idempotency(TENANT, ""),
-             K.tenant_rate(TENANT, 1), K.tenant_active(TENANT)],
-            [T, TENANT, '{"prompt":"x"}', "m", NOW, "", 86400, '{"status":"queued"}', 3600,
-             0, 60_000, 0])
-
-
-async def batch(r: aioredis.Redis) -> Call:
-    await _task(r, "queued")
-    return ([K.open_batch, K.batch_deadline, K.batches_stream, K.tasks_stream, K.batch_seq,
-             K.batch_backlog, K.processors_free, K.processors_alive, K.stats],
-            ["add", NOW, 10, 1000, "0", TASKS_GROUP, K.task(""), K.events(""), K.batch_channel,
-             BATCHES_GROUP, "1-1", T])
-
-
-async def capacity(r: aioredis.Redis) -> Call:
-    return ([K.processors_free, K.processors_alive, K.batch_backlog, K.open_batch,
-             K.processors_inflight], ["p1", 5, NOW, 0, K.batch_channel, 0])
-
-
-async def begin(r: aioredis.Redis) -> Call:
-    await _task(r, "batched", attempts="0")
-    return [K.task(T), K.lease(T), K.events(T)], [TOKEN, 30_000, NOW, "p1"]
-
-
-async def attempt(r: aioredis.Redis) -> Call:
-    await _leased(r)
-    return [K.task(T), K.lease(T), K.events(T)], [TOKEN]
-
-
-async def emit(r: aioredis.Redis) -> Call:
-    await _leased(r)
-    return [K.lease(T), K.events(T)], [TOKEN, "content", '{"delta":"hi"}']
-
-
-async def complete(r: aioredis.Redis) -> Call:
-    await _leased(r)
-    await r.zadd(K.tenant_active(TENANT), {T: NOW})
-    return ([K.task(T), K.lease(T), K.events(T), K.dead_letters, K.stats],
-            [TOKEN, "succeeded", '{"content":"x"}', "", NOW, 3600, "done", "{}", T,
-             K.tenant_active("")])
-
-
-async def renew(r: aioredis.Redis) -> Call:
-    await _leased(r)
-    return [K.lease(T)], [TOKEN, 30_000]
-
-
-async def release(r: aioredis.Redis) -> Call:
-    await _leased(r)
-    return [K.lease(T)], [TOKEN]
-
-
-async def cancel(r: aioredis.Redis) -> Call:
-    await _task(r, "queued")
-    await r.zadd(K.tenant_active(TENANT), {T: NOW})
-    return ([K.task(T), K.events(T), K.tenant_active(TENANT)],
-            [TENANT, NOW, K.cancel_channel, T, 3600])
-
-
-async def handoff(r: aioredis.Redis) -> Call:
-    return [K.batches_stream, K.batch_backlog, K.stats], [BATCHES_GROUP, "1-1", "b1", NOW, T]
-
-
-async def heartbeat(r: aioredis.Redis) -> Call:
-    return [K.coordinators_alive, K.processors_alive], ["c1", NOW + 600, NOW - 60_000]
-
-
-async def retry(r: aioredis.Redis) -> Call:
-    await _task(r, "failed")
-    await r.zadd(K.dead_letters, {T: NOW})
-    return ([K.task(T), K.events(T), K.tasks_stream, K.dead_letters],
-            [TENANT, NOW, 3600, T, "", "m", NOW, 0, K.tenant_active("")])
-
-
 CASES = {
-    "submit": Case(submit, False), "batch": Case(batch, False), "begin": Case(begin, False),
-    "cancel": Case(cancel, False), "retry": Case(retry, False),
-    "capacity": Case(capacity, True), "attempt": Case(attempt, True), "emit": Case(emit, True),
-    "complete": Case(complete, True), "renew": Case(renew, True),
-    "release": Case(release, True), "handoff": Case(handoff, True),
-    "heartbeat": Case(heartbeat, True),
+    # No Idempotency-Key: submit's first write is a ZREMRANGEBYSCORE, which Redis does not
+    # check for OOM by itself (the finding: 202s went on past maxmemory).
+    "submit": Case(nothing, lambda s: s.submit(
+        task_id=T, tenant=TENANT, request_json=b'{"prompt":"x"}', model="m", now=NOW,
+        idem_key=None, body_hash="", idempotency_ttl_s=86400, first_event='{"status":"queued"}',
+        task_ttl_s=3600, limits=TenantLimits(0, 60_000, 0)), False),
+    "batch": Case(queued, lambda s: s.batch(
+        "add", now=NOW, policy=BatchPolicy(10, 1000, False), entries=[("1-1", T)]), False),
+    "begin": Case(batched, lambda s: s.begin(
+        task_id=T, token=TOKEN, ttl_ms=30_000, now=NOW, processor="p1"), False),
+    "cancel": Case(queued, lambda s: s.cancel(task_id=T, tenant=TENANT, now=NOW), False),
+    "retry": Case(failed, lambda s: s.retry(
+        task_id=T, tenant=TENANT, now=NOW, task_ttl_s=3600, stored=None), False),
+    "capacity": Case(nothing, lambda s: s.report_capacity(
+        name="p1", free=5, expiry_ms=NOW, taken=0, inflight=0), True),
+    "heartbeat": Case(nothing, lambda s: s.heartbeat(
+        name="c1", expiry_ms=NOW, forget_before_ms=NOW - 60_000), True),
+    "attempt": Case(leased, lambda s: s.count_attempt(T, TOKEN), True),
+    "emit": Case(leased, lambda s: s.emit(T, TOKEN, [("content", '{"delta":"hi"}')]), True),
+    "complete": Case(leased, lambda s: s.complete(
+        task_id=T, token=TOKEN, status="succeeded", result_json='{"content":"x"}',
+        error_json="", now=NOW, retention_s=3600, view_json=b"{}"), True),
+    "renew": Case(leased, lambda s: s.renew(T, TOKEN, 30_000), True),
+    "release": Case(leased, lambda s: s.release_lease(T, TOKEN), True),
+    "handoff": Case(nothing, lambda s: s.handoff(
+        entry_id="1-1", batch_id="b1", now=NOW, task_ids=[T]), True),
 }
 
 
 def test_every_script_has_a_case_and_declares_its_flags() -> None:
-    on_disk = {p.stem for p in _DIR.glob("*.lua")}
+    on_disk = {p.stem for p in DIR.glob("*.lua")}
     assert on_disk == set(NAMES) == set(CASES)
     for name, case in CASES.items():
-        first = (_DIR / f"{name}.lua").read_text().split("\n", 1)[0]
+        first = (DIR / f"{name}.lua").read_text().split("\n", 1)[0]
         assert first == ("#!lua flags=allow-oom" if case.allow_oom else "#!lua"), name
 
 
@@ -174,9 +134,10 @@ async def full(r: aioredis.Redis) -> None:
 async def test_script_writes_when_memory_is_free(
         name: str, r: aioredis.Redis, server: RedisServer) -> None:
     """The scenario is a real write: with room, the script changes the keyspace."""
-    keys, args = await CASES[name].setup(r)
+    case = CASES[name]
+    await case.setup(r)
     before = await keyspace(server)
-    await getattr(Scripts.register(r), name)(keys=keys, args=args)
+    await case.step(Steps(r, K))
     assert await keyspace(server) != before
 
 
@@ -184,16 +145,16 @@ async def test_script_writes_when_memory_is_free(
 @pytest.mark.parametrize("cached", [True, False], ids=["evalsha", "after-script-flush"])
 async def test_script_is_refused_whole_over_maxmemory(
         name: str, cached: bool, r: aioredis.Redis, server: RedisServer) -> None:
-    keys, args = await CASES[name].setup(r)
-    scripts = Scripts.register(r)
+    case = CASES[name]
+    await case.setup(r)
     if cached:
-        await r.script_load(getattr(scripts, name).script)
+        await r.script_load(source(name))
     else:
         await r.script_flush()  # NOSCRIPT, then redis-py's SCRIPT LOAD and EVALSHA again
     before = await keyspace(server)
     await full(r)
     with pytest.raises(OutOfMemoryError):
-        await getattr(scripts, name)(keys=keys, args=args)
+        await case.step(Steps(r, K))
     await r.config_set("maxmemory", 0)
     assert await keyspace(server) == before  # nothing half-written
 
@@ -201,15 +162,15 @@ async def test_script_is_refused_whole_over_maxmemory(
 @pytest.mark.parametrize("name", sorted(n for n, c in CASES.items() if c.allow_oom))
 async def test_in_flight_script_runs_whole_over_maxmemory(
         name: str, r: aioredis.Redis, server: RedisServer) -> None:
-    keys, args = await CASES[name].setup(r)
-    scripts = Scripts.register(r)
+    case = CASES[name]
+    await case.setup(r)
     before = await keyspace(server)
     await full(r)
-    reply = await getattr(scripts, name)(keys=keys, args=args)
+    reply = await case.step(Steps(r, K))
     await r.config_set("maxmemory", 0)
     assert await keyspace(server) != before
     if name in ("emit", "complete", "renew", "release"):
-        assert reply == 1, reply  # the token check passed and the script went to its end
+        assert reply == HELD, reply  # the token check passed and the script went to its end
 
 
 async def test_legacy_script_slips_past_after_a_first_write(

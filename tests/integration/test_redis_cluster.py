@@ -16,6 +16,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
+from shared.steps import Steps
 from tests.harness import RedisClusterServers
 
 
@@ -90,8 +91,7 @@ async def test_over_maxmemory_on_the_deployments_master_scripts_keep_their_flags
                       k.tenant_rate("a", 1), k.tenant_active("a")],
                 args=["t", "a", "{}", "m", 1, "", 60, "{}", 60, 0, 60_000, 0])
         with pytest.raises(OutOfMemoryError):
-            await scripts.cancel(keys=[k.task("t"), k.events("t"), k.tenant_active("a")],
-                                 args=["a", 1, k.cancel_channel, "t", 60])
+            await Steps(cluster, k).cancel(task_id="t", tenant="a", now=1)
         async with cluster.pipeline(transaction=False) as p:
             await scripts.renew(keys=[k.lease("t")], args=["tok", 90_000],
                                 client=p)  # type: ignore[arg-type]
