@@ -3,6 +3,8 @@
 The stream is read in whatever pieces the socket gives; every piece's deltas are handed on in
 one call, so a fast provider costs one Redis round trip per network read, not per token. A
 provider that answers JSON to a streaming request is used as is and remembered as not streaming.
+A 200 is a success only if it carries an answer (see the assembler), and no line of a stream may
+grow past ``AI_MAX_LINE_BYTES``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 import orjson
 
 from services.processor.assembler import (
+    NO_STATUS,
     ChoiceResult,
     Delta,
     ProviderError,
@@ -25,7 +28,7 @@ from services.processor.assembler import (
     assemble_completion,
     parse_error_body,
 )
-from services.processor.sse import SSEDecoder
+from services.processor.sse import SSEDecoder, SSELineTooLong
 from services.processor.transport import AiohttpTransport
 from shared.config import Provider, redact
 
@@ -72,13 +75,16 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
                                            resp.headers.get("retry-after"))
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     return await _from_json(await resp.aread(), on_deltas)
-                return await _from_stream(resp, on_deltas)
+                return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes)
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
         # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
         err.message = redact(err.message, settings.ai_api_key)
         err.args = (err.message,)
         raise
+    except SSELineTooLong as exc:
+        raise ProviderError(f"{exc}: the stream is broken or hostile", status=NO_STATUS,
+                            code="line_too_long", retryable=True) from None
     except TimeoutError:
         raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
                             code="timeout", retryable=True) from None
@@ -90,8 +96,9 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
                             code="connection_error", retryable=True) from None
 
 
-async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
-    decoder, assembler = SSEDecoder(), StreamAssembler()
+async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas,
+                       max_line_bytes: int) -> Completion:
+    decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler()
     chunks = resp.aiter_bytes()
     async for raw in chunks:
         deltas: list[Delta] = []
@@ -109,7 +116,7 @@ async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
     if not (assembler.done or assembler.finished):
         raise ProviderError("the stream ended before the answer was complete",
                             code="stream_cut", retryable=True)
-    return Completion(assembler.result(), assembler.usage, streamed=True)
+    return Completion(assembler.final(), assembler.usage, streamed=True)
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -122,8 +129,8 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
-    choices, usage = assemble_completion(body)
-    result = choices.get(0) or ChoiceResult(index=0)
+    choices, usage = assemble_completion(body)  # raises unless choice 0 is an answer
+    result = choices[0]
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
     if deltas:
