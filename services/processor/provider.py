@@ -34,6 +34,11 @@ from shared.config import Provider, redact
 
 OnDeltas = Callable[[list[Delta]], Awaitable[None]]
 DRAIN_AFTER_DONE_S = 1.0
+# An error body is read only for its message: the rest of a huge one is left unread.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# A non-streamed answer holds the whole completion in one JSON value, so it may be far longer
+# than one line of a stream; this many lines' worth (32 MiB by default) bounds it all the same.
+JSON_BODY_LINES = 32
 
 
 @dataclass(slots=True)
@@ -71,10 +76,17 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
             async with client.stream("POST", url, content=request_body(payload, settings),
                                      headers={"Content-Type": "application/json"}) as resp:
                 if resp.status_code >= 400:
-                    raise parse_error_body(resp.status_code, await resp.aread(),
+                    body, _ = await read_capped(resp, MAX_ERROR_BODY_BYTES)
+                    raise parse_error_body(resp.status_code, body,
                                            resp.headers.get("retry-after"))
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    return await _from_json(await resp.aread(), on_deltas)
+                    limit = settings.ai_max_line_bytes * JSON_BODY_LINES
+                    body, whole = await read_capped(resp, limit)
+                    if not whole:
+                        raise ProviderError(f"a JSON answer exceeded {limit} bytes",
+                                            status=NO_STATUS, code="body_too_large",
+                                            retryable=True)
+                    return await _from_json(body, on_deltas)
                 return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes)
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
@@ -117,6 +129,19 @@ async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas,
         raise ProviderError("the stream ended before the answer was complete",
                             code="stream_cut", retryable=True)
     return Completion(assembler.final(), assembler.usage, streamed=True)
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether that was all of it. Reading stops at
+    the limit, so a body that never ends costs ``limit`` bytes, not memory without bound."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
