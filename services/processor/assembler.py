@@ -300,8 +300,9 @@ class StreamAssembler:
                 raise _stream_error(payload.get("error") or payload, payload)
         if ev.event == "error":
             raise _text_error(ev.data)
-        if merged_done and None not in payloads:
-            deltas = [d for p in payloads for d in self._apply_payload(p, ev.event)]  # type: ignore[arg-type]
+        chunks = [p for p in payloads if p is not None]
+        if merged_done and len(chunks) == len(payloads):
+            deltas = [d for p in chunks for d in self._apply_payload(p, ev.event)]
             self.done = True
             return deltas
         self.bad_events += 1

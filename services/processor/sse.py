@@ -196,8 +196,8 @@ class SSEDecoder:
         # Any other field name is ignored, as the spec requires.
 
     def _dispatch(self) -> SSEEvent | None:
-        # An event is dispatched only if at least one data line was seen; a block of only
-        # "event:"/"retry:" lines dispatches nothing but still resets the event type.
+        # An event is dispatched only if at least one data (or error) line was seen; a block of
+        # only "event:"/"retry:" lines dispatches nothing but still resets the event type.
         event = None
         if self._data or self._error:
             event = SSEEvent(
