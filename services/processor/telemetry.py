@@ -30,6 +30,8 @@ class TaskFacts:
     calls: int = 0
 
 
+_OK = metrics.provider_requests.labels("200")
+_TOKENS = tuple(metrics.tokens.labels(kind) for kind in ("prompt", "reasoning", "completion"))
 _facts: ContextVar[TaskFacts | None] = ContextVar("sluice_task_facts", default=None)
 
 
@@ -97,7 +99,7 @@ def observed(call: CallProvider) -> CallProvider:
             raise
         finally:
             metrics.provider_in_flight.dec()
-        metrics.provider_requests.labels("200").inc()
+        _OK.inc()
         _count_tokens(completion.usage)
         tracing.end(span, attributes=_genai_result(completion))
         return completion
@@ -141,8 +143,9 @@ def _count_tokens(usage: Usage | None) -> None:
         return
     details = usage.extra.get("completion_tokens_details") or {}
     reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
-    metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
-    metrics.tokens.labels("reasoning").inc(reasoning)
-    metrics.tokens.labels("completion").inc(max(0, usage.completion_tokens - reasoning))
+    prompt, thinking, answer = _TOKENS
+    prompt.inc(usage.prompt_tokens)
+    thinking.inc(reasoning)
+    answer.inc(max(0, usage.completion_tokens - reasoning))
     metrics.prompt_tokens.inc(usage.prompt_tokens)
     metrics.generation_tokens.inc(usage.completion_tokens)
