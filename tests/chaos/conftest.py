@@ -8,13 +8,10 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis
 
 from shared.keys import Keys
 from tests.harness import Service, Stack
-
-pytestmark = pytest.mark.chaos
 
 LEASE_MS = 2000
 CHAOS_ENV = {

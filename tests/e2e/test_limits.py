@@ -7,14 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from shared.keys import Keys
 from shared.timeutil import now_ms
 from tests.harness import running_stack, wait_for
-
-pytestmark = pytest.mark.e2e
 
 KEY_A, KEY_B = "sk-limits-alpha-8d1e", "sk-limits-beta-2f7a"
 KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"

@@ -16,8 +16,6 @@ import redis
 from shared.keys import Keys
 from tests.harness import Stack, running_stack, wait_for
 
-pytestmark = pytest.mark.e2e
-
 MESSAGES: Any = [{"role": "user", "content": "Why is the sky blue?"}]
 
 

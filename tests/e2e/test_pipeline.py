@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import rows
 from tests.harness import running_stack
-
-pytestmark = pytest.mark.e2e
 
 
 def test_a_prompt_is_answered_with_content_and_reasoning(
