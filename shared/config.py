@@ -15,6 +15,9 @@ from typing import Any
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MOCK_BASE_URL = "http://127.0.0.1:8090/v1"
+# The mock provider names itself with this header on every answer (services/mockai), so the
+# edge can tell it apart from a real provider wherever it runs (``mockai:8090`` in compose).
+MOCK_HEADER = "X-Sluice-Mock"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -198,14 +201,19 @@ class Batching:
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """The OpenAI-compatible model provider; the mock one when AI_BASE_URL is unset."""
+    """The OpenAI-compatible model provider; the mock one when AI_BASE_URL is unset.
+
+    ``forward_metadata``: each task's ``metadata`` goes to the provider (the mock reads its
+    per-task options from it; real providers may refuse it). It says nothing about which
+    provider this is: ``/api/ai-status`` asks the provider (services/edge/provider_probe.py).
+    """
 
     ai_base_url: str
     ai_api_key: str | None
     ai_model: str
     ai_timeout_s: float
     ai_idle_timeout_s: float
-    is_mock: bool
+    forward_metadata: bool
 
     @classmethod
     def from_env(cls, env: Env) -> Provider:
@@ -216,5 +224,5 @@ class Provider:
             ai_model=env.text("AI_MODEL", "mock-r1" if base is None else "deepseek-reasoner"),
             ai_timeout_s=env.number("AI_TIMEOUT_S", 300.0, min_value=0.1),
             ai_idle_timeout_s=env.number("AI_IDLE_TIMEOUT_S", 120.0, min_value=0.1),
-            is_mock=base is None or env.flag("AI_FORWARD_METADATA", False),
+            forward_metadata=env.flag("AI_FORWARD_METADATA", base is None),
         )

@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from services.edge.context import edge_of
+from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
 from shared.config import mask_url
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
@@ -96,7 +97,7 @@ async def ai_status(request: web.Request) -> web.Response:
     return json_response({
         "base_url": mask_url(p.ai_base_url),  # a URL may carry credentials
         "model": p.ai_model,
-        "mock": p.ai_base_url.startswith("http://127.0.0.1:8090") or p.is_mock,
+        "mock": await request.app[PROBE].is_mock(),
         "api_key_configured": p.ai_api_key is not None,
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),

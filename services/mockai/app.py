@@ -21,6 +21,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from shared.config import MOCK_HEADER
+
 from .faults import (
     Fault,
     FaultCounters,
@@ -445,8 +447,14 @@ class _SseStream:
         return resp
 
 
+async def _identify(request: web.Request, response: web.StreamResponse) -> None:
+    # On every answer, errors and 401s included: Sluice's edge asks without a key.
+    response.headers[MOCK_HEADER] = "mockai"
+
+
 def create_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app.on_response_prepare.append(_identify)
     app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
     app[STATE_KEY] = MockState()
     app.router.add_get("/health", health)

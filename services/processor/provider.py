@@ -52,7 +52,7 @@ def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
 
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
     body = dict(payload)
-    if not settings.is_mock:
+    if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}

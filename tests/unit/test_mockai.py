@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from services.mockai.app import create_app
 from services.mockai.settings import ConfigError, MockSettings
+from shared.config import MOCK_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
@@ -304,7 +305,10 @@ async def test_auth(start: Start, client: httpx.AsyncClient) -> None:
         assert r.status_code == 401
         err = r.json()["error"]
         assert err["code"] == "invalid_api_key" and err["param"] is None
-    assert (await client.get(f"{base}/v1/models")).status_code == 401
+    models = await client.get(f"{base}/v1/models")
+    assert models.status_code == 401
+    # It names itself even to a caller without the key: Sluice's edge asks without one.
+    assert models.headers[MOCK_HEADER] == "mockai"
     ok = await client.post(url, json=body(), headers={"Authorization": "Bearer sekrit"})
     assert ok.status_code == 200 and sse_events(ok.text)[-1] == "[DONE]"
     assert (await client.get(f"{base}/health")).status_code == 200  # probes need no key
