@@ -246,7 +246,8 @@ async def test_pacing_and_overrides(base: str, client: httpx.AsyncClient) -> Non
                 ):
                     arrivals.append(time.monotonic() - t0)
     assert len(arrivals) == 5
-    assert 0.14 <= arrivals[0] < 0.6
+    # Not before its time; how late a loaded machine delivers it is not the mock's to promise.
+    assert arrivals[0] >= 0.14
     assert arrivals[-1] - arrivals[0] >= 0.07
 
 
