@@ -172,11 +172,10 @@ class StreamAssembler:
 
     Attributes: ``done`` ("[DONE]" seen), ``finished`` (choice 0 got a finish_reason),
     ``usage`` (last non-null usage object), ``model`` (first model name seen), ``bad_events``
-    (events whose data was not a JSON object: skipped, never fatal), ``chunks`` (JSON
-    payloads processed).
+    (events whose data was not a JSON object: skipped, never fatal).
     """
 
-    __slots__ = ("_choices", "bad_events", "chunks", "done", "finished", "model", "usage")
+    __slots__ = ("_choices", "bad_events", "done", "finished", "model", "usage")
 
     def __init__(self) -> None:
         self.done = False
@@ -184,7 +183,6 @@ class StreamAssembler:
         self.usage: Usage | None = None
         self.model: str | None = None
         self.bad_events = 0
-        self.chunks = 0
         self._choices: dict[int, _ChoiceState] = {}
 
     @property
@@ -219,7 +217,6 @@ class StreamAssembler:
         if not isinstance(payload, dict):
             self.bad_events += 1
             return []
-        self.chunks += 1
         error = payload.get("error")
         if error is not None or ev.event == "error":
             raise _stream_error(payload if error is None else error, payload)
