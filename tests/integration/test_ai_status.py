@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from services.mockai.app import create_app as create_mock
 from services.mockai.settings import MockSettings
+from shared.config import Secret
 from tests.integration.edge_client import running_edge
 
 
@@ -42,7 +43,7 @@ async def test_the_mock_is_recognised_at_any_address(redis_url: str, tmp_path: P
 
 async def test_a_mock_that_wants_a_key_is_recognised_without_one(
         redis_url: str, tmp_path: Path) -> None:
-    async with mock_provider(api_key="sk-mock-only") as url:
+    async with mock_provider(api_key=Secret("sk-mock-only")) as url:
         assert (await ai_status(redis_url, tmp_path, AI_BASE_URL=url))["mock"] is True
 
 

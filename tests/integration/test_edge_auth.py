@@ -83,7 +83,7 @@ def test_keys_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
     keys_file.write_text("# one key per line\nk-file-1:gamma\n\nk-file-2:delta\n")
     settings = EdgeSettings.from_env(Env({"EDGE_API_KEYS": " k1:alpha , k2:beta",
                                           "EDGE_API_KEYS_FILE": str(keys_file)}))
-    assert settings.api_keys == {"k1": "alpha", "k2": "beta", "k-file-1": "gamma",
+    assert settings.api_keys.get() == {"k1": "alpha", "k2": "beta", "k-file-1": "gamma",
                                  "k-file-2": "delta"}
     assert not settings.open_access
     assert EdgeSettings.from_env(Env({})).open_access

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from services.mockai.app import create_app
 from services.mockai.settings import ConfigError, MockSettings
-from shared.config import MOCK_HEADER
+from shared.config import MOCK_HEADER, Secret
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
@@ -299,7 +299,7 @@ async def test_no_stream_setting(start: Start, client: httpx.AsyncClient) -> Non
 
 
 async def test_auth(start: Start, client: httpx.AsyncClient) -> None:
-    base = await start(MockSettings(ttft_ms=0, tokens_per_s=0, api_key="sekrit"))
+    base = await start(MockSettings(ttft_ms=0, tokens_per_s=0, api_key=Secret("sekrit")))
     url = f"{base}/v1/chat/completions"
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         r = await client.post(url, json=body(), headers=headers)
@@ -332,7 +332,7 @@ def test_settings_defaults_and_env() -> None:
         1.5,
         0.0,
         True,
-        "k",
+        Secret("k"),
         "mock-r1",
     )
 
