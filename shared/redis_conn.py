@@ -28,6 +28,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shared import logs
 from shared.config import Secret, mask_url
@@ -65,9 +66,15 @@ def plain_url(url: str) -> str:
 
 
 def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
+    # Maintenance notifications (Redis Enterprise's hitless upgrades) off: while redis-py 8
+    # has them on ("auto"), its pool skips the check that replaces a connection the server
+    # closed, so after a Redis restart every pooled connection fails once, and a task whose
+    # step drew one would spend a provider attempt on it (tests/integration/
+    # test_redis_restart_pool.py).
     return {"decode_responses": True, "socket_connect_timeout": 2,
             "socket_timeout": socket_timeout, "health_check_interval": 15,
-            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections}
+            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections,
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def connect(redis_url: Url, *, max_connections: int = 256, wait: bool = False) -> RedisClient:
