@@ -28,6 +28,7 @@ from .faults import (
     parse_fault,
     parse_fault_header,
 )
+from .limits import Limiter
 from .protocol import (
     DONE,
     ChatRequest,
@@ -58,9 +59,10 @@ _POSITIONAL = frozenset({FaultKind.CUT, FaultKind.STALL, FaultKind.STREAM_ERROR}
 class MockState:
     """Mutable per-app state: request records, fault counters, id sequence."""
 
-    __slots__ = ("_ids", "_prefix", "faults", "records", "started")
+    __slots__ = ("_ids", "_prefix", "faults", "limiter", "records", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
         self.records = RecordStore()
         self.faults = FaultCounters()
         self.started = int(time.time())
@@ -230,6 +232,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _status_fault(rec, fault, headers)
 
     plan = _plan(settings, req, cid)
+    limiter = state.limiter
+    if not limiter.settings.active:
+        return await _answer(request, settings, req, rec, plan, fault, headers)
+    verdict = limiter.admit(plan.usage["total_tokens"])
+    rec.ratelimit = {k: v for k, v in verdict.headers.items() if k.startswith("x-ratelimit")}
+    headers.update(verdict.headers)
+    if verdict.limit is not None:
+        return _limit_refusal(rec, verdict.limit, limiter.settings.status, headers)
+    try:
+        return await _answer(request, settings, req, rec, plan, fault, headers)
+    finally:
+        limiter.release()
+
+
+async def _answer(
+    request: web.Request,
+    settings: MockSettings,
+    req: ChatRequest,
+    rec: RequestRecord,
+    plan: Plan,
+    fault: Fault | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
     rec.set_tokens(plan.reasoning, plan.content)
     stream = (
         req.stream
@@ -240,6 +265,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         return await _SseStream(request, rec, plan, fault).run(headers)
     return await _respond_json(request, rec, plan, fault, headers)
+
+
+def _limit_refusal(
+    rec: RequestRecord, limit: str, status: int, headers: dict[str, str]
+) -> web.Response:
+    """A refusal shaped like the providers' own: OpenAI's 429 names the limit reached, a busy
+    SiliconFlow answers 503, Anthropic's overloaded API 529."""
+    error_type, code = status_error_defaults(status)
+    message = (
+        f"mock: rate limit reached for {limit}"
+        if status == 429
+        else "mock: the system is overloaded, too busy, retry later"
+    )
+    rec.limit = limit
+    rec.finish("rate_limited", status)
+    return _json(error_body(message, error_type, code), status, headers)
 
 
 def _client_gone(rec: RequestRecord) -> None:
@@ -443,8 +484,9 @@ class _SseStream:
 
 def create_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
-    app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
-    app[STATE_KEY] = MockState()
+    settings = settings if settings is not None else MockSettings()
+    app[SETTINGS_KEY] = settings
+    app[STATE_KEY] = MockState(Limiter(settings.limits))
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
