@@ -407,7 +407,8 @@ def parse_error_body(
         status=status,
         code=code,
         type=err_type,
-        retryable=_retryable(status, err_type),
+        # A quota that is gone (OpenAI's insufficient_quota 429) is no rate limit: no wait fixes it.
+        retryable=_retryable(status, err_type) and "insufficient_quota" not in (err_type, code),
         retry_after=parse_retry_after(retry_after_header),
     )
 

@@ -21,8 +21,10 @@ import orjson
 
 from services.processor import provider
 from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.deadlines import deadline_error
+from services.processor.governor import DeadlineExceeded, is_rate_limit
 from services.processor.leases import Lease
-from shared import logs, tasks
+from shared import deadlines, logs, tasks
 from shared.redis_conn import hash_of
 from shared.store import TaskRow
 from shared.timeutil import iso, now_ms
@@ -67,6 +69,7 @@ class TaskRun:
         self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
         self.lease: Lease | None = None
         self.started = time.perf_counter()
+        self.deadline_at: int | None = None
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -114,6 +117,8 @@ class TaskRun:
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, partial, None, None, attempts)
         request = orjson.loads(h["request"])
+        self.deadline_at = deadlines.deadline_at(request, int(h["created_at"]),
+                                                 self.proc.settings.task_deadline_s)
         last_error: dict[str, Any] | None = {
             "code": "attempts_exhausted",
             "message": f"gave up after {attempts} attempts (a processor died during each)"}
@@ -129,9 +134,19 @@ class TaskRun:
                 return await self._finish(h, tasks.SUCCEEDED, partial, done, None, attempts)
             except _Stop:
                 return await self._stopped(h, partial, attempts)
+            except DeadlineExceeded:
+                return await self._finish(h, tasks.FAILED, partial, None, deadline_error(),
+                                          attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
                 await self.proc.note_provider(error=err.message)
+                if self.proc.governor.enabled and is_rate_limit(err):
+                    # A wait, not a failure: the attempt does not count, and the task waits
+                    # for the governor again (which the refusal just paced).
+                    log.info("rate_limited", task_id=self.task_id, status=err.status)
+                    await self._reset_if_streamed(partial)
+                    counted = True
+                    continue
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
@@ -157,9 +172,24 @@ class TaskRun:
                                         args=args):
                 lease.mark_lost()
 
-        completion = await provider.complete(p.http, p.settings.provider, request, on_deltas)
+        async with p.governor.call(self.task_id, request, self.deadline_at) as call:
+            completion = await provider.complete(p.http, p.settings.provider, request, on_deltas,
+                                                 on_headers=call.observe)
+            call.used(completion.usage)
         await p.note_provider(streamed=completion.streamed)
         return completion
+
+    async def _reset_if_streamed(self, partial: Partial) -> None:
+        """Tell clients to drop what a refused call streamed: the answer starts again. A lost
+        lease is marked, so the next step stops."""
+        lease = self.lease
+        if lease is None or partial.first_token_at is None:
+            return
+        k = self.proc.keys
+        if not await self.proc.scripts.emit(
+                keys=[k.lease(self.task_id), k.events(self.task_id)],
+                args=[lease.token, "reset", '{"rate_limited":true}']):
+            lease.mark_lost()
 
     def interrupt(self, reason: str) -> None:
         """Stop the current attempt: 'cancel' (the client asked), 'lost' (our lease is gone) or

@@ -14,6 +14,8 @@ import httpx
 from redis.asyncio.client import PubSub
 
 from services.processor import provider
+from services.processor.deadlines import SWEEP_S, DeadlineSweeper
+from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
 from services.processor.runner import Outcome, TaskRun
 from services.processor.settings import ProcessorSettings
@@ -49,6 +51,13 @@ class Processor:
         self._report_due = asyncio.Event()
         self._taken = 0
         self._ai_noted: tuple[bool, int] | None = None
+        pv = settings.provider
+        self.governor = Governor(
+            redis, self.keys, name=self.name, enabled=settings.governor, limits=settings.limits,
+            lease_ms=settings.batching.lock_ttl_ms, base_url=pv.ai_base_url,
+            api_key=pv.ai_api_key, model=pv.ai_model, on_change=self._room_changed)
+        self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
+                                       settings.retention_s)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -66,6 +75,8 @@ class Processor:
             tg.create_task(self._forever(self._listen_cancels, "cancels"))
             tg.create_task(self._forever(self._reclaim_once, "reclaim",
                                          self.settings.reclaim_interval_s))
+            tg.create_task(self.governor.run(self.stopping, self.drained))
+            tg.create_task(self._forever(self.sweeper.sweep_once, "deadlines", SWEEP_S))
             await self._forever(self._claim_once, "claim")
             await self._drain()
             self.drained.set()
@@ -110,7 +121,15 @@ class Processor:
     # --- capacity -----------------------------------------------------------------------------
     @property
     def free(self) -> int:
-        return 0 if self.stopping.is_set() else max(0, self.settings.concurrency - self.inflight)
+        """Slots we offer: our own, and no more than the provider's governor has room for."""
+        if self.stopping.is_set():
+            return 0
+        return max(0, min(self.settings.concurrency - self.inflight, self.governor.room()))
+
+    def _room_changed(self) -> None:
+        """The governor's room opened or closed: claim (or stop) and tell the coordinators."""
+        self._set_inflight(0)
+        self._report_due.set()
 
     async def _report_capacity(self, taken: int = 0) -> None:
         k = self.keys
