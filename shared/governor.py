@@ -1,9 +1,10 @@
 """The provider governor's atomic steps (shared/lua/admit.lua, settle.lua, gov_peek.lua,
-expire.lua), one typed method each, and the pure pieces around them: the provider's identity,
-token estimates, and what a provider's rate-limit headers say.
+expire.lua), one typed method each in the shape of :mod:`shared.steps`, and the pure pieces
+around them: the provider's identity, token estimates, what a provider's rate-limit headers say.
 
-Each method builds its key list once, states the script's contract where it is called, and
-turns the reply into a frozen dataclass; callers never index a raw reply.
+Each method states its script's KEYS and ARGV once, in its docstring, and turns the reply into
+a frozen dataclass (or a small union of them); callers never index a raw reply. The scripts get
+the same generated prelude as the others (status and event names from :mod:`shared.tasks`).
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 from redis.commands.core import AsyncScript
 
+from shared import scripts
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 
-_LUA = Path(__file__).with_name("lua")
 RATE_WINDOW_MS = 60_000  # PROVIDER_RPM and PROVIDER_TPM count per minute, as providers do
 LIMITED_WINDOW_MS = 60_000  # "429s in the last minute" on /api/ai-status
 DEFAULT_COMPLETION_TOKENS = 1024  # a completion with no max_tokens, for the TPM estimate
@@ -166,7 +166,7 @@ class GovernorSteps:
         self._expire = self._load("expire")
 
     def _load(self, name: str) -> AsyncScript:
-        return self.redis.register_script((_LUA / f"{name}.lua").read_text())
+        return self.redis.register_script(scripts.source(name))  # with the names' prelude
 
     def _counts(self, provider: str, what: str, now: int) -> tuple[str, str]:
         idx = now // RATE_WINDOW_MS

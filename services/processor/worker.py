@@ -14,18 +14,18 @@ import httpx
 from redis.asyncio.client import PubSub
 
 from services.processor import provider
+from services.processor.ai_status import ProviderStatus
 from services.processor.deadlines import SWEEP_S, DeadlineSweeper
 from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
-from services.processor.runner import Outcome, TaskRun
+from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
-from shared.scripts import Scripts
+from shared.steps import Steps
 from shared.store import BatchRow, Store
-from shared.tasks import TERMINAL
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
@@ -37,9 +37,29 @@ class Processor:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
-        self.scripts = Scripts.register(redis)
-        self.leases = LeaseKeeper(redis, self.scripts, self.keys, self.name,
+        self.steps = Steps(redis, self.keys)
+        pv = settings.provider
+        self.governor = Governor(
+            redis, self.keys, name=self.name, enabled=settings.governor, limits=settings.limits,
+            lease_ms=settings.batching.lock_ttl_ms, base_url=pv.ai_base_url,
+            api_key=pv.ai_api_key, model=pv.ai_model, on_change=self._room_changed)
+        self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
+                                       settings.retention_s)
+        self.leases = LeaseKeeper(redis, self.steps, self.keys, self.name,
                                   settings.batching.lock_ttl_ms)
+        self.deps = RunDeps(
+            steps=self.steps, store=store,
+            call=lambda request, on_deltas, on_headers: provider.complete(
+                http, settings.provider, request, on_deltas, on_headers),
+            leases=self.leases, status=ProviderStatus(redis, self.keys),
+            policy=RunPolicy(max_attempts=settings.max_attempts,
+                             retry_base_s=settings.retry_base_s,
+                             retry_cap_s=settings.retry_cap_s,
+                             retry_after_cap_s=settings.retry_after_cap_s,
+                             lock_ttl_ms=settings.batching.lock_ttl_ms,
+                             retention_s=settings.retention_s,
+                             task_deadline_s=settings.task_deadline_s),
+            processor=self.name, governor=self.governor)
         self.runs: dict[str, TaskRun] = {}
         self.inflight = 0
         self.room = asyncio.Event()
@@ -50,14 +70,6 @@ class Processor:
         self._batches: set[asyncio.Task[None]] = set()
         self._report_due = asyncio.Event()
         self._taken = 0
-        self._ai_noted: tuple[bool, int] | None = None
-        pv = settings.provider
-        self.governor = Governor(
-            redis, self.keys, name=self.name, enabled=settings.governor, limits=settings.limits,
-            lease_ms=settings.batching.lock_ttl_ms, base_url=pv.ai_base_url,
-            api_key=pv.ai_api_key, model=pv.ai_model, on_change=self._room_changed)
-        self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
-                                       settings.retention_s)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -103,7 +115,7 @@ class Processor:
         if pending:
             log.warning("handing_off", tasks=len(self.runs))
             for run in list(self.runs.values()):
-                run.interrupt("handoff")
+                run.interrupt(Outcome.HANDOFF)
             await asyncio.wait(pending)
 
     async def _retire(self) -> None:
@@ -132,12 +144,9 @@ class Processor:
         self._report_due.set()
 
     async def _report_capacity(self, taken: int = 0) -> None:
-        k = self.keys
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
-        await self.scripts.capacity(
-            keys=[k.processors_free, k.processors_alive, k.batch_backlog, k.open_batch,
-                  k.processors_inflight],
-            args=[self.name, self.free, expiry, taken, k.batch_channel, self.inflight])
+        await self.steps.report_capacity(name=self.name, free=self.free, expiry_ms=expiry,
+                                         taken=taken, inflight=self.inflight)
 
     def _set_inflight(self, delta: int) -> None:
         self.inflight += delta
@@ -190,8 +199,8 @@ class Processor:
             if handed:
                 await until_redis_answers(lambda: self._handoff(entry_id, batch_id, handed),
                                           "handoff", batch_id=batch_id)
-            elif all(o is Outcome.DONE for o in outcomes) or await until_redis_answers(
-                    lambda: self._all_terminal(ids), "batch", batch_id=batch_id):
+            elif all(o in FINISHED for o in outcomes) or await until_redis_answers(
+                    lambda: self.steps.all_terminal(ids), "batch", batch_id=batch_id):
                 await until_redis_answers(
                     lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
                     "ack", batch_id=batch_id)
@@ -205,7 +214,7 @@ class Processor:
     async def _run_task(self, task_id: str, batch_id: str) -> Outcome:
         try:
             while True:
-                run = TaskRun(self, task_id, batch_id)
+                run = TaskRun(self.deps, task_id, batch_id)
                 self.runs[task_id] = run
                 outcome = await until_redis_answers(run.run, "task", task_id=task_id)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
@@ -233,18 +242,9 @@ class Processor:
             self._taken += taken  # counted on the next report (the heartbeat's at the latest)
             raise
 
-    async def _all_terminal(self, ids: list[str]) -> bool:
-        async with self.redis.pipeline(transaction=False) as p:
-            for t in ids:
-                p.hget(self.keys.task(t), "status")
-            statuses = await p.execute()
-        return all(s is None or s in TERMINAL for s in statuses)
-
     async def _handoff(self, entry_id: str, batch_id: str, ids: list[str]) -> None:
-        k = self.keys
-        n = await self.scripts.handoff(
-            keys=[k.batches_stream, k.batch_backlog, k.stats],
-            args=[BATCHES_GROUP, entry_id, batch_id, now_ms(), *ids])
+        n = await self.steps.handoff(entry_id=entry_id, batch_id=batch_id, now=now_ms(),
+                                     task_ids=ids)
         log.info("handed_off", batch_id=batch_id, tasks=n)
 
     # --- cancellation -------------------------------------------------------------------------
@@ -257,27 +257,9 @@ class Processor:
                 if message is not None:
                     run = self.runs.get(str(message["data"]))
                     if run is not None:
-                        run.interrupt("cancel")
+                        run.interrupt(Outcome.CANCEL)
         finally:
             await pubsub.aclose()
-
-    # --- provider status ----------------------------------------------------------------------
-    async def note_provider(self, *, streamed: bool | None = None,
-                            error: str | None = None) -> None:
-        k, now = self.keys.ai_status, now_ms()
-        fields: dict[str | bytes, str | int] = {}
-        if streamed is not None:
-            # Once a second is enough for "last success"; a change of streaming goes at once.
-            last = self._ai_noted
-            if last is not None and last[0] == streamed and now - last[1] < 1000:
-                return
-            self._ai_noted = (streamed, now)
-            fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
-                      "success_at": now}
-        if error is not None:
-            fields = {"error": error[:300], "error_at": now}
-        if fields:
-            await self.redis.hset(k, mapping=fields)  # type: ignore[arg-type]
 
 
 def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:

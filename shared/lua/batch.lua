@@ -21,10 +21,10 @@ local function flush(reason)
   for _, id in ipairs(ids) do
     local tkey = ARGV[7] .. id
     redis.call('HDEL', tkey, 'open')
-    if redis.call('HGET', tkey, 'status') == 'queued' then
-      redis.call('HSET', tkey, 'status', 'batched', 'batch_id', bid)
-      redis.call('XADD', ARGV[8] .. id, '*', 'e', 'status',
-        'd', '{"status":"batched","batch_id":"' .. bid .. '"}')
+    if redis.call('HGET', tkey, 'status') == QUEUED then
+      redis.call('HSET', tkey, 'status', BATCHED, 'batch_id', bid)
+      redis.call('XADD', ARGV[8] .. id, '*', 'e', EV_STATUS,
+        'd', '{"status":"' .. BATCHED .. '","batch_id":"' .. bid .. '"}')
     end
   end
   redis.call('XADD', batches, '*', 'b', bid, 't', table.concat(ids, ','), 'r', reason,

@@ -9,14 +9,14 @@
 -- Returns 'expired' | 'running' | 'gone' (finished or forgotten)
 redis.call('ZREM', KEYS[3], ARGV[1])
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'running' then return 'running' end
-if st ~= 'queued' and st ~= 'batched' then return 'gone' end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[4], 'completed_at', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'e', 'error', 'd', ARGV[5])
+if st == RUNNING then return 'running' end
+if st ~= QUEUED and st ~= BATCHED then return 'gone' end
+redis.call('HSET', KEYS[1], 'status', FAILED, 'error', ARGV[4], 'completed_at', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'e', TERMINAL_EVENT[FAILED], 'd', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if tenant then redis.call('ZREM', ARGV[6] .. tenant, ARGV[1]) end
-redis.call('HINCRBY', KEYS[5], 'tasks_failed', 1)
+redis.call('HINCRBY', KEYS[5], 'tasks_' .. FAILED, 1)
 return 'expired'
