@@ -52,6 +52,7 @@ log = structlog.get_logger("mockai")
 POLL_S = 0.25
 # Prompts can be big (benchmarks replay long contexts); aiohttp's default is 1 MiB.
 CLIENT_MAX_SIZE = 32 * 1024 * 1024
+KEEPALIVE_EVERY_S = 0.2
 # Faults that fire at a position in the content stream.
 _POSITIONAL = frozenset({FaultKind.CUT, FaultKind.STALL, FaultKind.STREAM_ERROR})
 
@@ -93,6 +94,7 @@ class Plan:
     include_usage: bool
     ttft_s: float
     interval_s: float  # 0 = no pacing between tokens
+    keepalive_s: float = 0.0  # `: keep-alive` comments only, before the first token
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -137,6 +139,7 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
         include_usage=req.include_usage,
         ttft_s=ttft_ms / 1000.0,
         interval_s=1.0 / rate if rate > 0 else 0.0,
+        keepalive_s=mock.keepalive_s or 0.0,
     )
 
 
@@ -430,6 +433,15 @@ class _SseStream:
             self.out.extend(self._chunk(k) for k in range(self.i, end))
             self.i = end
 
+    async def _keep_alive(self, seconds: float) -> None:
+        """Comments only, every KEEPALIVE_EVERY_S, then the stream starts as planned."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            await self.resp.write(b": keep-alive\n\n")
+            await _sleep(self.request, min(left, KEEPALIVE_EVERY_S))
+        self.t0 = loop.time() + self.plan.ttft_s
+
     async def run(self, headers: dict[str, str]) -> web.StreamResponse:
         plan, fault, rec = self.plan, self.fault, self.rec
         resp = self.resp
@@ -442,6 +454,8 @@ class _SseStream:
             stop = self.n_reasoning + min(fault.after, len(plan.content))
         try:
             await resp.prepare(self.request)
+            if plan.keepalive_s > 0:
+                await self._keep_alive(plan.keepalive_s)
             await self._emit_until(stop)
             if fault is not None and fault.kind is FaultKind.CUT:
                 await self._flush()

@@ -59,7 +59,8 @@ def status_error_defaults(status: int) -> tuple[str, str | None]:
 # --- request ---------------------------------------------------------------------------
 
 _MOCK_KEYS = frozenset(
-    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag"}
+    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag",
+     "keepalive_s"}
 )
 
 
@@ -73,6 +74,9 @@ class MockOptions:
     reasoning_tokens: int | None = None
     tag: str | None = None
     fault: object = None  # raw spec; parsed by faults.parse_fault
+    # DeepSeek under load: the stream opens, then only `: keep-alive` comments for this long
+    # before inference starts (on top of the TTFT).
+    keepalive_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,7 @@ def _parse_mock(metadata: object) -> MockOptions:
         reasoning_tokens=_token_count(mock, "reasoning_tokens"),
         tag=tag,
         fault=mock.get("fault"),
+        keepalive_s=_nonneg_number(mock, "keepalive_s"),
     )
 
 
