@@ -3,9 +3,13 @@
 -- provider's x-ratelimit headers said. Entries from many calls go in one step, so a busy
 -- processor pays one round trip for all the calls that ended while the last one was on its way.
 -- AIMD: a rate limit (429, overloaded 503/529) halves the window once per overshoot (a call
--- admitted before the last decrease cannot cause another), never below 1; a success grows it
--- by 1 while in slow start (doubling per round), then by 1/window, and only while the window
--- was in use (so a quiet period does not inflate it).
+-- admitted before the last decrease cannot cause another), never below 1, and remembers the
+-- window it happened at. A success grows the window, only while the window was in use (so a
+-- quiet period does not inflate it): by 1 in slow start (doubling per round, until the first
+-- refusal); then back up towards the last safe window (one below the refused one) by half the
+-- distance per round (BIC's binary search: at least 1/window per success); past it, probing
+-- for more by 1 per PROBE_ROUNDS rounds only, since every probe that is refused costs a 429
+-- (and, with a Retry-After, a pause for every processor).
 -- KEYS[1] provider state hash, KEYS[2] slots zset, KEYS[3] tokens counter of this window,
 -- KEYS[4] counter of rate-limited answers of this minute
 -- ARGV[1] now (ms), ARGV[2] operator's max concurrency (0: none), ARGV[3] initial window,
@@ -23,6 +27,15 @@ local slow = redis.call('HGET', state, 'slow_start') ~= '0'
 local dec_at = tonumber(redis.call('HGET', state, 'decreased_at') or '0')
 local pause = tonumber(redis.call('HGET', state, 'pause_until') or '0')
 local cap = opmax > 0 and opmax or 100000
+local w_max = tonumber(redis.call('HGET', state, 'refused_at') or '0')
+local PROBE_ROUNDS = 20
+
+local function grow()
+  if slow then return window + 1 end
+  local safe = w_max - 1
+  if window < safe then return window + math.max(1, (safe - window) / 2) / window end
+  return window + 1 / (window * PROBE_ROUNDS)
+end
 
 local function headers(h)
   for _, f in ipairs({{'rr', 'rs', 'rl', 'req'}, {'tr', 'ts', 'tl', 'tok'}}) do
@@ -49,7 +62,7 @@ for i = 5, #ARGV do
     local admitted = tonumber(string.match(e.slot, '^(%d+):')) or now
     if e.outcome == 'ok' then
       redis.call('HSET', state, 'streak', 0, 'success_at', now)
-      if full then window = window + (slow and 1 or 1 / window) end
+      if full then window = grow() end
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])
@@ -57,6 +70,7 @@ for i = 5, #ARGV do
       redis.call('HSET', state, 'limited_at', now)
       local streak = redis.call('HINCRBY', state, 'streak', 1)
       if admitted >= dec_at then
+        w_max = window
         window = math.max(1, window / 2)
         slow, dec_at = false, now
       end
@@ -70,7 +84,8 @@ for i = 5, #ARGV do
   end
 end
 window = math.min(window, cap)
-redis.call('HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
-  'decreased_at', dec_at, 'pause_until', pause)
 local limit = math.max(1, math.floor(window))
+if opmax > 0 and limit > opmax then limit = opmax end
+redis.call('HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
+  'decreased_at', dec_at, 'pause_until', pause, 'refused_at', w_max, 'limit', limit)
 return {limit, redis.call('ZCARD', slots), pause > now and pause or 0}

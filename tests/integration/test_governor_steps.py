@@ -250,3 +250,25 @@ async def test_each_script_header_declares_the_keys_its_method_sends(
     await steps.peek(P, T0)
     await steps.expire("tsk_x", T0, 60, {}, {})
     assert {n: s.sent for n, s in spies.items()} == {n: declared_keys(n) for n in spies}
+
+
+async def test_after_a_refusal_the_window_climbs_back_fast_then_probes_slowly(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10)
+    state = steps.keys.governor(P)
+    slots = await fill(steps, T0)
+    await steps.settle(P, T0 + 1, [{"slot": slots[0], "outcome": "limited"}])
+    assert float(await redis.hget(state, "window") or 0) == 5  # halved, refused at 10
+    await steps.settle(P, T0 + 1, [{"slot": s, "outcome": "other"} for s in slots[1:]])
+
+    async def one_success(now: int) -> float:
+        slots = await fill(steps, now)
+        await steps.settle(P, now, [{"slot": s, "outcome": "ok"} for s in slots[:1]])
+        await steps.settle(P, now, [{"slot": s, "outcome": "other"} for s in slots[1:]])
+        return float(await redis.hget(state, "window") or 0)
+
+    # Far below the last safe window (9): half the distance per round, spread over a round.
+    assert await one_success(T0 + 2) == pytest.approx(5 + 2 / 5)
+    await redis.hset(state, "window", 9)
+    # At the last safe window: probing beyond it is 20 times slower than additive increase.
+    assert await one_success(T0 + 3) == pytest.approx(9 + 1 / (9 * 20))
