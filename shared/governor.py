@@ -221,3 +221,54 @@ class GovernorSteps:
             keys=[k.task(task_id), k.events(task_id), k.deadlines, k.dead_letters, k.stats],
             args=[task_id, now, retention_s, orjson.dumps(error), orjson.dumps(view),
                   k.tenant_active("")]))
+
+
+# --- what /api/ai-status and GET /api/tasks/{id} show (plain reads, no script) -------------
+def _num(value: str | None) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+async def read_providers(redis: RedisClient, keys: Keys, now: int) -> list[dict[str, Any]]:
+    """Every governed provider: its label, window, calls in flight, what its headers said,
+    any pause, and its 429s over the last minute (a sliding estimate over two fixed minutes)."""
+    index: dict[str, str] = await redis.hgetall(keys.governors)  # type: ignore[assignment]
+    out: list[dict[str, Any]] = []
+    idx = now // LIMITED_WINDOW_MS
+    frac = (now - idx * LIMITED_WINDOW_MS) / LIMITED_WINDOW_MS
+    for provider, label in sorted(index.items()):
+        async with redis.pipeline(transaction=False) as p:
+            p.hgetall(keys.governor(provider))
+            p.zcount(keys.governor_slots(provider), now, "+inf")
+            p.get(keys.governor_count(provider, "limited", idx))
+            p.get(keys.governor_count(provider, "limited", idx - 1))
+            state, in_flight, cur, prev = await p.execute()
+        out.append({"id": provider, **orjson.loads(label),
+                    **provider_state(state, in_flight, now),
+                    "rate_limited_last_minute": round(int(prev or 0) * (1 - frac)
+                                                      + int(cur or 0))})
+    return out
+
+
+def provider_state(state: dict[str, str], in_flight: int, now: int) -> dict[str, Any]:
+    window = _num(state.get("window"))
+    pause = int(_num(state.get("pause_until")) or 0)
+
+    def learned(kind: str) -> dict[str, Any] | None:
+        limit, rem, reset = (_num(state.get(f"{kind}_{f}")) for f in ("limit", "rem", "reset"))
+        if limit is None and rem is None:
+            return None
+        return {"limit": limit, "remaining": rem,
+                "reset_at": int(reset) if reset and reset > now else None}
+
+    refused_at = _num(state.get("refused_at"))
+    return {
+        "window": None if window is None else round(window, 2),
+        "limit": int(_num(state.get("limit")) or max(1, int(window or 1))),
+        "in_flight": in_flight,
+        "slow_start": state.get("slow_start", "1") == "1",
+        "last_refused_window": round(refused_at, 2) if refused_at else None,
+        "paused_until": pause if pause > now else None,
+        "learned": {"requests": learned("req"), "tokens": learned("tok")},
+        "rate_limited_total": int(_num(state.get("limited_total")) or 0),
+        "last_rate_limited_at": int(_num(state.get("limited_at")) or 0) or None,
+    }

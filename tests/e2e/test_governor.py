@@ -108,6 +108,21 @@ def test_a_deadline_passes_while_the_provider_is_paused(tmp_path: Path, redis_ur
                  "the pause to be shared")
         late = uuid.uuid4().hex[:8]
         task_id = api.submit({**tagged(late), "deadline": 2})
+        # While it waits, users can see why.
+        seen = wait_for(lambda: (t := api.get(task_id)).get("waiting_for") and t, 10,
+                        "the task to say what it waits for")
+        assert seen["status"] in ("queued", "batched")
+        assert seen["waiting_for"]["reason"] in ("coordinator", "batch_timer", "provider_pause")
+        paused = wait_for(lambda: (t := api.get(first))["waiting_for"] and t, 10,
+                          "the paused task to say why")
+        assert paused["waiting_for"]["reason"] == "provider_pause"
+        assert paused["waiting_for"]["until"] is not None and paused["queue_position"] == 1
+        ai = httpx.get(f"{stack.edge_url}/api/ai-status").json()
+        [gov] = ai["providers"]
+        assert gov["paused_until"] is not None and gov["rate_limited_last_minute"] == 1
+        assert gov["in_flight"] == 0 and gov["limit"] >= 1
+        tenants = httpx.get(f"{stack.edge_url}/api/async-status").json()["tenants"]
+        assert sum(t["queued"] for t in tenants.values()) == 2
         task = api.wait_terminal(task_id, 20)
         assert task["status"] == "failed"
         assert task["error"]["code"] == "deadline_exceeded"

@@ -71,7 +71,6 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "x", "deadline": -5}, "deadline"),
     ({"prompt": "x", "deadline": True}, "deadline"),
     ({"prompt": "x", "deadline": "tomorrow"}, "deadline"),
-    ({"prompt": "x", "deadline": "2020-01-01T00:00:00Z"}, "deadline"),
     ({"prompt": "x", "deadline": "2099-01-01T00:00:00"}, "deadline"),
     ({"prompt": "x", "deadline": 31 * 86_400}, "deadline"),
     # the limits
