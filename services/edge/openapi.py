@@ -67,6 +67,8 @@ _ERRORS = {
     415: "the body is not application/json",
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
+    408: "the request's deadline passed before the provider had room for it "
+         "(code deadline_exceeded)",
     502: "the model provider failed the task (its own error message is passed on)",
     503: "Redis is unreachable: retry shortly",
 }
@@ -340,7 +342,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                         "headers": task_header,
                         "content": {"application/json": {"schema": ref("ChatCompletion")},
                                     **chunks}},
-                **errors(*submit_errors, 502, openai=True)}}},
+                **errors(*submit_errors, 408, 502, openai=True)}}},
         "/v1/models": {"get": {
             "operationId": "listModels", "summary": "The model a request gets by default",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
