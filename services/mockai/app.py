@@ -9,6 +9,8 @@ failing write, or by the transport poll in `_sleep` during long waits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import hmac
 import itertools
 import secrets
@@ -21,10 +23,12 @@ import structlog
 from aiohttp import web
 
 from .faults import (
+    AnswerShape,
     Fault,
     FaultCounters,
     FaultKind,
     FaultSpecError,
+    bad_answer,
     parse_fault,
     parse_fault_header,
 )
@@ -128,12 +132,15 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
         n_content, finish_reason = req.max_tokens, "length"
     ttft_ms = settings.ttft_ms if mock.ttft_ms is None else mock.ttft_ms
     rate = settings.tokens_per_s if mock.tokens_per_s is None else mock.tokens_per_s
+    seed = req.prompt.seed
+    if mock.vary:  # the request id is unique, so every call answers other words
+        seed = hashlib.blake2b(seed + cid.encode(), digest_size=16).digest()
     return Plan(
         cid=cid,
         created=int(time.time()),
         model=req.model or settings.model,
-        reasoning=reasoning_tokens(req.prompt.seed, n_reasoning),
-        content=content_tokens(req.prompt.seed, n_content),
+        reasoning=reasoning_tokens(seed, n_reasoning),
+        content=content_tokens(seed, n_content),
         finish_reason=finish_reason,
         usage=usage(req.prompt.words, n_reasoning, n_content),
         include_usage=req.include_usage,
@@ -233,12 +240,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     if fault is not None and fault.kind is FaultKind.STATUS:
         return _status_fault(rec, fault, headers)
+    if fault is not None and fault.kind is FaultKind.ANSWER:
+        return await _bad_answer(request, rec, fault, headers)
 
     plan = _plan(settings, req, cid)
+    if fault is not None and fault.kind is FaultKind.USAGE:
+        plan = dataclasses.replace(plan, usage=fault.usage or {})
     limiter = state.limiter
     if not limiter.settings.active:
         return await _answer(request, settings, req, rec, plan, fault, headers)
-    verdict = limiter.admit(plan.usage["total_tokens"])
+    tokens = plan.usage.get("total_tokens")
+    verdict = limiter.admit(tokens if isinstance(tokens, int) else 0)
     rec.ratelimit = {k: v for k, v in verdict.headers.items() if k.startswith("x-ratelimit")}
     headers.update(verdict.headers)
     if verdict.limit is not None:
@@ -306,6 +318,32 @@ def _status_fault(rec: RequestRecord, fault: Fault, headers: dict[str, str]) -> 
         headers["Retry-After"] = fault.retry_after
     rec.finish("error_status", fault.status)
     return _json(body, fault.status, headers)
+
+
+# An endless line is written in pieces of this size; the client's line cap must stop it.
+ENDLESS_PIECE = b"x" * 65536
+
+
+async def _bad_answer(
+    request: web.Request, rec: RequestRecord, fault: Fault, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A 200 that is no answer (see AnswerShape), whether or not a stream was asked for."""
+    if fault.answer is not AnswerShape.ENDLESS_LINE:
+        content_type, body = bad_answer(fault)
+        rec.finish("bad_answer", 200)
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+    try:
+        await resp.prepare(request)
+        await resp.write(b"data: ")
+        while True:  # until the client gives up and the write (or the cancel) says so
+            await resp.write(ENDLESS_PIECE)
+    except ConnectionError:
+        _client_gone(rec)
+    except asyncio.CancelledError:
+        _client_gone(rec)
+        raise
+    return resp
 
 
 async def _respond_json(

@@ -86,10 +86,14 @@ class Call:
 class Governor:
     def __init__(self, redis: RedisClient, keys: Keys, *, name: str, enabled: bool,
                  limits: Limits, lease_ms: int, base_url: str, api_key: str | None,
-                 model: str, on_change: Callable[[], None]) -> None:
+                 model: str, on_change: Callable[[], None],
+                 retry_after_cap_s: float = math.inf) -> None:
         self.steps = GovernorSteps(redis, keys, limits)
         self.redis, self.keys, self.name, self.enabled = redis, keys, name, enabled
         self.lease_ms, self.on_change = lease_ms, on_change
+        # RETRY_AFTER_CAP_S: a provider asking for a day pauses every processor for this long
+        # at most, then the next call asks again.
+        self.retry_after_cap_s = retry_after_cap_s
         self._base_url, self._api_key, self._model = base_url, api_key, model
         self._ids: dict[str, str] = {}
         self.default = self.provider_for(model)
@@ -139,7 +143,9 @@ class Governor:
             outcome = "ok"
         except ProviderError as err:
             if is_rate_limit(err):
-                outcome, retry_after = "limited", err.retry_after
+                outcome = "limited"
+                if err.retry_after is not None:
+                    retry_after = min(err.retry_after, self.retry_after_cap_s)
             raise
         finally:
             entry = self._release(call, outcome, retry_after)

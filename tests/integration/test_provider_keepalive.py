@@ -5,6 +5,7 @@ provider client against the mock provider over real HTTP."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from services.mockai.app import create_app
 from services.mockai.settings import MockSettings
 from services.processor import provider
 from services.processor.assembler import Delta, ProviderError
-from shared.config import Provider
+from shared.config import Env, Provider
 
 
 @pytest.fixture
@@ -26,8 +27,8 @@ async def mock_url() -> AsyncIterator[str]:
 
 
 async def call(url: str, *, idle_s: float, total_s: float, **mock: Any) -> provider.Completion:
-    settings = Provider(ai_base_url=url, ai_api_key=None, ai_model="mock-r1",
-                        ai_timeout_s=total_s, ai_idle_timeout_s=idle_s, is_mock=True)
+    settings = replace(Provider.from_env(Env({"AI_BASE_URL": url})), ai_timeout_s=total_s,
+                       ai_idle_timeout_s=idle_s, is_mock=True)
     got: list[Delta] = []
 
     async def on_deltas(deltas: list[Delta]) -> None:
