@@ -153,7 +153,7 @@ class Limits:
     max_concurrency: int = 0
     rpm: int = 0
     tpm: int = 0
-    initial_window: int = 4
+    initial_window: int = 16
     max_backoff_ms: int = 30_000
 
 
@@ -192,7 +192,8 @@ class GovernorSteps:
 
     async def settle(self, provider: str, now: int, entries: list[dict[str, Any]]) -> Room:
         """settle.lua. KEYS: state, slots, tokens (this window), limited answers (this
-        minute). ARGV: now, max concurrency, initial window, max backoff, entries (JSON).
+        minute). ARGV: now, max concurrency, initial window, max backoff, '1' when a TPM limit
+        is set, entries (JSON).
         Reply {limit, in flight, pause until}."""
         k, lim = self.keys, self.limits
         reply = await self._settle(
@@ -200,7 +201,7 @@ class GovernorSteps:
                   k.governor_count(provider, "tokens", now // RATE_WINDOW_MS),
                   k.governor_count(provider, "limited", now // LIMITED_WINDOW_MS)],
             args=[now, lim.max_concurrency, lim.initial_window, lim.max_backoff_ms,
-                  *(orjson.dumps(e) for e in entries)])
+                  "1" if lim.tpm else "0", *(orjson.dumps(e) for e in entries)])
         return Room(int(reply[0]), int(reply[1]), int(reply[2]))
 
     async def peek(self, provider: str, now: int) -> Room:

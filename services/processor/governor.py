@@ -86,7 +86,7 @@ class Call:
 class Governor:
     def __init__(self, redis: RedisClient, keys: Keys, *, name: str, enabled: bool,
                  limits: Limits, lease_ms: int, base_url: str, api_key: str | None,
-                 model: str, on_change: Callable[[], None],
+                 model: str, on_change: Callable[[bool], None],
                  retry_after_cap_s: float = math.inf) -> None:
         self.steps = GovernorSteps(redis, keys, limits)
         self.redis, self.keys, self.name, self.enabled = redis, keys, name, enabled
@@ -124,7 +124,7 @@ class Governor:
         before = self.room()
         self.rooms[provider] = room
         if (before > 0) != (self.room() > 0):
-            self.on_change()
+            self.on_change(self.room() > 0)
 
     # --- one call -------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

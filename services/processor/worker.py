@@ -148,10 +148,13 @@ class Processor:
             return 0
         return max(0, min(self.settings.concurrency - self.inflight, self.governor.room()))
 
-    def _room_changed(self) -> None:
-        """The governor's room opened or closed: claim (or stop) and tell the coordinators."""
+    def _room_changed(self, opened: bool) -> None:
+        """The governor's room opened or closed: claim (or stop claiming). An opening is told
+        to the coordinators at once (a waiting batch leaves); a closing waits for the next
+        report, since a batch flushed meanwhile only waits in Redis."""
         self._set_inflight(0)
-        self._report_due.set()
+        if opened:
+            self._report_due.set()
 
     async def _report_capacity(self, taken: int = 0) -> None:
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)

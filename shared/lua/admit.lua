@@ -87,10 +87,15 @@ untl = over(KEYS[5], KEYS[6], tpm, est)
 if untl then return wait('tpm', untl) end
 
 redis.call('ZADD', slots, now + lease, ARGV[2])
-redis.call('INCR', KEYS[3])
-redis.call('PEXPIRE', KEYS[3], 2 * W + 1000)
-redis.call('INCRBY', KEYS[5], est)
-redis.call('PEXPIRE', KEYS[5], 2 * W + 1000)
+-- Counted only under an operator limit that reads them (the hot path stays short without).
+if rpm > 0 then
+  redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], 2 * W + 1000)
+end
+if tpm > 0 then
+  redis.call('INCRBY', KEYS[5], est)
+  redis.call('PEXPIRE', KEYS[5], 2 * W + 1000)
+end
 if known['req_rem'] then redis.call('HINCRBY', state, 'req_rem', -1) end
 if known['tok_rem'] then redis.call('HINCRBY', state, 'tok_rem', -est) end
 redis.call('HDEL', KEYS[7], 'waiting_for', 'waiting_until')

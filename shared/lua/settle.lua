@@ -14,7 +14,8 @@
 -- KEYS[4] counter of rate-limited answers of this minute
 -- ARGV[1] now (ms), ARGV[2] operator's max concurrency (0: none), ARGV[3] initial window,
 -- ARGV[4] max backoff pause (ms) for repeated rate limits without Retry-After,
--- ARGV[5..] entries, each a JSON object:
+-- ARGV[5] '1' when a tokens-per-minute limit is set (token corrections count only then),
+-- ARGV[6..] entries, each a JSON object:
 --   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
 --    "pause_until": ms from Retry-After (0: none)}
 --   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
@@ -52,16 +53,20 @@ local function headers(h)
   end
 end
 
-for i = 5, #ARGV do
+local succeeded = false
+for i = 6, #ARGV do
   local e = cjson.decode(ARGV[i])
   if e.h then headers(e.h) end
   if e.slot then
     local full = redis.call('ZCARD', slots) >= math.floor(window)
     redis.call('ZREM', slots, e.slot)
-    if e.tokens and e.tokens ~= 0 then redis.call('INCRBY', KEYS[3], e.tokens) end
+    if ARGV[5] == '1' and e.tokens and e.tokens ~= 0 then
+      redis.call('INCRBY', KEYS[3], e.tokens)
+    end
     local admitted = tonumber(string.match(e.slot, '^(%d+):')) or now
     if e.outcome == 'ok' then
-      redis.call('HSET', state, 'streak', 0, 'success_at', now)
+      succeeded = true
+      redis.call('HSET', state, 'streak', 0)
       if full then window = grow() end
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
@@ -88,4 +93,5 @@ local limit = math.max(1, math.floor(window))
 if opmax > 0 and limit > opmax then limit = opmax end
 redis.call('HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
   'decreased_at', dec_at, 'pause_until', pause, 'refused_at', w_max, 'limit', limit)
+if succeeded then redis.call('HSET', state, 'success_at', now) end
 return {limit, redis.call('ZCARD', slots), pause > now and pause or 0}
