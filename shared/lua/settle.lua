@@ -4,7 +4,7 @@
 -- processor pays one round trip for all the calls that ended while the last one was on its way.
 -- AIMD: a rate limit (429, overloaded 503/529) halves the window once per overshoot (a call
 -- admitted before the last decrease cannot cause another), never below 1, and remembers the
--- window it happened at. A success grows the window, only while the window was in use (so a
+-- window it happened at (or the calls in flight then, when fewer). A success grows the window, only while the window was in use (so a
 -- quiet period does not inflate it): by 1 in slow start (doubling per round, until the first
 -- refusal); then back up towards the last safe window (one below the refused one) by half the
 -- distance per round (BIC's binary search: at least 1/window per success); past it, probing
@@ -29,7 +29,7 @@ local dec_at = tonumber(redis.call('HGET', state, 'decreased_at') or '0')
 local pause = tonumber(redis.call('HGET', state, 'pause_until') or '0')
 local cap = opmax > 0 and opmax or 100000
 local w_max = tonumber(redis.call('HGET', state, 'refused_at') or '0')
-local PROBE_ROUNDS = 20
+local PROBE_ROUNDS = 50
 
 local function grow()
   if slow then return window + 1 end
@@ -74,10 +74,15 @@ for i = 6, #ARGV do
       redis.call('EXPIRE', KEYS[4], 120)
       redis.call('HSET', state, 'limited_at', now)
       local streak = redis.call('HINCRBY', state, 'streak', 1)
+      -- What the provider took: the calls still in flight once the refused ones are out, plus
+      -- this one. The refusals of one overshoot arrive one by one and each lowers the estimate.
+      local took = redis.call('ZCARD', slots) + 1
       if admitted >= dec_at then
-        w_max = window
+        w_max = math.min(window, took)
         window = math.max(1, window / 2)
         slow, dec_at = false, now
+      elseif w_max > took then
+        w_max = took
       end
       local untl = tonumber(e.pause_until) or 0
       if untl <= now and streak >= 2 then

@@ -270,5 +270,18 @@ async def test_after_a_refusal_the_window_climbs_back_fast_then_probes_slowly(
     # Far below the last safe window (9): half the distance per round, spread over a round.
     assert await one_success(T0 + 2) == pytest.approx(5 + 2 / 5)
     await redis.hset(state, "window", 9)
-    # At the last safe window: probing beyond it is 20 times slower than additive increase.
-    assert await one_success(T0 + 3) == pytest.approx(9 + 1 / (9 * 20))
+    # At the last safe window: probing beyond it is 50 times slower than additive increase.
+    assert await one_success(T0 + 3) == pytest.approx(9 + 1 / (9 * 50))
+
+
+async def test_the_refusals_of_one_overshoot_tell_what_the_provider_took(
+        redis: RedisClient) -> None:
+    """16 calls sent at once to a provider that takes 8: the window halves once, and the safe
+    window learned is the 8 the provider kept, not the 16 sent."""
+    steps = steps_for(redis, initial_window=16)
+    slots = await fill(steps, T0)
+    assert len(slots) == 16
+    for i, slot in enumerate(slots[8:]):
+        await steps.settle(P, T0 + 1 + i, [{"slot": slot, "outcome": "limited"}])
+    state = await redis.hgetall(steps.keys.governor(P))
+    assert float(state["window"]) == 8 and float(state["refused_at"]) == 9
