@@ -22,6 +22,7 @@ from shared import scripts
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 
+NAMES = ("admit", "settle", "gov_peek", "expire")  # the scripts this module calls
 RATE_WINDOW_MS = 60_000  # PROVIDER_RPM and PROVIDER_TPM count per minute, as providers do
 LIMITED_WINDOW_MS = 60_000  # "429s in the last minute" on /api/ai-status
 DEFAULT_COMPLETION_TOKENS = 1024  # a completion with no max_tokens, for the TPM estimate

@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- a full Redis takes no new call to the provider; the task waits, as the services do.
 -- The provider governor admits one call, or says what to wait for. One step for every check
 -- and the lease it takes, so however many processors ask at once, the provider never gets
 -- more than its room: calls in flight under the window, requests and tokens under the

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- allow-oom: it ends a task (a status, one event, a dead letter), as complete.lua does.
 -- Fail a task whose deadline has passed while it still waits (queued or batched, never sent):
 -- it ends 'failed' with code deadline_exceeded, is dead-lettered like any failure, and no
 -- processor will call the provider for it (begin.lua finds it terminal). A running task is its

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- allow-oom: it only drops expired slots, which frees memory.
 -- Look at a provider's room without taking any: the calls in flight (expired leases dropped)
 -- and the time until which nothing may be sent, for a processor deciding whether to claim.
 -- KEYS[1] provider state hash, KEYS[2] slots zset

@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: it frees slots and corrects counters (next to no growth); refused, the slots would
+-- stay taken until their leases end.
 -- The provider governor learns from calls: each entry ends a call (frees its slot, corrects
 -- its token estimate with the real usage, moves the AIMD window) and/or records what the
 -- provider's x-ratelimit headers said. Entries from many calls go in one step, so a busy
