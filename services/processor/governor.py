@@ -38,7 +38,7 @@ from shared.governor import (
     provider_id,
 )
 from shared.keys import Keys
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient, wait_event
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.governor")
@@ -212,7 +212,7 @@ class Governor:
         entries = [*self._pending.pop(provider, []), entry]  # what the headers said, first
         try:
             self._seen(provider, await self.steps.settle(provider, now_ms(), entries))
-        except UNAVAILABLE:
+        except WAIT_OUT:
             self._pending.setdefault(provider, []).extend(entries)
             self._due.set()
             raise
@@ -240,7 +240,7 @@ class Governor:
     async def _register(self) -> None:
         label = {"base_url": mask_url(self._base_url), "model": self._model,
                  "key": key_fingerprint(self._api_key)}
-        with contextlib.suppress(*UNAVAILABLE):
+        with contextlib.suppress(*WAIT_OUT):
             await self.redis.hset(self.keys.governors, self.default, orjson.dumps(label))
 
     async def _settle_loop(self, drained: asyncio.Event) -> None:
@@ -253,10 +253,11 @@ class Governor:
             for provider, entries in batch.items():
                 try:
                     room = await self.steps.settle(provider, now_ms(), entries)
-                except UNAVAILABLE as exc:
+                except WAIT_OUT as exc:
                     # The slots expire with their leases (no longer renewed); what the headers
                     # said is lost, and the next answers say it again.
-                    log.warning("settle_failed", error=type(exc).__name__, calls=len(entries))
+                    log.warning("settle_failed", cause=wait_event(exc), error=type(exc).__name__,
+                                calls=len(entries))
                     continue
                 self._seen(provider, room)
             if batch:
@@ -274,9 +275,9 @@ class Governor:
                             # XX: a slot that expired (we were cut off too long) stays freed.
                             p.zadd(self.keys.governor_slots(provider), {slot: expiry}, xx=True)
                         await p.execute()
-                except UNAVAILABLE as exc:
-                    log.warning("slot_renewal_failed", error=type(exc).__name__,
-                                slots=len(held))
+                except WAIT_OUT as exc:
+                    log.warning("slot_renewal_failed", cause=wait_event(exc),
+                                error=type(exc).__name__, slots=len(held))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(drained.wait(), timeout=interval)
 
@@ -286,8 +287,9 @@ class Governor:
         while not stopping.is_set():
             try:
                 self._seen(self.default, await self.steps.peek(self.default, now_ms()))
-            except UNAVAILABLE as exc:
-                log.warning("governor_peek_failed", error=type(exc).__name__)
+            except WAIT_OUT as exc:
+                log.warning("governor_peek_failed", cause=wait_event(exc),
+                            error=type(exc).__name__)
             pause = POLL_SATURATED_S if self.room() <= 0 else POLL_IDLE_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
