@@ -126,6 +126,29 @@ class Keys:
     def tenant_active_pattern(self) -> str:
         """SCAN pattern of every tenant's active set (the dashboard's admin view)."""
         return f"{self._p}:active:*"
+    # --- provider governor (services/processor/governor.py) -----------------------------------
+    def governor(self, provider: str) -> str:
+        """Hash: one provider's learned state: AIMD window, pause, limits from its headers."""
+        return f"{self._p}:gov:{provider}"
+
+    def governor_slots(self, provider: str) -> str:
+        """Sorted set: the provider's calls in flight (slot id -> lease expiry, epoch ms)."""
+        return f"{self._p}:gov:{provider}:slots"
+
+    def governor_count(self, provider: str, what: str, window: int) -> str:
+        """Counter: the provider's ``requests``, ``tokens`` or ``limited`` (429s) in one fixed
+        window (``window`` = its index, epoch ms // window length); expires after two."""
+        return f"{self._p}:gov:{provider}:{what}:{window}"
+
+    @property
+    def governors(self) -> str:
+        """Hash: provider id -> JSON label (host, model, key fingerprint), for /api/ai-status."""
+        return f"{self._p}:gov:index"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: task ids with an explicit deadline, scored by it (epoch ms)."""
+        return f"{self._p}:deadlines"
 
     # --- pub/sub ----------------------------------------------------------------------------
     @property

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import logs
-from shared.config import Env
+from shared.config import Env, Secret
 
 log = logs.get("sluice.metrics")
 OTHER_TENANT = "other"
@@ -50,7 +50,7 @@ class MetricsSettings:
     host: str
     tenant_label: bool
     max_tenants: int
-    token: str | None    # METRICS_TOKEN: a bearer token for the edge's /metrics
+    token: Secret[str]   # METRICS_TOKEN: a bearer token for the edge's /metrics ('': none)
 
     @classmethod
     def from_env(cls, env: Env, default_port: int = 0) -> MetricsSettings:
@@ -59,7 +59,7 @@ class MetricsSettings:
             host=env.text("METRICS_HOST", "0.0.0.0"),
             tenant_label=env.flag("METRICS_TENANT_LABEL", False),
             max_tenants=env.integer("METRICS_MAX_TENANTS", 100, min_value=1, max_value=10_000),
-            token=env.optional("METRICS_TOKEN"),
+            token=Secret(env.optional("METRICS_TOKEN") or ""),
         )
 
 

@@ -54,10 +54,10 @@ def authenticate(request: web.Request) -> None:
     if path == METRICS_PATH or path.startswith(ADMIN_PREFIX):
         _authenticate_admin(request, presented)
         return
-    if not settings.api_keys:
+    if not settings.api_keys.get():
         request[TENANT] = OPEN_TENANT
         return
-    tenant = find_tenant(settings.api_keys, presented) if presented else None
+    tenant = find_tenant(settings.api_keys.get(), presented) if presented else None
     if tenant is None:
         raise _unauthorized()
     request[TENANT] = tenant
@@ -65,11 +65,11 @@ def authenticate(request: web.Request) -> None:
 
 def _authenticate_admin(request: web.Request, presented: str) -> None:
     settings = request.app[SETTINGS]
-    if presented and find_tenant(settings.admin_keys, presented):
+    if presented and find_tenant(settings.admin_keys.get(), presented):
         request[ADMIN] = True
         request[TENANT] = ""
         return
-    token = settings.metrics.token
+    token = settings.metrics.token.get()
     if (request.path == METRICS_PATH and presented and token
             and hmac.compare_digest(hashlib.sha256(token.encode()).digest(),
                                     hashlib.sha256(presented.encode(
@@ -77,7 +77,7 @@ def _authenticate_admin(request: web.Request, presented: str) -> None:
         request[ADMIN] = True
         request[TENANT] = ""
         return
-    tenant = find_tenant(settings.api_keys, presented) if presented else None
+    tenant = find_tenant(settings.api_keys.get(), presented) if presented else None
     if tenant is not None and request.path != METRICS_PATH:
         request[TENANT] = tenant  # the dashboard's data, limited to this tenant's tasks
         return

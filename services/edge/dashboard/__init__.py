@@ -15,6 +15,7 @@ from services.edge.auth import TENANT, is_admin, tenant_of
 from services.edge.context import edge_of
 from services.edge.views_tasks import json_response
 from shared import figures, metrics, rollup, tasks
+from shared.governor import read_providers
 from shared.redis_conn import hash_of
 from shared.timeutil import iso, now_ms
 
@@ -67,8 +68,8 @@ async def overview(request: web.Request) -> web.Response:
                      "streaming": None if "streaming" not in ai else ai["streaming"] == "1",
                      "last_success_at": iso(ai.get("success_at")),
                      "last_error": ai.get("error"), "last_error_at": iso(ai.get("error_at")),
-                     # Issue 11's governor writes its pacing state here when it lands.
-                     "pacing": {k2[7:]: v for k2, v in ai.items() if k2.startswith("pacing_")}},
+                     # The provider governor's state: window, calls in flight, pause, 429s.
+                     "pacing": await read_providers(r, k, now)},
         "history": await rollup.history(r, k, 60),
         "timestamp": iso(now),
     })
