@@ -7,13 +7,11 @@ Sluice does not forward (tools, n, logprobs, ...), so unmodified SDKs keep worki
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from services.edge.errors import ApiError
 from services.edge.settings import EdgeSettings
@@ -38,37 +36,6 @@ class TaskRequest:
 
 def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", f"{field}: {message}", param=field)
-
-
-async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """Read a JSON body, refusing anything larger than ``max_bytes`` before buffering it."""
-    ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
-    if length is not None:  # known and within the limit: one read, the common case
-        try:
-            return _loads(await request.content.readexactly(length))
-        except asyncio.IncompleteReadError:
-            raise ApiError(400, "incomplete_body", "the body ended before Content-Length") \
-                from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
-    return _loads(b"".join(chunks))
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
 
 
 def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> TaskRequest:
