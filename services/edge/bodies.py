@@ -139,18 +139,27 @@ def loads(body: bytes) -> Any:
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
+        _refuse_wide_ints(body)  # orjson refuses an integer beyond a double's range outright
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     deep = _too_deep(value)
     if deep is not None:
         raise ApiError(422, "invalid_request", f"{deep}: nested deeper than {MAX_DEPTH} levels",
                        param=deep)
-    if _LONG_DIGITS.search(body):  # rare: read it again, exactly, to find a wide integer
-        wide = _wide_int(json.loads(body, parse_int=_exact_int))
-        if wide is not None:
-            raise ApiError(422, "invalid_request", f"{wide}: an integer beyond 64 bits "
-                           f"(from {INT_MIN} to {INT_MAX}) would not be kept exactly",
-                           param=wide)
+    _refuse_wide_ints(body)
     return value
+
+
+def _refuse_wide_ints(body: bytes) -> None:
+    if not _LONG_DIGITS.search(body):
+        return  # the common case: no integer can be wide
+    try:  # rare: read it again, exactly, to find a wide integer
+        exact = json.loads(body, parse_int=_exact_int)
+    except (ValueError, RecursionError):
+        return  # not JSON to the standard library either: the caller's answer stands
+    wide = _wide_int(exact)
+    if wide is not None:
+        raise ApiError(422, "invalid_request", f"{wide}: an integer beyond 64 bits (from "
+                       f"{INT_MIN} to {INT_MAX}) would not be kept exactly", param=wide)
 
 
 def _too_deep(value: Any) -> str | None:

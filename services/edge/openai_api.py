@@ -217,6 +217,9 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = edge_of(request).settings.provider.ai_model
+    """AI_MODELS, the models a request may name (AI_MODEL, the default, first)."""
+    settings = edge_of(request).settings
+    models = dict.fromkeys([settings.provider.ai_model, *settings.models])
     return json_response({"object": "list", "data": [
-        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}]})
+        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}
+        for model in models]})

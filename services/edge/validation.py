@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from services.edge.errors import ApiError
-from services.edge.settings import EdgeSettings
+from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_name
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
@@ -46,11 +46,7 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
         if unknown:
             raise _invalid(unknown[0], "unknown field")
     messages = _messages(body, settings, openai)
-    model = body.get("model")
-    if model is None:
-        model = settings.provider.ai_model
-    elif not isinstance(model, str) or not 0 < len(model) <= 200:
-        raise _invalid("model", "must be a non-empty string of at most 200 characters")
+    model = _model(body.get("model"), settings, openai)
     payload: dict[str, Any] = {"model": model, "messages": messages}
     # OpenAI's newer clients send max_completion_tokens; both are checked, max_tokens wins.
     for field in ("max_completion_tokens", "max_tokens") if openai else ("max_tokens",):
@@ -64,6 +60,22 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
     if body.get("metadata") is not None:
         payload["metadata"] = _metadata(body["metadata"], settings.max_metadata_bytes)
     return TaskRequest(payload=payload, model=model)
+
+
+def _model(model: Any, settings: EdgeSettings, openai: bool) -> str:
+    if model is None:
+        return settings.provider.ai_model
+    if not isinstance(model, str) or not valid_model_name(model):
+        raise _invalid("model", f"must be a string of 1 to {MAX_MODEL_CHARS} characters, none "
+                                "of them a control character")
+    if model not in settings.models:
+        if openai:  # OpenAI's answer, word for word, so SDKs raise their NotFoundError
+            raise ApiError(404, "model_not_found", f"The model `{model}` does not exist or you "
+                           "do not have access to it.", param="model",
+                           openai_type="invalid_request_error")
+        raise ApiError(422, "model_not_found", f"model: {model!r} is not served here "
+                       "(GET /v1/models lists the models)", param="model")
+    return model
 
 
 def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> list[dict[str, Any]]:
@@ -93,17 +105,60 @@ def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> lis
         if not isinstance(role, str) or role not in ROLES:
             raise _invalid(f"{where}.role", f"must be one of {', '.join(sorted(ROLES))}")
         content = msg.get("content")
-        total += _content_length(f"{where}.content", content)
+        clean: dict[str, Any] = {"role": role, "content": content}
+        if msg.get("tool_calls") is not None:
+            if role != "assistant":
+                raise _invalid(f"{where}.tool_calls", "only an assistant message has tool_calls")
+            clean["tool_calls"] = _tool_calls(f"{where}.tool_calls", msg["tool_calls"])
+            total += sum(len(c["function"]["arguments"]) for c in clean["tool_calls"])
+        if content is not None or "tool_calls" not in clean:  # null beside tool calls
+            total += _content_length(f"{where}.content", content)
         if total > settings.max_text_chars:
             raise _invalid("messages", f"more than {settings.max_text_chars} characters in all")
-        clean: dict[str, Any] = {"role": role, "content": content}
-        name = msg.get("name")
-        if name is not None:
-            if not isinstance(name, str) or not 0 < len(name) <= 64:
-                raise _invalid(f"{where}.name", "must be a string of 1 to 64 characters")
-            clean["name"] = name
+        tool_call_id = msg.get("tool_call_id")
+        if role == "tool":  # the provider needs it to match the answer to its call
+            clean["tool_call_id"] = _name(f"{where}.tool_call_id", tool_call_id, MAX_ID_CHARS)
+        elif tool_call_id is not None:
+            raise _invalid(f"{where}.tool_call_id", "only a tool message has tool_call_id")
+        if msg.get("name") is not None:
+            clean["name"] = _name(f"{where}.name", msg["name"], 64)
         out.append(clean)
     return out
+
+
+MAX_TOOL_CALLS = 128
+MAX_ID_CHARS = 256
+
+
+def _name(field: str, value: Any, most: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= most:
+        raise _invalid(field, f"must be a string of 1 to {most} characters")
+    return value
+
+
+def _tool_calls(field: str, value: Any) -> list[dict[str, Any]]:
+    """An assistant's tool calls in OpenAI's shape, rebuilt member by member: what the
+    provider gets is exactly what was checked."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_TOOL_CALLS:
+        raise _invalid(field, f"must be an array of 1 to {MAX_TOOL_CALLS} tool calls")
+    calls = []
+    for k, call in enumerate(value):
+        where = f"{field}[{k}]"
+        if not isinstance(call, dict):
+            raise _invalid(where, "must be an object")
+        call_id = _name(f"{where}.id", call.get("id"), MAX_ID_CHARS)
+        if call.get("type") != "function":
+            raise _invalid(f"{where}.type", "must be \"function\"")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise _invalid(f"{where}.function", "must be an object")
+        name = _name(f"{where}.function.name", function.get("name"), 64)
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            raise _invalid(f"{where}.function.arguments", "must be a string (JSON text)")
+        calls.append({"id": call_id, "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return calls
 
 
 def _content_length(field: str, content: Any) -> int:
