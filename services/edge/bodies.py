@@ -24,10 +24,7 @@ from services.edge.errors import ApiError
 from services.edge.settings import EdgeSettings
 
 STEP = 65_536
-# Nesting beyond this is refused (422): orjson writes at most 255 levels, and no field we take
-# needs more than a few.
-MAX_DEPTH = 64
-# orjson reads a wider integer as a float, silently changing it: such bodies are refused.
+# orjson reads a wider integer as a float, silently changing it: such metadata is refused.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 _LONG_DIGITS = re.compile(rb"[0-9]{19,}")  # shorter integers always fit in 64 bits
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -134,18 +131,16 @@ def _bad_coding(message: str) -> ApiError:
 
 
 def loads(body: bytes) -> Any:
-    """JSON that the rest of Sluice carries unchanged: not nested beyond ``MAX_DEPTH``, and no
-    integer beyond 64 bits (orjson would turn it into a float, and cannot write it back)."""
+    """The body as JSON. ``metadata`` is the one free-form member Sluice keeps: an integer
+    beyond 64 bits there is refused (orjson would read it as a float, silently changing it,
+    and cannot write it back). Members that are dropped are not looked at."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         _refuse_wide_ints(body)  # orjson refuses an integer beyond a double's range outright
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-    deep = _too_deep(value)
-    if deep is not None:
-        raise ApiError(422, "invalid_request", f"{deep}: nested deeper than {MAX_DEPTH} levels",
-                       param=deep)
-    _refuse_wide_ints(body)
+    if isinstance(value, dict) and isinstance(value.get("metadata"), dict | list):
+        _refuse_wide_ints(body)
     return value
 
 
@@ -156,27 +151,10 @@ def _refuse_wide_ints(body: bytes) -> None:
         exact = json.loads(body, parse_int=_exact_int)
     except (ValueError, RecursionError):
         return  # not JSON to the standard library either: the caller's answer stands
-    wide = _wide_int(exact)
+    wide = _wide_int(exact.get("metadata"), "metadata") if isinstance(exact, dict) else None
     if wide is not None:
         raise ApiError(422, "invalid_request", f"{wide}: an integer beyond 64 bits (from "
                        f"{INT_MIN} to {INT_MAX}) would not be kept exactly", param=wide)
-
-
-def _too_deep(value: Any) -> str | None:
-    """The top-level field (or ``body``) under which containers nest beyond ``MAX_DEPTH``."""
-    stack: list[tuple[Any, int, str]] = [(value, 1, "body")]
-    while stack:
-        node, depth, top = stack.pop()
-        if depth > MAX_DEPTH:
-            return top
-        if isinstance(node, dict):
-            for key, item in node.items():
-                if isinstance(item, dict | list):
-                    stack.append((item, depth + 1, key if depth == 1 else top))
-        elif isinstance(node, list):
-            stack.extend((item, depth + 1, top) for item in node
-                         if isinstance(item, dict | list))
-    return None
 
 
 class _Wide:
@@ -194,18 +172,16 @@ def _exact_int(text: str) -> int | _Wide:
     return number if INT_MIN <= number <= INT_MAX else WIDE
 
 
-def _wide_int(value: Any, path: str = "") -> str | None:
-    """The path (``metadata.a[2]``) of the first wide integer, or None."""
-    if value is WIDE:
-        return path or "body"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _wide_int(item, f"{path}.{key}" if path else key)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _wide_int(item, f"{path}[{i}]")
-            if found:
-                return found
+def _wide_int(value: Any, path: str) -> str | None:
+    """The path (``metadata.a[2]``) of the first wide integer, or None; ``value`` is nested
+    at most ``MAX_METADATA_DEPTH`` deep or refused for that before it is stored."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if node is WIDE:
+            return where
+        if isinstance(node, dict):
+            stack.extend((item, f"{where}.{key}") for key, item in reversed(node.items()))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in reversed(list(enumerate(node))))
     return None

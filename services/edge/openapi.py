@@ -17,10 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.edge.bodies import MAX_DEPTH
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
-from services.edge.validation import MAX_ID_CHARS, MAX_TOOL_CALLS, ROLES
+from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
 from shared import tasks
 
@@ -142,7 +141,7 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
         "metadata": nullable({"type": "object", "description":
                               f"yours, returned with the task; at most "
                               f"{s.max_metadata_bytes} bytes as JSON, nested at most "
-                              f"{MAX_DEPTH - 1} levels, integers within 64 bits"}),
+                              f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
     }
 
 

@@ -204,9 +204,26 @@ def _stop(value: Any) -> str | list[str]:
     raise _invalid("stop", "must be a string or an array of at most 4 strings")
 
 
+# orjson writes at most 255 levels: deeper metadata would be a 500 when stored.
+MAX_METADATA_DEPTH = 64
+
+
 def _metadata(value: Any, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid("metadata", "must be an object")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise _invalid("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
     if len(orjson.dumps(value)) > max_bytes:
         raise _invalid("metadata", f"larger than {max_bytes} bytes as JSON")
     return value
+
+
+def _depth(value: Any) -> int:
+    """How many containers deep ``value`` nests (iteratively: it may nest 1,000 deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = node.values() if isinstance(node, dict) else node
+        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    return deepest

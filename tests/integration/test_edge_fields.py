@@ -57,11 +57,11 @@ async def test_metadata_nested_too_deep_is_422_naming_it(
         assert r.status == 422, body
         assert "metadata" in str(body["error"].get("field") or body["error"].get("param"))
         await assert_nothing_stored(edge)
-        # 63 levels inside metadata (64 with the body itself) is the deepest accepted.
-        r = await edge.client.post("/api/tasks", data=messages_with(nested(63)),
+        # 64 levels (metadata itself the first) is the deepest accepted.
+        r = await edge.client.post("/api/tasks", data=messages_with(nested(64)),
                                    headers={"Content-Type": "application/json"})
         assert r.status == 202, await r.text()
-        r = await edge.client.post("/api/tasks", data=messages_with(nested(64)),
+        r = await edge.client.post("/api/tasks", data=messages_with(nested(65)),
                                    headers={"Content-Type": "application/json"})
         assert r.status == 422
 
@@ -104,6 +104,12 @@ async def test_integers_are_kept_exactly_or_refused(edge: EdgeUnderTest, path: s
     r = await post(edge, path, b'{"messages": [{"role": "user", "content": "x"}], '
                                b'"max_tokens": 100000000000000000000}')
     assert r.status == 422
+    # A member that is dropped is not looked at (the /v1 route ignores unknown members).
+    r = await post(edge, "/v1/chat/completions",
+                   b'{"messages": [{"role": "user", "content": "x", "extra": '
+                   b'99999999999999999999}], "stream": true, "seed": 99999999999999999999}')
+    assert r.status == 200
+    r.close()
 
 
 TOOL_CONVERSATION = [
