@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
@@ -138,7 +139,8 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
         "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "stop": nullable({"anyOf": [stop_text, {"type": "array", "minItems": 1, "maxItems": 4,
                                                 "items": stop_text}]}),
-        "metadata": nullable({"type": "object", "description":
+        "metadata": nullable({"type": "object", "additionalProperties": ref("MetadataValue"),
+                              "description":
                               f"yours, returned with the task; at most "
                               f"{s.max_metadata_bytes} bytes as JSON, nested at most "
                               f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
@@ -164,6 +166,14 @@ def _chat_request(s: EdgeSettings) -> Schema:
     return {"type": "object", "required": ["messages"], "properties": props,
             "description": "OpenAI's other fields (n, tools, seed, ...) are accepted and "
                            "ignored, so unmodified SDKs keep working."}
+
+
+# Numbers within 64-bit integers' range: a wider integer would not be kept exactly.
+_METADATA_VALUE = {"anyOf": [
+    {"type": ["string", "boolean", "null"]},
+    {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX},
+    {"type": "array", "items": ref("MetadataValue")},
+    {"type": "object", "additionalProperties": ref("MetadataValue")}]}
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -365,6 +375,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
         "paths": _paths(settings),
         "components": {"schemas": {
             "TaskRequest": _task_request(settings), "Message": _message(settings),
+            "MetadataValue": _METADATA_VALUE,
             "ChatCompletionRequest": _chat_request(settings), "Task": _TASK,
             "TaskResult": _RESULT, "TaskState": obj(["id", "status"], {
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),

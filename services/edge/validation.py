@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.errors import ApiError
 from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_name
 
@@ -211,19 +212,28 @@ MAX_METADATA_DEPTH = 64
 def _metadata(value: Any, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid("metadata", "must be an object")
-    if _depth(value) > MAX_METADATA_DEPTH:
-        raise _invalid("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    _check_tree(value)
     if len(orjson.dumps(value)) > max_bytes:
         raise _invalid("metadata", f"larger than {max_bytes} bytes as JSON")
     return value
 
 
-def _depth(value: Any) -> int:
-    """How many containers deep ``value`` nests (iteratively: it may nest 1,000 deep)."""
-    deepest, stack = 0, [(value, 1)]
+def _check_tree(metadata: dict[str, Any]) -> None:
+    """Metadata nests at most ``MAX_METADATA_DEPTH`` deep, and each of its numbers lies within
+    64-bit integers' range, as the OpenAPI document says. (A wider integer read as a float by
+    orjson is caught here, or, where rounding brings it back in range, by ``bodies.loads``.)
+    Iterative: what arrives may nest 1,000 deep."""
+    stack: list[tuple[Any, int, str]] = [(metadata, 1, "metadata")]
     while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        items = node.values() if isinstance(node, dict) else node
-        stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
-    return deepest
+        node, depth, path = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise _invalid("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            items = (node.items() if isinstance(node, dict)
+                     else ((f"[{i}]", v) for i, v in enumerate(node)))
+            for key, item in items:
+                where = f"{path}{key}" if isinstance(node, list) else f"{path}.{key}"
+                stack.append((item, depth + 1, where))
+        elif isinstance(node, float) and not INT_MIN <= node <= INT_MAX:
+            raise _invalid(path, f"a number beyond 64-bit integers' range ({INT_MIN} to "
+                                 f"{INT_MAX})")

@@ -85,7 +85,7 @@ async def test_integers_are_kept_exactly_or_refused(edge: EdgeUnderTest, path: s
     edge_ints = [(1 << 64) - 1, -(1 << 63), 12345678901234567890, 0]
     digits = "123456789012345678901234567890"  # in a string: not a number, kept as it is
     body = {"messages": [{"role": "user", "content": digits}],
-            "metadata": {"n": edge_ints, "s": digits}}
+            "metadata": {"n": edge_ints, "s": digits, "f": [0.5, -9e18, 1.8e19]}}
     r = await post(edge, path, {**body, "stream": True} if path.startswith("/v1") else body)
     assert r.status in (200, 202)
     task_id = r.headers.get("X-Sluice-Task-Id") or (await r.json())["id"]
@@ -94,7 +94,8 @@ async def test_integers_are_kept_exactly_or_refused(edge: EdgeUnderTest, path: s
     for wide, field in (("18446744073709551616", "metadata.n"),
                         ("-9223372036854775809", "metadata.n"),
                         ("1" * 400, "metadata.n"), ("[1, 2, 99999999999999999999]",
-                                                    "metadata.n[2]")):
+                                                    "metadata.n[2]"),
+                        ("1e300", "metadata.n"), ("[0.5, {\"x\": -2e19}]", "metadata.n[1].x")):
         data = (b'{"messages": [{"role": "user", "content": "x"}], "metadata": {"n": '
                 + wide.encode() + b"}}")
         r = await post(edge, path, data)
