@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError
 
 from shared import logs
 from shared.redis_conn import UNAVAILABLE
@@ -48,6 +48,10 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
     return response
 
 
+# Redis over maxmemory frees room as finished tasks reach the end of their retention, or when an
+# operator raises the limit: not within a second, so clients are told to wait a little longer.
+QUEUE_FULL_RETRY_S = 5
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                400: "bad_request", 415: "unsupported_media_type"}
 
@@ -68,6 +72,12 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
         # Tested before UNAVAILABLE, which holds OSError: a bare ConnectionResetError is the
         # client's socket (redis-py wraps its own socket errors in its ConnectionError).
         raise exc
+    if isinstance(exc, OutOfMemoryError):
+        # Our writing scripts are refused whole over maxmemory (shared/lua): nothing was stored.
+        log.warning("redis_oom", path=request.path, method=request.method)
+        return error_response(request, ApiError(
+            503, "queue_full", "the queue is full (Redis is out of memory), retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)}))
     if isinstance(exc, UNAVAILABLE):
         # Which one: every connection of the pool stayed busy (Redis answers, but not fast
         # enough for this load), or Redis itself did not answer.
