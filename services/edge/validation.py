@@ -20,11 +20,6 @@ from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_na
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
                          "stop", "metadata"})
-OPENAI_EXTRA_FIELDS = frozenset({"stream", "stream_options", "n", "user", "tools", "tool_choice",
-                                 "presence_penalty", "frequency_penalty", "logprobs",
-                                 "top_logprobs", "seed", "response_format",
-                                 "max_completion_tokens", "parallel_tool_calls", "store",
-                                 "reasoning_effort", "logit_bias", "service_tier"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from services.edge.context import Edge, edge_of
+from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
-from shared.config import mask_url
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
 from shared.redis_conn import hash_of, memory
 from shared.timeutil import iso, now_ms
@@ -117,9 +117,9 @@ async def ai_status(request: web.Request) -> web.Response:
     h = await hash_of(edge.redis, edge.keys.ai_status)
     streaming = h.get("streaming")
     return json_response({
-        "base_url": mask_url(p.ai_base_url),  # a URL may carry credentials
+        "base_url": str(p.ai_base_url),  # without a password it may carry
         "model": p.ai_model,
-        "mock": p.ai_base_url.startswith("http://127.0.0.1:8090") or p.is_mock,
+        "mock": await request.app[PROBE].is_mock(),
         "api_key_configured": p.ai_api_key is not None,
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),

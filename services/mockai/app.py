@@ -22,6 +22,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from shared.config import MOCK_HEADER, Secret
+
 from .faults import (
     AnswerShape,
     Fault,
@@ -145,12 +147,12 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
     )
 
 
-def _auth_failure(request: web.Request, api_key: str | None) -> web.Response | None:
+def _auth_failure(request: web.Request, api_key: Secret[str] | None) -> web.Response | None:
     if api_key is None:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode()):
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.get().encode()):
         return None
     message = "Incorrect API key provided." if header else "You didn't provide an API key."
     return _json(
@@ -478,8 +480,14 @@ class _SseStream:
         return resp
 
 
+async def _identify(request: web.Request, response: web.StreamResponse) -> None:
+    # On every answer, errors and 401s included: Sluice's edge asks without a key.
+    response.headers[MOCK_HEADER] = "mockai"
+
+
 def create_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app.on_response_prepare.append(_identify)
     app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
     app[STATE_KEY] = MockState()
     app.router.add_get("/health", health)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import ConfigError, Env
+from shared.config import ConfigError, Env, Secret
 
 __all__ = ["MAX_TOKENS_PER_PART", "ConfigError", "MockSettings"]
 
@@ -32,7 +32,7 @@ class MockSettings:
     no_stream: bool = False
     model: str = "mock-r1"
     # None = no auth; the mock is the default provider and must work without a key.
-    api_key: str | None = None
+    api_key: Secret[str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MockSettings:
@@ -50,5 +50,5 @@ class MockSettings:
             no_stream=e.flag("MOCKAI_NO_STREAM", d.no_stream),
             model=e.text("MOCKAI_MODEL", d.model),
             # Not stripped like the others: a key is compared byte for byte.
-            api_key=environ.get("MOCKAI_API_KEY") or None,
+            api_key=Secret(environ["MOCKAI_API_KEY"]) if environ.get("MOCKAI_API_KEY") else None,
         )
