@@ -126,6 +126,8 @@ def _failure(event: Event) -> tuple[int, str, str]:
     error = view.get("error") or {}
     if event.type == "cancelled":
         return 409, "cancelled", error.get("message") or "cancelled by the client"
+    if error.get("code") == "deadline_exceeded":  # the client's own limit, not the provider
+        return 408, "deadline_exceeded", error.get("message") or "the deadline passed"
     return (502, error.get("code") or "provider_error",
             error.get("message") or "the task failed")
 

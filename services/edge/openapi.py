@@ -22,7 +22,7 @@ from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
-from shared import tasks
+from shared import deadlines, tasks
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -64,7 +64,9 @@ _ERRORS = {
          "its Content-Encoding)",
     401: "no valid API key (Authorization: Bearer <key>)",
     404: "no such task for this key (tasks of other keys' tenants are not found either)",
-    408: "the body did not arrive within EDGE_BODY_TIMEOUT_S",
+    408: "`body_timeout`: the body did not arrive within EDGE_BODY_TIMEOUT_S; "
+         "`deadline_exceeded` (/v1): the request's deadline passed before the provider had room "
+         "for it",
     409: "conflict with the task's state or with an earlier use of the Idempotency-Key",
     413: "the body is larger than MAX_BODY_BYTES",
     415: "the body is not application/json, or is compressed (Content-Encoding) while "
@@ -145,6 +147,12 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
                               f"yours, returned with the task; at most "
                               f"{s.max_metadata_bytes} bytes as JSON, nested at most "
                               f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
+        "deadline": nullable({"anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "maximum": deadlines.MAX_DEADLINE_S},
+            {"type": "string", "format": "date-time"}],
+            "description": "seconds from submit, or an RFC 3339 time: a task still waiting "
+                           "then ends failed, deadline_exceeded, never sent to the provider "
+                           "(default: the processors' TASK_DEADLINE_S, 24 h)"}),
     }
 
 
@@ -191,7 +199,14 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
     "completed_at": TIME_OR_NULL, "batch_id": nullable(STR), "attempts": INT,
     "result": nullable(ref("TaskResult")),
     "error": nullable(obj(["code", "message"], {"code": STR, "message": STR})),
-    "metadata": {"description": "the request's metadata, or null"}})
+    "metadata": {"description": "the request's metadata, or null"},
+    "queue_position": nullable({"type": "integer", "minimum": 1, "description":
+                                "while it waits: 1 + its tenant's tasks submitted before it "
+                                "that have not been sent to the provider yet"}),
+    "waiting_for": nullable(obj(["reason", "until"], {
+        "reason": {"enum": ["coordinator", "batch_timer", "processor", "provider_capacity",
+                            "provider_pause", "provider_quota"]},
+        "detail": STR, "until": TIME_OR_NULL}))})
 _ERROR = obj(["error"], {"error": obj(["code", "message"], {
     "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"}})})
 _OPENAI_ERROR = obj(["error"], {"error": obj(["message", "type", "code", "param"], {
@@ -231,6 +246,9 @@ _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "ba
         "waiting": INT, "in_flight": INT, "tasks_waiting": INT}),
     "settings": {"type": "object"},
     "stats": {"type": "object", "additionalProperties": INT},
+    "tenants": {"type": "object", "description": "tasks queued and running per tenant",
+                "additionalProperties": obj(["queued", "running"],
+                                            {"queued": INT, "running": INT})},
     "timestamp": TIME})
 _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last_error"], {
     "base_url": STR, "model": STR,
@@ -239,7 +257,14 @@ _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last
     "api_key_configured": {"type": "boolean", "description": "the key itself is never shown"},
     "streaming": nullable(BOOL), "streaming_checked_at": TIME_OR_NULL,
     "last_success_at": TIME_OR_NULL, "last_error": nullable(STR),
-    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"}})
+    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"},
+    "providers": {"type": "array", "description": "the governor's state per provider "
+                  "(base URL, key fingerprint, model)", "items": obj(
+        ["id", "window", "limit", "in_flight", "paused_until", "rate_limited_last_minute"], {
+            "id": STR, "base_url": STR, "model": STR, "key": STR,
+            "window": nullable({"type": "number"}), "limit": INT, "in_flight": INT,
+            "paused_until": TIME_OR_NULL, "rate_limited_last_minute": INT,
+            "learned": {"type": "object", "description": "what x-ratelimit-* headers said"}})}})
 _DEAD = obj(["data"], {"data": {"type": "array", "items": obj(
     ["id", "model", "attempts", "error", "created_at", "failed_at"], {
         "id": STR, "model": nullable(STR), "attempts": INT,

@@ -509,7 +509,9 @@ def parse_error_body(
         status=status,
         code=code,
         type=err_type,
-        retryable=_retryable(status, err_type) and not _is_context_length(message, code),
+        # Nor a quota that is gone (OpenAI's insufficient_quota 429): no wait fixes it.
+        retryable=(_retryable(status, err_type) and not _is_context_length(message, code)
+                   and "insufficient_quota" not in (err_type, code)),
         retry_after=parse_retry_after(retry_after_header),
     )
 
