@@ -37,6 +37,8 @@ async def flush(redis: RedisClient, keys: Keys,
     global _pending
     batch, _pending = _pending, defaultdict(lambda: defaultdict(float))
     sampled = await sample() if sample is not None else {}
+    # An idle system writes nothing (a zero sample is what a missing one draws as).
+    sampled = {k: v for k, v in sampled.items() if v}
     if not batch and not sampled:
         return
     try:

@@ -118,7 +118,7 @@ function drawHistory(history) {
     { name: "finished", color: "#15803d", values: v("finished") },
     { name: "failed", color: "#b42318", values: v("failed") }]);
   drawChart($("chart-depth"), times, [
-    { name: "waiting", color: "#b54708", values: history.map((m) => m.depth ?? null) }]);
+    { name: "waiting", color: "#b54708", values: history.map((m) => m.depth || 0) }]);
   drawChart($("chart-wait"), times, [
     { name: "queue wait (s)", color: "#7c3aed", values: mean("queue_wait_s", "queue_wait_n") }]);
   drawChart($("chart-ttft"), times, [
