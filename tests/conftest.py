@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,12 @@ import pytest
 
 from tests.client import Api
 from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
+from tests.postgres import PostgresServer
+
+# The stores every store-dependent test runs against; TEST_STORES=sqlite (or postgresql)
+# narrows it, e.g. on a machine without PostgreSQL.
+STORES = tuple(s.strip() for s in os.environ.get("TEST_STORES", "sqlite,postgresql").split(",")
+               if s.strip())
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +65,28 @@ def api_factory() -> Iterator[Any]:
     yield make
     for api in made:
         api.http.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server (Debian's binaries, as user postgres when we are root) for the
+    session; each test that uses it gets a database of its own (``pg_url``)."""
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    return postgres.new_database()
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """STORE_URL of a fresh store of each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

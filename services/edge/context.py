@@ -12,7 +12,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.scripts import Scripts
-from shared.store import Store
+from shared.store import Store, make_store
 
 
 @dataclass(slots=True)
@@ -28,6 +28,7 @@ SETTINGS = web.AppKey("settings", EdgeSettings)
 EDGE = web.AppKey("edge", Edge)
 # The task a request created or named, for the one summary line per request.
 TASK_ID_KEY = web.RequestKey("task_id", str)
+STORE_PATIENCE_S = 1.0
 
 
 def edge_of(request: web.Request) -> Edge:
@@ -37,7 +38,9 @@ def edge_of(request: web.Request) -> Edge:
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = redis_conn.connect(settings.common.redis_url)
-    store = Store(settings.common.store_path)
+    # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
+    store = make_store(settings.common.store_url, pool_size=settings.common.store_pool_size,
+                       patience_s=STORE_PATIENCE_S)
     try:
         await store.open()
         try:

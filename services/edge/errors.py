@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shared import logs
 from shared.redis_conn import UNAVAILABLE
+from shared.store import StoreUnavailable
 
 log = logs.get("sluice.edge")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +63,11 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
         return error_response(request, ApiError(
             503, "unavailable", "the queue is unavailable, retry shortly",
             headers={"Retry-After": "1"}))
+    if isinstance(exc, StoreUnavailable):
+        log.warning("store_unavailable", path=request.path)
+        return error_response(request, ApiError(
+            503, "store_unavailable", "the store is unavailable, retry shortly",
+            headers={"Retry-After": "2"}))
     if isinstance(exc, ConnectionResetError):
         raise exc
     log.exception("unhandled_error", path=request.path, method=request.method)
