@@ -47,11 +47,14 @@ RETRY_FIRST_S, RETRY_CAP_S = 0.05, 2.0
 CONNECT_TIMEOUT_S = 5.0
 CLOSE_WAIT_S = 10.0  # how long close() lets a pending write retry before giving it up
 # Errors after which the step may be run again: no connection, a connection cut, a server
-# shutting down or starting up, a serialization failure or deadlock (rolled back).
+# shutting down or starting up, a serialization failure or deadlock (rolled back). A pooled
+# connection whose server was killed can also fail with asyncpg's own interface errors
+# (MagicStack/asyncpg#784): it is thrown away and the step runs on a fresh one.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.TooManyConnectionsError, asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -112,6 +115,7 @@ class PostgresStore(Store):
         super().__init__()
         self.url, self.pool_size, self.patience_s = url, pool_size, patience_s
         self._pool: asyncpg.Pool | None = None
+        self.failures = 0  # transient errors met so far (each one retried or reported)
 
     async def open(self) -> None:
         timeout = CONNECT_TIMEOUT_S if self.patience_s is None else \
@@ -161,9 +165,14 @@ class PostgresStore(Store):
         while True:
             try:
                 async with pool.acquire() as conn:
-                    return await step(conn, failures)
+                    try:
+                        return await step(conn, failures)
+                    except TRANSIENT:
+                        conn.terminate()  # never handed out again: the pool opens another
+                        raise
             except TRANSIENT as exc:
                 failures += 1
+                self.failures += 1
                 if deadline is not None and loop.time() + delay > deadline:
                     raise StoreUnavailable(
                         f"PostgreSQL at {mask_url(self.url)} is unreachable: {exc!r}") from exc

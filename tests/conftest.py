@@ -90,3 +90,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "store.db")
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.new_database()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, for tests that kill or restart it."""
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.remove()
