@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.client import Api
 from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
 from tests.postgres import PostgresServer
@@ -100,3 +101,16 @@ def own_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session", params=STORES)
+def stack_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which store the stacks of the e2e and chaos suites get (they run once per store):
+    session-scoped, so pytest runs every test on one store, then on the next."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        harness.new_store = lambda _tmp: server.new_database()
+    try:
+        yield str(request.param)
+    finally:
+        harness.new_store = harness.sqlite_store

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -258,6 +258,15 @@ class Service:
             return ""
 
 
+def sqlite_store(tmp: Path) -> str:
+    return str(tmp / "sluice.db")
+
+
+# The store a new stack gets (its STORE_URL), given the stack's folder. The e2e and chaos
+# suites run once per store: their `stack_store` fixture swaps this for a PostgreSQL database.
+new_store: Callable[[Path], str] = sqlite_store
+
+
 @dataclass
 class Stack:
     """The whole system as processes: mock provider, edge, coordinators, processors."""
@@ -270,10 +279,19 @@ class Stack:
     edge_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
     counter: int = 0
+    store_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.store_url:
+            self.store_url = new_store(self.tmp)
 
     @property
-    def store_path(self) -> Path:
-        return self.tmp / "sluice.db"
+    def store_path(self) -> Path | str:
+        """Where the rows are, for tests.client.rows: the SQLite file, or the
+        postgresql:// URL."""
+        if "://" in self.store_url:
+            return self.store_url
+        return Path(self.store_url)
 
     @property
     def edge_url(self) -> str:
@@ -284,10 +302,11 @@ class Stack:
         return f"http://127.0.0.1:{self.mock_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MOCKAI_", "AI_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("MOCKAI_", "AI_", "STORE_"))}
         env.update({
             "REDIS_URL": self.redis_url, "REDIS_PREFIX": self.prefix,
-            "STORE_PATH": str(self.store_path), "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+            "STORE_URL": self.store_url, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
             "EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(self.edge_port),
             "MOCKAI_PORT": str(self.mock_port), "MOCKAI_HOST": "127.0.0.1",
             "AI_BASE_URL": f"{self.mock_url}/v1", "AI_FORWARD_METADATA": "true",

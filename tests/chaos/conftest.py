@@ -14,6 +14,13 @@ import redis
 from shared.keys import Keys
 from tests.harness import Service, Stack
 
+
+@pytest.fixture(autouse=True)
+def _on_each_store(stack_store: str) -> str:
+    """Every test here runs on each store (tests/conftest.py: stack_store)."""
+    return stack_store
+
+
 pytestmark = pytest.mark.chaos
 
 LEASE_MS = 2000

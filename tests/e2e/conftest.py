@@ -6,5 +6,12 @@ import pytest
 
 from tests.client import Api, rows
 
+
+@pytest.fixture(autouse=True)
+def _on_each_store(stack_store: str) -> str:
+    """Every test here runs on each store (tests/conftest.py: stack_store)."""
+    return stack_store
+
+
 pytestmark = pytest.mark.e2e
 __all__ = ["Api", "rows"]
