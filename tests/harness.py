@@ -317,16 +317,22 @@ class Stack:
         env.update(extra)
         return env
 
-    def start(self, module: str, **extra: str) -> Service:
+    def start(self, module: str, cwd: Path | None = None, **extra: str) -> Service:
+        """``python -m services.<module>``; ``cwd``: a working directory of its own (another
+        host, as far as files go), the code still found through PYTHONPATH."""
         self.counter += 1
         name = f"{module}-{self.counter}"
         log = self.tmp / f"{name}.log"
         env = self.env(**extra)
         env.setdefault("PROCESSOR_NAME", f"proc-{self.prefix}-{self.counter}")
         env.setdefault("COORDINATOR_NAME", f"coord-{self.prefix}-{self.counter}")
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = str(ROOT)
         with log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", f"services.{module}"], cwd=ROOT,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{module}"],
+                                    cwd=cwd or ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
         svc = Service(name, proc, log)
         self.services.append(svc)
         return svc
@@ -378,8 +384,9 @@ class Stack:
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:
     env = {k: str(v) for k, v in kw.pop("env", {}).items()}  # type: ignore[attr-defined]
     prefix = kw.pop("prefix", None)  # REDIS_PREFIX; a fresh one by default
-    stack = Stack(tmp, redis_url, env) if prefix is None else Stack(tmp, redis_url, env,
-                                                                    prefix=str(prefix))
+    store_url = str(kw.pop("store_url", ""))  # STORE_URL; harness.new_store's by default
+    stack = Stack(tmp, redis_url, env, store_url=store_url) if prefix is None else \
+        Stack(tmp, redis_url, env, prefix=str(prefix), store_url=store_url)
     try:
         stack.up(**kw)  # type: ignore[arg-type]
         yield stack
