@@ -153,15 +153,25 @@ class Store(ABC):
                 items, self._pending = self._pending, []
                 try:
                     results = await self._commit(items)
-                except Exception as exc:  # handed to every waiting writer
+                except StoreUnavailable as exc:  # handed to every waiting writer
                     for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
+                        _settle(item, exc)
+                    continue
+                except Exception:
+                    # One bad row (a constraint, a value the database refuses) must not fail
+                    # the rows that shared its transaction: each on its own, then.
+                    for item in items:
+                        try:
+                            [ok] = await self._commit([item])
+                        except Exception as exc:
+                            _settle(item, exc)
+                        else:
+                            self.transactions += 1
+                            _settle(item, ok)
                     continue
                 self.transactions += 1
                 for item, ok in zip(items, results, strict=True):
-                    if not item.future.done():
-                        item.future.set_result(ok)
+                    _settle(item, ok)
         finally:
             self._flushing = False
 
@@ -185,6 +195,15 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> None: ...
+
+
+def _settle(item: Write, outcome: bool | Exception) -> None:
+    if item.future.done():
+        return
+    if isinstance(outcome, Exception):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)
 
 
 def check_table(table: str) -> str:

@@ -103,6 +103,14 @@ async def apply_migrations(conn: asyncpg.Connection,
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
+def _text_safe(params: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL text cannot hold NUL (SQLite's can): it becomes U+FFFD, so a model name or
+    an id with one is stored (or looked up) instead of failing the write."""
+    if not any(isinstance(p, str) and "\x00" in p for p in params):
+        return params
+    return tuple(p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params)
+
+
 def _changed(status: str) -> bool:
     """Whether a command tag such as ``INSERT 0 1`` says a row was written."""
     return status.rsplit(" ", 1)[-1] != "0"
@@ -186,7 +194,8 @@ class PostgresStore(Store):
     async def _commit(self, items: list[Write]) -> list[bool]:
         async def step(conn: asyncpg.Connection, failures: int) -> list[bool]:
             async with conn.transaction():
-                out = [_changed(await conn.execute(_SQL[i.op], *i.params)) for i in items]
+                out = [_changed(await conn.execute(_SQL[i.op], *_text_safe(i.params)))
+                       for i in items]
                 if failures:
                     # A cut during COMMIT leaves its outcome unknown: a write refused now may
                     # be our own from the try before, which must count as done.
@@ -199,19 +208,19 @@ class PostgresStore(Store):
     # --- reads -------------------------------------------------------------------------------
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
         row = await self._retrying("read", lambda c, _n: c.fetchrow(
-            "SELECT * FROM tasks WHERE id = $1", task_id))
+            "SELECT * FROM tasks WHERE id = $1", *_text_safe((task_id,))))
         return dict(row) if row else None
 
     async def list_failed(self, tenant: str, limit: int) -> list[dict[str, Any]]:
         rows = await self._retrying("read", lambda c, _n: c.fetch(
             "SELECT * FROM tasks WHERE tenant = $1 AND status = 'failed' "
-            "ORDER BY completed_at DESC LIMIT $2", tenant, limit))
+            "ORDER BY completed_at DESC LIMIT $2", *_text_safe((tenant, limit))))
         return [dict(r) for r in rows]
 
     async def get_idempotency_key(self, tenant: str, key: str) -> tuple[str, str] | None:
         row = await self._retrying("read", lambda c, _n: c.fetchrow(
             "SELECT task_id, body_hash FROM idempotency_keys WHERE tenant = $1 AND key = $2",
-            tenant, key))
+            *_text_safe((tenant, key))))
         return (row[0], row[1]) if row else None
 
     async def count(self, table: str) -> int:
@@ -227,12 +236,12 @@ async def _ours_already(conn: asyncpg.Connection, item: Write) -> bool:
     """Whether the row a refused write wanted is there already, written by the same hand."""
     if item.op in (UPSERT_TASK, INSERT_TASK):
         row = await conn.fetchrow("SELECT fence, processor FROM tasks WHERE id = $1",
-                                  item.params[0])
-        return row is not None and (row[0], row[1]) == (item.params[_FENCE_OF],
-                                                        item.params[_PROCESSOR_OF])
+                                  *_text_safe(item.params[:1]))
+        return row is not None and (row[0], row[1]) == _text_safe(
+            (item.params[_FENCE_OF], item.params[_PROCESSOR_OF]))
     if item.op == INSERT_IDEMPOTENCY:
         task_id = await conn.fetchval(
             "SELECT task_id FROM idempotency_keys WHERE tenant = $1 AND key = $2",
-            item.params[0], item.params[1])
-        return bool(task_id == item.params[2])
+            *_text_safe(item.params[:2]))
+        return bool(task_id == _text_safe(item.params[2:3])[0])
     return False

@@ -65,6 +65,10 @@ class PostgresServer:
 
     port: int = field(default_factory=free_port)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-pg-")))
+    # Without fsync: a process kill (what the tests do) keeps the OS page cache, so committed
+    # rows survive it all the same; only a machine crash would lose them.
+    settings: dict[str, str] = field(
+        default_factory=lambda: {"fsync": "off", "full_page_writes": "off"})
 
     @property
     def data(self) -> Path:
@@ -81,8 +85,6 @@ class PostgresServer:
         if os.geteuid() == 0:  # tempfile made it 0700 for root: hand it to postgres
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        # Without fsync: a process kill (what the tests do) keeps the OS page cache, so
-        # committed rows survive it all the same; only a machine crash would lose them.
         self._run(pg_binary("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync")
         return self
@@ -91,8 +93,8 @@ class PostgresServer:
         # No unix socket: its lock file would outlive a kill -9 where nobody reaps the dead
         # postmaster (a container's PID 1 may not), and the restart would refuse it.
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                   "-c unix_socket_directories='' -c fsync=off -c full_page_writes=off "
-                   "-c max_connections=300")
+                   "-c unix_socket_directories='' -c max_connections=300 "
+                   + " ".join(f"-c {k}={v}" for k, v in self.settings.items()))
         self._run(pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
                   "-o", options, "-w", "-t", "60", "start")
         wait_for(lambda: run_sql(self.url(), "SELECT 1"), 30, f"PostgreSQL on {self.port}")

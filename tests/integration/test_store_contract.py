@@ -161,3 +161,24 @@ async def test_concurrent_fenced_upserts_from_8_connections_the_highest_wins(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_text_with_nul_is_stored_not_refused(store: Store) -> None:
+    """SQLite keeps NUL in text; PostgreSQL cannot, and stores U+FFFD in its place."""
+    assert await store.save_task(task("tsk_nul\x00", model="m\x00x", content="a\x00b"))
+    row = await store.get_task("tsk_nul\x00")
+    assert row is not None
+    nul = "\x00" if store.backend == "sqlite" else "\ufffd"
+    assert (row["model"], row["content"]) == (f"m{nul}x", f"a{nul}b")
+    assert await store.save_idempotency_key("acme", "k\x00", "tsk_nul\x00", "h")
+    assert await store.get_idempotency_key("acme", "k\x00") == (f"tsk_nul{nul}", "h")
+
+
+async def test_a_row_the_database_refuses_fails_alone(store: Store) -> None:
+    """Rows group-committed beside a bad one still land; only its writer gets the error."""
+    bad = task("tsk_bad", status=None)  # type: ignore[arg-type]  # NOT NULL column
+    results = await asyncio.gather(store.save_task(task("tsk_a")), store.save_task(bad),
+                                   store.save_task(task("tsk_b")), return_exceptions=True)
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], Exception)
+    assert await store.count("tasks") == 2
