@@ -20,6 +20,23 @@ STORES = tuple(s.strip() for s in os.environ.get("TEST_STORES", "sqlite,postgres
                if s.strip())
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
+    nothing of its own) run on the first of STORES only, to keep `make test` short;
+    TEST_EVERY_STORE=1 runs them on every store too."""
+    if os.environ.get("TEST_EVERY_STORE") == "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        store = callspec.params.get("stack_store") if callspec else None
+        later = store is not None and store != STORES[0]
+        (drop if later and item.get_closest_marker("first_store_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url, server, container = external_or_own_redis(tmp_path_factory.mktemp("redis"))

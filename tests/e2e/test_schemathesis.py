@@ -14,7 +14,8 @@ import pytest
 
 from tests.harness import running_stack
 
-pytestmark = pytest.mark.e2e
+# The store plays no part of its own here: on the first store only (tests/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.first_store_only]
 
 KEY = "sk-schemathesis-7d01c5e3"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
