@@ -98,7 +98,7 @@ def make_store(url: str, *, pool_size: int = 10, patience_s: float | None = None
     path = sqlite_path(url)
     if path is not None:
         from shared.store_sqlite import SqliteStore
-        return SqliteStore(path)
+        return SqliteStore(path, url)
     from shared.store_postgres import PostgresStore
     return PostgresStore(url, pool_size=pool_size, patience_s=patience_s)
 
@@ -107,6 +107,7 @@ class Store(ABC):
     """Async face of the store for one process."""
 
     backend: str
+    url: str  # what make_store was given (STORE_URL)
 
     def __init__(self) -> None:
         self._pending: list[Write] = []

@@ -119,9 +119,9 @@ class SqliteStore(Store):
 
     backend = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, url: str | None = None) -> None:
         super().__init__()
-        self.path = path
+        self.path, self.url = path, url or path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
         self._wconn: sqlite3.Connection | None = None

@@ -15,6 +15,9 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STATUSES = (QUEUED, BATCHED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 TERMINAL_EVENT = {SUCCEEDED: "done", FAILED: "error", CANCELLED: "cancelled"}
+# Event types of a task's event stream besides the terminal ones and the deltas.
+EV_STATUS, EV_RESET = "status", "reset"
+CANCELLED_ERROR = {"code": "cancelled", "message": "cancelled by the client"}
 
 
 def new_task_id() -> str:

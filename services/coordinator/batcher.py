@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio.client import PubSub
 
@@ -21,7 +21,7 @@ from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless
 from shared.redis_conn import UNAVAILABLE, RedisClient
-from shared.scripts import Scripts
+from shared.steps import BatchPolicy, BatchState, Steps
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.coordinator")
@@ -35,7 +35,9 @@ class Coordinator:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.common.redis_prefix)
-        self.scripts = Scripts.register(redis)
+        self.steps = Steps(redis, self.keys)
+        b = settings.batching
+        self.policy = BatchPolicy(b.batch_size, b.batch_timeout_ms, b.batch_adaptive)
         self.name = settings.name
         self.stopping = asyncio.Event()
 
@@ -66,42 +68,44 @@ class Coordinator:
         await sleep_unless(self.stopping, seconds)
 
     # --- batching ---------------------------------------------------------------------------
-    async def _batch(self, mode: str, extra: list[str] | None = None) -> list[int]:
-        k, b = self.keys, self.settings.batching
-        reply: list[int] = await self.scripts.batch(
-            keys=[k.open_batch, k.batch_deadline, k.batches_stream, k.tasks_stream,
-                  k.batch_seq, k.batch_backlog, k.processors_free, k.processors_alive,
-                  k.stats],
-            args=[mode, now_ms(), b.batch_size, b.batch_timeout_ms,
-                  "1" if b.batch_adaptive else "0", TASKS_GROUP, k.task(""), k.events(""),
-                  k.batch_channel, BATCHES_GROUP, *(extra or [])])
-        return reply
-
     async def add(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        pairs: list[str] = []
-        for entry_id, fields in entries:
-            pairs += [entry_id, fields.get("id", "")]
-        for start in range(0, len(pairs), 2 * READ_COUNT):
-            await self._batch("add", pairs[start:start + 2 * READ_COUNT])
+        pairs = [(entry_id, fields.get("id", "")) for entry_id, fields in entries]
+        for start in range(0, len(pairs), READ_COUNT):
+            await self.steps.batch("add", now=now_ms(), policy=self.policy,
+                                   entries=pairs[start:start + READ_COUNT])
 
-    async def _intake_once(self) -> None:
+    async def run_burst(self) -> None:
+        """Place every task the tasks stream holds, flush the open batch whatever its size and
+        timer, and return (arq's burst mode): tests run the real intake in process and need
+        not wait for a timer. The services never call it."""
+        await self._ensure_groups()
+        while await self._intake_once(block_ms=None):
+            pass
+        await self.steps.batch("flush", now=now_ms(), policy=self.policy)
+
+    async def _intake_once(self, block_ms: int | None = 1000) -> int:
+        """Read and place new tasks; returns how many entries were read."""
         reply: Any = await self.redis.xreadgroup(
-            TASKS_GROUP, self.name, {self.keys.tasks_stream: ">"}, count=READ_COUNT, block=1000)
+            TASKS_GROUP, self.name, {self.keys.tasks_stream: ">"}, count=READ_COUNT,
+            block=block_ms)
+        read = 0
         for _stream, entries in reply or []:
             if entries:
+                read += len(entries)
                 await self.add(entries)
+        return read
 
-    async def flush(self, mode: str) -> int:
+    async def flush(self, mode: Literal["timer", "idle"]) -> int:
         """Flush by 'timer' or 'idle' under the flush lock; returns batches flushed."""
         token = secrets.token_hex(8)
         lock = self.keys.flush_lock
         if not await self.redis.set(lock, token, nx=True, px=FLUSH_LOCK_MS):
             return 0
         try:
-            _len, _deadline, flushed = await self._batch(mode)
-            return int(flushed)
+            state: BatchState = await self.steps.batch(mode, now=now_ms(), policy=self.policy)
+            return state.flushed
         finally:
-            await self.scripts.release(keys=[lock], args=[token])
+            await self.steps.release_lock(lock, token)
 
     async def _timer_loop(self) -> None:
         pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)

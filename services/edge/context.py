@@ -11,7 +11,7 @@ from services.edge.settings import EdgeSettings
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
-from shared.scripts import Scripts
+from shared.steps import Steps
 from shared.store import Store, make_store
 
 
@@ -19,7 +19,7 @@ from shared.store import Store, make_store
 class Edge:
     settings: EdgeSettings
     redis: RedisClient
-    scripts: Scripts
+    steps: Steps
     keys: Keys
     store: Store
 
@@ -48,8 +48,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
             await redis_conn.warn_if_unsafe(redis)
         except RuntimeError:
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
-        app[EDGE] = Edge(settings, redis, Scripts.register(redis),
-                         Keys(settings.common.redis_prefix), store)
+        keys = Keys(settings.common.redis_prefix)
+        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store)
         yield
     finally:
         await redis.aclose()

@@ -14,6 +14,7 @@ from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.edge.views_tasks import json_response
 from shared import tasks
+from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms
 
 MAX_LIMIT = 500
@@ -38,16 +39,14 @@ async def retry_task(request: web.Request) -> web.Response:
     if view["status"] != tasks.FAILED:
         raise ApiError(409, "not_failed", "only a failed task can be retried")
     row = await edge.store.get_task(task_id)
-    k = edge.keys
-    outcome = await edge.scripts.retry(
-        keys=[k.task(task_id), k.events(task_id), k.tasks_stream, k.dead_letters],
-        args=[tenant, now_ms(), edge.settings.task_ttl_s, task_id,
-              row["request"] if row else "", row["model"] or "" if row else "",
-              row["created_at"] if row else 0, row["fence"] if row else 0,
-              k.tenant_active("")])
-    if outcome == "missing":
+    stored = None if row is None else StoredTask(
+        request=row["request"], model=row["model"] or "", created_at=int(row["created_at"]),
+        fence=int(row["fence"]))
+    result = await edge.steps.retry(task_id=task_id, tenant=tenant, now=now_ms(),
+                                    task_ttl_s=edge.settings.task_ttl_s, stored=stored)
+    if isinstance(result, Missing):
         raise queue.not_found()
-    if outcome == "not_failed":
+    if isinstance(result, NotFailed):
         raise ApiError(409, "not_failed", "only a failed task can be retried")
     return json_response({"id": task_id, "status": tasks.QUEUED}, 202,
                          {"Location": f"/api/tasks/{task_id}"})

@@ -12,7 +12,16 @@ from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
 from shared import tasks
-from shared.redis_conn import hash_of
+from shared.steps import (
+    AlreadyTerminal,
+    CancelledNow,
+    Conflict,
+    Existing,
+    Missing,
+    RateLimited,
+    TenantLimits,
+    TooManyActive,
+)
 from shared.timeutil import iso, now_ms
 
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
@@ -37,27 +46,27 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         if known is not None:
             return _replay(known, digest)
     task_id, created = tasks.new_task_id(), now_ms()
-    k, s = edge.keys, edge.settings
-    outcome, tid = await edge.scripts.submit(
-        keys=[k.task(task_id), k.events(task_id), k.tasks_stream,
-              k.idempotency(tenant, idem_key or ""),
-              k.tenant_rate(tenant, created // RATE_WINDOW_MS), k.tenant_active(tenant)],
-        args=[task_id, tenant, orjson.dumps(req.payload), req.model, created, digest,
-              s.idempotency_ttl_s, _QUEUED_EVENT, s.task_ttl_s,
-              s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks])
-    if outcome == "rate_limited":
-        raise ApiError(429, "rate_limited",
-                       f"this key may submit {s.rate_per_minute} tasks per minute",
-                       headers={"Retry-After": str(tid)})
-    if outcome == "too_many_active":
-        raise ApiError(429, "too_many_active_tasks",
-                       f"this key may have {s.max_active_tasks} tasks queued or running at once",
-                       headers={"Retry-After": str(tid)})
-    if outcome == "conflict":
-        raise _idempotency_conflict()
-    if outcome == "existing":
-        return Submitted(tid, int(await edge.redis.hget(k.task(tid), "created_at") or created),
-                         existing=True)
+    s = edge.settings
+    result = await edge.steps.submit(
+        task_id=task_id, tenant=tenant, request_json=orjson.dumps(req.payload), model=req.model,
+        now=created, idem_key=idem_key, body_hash=digest,
+        idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
+        task_ttl_s=s.task_ttl_s,
+        limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks))
+    match result:
+        case RateLimited(retry_after_s=wait):
+            raise ApiError(429, "rate_limited",
+                           f"this key may submit {s.rate_per_minute} tasks per minute",
+                           headers={"Retry-After": str(wait)})
+        case TooManyActive(retry_after_s=wait):
+            raise ApiError(429, "too_many_active_tasks",
+                           f"this key may have {s.max_active_tasks} tasks queued or running "
+                           "at once", headers={"Retry-After": str(wait)})
+        case Conflict():
+            raise _idempotency_conflict()
+        case Existing(id=tid):
+            view = await edge.steps.task_hash(tid)
+            return Submitted(tid, int(view.get("created_at") or created), existing=True)
     if idem_key:
         await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
     return Submitted(task_id, created, existing=False)
@@ -79,7 +88,7 @@ async def read(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
     """The task as clients see it: from Redis while it is known there, else from the store."""
     if not task_id.startswith("tsk_") or len(task_id) > 64:
         raise not_found()
-    h = await hash_of(edge.redis, edge.keys.task(task_id))
+    h = await edge.steps.task_hash(task_id)
     if h:
         if h.get("tenant") != tenant:
             raise not_found()
@@ -91,16 +100,13 @@ async def read(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
 
 
 async def cancel(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
-    k = edge.keys
-    outcome = await edge.scripts.cancel(
-        keys=[k.task(task_id), k.events(task_id), k.tenant_active(tenant)],
-        args=[tenant, now_ms(), k.cancel_channel, task_id, edge.settings.retention_s])
-    if outcome == "missing":
+    result = await edge.steps.cancel(task_id=task_id, tenant=tenant, now=now_ms())
+    if isinstance(result, Missing):
         await read(edge, tenant, task_id)  # 404 unless the store knows it (then terminal)
-        outcome = "terminal"
-    if outcome == "terminal":
+    if isinstance(result, Missing | AlreadyTerminal):
         raise ApiError(409, "already_terminal", "the task has already finished")
-    return {"id": task_id, "status": tasks.CANCELLED if outcome == "cancelled" else "cancelling"}
+    status = tasks.CANCELLED if isinstance(result, CancelledNow) else "cancelling"
+    return {"id": task_id, "status": status}
 
 
 def not_found() -> ApiError:

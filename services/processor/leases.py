@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from shared import logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
-from shared.scripts import Scripts
+from shared.steps import LeaseLost, Steps
 
 log = logs.get("sluice.processor")
 
@@ -48,9 +48,9 @@ class Lease:
 
 
 class LeaseKeeper:
-    def __init__(self, redis: RedisClient, scripts: Scripts, keys: Keys, name: str,
+    def __init__(self, redis: RedisClient, steps: Steps, keys: Keys, name: str,
                  ttl_ms: int) -> None:
-        self.redis, self.scripts, self.keys, self.name = redis, scripts, keys, name
+        self.redis, self.steps, self.keys, self.name = redis, steps, keys, name
         self.ttl_ms = ttl_ms
         self.leases: dict[str, Lease] = {}
         self.entries: set[str] = set()
@@ -78,17 +78,13 @@ class LeaseKeeper:
         held = list(self.leases.values())
         if held:
             sent = time.monotonic()
-            async with self.redis.pipeline(transaction=False) as p:
-                for lease in held:
-                    await self.scripts.renew(keys=[self.keys.lease(lease.task_id)],
-                                             args=[lease.token, self.ttl_ms],
-                                             client=p)  # type: ignore[arg-type]  # a pipeline
-                results = await p.execute()
-            for lease, ok in zip(held, results, strict=True):
-                if ok:
-                    lease.renewed_at = sent
-                else:
+            results = await self.steps.renew_many(
+                [(lease.task_id, lease.token) for lease in held], self.ttl_ms)
+            for lease, renewed in zip(held, results, strict=True):
+                if isinstance(renewed, LeaseLost):
                     lease.mark_lost()
+                else:
+                    lease.renewed_at = sent
         if self.entries:
             await self.redis.xclaim(self.keys.batches_stream, BATCHES_GROUP, self.name, 0,
                                     list(self.entries), justid=True)

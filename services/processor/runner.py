@@ -12,37 +12,75 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
-from services.processor import provider
+from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
-from services.processor.leases import Lease
+from services.processor.leases import Lease, LeaseKeeper
+from services.processor.provider import Completion, OnDeltas
 from shared import logs, tasks
-from shared.redis_conn import hash_of
-from shared.store import TaskRow
+from shared.steps import (
+    AlreadyTerminal,
+    AttemptCounted,
+    Begun,
+    HeldElsewhere,
+    LeaseLost,
+    Missing,
+    Steps,
+)
+from shared.store import Store, TaskRow
 from shared.timeutil import iso, now_ms
-
-if TYPE_CHECKING:
-    from services.processor.worker import Processor
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
+CallProvider = Callable[[dict[str, Any], OnDeltas], Awaitable[Completion]]
 
 
 class Outcome(Enum):
-    DONE = "done"          # terminal in Redis (by us or before us)
+    """How a run ended, and why an attempt was stopped: one vocabulary for both."""
+    DONE = "done"          # we made the task terminal (row stored, Redis marked)
+    ADOPTED = "adopted"    # finished from a row a dead holder had stored
+    TERMINAL = "terminal"  # it was terminal already (cancelled before it ran, or finished)
+    MISSING = "missing"    # Redis no longer knows the task
     BUSY = "busy"          # another live processor holds the lease
     LOST = "lost"          # our lease was lost midway: the new holder finishes it
     HANDOFF = "handoff"    # we are draining: handed back unfinished
+    CANCEL = "cancel"      # the client asked: stop the attempt, end the task cancelled
+
+
+FINISHED = frozenset({Outcome.DONE, Outcome.ADOPTED, Outcome.TERMINAL, Outcome.MISSING})
+STOPS = frozenset({Outcome.CANCEL, Outcome.LOST, Outcome.HANDOFF})
 
 
 class _Stop(Exception):
     """The attempt was interrupted on purpose (cancel, lease lost, drain)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPolicy:
+    max_attempts: int
+    retry_base_s: float
+    retry_cap_s: float
+    retry_after_cap_s: float
+    lock_ttl_ms: int
+    retention_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunDeps:
+    """What a task run uses, and nothing more."""
+    steps: Steps
+    store: Store
+    call: CallProvider
+    leases: LeaseKeeper
+    status: ProviderStatus
+    policy: RunPolicy
+    processor: str
 
 
 @dataclass(slots=True)
@@ -60,110 +98,126 @@ class Partial:
 
 
 class TaskRun:
-    def __init__(self, proc: Processor, task_id: str, batch_id: str) -> None:
-        self.proc, self.task_id, self.batch_id = proc, task_id, batch_id
-        self.stop_reason: str | None = None
+    def __init__(self, deps: RunDeps, task_id: str, batch_id: str) -> None:
+        self.deps, self.task_id, self.batch_id = deps, task_id, batch_id
+        self.stop_reason: Outcome | None = None
         self._job: asyncio.Future[Any] | None = None
         self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
         self.lease: Lease | None = None
         self.started = time.perf_counter()
+        # For the one summary line per run, whatever its outcome.
+        self.status: str | None = None
+        self.attempts = 0
+        self.partial = Partial()
+        self.usage: dict[str, int] | None = None
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
-        p, k, token = self.proc, self.proc.keys, self.token
-        reply = await p.scripts.begin(
-            keys=[k.task(self.task_id), k.lease(self.task_id), k.events(self.task_id)],
-            args=[token, p.settings.batching.lock_ttl_ms, now_ms(), p.name])
-        if reply[0] == "missing":
-            log.warning("task_missing", task_id=self.task_id)
-            return Outcome.DONE
-        if reply[0] == "terminal":
-            await self._ensure_row_for_terminal()
-            return Outcome.DONE
-        if reply[0] == "busy":
-            return Outcome.BUSY
-        self.lease = Lease(self.task_id, token, int(reply[1]),
-                           on_lost=lambda: self.interrupt("lost"))
-        p.leases.hold(self.lease)
+        outcome: Outcome | None = None
         try:
-            attempts, counted = int(reply[2]), reply[4] == "1"
-            if not counted and attempts > 0 and await self._adopt_stored_result():
-                return Outcome.DONE
-            h = dict(zip(reply[5::2], reply[6::2], strict=True))
-            outcome = await self._work(h, attempts, counted, cancelled=reply[3] == "1")
-            if outcome is Outcome.HANDOFF:
-                await p.scripts.release(keys=[k.lease(self.task_id)], args=[token])
+            outcome = await self._run()
             return outcome
         finally:
-            p.leases.drop(self.task_id)
+            self._log_summary(outcome)
+
+    async def _run(self) -> Outcome:
+        d = self.deps
+        begun = await d.steps.begin(task_id=self.task_id, token=self.token,
+                                    ttl_ms=d.policy.lock_ttl_ms, now=now_ms(),
+                                    processor=d.processor)
+        if isinstance(begun, Missing):
+            log.warning("task_missing", task_id=self.task_id)
+            return Outcome.MISSING
+        if isinstance(begun, AlreadyTerminal):
+            self.status = begun.status
+            await self._ensure_row_for_terminal()
+            return Outcome.TERMINAL
+        if isinstance(begun, HeldElsewhere):
+            return Outcome.BUSY
+        self.lease = Lease(self.task_id, self.token, begun.fence,
+                           on_lost=lambda: self.interrupt(Outcome.LOST))
+        d.leases.hold(self.lease)
+        try:
+            return await self._owned(begun)
+        finally:
+            d.leases.drop(self.task_id)
+
+    async def _owned(self, begun: Begun) -> Outcome:
+        self.attempts = begun.attempts
+        if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
+            return Outcome.ADOPTED
+        outcome = await self._work(begun.task, begun.attempts, begun.counted,
+                                   cancelled=begun.cancel_requested)
+        if outcome is Outcome.HANDOFF:
+            await self.deps.steps.release_lease(self.task_id, self.token)
+        return outcome
 
     async def _adopt_stored_result(self) -> bool:
         """A holder that died after writing the store but before marking Redis finished the
         task already: finish it from the row, never calling the provider again."""
-        row = await self.proc.store.get_task(self.task_id)
+        row = await self.deps.store.get_task(self.task_id)
         if row is None or row["status"] not in tasks.TERMINAL:
             return False
         view = tasks.view_from_row(row)
-        log.info("adopted_stored_result", task_id=self.task_id, status=row["status"])
+        self.status = row["status"]
         return await self._complete(row["status"], view["result"], view["error"], view,
                                     int(row["completed_at"] or now_ms()))
 
     async def _work(self, h: dict[str, str], attempts: int, counted: bool,
                     cancelled: bool) -> Outcome:
-        partial = Partial()
+        policy = self.deps.policy
         if cancelled:
-            return await self._finish(h, tasks.CANCELLED, partial, None, None, attempts)
+            return await self._finish(h, tasks.CANCELLED, None, None, attempts)
         request = orjson.loads(h["request"])
         last_error: dict[str, Any] | None = {
             "code": "attempts_exhausted",
             "message": f"gave up after {attempts} attempts (a processor died during each)"}
-        while counted or attempts < self.proc.settings.max_attempts:
+        while counted or attempts < policy.max_attempts:
             if not counted:
-                attempts = await self._count_attempt()
-                if attempts < 0:
+                counted_now = await self._count_attempt()
+                if counted_now is None:
                     return Outcome.LOST
+                attempts = self.attempts = counted_now
             counted = False
-            partial = Partial()
+            self.partial = Partial()
             try:
-                done = await self._interruptible(self._call(request, partial))
-                return await self._finish(h, tasks.SUCCEEDED, partial, done, None, attempts)
+                done = await self._interruptible(self._call(request))
+                return await self._finish(h, tasks.SUCCEEDED, done, None, attempts)
             except _Stop:
-                return await self._stopped(h, partial, attempts)
+                return await self._stopped(h, attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
-                await self.proc.note_provider(error=err.message)
+                await self.deps.status.note(error=err.message)
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
                          status=err.status, code=err.code)
-                if attempts < self.proc.settings.max_attempts:
+                if attempts < policy.max_attempts:
                     try:
-                        await self._interruptible(asyncio.sleep(self._backoff(attempts, err)))
+                        await self._interruptible(asyncio.sleep(self.backoff(attempts, err)))
                     except _Stop:
-                        return await self._stopped(h, partial, attempts)
-        return await self._finish(h, tasks.FAILED, partial, None, last_error, attempts)
+                        return await self._stopped(h, attempts)
+        return await self._finish(h, tasks.FAILED, None, last_error, attempts)
 
     # --- one attempt --------------------------------------------------------------------------
-    async def _call(self, request: dict[str, Any], partial: Partial) -> provider.Completion:
-        p, k, lease = self.proc, self.proc.keys, self.lease
+    async def _call(self, request: dict[str, Any]) -> Completion:
+        steps, lease, partial = self.deps.steps, self.lease, self.partial
         assert lease is not None
 
         async def on_deltas(deltas: list[Delta]) -> None:
             partial.add(deltas)
-            args: list[str] = [lease.token]
-            for d in deltas:
-                args += [d.kind, orjson.dumps({"delta": d.text}).decode()]
-            if not await p.scripts.emit(keys=[k.lease(self.task_id), k.events(self.task_id)],
-                                        args=args):
+            events = [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
+            if isinstance(await steps.emit(self.task_id, lease.token, events), LeaseLost):
                 lease.mark_lost()
 
-        completion = await provider.complete(p.http, p.settings.provider, request, on_deltas)
-        await p.note_provider(streamed=completion.streamed)
+        completion = await self.deps.call(request, on_deltas)
+        await self.deps.status.note(streamed=completion.streamed)
         return completion
 
-    def interrupt(self, reason: str) -> None:
-        """Stop the current attempt: 'cancel' (the client asked), 'lost' (our lease is gone) or
-        'handoff' (we are draining). The first reason given wins."""
+    def interrupt(self, reason: Outcome) -> None:
+        """Stop the current attempt: CANCEL (the client asked), LOST (our lease is gone) or
+        HANDOFF (we are draining). The first reason given wins."""
+        assert reason in STOPS
         if self.stop_reason is None:
             self.stop_reason = reason
         self._cancel_job()
@@ -197,41 +251,40 @@ class TaskRun:
         finally:
             self._job = None
 
-    async def _stopped(self, h: dict[str, str], partial: Partial, attempts: int) -> Outcome:
+    async def _stopped(self, h: dict[str, str], attempts: int) -> Outcome:
+        if self.stop_reason is Outcome.CANCEL:
+            return await self._finish(h, tasks.CANCELLED, None, None, attempts)
+        assert self.stop_reason in (Outcome.LOST, Outcome.HANDOFF)
+        return self.stop_reason
+
+    async def _count_attempt(self) -> int | None:
+        """The number of the attempt now starting, or None when our lease is gone."""
         assert self.lease is not None
-        if self.stop_reason == "lost":
-            return Outcome.LOST
-        if self.stop_reason == "cancel":
-            return await self._finish(h, tasks.CANCELLED, partial, None, None, attempts)
-        return Outcome.HANDOFF
+        counted = await self.deps.steps.count_attempt(self.task_id, self.lease.token)
+        return counted.number if isinstance(counted, AttemptCounted) else None
 
-    async def _count_attempt(self) -> int:
-        k, lease = self.proc.keys, self.lease
-        assert lease is not None
-        n = await self.proc.scripts.attempt(
-            keys=[k.task(self.task_id), k.lease(self.task_id), k.events(self.task_id)],
-            args=[lease.token])
-        return int(n)
-
-    def _backoff(self, attempt: int, err: ProviderError) -> float:
-        s = self.proc.settings
+    def backoff(self, attempt: int, err: ProviderError) -> float:
+        """Seconds to wait before the next attempt: the provider's Retry-After when it sent
+        one, capped by RETRY_AFTER_CAP_S (a provider asking for a day must not park a slot and
+        its lease renewals for a day), else exponential backoff with jitter."""
+        policy = self.deps.policy
         if err.retry_after is not None:
-            return min(err.retry_after, max(s.retry_cap_s, err.retry_after))
-        return min(s.retry_cap_s, s.retry_base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            return max(0.0, min(err.retry_after, policy.retry_after_cap_s))
+        return (min(policy.retry_cap_s, policy.retry_base_s * 2 ** (attempt - 1))
+                * random.uniform(0.5, 1.0))
 
     # --- the end ------------------------------------------------------------------------------
-    async def _finish(self, h: dict[str, str], status: str, partial: Partial,
-                      done: provider.Completion | None, error: dict[str, Any] | None,
-                      attempts: int) -> Outcome:
-        p, lease = self.proc, self.lease
+    async def _finish(self, h: dict[str, str], status: str, done: Completion | None,
+                      error: dict[str, Any] | None, attempts: int) -> Outcome:
+        lease, partial = self.lease, self.partial
         assert lease is not None
         content = done.result.content if done else "".join(partial.content)
         reasoning = done.result.reasoning if done else "".join(partial.reasoning)
         refusal = done.result.refusal if done else "".join(partial.refusal)
         finish = done.result.finish_reason if done else None
-        usage = _usage_dict(done.usage if done else None)
+        usage = self.usage = _usage_dict(done.usage if done else None)
         if status == tasks.CANCELLED:
-            error = {"code": "cancelled", "message": "cancelled by the client"}
+            error = dict(tasks.CANCELLED_ERROR)
         completed = now_ms()
         row = TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=status, model=h.get("model"),
@@ -240,13 +293,13 @@ class TaskRun:
             completion_tokens=usage["completion_tokens"] if usage else None,
             total_tokens=usage["total_tokens"] if usage else None, attempts=attempts,
             error=orjson.dumps(error).decode() if error else None,
-            batch_id=h.get("batch_id") or self.batch_id, processor=p.name, fence=lease.fence,
-            created_at=int(h["created_at"]), started_at=int(h.get("started_at") or completed),
-            completed_at=completed)
+            batch_id=h.get("batch_id") or self.batch_id, processor=self.deps.processor,
+            fence=lease.fence, created_at=int(h["created_at"]),
+            started_at=int(h.get("started_at") or completed), completed_at=completed)
         if not await self._still_ours():
             log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
-        if not await p.store.save_task(row):
+        if not await self.deps.store.save_task(row):
             log.warning("stale_write_refused", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
         result = None
@@ -259,47 +312,44 @@ class TaskRun:
                 "started_at": iso(row.started_at), "batch_id": row.batch_id}
         if not await self._complete(status, result, error, view, completed):
             return Outcome.LOST
-        self._log_summary(status, attempts, partial, usage)
+        self.status = status
         return Outcome.DONE
 
     async def _still_ours(self) -> bool:
         """Whether our lease still holds, asking Redis only when time alone cannot tell."""
-        p, lease = self.proc, self.lease
+        lease, ttl = self.lease, self.deps.policy.lock_ttl_ms
         assert lease is not None
-        ttl = p.settings.batching.lock_ttl_ms
         if lease.surely_held(ttl):
             return True
         sent = time.monotonic()
-        if await p.scripts.renew(keys=[p.keys.lease(self.task_id)], args=[lease.token, ttl]):
-            lease.renewed_at = sent
-            return True
-        lease.mark_lost()
-        return False
+        if isinstance(await self.deps.steps.renew(self.task_id, lease.token, ttl), LeaseLost):
+            lease.mark_lost()
+            return False
+        lease.renewed_at = sent
+        return True
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
                         error: dict[str, Any] | None, view: dict[str, Any],
                         completed: int) -> bool:
-        p, k, lease = self.proc, self.proc.keys, self.lease
+        lease = self.lease
         assert lease is not None
-        ok = await p.scripts.complete(
-            keys=[k.task(self.task_id), k.lease(self.task_id), k.events(self.task_id),
-                  k.dead_letters, k.stats],
-            args=[lease.token, status, orjson.dumps(result) if result else "",
-                  orjson.dumps(error) if error else "", completed, p.settings.retention_s,
-                  tasks.TERMINAL_EVENT[status], orjson.dumps(view), self.task_id,
-                  k.tenant_active("")])
-        return bool(ok)
+        done = await self.deps.steps.complete(
+            task_id=self.task_id, token=lease.token, status=status,
+            result_json=orjson.dumps(result) if result else "",
+            error_json=orjson.dumps(error) if error else "", now=completed,
+            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view))
+        return not isinstance(done, LeaseLost)
 
     async def _ensure_row_for_terminal(self) -> None:
         """A task cancelled before it ran (or finished by a holder that died before acking):
         make sure its one row exists, without replacing a row that does."""
-        p = self.proc
-        h = await hash_of(p.redis, p.keys.task(self.task_id))
-        if not h or await p.store.get_task(self.task_id) is not None:
+        d = self.deps
+        h = await d.steps.task_hash(self.task_id)
+        if not h or await d.store.get_task(self.task_id) is not None:
             return
         result = tasks.loads_or_none(h.get("result")) or {}
         usage = result.get("usage") or {}
-        await p.store.save_task_if_absent(TaskRow(
+        await d.store.save_task_if_absent(TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=h["status"],
             model=h.get("model"), request=h["request"], content=result.get("content"),
             reasoning_content=result.get("reasoning_content"),
@@ -308,21 +358,24 @@ class TaskRun:
             completion_tokens=usage.get("completion_tokens"),
             total_tokens=usage.get("total_tokens"), attempts=int(h.get("attempts") or 0),
             error=h.get("error") or None, batch_id=h.get("batch_id") or self.batch_id,
-            processor=p.name, fence=int(h.get("fence") or 0), created_at=int(h["created_at"]),
+            processor=d.processor, fence=int(h.get("fence") or 0),
+            created_at=int(h["created_at"]),
             started_at=int(h["started_at"]) if h.get("started_at") else None,
             completed_at=int(h.get("completed_at") or now_ms())))
         if h["status"] == tasks.CANCELLED:
-            await p.redis.expire(p.keys.task(self.task_id), p.settings.retention_s)
-            await p.redis.expire(p.keys.events(self.task_id), p.settings.retention_s)
+            await d.steps.keep_for(self.task_id, d.policy.retention_s)
 
-    def _log_summary(self, status: str, attempts: int, partial: Partial,
-                     usage: dict[str, int] | None) -> None:
+    def _log_summary(self, outcome: Outcome | None) -> None:
+        """The one ``task`` line of this run, whatever its outcome (None: it raised)."""
+        partial = self.partial
         ttft = (None if partial.first_token_at is None
                 else round((partial.first_token_at - self.started) * 1000, 1))
-        log.info("task", task_id=self.task_id, batch_id=self.batch_id, status=status,
-                 attempts=attempts, ms=round((time.perf_counter() - self.started) * 1000, 1),
+        log.info("task", task_id=self.task_id, batch_id=self.batch_id,
+                 outcome=outcome.value if outcome else "error", status=self.status,
+                 attempts=self.attempts,
+                 ms=round((time.perf_counter() - self.started) * 1000, 1),
                  first_token_ms=ttft,
-                 completion_tokens=usage["completion_tokens"] if usage else None)
+                 completion_tokens=self.usage["completion_tokens"] if self.usage else None)
 
 
 def _usage_dict(usage: Usage | None) -> dict[str, int] | None:

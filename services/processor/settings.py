@@ -18,6 +18,7 @@ class ProcessorSettings:
     max_attempts: int
     retry_base_s: float
     retry_cap_s: float
+    retry_after_cap_s: float
     retention_s: int
     drain_s: float
     heartbeat_s: float
@@ -36,6 +37,7 @@ class ProcessorSettings:
             max_attempts=env.integer("MAX_ATTEMPTS", 3, min_value=1, max_value=100),
             retry_base_s=env.number("RETRY_BASE_S", 1.0, min_value=0),
             retry_cap_s=env.number("RETRY_CAP_S", 30.0, min_value=0),
+            retry_after_cap_s=env.number("RETRY_AFTER_CAP_S", 60.0, min_value=0),
             retention_s=env.integer("EVENTS_RETENTION_S", 3600, min_value=1),
             drain_s=env.number("DRAIN_S", 20.0, min_value=0),
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),

@@ -14,19 +14,21 @@ import httpx
 from redis.asyncio.client import PubSub
 
 from services.processor import provider
+from services.processor.ai_status import ProviderStatus
 from services.processor.leases import LeaseKeeper
-from services.processor.runner import Outcome, TaskRun
+from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
-from shared.scripts import Scripts
+from shared.steps import Steps
 from shared.store import BatchRow, Store
-from shared.tasks import TERMINAL
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
+POLL_S = 1.0  # a blocking read or pub/sub wait returns this often to look at `stopping`
+BURST_POLL_S = 0.01  # in burst mode: the run ends a few ms after its work does
 
 
 class Processor:
@@ -35,9 +37,21 @@ class Processor:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
-        self.scripts = Scripts.register(redis)
-        self.leases = LeaseKeeper(redis, self.scripts, self.keys, self.name,
+        self.steps = Steps(redis, self.keys)
+        self.leases = LeaseKeeper(redis, self.steps, self.keys, self.name,
                                   settings.batching.lock_ttl_ms)
+        self.deps = RunDeps(
+            steps=self.steps, store=store,
+            call=lambda request, on_deltas: provider.complete(http, settings.provider, request,
+                                                             on_deltas),
+            leases=self.leases, status=ProviderStatus(redis, self.keys),
+            policy=RunPolicy(max_attempts=settings.max_attempts,
+                             retry_base_s=settings.retry_base_s,
+                             retry_cap_s=settings.retry_cap_s,
+                             retry_after_cap_s=settings.retry_after_cap_s,
+                             lock_ttl_ms=settings.batching.lock_ttl_ms,
+                             retention_s=settings.retention_s),
+            processor=self.name)
         self.runs: dict[str, TaskRun] = {}
         self.inflight = 0
         self.room = asyncio.Event()
@@ -48,13 +62,19 @@ class Processor:
         self._batches: set[asyncio.Task[None]] = set()
         self._report_due = asyncio.Event()
         self._taken = 0
-        self._ai_noted: tuple[bool, int] | None = None
+        self._burst = False
+        self._poll_s = POLL_S
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
-    async def run(self) -> None:
+    async def run(self, *, burst: bool = False) -> None:
+        """Run until stopped. ``burst`` (arq's burst mode, for tests that run the real loop in
+        process): stop by itself, draining as on a signal, once no batch entry is new or
+        pending and nothing is in flight."""
+        if burst:
+            self._burst, self._poll_s = True, BURST_POLL_S
         await self._ensure_group()
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with asyncio.TaskGroup() as tg:
@@ -92,7 +112,7 @@ class Processor:
         if pending:
             log.warning("handing_off", tasks=len(self.runs))
             for run in list(self.runs.values()):
-                run.interrupt("handoff")
+                run.interrupt(Outcome.HANDOFF)
             await asyncio.wait(pending)
 
     async def _retire(self) -> None:
@@ -113,12 +133,9 @@ class Processor:
         return 0 if self.stopping.is_set() else max(0, self.settings.concurrency - self.inflight)
 
     async def _report_capacity(self, taken: int = 0) -> None:
-        k = self.keys
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
-        await self.scripts.capacity(
-            keys=[k.processors_free, k.processors_alive, k.batch_backlog, k.open_batch,
-                  k.processors_inflight],
-            args=[self.name, self.free, expiry, taken, k.batch_channel, self.inflight])
+        await self.steps.report_capacity(name=self.name, free=self.free, expiry_ms=expiry,
+                                         taken=taken, inflight=self.inflight)
 
     def _set_inflight(self, delta: int) -> None:
         self.inflight += delta
@@ -133,10 +150,23 @@ class Processor:
         if self.stopping.is_set():
             return
         reply: Any = await self.redis.xreadgroup(
-            BATCHES_GROUP, self.name, {self.keys.batches_stream: ">"}, count=1, block=1000)
+            BATCHES_GROUP, self.name, {self.keys.batches_stream: ">"}, count=1,
+            block=int(self._poll_s * 1000))
+        read = False
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
+                read = True
                 await self._start(entry_id, fields, fresh=True)
+        if self._burst and not read and await self._idle():
+            self.stop()
+
+    async def _idle(self) -> bool:
+        """Nothing in flight here, and no batch entry read but not yet acknowledged by anyone
+        (a dead processor's entries are pending until reclaimed)."""
+        if self._batches or self.runs:
+            return False
+        pending = await self.redis.xpending(self.keys.batches_stream, BATCHES_GROUP)
+        return not pending["pending"]
 
     async def _reclaim_once(self) -> None:
         """Take over batch entries whose processor stopped renewing them (it died)."""
@@ -171,8 +201,8 @@ class Processor:
             if handed:
                 await until_redis_answers(lambda: self._handoff(entry_id, batch_id, handed),
                                           "handoff", batch_id=batch_id)
-            elif all(o is Outcome.DONE for o in outcomes) or await until_redis_answers(
-                    lambda: self._all_terminal(ids), "batch", batch_id=batch_id):
+            elif all(o in FINISHED for o in outcomes) or await until_redis_answers(
+                    lambda: self.steps.all_terminal(ids), "batch", batch_id=batch_id):
                 await until_redis_answers(
                     lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
                     "ack", batch_id=batch_id)
@@ -186,7 +216,7 @@ class Processor:
     async def _run_task(self, task_id: str, batch_id: str) -> Outcome:
         try:
             while True:
-                run = TaskRun(self, task_id, batch_id)
+                run = TaskRun(self.deps, task_id, batch_id)
                 self.runs[task_id] = run
                 outcome = await until_redis_answers(run.run, "task", task_id=task_id)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
@@ -214,18 +244,9 @@ class Processor:
             self._taken += taken  # counted on the next report (the heartbeat's at the latest)
             raise
 
-    async def _all_terminal(self, ids: list[str]) -> bool:
-        async with self.redis.pipeline(transaction=False) as p:
-            for t in ids:
-                p.hget(self.keys.task(t), "status")
-            statuses = await p.execute()
-        return all(s is None or s in TERMINAL for s in statuses)
-
     async def _handoff(self, entry_id: str, batch_id: str, ids: list[str]) -> None:
-        k = self.keys
-        n = await self.scripts.handoff(
-            keys=[k.batches_stream, k.batch_backlog, k.stats],
-            args=[BATCHES_GROUP, entry_id, batch_id, now_ms(), *ids])
+        n = await self.steps.handoff(entry_id=entry_id, batch_id=batch_id, now=now_ms(),
+                                     task_ids=ids)
         log.info("handed_off", batch_id=batch_id, tasks=n)
 
     # --- cancellation -------------------------------------------------------------------------
@@ -234,31 +255,13 @@ class Processor:
         await pubsub.subscribe(self.keys.cancel_channel)
         try:
             while not self.stopping.is_set():
-                message = await pubsub.get_message(timeout=1.0)
+                message = await pubsub.get_message(timeout=self._poll_s)
                 if message is not None:
                     run = self.runs.get(str(message["data"]))
                     if run is not None:
-                        run.interrupt("cancel")
+                        run.interrupt(Outcome.CANCEL)
         finally:
             await pubsub.aclose()
-
-    # --- provider status ----------------------------------------------------------------------
-    async def note_provider(self, *, streamed: bool | None = None,
-                            error: str | None = None) -> None:
-        k, now = self.keys.ai_status, now_ms()
-        fields: dict[str | bytes, str | int] = {}
-        if streamed is not None:
-            # Once a second is enough for "last success"; a change of streaming goes at once.
-            last = self._ai_noted
-            if last is not None and last[0] == streamed and now - last[1] < 1000:
-                return
-            self._ai_noted = (streamed, now)
-            fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
-                      "success_at": now}
-        if error is not None:
-            fields = {"error": error[:300], "error_at": now}
-        if fields:
-            await self.redis.hset(k, mapping=fields)  # type: ignore[arg-type]
 
 
 def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:

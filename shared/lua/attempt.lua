@@ -6,6 +6,6 @@
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if n > 1 then
-  redis.call('XADD', KEYS[3], '*', 'e', 'reset', 'd', '{"attempt":' .. n .. '}')
+  redis.call('XADD', KEYS[3], '*', 'e', EV_RESET, 'd', '{"attempt":' .. n .. '}')
 end
 return n

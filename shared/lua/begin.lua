@@ -9,14 +9,14 @@
 --          the task hash as field, value, ...} | {'terminal', status} | {'busy'} | {'missing'}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
-if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return {'terminal', st} end
+if TERMINAL[st] then return {'terminal', st} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'busy'} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-if st ~= 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
-  redis.call('XADD', KEYS[3], '*', 'e', 'status', 'd', '{"status":"running"}')
+if st ~= RUNNING then
+  redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', ARGV[3])
+  redis.call('XADD', KEYS[3], '*', 'e', EV_STATUS, 'd', '{"status":"' .. RUNNING .. '"}')
 end
 redis.call('HSET', KEYS[1], 'processor', ARGV[4])
 local cancel = redis.call('HGET', KEYS[1], 'cancel') or ''

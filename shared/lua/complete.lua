@@ -15,7 +15,7 @@ redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[7], 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
-if ARGV[2] == 'failed' then
+if ARGV[2] == FAILED then
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[9])
 else
   redis.call('ZREM', KEYS[4], ARGV[9])

@@ -5,11 +5,11 @@
 -- ARGV[1] tenant, ARGV[2] now (ms), ARGV[3] task TTL (s), ARGV[4] task id,
 -- ARGV[5] request JSON ('' when Redis should know the task), ARGV[6] model,
 -- ARGV[7] created_at (ms), ARGV[8] fence, ARGV[9] key prefix of the tenants' active sets
--- Returns 'queued' | 'missing' | 'not_failed'
+-- Returns 'requeued' | 'missing' | 'not_failed'
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
   if redis.call('HGET', KEYS[1], 'tenant') ~= ARGV[1] then return 'missing' end
-  if st ~= 'failed' then return 'not_failed' end
+  if st ~= FAILED then return 'not_failed' end
 else
   if ARGV[5] == '' then return 'missing' end
   redis.call('HSET', KEYS[1], 'id', ARGV[4], 'tenant', ARGV[1], 'request', ARGV[5],
@@ -17,12 +17,12 @@ else
 end
 redis.call('HDEL', KEYS[1], 'result', 'error', 'completed_at', 'started_at', 'batch_id',
   'processor', 'cancel', 'open')
-redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'retried_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', QUEUED, 'attempts', '0', 'retried_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[2], '*', 'e', 'status', 'd', '{"status":"queued","retried":true}')
+redis.call('XADD', KEYS[2], '*', 'e', EV_STATUS, 'd', '{"status":"' .. QUEUED .. '","retried":true}')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[4])
 redis.call('ZADD', ARGV[9] .. ARGV[1], ARGV[2], ARGV[4])  -- active again: counts against its limit
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[4])
-return 'queued'
+return 'requeued'

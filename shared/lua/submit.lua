@@ -46,10 +46,10 @@ if rate > 0 then
 end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('EXPIRE', KEYS[6], ARGV[9])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'tenant', ARGV[2], 'status', 'queued',
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'tenant', ARGV[2], 'status', QUEUED,
   'request', ARGV[3], 'model', ARGV[4], 'created_at', ARGV[5], 'attempts', '0', 'fence', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[9])
-redis.call('XADD', KEYS[2], '*', 'e', 'status', 'd', ARGV[8])
+redis.call('XADD', KEYS[2], '*', 'e', EV_STATUS, 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
 return {'created', ARGV[1]}

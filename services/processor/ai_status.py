@@ -1,0 +1,29 @@
+"""What processors learn about the provider, kept in Redis for ``/api/ai-status``."""
+
+from __future__ import annotations
+
+from shared.keys import Keys
+from shared.redis_conn import RedisClient
+from shared.timeutil import now_ms
+
+
+class ProviderStatus:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.redis, self.key = redis, keys.ai_status
+        self._noted: tuple[bool, int] | None = None
+
+    async def note(self, *, streamed: bool | None = None, error: str | None = None) -> None:
+        now = now_ms()
+        fields: dict[str | bytes, str | int] = {}
+        if streamed is not None:
+            # Once a second is enough for "last success"; a change of streaming goes at once.
+            last = self._noted
+            if last is not None and last[0] == streamed and now - last[1] < 1000:
+                return
+            self._noted = (streamed, now)
+            fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
+                      "success_at": now}
+        if error is not None:
+            fields = {"error": error[:300], "error_at": now}
+        if fields:
+            await self.redis.hset(self.key, mapping=fields)  # type: ignore[arg-type]
