@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,13 @@ def run_sql(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
             return [tuple(r) for r in await conn.fetch(sql, *params)]
         finally:
             await conn.close()
-    return asyncio.run(go())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(go())
+    # Called from async code (the benchmarks): a loop of its own, on another thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
 
 
 @dataclass
