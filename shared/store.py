@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,33 @@ class BatchRow:
 
 TASK_COLUMNS = list(TaskRow.__dataclass_fields__)
 BATCH_COLUMNS = list(BatchRow.__dataclass_fields__)
+IDEMPOTENCY_COLUMNS = ["tenant", "key", "task_id", "body_hash", "created_at"]
 
 # The write operations every backend turns into one statement each (see its _SQL table).
 UPSERT_TASK = "upsert_task"        # fenced: replaces a row only for a strictly higher fence
 INSERT_TASK = "insert_task"        # only when no row exists
 UPSERT_BATCH = "upsert_batch"      # claimed_at kept from the first write, completed_at from any
 INSERT_IDEMPOTENCY = "insert_idem"  # the first key wins
+
+
+def write_statements(param: Callable[[int], str]) -> dict[str, str]:
+    """The write statements, in the SQL both backends speak; ``param(n)`` is a backend's n-th
+    placeholder (``?`` or ``$n``). One text, so the two cannot drift apart."""
+    def insert(table: str, columns: list[str]) -> str:
+        values = ", ".join(param(i) for i in range(1, len(columns) + 1))
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+    return {
+        UPSERT_TASK: insert("tasks", TASK_COLUMNS) + "ON CONFLICT (id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "id")
+        + " WHERE excluded.fence > tasks.fence",
+        INSERT_TASK: insert("tasks", TASK_COLUMNS) + "ON CONFLICT (id) DO NOTHING",
+        UPSERT_BATCH: insert("batches", BATCH_COLUMNS) + "ON CONFLICT (id) DO UPDATE SET "
+        "processor = excluded.processor, "
+        "claimed_at = COALESCE(batches.claimed_at, excluded.claimed_at), "
+        "completed_at = COALESCE(excluded.completed_at, batches.completed_at)",
+        INSERT_IDEMPOTENCY: insert("idempotency_keys", IDEMPOTENCY_COLUMNS)
+        + "ON CONFLICT (tenant, key) DO NOTHING",
+    }
 
 
 @dataclass(slots=True)

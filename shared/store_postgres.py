@@ -23,17 +23,16 @@ import asyncpg
 from shared import logs
 from shared.config import mask_url
 from shared.store import (
-    BATCH_COLUMNS,
     INSERT_IDEMPOTENCY,
     INSERT_TASK,
     MIGRATIONS_DIR,
     TASK_COLUMNS,
-    UPSERT_BATCH,
     UPSERT_TASK,
     Store,
     StoreUnavailable,
     Write,
     check_table,
+    write_statements,
 )
 from shared.store_sqlite import migration_files
 
@@ -58,25 +57,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-def _placeholders(n: int) -> str:
-    return ", ".join(f"${i}" for i in range(1, n + 1))
-
-
-_TASK_VALUES = f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) " \
-               f"VALUES ({_placeholders(len(TASK_COLUMNS))}) "
-_SQL = {
-    UPSERT_TASK: _TASK_VALUES + "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in TASK_COLUMNS if c != "id")
-    + " WHERE EXCLUDED.fence > tasks.fence",
-    INSERT_TASK: _TASK_VALUES + "ON CONFLICT (id) DO NOTHING",
-    UPSERT_BATCH: f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) "
-    f"VALUES ({_placeholders(len(BATCH_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
-    "processor = EXCLUDED.processor, "
-    "claimed_at = COALESCE(batches.claimed_at, EXCLUDED.claimed_at), "
-    "completed_at = COALESCE(EXCLUDED.completed_at, batches.completed_at)",
-    INSERT_IDEMPOTENCY: "INSERT INTO idempotency_keys (tenant, key, task_id, body_hash, "
-    "created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, key) DO NOTHING",
-}
+_SQL = write_statements(lambda n: f"${n}")
 _FENCE_OF = TASK_COLUMNS.index("fence")
 _PROCESSOR_OF = TASK_COLUMNS.index("processor")
 

@@ -15,37 +15,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared import logs
-from shared.store import (
-    BATCH_COLUMNS,
-    INSERT_IDEMPOTENCY,
-    INSERT_TASK,
-    MIGRATIONS_DIR,
-    TASK_COLUMNS,
-    UPSERT_BATCH,
-    UPSERT_TASK,
-    Store,
-    Write,
-    check_table,
-)
+from shared.store import MIGRATIONS_DIR, Store, Write, check_table, write_statements
 
 log = logs.get("sluice.store")
 T = TypeVar("T")
 
-_TASK_VALUES = f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES " \
-               f"({', '.join('?' * len(TASK_COLUMNS))}) "
-_SQL = {
-    UPSERT_TASK: _TASK_VALUES + "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "id")
-    + " WHERE excluded.fence > tasks.fence",
-    INSERT_TASK: _TASK_VALUES + "ON CONFLICT(id) DO NOTHING",
-    UPSERT_BATCH: f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(BATCH_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
-    "processor = excluded.processor, "
-    "claimed_at = COALESCE(batches.claimed_at, excluded.claimed_at), "
-    "completed_at = COALESCE(excluded.completed_at, batches.completed_at)",
-    INSERT_IDEMPOTENCY: "INSERT INTO idempotency_keys (tenant, key, task_id, body_hash, "
-    "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(tenant, key) DO NOTHING",
-}
+_SQL = write_statements(lambda _n: "?")
 
 
 def connect(path: str) -> sqlite3.Connection:
