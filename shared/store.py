@@ -73,6 +73,13 @@ UPSERT_BATCH = "upsert_batch"      # claimed_at kept from the first write, compl
 INSERT_IDEMPOTENCY = "insert_idem"  # the first key wins
 
 
+# What makes a task upsert fenced: a row is replaced only by a strictly higher fence.
+FENCED_TASK_CONFLICT = (
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "id")
+    + " WHERE excluded.fence > tasks.fence")
+
+
 def write_statements(param: Callable[[int], str]) -> dict[str, str]:
     """The write statements, in the SQL both backends speak; ``param(n)`` is a backend's n-th
     placeholder (``?`` or ``$n``). One text, so the two cannot drift apart."""
@@ -80,9 +87,7 @@ def write_statements(param: Callable[[int], str]) -> dict[str, str]:
         values = ", ".join(param(i) for i in range(1, len(columns) + 1))
         return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
     return {
-        UPSERT_TASK: insert("tasks", TASK_COLUMNS) + "ON CONFLICT (id) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "id")
-        + " WHERE excluded.fence > tasks.fence",
+        UPSERT_TASK: insert("tasks", TASK_COLUMNS) + FENCED_TASK_CONFLICT,
         INSERT_TASK: insert("tasks", TASK_COLUMNS) + "ON CONFLICT (id) DO NOTHING",
         UPSERT_BATCH: insert("batches", BATCH_COLUMNS) + "ON CONFLICT (id) DO UPDATE SET "
         "processor = excluded.processor, "

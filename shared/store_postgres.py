@@ -23,6 +23,7 @@ import asyncpg
 from shared import logs
 from shared.config import mask_url
 from shared.store import (
+    FENCED_TASK_CONFLICT,
     INSERT_IDEMPOTENCY,
     INSERT_TASK,
     MIGRATIONS_DIR,
@@ -30,6 +31,7 @@ from shared.store import (
     UPSERT_TASK,
     Store,
     StoreUnavailable,
+    TaskRow,
     Write,
     check_table,
     write_statements,
@@ -58,6 +60,14 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 _SQL = write_statements(lambda n: f"${n}")
+# Many task rows in one statement, one array per column: a group of results costs one round
+# trip instead of one per row (RETURNING names the rows the fence let through).
+_TASK_TYPES = ["bigint" if "int" in str(TaskRow.__annotations__[c]) else "text"
+               for c in TASK_COLUMNS]
+_UPSERT_TASKS = (
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TASK_TYPES, 1)) + ") "
+    + FENCED_TASK_CONFLICT + " RETURNING id")
 _FENCE_OF = TASK_COLUMNS.index("fence")
 _PROCESSOR_OF = TASK_COLUMNS.index("processor")
 
@@ -175,8 +185,7 @@ class PostgresStore(Store):
     async def _commit(self, items: list[Write]) -> list[bool]:
         async def step(conn: asyncpg.Connection, failures: int) -> list[bool]:
             async with conn.transaction():
-                out = [_changed(await conn.execute(_SQL[i.op], *_text_safe(i.params)))
-                       for i in items]
+                out = await _apply(conn, items)
                 if failures:
                     # A cut during COMMIT leaves its outcome unknown: a write refused now may
                     # be our own from the try before, which must count as done.
@@ -211,6 +220,26 @@ class PostgresStore(Store):
 
     async def ping(self) -> None:
         await self._retrying("ping", lambda c, _n: c.fetchval("SELECT 1"))
+
+
+async def _apply(conn: asyncpg.Connection, items: list[Write]) -> list[bool]:
+    """Every write of a group, in one transaction: the task upserts in one statement when
+    there are several for distinct ids (nothing else in the group then touches their rows)."""
+    upserts = [n for n, i in enumerate(items) if i.op == UPSERT_TASK]
+    ids = {items[n].params[0] for n in upserts}
+    other_task_ids = {i.params[0] for i in items if i.op == INSERT_TASK}
+    if len(upserts) < 2 or len(ids) < len(upserts) or ids & other_task_ids:
+        return [_changed(await conn.execute(_SQL[i.op], *_text_safe(i.params)))
+                for i in items]
+    out = [False] * len(items)
+    for n, item in enumerate(items):
+        if item.op != UPSERT_TASK:
+            out[n] = _changed(await conn.execute(_SQL[item.op], *_text_safe(item.params)))
+    rows = [_text_safe(items[n].params) for n in upserts]
+    written = {r[0] for r in await conn.fetch(_UPSERT_TASKS, *map(list, zip(*rows, strict=True)))}
+    for n in upserts:
+        out[n] = _text_safe(items[n].params[:1])[0] in written
+    return out
 
 
 async def _ours_already(conn: asyncpg.Connection, item: Write) -> bool:

@@ -182,3 +182,23 @@ async def test_a_row_the_database_refuses_fails_alone(store: Store) -> None:
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], Exception)
     assert await store.count("tasks") == 2
+
+
+async def test_the_fence_holds_for_rows_committed_together(store: Store) -> None:
+    """A group of upserts (one statement on PostgreSQL) answers row by row."""
+    await store.save_task(task("tsk_low", fence=5, content="kept"))
+    await store.save_task(task("tsk_high", fence=5, content="old"))
+    before = store.transactions
+    results = await asyncio.gather(
+        store.save_task(task("tsk_low", fence=3, content="stale")),
+        store.save_task(task("tsk_high", fence=7, content="new")),
+        store.save_task(task("tsk_fresh", fence=1, content="fresh", prompt_tokens=None)),
+        store.save_batch(BatchRow(id="bat_9", size=3, reason="size", processor="p",
+                                  created_at=1, claimed_at=2, completed_at=None)))
+    assert results == [False, True, True, True]
+    assert store.transactions == before + 1  # they did share one transaction
+    contents = {i: (await store.get_task(i))["content"]  # type: ignore[index]
+                for i in ("tsk_low", "tsk_high", "tsk_fresh")}
+    assert contents == {"tsk_low": "kept", "tsk_high": "new", "tsk_fresh": "fresh"}
+    assert await store.get_task("tsk_fresh") == asdict(
+        task("tsk_fresh", fence=1, content="fresh", prompt_tokens=None))
