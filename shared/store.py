@@ -181,6 +181,10 @@ class Store(ABC):
                 items, self._pending = self._pending, []
                 try:
                     results = await self._commit(items)
+                except asyncio.CancelledError:  # close() gave up on the database
+                    for item in items:
+                        _settle(item, StoreUnavailable("the store was closed"))
+                    raise
                 except StoreUnavailable as exc:  # handed to every waiting writer
                     for item in items:
                         _settle(item, exc)

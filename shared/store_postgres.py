@@ -115,6 +115,7 @@ class PostgresStore(Store):
         self.url, self.pool_size, self.patience_s = url, pool_size, patience_s
         self._pool: asyncpg.Pool | None = None
         self.failures = 0  # transient errors met so far (each one retried or reported)
+        self.close_wait_s = CLOSE_WAIT_S
 
     async def open(self) -> None:
         timeout = CONNECT_TIMEOUT_S if self.patience_s is None else \
@@ -134,7 +135,7 @@ class PostgresStore(Store):
         task = self._flush_task
         if task is not None and not task.done():
             try:
-                await asyncio.wait_for(asyncio.shield(task), CLOSE_WAIT_S)
+                await asyncio.wait_for(asyncio.shield(task), self.close_wait_s)
             except TimeoutError:
                 task.cancel()
                 lost = self._pending

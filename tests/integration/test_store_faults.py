@@ -95,3 +95,19 @@ async def test_a_connection_cut_mid_transaction_reruns_the_whole_step(pg_url: st
     finally:
         await holder.close()
         await store.close()
+
+
+async def test_closing_during_an_outage_gives_pending_writes_an_error_not_a_hang(
+        own_postgres: PostgresServer) -> None:
+    """A processor stopping while the database is away: its unwritten results fail (the
+    tasks stay unfinished in Redis, for another processor to take over), close() returns."""
+    url = await asyncio.to_thread(own_postgres.new_database)
+    store = await opened(url, patience_s=None)
+    store.close_wait_s = 0.5
+    own_postgres.kill()
+    saving = asyncio.gather(*(store.save_task(task(f"tsk_{i}")) for i in range(3)),
+                            return_exceptions=True)
+    await until(lambda: store.failures >= 1, 30, "the write to be retried")
+    await asyncio.wait_for(store.close(), 15)
+    results = await asyncio.wait_for(saving, 5)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
