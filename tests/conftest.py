@@ -1,4 +1,9 @@
-"""Shared fixtures: a real redis-server for the session, and the whole stack on demand."""
+"""Shared fixtures: a real redis-server for the session, and the whole stack on demand.
+
+Every test is marked with its layer, the folder it lives in (``tests/chaos`` -> ``chaos``), so
+``-m`` selects by layer. A ``pytestmark`` in a conftest.py would mark nothing: pytest reads it
+only from test modules.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ STORES = tuple(s.strip() for s in os.environ.get("TEST_STORES", "sqlite,postgres
                if s.strip())
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
     nothing of its own) run on the first of STORES only, to keep `make test` short;
     TEST_EVERY_STORE=1 runs them on every store too."""
@@ -35,6 +40,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+LAYERS = ("unit", "integration", "e2e", "chaos")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS_DIR).parts
+        if len(parts) < 2 or parts[0] not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of the folders "
+                                    f"tests/{{{','.join(LAYERS)}}}, which name its layer")
+        item.add_marker(parts[0])
+    _first_store_only(config, items)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = redis_conn.connect(settings.common.redis_url)
     # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
-    store = make_store(settings.common.store_url, pool_size=settings.common.store_pool_size,
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
                        patience_s=STORE_PATIENCE_S)
     try:
         await store.open()

@@ -22,7 +22,7 @@ async def serve(settings: ProcessorSettings) -> None:
     redis = redis_conn.connect(settings.common.redis_url, wait=True,
                                max_connections=min(settings.concurrency + 32, 96))
     # patience_s=None: a finished result is retried until the store takes it, never dropped.
-    store = make_store(settings.common.store_url, pool_size=settings.common.store_pool_size,
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
                        patience_s=None)
     http = make_http(settings)
     try:

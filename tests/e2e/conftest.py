@@ -13,5 +13,4 @@ def _on_each_store(stack_store: str) -> str:
     return stack_store
 
 
-pytestmark = pytest.mark.e2e
 __all__ = ["Api", "rows"]

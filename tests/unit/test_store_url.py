@@ -14,13 +14,13 @@ def common(**env: str) -> Common:
 
 
 def test_the_default_is_the_embedded_sqlite_file() -> None:
-    assert common().store_url == "./data/sluice.db"
-    assert sqlite_path(common().store_url) == "./data/sluice.db"
+    assert common().store_url.get() == "./data/sluice.db"
+    assert sqlite_path(common().store_url.get()) == "./data/sluice.db"
 
 
 def test_store_path_is_an_alias_of_store_url() -> None:
-    assert common(STORE_PATH="/data/s.db").store_url == "/data/s.db"
-    assert common(STORE_PATH="/data/s.db", STORE_URL="/data/s.db").store_url == "/data/s.db"
+    assert common(STORE_PATH="/data/s.db").store_url.get() == "/data/s.db"
+    assert common(STORE_PATH="/data/s.db", STORE_URL="/data/s.db").store_url.get() == "/data/s.db"
     with pytest.raises(ConfigError, match="STORE_URL and STORE_PATH"):
         common(STORE_PATH="/data/a.db", STORE_URL="/data/b.db")
 
@@ -30,7 +30,7 @@ def test_store_path_is_an_alias_of_store_url() -> None:
     ("relative/s.db", "relative/s.db"), ("postgresql://u:p@db:5432/sluice", None),
     ("postgres://db/sluice?sslmode=verify-full&sslrootcert=/ca.pem", None)])
 def test_urls_name_a_backend(url: str, path: str | None) -> None:
-    assert sqlite_path(common(STORE_URL=url).store_url) == path
+    assert sqlite_path(common(STORE_URL=url).store_url.get()) == path
 
 
 @pytest.mark.parametrize("url", ["mysql://db/x", "sqlite:///", "postgresql://"])
