@@ -19,7 +19,7 @@ from shared.store import make_store
 
 
 async def serve(settings: ProcessorSettings) -> None:
-    redis = redis_conn.connect(settings.common.redis_url, wait=True,
+    redis = redis_conn.connect(settings.common.redis_url, wait_s=None,
                                max_connections=min(settings.concurrency + 32, 96))
     # patience_s=None: a finished result is retried until the store takes it, never dropped.
     store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
