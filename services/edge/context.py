@@ -12,7 +12,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.steps import Steps
-from shared.store import Store
+from shared.store import Store, make_store
 
 
 @dataclass(slots=True)
@@ -28,6 +28,7 @@ SETTINGS = web.AppKey("settings", EdgeSettings)
 EDGE = web.AppKey("edge", Edge)
 # The task a request created or named, for the one summary line per request.
 TASK_ID_KEY = web.RequestKey("task_id", str)
+STORE_PATIENCE_S = 1.0
 
 
 def edge_of(request: web.Request) -> Edge:
@@ -39,7 +40,9 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     redis = redis_conn.connect(settings.common.redis_url,
                                max_connections=settings.redis_connections,
                                wait_s=settings.redis_wait_s)
-    store = Store(settings.common.store_path)
+    # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
+                       patience_s=STORE_PATIENCE_S)
     try:
         await store.open()
         try:

@@ -15,13 +15,15 @@ from shared.runtime import (
     on_stop_signals,
     settings_or_exit,
 )
-from shared.store import Store
+from shared.store import make_store
 
 
 async def serve(settings: ProcessorSettings) -> None:
     redis = redis_conn.connect(settings.common.redis_url, wait_s=None,
                                max_connections=min(settings.concurrency + 32, 96))
-    store = Store(settings.common.store_path)
+    # patience_s=None: a finished result is retried until the store takes it, never dropped.
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
+                       patience_s=None)
     http = make_http(settings)
     try:
         await store.open()

@@ -51,7 +51,7 @@ async def running_edge(redis_url: str, tmp: Path, **env: str) -> AsyncIterator[E
     await client.start_server()
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        yield EdgeUnderTest(client, settings, r, Path(settings.common.store_path))
+        yield EdgeUnderTest(client, settings, r, Path(settings.common.store_url.get()))
     finally:
         await client.close()
         await r.aclose()
