@@ -104,6 +104,22 @@ def _retry_locked(fn: Callable[[], T], attempts: int = 50) -> T:
     raise AssertionError("unreachable")
 
 
+# SQLite's own names for "the file is not a usable database": nothing written to it will stick.
+_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # with their extended codes (_CORRUPT_INDEX)
+
+
+def store_broken(exc: BaseException) -> bool:
+    """The store file is corrupt or not a database: a service cannot go on with it."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return isinstance(exc, sqlite3.DatabaseError) and name.startswith(_BROKEN)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """The store cannot take writes right now (disk full, an I/O error, read-only, locked too
+    long), but may again: worth waiting for, unlike a corrupt file or a bad value."""
+    return isinstance(exc, sqlite3.OperationalError) and not store_broken(exc)
+
+
 def _transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
     def run() -> T:
         conn.execute("BEGIN IMMEDIATE")

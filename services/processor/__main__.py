@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import logs, redis_conn
@@ -13,6 +11,7 @@ from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
 from shared.store import Store
@@ -45,7 +44,7 @@ def main() -> None:
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)
     install_uvloop()
-    asyncio.run(serve(settings))
+    run_service("processor", serve(settings))
 
 
 if __name__ == "__main__":
