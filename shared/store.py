@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,8 +229,15 @@ class Store:
                 items, self._pending = self._pending, []
                 try:
                     results = await loop.run_in_executor(self._writer, self._write_many, items)
-                except Exception as exc:  # handed to every waiting writer
-                    for item in items:
+                except Exception as exc:
+                    if len(items) > 1 and not store_unavailable(exc) and not store_broken(exc):
+                        # One row the database refuses (a bad value) must not fail the rows
+                        # that shared its transaction: write each alone.
+                        for item in items:
+                            await self._settle(item, loop.run_in_executor(
+                                self._writer, self._write_many, [item]))
+                        continue
+                    for item in items:  # handed to every waiting writer
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
@@ -239,6 +246,17 @@ class Store:
                         item.future.set_result(ok)
         finally:
             self._flushing = False
+
+    @staticmethod
+    async def _settle(item: _Write, work: Awaitable[list[bool]]) -> None:
+        try:
+            [ok] = await work
+        except Exception as exc:
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        if not item.future.done():
+            item.future.set_result(ok)
 
     def _write_many(self, items: Iterable[_Write]) -> list[bool]:
         conn = self._wconn
