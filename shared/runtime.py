@@ -23,6 +23,16 @@ ABORT_GRACE_S = 5.0
 _armed = threading.Lock()
 
 
+class Refusal(Exception):
+    """A reason not to start, said in one line (the process exits with status 2)."""
+
+
+def refuse(service: str, exc: Refusal) -> None:
+    log.error("refused_to_start", service=service, reason=str(exc))
+    print(f"sluice {service}: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def exit_soon(reason: str, grace_s: float = ABORT_GRACE_S) -> None:
     """Hard-exit the process (status 1) in ``grace_s`` unless it has ended by then.
 
@@ -74,6 +84,8 @@ def run_service(service: str, main: Coroutine[Any, Any, None]) -> None:
     (within :data:`ABORT_GRACE_S` even if clean-up hangs)."""
     try:
         asyncio.run(main)
+    except Refusal as exc:
+        refuse(service, exc)
     except Exception as exc:
         log.critical("service_exiting", service=service, error=repr(exc), exc_info=exc)
         exit_soon(f"{service} failed: {exc!r}")

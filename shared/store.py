@@ -270,7 +270,20 @@ class Store:
         self.transactions += 1
         return out
 
+    async def put_meta(self, key: str, value: str, *, replace: bool = True) -> bool:
+        """Set one fact about the store (``replace=False``: only when it has none)."""
+        conflict = "DO UPDATE SET value = excluded.value" if replace else "DO NOTHING"
+        return await self._write(
+            f"INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) {conflict}",
+            (key, value))
+
     # --- reads -------------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        def q(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return str(row[0]) if row else None
+        return await self._read(q)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._rconn
         assert conn is not None, "store not opened"

@@ -13,6 +13,7 @@ from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.steps import Steps
 from shared.store import Store
+from shared.store_check import StoreCheck, check_identity
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Edge:
     steps: Steps
     keys: Keys
     store: Store
+    store_check: StoreCheck
 
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
@@ -40,13 +42,15 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     store = Store(settings.common.store_path)
     try:
         await store.open()
+        keys = Keys(settings.common.redis_prefix)
         try:
             await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
             await redis_conn.warn_if_unsafe(redis)
+            await check_identity(store, redis, keys)
         except RuntimeError:
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
-        keys = Keys(settings.common.redis_prefix)
-        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store)
+        check = StoreCheck(store, settings.store_check_interval_s)
+        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)
         yield
     finally:
         await redis.aclose()

@@ -30,6 +30,7 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    store_check_interval_s: float  # /api/health's write probe and quick_check, at most this often
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -54,6 +55,7 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            store_check_interval_s=env.number("STORE_CHECK_INTERVAL_S", 30.0, min_value=0),
         )
 
     @property

@@ -15,6 +15,7 @@ from shared.runtime import (
     settings_or_exit,
 )
 from shared.store import Store
+from shared.store_check import check_identity
 
 
 async def serve(settings: ProcessorSettings) -> None:
@@ -26,6 +27,7 @@ async def serve(settings: ProcessorSettings) -> None:
         await store.open()
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)
+        await check_identity(store, redis, Keys(settings.common.redis_prefix))
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
         await processor.run()

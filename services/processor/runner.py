@@ -341,7 +341,7 @@ class TaskRun:
             batch_id=h.get("batch_id") or self.batch_id, processor=self.deps.processor,
             fence=lease.fence, created_at=int(h["created_at"]),
             started_at=int(h.get("started_at") or completed), completed_at=completed)
-        saved = await self._save(row)
+        saved = await self._save(row, h)
         if not saved:
             log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
                         task_id=self.task_id, fence=lease.fence)
@@ -362,13 +362,15 @@ class TaskRun:
         self.status = status
         return Outcome.DONE
 
-    async def _save(self, row: TaskRow) -> bool | None:
-        """Store the row, waiting out a store that cannot take writes now (disk full, an I/O
-        error) while our lease holds: the answer is kept, not generated again. False: a row
-        with a higher fence is there; None: our lease was lost while we waited."""
+    async def _save(self, row: TaskRow, h: dict[str, str]) -> bool | None:
+        """Store the row (and the task's Idempotency-Key, should the edge have failed to),
+        waiting out a store that cannot take writes now (disk full, an I/O error) while our
+        lease holds: the answer is kept, not generated again. False: a row with a higher
+        fence is there; None: our lease was lost while we waited."""
         delay = 0.5
         while True:
             try:
+                await self._save_idempotency_key(h)
                 return await self.deps.store.save_task(row)
             except Exception as exc:
                 if not store_unavailable(exc):
@@ -380,6 +382,11 @@ class TaskRun:
             if not await until_redis_answers(self._still_ours, "finish", task_id=self.task_id):
                 return None
             row.fence = self.lease.fence if self.lease else row.fence
+
+    async def _save_idempotency_key(self, h: dict[str, str]) -> None:
+        if h.get("idem_key"):
+            await self.deps.store.save_idempotency_key(h.get("tenant", ""), h["idem_key"],
+                                                       self.task_id, h.get("idem_hash", ""))
 
     async def _still_ours(self) -> bool:
         """Whether our lease still holds, asking Redis only when time alone cannot tell."""
@@ -429,6 +436,7 @@ class TaskRun:
         h = await d.steps.task_hash(self.task_id)
         if not h or await d.store.get_task(self.task_id) is not None:
             return
+        await self._save_idempotency_key(h)
         result = tasks.loads_or_none(h.get("result")) or {}
         usage = result.get("usage") or {}
         await d.store.save_task_if_absent(TaskRow(

@@ -17,7 +17,7 @@ import httpx
 
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of
 from tests.client import rows
-from tests.harness import running_stack, wait_for
+from tests.harness import running_stack
 
 POISON = "poison-marker"
 

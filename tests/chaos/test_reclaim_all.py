@@ -1,0 +1,35 @@
+"""Issue 10: a dead processor's batches are all taken over in one pass.
+
+Reclaiming took one batch per RECLAIM_INTERVAL_S (11 batches in 93 s). A processor holding 50
+batches is killed: the survivor takes all of them once their lease has run out, in one scan,
+so they all finish within the lease plus a few seconds, whatever their number."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.conftest import CHAOS_ENV, LEASE_MS, slow, task_hash
+from tests.harness import running_stack, wait_for
+
+BATCHES = 50
+
+
+def test_kill_9_of_a_processor_holding_50_batches(
+        tmp_path: Path, redis_url: str, api_factory: Any) -> None:
+    env = {**CHAOS_ENV, "BATCH_SIZE": "1", "PROCESSOR_CONCURRENCY": "64",
+           "RECLAIM_INTERVAL_S": "1"}
+    with running_stack(tmp_path, redis_url, processors=1, env=env) as stack:
+        api = api_factory(stack.edge_url)
+        [victim] = stack.of("processor")
+        ids = [api.submit(slow(tokens_per_s=10, content_tokens=30)) for _ in range(BATCHES)]
+        wait_for(lambda: all(task_hash(stack, t).get("status") == "running" for t in ids), 30,
+                 f"the one processor to run all {BATCHES} tasks")
+        survivor = stack.start("processor")
+        stack.wait_alive(2, 1)
+        victim.kill(signal.SIGKILL)
+        for task_id in ids:  # the lease, one scan, the answer again (3 s), and margin
+            assert api.wait_terminal(task_id, LEASE_MS / 1000 + 10)["status"] == "succeeded"
+        assert survivor.alive
+        assert survivor.log.read_text().count("reclaimed_batch") == BATCHES
