@@ -21,6 +21,7 @@ log = logs.get("sluice.runtime")
 # How long a service that hit a fatal error may take to stop cleanly before it is killed.
 ABORT_GRACE_S = 5.0
 _armed = threading.Lock()
+_in_service = False  # set by run_service: only a service's own process may be hard-exited
 
 
 class Refusal(Exception):
@@ -39,8 +40,8 @@ def exit_soon(reason: str, grace_s: float = ABORT_GRACE_S) -> None:
     A thread, not a task: it fires however stuck the event loop is (a cancellation swallowed
     by a library, a thread blocked on a file). A service that cannot go on must die so that
     its supervisor restarts it, never linger without its heartbeat."""
-    if not _armed.acquire(blocking=False):
-        return  # armed already
+    if not _in_service or not _armed.acquire(blocking=False):
+        return  # in a test's process (burst mode), or armed already
 
     def fire() -> None:
         log.critical("hard_exit", reason=reason, after_s=grace_s)
@@ -82,6 +83,8 @@ class ServiceGroup(asyncio.TaskGroup):
 def run_service(service: str, main: Coroutine[Any, Any, None]) -> None:
     """``asyncio.run(main)``; an error that ends it is logged and the process exits with 1
     (within :data:`ABORT_GRACE_S` even if clean-up hangs)."""
+    global _in_service
+    _in_service = True
     try:
         asyncio.run(main)
     except Refusal as exc:

@@ -255,12 +255,13 @@ class Steps:
         raise _unexpected("retry", outcome)
 
     # --- coordinator ------------------------------------------------------------------------
-    async def batch(self, mode: Literal["add", "timer", "idle"], *, now: int,
+    async def batch(self, mode: Literal["add", "timer", "idle", "flush"], *, now: int,
                     policy: BatchPolicy,
                     entries: Sequence[tuple[str, str]] = ()) -> BatchState:
         """``batch.lua``: add tasks to the open batch (``add``, acknowledging their tasks-stream
-        entries), flush it when full, when its timer is due (``timer``), or at once when
-        processors have spare slots (any mode, when adaptive).
+        entries), flush it when full, when its timer is due (``timer``), at once whatever its
+        size and timer (``flush``: the end of a coordinator's burst), or at once when processors
+        have spare slots (any mode, when adaptive).
 
         KEYS: open batch, deadline, batches stream, tasks stream, batch sequence, backlog,
         processors' free slots, processors' heartbeats, stats.

@@ -75,12 +75,26 @@ class Coordinator:
             await self.steps.batch("add", now=now_ms(), policy=self.policy,
                                    entries=pairs[start:start + READ_COUNT])
 
-    async def _intake_once(self) -> None:
+    async def run_burst(self) -> None:
+        """Place every task the tasks stream holds, flush the open batch whatever its size and
+        timer, and return (arq's burst mode): tests run the real intake in process and need
+        not wait for a timer. The services never call it."""
+        await self._ensure_groups()
+        while await self._intake_once(block_ms=None):
+            pass
+        await self.steps.batch("flush", now=now_ms(), policy=self.policy)
+
+    async def _intake_once(self, block_ms: int | None = 1000) -> int:
+        """Read and place new tasks; returns how many entries were read."""
         reply: Any = await self.redis.xreadgroup(
-            TASKS_GROUP, self.name, {self.keys.tasks_stream: ">"}, count=READ_COUNT, block=1000)
+            TASKS_GROUP, self.name, {self.keys.tasks_stream: ">"}, count=READ_COUNT,
+            block=block_ms)
+        read = 0
         for _stream, entries in reply or []:
             if entries:
+                read += len(entries)
                 await self.add(entries)
+        return read
 
     async def flush(self, mode: Literal["timer", "idle"]) -> int:
         """Flush by 'timer' or 'idle' under the flush lock; returns batches flushed."""

@@ -9,6 +9,7 @@ failing write, or by the transport poll in `_sleep` during long waits.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import itertools
 import secrets
@@ -124,12 +125,15 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
         n_content, finish_reason = req.max_tokens, "length"
     ttft_ms = settings.ttft_ms if mock.ttft_ms is None else mock.ttft_ms
     rate = settings.tokens_per_s if mock.tokens_per_s is None else mock.tokens_per_s
+    seed = req.prompt.seed
+    if mock.vary:  # the request id is unique, so every call answers other words
+        seed = hashlib.blake2b(seed + cid.encode(), digest_size=16).digest()
     return Plan(
         cid=cid,
         created=int(time.time()),
         model=req.model or settings.model,
-        reasoning=reasoning_tokens(req.prompt.seed, n_reasoning),
-        content=content_tokens(req.prompt.seed, n_content),
+        reasoning=reasoning_tokens(seed, n_reasoning),
+        content=content_tokens(seed, n_content),
         finish_reason=finish_reason,
         usage=usage(req.prompt.words, n_reasoning, n_content),
         include_usage=req.include_usage,

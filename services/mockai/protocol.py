@@ -59,7 +59,7 @@ def status_error_defaults(status: int) -> tuple[str, str | None]:
 # --- request ---------------------------------------------------------------------------
 
 _MOCK_KEYS = frozenset(
-    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag"}
+    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag", "vary"}
 )
 
 
@@ -73,6 +73,8 @@ class MockOptions:
     reasoning_tokens: int | None = None
     tag: str | None = None
     fault: object = None  # raw spec; parsed by faults.parse_fault
+    # Other words on every call, as a real provider at temperature > 0 answers a retry.
+    vary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,9 @@ def _parse_mock(metadata: object) -> MockOptions:
     tag = mock.get("tag")
     if tag is not None and not isinstance(tag, str):
         raise RequestError("metadata.mock.tag must be a string")
+    vary = mock.get("vary", False)
+    if not isinstance(vary, bool):
+        raise RequestError("metadata.mock.vary must be a boolean")
     return MockOptions(
         ttft_ms=_nonneg_number(mock, "ttft_ms"),
         tokens_per_s=_nonneg_number(mock, "tokens_per_s"),
@@ -132,6 +137,7 @@ def _parse_mock(metadata: object) -> MockOptions:
         reasoning_tokens=_token_count(mock, "reasoning_tokens"),
         tag=tag,
         fault=mock.get("fault"),
+        vary=vary,
     )
 
 

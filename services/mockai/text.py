@@ -1,6 +1,7 @@
 """Deterministic answer text.
 
-The same messages always produce the same words, so tests can assert exact output and
+The same messages always produce the same words (unless `metadata.mock.vary` asks for other
+words on every call, as a real provider's retry gives), so tests can assert exact output and
 benchmarks compare like with like. Words are picked from SHAKE-128 output keyed by a hash
 of the prompt: it is fast, needs no RNG state, and because SHAKE is an extendable-output
 function a shorter answer is always a prefix of a longer one (max_tokens truncation and

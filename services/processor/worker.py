@@ -28,6 +28,8 @@ from shared.store import BatchRow, Store, store_broken
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
+POLL_S = 1.0  # a blocking read or pub/sub wait returns this often to look at `stopping`
+BURST_POLL_S = 0.01  # in burst mode: the run ends a few ms after its work does
 
 
 class Processor:
@@ -61,12 +63,19 @@ class Processor:
         self._batches: set[asyncio.Task[None]] = set()
         self._report_due = asyncio.Event()
         self._taken = 0
+        self._burst = False
+        self._poll_s = POLL_S
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
-    async def run(self) -> None:
+    async def run(self, *, burst: bool = False) -> None:
+        """Run until stopped. ``burst`` (arq's burst mode, for tests that run the real loop in
+        process): stop by itself, draining as on a signal, once no batch entry is new or
+        pending and nothing is in flight."""
+        if burst:
+            self._burst, self._poll_s = True, BURST_POLL_S
         await self._ensure_group()
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with ServiceGroup() as tg:
@@ -142,10 +151,23 @@ class Processor:
         if self.stopping.is_set():
             return
         reply: Any = await self.redis.xreadgroup(
-            BATCHES_GROUP, self.name, {self.keys.batches_stream: ">"}, count=1, block=1000)
+            BATCHES_GROUP, self.name, {self.keys.batches_stream: ">"}, count=1,
+            block=int(self._poll_s * 1000))
+        read = False
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
+                read = True
                 await self._start(entry_id, fields, fresh=True)
+        if self._burst and not read and await self._idle():
+            self.stop()
+
+    async def _idle(self) -> bool:
+        """Nothing in flight here, and no batch entry read but not yet acknowledged by anyone
+        (a dead processor's entries are pending until reclaimed)."""
+        if self._batches or self.runs:
+            return False
+        pending = await self.redis.xpending(self.keys.batches_stream, BATCHES_GROUP)
+        return not pending["pending"]
 
     async def _reclaim_once(self) -> None:
         """Take over batch entries whose processor stopped renewing them (it died): all we
@@ -277,7 +299,7 @@ class Processor:
         try:
             while not self.stopping.is_set():
                 cancel_if_asked()
-                message = await pubsub.get_message(timeout=1.0)
+                message = await pubsub.get_message(timeout=self._poll_s)
                 if message is not None:
                     run = self.runs.get(str(message["data"]))
                     if run is not None:

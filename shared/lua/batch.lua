@@ -1,10 +1,11 @@
 -- The batcher: add tasks to the open batch, flush it when full, when its timer is due, or at
 -- once when processors have free capacity. One script, so every task lands in exactly one batch
--- however many coordinators run and whenever one of them dies.
+-- however many coordinators run and whenever one of them dies. Mode 'flush' flushes at once
+-- whatever the size and timer: a coordinator's burst (tests) ends with it.
 -- KEYS[1] open batch list, KEYS[2] deadline, KEYS[3] batches stream, KEYS[4] tasks stream,
 -- KEYS[5] batch sequence, KEYS[6] backlog counter, KEYS[7] processors' free slots hash,
 -- KEYS[8] processors' heartbeat zset, KEYS[9] stats hash
--- ARGV[1] mode: 'add' | 'timer' | 'idle', ARGV[2] now (ms), ARGV[3] batch size,
+-- ARGV[1] mode: 'add' | 'timer' | 'idle' | 'flush', ARGV[2] now (ms), ARGV[3] batch size,
 -- ARGV[4] batch timeout (ms), ARGV[5] adaptive '1'|'0', ARGV[6] coordinators' group,
 -- ARGV[7] task key prefix, ARGV[8] events key prefix, ARGV[9] channel to announce a new timer,
 -- ARGV[10] processors' group, ARGV[11..] pairs of (tasks stream entry id, task id) for 'add'
@@ -82,6 +83,8 @@ if mode == 'add' then
 elseif mode == 'timer' then
   local due = tonumber(redis.call('GET', deadline_key) or '0')
   if due > 0 and due <= now then flush('timer') end
+elseif mode == 'flush' then
+  flush('forced')
 end
 if ARGV[5] == '1' and redis.call('LLEN', open) > 0 and spare_capacity() > 0 then
   flush('idle')

@@ -177,6 +177,20 @@ async def test_deterministic_and_prompt_dependent(base: str, client: httpx.Async
     assert d[1] == a[1] and a[0].startswith(d[0])
 
 
+async def test_vary_answers_each_call_differently(base: str, client: httpx.AsyncClient) -> None:
+    """What a real provider at temperature > 0 does on a retry: the same prompt, other words."""
+    url = f"{base}/v1/chat/completions"
+    calls = [split_stream(sse_events((await client.post(url, json=body(**mock(vary=True)))).text))
+             for _ in range(3)]
+    plain = split_stream(sse_events((await client.post(url, json=body())).text))
+    assert len({c[1] for c in calls} | {plain[1]}) == 4
+    assert len({c[0] for c in calls} | {plain[0]}) == 4
+    assert all(len(c[1].split()) == len(plain[1].split()) for c in calls)
+    bad = await client.post(url, json=body(**mock(vary=1)))
+    assert bad.status_code == 400
+    assert bad.json()["error"]["message"] == "metadata.mock.vary must be a boolean"
+
+
 async def test_max_tokens_truncates_with_length(base: str, client: httpx.AsyncClient) -> None:
     url = f"{base}/v1/chat/completions"
     full = split_stream(sse_events((await client.post(url, json=body())).text))[1]

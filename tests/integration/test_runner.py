@@ -1,0 +1,124 @@
+"""TaskRun in process: the real runner, its real dependencies (Processor.deps: typed steps on a
+real Redis, a real SQLite store, the real provider client) and the real mock provider over HTTP,
+its faults asked for in metadata.mock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from services.processor.assembler import ProviderError
+from services.processor.runner import Outcome, TaskRun
+from services.processor.worker import Processor
+from tests.integration.kit import (
+    BURST_TIMEOUT_S,
+    QUIET,
+    Core,
+    contents,
+    deltas,
+    events,
+    mid_stream,
+    until,
+)
+
+
+async def run_task(core: Core, task_id: str, processor: Processor | None = None) -> Outcome:
+    run = TaskRun((processor or core.processor()).deps, task_id, "b-test")
+    async with asyncio.timeout(BURST_TIMEOUT_S):
+        return await run.run()
+
+
+async def test_a_run_streams_stores_and_finishes_the_task(core: Core) -> None:
+    tid = await core.submit({"content_tokens": 6, **QUIET})
+    assert await run_task(core, tid) is Outcome.DONE
+    [call] = await core.mock_requests()
+    row = await core.store.get_task(tid)
+    assert row is not None
+    assert (row["status"], row["content"], row["attempts"], row["fence"]) == (
+        "succeeded", call["content"], 1, 1)
+    h = await core.redis.hgetall(core.keys.task(tid))
+    assert h["status"] == "succeeded"
+    assert orjson.loads(h["result"])["content"] == call["content"]
+    evs = await events(core.redis, core.keys, tid)
+    assert [k for k, _d in evs if k != "content"] == ["status", "status", "done"]
+    assert deltas(evs) == call["content"]
+    assert evs[-1][1]["result"]["content"] == call["content"]
+    assert await core.redis.exists(core.keys.lease(tid)) == 0
+
+
+@pytest.mark.parametrize("found_by", ["renewal", "emit"])
+async def test_a_stolen_lease_ends_the_run_lost_and_it_writes_nothing(
+        core: Core, found_by: str) -> None:
+    # "renewal": the stream stalls after 2 tokens, so only the lease keeper's renewal can find
+    # the loss; "emit": the stream goes on, and the next emit finds it.
+    mock = ({"fault": {"stall_after": 2, "stall_s": 60}} if found_by == "renewal"
+            else {"content_tokens": 2000, "tokens_per_s": 200})
+    tid = await core.submit({**mock, **QUIET})
+    processor = core.processor()
+    run = asyncio.create_task(run_task(core, tid, processor))
+    await mid_stream(core, tid)
+    await core.redis.set(core.keys.lease(tid), "thief")
+    after_theft = await contents(core.redis, core.keys)
+    if found_by == "renewal":
+        await processor.leases.renew_all()
+    assert await run is Outcome.LOST
+    assert await contents(core.redis, core.keys) == after_theft
+    assert await core.store.get_task(tid) is None
+    assert await core.redis.hget(core.keys.task(tid), "status") == "running"
+
+    async def upstream_closed() -> bool:
+        [call] = await core.mock_requests()
+        return bool(call["outcome"] == "disconnected")
+    await until(upstream_closed)  # the upstream call was closed, not left to run
+
+
+async def test_backoff_honours_retry_after_capped_by_its_setting(core: Core) -> None:
+    run = TaskRun(core.processor(RETRY_AFTER_CAP_S="2", RETRY_BASE_S="1",
+                                 RETRY_CAP_S="30").deps, "tsk_x", "b")
+    def busy(retry_after: float | None) -> ProviderError:
+        return ProviderError("slow down", status=429, retry_after=retry_after)
+    assert run.backoff(1, busy(0.5)) == 0.5
+    assert run.backoff(3, busy(86_400)) == 2.0  # defect 1: this was 86400
+    assert run.backoff(1, busy(0)) == 0.0
+    # Without Retry-After: exponential, jittered down to half, capped by RETRY_CAP_S.
+    assert 0.5 <= run.backoff(1, busy(None)) <= 1.0
+    assert 4.0 <= run.backoff(4, busy(None)) <= 8.0
+    assert 15.0 <= run.backoff(20, busy(None)) <= 30.0
+
+
+@pytest.mark.parametrize(("retry_after", "cap_s", "waited_s"), [
+    ("0.3", "60", 0.3),     # honoured as sent (the exponential backoff would be 10 ms)
+    ("86400", "0.2", 0.2),  # a day, capped: the run finishes within the test's guard
+])
+async def test_a_429_with_retry_after_is_retried_after_the_capped_wait(
+        core: Core, retry_after: str, cap_s: str, waited_s: float) -> None:
+    tid = await core.submit({**QUIET, "content_tokens": 3, "fault": {
+        "status": 429, "retry_after": retry_after, "times": 1}})
+    processor = core.processor(RETRY_AFTER_CAP_S=cap_s, RETRY_BASE_S="0.01")
+    assert await run_task(core, tid, processor) is Outcome.DONE
+    first, second = await core.mock_requests()
+    assert (first["status"], second["status"]) == (429, 200)
+    assert second["started_monotonic"] - first["finished_monotonic"] >= waited_s
+    row = await core.store.get_task(tid)
+    assert row is not None and (row["status"], row["attempts"]) == ("succeeded", 2)
+
+
+async def test_a_diverging_retry_stores_the_new_answer_and_tells_clients_to_reset(
+        core: Core) -> None:
+    # A real provider at temperature > 0 answers a retry with other words: attempt 1 is cut
+    # after 3 tokens, attempt 2 says something else.
+    tid = await core.submit({**QUIET, "content_tokens": 8, "vary": True,
+                             "fault": {"cut_after": 3, "times": 1}})
+    assert await run_task(core, tid) is Outcome.DONE
+    first, second = await core.mock_requests()
+    assert first["outcome"] == "cut" and first["content_tokens_sent"] == 3
+    assert not second["content"].startswith(first["content"])  # it really diverged
+    row = await core.store.get_task(tid)
+    assert row is not None and (row["content"], row["attempts"]) == (second["content"], 2)
+    evs = await events(core.redis, core.keys, tid)
+    reset = evs.index(("reset", {"attempt": 2}))
+    assert deltas(evs[:reset]) == first["content"]
+    assert deltas(evs[reset:]) == second["content"]
+    assert evs[-1][0] == "done" and evs[-1][1]["result"]["content"] == second["content"]
