@@ -8,13 +8,14 @@ error could wait forever on a task whose cancellation redis-py had swallowed (Py
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.keys import Keys
-from tests.chaos.conftest import CHAOS_ENV, client
+from tests.chaos.conftest import CHAOS_ENV, client, mock_records, slow, tag_of
 from tests.harness import running_stack, wait_for
 
 
@@ -35,3 +36,31 @@ def test_a_service_that_cannot_go_on_exits_non_zero(
             wait_for(lambda svc=svc: not svc.alive, 30, f"{svc.name} to exit")
             assert svc.proc.returncode != 0, svc.tail()
             assert "service_exiting" in svc.log.read_text()  # the error, logged
+
+
+def test_a_processor_stuck_while_stopping_is_hard_exited(
+        tmp_path: Path, redis_url: str, api_factory: Any) -> None:
+    """The backstop: a processor whose store write is stuck (the file locked by someone else)
+    meets a fatal error. Its clean-up would wait on the store for minutes (busy timeout and
+    retries); the watchdog ends it a few seconds after the abort began."""
+    with running_stack(tmp_path, redis_url, processors=1, env=CHAOS_ENV) as stack:
+        api = api_factory(stack.edge_url)
+        [proc] = stack.of("processor")
+        lock = sqlite3.connect(stack.store_path, isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # no one else may write until we let go
+            body = slow(tokens_per_s=200, content_tokens=5)
+            api.submit(body)
+            wait_for(lambda: [r for r in mock_records(stack, tag_of(body))
+                              if r.get("outcome") == "completed"], 30,
+                     "the answer to be done, its row waiting on the locked store")
+            keys = Keys(stack.prefix)
+            with client(stack) as r:
+                r.delete(keys.batches_stream)
+                r.set(keys.batches_stream, "not a stream")
+            wait_for(lambda: not proc.alive, 20, "the stuck processor to be ended")
+            assert proc.proc.returncode == 1
+            assert "hard_exit" in proc.log.read_text()
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()

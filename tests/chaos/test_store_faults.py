@@ -109,7 +109,6 @@ def test_a_corrupt_store_stops_a_processor_and_is_reported(
         api = api_factory(stack.edge_url)
         assert api.wait_terminal(api.submit({"prompt": "one"}), 30)["status"] == "succeeded"
         [running] = stack.of("processor")
-        running.kill(signal.SIGTERM)
         conn = sqlite3.connect(stack.store_path)  # every page into the main file, as a
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # checkpoint puts them in time
         conn.close()
@@ -117,6 +116,13 @@ def test_a_corrupt_store_stops_a_processor_and_is_reported(
         with stack.store_path.open("r+b") as f:  # garbage over every page but the first
             f.seek(4096)
             f.write(os.urandom(size - 4096))
+        # The running processor either still writes (its cached pages) or exits: never hangs.
+        task_id = api.submit({"prompt": "two"})
+        wait_for(lambda: (not running.alive and running.proc.returncode not in (0, None))
+                 or api.get(task_id)["status"] in ("succeeded", "failed"), 30,
+                 "the processor to finish the task or to exit")
+        if running.alive:
+            running.kill(signal.SIGTERM)
         health = _health(stack)
         assert health.status_code == 503
         assert health.json()["checks"]["store"].startswith("down: corrupt"), health.text
