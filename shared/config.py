@@ -205,6 +205,7 @@ class Provider:
     ai_model: str
     ai_timeout_s: float
     ai_idle_timeout_s: float
+    ai_max_line_bytes: int
     is_mock: bool
 
     @classmethod
@@ -216,5 +217,7 @@ class Provider:
             ai_model=env.text("AI_MODEL", "mock-r1" if base is None else "deepseek-reasoner"),
             ai_timeout_s=env.number("AI_TIMEOUT_S", 300.0, min_value=0.1),
             ai_idle_timeout_s=env.number("AI_IDLE_TIMEOUT_S", 120.0, min_value=0.1),
+            # 1 MiB: see services.processor.sse.MAX_LINE_BYTES.
+            ai_max_line_bytes=env.integer("AI_MAX_LINE_BYTES", 1 << 20, min_value=1024),
             is_mock=base is None or env.flag("AI_FORWARD_METADATA", False),
         )

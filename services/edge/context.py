@@ -10,7 +10,7 @@ from aiohttp import web
 from services.edge.settings import EdgeSettings
 from shared import redis_conn
 from shared.keys import Keys
-from shared.redis_conn import RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import Steps
 from shared.store import Store
 from shared.store_check import StoreCheck, check_identity
@@ -47,7 +47,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
             await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
             await redis_conn.warn_if_unsafe(redis)
             await check_identity(store, redis, keys)
-        except RuntimeError:
+        except (RuntimeError, *WAIT_OUT):
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
         check = StoreCheck(store, settings.store_check_interval_s)
         app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)

@@ -9,6 +9,7 @@ failing write, or by the transport poll in `_sleep` during long waits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -22,10 +23,12 @@ import structlog
 from aiohttp import web
 
 from .faults import (
+    AnswerShape,
     Fault,
     FaultCounters,
     FaultKind,
     FaultSpecError,
+    bad_answer,
     parse_fault,
     parse_fault_header,
 )
@@ -232,8 +235,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     if fault is not None and fault.kind is FaultKind.STATUS:
         return _status_fault(rec, fault, headers)
+    if fault is not None and fault.kind is FaultKind.ANSWER:
+        return await _bad_answer(request, rec, fault, headers)
 
     plan = _plan(settings, req, cid)
+    if fault is not None and fault.kind is FaultKind.USAGE:
+        plan = dataclasses.replace(plan, usage=fault.usage or {})
     rec.set_tokens(plan.reasoning, plan.content)
     stream = (
         req.stream
@@ -266,6 +273,32 @@ def _status_fault(rec: RequestRecord, fault: Fault, headers: dict[str, str]) -> 
         headers["Retry-After"] = fault.retry_after
     rec.finish("error_status", fault.status)
     return _json(body, fault.status, headers)
+
+
+# An endless line is written in pieces of this size; the client's line cap must stop it.
+ENDLESS_PIECE = b"x" * 65536
+
+
+async def _bad_answer(
+    request: web.Request, rec: RequestRecord, fault: Fault, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A 200 that is no answer (see AnswerShape), whether or not a stream was asked for."""
+    if fault.answer is not AnswerShape.ENDLESS_LINE:
+        content_type, body = bad_answer(fault)
+        rec.finish("bad_answer", 200)
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+    try:
+        await resp.prepare(request)
+        await resp.write(b"data: ")
+        while True:  # until the client gives up and the write (or the cancel) says so
+            await resp.write(ENDLESS_PIECE)
+    except ConnectionError:
+        _client_gone(rec)
+    except asyncio.CancelledError:
+        _client_gone(rec)
+        raise
+    return resp
 
 
 async def _respond_json(

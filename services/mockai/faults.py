@@ -22,6 +22,23 @@ class FaultKind(StrEnum):
     STALL = "stall"  # N content tokens, then silence for stall_s, then carry on
     JSON = "json"  # JSON body even though stream:true was asked
     STREAM_ERROR = "stream_error"  # N content tokens, then an SSE error event, then end
+    ANSWER = "answer"  # a 200 that is no answer, in one of the shapes of AnswerShape
+    USAGE = "usage"  # a normal answer whose usage object is the one given (poison numbers)
+
+
+class AnswerShape(StrEnum):
+    """200 answers that are not answers, each seen from a real server or proxy."""
+
+    EMPTY_JSON = "empty_json"  # application/json `{}`
+    NO_CHOICES = "no_choices"  # application/json `{"status": "ok"}`: a proxy's health page
+    ONLY_DONE = "only_done"  # a stream of only `data: [DONE]`
+    UNPARSEABLE = "unparseable"  # a stream of unparseable `data:` lines, then [DONE]
+    ERROR_DATA = "error_data"  # `data: {"error": {...}}`, then [DONE]
+    ERROR_EVENT = "error_event"  # `event: error` + `data: {"message", "code"}`
+    ERROR_FIELD = "error_field"  # a non-standard `error: {...}` SSE field, then [DONE]
+    ERROR_DONE = "error_done"  # the error object and [DONE] merged in one event
+    OBJECT_ERROR = "object_error"  # vLLM's `data: {"object": "error", "message", "code"}`
+    ENDLESS_LINE = "endless_line"  # `data: xxxx...` with no line end, until the client leaves
 
 
 class FaultSpecError(ValueError):
@@ -35,6 +52,8 @@ _KIND_KEYS: dict[str, tuple[FaultKind, frozenset[str]]] = {
     "stall_after": (FaultKind.STALL, frozenset({"stall_s"})),
     "json": (FaultKind.JSON, frozenset()),
     "error_in_stream_after": (FaultKind.STREAM_ERROR, frozenset({"message"})),
+    "answer": (FaultKind.ANSWER, frozenset({"message", "code"})),
+    "usage": (FaultKind.USAGE, frozenset()),
 }
 _COMMON_KEYS = frozenset({"times", "key"})
 DEFAULT_STALL_S = 3600.0
@@ -53,6 +72,8 @@ class Fault:
     code: str | int | None = None
     after: int = 0  # content tokens sent before a CUT/STALL/STREAM_ERROR fault fires
     stall_s: float = DEFAULT_STALL_S
+    answer: AnswerShape | None = None
+    usage: dict[str, Any] | None = None  # the usage object a USAGE fault answers with
 
 
 def _count(spec: dict[str, Any], name: str) -> int:
@@ -60,6 +81,12 @@ def _count(spec: dict[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise FaultSpecError(f"fault.{name} must be a non-negative integer")
     return value
+
+
+def _code(code: object) -> str | int | None:
+    if code is not None and (isinstance(code, bool) or not isinstance(code, str | int)):
+        raise FaultSpecError("fault.code must be a string or an integer")
+    return code
 
 
 def parse_fault(spec: object) -> Fault:
@@ -105,13 +132,19 @@ def parse_fault(spec: object) -> Fault:
         if error_type is not None and not isinstance(error_type, str):
             raise FaultSpecError("fault.type must be a string")
         fields["error_type"] = error_type
-        code = spec.get("code")
-        if code is not None and (isinstance(code, bool) or not isinstance(code, str | int)):
-            raise FaultSpecError("fault.code must be a string or an integer")
-        fields["code"] = code
+        fields["code"] = _code(spec.get("code"))
     elif kind is FaultKind.JSON:
         if spec["json"] is not True:
             raise FaultSpecError("fault.json must be true")
+    elif kind is FaultKind.ANSWER:
+        if spec["answer"] not in set(AnswerShape):
+            raise FaultSpecError("fault.answer must be one of: " + ", ".join(AnswerShape))
+        fields["answer"] = AnswerShape(spec["answer"])
+        fields["code"] = _code(spec.get("code"))
+    elif kind is FaultKind.USAGE:
+        if not isinstance(spec["usage"], dict):
+            raise FaultSpecError("fault.usage must be an object (sent as the answer's usage)")
+        fields["usage"] = spec["usage"]
     else:
         fields["after"] = _count(spec, kind_key)
         if kind is FaultKind.STALL and spec.get("stall_s") is not None:
@@ -125,6 +158,38 @@ def parse_fault(spec: object) -> Fault:
                 raise FaultSpecError("fault.stall_s must be a non-negative number")
             fields["stall_s"] = float(stall_s)
     return Fault(**fields)
+
+
+DEFAULT_ANSWER_MESSAGE = "mock: injected error in a 200 answer"
+_DONE = b"data: [DONE]\n\n"
+
+
+def bad_answer(fault: Fault) -> tuple[str, bytes]:
+    """(content type, whole body) of an ANSWER fault; ENDLESS_LINE is written by the app."""
+    shape, message = fault.answer, fault.message or DEFAULT_ANSWER_MESSAGE
+    code = 500 if fault.code is None else fault.code
+    error = {"message": message, "type": "server_error", "code": code}
+    if shape is AnswerShape.EMPTY_JSON:
+        return "application/json", b"{}"
+    if shape is AnswerShape.NO_CHOICES:
+        return "application/json", b'{"status": "ok"}'
+    bodies: dict[AnswerShape | None, bytes] = {
+        AnswerShape.ONLY_DONE: _DONE,
+        AnswerShape.UNPARSEABLE: b"data: <html>upstream ok</html>\n\ndata: {\"choices\": [\n\n"
+        + _DONE,
+        AnswerShape.ERROR_DATA: b"data: " + orjson.dumps({"error": error}) + b"\n\n" + _DONE,
+        AnswerShape.ERROR_EVENT: b"event: error\ndata: "
+        + orjson.dumps({"message": message, "code": code}) + b"\n\n",
+        AnswerShape.ERROR_FIELD: b"error: " + orjson.dumps(error) + b"\n\n" + _DONE,
+        AnswerShape.ERROR_DONE: b"data: " + orjson.dumps({"error": error}) + b"\n" + _DONE,
+        AnswerShape.OBJECT_ERROR: b"data: " + orjson.dumps(
+            {"object": "error", "message": message, "type": "BadRequestError", "param": None,
+             "code": code}) + b"\n\n",
+    }
+    body = bodies.get(shape)
+    if body is None:
+        raise ValueError(f"no fixed body for answer shape {shape}")
+    return "text/event-stream", body
 
 
 def parse_fault_header(raw: str) -> Fault:

@@ -7,6 +7,7 @@ from services.processor.worker import Processor, make_http
 from shared import logs, redis_conn
 from shared.config import describe
 from shared.keys import Keys
+from shared.loops import until_redis_answers
 from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
@@ -27,7 +28,9 @@ async def serve(settings: ProcessorSettings) -> None:
         await store.open()
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)
-        await check_identity(store, redis, Keys(settings.common.redis_prefix))
+        await until_redis_answers(  # a full Redis is waited out here too
+            lambda: check_identity(store, redis, Keys(settings.common.redis_prefix)),
+            "identity")
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
         await processor.run()

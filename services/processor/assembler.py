@@ -10,11 +10,21 @@ by ``index`` and interleaved (n>1), usage on the finish chunk, on a ``choices: [
 cumulative on every chunk, tool-call fragments that repeat the id with an empty name, a usage
 chunk with an empty delta after the finish chunk, reasoning in ``reasoning_content`` or
 ``reasoning``, and error envelopes of two shapes.
+
+Nothing a provider sends is trusted to be an answer: a 200 whose choice 0 carries neither text
+nor a finish_reason (``{}``, a proxy's ``{"status": "ok"}``, a stream of only ``[DONE]`` or of
+unparseable events) raises ``empty_answer`` / ``invalid_answer``; an error inside a 200, in any
+of the shapes servers use (``data: {"error": ...}``, ``event: error``, vLLM's
+``"object": "error"``, a non-standard ``error:`` field, an error merged with ``[DONE]`` in one
+event), raises with the provider's message. Numbers and labels bound for the store are clamped
+here (:data:`MAX_TOKEN_COUNT`, :data:`MAX_FINISH_REASON_CHARS`): one absurd value must not be
+able to fail the store write.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -25,6 +35,9 @@ import orjson
 from services.processor.sse import SSEEvent
 
 __all__ = [
+    "MAX_FINISH_REASON_CHARS",
+    "MAX_TOKEN_COUNT",
+    "NO_STATUS",
     "ChoiceResult",
     "Delta",
     "ProviderError",
@@ -56,7 +69,23 @@ _FATAL_ERROR_TYPES = frozenset(
 )
 _MAX_BODY_MESSAGE = 500  # non-JSON bodies (HTML error pages...) are cut to this
 _MAX_JSON_MESSAGE = 2000  # provider messages are kept whole unless absurdly long
+_MAX_LABEL_CHARS = 200  # error code and type: labels, not prose
 _BOM = b"\xef\xbb\xbf"
+# Token counts are clamped to 0..2^31-1: far above any real request, inside every integer type
+# on the way (SQLite's int64, a JavaScript number, a 32-bit client). 2^63 in prompt_tokens once
+# made the store write raise OverflowError.
+MAX_TOKEN_COUNT = 2**31 - 1
+# Real finish reasons are short words ("insufficient_system_resource" is the longest seen).
+MAX_FINISH_REASON_CHARS = 64
+# The status given to a failed answer when the provider gave no HTTP-like number: "the upstream
+# answered, but not with an answer" is what 502 Bad Gateway means.
+NO_STATUS = 502
+# How servers word "the prompt does not fit": OpenAI/DeepSeek/vLLM ("maximum context length"),
+# OpenAI's code "context_length_exceeded", llama.cpp ("exceeds the available context size"),
+# Anthropic ("prompt is too long"). Retrying the same prompt cannot help.
+_CONTEXT_LENGTH = re.compile(
+    r"context[ _-]?(?:length|window|size)|maximum context|prompt is too long", re.IGNORECASE
+)
 
 DeltaKind = Literal["reasoning", "content", "refusal"]
 
@@ -176,9 +205,11 @@ class StreamAssembler:
     payloads processed).
     """
 
-    __slots__ = ("_choices", "bad_events", "chunks", "done", "finished", "model", "usage")
+    __slots__ = ("_choices", "_first", "bad_events", "chunks", "done", "finished", "model",
+                 "usage")
 
     def __init__(self) -> None:
+        self._first: str | None = None  # the first event's data, quoted when it was no answer
         self.done = False
         self.finished = False
         self.usage: Usage | None = None
@@ -197,33 +228,85 @@ class StreamAssembler:
         state = self._choices.get(0)
         return state.snapshot(0) if state is not None else ChoiceResult(index=0)
 
+    def final(self) -> ChoiceResult:
+        """Choice 0 once the stream has ended; :class:`ProviderError` if it is no answer.
+
+        ``invalid_answer`` when no event could be read at all, ``empty_answer`` when events were
+        read but choice 0 got neither text nor a finish_reason (only ``[DONE]``, a health page,
+        a role or usage chunk alone).
+        """
+        state = self._choices.get(0)
+        if state is not None:
+            result = state.snapshot(0)
+            if _is_answer(result):
+                return result
+        seen = _snippet(self._first.encode()) if self._first is not None else "only [DONE]"
+        if self.chunks == 0 and self.bad_events:
+            raise _non_answer("invalid_answer", f"no event could be parsed, first: {seen}")
+        raise _non_answer("empty_answer", f"first event: {seen}")
+
     def add_event(self, ev: SSEEvent) -> list[Delta]:
         """Apply one SSE event; return the text deltas of choice 0 it carried.
 
-        Raises :class:`ProviderError` for a payload with a top-level ``error`` (or an
-        ``event: error`` event).
+        Raises :class:`ProviderError` for an error in any shape: a payload with a top-level
+        ``error`` or ``"object": "error"``, an ``event: error`` event, an ``error:`` field, or
+        such a payload merged with ``[DONE]`` or another chunk into one event.
         """
         data = ev.data
         if self.done:
             return []  # nothing after [DONE] belongs to this completion
+        if ev.error is not None:
+            raise _field_error(ev.error)
         if data == "[DONE]" or (len(data) < 16 and data.strip() == "[DONE]"):
             self.done = True
             return []
+        if self._first is None:
+            self._first = data
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            if ev.event == "error":
-                raise ProviderError(_snippet(data.encode()), retryable=True) from None
-            self.bad_events += 1
-            return []
+            return self._salvage(ev)
         if not isinstance(payload, dict):
+            if ev.event == "error":
+                raise _text_error(data)
             self.bad_events += 1
             return []
+        return self._apply_payload(payload, ev.event)
+
+    def _apply_payload(self, payload: dict[str, Any], event_type: str) -> list[Delta]:
         self.chunks += 1
         error = payload.get("error")
-        if error is not None or ev.event == "error":
+        if error is not None or event_type == "error" or payload.get("object") == "error":
             raise _stream_error(payload if error is None else error, payload)
         return self._apply_chunk(payload)
+
+    def _salvage(self, ev: SSEEvent) -> list[Delta]:
+        """An event whose data is not one JSON value (the slow path, so it may split lines).
+
+        A server that forgets the blank line merges events: an error with ``[DONE]`` (seen),
+        a chunk with ``[DONE]``, or two chunks (corpus file 09). An error anywhere fails the
+        answer; chunks merged with ``[DONE]`` are applied; anything else is skipped and counted,
+        as a strict parser must (file 09's merged pair stays one bad event).
+        """
+        text = ev.data.rstrip()
+        merged_done = text.endswith("[DONE]")
+        if merged_done:
+            text = text[: -len("[DONE]")]
+        payloads = [_loads_dict(line) for line in text.split("\n") if line.strip()]
+        for payload in payloads:
+            if payload is not None and (payload.get("error") is not None
+                                        or payload.get("object") == "error"):
+                self.chunks += 1
+                raise _stream_error(payload.get("error") or payload, payload)
+        if ev.event == "error":
+            raise _text_error(ev.data)
+        chunks = [p for p in payloads if p is not None]
+        if merged_done and len(chunks) == len(payloads):
+            deltas = [d for p in chunks for d in self._apply_payload(p, ev.event)]
+            self.done = True
+            return deltas
+        self.bad_events += 1
+        return []
 
     def _apply_chunk(self, payload: dict[str, Any]) -> list[Delta]:
         if self.model is None:
@@ -262,7 +345,7 @@ class StreamAssembler:
         # Only a real value sets it: a later chunk without one (e.g. a relay's usage chunk with
         # an empty delta) must not clear it.
         if isinstance(finish, str) and finish:
-            state.finish_reason = finish
+            state.finish_reason = finish[:MAX_FINISH_REASON_CHARS]
             if index == 0:
                 self.finished = True
 
@@ -332,23 +415,40 @@ def assemble_completion(body: bytes) -> tuple[dict[int, ChoiceResult], Usage | N
     """Parse a non-streaming ``chat.completion`` body into choices (keyed by index) and usage.
 
     Leading blank lines are tolerated: DeepSeek sends empty lines as keep-alive while a
-    non-streaming request waits. A body that is not a JSON object, or carries ``error``, raises
-    :class:`ProviderError` (status None, as the HTTP status said success).
+    non-streaming request waits. Raises :class:`ProviderError`: ``invalid_answer`` for a body
+    that is not a JSON object, the provider's own error for one that carries ``error``, and
+    ``empty_answer`` when choice 0 has neither text nor a finish_reason.
     """
     payload = _loads_object(body)
     if payload is None:
-        raise ProviderError(f"invalid completion body: {_snippet(body)}", retryable=True)
+        raise _non_answer("invalid_answer", f"not a JSON object: {_snippet(body)}")
     error = payload.get("error")
-    if error is not None:
-        raise _stream_error(error, payload)
+    if error is not None or payload.get("object") == "error":
+        raise _stream_error(payload if error is None else error, payload)
     results: dict[int, ChoiceResult] = {}
     choices = payload.get("choices")
     for position, choice in enumerate(choices if isinstance(choices, list) else []):
         if isinstance(choice, dict):
             index = _as_index(choice.get("index"), position)
             results[index] = _message_result(index, choice)
+    first = results.get(0)
+    if first is None or not _is_answer(first):
+        raise _non_answer("empty_answer", f"body: {_snippet(body)}")
     usage = payload.get("usage")
     return results, _parse_usage(usage) if isinstance(usage, dict) else None
+
+
+def _is_answer(result: ChoiceResult) -> bool:
+    # A finish_reason is the provider's word that it answered, even with no text (max_tokens=0).
+    return bool(result.finish_reason or result.content or result.reasoning or result.refusal
+                or result.tool_calls)
+
+
+def _non_answer(code: str, detail: str) -> ProviderError:
+    # Retryable: what answers 200 with no answer is usually a proxy or balancer in a bad
+    # moment (a health page, an empty body); MAX_ATTEMPTS bounds the cost if it persists.
+    return ProviderError(f"the provider's 200 answer carried no choice and no finish_reason "
+                         f"({code}); {detail}", status=NO_STATUS, code=code, retryable=True)
 
 
 def _message_result(index: int, choice: dict[str, Any]) -> ChoiceResult:
@@ -363,7 +463,8 @@ def _message_result(index: int, choice: dict[str, Any]) -> ChoiceResult:
         tool_calls=[
             _tool_call_of(t) for t in message.get("tool_calls") or [] if isinstance(t, dict)
         ],
-        finish_reason=finish if isinstance(finish, str) and finish else None,
+        finish_reason=finish[:MAX_FINISH_REASON_CHARS] if isinstance(finish, str) and finish
+        else None,
     )
 
 
@@ -407,7 +508,7 @@ def parse_error_body(
         status=status,
         code=code,
         type=err_type,
-        retryable=_retryable(status, err_type),
+        retryable=_retryable(status, err_type) and not _is_context_length(message, code),
         retry_after=parse_retry_after(retry_after_header),
     )
 
@@ -436,17 +537,38 @@ def _seconds_until(http_date: str, now: datetime | None) -> float | None:
 
 
 def _stream_error(error: object, payload: dict[str, Any]) -> ProviderError:
-    """A mid-stream (or 2xx-body) error: no HTTP status, so retry unless the error says not to."""
+    """An error inside a 200 (mid-stream or in a JSON body). Its status is the HTTP-like number
+    the error carries in ``status`` or ``code`` (OpenRouter, vLLM, SGLang put one there), else
+    :data:`NO_STATUS`; it is retried unless that number, the type or a context-length wording
+    says retrying cannot help."""
     message, code, err_type = _error_fields({"error": error}, orjson.dumps(payload))
-    # Some servers (OpenRouter) put the HTTP-like status in error.code.
-    status_hint = _http_status_hint(error)
+    status_hint = _http_status_hint(error) or _http_status_hint(payload)
     return ProviderError(
         message or "error event without a message",
-        status=None,
+        status=status_hint or NO_STATUS,
         code=code,
         type=err_type,
-        retryable=_retryable(status_hint, err_type),
+        retryable=_retryable(status_hint, err_type) and not _is_context_length(message, code),
     )
+
+
+def _field_error(value: str) -> ProviderError:
+    """A non-standard ``error:`` SSE field: JSON in either envelope, or plain text."""
+    payload = _loads_dict(value)
+    if payload is None:
+        return _text_error(value)
+    error = payload.get("error")
+    return _stream_error(payload if error is None else error, payload)
+
+
+def _text_error(text: str) -> ProviderError:
+    message = _snippet(text.encode()) or "error event without a message"
+    return ProviderError(message, status=NO_STATUS,
+                         retryable=not _is_context_length(message, None))
+
+
+def _is_context_length(message: str, code: str | None) -> bool:
+    return code == "context_length_exceeded" or _CONTEXT_LENGTH.search(message) is not None
 
 
 def _error_fields(
@@ -459,7 +581,7 @@ def _error_fields(
     if isinstance(error, dict):
         source = error
     elif isinstance(error, str) and error:
-        return _cap(error), _str_or_none(payload.get("code")), _str_or_none(payload.get("type"))
+        return _cap(error), _label(payload.get("code")), _label(payload.get("type"))
     else:
         source = payload  # SiliconFlow: {"code": 20012, "message": "...", "data": null}
     message = source.get("message") or source.get("msg") or source.get("detail")
@@ -467,8 +589,8 @@ def _error_fields(
         message = orjson.dumps(message).decode()  # e.g. FastAPI's list-valued "detail"
     return (
         _cap(message) if message else _snippet(body),
-        _str_or_none(source.get("code")),
-        _str_or_none(source.get("type")),
+        _label(source.get("code")),
+        _label(source.get("type")),
     )
 
 
@@ -487,6 +609,8 @@ def _http_status_hint(error: object) -> int | None:
         return None
     for key in ("status", "code"):
         value = error.get(key)
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) == 3:
+            value = int(value)  # "429" as a string is still a status
         if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
             return value
     return None
@@ -504,32 +628,50 @@ def _loads_object(body: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
+def _loads_dict(text: str) -> dict[str, Any] | None:
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def _parse_usage(raw: dict[str, Any]) -> Usage:
-    prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
-    completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
-    total = raw.get("total_tokens")
+    prompt = _count(raw.get("prompt_tokens", raw.get("input_tokens"))) or 0
+    completion = _count(raw.get("completion_tokens", raw.get("output_tokens"))) or 0
+    total = _count(raw.get("total_tokens"))
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_int(total) if total is not None else prompt + completion,
+        total_tokens=total if total is not None else min(prompt + completion, MAX_TOKEN_COUNT),
         extra=raw,
     )
 
 
-def _int(value: object) -> int:
+def _count(value: object) -> int | None:
+    """A token count clamped to 0..MAX_TOKEN_COUNT; None for what is not a number (strings,
+    booleans, null), which then counts as missing."""
     if isinstance(value, bool):
-        return 0
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
+        return min(max(value, 0), MAX_TOKEN_COUNT)
+    return None
 
 
 def _as_index(value: object, fallback: int) -> int:
     # Choices are keyed by their "index", not list position; position is only a fallback for
     # servers that omit it.
     return value if isinstance(value, int) and not isinstance(value, bool) else fallback
+
+
+def _label(value: object) -> str | None:
+    """An error code or type: a short string whatever was sent (a number, an object...)."""
+    text = _str_or_none(value)
+    return text if text is None or len(text) <= _MAX_LABEL_CHARS else text[:_MAX_LABEL_CHARS]
 
 
 def _str_or_none(value: object) -> str | None:

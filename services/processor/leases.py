@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from shared import logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import cancel_if_asked
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import LeaseLost, Steps
 
 log = logs.get("sluice.processor")
@@ -68,7 +68,7 @@ class LeaseKeeper:
             cancel_if_asked()
             try:
                 await self.renew_all()
-            except UNAVAILABLE as exc:
+            except WAIT_OUT as exc:
                 log.warning("lease_renewal_failed", error=type(exc).__name__,
                             leases=len(self.leases))
             try:

@@ -3,6 +3,8 @@
 The stream is read in whatever pieces the socket gives; every piece's deltas are handed on in
 one call, so a fast provider costs one Redis round trip per network read, not per token. A
 provider that answers JSON to a streaming request is used as is and remembered as not streaming.
+A 200 is a success only if it carries an answer (see the assembler), and no line of a stream may
+grow past ``AI_MAX_LINE_BYTES``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import httpx
 import orjson
 
 from services.processor.assembler import (
+    NO_STATUS,
     ChoiceResult,
     Delta,
     ProviderError,
@@ -25,12 +28,17 @@ from services.processor.assembler import (
     assemble_completion,
     parse_error_body,
 )
-from services.processor.sse import SSEDecoder
+from services.processor.sse import SSEDecoder, SSELineTooLong
 from services.processor.transport import AiohttpTransport
 from shared.config import Provider, redact
 
 OnDeltas = Callable[[list[Delta]], Awaitable[None]]
 DRAIN_AFTER_DONE_S = 1.0
+# An error body is read only for its message: the rest of a huge one is left unread.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# A non-streamed answer holds the whole completion in one JSON value, so it may be far longer
+# than one line of a stream; this many lines' worth (32 MiB by default) bounds it all the same.
+JSON_BODY_LINES = 32
 
 
 @dataclass(slots=True)
@@ -68,17 +76,27 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
             async with client.stream("POST", url, content=request_body(payload, settings),
                                      headers={"Content-Type": "application/json"}) as resp:
                 if resp.status_code >= 400:
-                    raise parse_error_body(resp.status_code, await resp.aread(),
+                    body, _ = await read_capped(resp, MAX_ERROR_BODY_BYTES)
+                    raise parse_error_body(resp.status_code, body,
                                            resp.headers.get("retry-after"))
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    return await _from_json(await resp.aread(), on_deltas)
-                return await _from_stream(resp, on_deltas)
+                    limit = settings.ai_max_line_bytes * JSON_BODY_LINES
+                    body, whole = await read_capped(resp, limit)
+                    if not whole:
+                        raise ProviderError(f"a JSON answer exceeded {limit} bytes",
+                                            status=NO_STATUS, code="body_too_large",
+                                            retryable=True)
+                    return await _from_json(body, on_deltas)
+                return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes)
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
         # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
         err.message = redact(err.message, settings.ai_api_key)
         err.args = (err.message,)
         raise
+    except SSELineTooLong as exc:
+        raise ProviderError(f"{exc}: the stream is broken or hostile", status=NO_STATUS,
+                            code="line_too_long", retryable=True) from None
     except TimeoutError:
         raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
                             code="timeout", retryable=True) from None
@@ -90,8 +108,9 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
                             code="connection_error", retryable=True) from None
 
 
-async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
-    decoder, assembler = SSEDecoder(), StreamAssembler()
+async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas,
+                       max_line_bytes: int) -> Completion:
+    decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler()
     chunks = resp.aiter_bytes()
     async for raw in chunks:
         deltas: list[Delta] = []
@@ -109,7 +128,20 @@ async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas) -> Completion:
     if not (assembler.done or assembler.finished):
         raise ProviderError("the stream ended before the answer was complete",
                             code="stream_cut", retryable=True)
-    return Completion(assembler.result(), assembler.usage, streamed=True)
+    return Completion(assembler.final(), assembler.usage, streamed=True)
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of the body, and whether that was all of it. Reading stops at
+    the limit, so a body that never ends costs ``limit`` bytes, not memory without bound."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -122,8 +154,8 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
-    choices, usage = assemble_completion(body)
-    result = choices.get(0) or ChoiceResult(index=0)
+    choices, usage = assemble_completion(body)  # raises unless choice 0 is an answer
+    result = choices[0]
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
     if deltas:

@@ -29,7 +29,7 @@ from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion, OnDeltas
 from shared import logs, tasks
 from shared.loops import until_redis_answers
-from shared.redis_conn import UNAVAILABLE
+from shared.redis_conn import WAIT_OUT
 from shared.steps import (
     AlreadyTerminal,
     AttemptCounted,
@@ -196,7 +196,7 @@ class TaskRun:
                 return await self._stopped(h, attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
-                await self._note(error=err.message)
+                await self.deps.status.note(error=err.message)
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
@@ -218,7 +218,7 @@ class TaskRun:
             await self._send_events()
 
         completion = await self.deps.call(request, on_deltas)
-        await self._note(streamed=completion.streamed)
+        await self.deps.status.note(streamed=completion.streamed)
         return completion
 
     async def _send_events(self, *, wait: bool = False) -> None:
@@ -240,7 +240,7 @@ class TaskRun:
             return
         try:
             sent = await self.deps.steps.emit(self.task_id, lease.token, events)
-        except UNAVAILABLE:
+        except WAIT_OUT:
             self._resync = True
             if wait:
                 raise
@@ -248,13 +248,6 @@ class TaskRun:
         self._unsent, self._resync = [], False
         if isinstance(sent, LeaseLost):
             lease.mark_lost()
-
-    async def _note(self, **what: Any) -> None:
-        """What we learnt about the provider, for /api/ai-status: never worth an answer."""
-        try:
-            await self.deps.status.note(**what)
-        except UNAVAILABLE:
-            pass
 
     def interrupt(self, reason: Outcome) -> None:
         """Stop the current attempt: CANCEL (the client asked), LOST (our lease is gone) or

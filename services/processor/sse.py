@@ -9,6 +9,11 @@ Work is done per *block of complete lines*, not per byte: the new chunk is searc
 last line terminator, the completed text is decoded once and split with a regex on CR/LF.
 ``str.splitlines()`` is deliberately not used: it also splits on U+2028, U+2029, U+0085, VT, FF
 and \\x1c-\\x1e, which may appear raw inside JSON strings (see corpus file 16).
+
+Two departures from the spec, both about hostile or broken servers: a line longer than
+``max_line_bytes`` raises :class:`SSELineTooLong` instead of being buffered without limit, and a
+field named ``error`` (not an SSE field; the spec says ignore it) is kept on the event, because
+some servers put their only word of failure there.
 """
 
 from __future__ import annotations
@@ -16,11 +21,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEEvent", "SSELineTooLong"]
 
 _BOM = b"\xef\xbb\xbf"
 # The only line terminators of the format. CRLF comes first so it counts as one terminator.
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
+# One chunk's JSON is a few hundred bytes; 1 MiB leaves room for any honest line (a huge
+# tool-call argument sent whole) and stops a server streaming one endless line from filling
+# memory (190 MB in 10 s was measured).
+MAX_LINE_BYTES = 1 << 20
+
+
+class SSELineTooLong(ValueError):
+    """A line grew past the decoder's ``max_line_bytes`` without a terminator."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an SSE line exceeded {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -30,13 +48,15 @@ class SSEEvent:
     ``id`` is the *last event ID* at dispatch time: it persists across events until an ``id``
     field changes it, as the spec says. ``retry`` is the reconnection time given by a valid
     ``retry`` field inside this event's block, else None (the stream-wide value is
-    ``SSEDecoder.retry``).
+    ``SSEDecoder.retry``). ``error`` joins the values of non-standard ``error`` fields, else
+    None; an event is dispatched when it has data or such an error.
     """
 
     data: str
     event: str = "message"
     id: str | None = None
     retry: int | None = None
+    error: str | None = None
 
 
 class SSEDecoder:
@@ -49,15 +69,18 @@ class SSEDecoder:
     __slots__ = (
         "_at_start",
         "_data",
+        "_error",
         "_event_retry",
         "_event_type",
         "_pending",
         "_skip_lf",
         "last_event_id",
+        "max_line_bytes",
         "retry",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
         self.last_event_id: str | None = None
         self.retry: int | None = None
         # Bytes of the current, unterminated line. It never holds a CR or LF: everything up to
@@ -68,11 +91,15 @@ class SSEDecoder:
         # Nothing after a possible BOM has been seen yet.
         self._at_start = True
         self._data: list[str] = []
+        self._error: list[str] = []
         self._event_type = ""
         self._event_retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume one network read; return the events it completed, in order."""
+        """Consume one network read; return the events it completed, in order.
+
+        Raises :class:`SSELineTooLong` once a line passes ``max_line_bytes``.
+        """
         if self._at_start:
             chunk = self._strip_bom(chunk)
         if not chunk:
@@ -88,13 +115,17 @@ class SSEDecoder:
         last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
         if last < 0:
             self._pending += chunk
+            self._check_pending()
             return []
         if self._pending:
             block = bytes(self._pending) + chunk[: last + 1]
             self._pending.clear()
         else:
             block = chunk[: last + 1]
+        if len(block) > self.max_line_bytes:
+            self._check_block(block)
         self._pending += chunk[last + 1 :]
+        self._check_pending()
         self._skip_lf = chunk[last] == 0x0D and last == len(chunk) - 1
         return self._process_block(block)
 
@@ -107,6 +138,18 @@ class SSEDecoder:
         return []
 
     # --- internals -----------------------------------------------------------------------------
+    def _check_pending(self) -> None:
+        # The unterminated tail is one partial line: its length alone decides.
+        if len(self._pending) > self.max_line_bytes:
+            self._pending.clear()
+            raise SSELineTooLong(self.max_line_bytes)
+
+    def _check_block(self, block: bytes) -> None:
+        """Only for a block longer than the cap (rare: network reads are far smaller), so
+        splitting it once more costs nothing on the usual path."""
+        if max(map(len, _LINE_END_BYTES.split(block))) > self.max_line_bytes:
+            raise SSELineTooLong(self.max_line_bytes)
+
     def _strip_bom(self, chunk: bytes) -> bytes:
         """Drop one UTF-8 BOM at the very start, even when it arrives split over reads."""
         head = bytes(self._pending) + chunk
@@ -148,23 +191,28 @@ class SSEDecoder:
             # isdigit() alone accepts non-ASCII digits such as "²"; the spec wants ASCII only.
             if value.isascii() and value.isdigit():
                 self.retry = self._event_retry = int(value)
+        elif name == "error":
+            self._error.append(value)  # not SSE, but a server's report of failure: keep it
         # Any other field name is ignored, as the spec requires.
 
     def _dispatch(self) -> SSEEvent | None:
-        # An event is dispatched only if at least one data line was seen; a block of only
-        # "event:"/"retry:" lines dispatches nothing but still resets the event type.
+        # An event is dispatched only if at least one data (or error) line was seen; a block of
+        # only "event:"/"retry:" lines dispatches nothing but still resets the event type.
         event = None
-        if self._data:
+        if self._data or self._error:
             event = SSEEvent(
                 data="\n".join(self._data),
                 event=self._event_type or "message",
                 id=self.last_event_id,
                 retry=self._event_retry,
+                error="\n".join(self._error) if self._error else None,
             )
         self._reset_event()
         return event
 
     def _reset_event(self) -> None:
         self._data = []
+        if self._error:  # almost always empty: no new list per event
+            self._error = []
         self._event_type = ""
         self._event_retry = None

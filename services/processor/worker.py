@@ -21,7 +21,7 @@ from services.processor.settings import ProcessorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import cancel_if_asked, forever, sleep_unless, until_redis_answers
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient
 from shared.runtime import ServiceGroup
 from shared.steps import Steps
 from shared.store import BatchRow, Store, store_broken
@@ -76,7 +76,7 @@ class Processor:
         pending and nothing is in flight."""
         if burst:
             self._burst, self._poll_s = True, BURST_POLL_S
-        await self._ensure_group()
+        await until_redis_answers(self._ensure_group, "groups")
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with ServiceGroup() as tg:
             self._tg = tg
@@ -268,7 +268,7 @@ class Processor:
         if run.lease is not None:
             try:
                 await self.steps.release_lease(run.task_id, run.lease.token)
-            except UNAVAILABLE:
+            except WAIT_OUT:
                 pass  # it expires; the next run waits for it
 
     async def _safe_report(self, taken: int = 0) -> None:

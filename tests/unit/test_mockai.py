@@ -21,6 +21,12 @@ from aiohttp.test_utils import TestServer
 
 from services.mockai.app import create_app
 from services.mockai.settings import ConfigError, MockSettings
+from services.processor.assembler import (
+    ProviderError,
+    StreamAssembler,
+    assemble_completion,
+)
+from services.processor.sse import SSEDecoder, SSELineTooLong
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
@@ -522,6 +528,117 @@ async def test_error_in_stream(base: str, client: httpx.AsyncClient) -> None:
     assert len(split_stream(events)[1].split(" ")) == 4
     (rec,) = await records(client, base, tag="err")
     assert rec["outcome"] == "stream_error"
+
+
+# --- broken 200 answers and poison numbers ----------------------------------------------
+def assembled(raw: bytes, content_type: str) -> Any:
+    """Run a 200 body through the processor's own parser; return what it makes of it."""
+    if content_type.startswith("application/json"):
+        return assemble_completion(raw)
+    dec, asm = SSEDecoder(), StreamAssembler()
+    for ev in dec.feed(raw) + dec.close():
+        asm.add_event(ev)
+    return asm.final()
+
+
+@pytest.mark.parametrize(
+    ("shape", "content_type", "code", "status"),
+    [
+        ("empty_json", "application/json", "empty_answer", 502),
+        ("no_choices", "application/json", "empty_answer", 502),
+        ("only_done", "text/event-stream", "empty_answer", 502),
+        ("unparseable", "text/event-stream", "invalid_answer", 502),
+        ("error_data", "text/event-stream", "418", 418),
+        ("error_event", "text/event-stream", "418", 418),
+        ("error_field", "text/event-stream", "418", 418),
+        ("error_done", "text/event-stream", "418", 418),
+        ("object_error", "text/event-stream", "418", 418),
+    ],
+)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_answer_fault_shapes(
+    base: str, client: httpx.AsyncClient, shape: str, content_type: str, code: str,
+    status: int, stream: bool,
+) -> None:
+    fault = {"answer": shape, "message": f"says {shape}", "code": 418}
+    req = body(stream=stream, **mock(fault=fault, tag=f"a-{shape}"))
+    r = await client.post(f"{base}/v1/chat/completions", json=req)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(content_type)
+    with pytest.raises(ProviderError) as info:
+        assembled(r.content, content_type)
+    assert (info.value.code, info.value.status) == (code, status)
+    if code == "418":
+        assert info.value.message == f"says {shape}"
+    (rec,) = await records(client, base, tag=f"a-{shape}")
+    assert (rec["outcome"], rec["status"], rec["fault"]) == ("bad_answer", 200, "answer")
+
+
+async def test_only_done_is_exactly_done(base: str, client: httpx.AsyncClient) -> None:
+    r = await client.post(f"{base}/v1/chat/completions",
+                          json=body(**mock(fault={"answer": "only_done"})))
+    assert r.content == b"data: [DONE]\n\n"
+
+
+async def test_endless_line_until_the_client_leaves(
+    base: str, client: httpx.AsyncClient
+) -> None:
+    req = body(**mock(fault={"answer": "endless_line"}, tag="endless"))
+    received = 0
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        async for raw in r.aiter_raw():
+            assert b"\n" not in raw
+            received += len(raw)
+            if received > 4 << 20:
+                break
+    assert received > 4 << 20
+    await wait_for_disconnect(client, base, "endless")
+
+
+async def test_endless_line_trips_the_line_cap(base: str, client: httpx.AsyncClient) -> None:
+    req = body(**mock(fault={"answer": "endless_line"}))
+    dec = SSEDecoder(max_line_bytes=1 << 20)
+    with pytest.raises(SSELineTooLong):
+        async with client.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
+            async for raw in r.aiter_raw():
+                dec.feed(raw)
+
+
+POISON = {"prompt_tokens": 2**63, "completion_tokens": -5, "total_tokens": "lots"}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_usage_fault_replaces_usage(
+    base: str, client: httpx.AsyncClient, stream: bool
+) -> None:
+    req = body(stream=stream, stream_options={"include_usage": True},
+               **mock(fault={"usage": POISON}))
+    r = await client.post(f"{base}/v1/chat/completions", json=req)
+    assert r.status_code == 200
+    if stream:
+        usages = [e["usage"] for e in sse_events(r.text) if isinstance(e, dict) and e.get("usage")]
+        assert usages and all(u == POISON for u in usages)
+        assert sse_events(r.text)[-1] == "[DONE]"
+    else:
+        assert r.json()["usage"] == POISON and r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"answer": "nope"},
+        {"answer": "only_done", "stall_s": 1},
+        {"answer": "error_data", "code": True},
+        {"usage": 5},
+        {"usage": {}, "message": "x"},
+    ],
+)
+async def test_invalid_answer_faults_rejected(
+    base: str, client: httpx.AsyncClient, fault: dict[str, Any]
+) -> None:
+    r = await client.post(f"{base}/v1/chat/completions", json=body(**mock(fault=fault)))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_mock_fault"
 
 
 # --- disconnects -----------------------------------------------------------------------

@@ -441,8 +441,9 @@ def test_mid_stream_error_raises_retryable_by_default() -> None:
     with pytest.raises(ProviderError) as info:
         asm.add_event(SSEEvent('{"error": {"message": "upstream died", "code": "server_error"}}'))
     err = info.value
+    # No HTTP-like number in the error: reported as 502, the gateway's "upstream failed".
     assert (err.status, err.message, err.code, err.retryable) == (
-        None,
+        502,
         "upstream died",
         "server_error",
         True,

@@ -1,0 +1,40 @@
+"""Bounded reads of provider bodies: an endless error page or JSON answer costs a fixed amount."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.processor.provider import read_capped
+
+
+class Endless(httpx.AsyncByteStream):
+    """A body that never ends, counting what was pulled from it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.pulled += 4096
+            yield b"x" * 4096
+
+
+async def test_an_endless_body_is_cut_at_the_limit() -> None:
+    stream = Endless()
+    body, whole = await read_capped(httpx.Response(500, stream=stream), 10_000)
+    assert (len(body), whole) == (10_000, False)
+    assert stream.pulled <= 10_000 + 4096
+
+
+@pytest.mark.parametrize("size", [0, 1, 9_999, 10_000])
+async def test_a_body_within_the_limit_is_read_whole(size: int) -> None:
+    resp = httpx.Response(200, stream=httpx.ByteStream(b"y" * size))
+    assert await read_capped(resp, 10_000) == (b"y" * size, True)
+
+
+async def test_one_byte_over_is_not_whole() -> None:
+    resp = httpx.Response(200, stream=httpx.ByteStream(b"y" * 10_001))
+    assert await read_capped(resp, 10_000) == (b"y" * 10_000, False)
