@@ -30,9 +30,17 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shared import logs
-from shared.config import mask_url
+from shared.config import Secret, mask_url
+
+# A Redis URL as settings hold it (its password hidden from repr), or as tests write it.
+Url = str | Secret[str]
+
+
+def _text(url: Url) -> str:
+    return url.get() if isinstance(url, Secret) else url
 
 log = logs.get("sluice.redis")
 
@@ -71,12 +79,18 @@ def plain_url(url: str) -> str:
 
 
 def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
+    # Maintenance notifications (Redis Enterprise's hitless upgrades) off: while redis-py 8
+    # has them on ("auto"), its pool skips the check that replaces a connection the server
+    # closed, so after a Redis restart every pooled connection fails once, and a task whose
+    # step drew one would spend a provider attempt on it (tests/integration/
+    # test_redis_restart_pool.py).
     return {"decode_responses": True, "socket_connect_timeout": 2,
             "socket_timeout": socket_timeout, "health_check_interval": 15,
-            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections}
+            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections,
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> RedisClient:
+def connect(redis_url: Url, *, max_connections: int = 256, wait: bool = False) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -93,6 +107,7 @@ def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> Redi
     about 20 KiB, and 1,000 in-flight tasks need far fewer than 1,000 at any moment.
     """
     options = _options(max_connections, 10)
+    url = _text(redis_url)
     if is_cluster_url(url):
         cls = GatedCluster if wait else SluiceCluster
         return cls.from_url(plain_url(url), **options)
@@ -101,12 +116,14 @@ def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> Redi
     return Redis.from_url(url, **options)
 
 
-def connect_blocking(url: str, *, max_connections: int, socket_timeout: float) -> RedisClient:
+def connect_blocking(redis_url: Url, *, max_connections: int,
+                     socket_timeout: float) -> RedisClient:
     """A client for blocking reads (XREAD BLOCK) that waits for a free connection when all
     ``max_connections`` are busy, instead of raising. A plain Redis gets a
     ``BlockingConnectionPool``; a cluster client has no such pool (its nodes raise
     ``MaxConnectionsError``), so its commands queue on a semaphore of the same size."""
     options = _options(max_connections, socket_timeout)
+    url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
@@ -194,9 +211,9 @@ class GatedCluster(SluiceCluster):
             return await super().execute_command(*args, **kwargs)
 
 
-async def wait_until_ready(redis: RedisClient, url: str, *, attempts: int = 60) -> None:
+async def wait_until_ready(redis: RedisClient, redis_url: Url, *, attempts: int = 60) -> None:
     """Ping with capped, jittered backoff; log every attempt; give up after ``attempts``."""
-    delay = 0.1
+    url, delay = _text(redis_url), 0.1
     for attempt in range(1, attempts + 1):
         try:
             await redis.ping()

@@ -12,6 +12,7 @@ from services.edge import (
     feeds,
     openai_api,
     openapi,
+    provider_probe,
     views_status,
     views_tasks,
 )
@@ -53,6 +54,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(provider_probe.probe_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)

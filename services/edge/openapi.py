@@ -21,7 +21,7 @@ from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
-from shared import tasks
+from shared import deadlines, tasks
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -67,6 +67,8 @@ _ERRORS = {
     415: "the body is not application/json",
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
+    408: "the request's deadline passed before the provider had room for it "
+         "(code deadline_exceeded)",
     502: "the model provider failed the task (its own error message is passed on)",
     503: "`unavailable`: Redis is unreachable; `queue_full`: Redis is out of memory and nothing "
          "was written. Retry after Retry-After",
@@ -114,6 +116,12 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
         "metadata": nullable({"type": "object", "description":
                               f"yours, returned with the task; at most "
                               f"{s.max_metadata_bytes} bytes as JSON"}),
+        "deadline": nullable({"anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "maximum": deadlines.MAX_DEADLINE_S},
+            {"type": "string", "format": "date-time"}],
+            "description": "seconds from submit, or an RFC 3339 time: a task still waiting "
+                           "then ends failed, deadline_exceeded, never sent to the provider "
+                           "(default: the processors' TASK_DEADLINE_S, 24 h)"}),
     }
 
 
@@ -152,7 +160,14 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
     "completed_at": TIME_OR_NULL, "batch_id": nullable(STR), "attempts": INT,
     "result": nullable(ref("TaskResult")),
     "error": nullable(obj(["code", "message"], {"code": STR, "message": STR})),
-    "metadata": {"description": "the request's metadata, or null"}})
+    "metadata": {"description": "the request's metadata, or null"},
+    "queue_position": nullable({"type": "integer", "minimum": 1, "description":
+                                "while it waits: 1 + its tenant's tasks submitted before it "
+                                "that have not been sent to the provider yet"}),
+    "waiting_for": nullable(obj(["reason", "until"], {
+        "reason": {"enum": ["coordinator", "batch_timer", "processor", "provider_capacity",
+                            "provider_pause", "provider_quota"]},
+        "detail": STR, "until": TIME_OR_NULL}))})
 _ERROR = obj(["error"], {"error": obj(["code", "message"], {
     "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"}})})
 _OPENAI_ERROR = obj(["error"], {"error": obj(["message", "type", "code", "param"], {
@@ -192,13 +207,25 @@ _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "ba
         "waiting": INT, "in_flight": INT, "tasks_waiting": INT}),
     "settings": {"type": "object"},
     "stats": {"type": "object", "additionalProperties": INT},
+    "tenants": {"type": "object", "description": "tasks queued and running per tenant",
+                "additionalProperties": obj(["queued", "running"],
+                                            {"queued": INT, "running": INT})},
     "timestamp": TIME})
 _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last_error"], {
-    "base_url": STR, "model": STR, "mock": BOOL,
+    "base_url": STR, "model": STR,
+    "mock": {**nullable(BOOL), "description": "whether the provider says it is Sluice's mock; "
+             "null while it cannot be reached"},
     "api_key_configured": {"type": "boolean", "description": "the key itself is never shown"},
     "streaming": nullable(BOOL), "streaming_checked_at": TIME_OR_NULL,
     "last_success_at": TIME_OR_NULL, "last_error": nullable(STR),
-    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"}})
+    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"},
+    "providers": {"type": "array", "description": "the governor's state per provider "
+                  "(base URL, key fingerprint, model)", "items": obj(
+        ["id", "window", "limit", "in_flight", "paused_until", "rate_limited_last_minute"], {
+            "id": STR, "base_url": STR, "model": STR, "key": STR,
+            "window": nullable({"type": "number"}), "limit": INT, "in_flight": INT,
+            "paused_until": TIME_OR_NULL, "rate_limited_last_minute": INT,
+            "learned": {"type": "object", "description": "what x-ratelimit-* headers said"}})}})
 _DEAD = obj(["data"], {"data": {"type": "array", "items": obj(
     ["id", "model", "attempts", "error", "created_at", "failed_at"], {
         "id": STR, "model": nullable(STR), "attempts": INT,
@@ -326,7 +353,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                         "headers": task_header,
                         "content": {"application/json": {"schema": ref("ChatCompletion")},
                                     **chunks}},
-                **errors(*submit_errors, 502, openai=True)}}},
+                **errors(*submit_errors, 408, 502, openai=True)}}},
         "/v1/models": {"get": {
             "operationId": "listModels", "summary": "The model a request gets by default",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import Batching, Common, ConfigError, Env, Provider
+from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +16,7 @@ class EdgeSettings:
     provider: Provider
     host: str
     port: int
-    api_keys: dict[str, str]  # key -> tenant; empty means the edge is open
+    api_keys: Secret[dict[str, str]]  # key -> tenant; empty means the edge is open
     max_body_bytes: int
     max_messages: int
     max_text_chars: int
@@ -41,7 +41,7 @@ class EdgeSettings:
             provider=Provider.from_env(env),
             host=env.text("EDGE_HOST", "0.0.0.0"),
             port=env.integer("EDGE_PORT", 8080, min_value=0, max_value=65535),
-            api_keys=_api_keys(env),
+            api_keys=Secret(_api_keys(env)),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1 << 20, min_value=1024),
             max_messages=env.integer("MAX_MESSAGES", 256, min_value=1),
             max_text_chars=env.integer("MAX_TEXT_CHARS", 400_000, min_value=1),
@@ -60,7 +60,7 @@ class EdgeSettings:
 
     @property
     def open_access(self) -> bool:
-        return not self.api_keys
+        return not self.api_keys.get()
 
 
 def _api_keys(env: Env) -> dict[str, str]:

@@ -17,23 +17,22 @@ from aiohttp import web
 
 from services.edge.errors import ApiError
 from services.edge.settings import EdgeSettings
+from shared import deadlines
+from shared.timeutil import now_ms
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
-                         "stop", "metadata"})
-OPENAI_EXTRA_FIELDS = frozenset({"stream", "stream_options", "n", "user", "tools", "tool_choice",
-                                 "presence_penalty", "frequency_penalty", "logprobs",
-                                 "top_logprobs", "seed", "response_format",
-                                 "max_completion_tokens", "parallel_tool_calls", "store",
-                                 "reasoning_effort", "logit_bias", "service_tier"})
+                         "stop", "metadata", "deadline"})
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """What is sent to the provider (``payload``) and the model it names."""
+    """What is sent to the provider (``payload``, less our own ``deadline`` and, for a real
+    provider, ``metadata``), the model it names, and its explicit deadline (epoch ms)."""
 
     payload: dict[str, Any]
     model: str
+    deadline_at: int | None = None
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -96,7 +95,16 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
         payload["stop"] = _stop(body["stop"])
     if body.get("metadata") is not None:
         payload["metadata"] = _metadata(body["metadata"], settings.max_metadata_bytes)
-    return TaskRequest(payload=payload, model=model)
+    deadline_at = None
+    if body.get("deadline") is not None:
+        try:
+            deadline_at = deadlines.parse(body["deadline"], now_ms())
+        except deadlines.DeadlineError as exc:
+            raise _invalid("deadline", str(exc)) from None
+        # Kept as given (seconds count from the submit time the task hash records), so an
+        # idempotent replay of the same body hashes the same.
+        payload["deadline"] = body["deadline"]
+    return TaskRequest(payload=payload, model=model, deadline_at=deadline_at)
 
 
 def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> list[dict[str, Any]]:

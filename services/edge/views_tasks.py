@@ -7,7 +7,7 @@ import re
 import orjson
 from aiohttp import web
 
-from services.edge import queue
+from services.edge import queue, waiting
 from services.edge.auth import tenant_of
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
@@ -52,8 +52,9 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    view = await queue.read(edge_of(request), tenant_of(request), request.match_info["id"])
-    return json_response(view)
+    edge, tenant = edge_of(request), tenant_of(request)
+    view = await queue.read(edge, tenant, request.match_info["id"])
+    return json_response({**view, **await waiting.explain(edge, tenant, view)})
 
 
 async def cancel_task(request: web.Request) -> web.Response:

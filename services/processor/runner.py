@@ -25,9 +25,11 @@ import orjson
 
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.deadlines import deadline_error
+from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
-from services.processor.provider import Completion, OnDeltas
-from shared import logs, tasks
+from services.processor.provider import Completion, OnDeltas, OnHeaders
+from shared import deadlines, logs, tasks
 from shared.loops import until_redis_answers
 from shared.redis_conn import WAIT_OUT
 from shared.steps import (
@@ -44,7 +46,7 @@ from shared.timeutil import iso, now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
-CallProvider = Callable[[dict[str, Any], OnDeltas], Awaitable[Completion]]
+CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders], Awaitable[Completion]]
 
 
 class Outcome(Enum):
@@ -76,6 +78,7 @@ class RunPolicy:
     retry_after_cap_s: float
     lock_ttl_ms: int
     retention_s: int
+    task_deadline_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class RunDeps:
     status: ProviderStatus
     policy: RunPolicy
     processor: str
+    governor: Governor
 
 
 @dataclass(slots=True)
@@ -119,6 +123,7 @@ class TaskRun:
         self.usage: dict[str, int] | None = None
         self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
         self._resync = False  # an emit failed midway: resend all we have, after a reset
+        self.deadline_at: int | None = None
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -178,6 +183,8 @@ class TaskRun:
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, None, None, attempts)
         request = orjson.loads(h["request"])
+        self.deadline_at = deadlines.deadline_at(request, int(h["created_at"]),
+                                                 policy.task_deadline_s)
         last_error: dict[str, Any] | None = {
             "code": "attempts_exhausted",
             "message": f"gave up after {attempts} attempts (a processor died during each)"}
@@ -194,9 +201,18 @@ class TaskRun:
                 return await self._finish(h, tasks.SUCCEEDED, done, None, attempts)
             except _Stop:
                 return await self._stopped(h, attempts)
+            except DeadlineExceeded:
+                return await self._finish(h, tasks.FAILED, None, deadline_error(), attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
                 await self.deps.status.note(error=err.message)
+                if self.deps.governor.enabled and is_rate_limit(err):
+                    # A wait, not a failure: the attempt does not count, and the task waits
+                    # for the governor again (which the refusal just paced).
+                    log.info("rate_limited", task_id=self.task_id, status=err.status)
+                    await self._reset_if_streamed()
+                    counted = True
+                    continue
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
@@ -217,7 +233,9 @@ class TaskRun:
             self._unsent += [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
             await self._send_events()
 
-        completion = await self.deps.call(request, on_deltas)
+        async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
+            completion = await self.deps.call(request, on_deltas, call.observe)
+            call.used(completion.usage)
         await self.deps.status.note(streamed=completion.streamed)
         return completion
 
@@ -247,6 +265,16 @@ class TaskRun:
             return
         self._unsent, self._resync = [], False
         if isinstance(sent, LeaseLost):
+            lease.mark_lost()
+
+    async def _reset_if_streamed(self) -> None:
+        """Tell clients to drop what a refused call streamed: the answer starts again. A lost
+        lease is marked, so the next step stops."""
+        lease = self.lease
+        if lease is None or self.partial.first_token_at is None:
+            return
+        events = [(tasks.EV_RESET, '{"rate_limited":true}')]
+        if isinstance(await self.deps.steps.emit(self.task_id, lease.token, events), LeaseLost):
             lease.mark_lost()
 
     def interrupt(self, reason: Outcome) -> None:
