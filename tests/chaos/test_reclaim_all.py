@@ -19,8 +19,9 @@ BATCHES = 50
 
 def test_kill_9_of_a_processor_holding_50_batches(
         tmp_path: Path, redis_url: str, api_factory: Any) -> None:
+    # The governor's first window is as wide as the processor: all 50 answers stream at once.
     env = {**CHAOS_ENV, "BATCH_SIZE": "1", "PROCESSOR_CONCURRENCY": "64",
-           "RECLAIM_INTERVAL_S": "1"}
+           "RECLAIM_INTERVAL_S": "1", "GOVERNOR_INITIAL_WINDOW": "64"}
     with running_stack(tmp_path, redis_url, processors=1, env=env) as stack:
         api = api_factory(stack.edge_url)
         [victim] = stack.of("processor")
