@@ -18,6 +18,7 @@ from aiohttp import web
 
 from services.edge import queue
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.events import (
@@ -29,7 +30,7 @@ from services.edge.events import (
     view_loader,
 )
 from services.edge.feeds import FEEDS, TERMINAL_EVENTS, Event
-from services.edge.validation import parse_task, read_json
+from services.edge.validation import parse_task
 from services.edge.views_tasks import idempotency_key, json_response
 
 EventStream = AsyncGenerator[Event | None, None]
@@ -160,7 +161,7 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     edge = edge_of(request)
     key = idempotency_key(request)
-    body = await read_json(request, edge.settings.max_body_bytes)
+    body = await read_json(request, edge.settings)
     req = parse_task(body, edge.settings, openai=True)
     stream, include_usage = _stream_options(body)
     tenant = tenant_of(request)
@@ -242,6 +243,9 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = edge_of(request).settings.provider.ai_model
+    """AI_MODELS, the models a request may name (AI_MODEL, the default, first)."""
+    settings = edge_of(request).settings
+    models = dict.fromkeys([settings.provider.ai_model, *settings.models])
     return json_response({"object": "list", "data": [
-        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}]})
+        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}
+        for model in models]})

@@ -17,9 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
-from services.edge.validation import ROLES
+from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
 from shared import deadlines, tasks
 
@@ -59,16 +60,19 @@ def _error(description: str, openai: bool, headers: dict[str, Any] | None = None
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 _ERRORS = {
-    400: "the body is not valid JSON",
+    400: "the body is not valid JSON (or, when compressed bodies are allowed, not valid for "
+         "its Content-Encoding)",
     401: "no valid API key (Authorization: Bearer <key>)",
     404: "no such task for this key (tasks of other keys' tenants are not found either)",
+    408: "`body_timeout`: the body did not arrive within EDGE_BODY_TIMEOUT_S; "
+         "`deadline_exceeded` (/v1): the request's deadline passed before the provider had room "
+         "for it",
     409: "conflict with the task's state or with an earlier use of the Idempotency-Key",
     413: "the body is larger than MAX_BODY_BYTES",
-    415: "the body is not application/json",
+    415: "the body is not application/json, or is compressed (Content-Encoding) while "
+         "EDGE_ALLOW_COMPRESSED_BODIES is off",
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
-    408: "the request's deadline passed before the provider had room for it "
-         "(code deadline_exceeded)",
     502: "the model provider failed the task (its own error message is passed on)",
     503: "`unavailable`: Redis is unreachable; `queue_full`: Redis is out of memory and nothing "
          "was written. Retry after Retry-After",
@@ -92,18 +96,43 @@ def _message(s: EdgeSettings) -> Schema:
     text = {"type": "string", "maxLength": s.max_text_chars}
     part = obj(["type", "text"], {"type": {"const": "text"}, "text": text})
     content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": part}]}
-    return obj(["role", "content"], {
+    name64 = {"type": "string", "minLength": 1, "maxLength": 64}
+    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
+    calls = {"type": "array", "minItems": 1, "maxItems": MAX_TOOL_CALLS,
+             "items": obj(["id", "type", "function"], {
+                 "id": call_id, "type": {"const": "function"},
+                 "function": obj(["name", "arguments"], {
+                     "name": name64,
+                     "arguments": {"type": "string", "description": "JSON text"}})})}
+    null = {"type": "null"}
+    others = sorted(ROLES - {"tool"})
+    # One branch per kind of message: a tool's answer names its call; an assistant's message
+    # may carry tool calls (then its content may be null); any other has content.
+    return {**obj(["role"], {
         "role": {"enum": sorted(ROLES)},
-        "content": content,
-        "name": nullable({"type": "string", "minLength": 1, "maxLength": 64}),
-    }, description="Other members (tool_calls, ...) are accepted and not forwarded.")
+        "content": {"anyOf": [*content["anyOf"], null]},
+        "name": nullable(name64),
+        "tool_calls": nullable(calls),
+        "tool_call_id": nullable(call_id),
+    }, description="OpenAI's message: name, tool_calls (assistant) and tool_call_id (tool) "
+                   "are forwarded; other members are accepted and not forwarded."),
+        "anyOf": [
+            obj(["role", "content", "tool_call_id"], {
+                "role": {"const": "tool"}, "content": content, "tool_call_id": call_id,
+                "tool_calls": null}),
+            obj(["role", "tool_calls"], {
+                "role": {"const": "assistant"}, "tool_calls": calls, "tool_call_id": null}),
+            obj(["role", "content"], {
+                "role": {"enum": others}, "content": content, "tool_calls": null,
+                "tool_call_id": null})]}
 
 
 def _sampling(s: EdgeSettings) -> dict[str, Schema]:
     stop_text = {"type": "string", "minLength": 1, "maxLength": 256}
     return {
-        "model": nullable({"type": "string", "minLength": 1, "maxLength": 200,
-                           "description": f"default: {s.provider.ai_model}"}),
+        "model": nullable({"enum": list(s.models),
+                           "description": f"one of AI_MODELS; default: {s.provider.ai_model}. "
+                                          "Another: model_not_found (404 on /v1, else 422)"}),
         "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages,
                      "items": ref("Message"),
                      "description": f"at most {s.max_text_chars} characters of text in all"},
@@ -113,9 +142,11 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
         "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "stop": nullable({"anyOf": [stop_text, {"type": "array", "minItems": 1, "maxItems": 4,
                                                 "items": stop_text}]}),
-        "metadata": nullable({"type": "object", "description":
+        "metadata": nullable({"type": "object", "additionalProperties": ref("MetadataValue"),
+                              "description":
                               f"yours, returned with the task; at most "
-                              f"{s.max_metadata_bytes} bytes as JSON"}),
+                              f"{s.max_metadata_bytes} bytes as JSON, nested at most "
+                              f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
         "deadline": nullable({"anyOf": [
             {"type": "number", "exclusiveMinimum": 0, "maximum": deadlines.MAX_DEADLINE_S},
             {"type": "string", "format": "date-time"}],
@@ -144,6 +175,14 @@ def _chat_request(s: EdgeSettings) -> Schema:
     return {"type": "object", "required": ["messages"], "properties": props,
             "description": "OpenAI's other fields (n, tools, seed, ...) are accepted and "
                            "ignored, so unmodified SDKs keep working."}
+
+
+# Numbers within 64-bit integers' range: a wider integer would not be kept exactly.
+_METADATA_VALUE = {"anyOf": [
+    {"type": ["string", "boolean", "null"]},
+    {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX},
+    {"type": "array", "items": ref("MetadataValue")},
+    {"type": "object", "additionalProperties": ref("MetadataValue")}]}
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -266,7 +305,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                  "content": {"application/json": {"schema": ref("ChatCompletionRequest")}}}
     task_header = {"X-Sluice-Task-Id": {"description": "the task behind this completion",
                                         "schema": STR}}
-    submit_errors = (400, 401, 409, 413, 415, 422, 429, 503)
+    submit_errors = (400, 401, 408, 409, 413, 415, 422, 429, 503)
     # schemathesis reads a text/event-stream answer as events {id, event, data}, one by one
     task_events = {"text/event-stream": {"schema": obj(["data"], {
         "id": STR, "event": {"enum": ["status", "reasoning", "content", "refusal", "reset",
@@ -353,9 +392,11 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                         "headers": task_header,
                         "content": {"application/json": {"schema": ref("ChatCompletion")},
                                     **chunks}},
-                **errors(*submit_errors, 408, 502, openai=True)}}},
+                **errors(*submit_errors, 502, openai=True),
+                "404": _error("model_not_found: the model is not one of AI_MODELS", True)}}},
         "/v1/models": {"get": {
-            "operationId": "listModels", "summary": "The model a request gets by default",
+            "operationId": "listModels",
+            "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
     }
@@ -370,6 +411,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
         "paths": _paths(settings),
         "components": {"schemas": {
             "TaskRequest": _task_request(settings), "Message": _message(settings),
+            "MetadataValue": _METADATA_VALUE,
             "ChatCompletionRequest": _chat_request(settings), "Task": _TASK,
             "TaskResult": _RESULT, "TaskState": obj(["id", "status"], {
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),

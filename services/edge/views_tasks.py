@@ -9,9 +9,10 @@ from aiohttp import web
 
 from services.edge import queue, waiting
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
-from services.edge.validation import parse_task, read_json
+from services.edge.validation import parse_task
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None
@@ -40,7 +41,7 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 async def create_task(request: web.Request) -> web.Response:
     edge = edge_of(request)
     key = idempotency_key(request)
-    req = parse_task(await read_json(request, edge.settings.max_body_bytes), edge.settings)
+    req = parse_task(await read_json(request, edge.settings), edge.settings)
     tenant = tenant_of(request)
     sub = await queue.submit(edge, tenant, req, key)
     body = queue.accepted_body(sub)

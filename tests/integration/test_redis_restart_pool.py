@@ -17,9 +17,11 @@ from tests.harness import RedisServer
 CONNECTIONS = 10
 
 
-@pytest.mark.parametrize("wait", [True, False])  # the processor's pool and everyone else's
-async def test_no_command_fails_once_redis_is_back(own_redis: RedisServer, wait: bool) -> None:
-    client = redis_conn.connect(own_redis.url, wait=wait, max_connections=64)
+# the processor's pool (waits as long as it takes) and everyone else's (a bounded wait)
+@pytest.mark.parametrize("wait_s", [None, redis_conn.POOL_WAIT_S])
+async def test_no_command_fails_once_redis_is_back(own_redis: RedisServer,
+                                                  wait_s: float | None) -> None:
+    client = redis_conn.connect(own_redis.url, wait_s=wait_s, max_connections=64)
     try:
         # Fill the pool: CONNECTIONS connections, each held by a blocking command at once.
         await asyncio.gather(*(client.blpop([f"nothing-{i}"], timeout=0.1)
