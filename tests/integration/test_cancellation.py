@@ -28,7 +28,7 @@ async def _cancel_many(make_loop, rounds: int = 60) -> int:  # type: ignore[no-u
 
 
 async def test_forever_stops_when_cancelled_inside_a_redis_call(redis_url: str) -> None:
-    redis = redis_conn.connect(redis_url, wait=True, max_connections=4)
+    redis = redis_conn.connect(redis_url, wait_s=None, max_connections=4)
     try:
         async def step() -> None:
             await redis.eval("return 1", 0)  # type: ignore[misc]
