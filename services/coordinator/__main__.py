@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
 from shared import logs, redis_conn
@@ -13,6 +11,7 @@ from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
 
@@ -37,7 +36,7 @@ def main() -> None:
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))
     install_uvloop()
-    asyncio.run(serve(settings))
+    run_service("coordinator", serve(settings))
 
 
 if __name__ == "__main__":
