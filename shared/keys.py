@@ -110,6 +110,11 @@ class Keys:
         return f"{self._p}:coord:alive"
 
     @property
+    def deployment(self) -> str:
+        """String: the deployment id, also kept in the store (see shared/store_check.py)."""
+        return f"{self._p}:deployment"
+
+    @property
     def ai_status(self) -> str:
         """Hash: what processors last learnt about the provider."""
         return f"{self._p}:ai"

@@ -15,6 +15,19 @@ log = logs.get("sluice.loop")
 T = TypeVar("T")
 
 
+def cancel_if_asked() -> None:
+    """Raise CancelledError when this task was asked to stop but the request got lost.
+
+    On Python 3.11 ``asyncio.wait_for`` returns normally when it is cancelled just as its inner
+    future completes (gh-86296), and redis-py sends every command through it: a task cancelled
+    while it writes to Redis carries on as if nothing happened. A ``TaskGroup`` aborting after
+    one failure then waits forever on that task, and the process lives on with no heartbeat.
+    The request is still counted (``Task.cancelling()``), so loops ask after every step."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep, but wake at once when ``stopping`` is set."""
     try:
@@ -33,6 +46,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
     delay = 0.1
     regroup = False
     while not stopping.is_set():
+        cancel_if_asked()
         try:
             if regroup and recreate_groups is not None:
                 await recreate_groups()  # in here, so a full Redis is waited out here too
@@ -62,6 +76,7 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
     full. Used where giving up would strand work: acknowledging a batch, finishing a task."""
     delay = 0.1
     while True:
+        cancel_if_asked()
         try:
             return await step()
         except WAIT_OUT as exc:

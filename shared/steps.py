@@ -188,7 +188,8 @@ class Steps:
         the current rate window, the tenant's active set.
         ARGV: task id, tenant, request JSON, model, now (ms), body hash ('' without an
         Idempotency-Key), idempotency TTL (s), first status event data, task TTL (s), rate per
-        window, window (ms), max active, traceparent ('' when tracing is off)."""
+        window, window (ms), max active, the Idempotency-Key ('' without one), traceparent
+        ('' when tracing is off)."""
         k = self.keys
         window = now // limits.window_ms
         outcome, value = await self._call(
@@ -198,7 +199,7 @@ class Steps:
              k.tenant_active(tenant)],
             [task_id, tenant, request_json, model, now, body_hash if idem_key else "",
              idempotency_ttl_s, first_event, task_ttl_s, limits.rate_per_window,
-             limits.window_ms, limits.max_active, traceparent])
+             limits.window_ms, limits.max_active, idem_key or "", traceparent])
         if outcome == "created":
             return Created(value)
         if outcome == "existing":

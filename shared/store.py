@@ -12,6 +12,7 @@ batch. A backend only says how one group is committed (:meth:`Store._commit`).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -72,6 +73,8 @@ UPSERT_TASK = "upsert_task"        # fenced: replaces a row only for a strictly 
 INSERT_TASK = "insert_task"        # only when no row exists
 UPSERT_BATCH = "upsert_batch"      # claimed_at kept from the first write, completed_at from any
 INSERT_IDEMPOTENCY = "insert_idem"  # the first key wins
+PUT_META = "put_meta"              # a fact about the store, replaced
+INSERT_META = "insert_meta"        # a fact about the store, only when it has none
 
 
 # What makes a task upsert fenced: a row is replaced only by a strictly higher fence.
@@ -96,7 +99,29 @@ def write_statements(param: Callable[[int], str]) -> dict[str, str]:
         "completed_at = COALESCE(excluded.completed_at, batches.completed_at)",
         INSERT_IDEMPOTENCY: insert("idempotency_keys", IDEMPOTENCY_COLUMNS)
         + "ON CONFLICT (tenant, key) DO NOTHING",
+        PUT_META: insert("meta", ["key", "value"])
+        + "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        INSERT_META: insert("meta", ["key", "value"]) + "ON CONFLICT (key) DO NOTHING",
     }
+
+
+# SQLite's own names for "the file is not a usable database": nothing written to it will stick.
+_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # with their extended codes (_CORRUPT_INDEX)
+
+
+def store_broken(exc: BaseException) -> bool:
+    """The store is corrupt or not a database: a service cannot go on with it."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return isinstance(exc, sqlite3.DatabaseError) and name.startswith(_BROKEN)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """The store cannot take writes right now (disk full, an I/O error, read-only, locked too
+    long, a networked store out of reach), but may again: worth waiting for, unlike a corrupt
+    file or a bad value."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and not store_broken(exc)
 
 
 @dataclass(slots=True)
@@ -167,6 +192,10 @@ class Store(ABC):
         return await self._write(INSERT_IDEMPOTENCY,
                                  (tenant, key, task_id, body_hash, now_ms()))
 
+    async def put_meta(self, key: str, value: str, *, replace: bool = True) -> bool:
+        """Set one fact about the store (``replace=False``: only when it has none)."""
+        return await self._write(PUT_META if replace else INSERT_META, (key, value))
+
     async def _write(self, op: str, params: tuple[Any, ...]) -> bool:
         loop = asyncio.get_running_loop()
         item = Write(op, params, loop.create_future())
@@ -224,6 +253,9 @@ class Store(ABC):
 
     @abstractmethod
     async def get_idempotency_key(self, tenant: str, key: str) -> tuple[str, str] | None: ...
+
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
 
     @abstractmethod
     async def count(self, table: str) -> int: ...

@@ -214,6 +214,11 @@ class PostgresStore(Store):
             *_text_safe((tenant, key))))
         return (row[0], row[1]) if row else None
 
+    async def get_meta(self, key: str) -> str | None:
+        value = await self._retrying("read", lambda c, _n: c.fetchval(
+            "SELECT value FROM meta WHERE key = $1", *_text_safe((key,))))
+        return None if value is None else str(value)
+
     async def count(self, table: str) -> int:
         name = check_table(table)
         return int(await self._retrying(

@@ -158,6 +158,12 @@ class SqliteStore(Store):
             return (row[0], row[1]) if row else None
         return await self._read(q)
 
+    async def get_meta(self, key: str) -> str | None:
+        def q(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return str(row[0]) if row else None
+        return await self._read(q)
+
     async def count(self, table: str) -> int:
         name = check_table(table)
         return await self._read(lambda c: int(c.execute(f"SELECT COUNT(*) FROM {name}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
 from shared import logs, metrics, redis_conn, tracing
@@ -13,6 +11,7 @@ from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
 
@@ -41,7 +40,7 @@ def main() -> None:
     install_uvloop()
     tracing.setup("coordinator")
     try:
-        asyncio.run(serve(settings))
+        run_service("coordinator", serve(settings))
     finally:
         tracing.shutdown()
 

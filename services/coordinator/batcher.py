@@ -22,6 +22,7 @@ from shared import figures, groups, logs, metrics, tracing
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.runtime import ServiceGroup
 from shared.steps import BatchPolicy, BatchState, Steps
 from shared.timeutil import now_ms
 
@@ -49,7 +50,7 @@ class Coordinator:
     async def run(self) -> None:
         await until_redis_answers(self._ensure_groups, "groups")
         log.info("coordinator_started", name=self.name)
-        async with asyncio.TaskGroup() as tg:
+        async with ServiceGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))
             tg.create_task(self._forever(self._timer_loop, "timer"))
             tg.create_task(self._forever(self._heartbeat_once, "heartbeat",

@@ -8,7 +8,7 @@ from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared import logs, tracing
 from shared.config import describe
-from shared.runtime import install_uvloop, settings_or_exit
+from shared.runtime import Refusal, install_uvloop, refuse, settings_or_exit
 
 
 def main() -> None:
@@ -21,10 +21,14 @@ def main() -> None:
                     "port can submit tasks and read results")
     install_uvloop()
     tracing.setup("edge")
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                reuse_port=True, shutdown_timeout=settings.shutdown_timeout_s,
-                access_log=None, print=None, handle_signals=True)
-    tracing.shutdown()
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                    reuse_port=True, shutdown_timeout=settings.shutdown_timeout_s,
+                    access_log=None, print=None, handle_signals=True)
+    except Refusal as exc:
+        refuse("edge", exc)
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from aiohttp import web
 from services.edge.settings import EdgeSettings
 from shared import redis_conn
 from shared.keys import Keys
-from shared.redis_conn import RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import Steps
 from shared.store import Store, make_store
+from shared.store_check import StoreCheck, check_identity
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Edge:
     steps: Steps
     keys: Keys
     store: Store
+    store_check: StoreCheck
 
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
@@ -45,13 +47,15 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
                        patience_s=STORE_PATIENCE_S)
     try:
         await store.open()
+        keys = Keys(settings.common.redis_prefix)
         try:
             await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
             await redis_conn.warn_if_unsafe(redis)
-        except RuntimeError:
+            await check_identity(store, redis, keys)
+        except (RuntimeError, *WAIT_OUT):
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
-        keys = Keys(settings.common.redis_prefix)
-        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store)
+        check = StoreCheck(store, settings.store_check_interval_s)
+        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)
         yield
     finally:
         await redis.aclose()

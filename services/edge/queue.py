@@ -11,7 +11,7 @@ import orjson
 from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
-from shared import metrics, rollup, tasks, tracing
+from shared import logs, metrics, rollup, tasks, tracing
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
@@ -25,6 +25,7 @@ from shared.steps import (
 )
 from shared.timeutil import iso, now_ms
 
+log = logs.get("sluice.edge")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 RATE_WINDOW_MS = 60_000  # TENANT_RATE_PER_MINUTE counts submissions per fixed minute
 
@@ -80,7 +81,12 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
     metrics.tasks_submitted.labels(metrics.tenant(tenant)).inc()
     rollup.add("submitted")
     if idem_key:
-        await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
+        try:
+            await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
+        except Exception as exc:  # stored in Redis: accepted, whatever else fails
+            # Redis answers replays meanwhile, and the task's holder writes the record with
+            # the task's row (the key is in the task hash): it is late, never lost.
+            log.warning("idempotency_key_not_stored", task_id=task_id, error=repr(exc))
     return Submitted(task_id, created, existing=False)
 
 

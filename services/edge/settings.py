@@ -32,6 +32,7 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    store_check_interval_s: float  # /api/health's write probe and quick_check, at most this often
     body_timeout_s: float  # a request body must have arrived within this (else 408)
     allow_compressed_bodies: bool  # Content-Encoding gzip/deflate accepted (else 415)
     redis_connections: int  # the main pool: commands wait for a free one ...
@@ -65,6 +66,7 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            store_check_interval_s=env.number("STORE_CHECK_INTERVAL_S", 30.0, min_value=0),
             body_timeout_s=env.number("EDGE_BODY_TIMEOUT_S", 30.0, min_value=0.01),
             allow_compressed_bodies=env.flag("EDGE_ALLOW_COMPRESSED_BODIES", False),
             redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 256, min_value=1),

@@ -38,10 +38,10 @@ async def redis_memory(edge: Edge) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     edge = edge_of(request)
     checks: dict[str, str] = {}
-    for name, probe in (("redis", edge.redis.ping()), ("store", edge.store.ping())):
+    for name, probe in (("redis", edge.redis.ping()), ("store", edge.store_check.problem())):
         try:
-            await asyncio.wait_for(probe, timeout=2)
-            checks[name] = "ok"
+            problem = await asyncio.wait_for(probe, timeout=5 if name == "store" else 2)
+            checks[name] = f"down: {problem}" if isinstance(problem, str) else "ok"
         except Exception as exc:  # any failure of a probe means that dependency is down
             checks[name] = f"down: {type(exc).__name__}"
     failing = [n for n, v in checks.items() if v != "ok"]

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import logs, metrics, redis_conn, rollup, tracing
 from shared.config import describe
 from shared.keys import Keys
+from shared.loops import until_redis_answers
 from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
 from shared.store import make_store
+from shared.store_check import check_identity
 
 
 async def serve(settings: ProcessorSettings) -> None:
@@ -29,6 +30,9 @@ async def serve(settings: ProcessorSettings) -> None:
         await store.open()
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)
+        await until_redis_answers(  # a full Redis is waited out here too
+            lambda: check_identity(store, redis, Keys(settings.common.redis_prefix)),
+            "identity")
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
         async with (metrics.serving(settings.metrics, "processor"),
@@ -51,7 +55,7 @@ def main() -> None:
     install_uvloop()
     tracing.setup("processor")
     try:
-        asyncio.run(serve(settings))
+        run_service("processor", serve(settings))
     finally:
         tracing.shutdown()
 

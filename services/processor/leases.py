@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from shared import logs, metrics
 from shared.keys import BATCHES_GROUP, Keys
+from shared.loops import cancel_if_asked
 from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import LeaseLost, Steps
 
@@ -65,6 +66,7 @@ class LeaseKeeper:
     async def run(self, stopping: asyncio.Event, drained: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
         while not drained.is_set():
+            cancel_if_asked()
             try:
                 await self.renew_all()
             except WAIT_OUT as exc:
