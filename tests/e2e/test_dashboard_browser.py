@@ -22,6 +22,9 @@ ENV = {"EDGE_API_KEYS": f"{TENANT_KEY}:acme,{OTHER_KEY}:other", "EDGE_ADMIN_KEYS
        "BATCH_TIMEOUT_MS": "50", "MAX_ATTEMPTS": "2", "RETRY_BASE_S": "0.01"}
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
+# Observability is the services' and Redis's; the store does nothing of its own here.
+pytestmark = pytest.mark.first_store_only
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:

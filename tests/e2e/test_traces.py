@@ -18,6 +18,9 @@ from tests.harness import running_stack, wait_for
 
 CLIENT_TRACE, CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
+# Observability is the services' and Redis's; the store does nothing of its own here.
+pytestmark = pytest.mark.first_store_only
+
 
 class Receiver:
     """OTLP/HTTP (protobuf) on /v1/traces; keeps every span with its service's name."""
