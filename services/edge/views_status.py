@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.edge.auth import tenant_of
 from services.edge.context import Edge, edge_of
 from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
@@ -156,8 +157,9 @@ async def ai_status(request: web.Request) -> web.Response:
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),
         "last_success_at": iso(h.get("success_at")),
-        "last_error": h.get("error"),
-        "last_error_at": iso(h.get("error_at")),
+        # Only the caller's own tenant's: a provider's message may quote the request.
+        "last_error": h.get(f"error:{tenant_of(request)}"),
+        "last_error_at": iso(h.get(f"error_at:{tenant_of(request)}")),
         "timeout_s": p.ai_timeout_s,
         # The governor's view of each provider (base URL, key fingerprint, model).
         "providers": [{**v, "paused_until": iso(v["paused_until"]),

@@ -207,7 +207,7 @@ class TaskRun:
                 return await self._finish(h, tasks.FAILED, None, deadline_error(), attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
-                await self.deps.status.note(error=err.message)
+                await self.deps.status.note(error=err.message, tenant=h.get("tenant", ""))
                 if self.deps.governor.enabled and is_rate_limit(err):
                     # A wait, not a failure: the attempt does not count, and the task waits
                     # for the governor again (which the refusal just paced).
