@@ -67,12 +67,23 @@ async def overview(request: web.Request) -> web.Response:
         "provider": {"model": edge.settings.provider.ai_model,
                      "streaming": None if "streaming" not in ai else ai["streaming"] == "1",
                      "last_success_at": iso(ai.get("success_at")),
-                     "last_error": ai.get("error"), "last_error_at": iso(ai.get("error_at")),
+                     **_last_error(ai, scope(request)),
                      # The provider governor's state: window, calls in flight, pause, 429s.
                      "pacing": await read_providers(r, k, now)},
         "history": await rollup.history(r, k, 60),
         "timestamp": iso(now),
     })
+
+
+def _last_error(ai: dict[str, str], only: str | None) -> dict[str, Any]:
+    """The provider's last error this key may see: errors are kept per tenant (a message may
+    quote the request that caused it), an admin sees the latest of any tenant's."""
+    tenants = [only] if only is not None else [
+        k.removeprefix("error_at:") for k in ai if k.startswith("error_at:")]
+    latest = max(tenants, key=lambda t: int(ai.get(f"error_at:{t}") or 0), default=None)
+    if latest is None or f"error:{latest}" not in ai:
+        return {"last_error": None, "last_error_at": None}
+    return {"last_error": ai[f"error:{latest}"], "last_error_at": iso(ai[f"error_at:{latest}"])}
 
 
 def _why(depth: dict[str, float], free: int, size: int, deadline: Any, now: int) -> list[str]:
