@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from shared import logs
+from shared import logs, metrics
 from shared.redis_conn import WAIT_OUT, wait_event
 
 log = logs.get("sluice.loop")
@@ -54,6 +54,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             await step()
             delay = 0.1
         except WAIT_OUT as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, retry_in_s=round(delay, 2),
                         error=type(exc).__name__)
             await sleep_unless(stopping, delay)
@@ -79,6 +80,7 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
         try:
             return await step()
         except WAIT_OUT as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, error=type(exc).__name__,
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)

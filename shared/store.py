@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shared import metrics
 from shared.timeutil import now_ms
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -215,6 +216,7 @@ class Store(ABC):
                         _settle(item, StoreUnavailable("the store was closed"))
                     raise
                 except StoreUnavailable as exc:  # handed to every waiting writer
+                    metrics.store_errors.inc()
                     for item in items:
                         _settle(item, exc)
                     continue
@@ -225,6 +227,7 @@ class Store(ABC):
                         try:
                             [ok] = await self._commit([item])
                         except Exception as exc:
+                            metrics.store_errors.inc()
                             _settle(item, exc)
                         else:
                             self.transactions += 1

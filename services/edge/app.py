@@ -7,9 +7,11 @@ import time
 from aiohttp import web
 
 from services.edge import (
+    dashboard,
     dead_letters,
     events,
     feeds,
+    metrics_view,
     openai_api,
     openapi,
     provider_probe,
@@ -20,7 +22,7 @@ from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
-from shared import logs
+from shared import logs, metrics, tracing
 
 log = logs.get("sluice.edge")
 CLIENT_GONE = 499  # nginx's "client closed request", for the summary line only
@@ -35,6 +37,8 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     try:
         try:
+            if tracing.enabled():
+                tracing.incoming.set(request.headers.get("traceparent"))
             authenticate(request)
             response = await handler(request)
         except ConnectionResetError:
@@ -46,9 +50,11 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        metrics_view.observe(request, status, elapsed)
         if request.path != "/api/health":
             log.info("request", method=request.method, path=request.path, status=status,
-                     ms=round((time.perf_counter() - started) * 1000, 2),
+                     ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
 
 
@@ -64,8 +70,10 @@ def create_app(settings: EdgeSettings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "handler_cancellation": False})
     app[SETTINGS] = settings
+    metrics.configure(settings.metrics)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(metrics_view.rollup_ctx)
     app.cleanup_ctx.append(provider_probe.probe_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
@@ -79,6 +87,8 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/api/async-status", views_status.async_status)
     r.add_get("/api/ai-status", views_status.ai_status)
     r.add_get("/api/openapi.json", openapi.serve)
+    r.add_get("/metrics", metrics_view.serve)
+    dashboard.add_routes(app)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
     return app

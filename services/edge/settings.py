@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
+from shared.metrics import MetricsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +18,7 @@ class EdgeSettings:
     host: str
     port: int
     api_keys: Secret[dict[str, str]]  # key -> tenant; empty means the edge is open
+    admin_keys: Secret[dict[str, str]]  # EDGE_ADMIN_KEYS: key -> 'admin'; /metrics, dashboard
     max_body_bytes: int
     max_messages: int
     max_text_chars: int
@@ -36,6 +38,8 @@ class EdgeSettings:
     redis_connections: int  # the main pool: commands wait for a free one ...
     redis_wait_s: float  # ... this long at most, then 503 (logged as pool exhausted)
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
+    metrics: MetricsSettings
+    dashboard_show_prompts: bool
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -48,6 +52,7 @@ class EdgeSettings:
             host=env.text("EDGE_HOST", "0.0.0.0"),
             port=env.integer("EDGE_PORT", 8080, min_value=0, max_value=65535),
             api_keys=Secret(_api_keys(env)),
+            admin_keys=Secret(_admin_keys(env)),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1 << 20, min_value=1024),
             max_messages=env.integer("MAX_MESSAGES", 256, min_value=1),
             max_text_chars=env.integer("MAX_TEXT_CHARS", 400_000, min_value=1),
@@ -67,11 +72,18 @@ class EdgeSettings:
             redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 256, min_value=1),
             redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
             models=_models(env, provider.ai_model),
+            metrics=MetricsSettings.from_env(env),
+            dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
         )
 
     @property
     def open_access(self) -> bool:
         return not self.api_keys.get()
+
+    @property
+    def open_admin(self) -> bool:
+        """No key of any kind: /metrics and the dashboard are open, like the rest."""
+        return not self.api_keys.get() and not self.admin_keys.get()
 
 
 def _models(env: Env, default: str) -> tuple[str, ...]:
@@ -123,6 +135,14 @@ def _api_keys(env: Env) -> dict[str, str]:
                               "digits, '.', '_' or '-'")
         keys[key] = tenant
     return keys
+
+
+def _admin_keys(env: Env) -> dict[str, str]:
+    keys = [k.strip() for k in (env.optional("EDGE_ADMIN_KEYS") or "").split(",") if k.strip()]
+    for key in keys:
+        if not _KEY.fullmatch(key):  # the message never repeats the key
+            raise ConfigError("EDGE_ADMIN_KEYS: a key must be visible ASCII with no spaces")
+    return dict.fromkeys(keys, "admin")
 
 
 # Tenants name Redis keys and store rows: a small alphabet keeps them unambiguous.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import logs, redis_conn
+from shared import logs, metrics, redis_conn, rollup, tracing
 from shared.config import describe
 from shared.keys import Keys
 from shared.loops import until_redis_answers
@@ -35,7 +35,9 @@ async def serve(settings: ProcessorSettings) -> None:
             "identity")
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
-        await processor.run()
+        async with (metrics.serving(settings.metrics, "processor"),
+                    rollup.flushing(redis, processor.keys)):
+            await processor.run()
     finally:
         await http.aclose()
         await store.close()
@@ -51,7 +53,11 @@ def main() -> None:
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)
     install_uvloop()
-    run_service("processor", serve(settings))
+    tracing.setup("processor")
+    try:
+        run_service("processor", serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,14 @@ from typing import Any, TypeVar
 
 import orjson
 
+from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion, OnDeltas, OnHeaders
-from shared import deadlines, logs, tasks
+from shared import deadlines, logs, metrics, tasks
 from shared.loops import until_redis_answers
 from shared.redis_conn import WAIT_OUT
 from shared.steps import (
@@ -157,6 +158,7 @@ class TaskRun:
             d.leases.drop(self.task_id)
 
     async def _owned(self, begun: Begun) -> Outcome:
+        telemetry.begun(begun)
         self.attempts = begun.attempts
         if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
             return Outcome.ADOPTED
@@ -366,6 +368,8 @@ class TaskRun:
         if not saved:
             log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
                         task_id=self.task_id, fence=lease.fence)
+            if saved is False:
+                metrics.fence_rejections.inc()
             return Outcome.LOST
         if self._unsent or self._resync:  # the deltas come before the terminal event
             await until_redis_answers(lambda: self._send_events(wait=True), "emit",

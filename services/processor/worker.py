@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 from redis.asyncio.client import PubSub
 
-from services.processor import provider
+from services.processor import provider, telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.deadlines import SWEEP_S, DeadlineSweeper
 from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
 from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
 from services.processor.settings import ProcessorSettings
-from shared import groups, logs
+from shared import groups, logs, metrics
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import cancel_if_asked, forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient
@@ -54,8 +54,8 @@ class Processor:
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
             steps=self.steps, store=store,
-            call=lambda request, on_deltas, on_headers: provider.complete(
-                http, settings.provider, request, on_deltas, on_headers),
+            call=telemetry.observed(lambda request, on_deltas, on_headers: provider.complete(
+                http, settings.provider, request, on_deltas, on_headers)),
             leases=self.leases, status=ProviderStatus(redis, self.keys),
             policy=RunPolicy(max_attempts=settings.max_attempts,
                              retry_base_s=settings.retry_base_s,
@@ -208,6 +208,7 @@ class Processor:
             for entry_id, fields in entries:
                 if fields:
                     log.warning("reclaimed_batch", batch_id=fields.get("b"), entry=entry_id)
+                    metrics.reclaims.labels("batches").inc()
                     await self._start(entry_id, fields, fresh=False)
             if cursor == "0-0":
                 return
@@ -222,6 +223,9 @@ class Processor:
         task = self._tg.create_task(self._run_batch(entry_id, fields, ids))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
+        if fresh:
+            metrics.batches_taken.inc()
+            metrics.batch_size.observe(len(ids))
         await self._safe_report(taken=len(ids) if fresh else 0)
 
     # --- running a batch ----------------------------------------------------------------------
@@ -271,6 +275,8 @@ class Processor:
                     if crashes > self.settings.max_attempts:
                         return Outcome.CRASHED
                     continue
+                if outcome in (Outcome.DONE, Outcome.ADOPTED):
+                    telemetry.finished(run.status)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
                     return Outcome.HANDOFF if outcome is Outcome.BUSY else outcome
                 # Someone else holds it and is alive (it renews): look again in a while.

@@ -44,6 +44,7 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
             ("POST", "/api/tasks"): ("/api/tasks", {"prompt": "c"}),
             ("DELETE", "/api/tasks/{id}"): (f"/api/tasks/{queued}", None),
             ("POST", "/api/tasks/{id}/retry"): (f"/api/tasks/{failed}/retry", None),
+            ("POST", "/api/admin/tasks/{id}/retry"): (f"/api/admin/tasks/{failed}/retry", None),
             ("POST", "/v1/chat/completions"): ("/v1/chat/completions", {
                 "model": model, "messages": [{"role": "user", "content": "d"}]}),
         }

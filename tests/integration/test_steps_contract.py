@@ -72,6 +72,7 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
                       stored=StoredTask("{}", "m", now, 1))
     await redis.set(keys.flush_lock, "lock-token")
     await steps.release_lock(keys.flush_lock, "lock-token")
+    await steps.hand_on_traces({a: "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
 
     assert set(steps.sent) == set(scripts.NAMES), "a script no step method called"
     for name in scripts.NAMES:
