@@ -112,6 +112,11 @@ class StoreCheck:
                 return f"deleted: {self.path} is gone (writes go to an unlinked file)"
             if now_id != self.opened:
                 return f"replaced: {self.path} is not the file this process opened"
+        else:
+            try:
+                await self.store.ping()  # a networked store: is it reachable right now?
+            except Exception as exc:
+                return f"unreachable: {type(exc).__name__}: {exc}"
         async with self._lock:  # one check at a time; waiting callers get its verdict
             if time.monotonic() - self._checked_at >= self.interval_s:
                 self._verdict = await self._deep_check()

@@ -28,15 +28,18 @@ STORES = tuple(s.strip() for s in os.environ.get("TEST_STORES", "sqlite,postgres
 def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
     nothing of its own) run on the first of STORES only, to keep `make test` short;
-    TEST_EVERY_STORE=1 runs them on every store too."""
-    if os.environ.get("TEST_EVERY_STORE") == "1":
-        return
+    TEST_EVERY_STORE=1 runs them on every store too. Tests marked sqlite_only are about the
+    SQLite file itself (deleted, replaced, corrupt, out of disk) and run on SQLite alone."""
+    every = os.environ.get("TEST_EVERY_STORE") == "1"
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         store = callspec.params.get("stack_store") if callspec else None
         later = store is not None and store != STORES[0]
-        (drop if later and item.get_closest_marker("first_store_only") else keep).append(item)
+        not_sqlite = store is not None and store != "sqlite"
+        dropped = ((later and not every and item.get_closest_marker("first_store_only"))
+                   or (not_sqlite and item.get_closest_marker("sqlite_only")))
+        (drop if dropped else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -39,6 +39,7 @@ def test_a_service_that_cannot_go_on_exits_non_zero(
             assert "service_failed" in text or "service_task_failed" in text
 
 
+@pytest.mark.sqlite_only  # it holds the SQLite file's write lock
 def test_a_processor_stuck_while_stopping_is_hard_exited(
         tmp_path: Path, redis_url: str, api_factory: Any) -> None:
     """The backstop: a processor whose store write is stuck (the file locked by someone else)

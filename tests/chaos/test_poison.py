@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of
 from tests.client import rows
@@ -21,6 +22,9 @@ from tests.harness import running_stack
 
 POISON = "poison-marker"
 
+
+# About the SQLite file itself (a trigger, a lock, its size, its inode): SQLite alone.
+pytestmark = pytest.mark.sqlite_only
 
 def test_a_poison_result_fails_its_task_and_nothing_else(
         tmp_path: Path, redis_url: str, api_factory: Any) -> None:

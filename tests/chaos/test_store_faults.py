@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of
 from tests.client import rows
 from tests.harness import Service, Stack, running_stack, wait_for
 
+# About the SQLite file itself (a trigger, a lock, its size, its inode): SQLite alone.
+pytestmark = pytest.mark.sqlite_only
 
 def _store_end(stack: Stack) -> int:
     """The size past which a write makes the store grow (its main file or its WAL)."""

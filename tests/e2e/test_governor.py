@@ -82,9 +82,11 @@ def test_rate_limit_headers_pace_calls_until_their_reset(tmp_path: Path, redis_u
             early = [round(c["started_monotonic"] - start, 3) for c in calls
                      if start + 0.05 < c["started_monotonic"] < start + reset - 0.01]
             assert early == [], (answer["ratelimit"], early)
-        refused = [c for c in calls if c["status"] == 429]
-        # Only the first calls, sent before any header was seen, can be refused.
-        assert len(refused) <= 1, refused
+        # Only calls sent before the provider first said its quota was spent can be refused
+        # (how many of those there are depends on how the first batches were spread).
+        first_spent = spent[0]["started_monotonic"] + 0.05
+        late = [c for c in calls if c["status"] == 429 and c["started_monotonic"] > first_spent]
+        assert late == [], late
         gaps = [b["started_monotonic"] - a["started_monotonic"]
                 for a, b in itertools.pairwise(calls)]
         assert max(gaps) >= 1.0  # it did wait for a reset
