@@ -14,8 +14,9 @@ import pytest
 
 from tests.harness import running_stack
 
-# The store plays no part of its own here: on the first store only (tests/conftest.py).
-pytestmark = pytest.mark.first_store_only
+# The store plays no part of its own here: on the first store only (tests/conftest.py). Its
+# run is one long subprocess (bounded at 900 s below), longer than the suite's per-test cap.
+pytestmark = [pytest.mark.first_store_only, pytest.mark.timeout(900)]
 
 KEY = "sk-schemathesis-7d01c5e3"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
