@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,13 +198,20 @@ class Store:
             (tenant, key, task_id, body_hash, now_ms()))
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> bool:
+        [ok] = await self.write_together([(sql, params)])
+        return ok
+
+    async def write_together(self, statements: Sequence[tuple[str, tuple[Any, ...]]]
+                             ) -> list[bool]:
+        """Run statements in one transaction: all of them or none. They are queued without
+        an await in between, so one flush takes them all (it takes the whole pending list)."""
         loop = asyncio.get_running_loop()
-        item = _Write(sql, params, loop.create_future())
-        self._pending.append(item)
+        items = [_Write(sql, params, loop.create_future()) for sql, params in statements]
+        self._pending.extend(items)
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush_all())
-        return await item.future
+        return [await item.future for item in items]
 
     async def _flush_all(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,6 +244,10 @@ class Store:
         return out
 
     # --- reads -------------------------------------------------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection (for the modules that own their tables)."""
+        return await self._read(fn)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._rconn
         assert conn is not None, "store not opened"

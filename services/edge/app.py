@@ -7,9 +7,12 @@ import time
 from aiohttp import web
 
 from services.edge import (
+    batch_api,
+    batch_runner,
     dead_letters,
     events,
     feeds,
+    files,
     openai_api,
     openapi,
     views_status,
@@ -53,6 +56,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(batch_runner.runner_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)
@@ -67,4 +71,13 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/api/openapi.json", openapi.serve)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
+    r.add_post("/v1/files", files.upload)
+    r.add_get("/v1/files", files.list_files)
+    r.add_get("/v1/files/{id}", files.get_file)
+    r.add_get("/v1/files/{id}/content", files.file_content)
+    r.add_delete("/v1/files/{id}", files.delete_file)
+    r.add_post("/v1/batches", batch_api.create)
+    r.add_get("/v1/batches", batch_api.list_batches)
+    r.add_get("/v1/batches/{id}", batch_api.retrieve)
+    r.add_post("/v1/batches/{id}/cancel", batch_api.cancel)
     return app

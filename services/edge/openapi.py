@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.edge import openapi_batches
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import ROLES
@@ -322,6 +323,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "operationId": "listModels", "summary": "The model a request gets by default",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
+        **openapi_batches.paths(s),
     }
 
 
@@ -339,7 +341,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),
             "Error": _ERROR, "OpenAIError": _OPENAI_ERROR, "ChatCompletion": _CHAT,
             "ModelList": _MODELS, "Health": _HEALTH, "AsyncStatus": _ASYNC, "AiStatus": _AI,
-            "DeadLetters": _DEAD}},
+            "DeadLetters": _DEAD, **openapi_batches.SCHEMAS}},
     }
     if not settings.open_access:
         doc["components"]["securitySchemes"] = {

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.edge.batch_settings import BatchApiSettings
 from shared.config import Batching, Common, ConfigError, Env, Provider
 
 
@@ -30,6 +31,7 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    batch_api: BatchApiSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -54,6 +56,7 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            batch_api=BatchApiSettings.from_env(env),
         )
 
     @property
