@@ -47,3 +47,69 @@ CREATE TABLE IF NOT EXISTS batch_lines (
   request TEXT NOT NULL,
   PRIMARY KEY (batch_id, line)
 );
+
+-- Webhooks (Standard Webhooks). A tenant's signing secret; during a rotation the previous one
+-- also signs until `previous_until` (Unix seconds).
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+  tenant TEXT PRIMARY KEY,
+  secret TEXT NOT NULL,
+  previous TEXT,
+  previous_until INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  url TEXT NOT NULL,
+  events TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS idx_webhook_endpoints_tenant ON webhook_endpoints (tenant);
+
+-- A task's own webhook_url, given when it was submitted.
+CREATE TABLE IF NOT EXISTS task_webhooks (
+  task_id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  url TEXT NOT NULL
+);
+
+-- The outbox: one row per (event, target), its id the webhook-id of every attempt. `state` is
+-- pending, delivered or failed (gave up); `next_at` (ms) is when the next attempt is due.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  endpoint_id TEXT NOT NULL,
+  url TEXT NOT NULL,
+  event_type TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_at INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  last_at INTEGER,
+  last_status INTEGER,
+  last_error TEXT
+);
+
+CREATE INDEX IF NOT EXISTS idx_webhook_deliveries_due ON webhook_deliveries (state, next_at);
+CREATE INDEX IF NOT EXISTS idx_webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id);
+
+-- Every attempt of a delivery, for GET /api/webhooks/{id}/deliveries.
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+  delivery_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  status INTEGER,
+  error TEXT,
+  PRIMARY KEY (delivery_id, attempt)
+);
+
+-- How far the webhook scanner has read the tasks table (its rowid), so a task that finished
+-- while no edge ran still gets its events.
+CREATE TABLE IF NOT EXISTS webhook_cursor (
+  name TEXT PRIMARY KEY,
+  position INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS idx_batch_lines_task ON batch_lines (task_id);

@@ -89,6 +89,11 @@ class Keys:
         return f"{self._p}:lock:batch-runner"
 
     @property
+    def webhooks_lock(self) -> str:
+        """Lock (SET NX PX, renewed) of the one edge sending due webhook deliveries."""
+        return f"{self._p}:lock:webhooks"
+
+    @property
     def dead_letters(self) -> str:
         """Sorted set: dead-lettered task ids scored by time."""
         return f"{self._p}:dead"

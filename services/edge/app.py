@@ -22,6 +22,8 @@ from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
+from services.webhooks import delivery
+from services.webhooks import views as webhooks
 from shared import logs
 
 log = logs.get("sluice.edge")
@@ -57,6 +59,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
     app.cleanup_ctx.append(batch_runner.runner_ctx)
+    app.cleanup_ctx.append(delivery.webhooks_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)
@@ -80,4 +83,10 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/v1/batches", batch_api.list_batches)
     r.add_get("/v1/batches/{id}", batch_api.retrieve)
     r.add_post("/v1/batches/{id}/cancel", batch_api.cancel)
+    r.add_post("/api/webhooks", webhooks.create_endpoint)
+    r.add_get("/api/webhooks", webhooks.list_endpoints)
+    r.add_post("/api/webhooks/rotate-secret", webhooks.rotate_secret)
+    r.add_delete("/api/webhooks/{id}", webhooks.delete_endpoint)
+    r.add_post("/api/webhooks/{id}/test", webhooks.send_test)
+    r.add_get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries)
     return app

@@ -31,11 +31,20 @@ from aiohttp import web
 from services.edge import batches as b
 from services.edge.context import EDGE, Edge
 from services.edge.files import OUTPUT_PURPOSE
+from services.webhooks import events
 from shared import logs, loops, tasks
-from shared.batch_store import BatchRecord, BatchStore, FileMeta, Line, save_file_statements
+from shared.batch_store import (
+    BatchRecord,
+    BatchStore,
+    FileMeta,
+    Line,
+    Statement,
+    save_file_statements,
+)
 from shared.redis_conn import UNAVAILABLE
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
 from shared.timeutil import now_ms
+from shared.webhook_store import WebhookStore, delivery_statement
 
 log = logs.get("sluice.batches")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
@@ -50,6 +59,7 @@ class BatchRunner:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.store = BatchStore(edge.store)
+        self.hooks = WebhookStore(edge.store)
         self.settings = edge.settings.batch_api
         self.token = secrets.token_hex(16)
         self.holding = False
@@ -98,7 +108,8 @@ class BatchRunner:
         if checked.errors:
             failed = b.moved(doc, b.FAILED, now_s)
             failed["errors"] = {"object": "list", "data": checked.errors}
-            await self.store.update_batch(_with(record, failed), [b.VALIDATING])
+            await self.store.update_batch(_with(record, failed), [b.VALIDATING],
+                                          await self._event(record, b.FAILED))
             log.info("batch_failed", batch_id=record.id, errors=len(checked.errors))
             return
         running = b.moved(doc, b.IN_PROGRESS, now_s)
@@ -194,7 +205,7 @@ class BatchRunner:
         doc["request_counts"] = {"total": len(out) + len(errors), "completed": succeeded,
                                  "failed": failed}
         doc["usage"] = b.usage(prompt, completion)
-        statements = []
+        statements: list[Statement] = []
         for kind, content in (("output", out), ("error", errors)):
             if not content:
                 continue
@@ -203,9 +214,20 @@ class BatchRunner:
                             f"{record.id}_{kind}.jsonl", len(data), len(content), now_s, None)
             doc[f"{kind}_file_id"] = meta.id
             statements += save_file_statements(meta, data, guard=(record.id, final_status))
+        statements += await self._event(record, final_status)
         if await self.store.update_batch(_with(record, doc), [record.status], statements):
             log.info("batch_finished", batch_id=record.id, status=final_status,
                      succeeded=succeeded, errors=len(errors))
+
+
+    async def _event(self, record: BatchRecord, final_status: str) -> list[Statement]:
+        """The outbox rows of the batch's final event, written in the transaction of its
+        final status (guarded on it, so a status change that misses queues nothing)."""
+        kind = events.BATCH_EVENTS[final_status]
+        targets = events.subscribed(await self.hooks.endpoints(record.tenant), kind)
+        return [delivery_statement(d, guard=(record.id, final_status)) for d in
+                events.deliveries(record.tenant, kind, record.id, {"status": final_status},
+                                  targets)]
 
 
 def _with(record: BatchRecord, doc: dict[str, Any]) -> BatchRecord:

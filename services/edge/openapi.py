@@ -22,6 +22,7 @@ from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
+from services.webhooks import openapi as webhooks_openapi
 from shared import tasks
 
 Schema = dict[str, Any]
@@ -324,6 +325,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
         **openapi_batches.paths(s),
+        **webhooks_openapi.paths(),
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.edge.batch_settings import BatchApiSettings
+from services.webhooks.settings import WebhookSettings
 from shared.config import Batching, Common, ConfigError, Env, Provider
 
 
@@ -32,6 +33,7 @@ class EdgeSettings:
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
     batch_api: BatchApiSettings
+    webhooks: WebhookSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -57,6 +59,7 @@ class EdgeSettings:
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
             batch_api=BatchApiSettings.from_env(env),
+            webhooks=WebhookSettings.from_env(env),
         )
 
     @property
