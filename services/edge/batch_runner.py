@@ -86,6 +86,9 @@ class BatchRunner:
             return
         if not await self.hold():
             return
+        # BATCH_LINES_IN_FLIGHT is shared by every batch, oldest first: whatever the number of
+        # batches, the processors' other slots stay free for interactive tasks.
+        budget = self.settings.lines_in_flight
         for batch_id in active:
             record = await self.store.get_batch(batch_id)
             if record is None:
@@ -93,7 +96,7 @@ class BatchRunner:
             if record.status == b.VALIDATING:
                 await self.validate(record)
             elif record.status in (b.IN_PROGRESS, b.CANCELLING):
-                await self.advance(record)
+                budget -= await self.advance(record, max(0, budget))
             elif record.status == b.FINALIZING:
                 await self.finish(record, b.COMPLETED)
 
@@ -119,7 +122,9 @@ class BatchRunner:
                                       self.store.lines_statements(record.id, checked.lines))
         log.info("batch_started", batch_id=record.id, lines=len(checked.lines))
 
-    async def advance(self, record: BatchRecord) -> None:
+    async def advance(self, record: BatchRecord, budget: int) -> int:
+        """Queue lines up to ``budget`` in flight, stop a cancelled or expired batch, finish a
+        batch whose lines are all done. Returns the batch's lines in flight."""
         doc = record.doc
         total = int(doc["request_counts"]["total"])
         progress = await self.store.progress(record.id)
@@ -129,7 +134,7 @@ class BatchRunner:
         if stopping:
             await self._cancel_queued(record)
         else:
-            target = min(total, progress.done + self.settings.lines_in_flight)
+            target = min(total, progress.done + budget)
             if target > submitted:
                 submitted += await self._queue_lines(record, submitted, target)
         counts = {"total": total, "completed": progress.succeeded, "failed": progress.failed}
@@ -139,7 +144,7 @@ class BatchRunner:
         if progress.done < (submitted if stopping else total):
             if current != record:
                 await self.store.update_batch(current, [record.status])
-            return
+            return submitted - progress.done
         if record.status == b.CANCELLING:
             await self.finish(current, b.CANCELLED)
         elif expired:
@@ -148,6 +153,7 @@ class BatchRunner:
             final = _with(current, b.moved(updated, b.FINALIZING, int(time.time())))
             if await self.store.update_batch(final, [b.IN_PROGRESS]):
                 await self.finish(final, b.COMPLETED)
+        return 0
 
     async def _queue_lines(self, record: BatchRecord, start: int, stop: int) -> int:
         """Queue lines ``start``..``stop - 1``; the count queued (fewer when the tenant is at
