@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from shared.redis_conn import RedisClient
 
@@ -12,9 +12,22 @@ async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
     (a task submitted before any coordinator started) are delivered too."""
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except OutOfMemoryError:
+        # XGROUP CREATE is refused over maxmemory even when the group exists: a service that
+        # (re)starts while Redis is full only needs to know that it does.
+        if not await has_group(redis, stream, group):
+            raise
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+async def has_group(redis: RedisClient, stream: str, group: str) -> bool:
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return False  # no such stream
+    return any(g["name"] == group for g in groups)
 
 
 async def trim_consumed(redis: RedisClient, stream: str, group: str) -> None:

@@ -9,7 +9,7 @@ from typing import TypeVar
 from redis.exceptions import ResponseError
 
 from shared import logs
-from shared.redis_conn import UNAVAILABLE
+from shared.redis_conn import WAIT_OUT, wait_event
 
 log = logs.get("sluice.loop")
 T = TypeVar("T")
@@ -26,16 +26,21 @@ async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
 async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: asyncio.Event,
                   *, pause: float = 0.0,
                   recreate_groups: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run ``step`` until ``stopping`` is set. Redis being unreachable is waited out with
-    capped, logged backoff; a consumer group that vanished (Redis restarted without
-    persistence) is recreated. Any other error propagates and stops the service."""
+    """Run ``step`` until ``stopping`` is set. Redis being unreachable, or full (over
+    ``maxmemory``), is waited out with capped, logged backoff; a consumer group that vanished
+    (Redis restarted without persistence) is recreated. Any other error propagates and stops
+    the service."""
     delay = 0.1
+    regroup = False
     while not stopping.is_set():
         try:
+            if regroup and recreate_groups is not None:
+                await recreate_groups()  # in here, so a full Redis is waited out here too
+            regroup = False
             await step()
             delay = 0.1
-        except UNAVAILABLE as exc:
-            log.warning("redis_unavailable", loop=what, retry_in_s=round(delay, 2),
+        except WAIT_OUT as exc:
+            log.warning(wait_event(exc), loop=what, retry_in_s=round(delay, 2),
                         error=type(exc).__name__)
             await sleep_unless(stopping, delay)
             delay = min(delay * 2, 5.0)
@@ -44,7 +49,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             if "NOGROUP" not in str(exc) or recreate_groups is None:
                 raise
             log.error("consumer_group_missing", loop=what)
-            await recreate_groups()
+            regroup = True
             continue
         if pause:
             await sleep_unless(stopping, pause)
@@ -52,14 +57,14 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
 
 async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **context: object
                               ) -> T:
-    """Run one idempotent step, retrying while Redis is unreachable (a restart, a failover).
-    Used where giving up would strand work: acknowledging a batch, finishing a task."""
+    """Run one idempotent step, retrying while Redis is unreachable (a restart, a failover) or
+    full. Used where giving up would strand work: acknowledging a batch, finishing a task."""
     delay = 0.1
     while True:
         try:
             return await step()
-        except UNAVAILABLE as exc:
-            log.warning("redis_unavailable", loop=what, error=type(exc).__name__,
+        except WAIT_OUT as exc:
+            log.warning(wait_event(exc), loop=what, error=type(exc).__name__,
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -21,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
+    OutOfMemoryError,
     RedisClusterException,
     RedisError,
     SlotNotCoveredError,
@@ -42,6 +44,17 @@ RedisClient: TypeAlias = Redis | RedisCluster
 # a half-run command, so the step may be run again.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
                ClusterDownError, TryAgainError, SlotNotCoveredError)
+
+# Redis is over ``maxmemory`` (policy noeviction) and refused a command that may grow it. A
+# refused script did not run at all (shared/lua: a shebang without allow-oom is checked before
+# its first command), so the step may be run again once memory is freed: wait, like an outage.
+WAIT_OUT = (*UNAVAILABLE, OutOfMemoryError)
+
+
+def wait_event(exc: BaseException) -> str:
+    """The log event for an error of :data:`WAIT_OUT`: a full Redis is not an unreachable one."""
+    return "redis_oom" if isinstance(exc, OutOfMemoryError) else "redis_unavailable"
+
 
 # The URL schemes that select a Redis Cluster, and what redis-py is given instead.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -222,6 +235,29 @@ async def warn_if_unsafe(redis: RedisClient) -> None:
     if any(aof != "yes" and not save for aof, save in zip(aofs, saves, strict=True)):
         log.warning("redis_no_persistence",
                     advice="enable appendonly yes: a Redis restart loses every queued task")
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    used: int   # bytes, as Redis counts them against maxmemory
+    limit: int  # maxmemory in bytes; 0: no limit
+
+    @property
+    def full(self) -> bool:
+        """Redis refuses every command that may grow memory (policy noeviction) past this."""
+        return 0 < self.limit < self.used
+
+
+async def memory(redis: RedisClient, key: str) -> Memory:
+    """Memory of the server holding ``key``: on a cluster the master of its slot, which holds
+    every key of the deployment (they share one hash tag). ``used`` is what Redis compares with
+    maxmemory: ``used_memory`` less the replication and AOF buffers it leaves out."""
+    if isinstance(redis, RedisCluster):
+        info = await redis.info("memory", target_nodes=redis.get_node_from_key(key))
+    else:
+        info = await redis.info("memory")
+    used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict") or 0)
+    return Memory(used, int(info.get("maxmemory") or 0))
 
 
 async def hash_of(redis: RedisClient, key: str) -> dict[str, str]:

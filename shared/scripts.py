@@ -19,7 +19,7 @@ from shared.redis_conn import RedisClient
 
 DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "retry")
+         "release", "cancel", "handoff", "retry", "heartbeat")
 
 
 def _lua_table(pairs: dict[str, str | bool]) -> str:
@@ -63,6 +63,7 @@ class Scripts:
     cancel: AsyncScript
     handoff: AsyncScript
     retry: AsyncScript
+    heartbeat: AsyncScript
 
     @classmethod
     def register(cls, redis: RedisClient) -> Scripts:

@@ -277,6 +277,17 @@ class Steps:
         open_len, deadline, flushed = await self._call("batch", self._batch_keys, args)
         return BatchState(int(open_len), int(deadline), int(flushed))
 
+    async def heartbeat(self, *, name: str, expiry_ms: int, forget_before_ms: int) -> list[str]:
+        """``heartbeat.lua``: a coordinator's heartbeat; drops coordinators' expired before
+        ``forget_before_ms``. Returns the processors whose heartbeat expired before it.
+
+        KEYS: coordinators' heartbeats, processors' heartbeats.
+        ARGV: coordinator name, its heartbeat expiry (ms), forget expiries before (ms)."""
+        k = self.keys
+        gone = await self._call("heartbeat", [k.coordinators_alive, k.processors_alive],
+                                [name, expiry_ms, forget_before_ms])
+        return [str(g) for g in gone]
+
     async def release_lock(self, key: str, token: str) -> Held | LeaseLost:
         """``release.lua`` on a lock: compare-and-delete. KEYS: the lock. ARGV: token."""
         return HELD if await self._call("release", [key], [token]) else LEASE_LOST

@@ -354,6 +354,14 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} (rc={s.proc.poll()})\n{s.tail()}" for s in self.services)
 
+    def logged(self, module: str, event: str, **fields: str) -> bool:
+        """Whether a process of ``module`` logged the structlog ``event`` (LOG_FORMAT=json),
+        with these string ``fields`` on the same line."""
+        wanted = [f'"event": "{event}"', *(f'"{k}": "{v}"' for k, v in fields.items())]
+        return any(all(w in line for w in wanted)
+                   for s in self.services if s.name.startswith(module + "-")
+                   for line in s.log.read_text(errors="replace").splitlines())
+
 
 @contextlib.contextmanager
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:

@@ -19,7 +19,7 @@ from redis.asyncio.client import PubSub
 from services.coordinator.settings import CoordinatorSettings
 from shared import groups, logs
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
-from shared.loops import forever, sleep_unless
+from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.steps import BatchPolicy, BatchState, Steps
 from shared.timeutil import now_ms
@@ -46,7 +46,7 @@ class Coordinator:
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
     async def run(self) -> None:
-        await self._ensure_groups()
+        await until_redis_answers(self._ensure_groups, "groups")
         log.info("coordinator_started", name=self.name)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))
@@ -140,11 +140,8 @@ class Coordinator:
     async def _heartbeat_once(self) -> None:
         k, now = self.keys, now_ms()
         expiry = now + int(self.settings.heartbeat_s * 3000)
-        async with self.redis.pipeline(transaction=False) as p:
-            p.zadd(k.coordinators_alive, {self.name: expiry})
-            p.zremrangebyscore(k.coordinators_alive, "-inf", now - 60_000)
-            p.zrangebyscore(k.processors_alive, "-inf", now - 60_000)
-            _, _, gone = await p.execute()
+        gone = await self.steps.heartbeat(name=self.name, expiry_ms=expiry,
+                                          forget_before_ms=now - 60_000)
         if gone:
             async with self.redis.pipeline(transaction=False) as p:
                 p.zrem(k.processors_alive, *gone)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
 from shared import logs
 from shared.redis_conn import UNAVAILABLE
@@ -41,6 +42,10 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
                         content_type="application/json", headers=err.headers)
 
 
+# Redis over maxmemory frees room as finished tasks reach the end of their retention, or when an
+# operator raises the limit: not within a second, so clients are told to wait a little longer.
+QUEUE_FULL_RETRY_S = 5
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                400: "bad_request", 415: "unsupported_media_type"}
 
@@ -57,6 +62,12 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
         # A 405 must say which methods the resource has (RFC 9110): keep aiohttp's Allow.
         kept = {h: exc.headers[h] for h in ("Allow",) if h in exc.headers}
         return error_response(request, ApiError(exc.status, code, message, headers=kept))
+    if isinstance(exc, OutOfMemoryError):
+        # Our writing scripts are refused whole over maxmemory (shared/lua): nothing was stored.
+        log.warning("redis_oom", path=request.path, method=request.method)
+        return error_response(request, ApiError(
+            503, "queue_full", "the queue is full (Redis is out of memory), retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)}))
     if isinstance(exc, UNAVAILABLE):
         log.warning("redis_unavailable", path=request.path)
         return error_response(request, ApiError(

@@ -70,7 +70,8 @@ _ERRORS = {
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
     502: "the model provider failed the task (its own error message is passed on)",
-    503: "Redis is unreachable: retry shortly",
+    503: "`unavailable`: Redis is unreachable; `queue_full`: Redis is out of memory and nothing "
+         "was written. Retry after Retry-After",
 }
 
 
@@ -170,8 +171,15 @@ _MODELS = obj(["object", "data"], {"object": {"const": "list"}, "data": {
     "type": "array", "items": obj(["id", "object", "created", "owned_by"], {
         "id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR})}})
 _HEALTH = obj(["status", "checks", "auth"], {
-    "status": {"enum": ["ok", "unavailable"]},
+    "status": {"enum": ["ok", "degraded", "unavailable"],
+               "description": "degraded: Redis memory is high or full (see redis_memory)"},
     "checks": {"type": "object", "additionalProperties": STR},
+    "redis_memory": obj(["state"], {
+        "state": {"enum": ["ok", "high", "full", "unknown"],
+                  "description": "high: at 90% of maxmemory or more; full: over it, writes "
+                                 "are refused (submits get 503 queue_full)"},
+        "used_bytes": INT, "maxmemory_bytes": nullable(INT),
+        "used_percent": nullable({"type": "number"}), "error": STR}),
     "auth": {"type": "string", "description": "'api-keys', or a warning that the edge is open"},
     "failing": {"type": "array", "items": STR}})
 _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "batches",
@@ -295,7 +303,8 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
         "/api/health": {"get": {
             "operationId": "health", "summary": "Health of the edge and its dependencies",
             "security": [],
-            "responses": {"200": json_ok("all dependencies answer", ref("Health")),
+            "responses": {"200": json_ok("all dependencies answer (status ok or degraded)",
+                                         ref("Health")),
                           "503": json_ok("a dependency is down: `failing` names it",
                                          ref("Health"))}}},
         "/api/async-status": {"get": {

@@ -8,12 +8,29 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from services.edge.context import edge_of
+from services.edge.context import Edge, edge_of
 from services.edge.views_tasks import json_response
 from shared.config import mask_url
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
-from shared.redis_conn import hash_of
+from shared.redis_conn import hash_of, memory
 from shared.timeutil import iso, now_ms
+
+# Past this share of maxmemory, /api/health says "degraded" (state "high") before submits start
+# getting 503 queue_full (state "full").
+MEMORY_HIGH = 0.9
+
+
+async def redis_memory(edge: Edge) -> dict[str, Any]:
+    """Memory pressure of the Redis holding the queue: ``state`` is ``ok``, ``high``, ``full``
+    (writes refused: submits get 503 queue_full), or ``unknown`` (INFO failed or is disabled)."""
+    try:
+        m = await asyncio.wait_for(memory(edge.redis, edge.keys.tasks_stream), timeout=2)
+    except Exception as exc:  # a probe: any failure only means we cannot tell
+        return {"state": "unknown", "error": type(exc).__name__}
+    share = m.used / m.limit if m.limit else None
+    state = "full" if m.full else "high" if share is not None and share >= MEMORY_HIGH else "ok"
+    return {"state": state, "used_bytes": m.used, "maxmemory_bytes": m.limit or None,
+            "used_percent": round(share * 100, 1) if share is not None else None}
 
 
 async def health(request: web.Request) -> web.Response:
@@ -26,9 +43,15 @@ async def health(request: web.Request) -> web.Response:
         except Exception as exc:  # any failure of a probe means that dependency is down
             checks[name] = f"down: {type(exc).__name__}"
     failing = [n for n, v in checks.items() if v != "ok"]
+    mem = await redis_memory(edge) if checks["redis"] == "ok" else {"state": "unknown"}
+    # A full Redis is not a down edge: reads, event streams and running tasks go on, so the
+    # answer stays 200 (a 503 would make orchestrators pull or restart healthy edges, which
+    # frees no memory); "degraded" and redis_memory.state say why submits get 503 queue_full.
+    degraded = mem["state"] in ("high", "full")
     body: dict[str, Any] = {
-        "status": "ok" if not failing else "unavailable",
+        "status": "unavailable" if failing else "degraded" if degraded else "ok",
         "checks": checks,
+        "redis_memory": mem,
         "auth": "open (no EDGE_API_KEYS: anyone can submit)" if edge.settings.open_access
         else "api-keys",
     }

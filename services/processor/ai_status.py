@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from shared import logs
 from shared.keys import Keys
-from shared.redis_conn import RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient, wait_event
 from shared.timeutil import now_ms
+
+log = logs.get("sluice.processor")
 
 
 class ProviderStatus:
@@ -26,4 +29,8 @@ class ProviderStatus:
         if error is not None:
             fields = {"error": error[:300], "error_at": now}
         if fields:
-            await self.redis.hset(self.key, mapping=fields)  # type: ignore[arg-type]
+            try:
+                await self.redis.hset(self.key, mapping=fields)  # type: ignore[arg-type]
+            except WAIT_OUT as exc:
+                # A note, not a step of the task: a task must not stop (and be run again) for it.
+                log.warning(wait_event(exc), loop="provider_status", error=type(exc).__name__)

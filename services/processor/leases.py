@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from shared import logs
 from shared.keys import BATCHES_GROUP, Keys
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import LeaseLost, Steps
 
 log = logs.get("sluice.processor")
@@ -66,7 +66,7 @@ class LeaseKeeper:
         while not drained.is_set():
             try:
                 await self.renew_all()
-            except UNAVAILABLE as exc:
+            except WAIT_OUT as exc:
                 log.warning("lease_renewal_failed", error=type(exc).__name__,
                             leases=len(self.leases))
             try:

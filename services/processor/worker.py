@@ -75,7 +75,7 @@ class Processor:
         pending and nothing is in flight."""
         if burst:
             self._burst, self._poll_s = True, BURST_POLL_S
-        await self._ensure_group()
+        await until_redis_answers(self._ensure_group, "groups")
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg

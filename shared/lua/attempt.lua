@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: a running task may call the provider again (at most MAX_ATTEMPTS); work in flight
+-- finishes over maxmemory, by a bounded amount (README, "Redis memory").
 -- Count one call to the provider. Every attempt after the first tells clients to discard what
 -- they have received ('reset'), since the answer starts again from its first token.
 -- KEYS[1] task hash, KEYS[2] lease, KEYS[3] events stream

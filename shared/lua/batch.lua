@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- it moves queued tasks on towards processors that could not begin them. The coordinator waits.
 -- The batcher: add tasks to the open batch, flush it when full, when its timer is due, or at
 -- once when processors have free capacity. One script, so every task lands in exactly one batch
 -- however many coordinators run and whenever one of them dies. Mode 'flush' flushes at once

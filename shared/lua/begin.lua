@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- a started task grows (lease, events, then its result). The processor waits, keeping the batch.
 -- A processor takes a task: lease (SET PX with a token) plus a fence number from the task's
 -- counter. The fence orders every holder the task ever had; the store keeps only the highest.
 -- Re-entrant for the same token, so a holder that lost its Redis connection mid-task takes its

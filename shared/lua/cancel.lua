@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- it writes to the task. The edge answers 503 queue_full; the client asks again later.
 -- Ask for a task's cancellation. A task not yet running is cancelled here and now (a processor
 -- that later finds it skips the provider); a running one is flagged and its holder told.
 -- KEYS[1] task hash, KEYS[2] events stream, KEYS[3] the tenant's active set

@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: a processor overwrites its own fields (no growth); refused, a processor waiting
+-- out a full Redis would look dead.
 -- A processor reports its free slots (and the tasks it just took off the backlog); when it has
 -- room and a batch is waiting on its timer, it wakes the coordinators so they flush at once.
 -- KEYS[1] free slots hash, KEYS[2] heartbeat zset, KEYS[3] backlog counter, KEYS[4] open batch,

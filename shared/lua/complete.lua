@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: the row is in the store already; this ends the lease, frees the tenant's slot and
+-- starts the retention clock after which the task's memory is freed (README, "Redis memory").
 -- Mark a task terminal in Redis, after its row is in the store: status, result, terminal event,
 -- lease released, retention set, and the task off its tenant's active set. Only the lease
 -- holder may do it.

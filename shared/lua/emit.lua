@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: a running task's deltas; refusing them mid-stream would throw a paid answer away.
+-- Work in flight finishes over maxmemory, by a bounded amount (README, "Redis memory").
 -- Append deltas to a task's event stream, only while we hold its lease: a paused holder that
 -- wakes up after losing it must not interleave stale tokens with the new holder's.
 -- KEYS[1] lease, KEYS[2] events stream

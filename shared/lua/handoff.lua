@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- allow-oom: a draining processor hands its unstarted tasks back (one small stream entry)
+-- rather than leave them waiting for their lease to expire.
 -- Hand unfinished tasks of a batch back to the queue at once (graceful drain): queue a new
 -- batch entry with those tasks and acknowledge the old one, in one step. The leases were
 -- already released by their holders (compare-and-delete), so another processor starts now.

@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- a re-queued task is new work. The edge answers 503 queue_full.
 -- Re-queue a failed (dead-lettered) task under the same id. When Redis has already forgotten
 -- the task, it is rebuilt from its store row (passed in ARGV). The fence counter carries on, so
 -- the new run's row replaces the failed one.

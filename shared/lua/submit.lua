@@ -1,3 +1,6 @@
+#!lua
+-- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
+-- a new task is new memory. The edge answers 503 queue_full.
 -- Store a new task and queue it, in one step: a 202 is only ever sent for a stored task. The
 -- tenant's limits are checked and counted in the same step, so however many edge replicas run,
 -- a tenant never gets more than its share, and a refused request leaves nothing behind.

@@ -5,6 +5,7 @@ plain-Redis suite run here again as they are, plus what only a cluster shows: tw
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -20,7 +21,7 @@ import tests.e2e.test_events as events
 import tests.e2e.test_pipeline as pipeline
 from shared.keys import Keys
 from tests.e2e.conftest import rows
-from tests.harness import ROOT, RedisClusterServers, running_stack
+from tests.harness import ROOT, RedisClusterServers, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +124,41 @@ def _processor_name(stack: Any) -> str:
     """The PROCESSOR_NAME the harness gave the stack's processor (``proc-<prefix>-<n>``)."""
     [svc] = stack.of("processor")
     return f"proc-{stack.prefix}-{svc.name.rsplit('-', 1)[1]}"
+
+
+
+
+def test_a_full_master_stops_intake_and_the_pipeline_waits_it_out(
+        tmp_path: Path, redis_cluster: RedisClusterServers, api_factory: Any) -> None:
+    """maxmemory reached on the master holding the deployment's slot (the others have room):
+    submits get 503 queue_full, the running task finishes, the coordinator waits to place the
+    task accepted last, no service exits, and all goes on once that master has room again."""
+    with running_stack(tmp_path, redis_cluster.url) as stack:
+        api = api_factory(stack.edge_url)
+        running = api.submit({"prompt": "before", "metadata": {
+            "mock": {"tokens_per_s": 20, "content_tokens": 30}}})
+        wait_for(lambda: api.get(running)["status"] == "running", 30, "the task to run")
+        owner = redis_cluster.owner_of(Keys(stack.prefix).tasks_stream)
+        [coordinator] = stack.of("coordinator")
+        coordinator.kill(signal.SIGSTOP)  # so the last task accepted is placed once full
+        try:
+            queued = api.submit({"prompt": "accepted last"})
+            redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "1")
+        finally:
+            coordinator.kill(signal.SIGCONT)
+        try:
+            refused = api.http.post("/api/tasks", json={"prompt": "full"})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "queue_full"
+            health = api.http.get("/api/health").json()
+            assert health["redis_memory"]["state"] == "full", health
+            wait_for(lambda: stack.logged("coordinator", "redis_oom"), 30, "coordinator wait")
+            assert api.wait_terminal(running)["status"] == "succeeded"
+            assert api.get(queued)["status"] == "queued"
+            assert all(s.alive for s in stack.services), stack.logs()
+        finally:
+            redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "0")
+        task_id = api.submit({"prompt": "room again"})
+        for t in (queued, task_id):
+            assert api.wait_terminal(t)["status"] == "succeeded"
+        assert all(s.alive for s in stack.services), stack.logs()

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from structlog.testing import capture_logs
 
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.scripts import Scripts
+from shared.steps import Steps
 from tests.harness import RedisClusterServers
 
 
@@ -50,19 +52,61 @@ async def test_scripts_in_a_pipeline_all_run_in_order(cluster: RedisClient) -> N
         assert await p.execute() == [1, 2, 4, 6, 9, "9"]
 
 
+@pytest.mark.parametrize("shebang", ["", "#!lua\n", "#!lua flags=allow-oom\n"],
+                         ids=["legacy", "shebang", "allow-oom"])
 async def test_a_script_may_touch_undeclared_keys_of_its_slot_only(
-        cluster: RedisClient, redis_cluster: RedisClusterServers) -> None:
-    # batch.lua, complete.lua and submit.lua build task keys from prefixes passed in ARGV:
-    # Redis Cluster runs such a script as long as those keys are on the node it runs on,
-    # which the shared hash tag guarantees; a key of another master is refused.
+        cluster: RedisClient, redis_cluster: RedisClusterServers, shebang: str) -> None:
+    # batch.lua, complete.lua and retry.lua build task keys from prefixes passed in ARGV:
+    # Redis Cluster runs such a script as long as those keys are in the slot of its declared
+    # ones, which the shared hash tag guarantees; a key of another slot is refused. Our scripts
+    # carry a shebang (Redis 7: refused whole over maxmemory), which forbids cross-slot keys
+    # without allow-cross-slot-keys: the same rule, so no script needs that flag.
     mine, other = keys_on_two_masters(redis_cluster)
     touch = cluster.register_script(
+        shebang +
         "redis.call('HSET', ARGV[1] .. 'x', 'f', 'v'); return redis.call('HGET', KEYS[1], 'f')")
     await cluster.hset(mine.task("x"), "f", "declared")
     assert await touch(keys=[mine.task("x")], args=[mine.events("")]) == "declared"
     assert await cluster.hget(mine.events("x"), "f") == "v"
-    with pytest.raises(ResponseError, match="non local key"):
+    with pytest.raises(ResponseError, match=r"non local key|do not hash to the same slot"):
         await touch(keys=[mine.task("x")], args=[other.events("")])
+
+
+async def test_over_maxmemory_on_the_deployments_master_scripts_keep_their_flags(
+        cluster: RedisClient, redis_cluster: RedisClusterServers) -> None:
+    """On a cluster, OOM is a matter of the one master holding the deployment's slot: there
+    a script without allow-oom is refused whole, by EVALSHA and by EVAL in a cluster pipeline
+    (the shebang is read from the text), and renew.lua (allow-oom) still runs."""
+    k = Keys("m" + uuid.uuid4().hex[:8])
+    owner = redis_cluster.owner_of(k.stats)
+    scripts = Scripts.register(cluster)
+    await cluster.set(k.lease("t"), "tok", px=60_000)
+    assert not (await redis_conn.memory(cluster, k.stats)).full
+    redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "1")
+    try:
+        assert (await redis_conn.memory(cluster, k.stats)).full
+        with pytest.raises(OutOfMemoryError):
+            await scripts.submit(
+                keys=[k.task("t"), k.events("t"), k.tasks_stream, k.idempotency("a", ""),
+                      k.tenant_rate("a", 1), k.tenant_active("a")],
+                args=["t", "a", "{}", "m", 1, "", 60, "{}", 60, 0, 60_000, 0])
+        with pytest.raises(OutOfMemoryError):
+            await Steps(cluster, k).cancel(task_id="t", tenant="a", now=1)
+        async with cluster.pipeline(transaction=False) as p:
+            await scripts.renew(keys=[k.lease("t")], args=["tok", 90_000],
+                                client=p)  # type: ignore[arg-type]
+            await scripts.begin(keys=[k.task("t"), k.lease("t"), k.events("t")],
+                                args=["tok", 1000, 1, "p"], client=p)  # type: ignore[arg-type]
+            renewed, begun = await p.execute(raise_on_error=False)
+        assert renewed == 1
+        assert isinstance(begun, OutOfMemoryError)
+        assert await cluster.pttl(k.lease("t")) > 60_000
+        assert await cluster.exists(k.task("t"), k.events("t")) == 0
+        others = [port for port in redis_cluster.ports if port != owner]
+        assert all("maxmemory\n0" in redis_cluster.cli(port, "CONFIG", "GET", "maxmemory")
+                   for port in others)
+    finally:
+        redis_cluster.cli(owner, "CONFIG", "SET", "maxmemory", "0")
 
 
 async def test_a_publish_from_a_script_reaches_a_subscriber_on_any_master(

@@ -1,5 +1,5 @@
 """The coordinator's and the processors' queue steps against a real Redis: batch (add, timer,
-idle, flush), report_capacity, handoff."""
+idle, flush), report_capacity, heartbeat, handoff."""
 
 from __future__ import annotations
 
@@ -182,3 +182,16 @@ async def test_handoff_requeues_the_unfinished_tasks_and_acknowledges_the_old_en
     assert (await redis.xpending(keys.batches_stream, BATCHES_GROUP))["pending"] == 0
     assert await redis.xlen(keys.batches_stream) == 2
 
+
+
+async def test_heartbeat_renews_its_coordinator_and_names_processors_gone_long_ago(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    now = now_ms()
+    await redis.zadd(keys.coordinators_alive, {"c-old": now - 120_000, "c1": now - 1})
+    await redis.zadd(keys.processors_alive, {"p-old": now - 120_000, "p-late": now - 1000,
+                                             "p-live": now + 5000})
+    gone = await steps.heartbeat(name="c1", expiry_ms=now + 600, forget_before_ms=now - 60_000)
+    assert gone == ["p-old"]  # a processor only late is not forgotten yet
+    coords = dict(await redis.zrange(keys.coordinators_alive, 0, -1, withscores=True))
+    assert coords == {"c1": now + 600}
+    assert await redis.zcard(keys.processors_alive) == 3  # the caller removes what is gone
