@@ -16,6 +16,12 @@ from tests.harness import RedisServer
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 
 READS = {"GET", "HEAD"}
+# Routes that write only to the store, never to Redis: a full Redis does not concern them (the
+# batch runner and the webhook sender wait it out like the other services).
+STORE_ONLY = {("POST", "/v1/files"), ("DELETE", "/v1/files/{id}"), ("POST", "/v1/batches"),
+              ("POST", "/v1/batches/{id}/cancel"), ("POST", "/api/webhooks"),
+              ("DELETE", "/api/webhooks/{id}"), ("POST", "/api/webhooks/{id}/test"),
+              ("POST", "/api/webhooks/rotate-secret")}
 
 
 def writing_routes() -> set[tuple[str, str]]:
@@ -47,7 +53,8 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
             ("POST", "/v1/chat/completions"): ("/v1/chat/completions", {
                 "model": model, "messages": [{"role": "user", "content": "d"}]}),
         }
-        assert set(bodies) == writing_routes()  # a new writing route must be added here
+        # a new writing route must be added here
+        assert set(bodies) | STORE_ONLY == writing_routes()
         before = await snapshot(edge)
         await edge.redis.config_set("maxmemory", 1)
         try:
