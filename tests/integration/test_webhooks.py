@@ -20,7 +20,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from services.webhooks import ssrf
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
-from tests.integration.kit import Core, until
+from tests.integration.kit import Core, submit, until
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 HOOK_ENV = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
@@ -203,3 +203,24 @@ def test_delivery_payloads_are_thin() -> None:
     assert payload["data"] == {"id": "tsk_1", "status": "failed"}
     [again] = deliveries("acme", "task.failed", "tsk_1", {"status": "failed"}, [("we_1", "u")])
     assert again.id == d.id, "the same event and target is the same delivery"
+
+
+async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
+           "EDGE_API_KEYS": f"{KEY_A}:alpha", **HOOK_ENV}
+    async with running_edge(core.redis_url, tmp_path, **env) as edge:
+        r = await edge.client.post("/api/webhooks", json={"url": receiver.url}, headers=AUTH)
+        secret = (await r.json())["secret"]
+
+        async def scanned() -> bool:  # the edge has read the tasks table once
+            return bool(await core.store.read(lambda c: c.execute(
+                "SELECT 1 FROM webhook_cursor").fetchone()))
+        await until(scanned)
+    task_id = await submit(core.steps, tenant="alpha")
+    await core.burst()  # the task runs and ends while no edge is up
+    assert receiver.got == []
+    async with running_edge(core.redis_url, tmp_path, **env):
+        await until(lambda: asyncio.sleep(0, receiver.got))
+    [event] = receiver.events(secret)
+    assert event["type"] == "task.succeeded" and event["data"]["id"] == task_id
