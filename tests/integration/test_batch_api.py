@@ -187,3 +187,20 @@ async def test_a_batch_past_its_window_expires_with_its_finished_lines(
                 prompt, 6)
         unsent = [e for e in errors if e["error"]["code"] == "batch_expired"]
         assert unsent and len(await rig.core.mock_requests()) < 40
+
+
+async def test_upload_limits_are_the_settings(core: Core, tmp_path: Path) -> None:
+    async with batch_rig(core, tmp_path, BATCH_MAX_FILE_BYTES=str(3 << 20),
+                         BATCH_MAX_FILE_LINES="3") as rig:
+        big = line("a", "x" * (2 << 20))  # larger than MAX_BODY_BYTES: files are streamed
+        f = await rig.client.files.create(file=("big.jsonl", big), purpose="batch")
+        assert f.bytes == len(big)
+        assert (await rig.client.files.content(f.id)).content == big
+        with pytest.raises(openai.APIStatusError) as too_big:
+            await rig.client.files.create(file=("huge.jsonl", b"x" * (3 << 20) + b"y"),
+                                          purpose="batch")
+        assert too_big.value.status_code == 413
+        with pytest.raises(openai.BadRequestError) as too_long:
+            await rig.upload([line(f"l{n}", "x") for n in range(4)])
+        assert too_long.value.code == "too_many_lines"
+        assert [x.id for x in (await rig.client.files.list()).data] == [f.id]
