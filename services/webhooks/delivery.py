@@ -60,9 +60,12 @@ class WebhookRunner:
             return
         if not await self._hold():
             return
+        live = {e.id for found in (await self.store.tenants_with_endpoints()).values()
+                for e in found}
         async with asyncio.TaskGroup() as tg:
             for d in due:
-                tg.create_task(self.send(d))
+                gone = d.endpoint_id != events.TASK_URL_TARGET and d.endpoint_id not in live
+                tg.create_task(self.drop(d) if gone else self.send(d))
 
     async def _hold(self) -> bool:
         key, ttl = self.edge.keys.webhooks_lock, self.settings.lease_ms
@@ -89,6 +92,11 @@ class WebhookRunner:
             rows += [delivery_statement(d) for d in events.deliveries(
                 task.tenant, kind, task.id, {"status": task.status}, targets)]
         await self.store.enqueue([*rows, cursor_statement(finished[-1].position)])
+
+    async def drop(self, d: Delivery) -> None:
+        """The endpoint was deleted: its pending deliveries end, unsent."""
+        now_ms = int(time.time() * 1000)
+        await self.store.record_attempt(d, now_ms, None, "endpoint deleted", FAILED, now_ms)
 
     async def send(self, d: Delivery) -> None:
         now_s = int(time.time())

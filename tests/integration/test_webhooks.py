@@ -224,3 +224,26 @@ async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
         await until(lambda: asyncio.sleep(0, receiver.got))
     [event] = receiver.events(secret)
     assert event["type"] == "task.succeeded" and event["data"]["id"] == task_id
+
+
+async def test_deleting_an_endpoint_ends_its_pending_deliveries(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    receiver.fail = 1000
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url)
+        await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
+        await until(lambda: asyncio.sleep(0, receiver.got))
+        r = await rig.edge.client.delete(f"/api/webhooks/{endpoint['id']}", headers=AUTH)
+        assert r.status == 200
+
+        async def state() -> str:
+            return str(await core.store.read(lambda c: c.execute(
+                "SELECT state FROM webhook_deliveries").fetchone()[0]))
+        await until(lambda: _equals(state(), "failed"))
+        r = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
+                                      headers=AUTH)
+        assert r.status == 404
+
+
+async def _equals(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
