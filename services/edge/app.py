@@ -85,7 +85,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_post("/v1/batches/{id}/cancel", batch_api.cancel)
     r.add_post("/api/webhooks", webhooks.create_endpoint)
     r.add_get("/api/webhooks", webhooks.list_endpoints)
-    r.add_post("/api/webhooks/rotate-secret", webhooks.rotate_secret)
+    r.add_post("/api/webhook-secret/rotate", webhooks.rotate_secret)
     r.add_delete("/api/webhooks/{id}", webhooks.delete_endpoint)
     r.add_post("/api/webhooks/{id}/test", webhooks.send_test)
     r.add_get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries)

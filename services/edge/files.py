@@ -54,10 +54,8 @@ async def _read_limited(part: BodyPartReader, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def upload(request: web.Request) -> web.Response:
-    limits = edge_of(request).settings.batch_api
-    if not request.content_type.startswith("multipart/"):
-        raise ApiError(415, "unsupported_media_type", "send the file as multipart/form-data")
+async def _read_form(request: web.Request, max_bytes: int
+                     ) -> tuple[str | None, str, bytes | None]:
     purpose, filename, content = None, "", None
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
@@ -67,9 +65,23 @@ async def upload(request: web.Request) -> web.Response:
             purpose = (await part.text()).strip()
         elif part.name == "file":
             filename = part.filename or "upload.jsonl"
-            content = await _read_limited(part, limits.max_file_bytes)
+            content = await _read_limited(part, max_bytes)
         else:
             await part.release()
+    return purpose, filename, content
+
+
+async def upload(request: web.Request) -> web.Response:
+    limits = edge_of(request).settings.batch_api
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(415, "unsupported_media_type", "send the file as multipart/form-data")
+    try:
+        purpose, filename, content = await _read_form(request, limits.max_file_bytes)
+    except ApiError:
+        raise
+    except Exception:  # aiohttp's multipart parser raises several kinds on a malformed body
+        raise ApiError(400, "invalid_request", "the body is not valid multipart/form-data") \
+            from None
     if purpose != INPUT_PURPOSE:
         raise ApiError(400, "invalid_request", "purpose: only 'batch' files are accepted",
                        param="purpose")

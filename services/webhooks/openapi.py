@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from services.webhooks.events import EVENT_TYPES
-from services.webhooks.views import MAX_URL
+from services.webhooks.views import MAX_URL, URL_PATTERN
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
 STR, INT = {"type": "string"}, {"type": "integer"}
-URL = {"type": "string", "maxLength": MAX_URL, "pattern": "^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[!-~]*)?$",
+URL = {"type": "string", "maxLength": MAX_URL, "pattern": URL_PATTERN,
        "description": "http(s); loopback, private, link-local and metadata addresses are "
                       "refused unless WEBHOOK_ALLOW_PRIVATE=true"}
 _WHY = {401: "no valid API key (Authorization: Bearer <key>)",
@@ -54,7 +54,7 @@ def paths() -> dict[str, Any]:
                                    **_errors(400, 401, 413, 415, 422, 503)}},
             "get": {"operationId": "listWebhooks", "summary": "This key's endpoints",
                     "responses": {"200": _ok("the endpoints", _LIST), **_errors(401, 503)}}},
-        "/api/webhooks/rotate-secret": {"post": {
+        "/api/webhook-secret/rotate": {"post": {
             "operationId": "rotateWebhookSecret",
             "summary": "A new signing secret; the old one also signs for a grace period",
             "responses": {"200": _ok("the new secret, shown once", {

@@ -7,6 +7,7 @@ previous secret keeps signing, beside the new one, for WEBHOOK_ROTATION_GRACE_S.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -22,6 +23,10 @@ from services.webhooks import events, signing, ssrf
 from shared.webhook_store import Endpoint, WebhookStore, delivery_statement
 
 MAX_URL = 2048
+# The shape a webhook URL must have (also the OpenAPI document's pattern); its address is
+# then checked by ``ssrf``.
+URL_PATTERN = r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[!-~]*)?$"
+_URL = re.compile(URL_PATTERN)
 MAX_BODY = 16 * 1024
 
 
@@ -35,7 +40,7 @@ def hooks(request: web.Request) -> WebhookStore:
 
 def checked_url(request: web.Request, value: Any, field: str = "url") -> str:
     """A URL webhooks may be sent to (the address is checked again at each connect)."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_URL:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_URL or not _URL.match(value):
         raise ApiError(422, "invalid_request", f"{field}: an http(s) URL of at most {MAX_URL} "
                        "characters", param=field)
     try:

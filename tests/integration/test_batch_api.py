@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.integration.batch_kit import BatchRig, batch_rig, line, mock_text
+from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
 from tests.integration.kit import Core, until
 
 
@@ -129,6 +129,13 @@ async def test_refused_creates_and_uploads_get_openai_errors(rig: BatchRig) -> N
                                         completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         await rig.client.files.create(file=("x.jsonl", b"{}\n"), purpose="assistants")
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    for ctype, body in (("multipart/form-data", b""),
+                        ("multipart/form-data; boundary=b0", b"--b0\r\nNone--b0"),
+                        ("application/json", b"{}")):
+        r = await rig.edge.client.post("/v1/files", data=body,
+                                       headers={**auth, "Content-Type": ctype})
+        assert r.status in (400, 415), (ctype, r.status, await r.text())
 
 
 async def test_failed_requests_go_to_the_error_file(rig: BatchRig) -> None:

@@ -21,7 +21,7 @@ READS = {"GET", "HEAD"}
 STORE_ONLY = {("POST", "/v1/files"), ("DELETE", "/v1/files/{id}"), ("POST", "/v1/batches"),
               ("POST", "/v1/batches/{id}/cancel"), ("POST", "/api/webhooks"),
               ("DELETE", "/api/webhooks/{id}"), ("POST", "/api/webhooks/{id}/test"),
-              ("POST", "/api/webhooks/rotate-secret")}
+              ("POST", "/api/webhook-secret/rotate")}
 
 
 def writing_routes() -> set[tuple[str, str]]:

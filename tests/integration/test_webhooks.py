@@ -155,7 +155,7 @@ async def test_rotation_keeps_the_old_secret_valid_during_the_grace_period(
     async with batch_rig(core, tmp_path, WEBHOOK_ROTATION_GRACE_S="2", **HOOK_ENV) as rig:
         endpoint = await register(rig, receiver.url)
         old = endpoint["secret"]
-        r = await rig.edge.client.post("/api/webhooks/rotate-secret", headers=AUTH)
+        r = await rig.edge.client.post("/api/webhook-secret/rotate", headers=AUTH)
         rotated = await r.json()
         new, until_s = rotated["secret"], rotated["previous_valid_until"]
         assert new != old and new.startswith("whsec_")
