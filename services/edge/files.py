@@ -66,8 +66,8 @@ async def _read_form(request: web.Request, max_bytes: int
         elif part.name == "file":
             filename = part.filename or "upload.jsonl"
             content = await _read_limited(part, max_bytes)
-        else:
-            await part.release()
+        else:  # strict, as POST /api/tasks: a misspelt field is an error, not ignored
+            raise ApiError(400, "invalid_request", "unknown form field (send purpose and file)")
     return purpose, filename, content
 
 

@@ -43,7 +43,7 @@ def _paging(most: int) -> list[Schema]:
 
 def paths(s: EdgeSettings) -> dict[str, Any]:
     upload = {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["purpose", "file"],
+        "type": "object", "required": ["purpose", "file"], "additionalProperties": False,
         "properties": {"purpose": {"const": "batch"},
                        "file": {"type": "string", "format": "binary",
                                 "description": f"JSONL, at most {s.batch_api.max_file_bytes} "
