@@ -65,7 +65,7 @@ async def owned(request: web.Request) -> BatchRecord:
     batch_id = request.match_info["id"]
     record = await batch_store(request).get_batch(batch_id)
     if record is None or record.tenant != tenant_of(request):
-        raise ApiError(404, "not_found", f"no such batch: {batch_id}", param="batch_id")
+        raise ApiError(404, "not_found", "no such batch", param="batch_id")
     return record
 
 

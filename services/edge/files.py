@@ -102,7 +102,7 @@ async def owned_file(request: web.Request) -> FileMeta:
     file_id = request.match_info["id"]
     meta = await batch_store(request).get_file(tenant_of(request), file_id)
     if meta is None:
-        raise ApiError(404, "not_found", f"no such file: {file_id}", param="file_id")
+        raise ApiError(404, "not_found", "no such file", param="file_id")
     return meta
 
 
