@@ -21,6 +21,7 @@ from typing import Any
 from bench.procs import ROOT
 
 TOOLS = ROOT / ".bench-venvs" / "tools"
+REPO_ROOT = f"{ROOT}/"  # frames of our own code are named relative to the checkout
 # Frames that mean "waiting, not working": the loop's poll, a thread parked on a lock.
 IDLE = ("select (selectors.py", "_run_once (asyncio", "run_forever (uvloop", "poll (",
         "wait (threading.py", "_worker (concurrent", "get (queue.py", "epoll")
@@ -71,7 +72,7 @@ def _frame(f: str) -> str:
     name, _, where = f.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", REPO_ROOT, "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{path}:{name}"

@@ -11,13 +11,51 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MOCK_BASE_URL = "http://127.0.0.1:8090/v1"
+# The mock provider names itself with this header on every answer (services/mockai), so the
+# edge can tell it apart from a real provider wherever it runs (``mockai:8090`` in compose).
+MOCK_HEADER = "X-Sluice-Mock"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+T = TypeVar("T")
+
+
+class Secret(Generic[T]):
+    """A setting that must never be printed: an API key, a key table, a URL with a password.
+
+    ``repr`` and ``str`` show ``***`` (a URL shows itself without its password, so the log
+    still says where it points); ``get()`` is the only way to the value, so every place that
+    uses one is plain to see. A settings object holding them can be logged, shown in a
+    traceback or repr'd in a debugger.
+    """
+
+    __slots__ = ("_shown", "_value")
+
+    def __init__(self, value: T, shown: str = "***") -> None:
+        self._value, self._shown = value, shown
+
+    @staticmethod
+    def url(url: str) -> Secret[str]:
+        return Secret(url, mask_url(url))
+
+    def get(self) -> T:
+        return self._value
+
+    def __repr__(self) -> str:
+        return self._shown
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, which may be a dict
 
 
 class ConfigError(ValueError):
@@ -119,19 +157,12 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
-SECRET_FIELDS = frozenset({"ai_api_key", "api_keys"})
-
-
 def describe(settings: Any) -> dict[str, Any]:
-    """Settings as a dict that is safe to log: secrets masked, URLs without passwords."""
+    """Settings as a dict that is safe to log: each secret as its masked form."""
     out: dict[str, Any] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        if f.name in SECRET_FIELDS:
-            value = "***" if value else None
-        elif isinstance(value, str) and "://" in value:
-            value = mask_url(value)
-        out[f.name] = value
+        out[f.name] = str(value) if isinstance(value, Secret) else value
     return out
 
 
@@ -139,7 +170,7 @@ def describe(settings: Any) -> dict[str, Any]:
 class Common:
     """Settings every service shares."""
 
-    redis_url: str
+    redis_url: Secret[str]  # may carry a password
     store_path: str
     log_format: str
     log_level: str
@@ -150,7 +181,7 @@ class Common:
     def from_env(cls, env: Env) -> Common:
         url = _redis_url(env)
         return cls(
-            redis_url=url,
+            redis_url=Secret.url(url),
             store_path=env.text("STORE_PATH", "./data/sluice.db"),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
             log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
@@ -198,26 +229,32 @@ class Batching:
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """The OpenAI-compatible model provider; the mock one when AI_BASE_URL is unset."""
+    """The OpenAI-compatible model provider; the mock one when AI_BASE_URL is unset.
 
-    ai_base_url: str
-    ai_api_key: str | None
+    ``forward_metadata``: each task's ``metadata`` goes to the provider (the mock reads its
+    per-task options from it; real providers may refuse it). It says nothing about which
+    provider this is: ``/api/ai-status`` asks the provider (services/edge/provider_probe.py).
+    """
+
+    ai_base_url: Secret[str]  # may carry credentials
+    ai_api_key: Secret[str] | None
     ai_model: str
     ai_timeout_s: float
     ai_idle_timeout_s: float
     ai_max_line_bytes: int
-    is_mock: bool
+    forward_metadata: bool
 
     @classmethod
     def from_env(cls, env: Env) -> Provider:
         base = env.optional("AI_BASE_URL")
+        key = env.optional("AI_API_KEY")
         return cls(
-            ai_base_url=(base or MOCK_BASE_URL).rstrip("/"),
-            ai_api_key=env.optional("AI_API_KEY"),
+            ai_base_url=Secret.url((base or MOCK_BASE_URL).rstrip("/")),
+            ai_api_key=None if key is None else Secret(key),
             ai_model=env.text("AI_MODEL", "mock-r1" if base is None else "deepseek-reasoner"),
             ai_timeout_s=env.number("AI_TIMEOUT_S", 300.0, min_value=0.1),
             ai_idle_timeout_s=env.number("AI_IDLE_TIMEOUT_S", 120.0, min_value=0.1),
             # 1 MiB: see services.processor.sse.MAX_LINE_BYTES.
             ai_max_line_bytes=env.integer("AI_MAX_LINE_BYTES", 1 << 20, min_value=1024),
-            is_mock=base is None or env.flag("AI_FORWARD_METADATA", False),
+            forward_metadata=env.flag("AI_FORWARD_METADATA", base is None),
         )

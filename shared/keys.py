@@ -129,6 +129,30 @@ class Keys:
         """Hash: counters (batches by flush reason, tasks by outcome)."""
         return f"{self._p}:stats"
 
+    # --- provider governor (services/processor/governor.py) -----------------------------------
+    def governor(self, provider: str) -> str:
+        """Hash: one provider's learned state: AIMD window, pause, limits from its headers."""
+        return f"{self._p}:gov:{provider}"
+
+    def governor_slots(self, provider: str) -> str:
+        """Sorted set: the provider's calls in flight (slot id -> lease expiry, epoch ms)."""
+        return f"{self._p}:gov:{provider}:slots"
+
+    def governor_count(self, provider: str, what: str, window: int) -> str:
+        """Counter: the provider's ``requests``, ``tokens`` or ``limited`` (429s) in one fixed
+        window (``window`` = its index, epoch ms // window length); expires after two."""
+        return f"{self._p}:gov:{provider}:{what}:{window}"
+
+    @property
+    def governors(self) -> str:
+        """Hash: provider id -> JSON label (host, model, key fingerprint), for /api/ai-status."""
+        return f"{self._p}:gov:index"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: task ids with an explicit deadline, scored by it (epoch ms)."""
+        return f"{self._p}:deadlines"
+
     # --- pub/sub ----------------------------------------------------------------------------
     @property
     def batch_channel(self) -> str:

@@ -10,8 +10,9 @@ single-slot and works unchanged on a cluster; what still differs is kept here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -22,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterDownError,
+    MaxConnectionsError,
     OutOfMemoryError,
     RedisClusterException,
     RedisError,
@@ -30,9 +32,17 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from shared import logs
-from shared.config import mask_url
+from shared.config import Secret, mask_url
+
+# A Redis URL as settings hold it (its password hidden from repr), or as tests write it.
+Url = str | Secret[str]
+
+
+def _text(url: Url) -> str:
+    return url.get() if isinstance(url, Secret) else url
 
 log = logs.get("sluice.redis")
 
@@ -71,12 +81,44 @@ def plain_url(url: str) -> str:
 
 
 def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
+    # Maintenance notifications (Redis Enterprise's hitless upgrades) off: while redis-py 8
+    # has them on ("auto"), its pool skips the check that replaces a connection the server
+    # closed, so after a Redis restart every pooled connection fails once, and a task whose
+    # step drew one would spend a provider attempt on it (tests/integration/
+    # test_redis_restart_pool.py).
     return {"decode_responses": True, "socket_connect_timeout": 2,
             "socket_timeout": socket_timeout, "health_check_interval": 15,
-            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections}
+            "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections,
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> RedisClient:
+# How long a command waits for a free connection of its pool before giving up.
+POOL_WAIT_S = 5.0
+
+
+class PoolExhausted(MaxConnectionsError):
+    """Every connection of the pool stayed busy for the whole wait: Redis may be healthy, this
+    process asks more of it at once than its pool holds. One of :data:`UNAVAILABLE` (the
+    command was never sent, so it may be run again); its name tells the logs which it was."""
+
+
+class WaitingPool(BlockingConnectionPool):
+    """redis-py's blocking pool, with a timed-out wait raised as :class:`PoolExhausted`
+    instead of the ``ConnectionError`` that also stands for "Redis does not answer"."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            # The wait for a free connection timed out; a failed connect has another cause.
+            if isinstance(exc.__cause__, TimeoutError):
+                raise PoolExhausted(f"no free Redis connection within {self.timeout} s "
+                                    f"(pool of {self.max_connections})") from exc
+            raise
+
+
+def connect(redis_url: Url, *, max_connections: int = 256,
+            wait_s: float | None = POOL_WAIT_S) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -88,29 +130,31 @@ def connect(url: str, *, max_connections: int = 256, wait: bool = False) -> Redi
     own re-sends after a connection error); it still follows MOVED and ASK redirections, which
     answer a command that did not run. ``max_connections`` is per node there.
 
-    ``wait``: when every connection is busy, a command waits for one instead of failing. The
-    processor uses it to keep a small pool however many streams it runs: each connection costs
-    about 20 KiB, and 1,000 in-flight tasks need far fewer than 1,000 at any moment.
+    When every connection is busy, a command waits for one (redis-py's default pool raises at
+    once, which turned a burst of requests into 503s with Redis healthy): ``wait_s`` at most,
+    then :class:`PoolExhausted`; ``None`` waits as long as it takes. The processor waits so to
+    keep a small pool however many streams it runs: each connection costs about 20 KiB, and
+    1,000 in-flight tasks need far fewer than 1,000 at any moment.
     """
     options = _options(max_connections, 10)
+    url = _text(redis_url)
     if is_cluster_url(url):
-        cls = GatedCluster if wait else SluiceCluster
-        return cls.from_url(plain_url(url), **options)
-    if wait:
-        return Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=None, **options))
-    return Redis.from_url(url, **options)
+        return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)
+    return Redis.from_pool(WaitingPool.from_url(url, timeout=wait_s, **options))
 
 
-def connect_blocking(url: str, *, max_connections: int, socket_timeout: float) -> RedisClient:
+def connect_blocking(redis_url: Url, *, max_connections: int,
+                     socket_timeout: float) -> RedisClient:
     """A client for blocking reads (XREAD BLOCK) that waits for a free connection when all
-    ``max_connections`` are busy, instead of raising. A plain Redis gets a
-    ``BlockingConnectionPool``; a cluster client has no such pool (its nodes raise
-    ``MaxConnectionsError``), so its commands queue on a semaphore of the same size."""
+    ``max_connections`` are busy, as long as it takes. A plain Redis gets a blocking pool; a
+    cluster client has no such pool (its nodes raise ``MaxConnectionsError``), so its commands
+    queue on a semaphore of the same size."""
     options = _options(max_connections, socket_timeout)
+    url = _text(redis_url)
     if is_cluster_url(url):
-        return GatedCluster.from_url(plain_url(url), **options)
+        return GatedCluster.from_url(plain_url(url), wait_s=None, **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
-    return Redis.from_pool(BlockingConnectionPool.from_url(url, timeout=None, **options))
+    return Redis.from_pool(WaitingPool.from_url(url, timeout=None, **options))
 
 
 class ClusterUnreachable(RedisConnectionError):
@@ -167,6 +211,13 @@ class _ScriptPipeline(ClusterPipeline):
         self.execute_command("EVAL", text, numkeys, *keys_and_args)
         return _Queued(self)
 
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        client = self.cluster_client
+        if isinstance(client, GatedCluster):  # a pipeline holds a node's connection too
+            async with client.turn():
+                return await super().execute(*args, **kwargs)
+        return await super().execute(*args, **kwargs)
+
 
 class _Queued:
     """What ``await script(..., client=pipeline)`` gets back: the pipeline, its queue intact.
@@ -182,21 +233,37 @@ class _Queued:
 
 
 class GatedCluster(SluiceCluster):
-    """A cluster client that runs at most ``max_connections`` commands at once, so a node's
-    connection list (of that size) is never exhausted: extra commands wait their turn."""
+    """A cluster client that runs at most ``max_connections`` commands (or pipelines) at once,
+    so a node's connection list (of that size) is never exhausted: extra commands wait their
+    turn, ``wait_s`` at most (None: as long as it takes), then :class:`PoolExhausted`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, wait_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._gate = asyncio.Semaphore(kwargs.get("max_connections", 100))
+        self._max = kwargs.get("max_connections", 100)
+        self._gate = asyncio.Semaphore(self._max)
+        self._wait_s = wait_s
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise PoolExhausted(f"no free Redis connection within {self._wait_s} s "
+                                f"({self._max} commands at once)") from None
+        try:
+            yield
+        finally:
+            self._gate.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._gate:
+        async with self.turn():
             return await super().execute_command(*args, **kwargs)
 
 
-async def wait_until_ready(redis: RedisClient, url: str, *, attempts: int = 60) -> None:
+async def wait_until_ready(redis: RedisClient, redis_url: Url, *, attempts: int = 60) -> None:
     """Ping with capped, jittered backoff; log every attempt; give up after ``attempts``."""
-    delay = 0.1
+    url, delay = _text(redis_url), 0.1
     for attempt in range(1, attempts + 1):
         try:
             await redis.ping()

@@ -41,5 +41,5 @@ def settings_or_exit(service: str, load: Callable[[], S]) -> S:
 def healthcheck_if_asked(common: Common, heartbeats: str, role: str, name_variable: str) -> None:
     """``--check``: exit at once with the container healthcheck's verdict (see healthcheck)."""
     if "--check" in sys.argv[1:]:
-        sys.exit(healthcheck.check(common.redis_url, heartbeats, role,
+        sys.exit(healthcheck.check(common.redis_url.get(), heartbeats, role,
                                    Env().optional(name_variable)))

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real redis-server for the session, and the whole stack on demand."""
+"""Shared fixtures: a real redis-server for the session, and the whole stack on demand.
+
+Every test is marked with its layer, the folder it lives in (``tests/chaos`` -> ``chaos``), so
+``-m`` selects by layer. A ``pytestmark`` in a conftest.py would mark nothing: pytest reads it
+only from test modules.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,18 @@ import pytest
 
 from tests.client import Api
 from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
+
+LAYERS = ("unit", "integration", "e2e", "chaos")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS_DIR).parts
+        if len(parts) < 2 or parts[0] not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of the folders "
+                                    f"tests/{{{','.join(LAYERS)}}}, which name its layer")
+        item.add_marker(parts[0])
 
 
 @pytest.fixture(scope="session")

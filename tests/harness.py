@@ -290,7 +290,9 @@ class Stack:
             "STORE_PATH": str(self.store_path), "LOG_FORMAT": "json", "LOG_LEVEL": "info",
             "EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(self.edge_port),
             "MOCKAI_PORT": str(self.mock_port), "MOCKAI_HOST": "127.0.0.1",
-            "AI_BASE_URL": f"{self.mock_url}/v1", "AI_FORWARD_METADATA": "true",
+            # The mock's model: the edge refuses a model outside AI_MODELS (default: AI_MODEL).
+            "AI_BASE_URL": f"{self.mock_url}/v1", "AI_MODEL": "mock-r1",
+            "AI_FORWARD_METADATA": "true",
             "MOCKAI_TTFT_MS": "5", "MOCKAI_TOKENS_PER_S": "0",
             "HEARTBEAT_S": "0.2", "PYTHONUNBUFFERED": "1",
         })

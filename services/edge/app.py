@@ -15,6 +15,7 @@ from services.edge import (
     files,
     openai_api,
     openapi,
+    provider_probe,
     views_status,
     views_tasks,
 )
@@ -27,6 +28,7 @@ from services.webhooks import views as webhooks
 from shared import logs
 
 log = logs.get("sluice.edge")
+CLIENT_GONE = 499  # nginx's "client closed request", for the summary line only
 
 
 @web.middleware
@@ -40,6 +42,10 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
         try:
             authenticate(request)
             response = await handler(request)
+        except ConnectionResetError:
+            status = CLIENT_GONE
+            log.info("client_disconnected", method=request.method, path=request.path)
+            raise  # nobody to answer; aiohttp drops the connection quietly
         except Exception as exc:
             response = error_for(request, exc)
         status = response.status
@@ -53,11 +59,19 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def create_app(settings: EdgeSettings) -> web.Application:
     # client_max_size is a backstop: read_json enforces MAX_BODY_BYTES while streaming.
+    # auto_decompress off: aiohttp would inflate a compressed body as it arrives, on the event
+    # loop and before any handler (so before authentication); read_json refuses it, or inflates
+    # it itself in bounded steps. handler_cancellation off (run_app's default; aiohttp's test
+    # server turns it on): a client that leaves is seen by the handler, which logs it and lets
+    # its task go on. Both set here, not by whoever runs the app, so they always hold.
     app = web.Application(client_max_size=settings.max_body_bytes + 1,
-                          middlewares=[edge_layer])
+                          middlewares=[edge_layer],
+                          handler_args={"auto_decompress": False,
+                                        "handler_cancellation": False})
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(provider_probe.probe_ctx)
     app.cleanup_ctx.append(batch_runner.runner_ctx)
     app.cleanup_ctx.append(delivery.webhooks_ctx)
     app.on_shutdown.append(feeds.close_feeds)

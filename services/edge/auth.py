@@ -29,7 +29,7 @@ def find_tenant(keys: dict[str, str], presented: str) -> str | None:
 
 def authenticate(request: web.Request) -> None:
     """Set the request's tenant from its API key, or raise 401."""
-    keys = request.app[SETTINGS].api_keys
+    keys = request.app[SETTINGS].api_keys.get()
     if not keys:
         request[TENANT] = OPEN_TENANT
         return

@@ -10,14 +10,12 @@ from aiohttp import web
 
 from services.edge import batches as b
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.edge.files import INPUT_PURPOSE, batch_store, page, page_limit
-from services.edge.validation import read_json
 from services.edge.views_tasks import json_response
 from shared.batch_store import BatchRecord
-
-MAX_CREATE_BODY = 64 * 1024
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -38,7 +36,7 @@ def _metadata(value: Any) -> dict[str, str] | None:
 
 async def create(request: web.Request) -> web.Response:
     edge = edge_of(request)
-    body = await read_json(request, MAX_CREATE_BODY)
+    body = await read_json(request, edge.settings)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     if body.get("endpoint") != b.ENDPOINT:

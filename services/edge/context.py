@@ -36,7 +36,9 @@ def edge_of(request: web.Request) -> Edge:
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = redis_conn.connect(settings.common.redis_url)
+    redis = redis_conn.connect(settings.common.redis_url,
+                               max_connections=settings.redis_connections,
+                               wait_s=settings.redis_wait_s)
     store = Store(settings.common.store_path)
     try:
         await store.open()

@@ -6,6 +6,8 @@ time); re-queueing is one Lua script, which rebuilds the task in Redis from its 
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from services.edge import queue
@@ -18,12 +20,14 @@ from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms
 
 MAX_LIMIT = 500
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     edge = edge_of(request)
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(422, "invalid_request", f"limit: an integer from 1 to {MAX_LIMIT}",
                        param="limit")
     rows = await edge.store.list_failed(tenant_of(request), int(raw))

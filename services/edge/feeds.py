@@ -1,8 +1,8 @@
 """Live reads of task event streams, shared by every client of one edge process.
 
 Why a fan-out: a blocking XREAD holds its Redis connection for as long as it blocks. One XREAD
-per watching client would take one connection per client, and the edge's main pool (which
-raises when it runs dry) would starve submits and reads under many watchers. So each edge
+per watching client would take one connection per client, and the edge's main pool would
+run dry under many watchers, starving submits and reads. So each edge
 process runs one reader per *watched task*, however many local clients watch it; the reader
 appends what it reads to an in-memory list that every client walks at its own pace. A slow
 client only slows itself, and the processor, which only XADDs, is never slowed by anyone.

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from services.edge import queue
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.events import (
@@ -29,7 +30,7 @@ from services.edge.events import (
     view_loader,
 )
 from services.edge.feeds import FEEDS, TERMINAL_EVENTS, Event
-from services.edge.validation import parse_task, read_json
+from services.edge.validation import parse_task
 from services.edge.views_tasks import idempotency_key, json_response
 
 EventStream = AsyncGenerator[Event | None, None]
@@ -42,13 +43,18 @@ _UNAVAILABLE = ("unavailable", "the edge stopped following this task; its result
                 f"at GET /api/tasks/<the {TASK_HEADER} header>")
 
 
+class Diverged(Exception):
+    """A new attempt does not continue the text the client already has."""
+
+
 class Relay:
     """The text of one kind (content, reasoning, refusal) already sent to the client.
 
     OpenAI chunks cannot be taken back, so when an attempt restarts (``reset``), the new
     attempt's text is held back while it repeats what was sent, and only what goes beyond it
-    is forwarded. The mock is deterministic, so retries repeat themselves; a real provider may
-    diverge, and then its new deltas are simply forwarded from the point of divergence on.
+    is forwarded. A real provider's retry often says something else (temperature > 0): then
+    the client's text can no longer become the stored answer, and :class:`Diverged` is raised
+    before a byte of the new attempt is sent, so the stream never splices two answers.
     """
 
     __slots__ = ("_pos", "_replaying", "sent")
@@ -62,24 +68,31 @@ class Relay:
         self._pos, self._replaying = 0, bool(self.sent)
 
     def feed(self, delta: str) -> str:
-        """The part of ``delta`` to forward."""
+        """The part of ``delta`` to forward; raises Diverged if it contradicts ``sent``."""
         if self._replaying:
             ahead = self.sent[self._pos:self._pos + len(delta)]
-            if delta.startswith(ahead):  # still repeating what was sent
-                self._pos += len(ahead)
-                delta = delta[len(ahead):]
-                if self._pos < len(self.sent):
-                    return ""
-            self._replaying = False  # caught up, or diverged: forward from here on
+            if not delta.startswith(ahead):
+                raise Diverged
+            self._pos += len(ahead)
+            delta = delta[len(ahead):]
+            if self._pos < len(self.sent):
+                return ""
+            self._replaying = False  # caught up: forward from here on
         self.sent += delta
         return delta
+
+    def check_finished(self) -> None:
+        """At the end of the answer: raises Diverged if it stopped short of ``sent``."""
+        if self._replaying and self._pos < len(self.sent):
+            raise Diverged
 
 
 class Completion:
     """The OpenAI shapes of one task's answer."""
 
     def __init__(self, task_id: str, model: str, created: int) -> None:
-        self.id, self.model, self.created = f"chatcmpl-{task_id}", model, created
+        self.task_id, self.model, self.created = task_id, model, created
+        self.id = f"chatcmpl-{task_id}"
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self._data({"id": self.id, "object": "chat.completion.chunk",
@@ -113,8 +126,16 @@ def _failure(event: Event) -> tuple[int, str, str]:
     error = view.get("error") or {}
     if event.type == "cancelled":
         return 409, "cancelled", error.get("message") or "cancelled by the client"
+    if error.get("code") == "deadline_exceeded":  # the client's own limit, not the provider
+        return 408, "deadline_exceeded", error.get("message") or "the deadline passed"
     return (502, error.get("code") or "provider_error",
             error.get("message") or "the task failed")
+
+
+def _diverged(task_id: str) -> tuple[str, str]:
+    return ("retry_diverged", f"task {task_id}: a retry of the provider call does not continue "
+            "the text already streamed, so this stream ends here; the task goes on and its "
+            f"answer will be at GET /api/tasks/{task_id}")
 
 
 def _error_event(code: str, message: str) -> bytes:
@@ -140,7 +161,7 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     edge = edge_of(request)
     key = idempotency_key(request)
-    body = await read_json(request, edge.settings.max_body_bytes)
+    body = await read_json(request, edge.settings)
     req = parse_task(body, edge.settings, openai=True)
     stream, include_usage = _stream_options(body)
     tenant = tenant_of(request)
@@ -196,6 +217,8 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
                 for relay in relays.values():
                     relay.reset()
             elif event.type == "done":
+                for relay in relays.values():
+                    relay.check_finished()
                 result = orjson.loads(event.data).get("result") or {}
                 out = completion.chunk({}, result.get("finish_reason") or "stop")
                 if include_usage:
@@ -210,12 +233,19 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
                 await resp.write(out)
                 last_write = time.monotonic()
         await resp.write(_error_event(*_UNAVAILABLE))
+    except Diverged:
+        # The task goes on; the SDK raises on this event, and the answer is fetchable by id.
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(_error_event(*_diverged(completion.task_id)))
     except ConnectionResetError:
         pass  # the client left; the task goes on and its result stays fetchable by id
     return resp
 
 
 async def list_models(request: web.Request) -> web.Response:
-    model = edge_of(request).settings.provider.ai_model
+    """AI_MODELS, the models a request may name (AI_MODEL, the default, first)."""
+    settings = edge_of(request).settings
+    models = dict.fromkeys([settings.provider.ai_model, *settings.models])
     return json_response({"object": "list", "data": [
-        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}]})
+        {"id": model, "object": "model", "created": 0, "owned_by": "sluice"}
+        for model in models]})

@@ -18,12 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from services.edge import openapi_batches
+from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
-from services.edge.validation import ROLES
+from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
 from services.webhooks import openapi as webhooks_openapi
-from shared import tasks
+from shared import deadlines, tasks
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -61,12 +62,17 @@ def _error(description: str, openai: bool, headers: dict[str, Any] | None = None
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 _ERRORS = {
-    400: "the body is not valid JSON",
+    400: "the body is not valid JSON (or, when compressed bodies are allowed, not valid for "
+         "its Content-Encoding)",
     401: "no valid API key (Authorization: Bearer <key>)",
     404: "no such task for this key (tasks of other keys' tenants are not found either)",
+    408: "`body_timeout`: the body did not arrive within EDGE_BODY_TIMEOUT_S; "
+         "`deadline_exceeded` (/v1): the request's deadline passed before the provider had room "
+         "for it",
     409: "conflict with the task's state or with an earlier use of the Idempotency-Key",
     413: "the body is larger than MAX_BODY_BYTES",
-    415: "the body is not application/json",
+    415: "the body is not application/json, or is compressed (Content-Encoding) while "
+         "EDGE_ALLOW_COMPRESSED_BODIES is off",
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
     502: "the model provider failed the task (its own error message is passed on)",
@@ -92,18 +98,43 @@ def _message(s: EdgeSettings) -> Schema:
     text = {"type": "string", "maxLength": s.max_text_chars}
     part = obj(["type", "text"], {"type": {"const": "text"}, "text": text})
     content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": part}]}
-    return obj(["role", "content"], {
+    name64 = {"type": "string", "minLength": 1, "maxLength": 64}
+    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
+    calls = {"type": "array", "minItems": 1, "maxItems": MAX_TOOL_CALLS,
+             "items": obj(["id", "type", "function"], {
+                 "id": call_id, "type": {"const": "function"},
+                 "function": obj(["name", "arguments"], {
+                     "name": name64,
+                     "arguments": {"type": "string", "description": "JSON text"}})})}
+    null = {"type": "null"}
+    others = sorted(ROLES - {"tool"})
+    # One branch per kind of message: a tool's answer names its call; an assistant's message
+    # may carry tool calls (then its content may be null); any other has content.
+    return {**obj(["role"], {
         "role": {"enum": sorted(ROLES)},
-        "content": content,
-        "name": nullable({"type": "string", "minLength": 1, "maxLength": 64}),
-    }, description="Other members (tool_calls, ...) are accepted and not forwarded.")
+        "content": {"anyOf": [*content["anyOf"], null]},
+        "name": nullable(name64),
+        "tool_calls": nullable(calls),
+        "tool_call_id": nullable(call_id),
+    }, description="OpenAI's message: name, tool_calls (assistant) and tool_call_id (tool) "
+                   "are forwarded; other members are accepted and not forwarded."),
+        "anyOf": [
+            obj(["role", "content", "tool_call_id"], {
+                "role": {"const": "tool"}, "content": content, "tool_call_id": call_id,
+                "tool_calls": null}),
+            obj(["role", "tool_calls"], {
+                "role": {"const": "assistant"}, "tool_calls": calls, "tool_call_id": null}),
+            obj(["role", "content"], {
+                "role": {"enum": others}, "content": content, "tool_calls": null,
+                "tool_call_id": null})]}
 
 
 def _sampling(s: EdgeSettings) -> dict[str, Schema]:
     stop_text = {"type": "string", "minLength": 1, "maxLength": 256}
     return {
-        "model": nullable({"type": "string", "minLength": 1, "maxLength": 200,
-                           "description": f"default: {s.provider.ai_model}"}),
+        "model": nullable({"enum": list(s.models),
+                           "description": f"one of AI_MODELS; default: {s.provider.ai_model}. "
+                                          "Another: model_not_found (404 on /v1, else 422)"}),
         "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages,
                      "items": ref("Message"),
                      "description": f"at most {s.max_text_chars} characters of text in all"},
@@ -113,9 +144,17 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
         "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "stop": nullable({"anyOf": [stop_text, {"type": "array", "minItems": 1, "maxItems": 4,
                                                 "items": stop_text}]}),
-        "metadata": nullable({"type": "object", "description":
+        "metadata": nullable({"type": "object", "additionalProperties": ref("MetadataValue"),
+                              "description":
                               f"yours, returned with the task; at most "
-                              f"{s.max_metadata_bytes} bytes as JSON"}),
+                              f"{s.max_metadata_bytes} bytes as JSON, nested at most "
+                              f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
+        "deadline": nullable({"anyOf": [
+            {"type": "number", "exclusiveMinimum": 0, "maximum": deadlines.MAX_DEADLINE_S},
+            {"type": "string", "format": "date-time"}],
+            "description": "seconds from submit, or an RFC 3339 time: a task still waiting "
+                           "then ends failed, deadline_exceeded, never sent to the provider "
+                           "(default: the processors' TASK_DEADLINE_S, 24 h)"}),
     }
 
 
@@ -140,6 +179,14 @@ def _chat_request(s: EdgeSettings) -> Schema:
                            "ignored, so unmodified SDKs keep working."}
 
 
+# Numbers within 64-bit integers' range: a wider integer would not be kept exactly.
+_METADATA_VALUE = {"anyOf": [
+    {"type": ["string", "boolean", "null"]},
+    {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX},
+    {"type": "array", "items": ref("MetadataValue")},
+    {"type": "object", "additionalProperties": ref("MetadataValue")}]}
+
+
 # --- answers --------------------------------------------------------------------------------
 _USAGE = nullable(obj(["prompt_tokens", "completion_tokens", "total_tokens"],
                       {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT}))
@@ -154,7 +201,14 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
     "completed_at": TIME_OR_NULL, "batch_id": nullable(STR), "attempts": INT,
     "result": nullable(ref("TaskResult")),
     "error": nullable(obj(["code", "message"], {"code": STR, "message": STR})),
-    "metadata": {"description": "the request's metadata, or null"}})
+    "metadata": {"description": "the request's metadata, or null"},
+    "queue_position": nullable({"type": "integer", "minimum": 1, "description":
+                                "while it waits: 1 + its tenant's tasks submitted before it "
+                                "that have not been sent to the provider yet"}),
+    "waiting_for": nullable(obj(["reason", "until"], {
+        "reason": {"enum": ["coordinator", "batch_timer", "processor", "provider_capacity",
+                            "provider_pause", "provider_quota"]},
+        "detail": STR, "until": TIME_OR_NULL}))})
 _ERROR = obj(["error"], {"error": obj(["code", "message"], {
     "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"}})})
 _OPENAI_ERROR = obj(["error"], {"error": obj(["message", "type", "code", "param"], {
@@ -194,13 +248,25 @@ _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "ba
         "waiting": INT, "in_flight": INT, "tasks_waiting": INT}),
     "settings": {"type": "object"},
     "stats": {"type": "object", "additionalProperties": INT},
+    "tenants": {"type": "object", "description": "tasks queued and running per tenant",
+                "additionalProperties": obj(["queued", "running"],
+                                            {"queued": INT, "running": INT})},
     "timestamp": TIME})
 _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last_error"], {
-    "base_url": STR, "model": STR, "mock": BOOL,
+    "base_url": STR, "model": STR,
+    "mock": {**nullable(BOOL), "description": "whether the provider says it is Sluice's mock; "
+             "null while it cannot be reached"},
     "api_key_configured": {"type": "boolean", "description": "the key itself is never shown"},
     "streaming": nullable(BOOL), "streaming_checked_at": TIME_OR_NULL,
     "last_success_at": TIME_OR_NULL, "last_error": nullable(STR),
-    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"}})
+    "last_error_at": TIME_OR_NULL, "timeout_s": {"type": "number"},
+    "providers": {"type": "array", "description": "the governor's state per provider "
+                  "(base URL, key fingerprint, model)", "items": obj(
+        ["id", "window", "limit", "in_flight", "paused_until", "rate_limited_last_minute"], {
+            "id": STR, "base_url": STR, "model": STR, "key": STR,
+            "window": nullable({"type": "number"}), "limit": INT, "in_flight": INT,
+            "paused_until": TIME_OR_NULL, "rate_limited_last_minute": INT,
+            "learned": {"type": "object", "description": "what x-ratelimit-* headers said"}})}})
 _DEAD = obj(["data"], {"data": {"type": "array", "items": obj(
     ["id", "model", "attempts", "error", "created_at", "failed_at"], {
         "id": STR, "model": nullable(STR), "attempts": INT,
@@ -241,7 +307,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                  "content": {"application/json": {"schema": ref("ChatCompletionRequest")}}}
     task_header = {"X-Sluice-Task-Id": {"description": "the task behind this completion",
                                         "schema": STR}}
-    submit_errors = (400, 401, 409, 413, 415, 422, 429, 503)
+    submit_errors = (400, 401, 408, 409, 413, 415, 422, 429, 503)
     # schemathesis reads a text/event-stream answer as events {id, event, data}, one by one
     task_events = {"text/event-stream": {"schema": obj(["data"], {
         "id": STR, "event": {"enum": ["status", "reasoning", "content", "refusal", "reset",
@@ -328,9 +394,11 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                         "headers": task_header,
                         "content": {"application/json": {"schema": ref("ChatCompletion")},
                                     **chunks}},
-                **errors(*submit_errors, 502, openai=True)}}},
+                **errors(*submit_errors, 502, openai=True),
+                "404": _error("model_not_found: the model is not one of AI_MODELS", True)}}},
         "/v1/models": {"get": {
-            "operationId": "listModels", "summary": "The model a request gets by default",
+            "operationId": "listModels",
+            "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
         **openapi_batches.paths(s),
@@ -347,6 +415,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
         "paths": _paths(settings),
         "components": {"schemas": {
             "TaskRequest": _task_request(settings), "Message": _message(settings),
+            "MetadataValue": _METADATA_VALUE,
             "ChatCompletionRequest": _chat_request(settings), "Task": _TASK,
             "TaskResult": _RESULT, "TaskState": obj(["id", "status"], {
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),

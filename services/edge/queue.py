@@ -67,6 +67,12 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         case Existing(id=tid):
             view = await edge.steps.task_hash(tid)
             return Submitted(tid, int(view.get("created_at") or created), existing=True)
+    if req.deadline_at is not None:
+        # The index processors sweep, so a task that waits past its deadline fails even if no
+        # processor ever takes it (the provider stays paused); one more round trip, only for
+        # tasks that set a deadline. Lost if the edge dies right here: the processor that takes
+        # the task still checks the deadline before calling the provider.
+        await edge.redis.zadd(edge.keys.deadlines, {task_id: req.deadline_at})
     if idem_key:
         await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
     return Submitted(task_id, created, existing=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.edge.batch_settings import BatchApiSettings
 from services.webhooks.settings import WebhookSettings
-from shared.config import Batching, Common, ConfigError, Env, Provider
+from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,7 @@ class EdgeSettings:
     provider: Provider
     host: str
     port: int
-    api_keys: dict[str, str]  # key -> tenant; empty means the edge is open
+    api_keys: Secret[dict[str, str]]  # key -> tenant; empty means the edge is open
     max_body_bytes: int
     max_messages: int
     max_text_chars: int
@@ -32,19 +32,25 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    body_timeout_s: float  # a request body must have arrived within this (else 408)
+    allow_compressed_bodies: bool  # Content-Encoding gzip/deflate accepted (else 415)
+    redis_connections: int  # the main pool: commands wait for a free one ...
+    redis_wait_s: float  # ... this long at most, then 503 (logged as pool exhausted)
+    models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
         env = env or Env()
+        provider = Provider.from_env(env)
         return cls(
             common=Common.from_env(env),
             batching=Batching.from_env(env),
-            provider=Provider.from_env(env),
+            provider=provider,
             host=env.text("EDGE_HOST", "0.0.0.0"),
             port=env.integer("EDGE_PORT", 8080, min_value=0, max_value=65535),
-            api_keys=_api_keys(env),
+            api_keys=Secret(_api_keys(env)),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1 << 20, min_value=1024),
             max_messages=env.integer("MAX_MESSAGES", 256, min_value=1),
             max_text_chars=env.integer("MAX_TEXT_CHARS", 400_000, min_value=1),
@@ -58,13 +64,43 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            body_timeout_s=env.number("EDGE_BODY_TIMEOUT_S", 30.0, min_value=0.01),
+            allow_compressed_bodies=env.flag("EDGE_ALLOW_COMPRESSED_BODIES", False),
+            redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 256, min_value=1),
+            redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
+            models=_models(env, provider.ai_model),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )
 
     @property
     def open_access(self) -> bool:
-        return not self.api_keys
+        return not self.api_keys.get()
+
+
+def _models(env: Env, default: str) -> tuple[str, ...]:
+    raw = env.optional("AI_MODELS")
+    if raw is None:
+        return (default,)
+    models = tuple(dict.fromkeys(m.strip() for m in raw.split(",") if m.strip()))
+    for model in models:
+        if not valid_model_name(model):
+            raise ConfigError(f"AI_MODELS: {model!r} must be at most {MAX_MODEL_CHARS} "
+                              "characters with no control characters")
+    if default not in models:
+        raise ConfigError(f"AI_MODELS: must include AI_MODEL ({default!r}), the model a "
+                          "request without `model` gets")
+    return models
+
+
+MAX_MODEL_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def valid_model_name(model: str) -> bool:
+    """1 to 200 characters, none of them a control character (NUL included): a model name
+    goes into logs, the store and the provider's request line of JSON."""
+    return 0 < len(model) <= MAX_MODEL_CHARS and not _CONTROL.search(model)
 
 
 def _api_keys(env: Env) -> dict[str, str]:

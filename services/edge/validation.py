@@ -7,68 +7,35 @@ Sluice does not forward (tools, n, logprobs, ...), so unmodified SDKs keep worki
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 
+from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.errors import ApiError
-from services.edge.settings import EdgeSettings
+from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_name
+from shared import deadlines
+from shared.timeutil import now_ms
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
-                         "stop", "metadata"})
-OPENAI_EXTRA_FIELDS = frozenset({"stream", "stream_options", "n", "user", "tools", "tool_choice",
-                                 "presence_penalty", "frequency_penalty", "logprobs",
-                                 "top_logprobs", "seed", "response_format",
-                                 "max_completion_tokens", "parallel_tool_calls", "store",
-                                 "reasoning_effort", "logit_bias", "service_tier"})
+                         "stop", "metadata", "deadline"})
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """What is sent to the provider (``payload``) and the model it names."""
+    """What is sent to the provider (``payload``, less our own ``deadline`` and, for a real
+    provider, ``metadata``), the model it names, and its explicit deadline (epoch ms)."""
 
     payload: dict[str, Any]
     model: str
+    deadline_at: int | None = None
 
 
 def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", f"{field}: {message}", param=field)
-
-
-async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """Read a JSON body, refusing anything larger than ``max_bytes`` before buffering it."""
-    ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
-    if length is not None:  # known and within the limit: one read, the common case
-        try:
-            return _loads(await request.content.readexactly(length))
-        except asyncio.IncompleteReadError:
-            raise ApiError(400, "incomplete_body", "the body ended before Content-Length") \
-                from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
-        chunks.append(chunk)
-    return _loads(b"".join(chunks))
-
-
-def _loads(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
 
 
 def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> TaskRequest:
@@ -79,11 +46,7 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
         if unknown:
             raise _invalid(unknown[0], "unknown field")
     messages = _messages(body, settings, openai)
-    model = body.get("model")
-    if model is None:
-        model = settings.provider.ai_model
-    elif not isinstance(model, str) or not 0 < len(model) <= 200:
-        raise _invalid("model", "must be a non-empty string of at most 200 characters")
+    model = _model(body.get("model"), settings, openai)
     payload: dict[str, Any] = {"model": model, "messages": messages}
     # OpenAI's newer clients send max_completion_tokens; both are checked, max_tokens wins.
     for field in ("max_completion_tokens", "max_tokens") if openai else ("max_tokens",):
@@ -96,7 +59,32 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
         payload["stop"] = _stop(body["stop"])
     if body.get("metadata") is not None:
         payload["metadata"] = _metadata(body["metadata"], settings.max_metadata_bytes)
-    return TaskRequest(payload=payload, model=model)
+    deadline_at = None
+    if body.get("deadline") is not None:
+        try:
+            deadline_at = deadlines.parse(body["deadline"], now_ms())
+        except deadlines.DeadlineError as exc:
+            raise _invalid("deadline", str(exc)) from None
+        # Kept as given (seconds count from the submit time the task hash records), so an
+        # idempotent replay of the same body hashes the same.
+        payload["deadline"] = body["deadline"]
+    return TaskRequest(payload=payload, model=model, deadline_at=deadline_at)
+
+
+def _model(model: Any, settings: EdgeSettings, openai: bool) -> str:
+    if model is None:
+        return settings.provider.ai_model
+    if not isinstance(model, str) or not valid_model_name(model):
+        raise _invalid("model", f"must be a string of 1 to {MAX_MODEL_CHARS} characters, none "
+                                "of them a control character")
+    if model not in settings.models:
+        if openai:  # OpenAI's answer, word for word, so SDKs raise their NotFoundError
+            raise ApiError(404, "model_not_found", f"The model `{model}` does not exist or you "
+                           "do not have access to it.", param="model",
+                           openai_type="invalid_request_error")
+        raise ApiError(422, "model_not_found", f"model: {model!r} is not served here "
+                       "(GET /v1/models lists the models)", param="model")
+    return model
 
 
 def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> list[dict[str, Any]]:
@@ -126,17 +114,60 @@ def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> lis
         if not isinstance(role, str) or role not in ROLES:
             raise _invalid(f"{where}.role", f"must be one of {', '.join(sorted(ROLES))}")
         content = msg.get("content")
-        total += _content_length(f"{where}.content", content)
+        clean: dict[str, Any] = {"role": role, "content": content}
+        if msg.get("tool_calls") is not None:
+            if role != "assistant":
+                raise _invalid(f"{where}.tool_calls", "only an assistant message has tool_calls")
+            clean["tool_calls"] = _tool_calls(f"{where}.tool_calls", msg["tool_calls"])
+            total += sum(len(c["function"]["arguments"]) for c in clean["tool_calls"])
+        if content is not None or "tool_calls" not in clean:  # null beside tool calls
+            total += _content_length(f"{where}.content", content)
         if total > settings.max_text_chars:
             raise _invalid("messages", f"more than {settings.max_text_chars} characters in all")
-        clean: dict[str, Any] = {"role": role, "content": content}
-        name = msg.get("name")
-        if name is not None:
-            if not isinstance(name, str) or not 0 < len(name) <= 64:
-                raise _invalid(f"{where}.name", "must be a string of 1 to 64 characters")
-            clean["name"] = name
+        tool_call_id = msg.get("tool_call_id")
+        if role == "tool":  # the provider needs it to match the answer to its call
+            clean["tool_call_id"] = _name(f"{where}.tool_call_id", tool_call_id, MAX_ID_CHARS)
+        elif tool_call_id is not None:
+            raise _invalid(f"{where}.tool_call_id", "only a tool message has tool_call_id")
+        if msg.get("name") is not None:
+            clean["name"] = _name(f"{where}.name", msg["name"], 64)
         out.append(clean)
     return out
+
+
+MAX_TOOL_CALLS = 128
+MAX_ID_CHARS = 256
+
+
+def _name(field: str, value: Any, most: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= most:
+        raise _invalid(field, f"must be a string of 1 to {most} characters")
+    return value
+
+
+def _tool_calls(field: str, value: Any) -> list[dict[str, Any]]:
+    """An assistant's tool calls in OpenAI's shape, rebuilt member by member: what the
+    provider gets is exactly what was checked."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_TOOL_CALLS:
+        raise _invalid(field, f"must be an array of 1 to {MAX_TOOL_CALLS} tool calls")
+    calls = []
+    for k, call in enumerate(value):
+        where = f"{field}[{k}]"
+        if not isinstance(call, dict):
+            raise _invalid(where, "must be an object")
+        call_id = _name(f"{where}.id", call.get("id"), MAX_ID_CHARS)
+        if call.get("type") != "function":
+            raise _invalid(f"{where}.type", "must be \"function\"")
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise _invalid(f"{where}.function", "must be an object")
+        name = _name(f"{where}.function.name", function.get("name"), 64)
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            raise _invalid(f"{where}.function.arguments", "must be a string (JSON text)")
+        calls.append({"id": call_id, "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    return calls
 
 
 def _content_length(field: str, content: Any) -> int:
@@ -182,9 +213,35 @@ def _stop(value: Any) -> str | list[str]:
     raise _invalid("stop", "must be a string or an array of at most 4 strings")
 
 
+# orjson writes at most 255 levels: deeper metadata would be a 500 when stored.
+MAX_METADATA_DEPTH = 64
+
+
 def _metadata(value: Any, max_bytes: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid("metadata", "must be an object")
+    _check_tree(value)
     if len(orjson.dumps(value)) > max_bytes:
         raise _invalid("metadata", f"larger than {max_bytes} bytes as JSON")
     return value
+
+
+def _check_tree(metadata: dict[str, Any]) -> None:
+    """Metadata nests at most ``MAX_METADATA_DEPTH`` deep, and each of its numbers lies within
+    64-bit integers' range, as the OpenAPI document says. (A wider integer read as a float by
+    orjson is caught here, or, where rounding brings it back in range, by ``bodies.loads``.)
+    Iterative: what arrives may nest 1,000 deep."""
+    stack: list[tuple[Any, int, str]] = [(metadata, 1, "metadata")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise _invalid("metadata", f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            items = (node.items() if isinstance(node, dict)
+                     else ((f"[{i}]", v) for i, v in enumerate(node)))
+            for key, item in items:
+                where = f"{path}{key}" if isinstance(node, list) else f"{path}.{key}"
+                stack.append((item, depth + 1, where))
+        elif isinstance(node, float) and not INT_MIN <= node <= INT_MAX:
+            raise _invalid(path, f"a number beyond 64-bit integers' range ({INT_MIN} to "
+                                 f"{INT_MAX})")

@@ -9,8 +9,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from services.edge.context import Edge, edge_of
+from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
-from shared.config import mask_url
+from shared import tasks
+from shared.governor import read_providers
 from shared.keys import BATCHES_GROUP, TASKS_GROUP
 from shared.redis_conn import hash_of, memory
 from shared.timeutil import iso, now_ms
@@ -104,11 +106,41 @@ async def async_status(request: web.Request) -> web.Response:
                      "batchAdaptive": b.batch_adaptive, "lockTtlMs": b.lock_ttl_ms,
                      "aiTimeoutS": edge.settings.provider.ai_timeout_s},
         "stats": {key: int(v) for key, v in stats.items()},
+        "tenants": await _tenants(edge),
         "batchProcessing": True,
         "streamingSupport": True,
         "fallbackSupport": True,
         "timestamp": iso(now),
     })
+
+
+MAX_TENANTS, MAX_TASKS_LOOKED_AT = 100, 5000
+
+
+async def _tenants(edge: Any) -> dict[str, dict[str, int]]:
+    """Tasks queued (not yet sent to the provider) and running, per tenant, from the tenants'
+    active sets; statuses are read one by one up to MAX_TASKS_LOOKED_AT in all (past that, the
+    rest count as queued)."""
+    r, prefix = edge.redis, edge.keys.tenant_active("")
+    names: list[str] = []
+    async for key in r.scan_iter(match=prefix + "*", count=500):
+        names.append(key[len(prefix):])
+        if len(names) >= MAX_TENANTS:
+            break
+    out: dict[str, dict[str, int]] = {}
+    budget = MAX_TASKS_LOOKED_AT
+    for name in sorted(names):
+        ids = await r.zrange(prefix + name, 0, budget - 1) if budget > 0 else []
+        total = int(await r.zcard(prefix + name))
+        budget -= len(ids)
+        async with r.pipeline(transaction=False) as p:
+            for t in ids:
+                p.hmget(edge.keys.task(t), ["status", "waiting_for"])
+            states = await p.execute()
+        running = sum(1 for st, wf in states if st == tasks.RUNNING and not wf)
+        if total:
+            out[name] = {"queued": total - running, "running": running}
+    return out
 
 
 async def ai_status(request: web.Request) -> web.Response:
@@ -117,9 +149,9 @@ async def ai_status(request: web.Request) -> web.Response:
     h = await hash_of(edge.redis, edge.keys.ai_status)
     streaming = h.get("streaming")
     return json_response({
-        "base_url": mask_url(p.ai_base_url),  # a URL may carry credentials
+        "base_url": str(p.ai_base_url),  # without a password it may carry
         "model": p.ai_model,
-        "mock": p.ai_base_url.startswith("http://127.0.0.1:8090") or p.is_mock,
+        "mock": await request.app[PROBE].is_mock(),
         "api_key_configured": p.ai_api_key is not None,
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),
@@ -127,4 +159,11 @@ async def ai_status(request: web.Request) -> web.Response:
         "last_error": h.get("error"),
         "last_error_at": iso(h.get("error_at")),
         "timeout_s": p.ai_timeout_s,
+        # The governor's view of each provider (base URL, key fingerprint, model).
+        "providers": [{**v, "paused_until": iso(v["paused_until"]),
+                       "last_rate_limited_at": iso(v["last_rate_limited_at"]),
+                       "learned": {kind: None if x is None else
+                                   {**x, "reset_at": iso(x["reset_at"])}
+                                   for kind, x in v["learned"].items()}}
+                      for v in await read_providers(edge.redis, edge.keys, now_ms())],
     })

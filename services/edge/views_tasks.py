@@ -7,11 +7,12 @@ import re
 import orjson
 from aiohttp import web
 
-from services.edge import queue
+from services.edge import queue, waiting
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
-from services.edge.validation import parse_task, read_json
+from services.edge.validation import parse_task
 from services.webhooks import views as webhooks
 
 
@@ -41,7 +42,7 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 async def create_task(request: web.Request) -> web.Response:
     edge = edge_of(request)
     key = idempotency_key(request)
-    body = await read_json(request, edge.settings.max_body_bytes)
+    body = await read_json(request, edge.settings)
     hook_url = None
     if isinstance(body, dict) and "webhook_url" in body:  # for Sluice, not for the provider
         body = dict(body)
@@ -62,8 +63,9 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    view = await queue.read(edge_of(request), tenant_of(request), request.match_info["id"])
-    return json_response(view)
+    edge, tenant = edge_of(request), tenant_of(request)
+    view = await queue.read(edge, tenant, request.match_info["id"])
+    return json_response({**view, **await waiting.explain(edge, tenant, view)})
 
 
 async def cancel_task(request: web.Request) -> web.Response:

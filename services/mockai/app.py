@@ -22,6 +22,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from shared.config import MOCK_HEADER, Secret
+
 from .faults import (
     AnswerShape,
     Fault,
@@ -32,6 +34,7 @@ from .faults import (
     parse_fault,
     parse_fault_header,
 )
+from .limits import Limiter
 from .protocol import (
     DONE,
     ChatRequest,
@@ -55,6 +58,7 @@ log = structlog.get_logger("mockai")
 POLL_S = 0.25
 # Prompts can be big (benchmarks replay long contexts); aiohttp's default is 1 MiB.
 CLIENT_MAX_SIZE = 32 * 1024 * 1024
+KEEPALIVE_EVERY_S = 0.2
 # Faults that fire at a position in the content stream.
 _POSITIONAL = frozenset({FaultKind.CUT, FaultKind.STALL, FaultKind.STREAM_ERROR})
 
@@ -62,9 +66,10 @@ _POSITIONAL = frozenset({FaultKind.CUT, FaultKind.STALL, FaultKind.STREAM_ERROR}
 class MockState:
     """Mutable per-app state: request records, fault counters, id sequence."""
 
-    __slots__ = ("_ids", "_prefix", "faults", "records", "started")
+    __slots__ = ("_ids", "_prefix", "faults", "limiter", "records", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
         self.records = RecordStore()
         self.faults = FaultCounters()
         self.started = int(time.time())
@@ -95,6 +100,7 @@ class Plan:
     include_usage: bool
     ttft_s: float
     interval_s: float  # 0 = no pacing between tokens
+    keepalive_s: float = 0.0  # `: keep-alive` comments only, before the first token
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -142,15 +148,16 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
         include_usage=req.include_usage,
         ttft_s=ttft_ms / 1000.0,
         interval_s=1.0 / rate if rate > 0 else 0.0,
+        keepalive_s=mock.keepalive_s or 0.0,
     )
 
 
-def _auth_failure(request: web.Request, api_key: str | None) -> web.Response | None:
+def _auth_failure(request: web.Request, api_key: Secret[str] | None) -> web.Response | None:
     if api_key is None:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.encode()):
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), api_key.get().encode()):
         return None
     message = "Incorrect API key provided." if header else "You didn't provide an API key."
     return _json(
@@ -241,6 +248,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     plan = _plan(settings, req, cid)
     if fault is not None and fault.kind is FaultKind.USAGE:
         plan = dataclasses.replace(plan, usage=fault.usage or {})
+    limiter = state.limiter
+    if not limiter.settings.active:
+        return await _answer(request, settings, req, rec, plan, fault, headers)
+    tokens = plan.usage.get("total_tokens")
+    verdict = limiter.admit(tokens if isinstance(tokens, int) else 0)
+    rec.ratelimit = {k: v for k, v in verdict.headers.items() if k.startswith("x-ratelimit")}
+    headers.update(verdict.headers)
+    if verdict.limit is not None:
+        return _limit_refusal(rec, verdict.limit, limiter.settings.status, headers)
+    try:
+        return await _answer(request, settings, req, rec, plan, fault, headers)
+    finally:
+        limiter.release()
+
+
+async def _answer(
+    request: web.Request,
+    settings: MockSettings,
+    req: ChatRequest,
+    rec: RequestRecord,
+    plan: Plan,
+    fault: Fault | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
     rec.set_tokens(plan.reasoning, plan.content)
     stream = (
         req.stream
@@ -251,6 +282,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if stream:
         return await _SseStream(request, rec, plan, fault).run(headers)
     return await _respond_json(request, rec, plan, fault, headers)
+
+
+def _limit_refusal(
+    rec: RequestRecord, limit: str, status: int, headers: dict[str, str]
+) -> web.Response:
+    """A refusal shaped like the providers' own: OpenAI's 429 names the limit reached, a busy
+    SiliconFlow answers 503, Anthropic's overloaded API 529."""
+    error_type, code = status_error_defaults(status)
+    message = (
+        f"mock: rate limit reached for {limit}"
+        if status == 429
+        else "mock: the system is overloaded, too busy, retry later"
+    )
+    rec.limit = limit
+    rec.finish("rate_limited", status)
+    return _json(error_body(message, error_type, code), status, headers)
 
 
 def _client_gone(rec: RequestRecord) -> None:
@@ -426,6 +473,15 @@ class _SseStream:
             self.out.extend(self._chunk(k) for k in range(self.i, end))
             self.i = end
 
+    async def _keep_alive(self, seconds: float) -> None:
+        """Comments only, every KEEPALIVE_EVERY_S, then the stream starts as planned."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            await self.resp.write(b": keep-alive\n\n")
+            await _sleep(self.request, min(left, KEEPALIVE_EVERY_S))
+        self.t0 = loop.time() + self.plan.ttft_s
+
     async def run(self, headers: dict[str, str]) -> web.StreamResponse:
         plan, fault, rec = self.plan, self.fault, self.rec
         resp = self.resp
@@ -438,6 +494,8 @@ class _SseStream:
             stop = self.n_reasoning + min(fault.after, len(plan.content))
         try:
             await resp.prepare(self.request)
+            if plan.keepalive_s > 0:
+                await self._keep_alive(plan.keepalive_s)
             await self._emit_until(stop)
             if fault is not None and fault.kind is FaultKind.CUT:
                 await self._flush()
@@ -478,10 +536,17 @@ class _SseStream:
         return resp
 
 
+async def _identify(request: web.Request, response: web.StreamResponse) -> None:
+    # On every answer, errors and 401s included: Sluice's edge asks without a key.
+    response.headers[MOCK_HEADER] = "mockai"
+
+
 def create_app(settings: MockSettings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
-    app[SETTINGS_KEY] = settings if settings is not None else MockSettings()
-    app[STATE_KEY] = MockState()
+    app.on_response_prepare.append(_identify)
+    settings = settings if settings is not None else MockSettings()
+    app[SETTINGS_KEY] = settings
+    app[STATE_KEY] = MockState(Limiter(settings.limits))
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -59,7 +59,8 @@ def status_error_defaults(status: int) -> tuple[str, str | None]:
 # --- request ---------------------------------------------------------------------------
 
 _MOCK_KEYS = frozenset(
-    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag", "vary"}
+    {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag", "vary",
+     "keepalive_s"}
 )
 
 
@@ -75,6 +76,9 @@ class MockOptions:
     fault: object = None  # raw spec; parsed by faults.parse_fault
     # Other words on every call, as a real provider at temperature > 0 answers a retry.
     vary: bool = False
+    # DeepSeek under load: the stream opens, then only `: keep-alive` comments for this long
+    # before inference starts (on top of the TTFT).
+    keepalive_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,7 @@ def _parse_mock(metadata: object) -> MockOptions:
         tag=tag,
         fault=mock.get("fault"),
         vary=vary,
+        keepalive_s=_nonneg_number(mock, "keepalive_s"),
     )
 
 

@@ -27,7 +27,9 @@ class RequestRecord:
         "finished_at",
         "finished_monotonic",
         "id",
+        "limit",
         "outcome",
+        "ratelimit",
         "reasoning_sent",
         "started_at",
         "started_monotonic",
@@ -41,10 +43,12 @@ class RequestRecord:
         self.tag: str | None = None
         self.fault_key: str | None = None
         self.fault: str | None = None  # kind of the fault that actually fired
+        self.limit: str | None = None  # the limit that refused it (limits.py), if one did
+        self.ratelimit: dict[str, str] = {}  # x-ratelimit-* headers it was answered with
         self.stream = False
         self.status = 200
         # in_progress | completed | rejected | error_status | cut | stream_error |
-        # disconnected
+        # disconnected | rate_limited
         self.outcome = "in_progress"
         self.finish_reason: str | None = None
         self.started_at = time.time()
@@ -88,6 +92,8 @@ class RequestRecord:
             "tag": self.tag,
             "fault_key": self.fault_key,
             "fault": self.fault,
+            "limit": self.limit,
+            "ratelimit": self.ratelimit,
             "stream": self.stream,
             "status": self.status,
             "outcome": self.outcome,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from shared.config import ConfigError, Env
+from shared.config import ConfigError, Env, Secret
+
+from .limits import LimitSettings
 
 __all__ = ["MAX_TOKENS_PER_PART", "ConfigError", "MockSettings"]
 
@@ -32,7 +34,9 @@ class MockSettings:
     no_stream: bool = False
     model: str = "mock-r1"
     # None = no auth; the mock is the default provider and must work without a key.
-    api_key: str | None = None
+    api_key: Secret[str] | None = None
+    # Provider limit modes (off by default): see limits.py.
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MockSettings:
@@ -50,5 +54,19 @@ class MockSettings:
             no_stream=e.flag("MOCKAI_NO_STREAM", d.no_stream),
             model=e.text("MOCKAI_MODEL", d.model),
             # Not stripped like the others: a key is compared byte for byte.
-            api_key=environ.get("MOCKAI_API_KEY") or None,
+            api_key=Secret(environ["MOCKAI_API_KEY"]) if environ.get("MOCKAI_API_KEY") else None,
+            limits=_limits(e),
         )
+
+
+def _limits(e: Env) -> LimitSettings:
+    d = LimitSettings()
+    return LimitSettings(
+        max_concurrency=e.integer("MOCKAI_MAX_CONCURRENCY", d.max_concurrency, min_value=0),
+        rpm=e.integer("MOCKAI_RPM", d.rpm, min_value=0),
+        tpm=e.integer("MOCKAI_TPM", d.tpm, min_value=0),
+        window_s=e.number("MOCKAI_RATE_WINDOW_S", d.window_s, min_value=0.01),
+        retry_after=e.flag("MOCKAI_RETRY_AFTER", d.retry_after),
+        headers=e.flag("MOCKAI_RATELIMIT_HEADERS", d.headers),
+        status=int(e.choice("MOCKAI_LIMIT_STATUS", str(d.status), ("429", "503", "529"))),
+    )

@@ -19,7 +19,7 @@ from shared.store import Store
 
 
 async def serve(settings: ProcessorSettings) -> None:
-    redis = redis_conn.connect(settings.common.redis_url, wait=True,
+    redis = redis_conn.connect(settings.common.redis_url, wait_s=None,
                                max_connections=min(settings.concurrency + 32, 96))
     store = Store(settings.common.store_path)
     http = make_http(settings)

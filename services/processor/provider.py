@@ -33,6 +33,7 @@ from services.processor.transport import AiohttpTransport
 from shared.config import Provider, redact
 
 OnDeltas = Callable[[list[Delta]], Awaitable[None]]
+OnHeaders = Callable[[httpx.Headers], None]
 DRAIN_AFTER_DONE_S = 1.0
 # An error body is read only for its message: the rest of a huge one is left unread.
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -52,15 +53,16 @@ def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
     """The process's one client: pooled connections, explicit timeouts (read = idle timeout)."""
     timeout = httpx.Timeout(connect=10.0, read=settings.ai_idle_timeout_s, write=30.0, pool=None)
     headers = {"Accept": "text/event-stream, application/json"}
-    if settings.ai_api_key:
-        headers["Authorization"] = f"Bearer {settings.ai_api_key}"
+    if settings.ai_api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.ai_api_key.get()}"
     return httpx.AsyncClient(timeout=timeout, headers=headers,
                              transport=AiohttpTransport(max_connections))
 
 
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
     body = dict(payload)
-    if not settings.is_mock:
+    body.pop("deadline", None)  # ours: when to give up waiting, not the provider's business
+    if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
@@ -68,13 +70,16 @@ def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
 
 
 async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[str, Any],
-                   on_deltas: OnDeltas) -> Completion:
-    """One attempt. Raises ProviderError for anything the provider did wrong."""
-    url = f"{settings.ai_base_url}/chat/completions"
+                   on_deltas: OnDeltas, on_headers: OnHeaders | None = None) -> Completion:
+    """One attempt. Raises ProviderError for anything the provider did wrong. ``on_headers``
+    sees the answer's headers as soon as they arrive (rate-limit headers pace other calls)."""
+    url = f"{settings.ai_base_url.get()}/chat/completions"
     try:
         async with asyncio.timeout(settings.ai_timeout_s):
             async with client.stream("POST", url, content=request_body(payload, settings),
                                      headers={"Content-Type": "application/json"}) as resp:
+                if on_headers is not None:
+                    on_headers(resp.headers)
                 if resp.status_code >= 400:
                     body, _ = await read_capped(resp, MAX_ERROR_BODY_BYTES)
                     raise parse_error_body(resp.status_code, body,
@@ -91,7 +96,8 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
         # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
-        err.message = redact(err.message, settings.ai_api_key)
+        key = settings.ai_api_key
+        err.message = redact(err.message, None if key is None else key.get())
         err.args = (err.message,)
         raise
     except SSELineTooLong as exc:

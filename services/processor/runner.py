@@ -21,9 +21,11 @@ import orjson
 
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.deadlines import deadline_error
+from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
-from services.processor.provider import Completion, OnDeltas
-from shared import logs, tasks
+from services.processor.provider import Completion, OnDeltas, OnHeaders
+from shared import deadlines, logs, tasks
 from shared.steps import (
     AlreadyTerminal,
     AttemptCounted,
@@ -38,7 +40,7 @@ from shared.timeutil import iso, now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
-CallProvider = Callable[[dict[str, Any], OnDeltas], Awaitable[Completion]]
+CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders], Awaitable[Completion]]
 
 
 class Outcome(Enum):
@@ -69,6 +71,7 @@ class RunPolicy:
     retry_after_cap_s: float
     lock_ttl_ms: int
     retention_s: int
+    task_deadline_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class RunDeps:
     status: ProviderStatus
     policy: RunPolicy
     processor: str
+    governor: Governor
 
 
 @dataclass(slots=True)
@@ -110,6 +114,7 @@ class TaskRun:
         self.attempts = 0
         self.partial = Partial()
         self.usage: dict[str, int] | None = None
+        self.deadline_at: int | None = None
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -169,6 +174,8 @@ class TaskRun:
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, None, None, attempts)
         request = orjson.loads(h["request"])
+        self.deadline_at = deadlines.deadline_at(request, int(h["created_at"]),
+                                                 policy.task_deadline_s)
         last_error: dict[str, Any] | None = {
             "code": "attempts_exhausted",
             "message": f"gave up after {attempts} attempts (a processor died during each)"}
@@ -185,9 +192,18 @@ class TaskRun:
                 return await self._finish(h, tasks.SUCCEEDED, done, None, attempts)
             except _Stop:
                 return await self._stopped(h, attempts)
+            except DeadlineExceeded:
+                return await self._finish(h, tasks.FAILED, None, deadline_error(), attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
                 await self.deps.status.note(error=err.message)
+                if self.deps.governor.enabled and is_rate_limit(err):
+                    # A wait, not a failure: the attempt does not count, and the task waits
+                    # for the governor again (which the refusal just paced).
+                    log.info("rate_limited", task_id=self.task_id, status=err.status)
+                    await self._reset_if_streamed()
+                    counted = True
+                    continue
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
@@ -210,9 +226,21 @@ class TaskRun:
             if isinstance(await steps.emit(self.task_id, lease.token, events), LeaseLost):
                 lease.mark_lost()
 
-        completion = await self.deps.call(request, on_deltas)
+        async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
+            completion = await self.deps.call(request, on_deltas, call.observe)
+            call.used(completion.usage)
         await self.deps.status.note(streamed=completion.streamed)
         return completion
+
+    async def _reset_if_streamed(self) -> None:
+        """Tell clients to drop what a refused call streamed: the answer starts again. A lost
+        lease is marked, so the next step stops."""
+        lease = self.lease
+        if lease is None or self.partial.first_token_at is None:
+            return
+        events = [(tasks.EV_RESET, '{"rate_limited":true}')]
+        if isinstance(await self.deps.steps.emit(self.task_id, lease.token, events), LeaseLost):
+            lease.mark_lost()
 
     def interrupt(self, reason: Outcome) -> None:
         """Stop the current attempt: CANCEL (the client asked), LOST (our lease is gone) or

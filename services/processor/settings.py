@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.config import Batching, Common, Env, Provider
+from shared.governor import Limits
 from shared.healthcheck import default_name
 
 
@@ -23,6 +24,9 @@ class ProcessorSettings:
     drain_s: float
     heartbeat_s: float
     reclaim_interval_s: float
+    governor: bool
+    limits: Limits
+    task_deadline_s: float
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ProcessorSettings:
@@ -43,4 +47,14 @@ class ProcessorSettings:
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_interval_s=env.number(
                 "RECLAIM_INTERVAL_S", min(5.0, batching.lock_ttl_ms / 3000), min_value=0.05),
+            governor=env.flag("GOVERNOR", True),
+            limits=Limits(
+                max_concurrency=env.integer("PROVIDER_MAX_CONCURRENCY", 0, min_value=0),
+                rpm=env.integer("PROVIDER_RPM", 0, min_value=0),
+                tpm=env.integer("PROVIDER_TPM", 0, min_value=0),
+                initial_window=env.integer("GOVERNOR_INITIAL_WINDOW", 16, min_value=1,
+                                           max_value=100_000),
+                max_backoff_ms=int(1000 * env.number("GOVERNOR_MAX_BACKOFF_S", 30.0,
+                                                     min_value=0.1))),
+            task_deadline_s=env.number("TASK_DEADLINE_S", 86_400.0, min_value=1),
         )

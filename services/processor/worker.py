@@ -15,6 +15,8 @@ from redis.asyncio.client import PubSub
 
 from services.processor import provider
 from services.processor.ai_status import ProviderStatus
+from services.processor.deadlines import SWEEP_S, DeadlineSweeper
+from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
 from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
 from services.processor.settings import ProcessorSettings
@@ -38,20 +40,30 @@ class Processor:
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
         self.steps = Steps(redis, self.keys)
+        pv = settings.provider
+        self.governor = Governor(
+            redis, self.keys, name=self.name, enabled=settings.governor, limits=settings.limits,
+            lease_ms=settings.batching.lock_ttl_ms, base_url=pv.ai_base_url.get(),
+            api_key=pv.ai_api_key.get() if pv.ai_api_key else None, model=pv.ai_model,
+            on_change=self._room_changed,
+            retry_after_cap_s=settings.retry_after_cap_s)
+        self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
+                                       settings.retention_s)
         self.leases = LeaseKeeper(redis, self.steps, self.keys, self.name,
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
             steps=self.steps, store=store,
-            call=lambda request, on_deltas: provider.complete(http, settings.provider, request,
-                                                             on_deltas),
+            call=lambda request, on_deltas, on_headers: provider.complete(
+                http, settings.provider, request, on_deltas, on_headers),
             leases=self.leases, status=ProviderStatus(redis, self.keys),
             policy=RunPolicy(max_attempts=settings.max_attempts,
                              retry_base_s=settings.retry_base_s,
                              retry_cap_s=settings.retry_cap_s,
                              retry_after_cap_s=settings.retry_after_cap_s,
                              lock_ttl_ms=settings.batching.lock_ttl_ms,
-                             retention_s=settings.retention_s),
-            processor=self.name)
+                             retention_s=settings.retention_s,
+                             task_deadline_s=settings.task_deadline_s),
+            processor=self.name, governor=self.governor)
         self.runs: dict[str, TaskRun] = {}
         self.inflight = 0
         self.room = asyncio.Event()
@@ -86,6 +98,8 @@ class Processor:
             tg.create_task(self._forever(self._listen_cancels, "cancels"))
             tg.create_task(self._forever(self._reclaim_once, "reclaim",
                                          self.settings.reclaim_interval_s))
+            tg.create_task(self.governor.run(self.stopping, self.drained))
+            tg.create_task(self._forever(self.sweeper.sweep_once, "deadlines", SWEEP_S))
             await self._forever(self._claim_once, "claim")
             await self._drain()
             self.drained.set()
@@ -130,7 +144,18 @@ class Processor:
     # --- capacity -----------------------------------------------------------------------------
     @property
     def free(self) -> int:
-        return 0 if self.stopping.is_set() else max(0, self.settings.concurrency - self.inflight)
+        """Slots we offer: our own, and no more than the provider's governor has room for."""
+        if self.stopping.is_set():
+            return 0
+        return max(0, min(self.settings.concurrency - self.inflight, self.governor.room()))
+
+    def _room_changed(self, opened: bool) -> None:
+        """The governor's room opened or closed: claim (or stop claiming). An opening is told
+        to the coordinators at once (a waiting batch leaves); a closing waits for the next
+        report, since a batch flushed meanwhile only waits in Redis."""
+        self._set_inflight(0)
+        if opened:
+            self._report_due.set()
 
     async def _report_capacity(self, taken: int = 0) -> None:
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)

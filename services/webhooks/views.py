@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 
 from services.edge.auth import tenant_of
+from services.edge.bodies import read_json
 from services.edge.context import edge_of
 from services.edge.errors import ApiError
-from services.edge.validation import read_json
 from services.webhooks import events, signing, ssrf
 from shared.webhook_store import Endpoint, WebhookStore, delivery_statement
 
@@ -27,7 +27,6 @@ MAX_URL = 2048
 # then checked by ``ssrf``.
 URL_PATTERN = r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[!-~]*)?$"
 _URL = re.compile(URL_PATTERN)
-MAX_BODY = 16 * 1024
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -55,7 +54,7 @@ def _view(e: Endpoint) -> dict[str, Any]:
 
 
 async def create_endpoint(request: web.Request) -> web.Response:
-    body = await read_json(request, MAX_BODY)
+    body = await read_json(request, edge_of(request).settings)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     url = checked_url(request, body.get("url"))

@@ -8,13 +8,10 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis
 
 from shared.keys import Keys
-from tests.harness import Service, Stack
-
-pytestmark = pytest.mark.chaos
+from tests.harness import Service, Stack, wait_for
 
 LEASE_MS = 2000
 CHAOS_ENV = {
@@ -67,6 +64,26 @@ def final_text(evts: list[tuple[str, str, dict[str, Any]]], kind: str = "content
 
 def terminal_events(evts: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
     return [t for _e, t, _d in evts if t in ("done", "error", "cancelled")]
+
+
+def streaming_on(stack: Stack, task_id: str) -> str | None:
+    """The processor streaming the task's answer (running, some content already in its
+    events), or None."""
+    h = task_hash(stack, task_id)
+    has_content = any(t == "content" for _e, t, _d in events(stack, task_id))
+    return h.get("processor") if h.get("status") == "running" and has_content else None
+
+
+def running_holder(stack: Stack, task_id: str) -> str:
+    return str(wait_for(lambda: streaming_on(stack, task_id), 30,
+                        "the task to stream on some processor"))
+
+
+def in_flight(stack: Stack, processor: str) -> int | None:
+    """The tasks a processor last reported running (services/processor/worker.py)."""
+    with client(stack) as r:
+        value = r.hget(Keys(stack.prefix).processors_inflight, processor)
+    return None if value is None else int(value)  # type: ignore[arg-type]
 
 
 def mock_records(stack: Stack, tag: str) -> list[dict[str, Any]]:

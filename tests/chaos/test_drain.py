@@ -8,8 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.chaos.conftest import CHAOS_ENV, events, final_text, service_named, slow, task_hash
-from tests.chaos.test_processor_crash import running_holder
+from shared.keys import Keys
+from tests.chaos.conftest import (
+    CHAOS_ENV,
+    client,
+    events,
+    final_text,
+    running_holder,
+    service_named,
+    slow,
+    task_hash,
+)
 from tests.client import rows
 from tests.harness import running_stack
 
@@ -20,7 +29,7 @@ def test_sigterm_finishes_short_tasks_before_exiting(
     with running_stack(tmp_path, redis_url, processors=1, env=env) as stack:
         api = api_factory(stack.edge_url)
         task_id = api.submit(slow(tokens_per_s=20, content_tokens=30))
-        holder = service_named(stack, running_holder(stack, api, task_id))
+        holder = service_named(stack, running_holder(stack, task_id))
         holder.kill(signal.SIGTERM)  # waits for the process to exit
         assert holder.proc.returncode == 0
         assert task_hash(stack, task_id)["status"] == "succeeded"
@@ -35,17 +44,21 @@ def test_sigterm_hands_back_what_it_cannot_finish(
     with running_stack(tmp_path, redis_url, processors=2, env=env) as stack:
         api = api_factory(stack.edge_url)
         task_id = api.submit(slow(tokens_per_s=10, content_tokens=60))
-        holder_name = running_holder(stack, api, task_id)
+        holder_name = running_holder(stack, task_id)
         holder = service_named(stack, holder_name)
+        lease = Keys(stack.prefix).lease(task_id)
+        with client(stack) as r:
+            token = r.get(lease)
+        assert token
         stopped_at = time.monotonic()
-        holder.kill(signal.SIGTERM)
+        holder.kill(signal.SIGTERM)  # waits for the process to exit
         assert holder.proc.returncode == 0
+        # A 60 s lease left to expire would still hold the holder's token: it was given back.
+        with client(stack) as r:
+            assert r.get(lease) != token
         task = api.wait_terminal(task_id, 60)
-        taken_over_in = time.monotonic() - stopped_at
-        # With a 60 s lease, only the hand-off explains a takeover well before it expired.
-        print(f"drain hand-off: task finished {taken_over_in:.1f}s after SIGTERM "
-              f"(lease {60000 / 1000:.0f}s)")
-        assert taken_over_in < 60000 / 1000 / 2
+        print(f"drain hand-off: task finished {time.monotonic() - stopped_at:.1f}s after "
+              f"SIGTERM (lease {60000 / 1000:.0f}s)")
         assert task["status"] == "succeeded"
         [(processor, content)] = rows(stack.store_path, "SELECT processor, content FROM tasks")
         assert processor != holder_name

@@ -14,7 +14,9 @@ from tests.chaos.conftest import (
     RECOVERY_LIMIT_S,
     events,
     final_text,
+    in_flight,
     mock_records,
+    running_holder,
     service_named,
     slow,
     tag_of,
@@ -25,20 +27,12 @@ from tests.e2e.conftest import rows
 from tests.harness import running_stack, wait_for
 
 
-def running_holder(stack: Any, api: Any, task_id: str) -> str:
-    def holder() -> str | None:
-        h = task_hash(stack, task_id)
-        has_content = any(t == "content" for _e, t, _d in events(stack, task_id))
-        return h.get("processor") if h.get("status") == "running" and has_content else None
-    return str(wait_for(holder, 30, "the task to stream on some processor"))
-
-
 def test_kill_9_processor_mid_stream(tmp_path: Path, redis_url: str, api_factory: Any) -> None:
     with running_stack(tmp_path, redis_url, processors=2, env=CHAOS_ENV) as stack:
         api = api_factory(stack.edge_url)
         body = slow()
         task_id = api.submit(body)
-        victim = running_holder(stack, api, task_id)
+        victim = running_holder(stack, task_id)
         killed_at = time.monotonic()
         service_named(stack, victim).kill(signal.SIGKILL)
         task = api.wait_terminal(task_id, RECOVERY_LIMIT_S + 10)
@@ -63,7 +57,7 @@ def test_paused_processor_loses_its_lease_and_writes_nothing(
         api = api_factory(stack.edge_url)
         body = slow(tokens_per_s=10, content_tokens=30)
         task_id = api.submit(body)
-        paused_name = running_holder(stack, api, task_id)
+        paused_name = running_holder(stack, task_id)
         paused = service_named(stack, paused_name)
         paused.kill(signal.SIGSTOP)
         try:
@@ -72,10 +66,12 @@ def test_paused_processor_loses_its_lease_and_writes_nothing(
             task = api.wait_terminal(task_id, RECOVERY_LIMIT_S + 10)
         finally:
             paused.kill(signal.SIGCONT)
-        # Give the woken processor time to notice (its next renewal) and to try anything.
+        # Once awake, the paused processor finds its lease lost (its next renewal) and ends the
+        # task's run: whatever it was going to try, it has tried once it reports no task.
         wait_for(lambda: "lease_lost" in paused.log.read_text(), LEASE_MS / 1000 * 3 + 5,
                  "the paused processor to find its lease lost")
-        time.sleep(LEASE_MS / 1000)
+        wait_for(lambda: in_flight(stack, paused_name) == 0, LEASE_MS / 1000 * 3 + 5,
+                 "the paused processor to end its run of the task")
         assert task["status"] == "succeeded"
         fence = int(task_hash(stack, task_id)["fence"])
         [(processor, row_fence, content)] = rows(
@@ -94,7 +90,7 @@ def test_a_stored_result_is_never_sent_to_the_provider_again(
         api = api_factory(stack.edge_url)
         body = slow(tokens_per_s=10, content_tokens=30)
         task_id = api.submit(body)
-        victim_name = running_holder(stack, api, task_id)
+        victim_name = running_holder(stack, task_id)
         victim = service_named(stack, victim_name)
         victim.kill(signal.SIGSTOP)
         h = task_hash(stack, task_id)

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.chaos.conftest import CHAOS_ENV, slow
+from tests.chaos.conftest import CHAOS_ENV, slow, streaming_on
 from tests.client import rows
-from tests.harness import RedisServer, running_stack
+from tests.harness import RedisServer, running_stack, wait_for
 
 
 def test_every_accepted_task_survives_a_redis_crash(
@@ -19,8 +19,10 @@ def test_every_accepted_task_survives_a_redis_crash(
     with running_stack(tmp_path, own_redis.url, processors=2, env=CHAOS_ENV) as stack:
         api = api_factory(stack.edge_url)
         ids = [api.submit(slow(tokens_per_s=40, content_tokens=30)) for _ in range(12)]
-        time.sleep(0.3)  # some queued, some mid-stream
+        streaming = wait_for(lambda: [t for t in ids if streaming_on(stack, t)], 30,
+                             "a task to be mid-stream")
         own_redis.kill(signal.SIGKILL)
+        print(f"chaos redis kill -9: {len(streaming)} of {len(ids)} tasks were mid-stream")
         r = httpx.post(f"{stack.edge_url}/api/tasks", json={"prompt": "during the outage"},
                        timeout=30)
         assert r.status_code == 503, r.text

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.client import Api, rows
 
-pytestmark = pytest.mark.e2e
 __all__ = ["Api", "rows"]

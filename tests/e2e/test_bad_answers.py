@@ -15,8 +15,6 @@ import pytest
 from tests.e2e.conftest import rows
 from tests.harness import Stack, running_stack, wait_for
 
-pytestmark = pytest.mark.e2e
-
 MAX_ATTEMPTS = 2
 ENV = {"MAX_ATTEMPTS": str(MAX_ATTEMPTS), "RETRY_BASE_S": "0.01", "RETRY_CAP_S": "0.05",
        "AI_IDLE_TIMEOUT_S": "5"}

@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.conftest import rows
 from tests.e2e.sse_client import Sse, deltas, open_events, parse, read_all
 from tests.harness import running_stack, wait_for
-
-pytestmark = pytest.mark.e2e
 
 
 def mock_records(stack: Any, tag: str) -> list[dict[str, Any]]:

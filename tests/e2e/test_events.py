@@ -18,8 +18,6 @@ from tests.e2e.conftest import rows
 from tests.e2e.sse_client import TERMINAL, Comment, Sse, deltas, open_events, parse, read_all
 from tests.harness import Stack, running_stack, wait_for
 
-pytestmark = pytest.mark.e2e
-
 
 def slow(content_tokens: int = 60, tokens_per_s: float = 40, **extra: Any) -> dict[str, Any]:
     return {"prompt": f"slow {uuid.uuid4().hex}",

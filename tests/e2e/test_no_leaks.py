@@ -10,11 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.harness import running_stack
-
-pytestmark = pytest.mark.e2e
 
 
 def canary(kind: str) -> str:

@@ -16,8 +16,6 @@ import redis
 from shared.keys import Keys
 from tests.harness import Stack, running_stack, wait_for
 
-pytestmark = pytest.mark.e2e
-
 MESSAGES: Any = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
@@ -110,6 +108,39 @@ def test_a_retried_attempt_is_not_streamed_twice(stack: Stack, client: openai.Op
     reasoning = "".join(reasoning_of(c.choices[0].delta) or "" for c in chunks if c.choices)
     assert content == task["result"]["content"]
     assert reasoning == task["result"]["reasoning_content"]
+
+
+@pytest.mark.parametrize("reasoning_tokens", [0, 4])
+def test_a_retry_that_diverges_ends_the_stream_with_an_error_naming_the_task(
+        stack: Stack, client: openai.OpenAI, reasoning_tokens: int) -> None:
+    """The first attempt is cut after 5 words; the second (vary) answers other words, as a
+    real provider at temperature > 0 does. The client must not get a splice of the two."""
+    tag = uuid.uuid4().hex
+    raw = client.chat.completions.with_raw_response.create(
+        model="mock-r1", messages=MESSAGES, stream=True,
+        extra_body=mock(tokens_per_s=200, content_tokens=20, reasoning_tokens=reasoning_tokens,
+                        vary=True, tag=tag, fault={"cut_after": 5, "times": 1, "key": tag}))
+    task_id = raw.headers["X-Sluice-Task-Id"]
+    content = reasoning = ""
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in raw.parse():
+            content += chunk.choices[0].delta.content or ""
+            reasoning += reasoning_of(chunk.choices[0].delta) or ""
+    assert caught.value.code == "retry_diverged"
+    assert f"GET /api/tasks/{task_id}" in caught.value.message
+    task = stored(stack, task_id)
+    assert task["status"] == "succeeded" and task["attempts"] == 2
+    first, second = httpx.get(f"{stack.mock_url}/mock/requests", params={"tag": tag}).json()[
+        "requests"]
+    assert first["outcome"] == "cut" and second["outcome"] == "completed"
+    # Everything the client got is the first attempt's, none of it the second's.
+    assert content and first["content"].startswith(content)
+    assert first["reasoning"].startswith(reasoning)
+    final_reasoning, final_content = task["result"]["reasoning_content"] or "", task["result"][
+        "content"]
+    assert (final_reasoning, final_content) == (second["reasoning"], second["content"])
+    # The second attempt did diverge (else this test would prove nothing).
+    assert not (final_reasoning.startswith(reasoning) and final_content.startswith(content))
 
 
 def test_a_client_that_hangs_up_does_not_cancel_its_task(

@@ -12,8 +12,6 @@ import redis
 
 from tests.harness import RedisServer, make_tls_files, running_stack
 
-pytestmark = pytest.mark.e2e
-
 PASSWORD = "canary-redis-pw-3b9f0c"
 
 

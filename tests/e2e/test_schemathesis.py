@@ -14,8 +14,6 @@ import pytest
 
 from tests.harness import running_stack
 
-pytestmark = pytest.mark.e2e
-
 KEY = "sk-schemathesis-7d01c5e3"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 SEED = "20261128"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from services.edge.app import create_app
@@ -19,8 +18,6 @@ from shared.config import Env
 from shared.keys import Keys
 from tests.e2e.conftest import rows
 from tests.harness import running_stack
-
-pytestmark = pytest.mark.e2e
 
 KEY_A, KEY_B = "sk-tenant-alpha-61c2f0", "sk-tenant-beta-0e9d4a"
 KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"

@@ -31,7 +31,7 @@ def writing_routes() -> set[tuple[str, str]]:
 
 
 async def snapshot(edge: EdgeUnderTest) -> dict[str, tuple[bytes | None, bool]]:
-    raw = aioredis.Redis.from_url(edge.settings.common.redis_url)
+    raw = aioredis.Redis.from_url(edge.settings.common.redis_url.get())
     try:
         return {k: (await raw.dump(k), await raw.pttl(k) > 0) for k in await edge.redis_keys()}
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"prompt": "x", "stop": ""}, "stop"),
     ({"prompt": "x", "metadata": [1]}, "metadata"),
+    ({"prompt": "x", "deadline": 0}, "deadline"),
+    ({"prompt": "x", "deadline": -5}, "deadline"),
+    ({"prompt": "x", "deadline": True}, "deadline"),
+    ({"prompt": "x", "deadline": "tomorrow"}, "deadline"),
+    ({"prompt": "x", "deadline": "2099-01-01T00:00:00"}, "deadline"),
+    ({"prompt": "x", "deadline": 31 * 86_400}, "deadline"),
     # the limits
     ({"messages": msgs("a", "b", "c", "d")}, "messages"),
     ({"prompt": "x" * 101}, "prompt"),
@@ -244,3 +251,19 @@ async def test_method_not_allowed_says_which_are(edge: EdgeUnderTest) -> None:
     assert r.status == 405
     assert r.headers["Allow"] == "POST"
     assert (await r.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_deadline_is_kept_and_indexed_for_the_sweep(edge: EdgeUnderTest) -> None:
+    ids = []
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=10)
+    for deadline in (2, 0.5, at.isoformat().replace("+00:00", "Z")):
+        r = await edge.client.post("/api/tasks", json={"prompt": "x", "deadline": deadline},
+                                   headers=AUTH)
+        assert r.status == 202, await r.text()
+        ids.append((await r.json())["id"])
+    keys = [k for k in await edge.redis_keys() if k.endswith(":deadlines")]
+    assert len(keys) == 1
+    scored = dict(await edge.redis.zrange(keys[0], 0, -1, withscores=True))
+    assert set(scored) == set(ids)
+    assert scored[ids[2]] == at.timestamp() * 1000
+    assert scored[ids[1]] < scored[ids[0]] < scored[ids[2]]

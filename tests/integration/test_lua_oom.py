@@ -17,6 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
+from shared import governor
+from shared.governor import GovernorSteps, Limits
 from shared.keys import Keys
 from shared.scripts import DIR, NAMES, source
 from shared.steps import HELD, BatchPolicy, Steps, TenantLimits
@@ -60,6 +62,26 @@ async def leased(r: aioredis.Redis) -> None:
     await r.set(K.lease(T), TOKEN, px=950_000)
 
 
+def gov(s: Steps) -> GovernorSteps:
+    return GovernorSteps(s.redis, K, Limits())
+
+
+SLOT = f"{NOW}:p1"
+
+
+async def slot_held(r: aioredis.Redis) -> None:
+    await r.zadd(K.governor_slots("p"), {SLOT: NOW + 30_000})
+
+
+async def slot_expired(r: aioredis.Redis) -> None:
+    await r.zadd(K.governor_slots("p"), {SLOT: NOW - 1})
+
+
+async def due(r: aioredis.Redis) -> None:
+    await queued(r)
+    await r.zadd(K.deadlines, {T: NOW})
+
+
 CASES = {
     # No Idempotency-Key: submit's first write is a ZREMRANGEBYSCORE, which Redis does not
     # check for OOM by itself (the finding: 202s went on past maxmemory).
@@ -87,12 +109,19 @@ CASES = {
     "release": Case(leased, lambda s: s.release_lease(T, TOKEN), True),
     "handoff": Case(nothing, lambda s: s.handoff(
         entry_id="1-1", batch_id="b1", now=NOW, task_ids=[T]), True),
+    # The provider governor's steps (shared/governor.py).
+    "admit": Case(queued, lambda s: gov(s).admit("p", T, SLOT, NOW, 30_000, 10), False),
+    "settle": Case(slot_held, lambda s: gov(s).settle(
+        "p", NOW, [{"slot": SLOT, "outcome": "ok"}]), True),
+    "gov_peek": Case(slot_expired, lambda s: gov(s).peek("p", NOW), True),
+    "expire": Case(due, lambda s: gov(s).expire(
+        T, NOW, 3600, {"code": "deadline_exceeded"}, {}), True),
 }
 
 
 def test_every_script_has_a_case_and_declares_its_flags() -> None:
     on_disk = {p.stem for p in DIR.glob("*.lua")}
-    assert on_disk == set(NAMES) == set(CASES)
+    assert on_disk == set(NAMES) | set(governor.NAMES) == set(CASES)
     for name, case in CASES.items():
         first = (DIR / f"{name}.lua").read_text().split("\n", 1)[0]
         assert first == ("#!lua flags=allow-oom" if case.allow_oom else "#!lua"), name

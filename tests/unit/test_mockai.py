@@ -27,6 +27,7 @@ from services.processor.assembler import (
     assemble_completion,
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
+from shared.config import MOCK_HEADER, Secret
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
@@ -251,7 +252,8 @@ async def test_pacing_and_overrides(base: str, client: httpx.AsyncClient) -> Non
                 ):
                     arrivals.append(time.monotonic() - t0)
     assert len(arrivals) == 5
-    assert 0.14 <= arrivals[0] < 0.6
+    # Not before its time; how late a loaded machine delivers it is not the mock's to promise.
+    assert arrivals[0] >= 0.14
     assert arrivals[-1] - arrivals[0] >= 0.07
 
 
@@ -303,14 +305,17 @@ async def test_no_stream_setting(start: Start, client: httpx.AsyncClient) -> Non
 
 
 async def test_auth(start: Start, client: httpx.AsyncClient) -> None:
-    base = await start(MockSettings(ttft_ms=0, tokens_per_s=0, api_key="sekrit"))
+    base = await start(MockSettings(ttft_ms=0, tokens_per_s=0, api_key=Secret("sekrit")))
     url = f"{base}/v1/chat/completions"
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         r = await client.post(url, json=body(), headers=headers)
         assert r.status_code == 401
         err = r.json()["error"]
         assert err["code"] == "invalid_api_key" and err["param"] is None
-    assert (await client.get(f"{base}/v1/models")).status_code == 401
+    models = await client.get(f"{base}/v1/models")
+    assert models.status_code == 401
+    # It names itself even to a caller without the key: Sluice's edge asks without one.
+    assert models.headers[MOCK_HEADER] == "mockai"
     ok = await client.post(url, json=body(), headers={"Authorization": "Bearer sekrit"})
     assert ok.status_code == 200 and sse_events(ok.text)[-1] == "[DONE]"
     assert (await client.get(f"{base}/health")).status_code == 200  # probes need no key
@@ -333,7 +338,7 @@ def test_settings_defaults_and_env() -> None:
         1.5,
         0.0,
         True,
-        "k",
+        Secret("k"),
         "mock-r1",
     )
 

@@ -14,7 +14,7 @@ def common(**env: str) -> Common:
 
 def test_a_plain_url_is_one_redis() -> None:
     c = common(REDIS_URL="redis://h:6379/0")
-    assert (c.redis_url, c.redis_cluster) == ("redis://h:6379/0", False)
+    assert (c.redis_url.get(), c.redis_cluster) == ("redis://h:6379/0", False)
 
 
 @pytest.mark.parametrize(("env", "url"), [
@@ -27,9 +27,9 @@ def test_a_plain_url_is_one_redis() -> None:
 ])
 def test_the_scheme_or_the_flag_chooses_a_cluster(env: dict[str, str], url: str) -> None:
     c = common(**env)
-    assert (c.redis_url, c.redis_cluster) == (url, True)
-    assert is_cluster_url(c.redis_url)
-    assert plain_url(c.redis_url) == url.replace("+cluster", "")
+    assert (c.redis_url.get(), c.redis_cluster) == (url, True)
+    assert is_cluster_url(c.redis_url.get())
+    assert plain_url(c.redis_url.get()) == url.replace("+cluster", "")
 
 
 @pytest.mark.parametrize(("env", "message"), [

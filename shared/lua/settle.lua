@@ -1,0 +1,105 @@
+#!lua flags=allow-oom
+-- allow-oom: it frees slots and corrects counters (next to no growth); refused, the slots would
+-- stay taken until their leases end.
+-- The provider governor learns from calls: each entry ends a call (frees its slot, corrects
+-- its token estimate with the real usage, moves the AIMD window) and/or records what the
+-- provider's x-ratelimit headers said. Entries from many calls go in one step, so a busy
+-- processor pays one round trip for all the calls that ended while the last one was on its way.
+-- AIMD: a rate limit (429, overloaded 503/529) halves the window once per overshoot (a call
+-- admitted before the last decrease cannot cause another), never below 1, and remembers the
+-- window it happened at (or the calls in flight then, when fewer). A success grows the window, only while the window was in use (so a
+-- quiet period does not inflate it): by 1 in slow start (doubling per round, until the first
+-- refusal); then back up towards the last safe window (one below the refused one) by half the
+-- distance per round (BIC's binary search: at least 1/window per success); past it, probing
+-- for more by 1 per PROBE_ROUNDS rounds only, since every probe that is refused costs a 429
+-- (and, with a Retry-After, a pause for every processor).
+-- KEYS[1] provider state hash, KEYS[2] slots zset, KEYS[3] tokens counter of this window,
+-- KEYS[4] counter of rate-limited answers of this minute
+-- ARGV[1] now (ms), ARGV[2] operator's max concurrency (0: none), ARGV[3] initial window,
+-- ARGV[4] max backoff pause (ms) for repeated rate limits without Retry-After,
+-- ARGV[5] '1' when a tokens-per-minute limit is set (token corrections count only then),
+-- ARGV[6..] entries, each a JSON object:
+--   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
+--    "pause_until": ms from Retry-After (0: none)}
+--   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
+--                 "tr": remaining tokens, "ts": their reset (ms), "tl": token limit}}
+-- Returns {limit, in flight, pause until (ms, 0: none)}
+local state, slots = KEYS[1], KEYS[2]
+local now, opmax = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window = tonumber(redis.call('HGET', state, 'window') or ARGV[3])
+local slow = redis.call('HGET', state, 'slow_start') ~= '0'
+local dec_at = tonumber(redis.call('HGET', state, 'decreased_at') or '0')
+local pause = tonumber(redis.call('HGET', state, 'pause_until') or '0')
+local cap = opmax > 0 and opmax or 100000
+local w_max = tonumber(redis.call('HGET', state, 'refused_at') or '0')
+local PROBE_ROUNDS = 50
+
+local function grow()
+  if slow then return window + 1 end
+  local safe = w_max - 1
+  if window < safe then return window + math.max(1, (safe - window) / 2) / window end
+  return window + 1 / (window * PROBE_ROUNDS)
+end
+
+local function headers(h)
+  for _, f in ipairs({{'rr', 'rs', 'rl', 'req'}, {'tr', 'ts', 'tl', 'tok'}}) do
+    local rem, reset, lim = tonumber(h[f[1]]), tonumber(h[f[2]]), tonumber(h[f[3]])
+    if lim then redis.call('HSET', state, f[4] .. '_limit', lim) end
+    if rem then
+      local cur = tonumber(redis.call('HGET', state, f[4] .. '_rem'))
+      local cur_reset = tonumber(redis.call('HGET', state, f[4] .. '_reset') or '0')
+      -- Calls admitted since this answer was sent already took from what it reports.
+      if cur and cur_reset > now and cur < rem then rem = cur end
+      redis.call('HSET', state, f[4] .. '_rem', rem, f[4] .. '_seen_at', now)
+      if reset then redis.call('HSET', state, f[4] .. '_reset', reset) end
+    end
+  end
+end
+
+local succeeded = false
+for i = 6, #ARGV do
+  local e = cjson.decode(ARGV[i])
+  if e.h then headers(e.h) end
+  if e.slot then
+    local full = redis.call('ZCARD', slots) >= math.floor(window)
+    redis.call('ZREM', slots, e.slot)
+    if ARGV[5] == '1' and e.tokens and e.tokens ~= 0 then
+      redis.call('INCRBY', KEYS[3], e.tokens)
+    end
+    local admitted = tonumber(string.match(e.slot, '^(%d+):')) or now
+    if e.outcome == 'ok' then
+      succeeded = true
+      redis.call('HSET', state, 'streak', 0)
+      if full then window = grow() end
+    elseif e.outcome == 'limited' then
+      redis.call('HINCRBY', state, 'limited_total', 1)
+      redis.call('INCR', KEYS[4])
+      redis.call('EXPIRE', KEYS[4], 120)
+      redis.call('HSET', state, 'limited_at', now)
+      local streak = redis.call('HINCRBY', state, 'streak', 1)
+      -- What the provider took: the calls still in flight once the refused ones are out, plus
+      -- this one. The refusals of one overshoot arrive one by one and each lowers the estimate.
+      local took = redis.call('ZCARD', slots) + 1
+      if admitted >= dec_at then
+        w_max = math.min(window, took)
+        window = math.max(1, window / 2)
+        slow, dec_at = false, now
+      elseif w_max > took then
+        w_max = took
+      end
+      local untl = tonumber(e.pause_until) or 0
+      if untl <= now and streak >= 2 then
+        -- Refused again with no word on how long to wait: back off, for every processor.
+        untl = now + math.min(tonumber(ARGV[4]), 250 * 2 ^ (streak - 2))
+      end
+      if untl > pause then pause = untl end
+    end
+  end
+end
+window = math.min(window, cap)
+local limit = math.max(1, math.floor(window))
+if opmax > 0 and limit > opmax then limit = opmax end
+redis.call('HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
+  'decreased_at', dec_at, 'pause_until', pause, 'refused_at', w_max, 'limit', limit)
+if succeeded then redis.call('HSET', state, 'success_at', now) end
+return {limit, redis.call('ZCARD', slots), pause > now and pause or 0}

@@ -1,0 +1,64 @@
+"""``/api/ai-status`` says whether the answers come from Sluice's mock provider by asking the
+provider, not by guessing from its URL: under docker compose the mock is ``http://mockai:8090``,
+and AI_FORWARD_METADATA says what is sent to a provider, not which provider it is."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from services.mockai.app import create_app as create_mock
+from services.mockai.settings import MockSettings
+from shared.config import Secret
+from tests.integration.edge_client import running_edge
+
+
+@contextlib.asynccontextmanager
+async def mock_provider(**settings: Any) -> AsyncIterator[str]:
+    """The mock on a free port, named ``localhost`` as compose names it ``mockai``."""
+    server = TestServer(create_mock(MockSettings(**settings)))
+    await server.start_server()
+    try:
+        yield f"http://localhost:{server.port}/v1"
+    finally:
+        await server.close()
+
+
+async def ai_status(redis_url: str, tmp: Path, **env: str) -> dict[str, Any]:
+    async with running_edge(redis_url, tmp, **env) as edge:
+        r = await edge.client.get("/api/ai-status")
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def test_the_mock_is_recognised_at_any_address(redis_url: str, tmp_path: Path) -> None:
+    async with mock_provider() as url:
+        assert (await ai_status(redis_url, tmp_path, AI_BASE_URL=url))["mock"] is True
+
+
+async def test_a_mock_that_wants_a_key_is_recognised_without_one(
+        redis_url: str, tmp_path: Path) -> None:
+    async with mock_provider(api_key=Secret("sk-mock-only")) as url:
+        assert (await ai_status(redis_url, tmp_path, AI_BASE_URL=url))["mock"] is True
+
+
+async def test_another_openai_compatible_provider_is_not_the_mock(
+        redis_url: str, tmp_path: Path) -> None:
+    """Another Sluice edge serves /v1/models too: an OpenAI-compatible API that is not the
+    mock, even with metadata forwarded to it."""
+    async with running_edge(redis_url, tmp_path) as other:
+        url = str(other.client.make_url("/v1"))
+        status = await ai_status(redis_url, tmp_path, AI_BASE_URL=url,
+                                 AI_FORWARD_METADATA="true")
+    assert status["mock"] is False
+
+
+async def test_an_unreachable_provider_is_not_known_to_be_anything(
+        redis_url: str, tmp_path: Path) -> None:
+    status = await ai_status(redis_url, tmp_path, AI_BASE_URL="http://127.0.0.1:9/v1")
+    assert status["mock"] is None

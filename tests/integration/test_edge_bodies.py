@@ -1,0 +1,190 @@
+"""How the edge reads request bodies: compressed bodies (refused, or inflated after the key is
+checked and within MAX_BODY_BYTES), a body that trickles in (408), a client that hangs up
+mid-body (logged as such), and JSON that Sluice could not carry unchanged (422)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from tests.integration.edge_client import EdgeUnderTest, running_edge
+from tests.integration.test_edge_validation import AUTH, KEY, assert_nothing_stored
+
+MIB = 1 << 20
+JSON = {"Content-Type": "application/json"}
+BODY = orjson.dumps({"prompt": "hello"})
+
+
+def bomb(inflated: int) -> bytes:
+    """gzip of ``inflated`` zero bytes: about a thousandth of its inflated size."""
+    out = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * MIB
+    parts = [out.compress(block) for _ in range(inflated // MIB)]
+    return b"".join(parts) + out.flush()
+
+
+@pytest.fixture
+async def edge(redis_url: str, tmp_path: Path) -> AsyncIterator[EdgeUnderTest]:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY}:alpha") as e:
+        yield e
+
+
+@pytest.fixture
+async def inflating_edge(redis_url: str, tmp_path: Path) -> AsyncIterator[EdgeUnderTest]:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY}:alpha",
+                            EDGE_ALLOW_COMPRESSED_BODIES="true") as e:
+        yield e
+
+
+COMPRESSED = [("gzip", gzip.compress(BODY)), ("deflate", zlib.compress(BODY)),
+              ("gzip", b"\x1f\x8b not gzip at all"), ("br", b"\x0b\x02\x80hello\x03"),
+              ("GZIP", gzip.compress(BODY)), ("gzip, gzip", gzip.compress(gzip.compress(BODY)))]
+
+
+@pytest.mark.parametrize("path", ["/api/tasks", "/v1/chat/completions"])
+@pytest.mark.parametrize(("coding", "data"), COMPRESSED,
+                         ids=[f"{c}-{i}" for i, (c, _) in enumerate(COMPRESSED)])
+async def test_a_compressed_body_is_415_whether_valid_or_not(
+        edge: EdgeUnderTest, path: str, coding: str, data: bytes) -> None:
+    # A valid gzip body with its Content-Length used to be 400 incomplete_body (aiohttp had
+    # inflated it, so fewer or more bytes came than announced), and invalid gzip a 500.
+    r = await edge.client.post(path, data=data,
+                               headers={**AUTH, **JSON, "Content-Encoding": coding})
+    assert r.status == 415, await r.text()
+    err = (await r.json())["error"]
+    assert err.get("code") == "unsupported_content_encoding", err
+    assert r.request_info.headers["Content-Length"] == str(len(data))
+    await assert_nothing_stored(edge)
+
+
+async def test_identity_is_no_compression(edge: EdgeUnderTest) -> None:
+    r = await edge.client.post("/api/tasks", data=BODY,
+                               headers={**AUTH, **JSON, "Content-Encoding": "identity"})
+    assert r.status == 202, await r.text()
+
+
+async def test_a_bomb_without_a_key_is_401_and_never_inflated(edge: EdgeUnderTest) -> None:
+    """The key is checked before the body is read, and aiohttp no longer inflates bodies as
+    they arrive: the edge refuses without having read a single inflated byte."""
+    data = bomb(256 * MIB)
+    assert len(data) < MIB // 2
+    r = await edge.client.post("/api/tasks", data=data,
+                               headers={**JSON, "Content-Encoding": "gzip"})
+    assert r.status == 401
+    r = await edge.client.post("/api/tasks", data=data,
+                               headers={**AUTH, **JSON, "Content-Encoding": "gzip"})
+    assert r.status == 415
+    await assert_nothing_stored(edge)
+
+
+@pytest.mark.parametrize(("coding", "pack"), [("gzip", gzip.compress), ("x-gzip", gzip.compress),
+                                              ("deflate", zlib.compress)])
+async def test_when_allowed_gzip_and_deflate_are_inflated(
+        inflating_edge: EdgeUnderTest, coding: str, pack: object) -> None:
+    body = {"prompt": "inflated " * 50, "metadata": {"n": 7}}
+    data = pack(orjson.dumps(body))  # type: ignore[operator]
+    for payload in (data, _chunks(data, 7)):  # with and without Content-Length
+        r = await inflating_edge.client.post(
+            "/api/tasks", data=payload, headers={**AUTH, **JSON, "Content-Encoding": coding})
+        assert r.status == 202, await r.text()
+        task_id = (await r.json())["id"]
+        stored = orjson.loads(await inflating_edge.redis.hget(
+            f"{{{inflating_edge.prefix}}}:task:{task_id}", "request"))
+        assert stored["messages"][0]["content"] == body["prompt"]
+        assert stored["metadata"] == body["metadata"]
+
+
+async def test_when_allowed_max_body_bytes_counts_the_inflated_bytes(
+        inflating_edge: EdgeUnderTest) -> None:
+    limit = inflating_edge.settings.max_body_bytes
+    near = orjson.dumps({"prompt": "x" * (limit - 100)})
+    over = orjson.dumps({"prompt": "x" * (limit + 1)})
+    assert len(gzip.compress(over)) < limit // 100
+    r = await inflating_edge.client.post("/api/tasks", data=gzip.compress(near), headers={
+        **AUTH, **JSON, "Content-Encoding": "gzip"})
+    assert r.status == 422  # read whole (the prompt is then too long for MAX_TEXT_CHARS)
+    for data in (gzip.compress(over), bomb(1024 * MIB)):
+        r = await inflating_edge.client.post("/api/tasks", data=data, headers={
+            **AUTH, **JSON, "Content-Encoding": "gzip"})
+        assert r.status == 413, await r.text()
+        assert (await r.json())["error"]["code"] == "body_too_large"
+    await assert_nothing_stored(inflating_edge)
+
+
+@pytest.mark.parametrize("data", [b"\x1f\x8b not gzip", gzip.compress(BODY)[:-6],
+                                  gzip.compress(BODY) + b"trailing", b""])
+async def test_when_allowed_broken_compression_is_400(
+        inflating_edge: EdgeUnderTest, data: bytes) -> None:
+    r = await inflating_edge.client.post("/api/tasks", data=data, headers={
+        **AUTH, **JSON, "Content-Encoding": "gzip"})
+    assert r.status == 400, await r.text()
+    assert (await r.json())["error"]["code"] == "invalid_content_encoding"
+    r = await inflating_edge.client.post("/api/tasks", data=gzip.compress(BODY), headers={
+        **AUTH, **JSON, "Content-Encoding": "br"})
+    assert r.status == 415  # allowed means gzip and deflate
+    await assert_nothing_stored(inflating_edge)
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def _raw_request(edge: EdgeUnderTest, head: bytes
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    server = edge.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_that_trickles_in_is_cut_with_408(redis_url: str, tmp_path: Path) -> None:
+    async with running_edge(redis_url, tmp_path, EDGE_BODY_TIMEOUT_S="0.5") as edge:
+        reader, writer = await _raw_request(
+            edge, b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{")
+        try:
+            async def trickle() -> None:
+                while True:  # one byte at a time, far slower than the timeout allows
+                    await asyncio.sleep(0.2)
+                    writer.write(b" ")
+                    await writer.drain()
+            sender = asyncio.create_task(trickle())
+            try:
+                status_line = await asyncio.wait_for(reader.readline(), 30)
+                assert status_line.startswith(b"HTTP/1.1 408"), status_line
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert b"Connection: close" in head
+            finally:
+                sender.cancel()
+        finally:
+            writer.close()
+        await assert_nothing_stored(edge)
+
+
+async def test_a_client_hanging_up_mid_body_is_logged_as_such(edge: EdgeUnderTest) -> None:
+    with capture_logs() as logs:
+        _reader, writer = await _raw_request(
+            edge, b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"prompt\": ")
+        writer.close()  # 11 bytes of 1000, and gone
+        await writer.wait_closed()
+        for _ in range(500):  # the summary line comes when the handler has finished
+            if any(e["event"] == "request" for e in logs):
+                break
+            await asyncio.sleep(0.01)
+    events = [e["event"] for e in logs]
+    assert "client_disconnected" in events, logs
+    assert "redis_unavailable" not in events and "unhandled_error" not in events, logs
+    [summary] = [e for e in logs if e["event"] == "request"]
+    assert summary["status"] == 499
+    await assert_nothing_stored(edge)

@@ -1,0 +1,287 @@
+"""The governor's Lua steps (admit, settle, peek, expire) against a real redis-server: the
+rules of admission, the AIMD window, pauses, header pacing and leases, each in milliseconds."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import redis_conn
+from shared.governor import RATE_WINDOW_MS, Admitted, GovernorSteps, Limits, Room, Wait
+from shared.keys import Keys
+from shared.redis_conn import RedisClient
+
+LEASE = 30_000
+T0 = 1_800_000_000_000 - 1_800_000_000_000 % RATE_WINDOW_MS  # the start of a rate window
+P = "prov"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[RedisClient]:
+    client = redis_conn.connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+def steps_for(redis: RedisClient, **limits: Any) -> GovernorSteps:
+    return GovernorSteps(redis, Keys("g" + uuid.uuid4().hex[:10]), Limits(**limits))
+
+
+async def admit(steps: GovernorSteps, now: int, name: str = "", tokens: int = 10,
+                lease: int = LEASE) -> tuple[Admitted | Wait, str]:
+    slot = f"{now}:proc:{name or uuid.uuid4().hex[:6]}"
+    return await steps.admit(P, "tsk_x", slot, now, lease, tokens), slot
+
+
+async def fill(steps: GovernorSteps, now: int) -> list[str]:
+    """Admit until the governor says wait; the slots admitted."""
+    slots = []
+    while True:
+        reply, slot = await admit(steps, now)
+        if isinstance(reply, Wait):
+            assert reply.reason == "capacity" and reply.until == 0
+            return slots
+        slots.append(slot)
+
+
+async def test_admits_up_to_the_initial_window_then_waits_for_capacity(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=3)
+    assert len(await fill(steps, T0)) == 3
+    reply, _ = await admit(steps, T0)
+    assert isinstance(reply, Wait) and (reply.limit, reply.in_flight) == (3, 3)
+    waiting = await redis.hgetall(steps.keys.task("tsk_x"))
+    assert waiting["waiting_for"] == "capacity"
+
+
+async def test_successes_grow_the_window_in_slow_start_then_a_429_halves_it_once(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=4)
+    slots = await fill(steps, T0)
+    room = await steps.settle(P, T0 + 10, [{"slot": slots[0], "outcome": "ok"}])
+    assert room == Room(5, 3, 0)  # full window, success: +1
+    slots = slots[1:] + await fill(steps, T0 + 20)
+    assert len(slots) == 5
+    # Two refusals of the same overshoot: the window halves once, not twice.
+    room = await steps.settle(P, T0 + 30, [{"slot": slots[0], "outcome": "limited"},
+                                           {"slot": slots[1], "outcome": "limited"}])
+    assert room.limit == 2 and room.in_flight == 3
+    # Out of slow start: +1/window per success while full.
+    later = T0 + 40
+    reply, _ = await admit(steps, later)
+    assert isinstance(reply, Wait)  # 3 in flight, window 2.5
+    window = float(await redis.hget(steps.keys.governor(P), "window") or 0)
+    assert window == 2.5
+    await steps.settle(P, later, [{"slot": slots[2], "outcome": "ok"}])
+    assert float(await redis.hget(steps.keys.governor(P), "window") or 0) == pytest.approx(2.9)
+
+
+async def test_the_window_never_falls_below_one(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=1)
+    now = T0
+    for _ in range(4):
+        reply, slot = await admit(steps, now)
+        assert isinstance(reply, Admitted)
+        now += 10
+        room = await steps.settle(P, now, [{"slot": slot, "outcome": "limited"}])
+        assert room.limit == 1
+        now = max(now, room.blocked_until) + 1
+
+
+async def test_retry_after_pauses_the_provider_for_every_caller(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=4)
+    reply, slot = await admit(steps, T0)
+    room = await steps.settle(P, T0 + 5, [{"slot": slot, "outcome": "limited",
+                                           "pause_until": T0 + 2005}])
+    assert room.blocked_until == T0 + 2005 and room.free(T0 + 2000) == 0
+    reply, _ = await admit(steps, T0 + 2000)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("paused", T0 + 2005)
+    assert (await steps.peek(P, T0 + 2000)).blocked_until == T0 + 2005
+    reply, _ = await admit(steps, T0 + 2005)
+    assert isinstance(reply, Admitted)
+
+
+async def test_repeated_refusals_without_retry_after_back_off(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=2, max_backoff_ms=600)
+    now, pauses = T0, []
+    for _ in range(5):
+        reply, slot = await admit(steps, now)
+        assert isinstance(reply, Admitted)
+        room = await steps.settle(P, now, [{"slot": slot, "outcome": "limited"}])
+        pauses.append(room.blocked_until - now if room.blocked_until else 0)
+        now = max(now, room.blocked_until) + 1
+    assert pauses == [0, 250, 500, 600, 600]
+    reply, slot = await admit(steps, now)
+    await steps.settle(P, now, [{"slot": slot, "outcome": "ok"}])
+    reply, slot = await admit(steps, now + 1)
+    room = await steps.settle(P, now + 1, [{"slot": slot, "outcome": "limited"}])
+    assert room.blocked_until == 0  # a success ended the streak
+
+
+async def test_a_dead_holders_slots_come_back_when_their_lease_ends(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=2)
+    for _ in range(2):
+        reply, _ = await admit(steps, T0, lease=1000)
+        assert isinstance(reply, Admitted)
+    reply, _ = await admit(steps, T0 + 999)
+    assert isinstance(reply, Wait)
+    assert (await steps.peek(P, T0 + 1000)).in_flight == 0
+    reply, _ = await admit(steps, T0 + 1000)
+    assert isinstance(reply, Admitted)
+
+
+async def test_operator_max_concurrency_caps_the_learned_window(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10, max_concurrency=3)
+    slots = await fill(steps, T0)
+    assert len(slots) == 3
+    room = await steps.settle(P, T0, [{"slot": s, "outcome": "ok"} for s in slots])
+    assert room.limit == 3
+
+
+async def test_rpm_and_tpm_hold_per_window(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=100, rpm=3)
+    for i in range(3):
+        reply, _ = await admit(steps, T0 + i)
+        assert isinstance(reply, Admitted)
+    reply, _ = await admit(steps, T0 + 10)
+    assert isinstance(reply, Wait) and reply.reason == "rpm"
+    assert reply.until == T0 + RATE_WINDOW_MS  # all 3 in this window: the next one
+    # Sliding: the old window's 3 count in proportion to their overlap.
+    reply, _ = await admit(steps, T0 + RATE_WINDOW_MS + 1000)
+    assert isinstance(reply, Wait) and reply.reason == "rpm"
+    assert T0 + RATE_WINDOW_MS < reply.until <= T0 + RATE_WINDOW_MS + RATE_WINDOW_MS // 3 + 1
+    reply, _ = await admit(steps, reply.until)
+    assert isinstance(reply, Admitted)
+
+    steps = steps_for(redis, initial_window=100, tpm=1000)
+    reply, slot = await admit(steps, T0, tokens=900)
+    assert isinstance(reply, Admitted)
+    reply, _ = await admit(steps, T0 + 1, tokens=200)
+    assert isinstance(reply, Wait) and reply.reason == "tpm"
+    # The real usage was 300, not 900: corrected, there is room again.
+    await steps.settle(P, T0 + 2, [{"slot": slot, "outcome": "ok", "tokens": -600}])
+    reply, _ = await admit(steps, T0 + 3, tokens=200)
+    assert isinstance(reply, Admitted)
+
+
+async def test_rate_limit_headers_pace_calls_before_a_429(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10)
+    await admit(steps, T0)
+    # The answer says: 1 request left, resets in 2 s; limit 3.
+    await steps.settle(P, T0 + 5, [{"h": {"rr": 1, "rs": T0 + 2005, "rl": 3}}])
+    reply, _ = await admit(steps, T0 + 6)
+    assert isinstance(reply, Admitted)  # the last one
+    reply, _ = await admit(steps, T0 + 7)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("requests", T0 + 2005)
+    assert (await steps.peek(P, T0 + 7)).blocked_until == T0 + 2005
+    # An older answer reporting more left does not undo what was taken since.
+    await steps.settle(P, T0 + 8, [{"h": {"rr": 2, "rs": T0 + 2005}}])
+    reply, _ = await admit(steps, T0 + 9)
+    assert isinstance(reply, Wait) and reply.reason == "requests"
+    # After the reset, the announced limit is back: 3 calls, then wait for word.
+    admitted = [await admit(steps, T0 + 2005 + i) for i in range(4)]
+    assert [isinstance(r, Admitted) for r, _ in admitted] == [True, True, True, False]
+    last = admitted[3][0]
+    assert isinstance(last, Wait) and (last.reason, last.until) == ("requests", 0)
+
+
+async def test_token_headers_wait_for_their_reset(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10)
+    await steps.settle(P, T0, [{"h": {"tr": 100, "ts": T0 + 500}}])
+    reply, _ = await admit(steps, T0 + 1, tokens=150)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("tokens", T0 + 500)
+    reply, _ = await admit(steps, T0 + 1, tokens=80)
+    assert isinstance(reply, Admitted)
+
+
+async def test_expire_fails_a_waiting_task_but_leaves_a_running_one(redis: RedisClient) -> None:
+    steps = steps_for(redis)
+    k = steps.keys
+    for tid, status in (("tsk_q", "queued"), ("tsk_r", "running")):
+        await redis.hset(k.task(tid), mapping={"id": tid, "status": status, "tenant": "t"})
+        await redis.zadd(k.deadlines, {tid: T0})
+        await redis.zadd(k.tenant_active("t"), {tid: T0})
+    err = {"code": "deadline_exceeded", "message": "late"}
+    assert await steps.expire("tsk_q", T0, 60, err, {"status": "failed"}) == "expired"
+    assert await steps.expire("tsk_r", T0, 60, err, {}) == "running"
+    assert await steps.expire("tsk_gone", T0, 60, err, {}) == "gone"
+    h = await redis.hgetall(k.task("tsk_q"))
+    assert h["status"] == "failed" and "deadline_exceeded" in h["error"]
+    assert await redis.hget(k.task("tsk_r"), "status") == "running"
+    assert await redis.zcard(k.deadlines) == 0
+    assert await redis.zrange(k.tenant_active("t"), 0, -1) == ["tsk_r"]
+    assert await redis.zscore(k.dead_letters, "tsk_q") == T0
+    events = await redis.xrange(k.events("tsk_q"))
+    assert [e["e"] for _id, e in events] == ["error"]
+
+
+class KeyCounter:
+    """Wraps a registered script (redis-py's object, not ours) to record the keys sent."""
+
+    def __init__(self, script: Any) -> None:
+        self.script, self.sent = script, -1
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        self.sent = len(keys)
+        return await self.script(keys=keys, args=args)
+
+
+def declared_keys(name: str) -> int:
+    text = (Path(__file__).parents[2] / "shared" / "lua" / f"{name}.lua").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+    return max(int(n) for n in re.findall(r"KEYS\[(\d+)\]", header))
+
+
+async def test_each_script_header_declares_the_keys_its_method_sends(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis)
+    spies = {}
+    for attr, name in (("_admit", "admit"), ("_settle", "settle"), ("_peek", "gov_peek"),
+                       ("_expire", "expire")):
+        spies[name] = KeyCounter(getattr(steps, attr))
+        setattr(steps, attr, spies[name])
+    await steps.admit(P, "tsk_x", f"{T0}:p", T0, LEASE, 1)
+    await steps.settle(P, T0, [{"slot": f"{T0}:p", "outcome": "ok"}])
+    await steps.peek(P, T0)
+    await steps.expire("tsk_x", T0, 60, {}, {})
+    assert {n: s.sent for n, s in spies.items()} == {n: declared_keys(n) for n in spies}
+
+
+async def test_after_a_refusal_the_window_climbs_back_fast_then_probes_slowly(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10)
+    state = steps.keys.governor(P)
+    slots = await fill(steps, T0)
+    await steps.settle(P, T0 + 1, [{"slot": slots[0], "outcome": "limited"}])
+    assert float(await redis.hget(state, "window") or 0) == 5  # halved, refused at 10
+    await steps.settle(P, T0 + 1, [{"slot": s, "outcome": "other"} for s in slots[1:]])
+
+    async def one_success(now: int) -> float:
+        slots = await fill(steps, now)
+        await steps.settle(P, now, [{"slot": s, "outcome": "ok"} for s in slots[:1]])
+        await steps.settle(P, now, [{"slot": s, "outcome": "other"} for s in slots[1:]])
+        return float(await redis.hget(state, "window") or 0)
+
+    # Far below the last safe window (9): half the distance per round, spread over a round.
+    assert await one_success(T0 + 2) == pytest.approx(5 + 2 / 5)
+    await redis.hset(state, "window", 9)
+    # At the last safe window: probing beyond it is 50 times slower than additive increase.
+    assert await one_success(T0 + 3) == pytest.approx(9 + 1 / (9 * 50))
+
+
+async def test_the_refusals_of_one_overshoot_tell_what_the_provider_took(
+        redis: RedisClient) -> None:
+    """16 calls sent at once to a provider that takes 8: the window halves once, and the safe
+    window learned is the 8 the provider kept, not the 16 sent."""
+    steps = steps_for(redis, initial_window=16)
+    slots = await fill(steps, T0)
+    assert len(slots) == 16
+    for i, slot in enumerate(slots[8:]):
+        await steps.settle(P, T0 + 1 + i, [{"slot": slot, "outcome": "limited"}])
+    state = await redis.hgetall(steps.keys.governor(P))
+    assert float(state["window"]) == 8 and float(state["refused_at"]) == 9
