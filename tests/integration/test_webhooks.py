@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from services.webhooks import ssrf
-from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line
+from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
 from tests.integration.kit import Core, submit, until
 
@@ -80,6 +80,13 @@ async def test_a_task_event_is_signed_and_verifies_with_the_reference_package(
         assert "secret" not in again, "the secret is shown once"
         listed = await (await rig.edge.client.get("/api/webhooks", headers=AUTH)).json()
         assert all("secret" not in e for e in listed["data"])
+        beta = {"Authorization": f"Bearer {KEY_B}"}
+        theirs = await (await rig.edge.client.get("/api/webhooks", headers=beta)).json()
+        assert theirs == {"data": []}, "endpoints belong to their tenant"
+        for method, path in (("DELETE", ""), ("POST", "/test"), ("GET", "/deliveries")):
+            r = await rig.edge.client.request(
+                method, f"/api/webhooks/{endpoint['id']}{path}", headers=beta)
+            assert r.status == 404, (method, path)
         r = await rig.edge.client.post("/api/tasks", headers=AUTH, json={
             "prompt": "hello", "webhook_url": receiver.url + "?mine=1"})
         assert r.status == 202, await r.text()
