@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench up down redis-server clean
+.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,20 +23,38 @@ redis-server:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null
 
+# What the tests drive besides Redis: Debian's prometheus, chromium and chromium-driver.
+test-tools:
+	@command -v prometheus >/dev/null && command -v chromium >/dev/null \
+	  && command -v chromedriver >/dev/null || { \
+	  echo "installing prometheus chromium chromium-driver"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq prometheus chromium chromium-driver >/dev/null; }
+
+# Debian's postgresql, installed when missing: the tests and `make bench` start their own
+# servers from its binaries (/usr/lib/postgresql/<major>/bin), as the postgres user when root.
+postgresql:
+	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { \
+	  echo "installing postgresql"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	@compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+
 run: $(STAMP) redis-server
 	$(BIN)/python -m scripts.run_local
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server postgresql test-tools
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP) redis-server
+test-fast: $(STAMP) redis-server postgresql
 	$(BIN)/pytest -q -m "not e2e and not chaos"
 
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests scripts bench
 	$(BIN)/mypy services shared scripts bench
 
-bench: $(STAMP) redis-server
+bench: $(STAMP) redis-server postgresql
 	$(BIN)/python -m bench
 
 up:

@@ -90,7 +90,10 @@ async def loadgen(url: str, n: int, conns: int = 50, warmup: int = 0,
     return out
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+def query(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """A read of the store: the SQLite file, or a postgresql:// URL (``Stack.store_path``)."""
+    if isinstance(db, str) and "://" in db:
+        return _pg_query(db, sql, *params)
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     except sqlite3.OperationalError:  # not created yet
@@ -103,12 +106,22 @@ def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def count_rows(db: Path) -> int:
+def _pg_query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    from tests.postgres import run_sql
+    try:
+        return run_sql(url, sql, *params)
+    except asyncpg.UndefinedTableError:  # the table is not there yet
+        return []
+
+
+def count_rows(db: Path | str) -> int:
     rows = query(db, "SELECT COUNT(*) FROM tasks")
     return int(rows[0][0]) if rows else 0
 
 
-async def wait_rows(db: Path, count: int, limit_s: float, what: str) -> None:
+async def wait_rows(db: Path | str, count: int, limit_s: float, what: str) -> None:
     """Poll the store until ``count`` task rows are there (20 ms granularity)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s

@@ -7,11 +7,18 @@ redis-server. Throughput is N over (last row's completed_at - first submit). CPU
 every process that does the work: the client that submits (our HTTP load process, or the
 peer's producer), our services or the peer's worker, and redis-server; the mock provider's CPU
 is shown apart, as it is the same work for everyone.
+
+Sluice runs twice each round: on its SQLite store, and on PostgreSQL (a server of its own on
+this machine, started from Debian's binaries; its CPU counts as the store's). PostgreSQL runs
+with ``synchronous_commit = off``, the durability SQLite's WAL with ``synchronous = NORMAL``
+has: a process crash loses nothing committed, an OS crash may lose the last moment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +46,13 @@ from bench.procs import (
     redis_server,
     stack,
 )
+from tests.postgres import PostgresServer
 
 CONCURRENCY = 32  # PROCESSOR_CONCURRENCY's default; arq's max_jobs and Taskiq's too
 WARMUP = 100
 
 
-def _finish(name: str, n: int, t_first: float, db: Path, cpu: dict[str, float],
+def _finish(name: str, n: int, t_first: float, db: Path | str, cpu: dict[str, float],
             client_cpu: float, client: dict[str, Any], calls: dict[str, float]
             ) -> dict[str, Any]:
     last = query(db, "SELECT MAX(completed_at) FROM tasks")[0][0] / 1000
@@ -59,16 +67,33 @@ def _finish(name: str, n: int, t_first: float, db: Path, cpu: dict[str, float],
             "submit_rate": client["rate"], "redis_calls_per_task": calls}
 
 
-async def sluice(ctx: Ctx, n: int, tag: str, spy: Path | None = None) -> dict[str, Any]:
-    d = ctx.dir(f"e2e-sluice-{tag}")
+@contextlib.contextmanager
+def store_server(store: str) -> Iterator[tuple[str, list[int]]]:
+    """STORE_URL for a run on ``store``, and the pids of its server (none for SQLite)."""
+    if store == "sqlite":
+        yield "", []
+        return
+    # Its own temporary directory, not under ``d``: the postgres user must be able to reach it.
+    server = PostgresServer(settings={"synchronous_commit": "off"}).init().start()
+    try:
+        yield server.new_database(), [server.pid] if server.pid else []
+    finally:
+        server.remove()
+
+
+async def sluice(ctx: Ctx, n: int, tag: str, spy: Path | None = None,
+                 store: str = "sqlite") -> dict[str, Any]:
+    d = ctx.dir(f"e2e-sluice-{store}-{tag}")
     env = {**FAST_MOCK, "PROCESSOR_CONCURRENCY": str(CONCURRENCY)}
-    with redis_server(d) as r, stack(d, r.url, env=env) as s:
+    with redis_server(d) as r, store_server(store) as (url, store_pids), \
+            stack(d, r.url, env=env, store_url=url) as s:
         url = s.edge_url + "/api/tasks"
         await loadgen(url, WARMUP)
         await wait_rows(s.store_path, WARMUP, 60, "sluice warm-up")
         meter = CpuMeter({"edge": pids(s, "edge"), "coordinator": pids(s, "coordinator"),
                           "processor": pids(s, "processor"), "redis": [pid_of(r)],
-                          "mock": pids(s, "mockai")})
+                          "mock": pids(s, "mockai"),
+                          **({"postgres": store_pids} if store_pids else {})})
         with profile.spying(spy, {m: pids(s, m)[0] for m in ("edge", "coordinator",
                                                              "processor")}):
             meter.start()
@@ -77,7 +102,8 @@ async def sluice(ctx: Ctx, n: int, tag: str, spy: Path | None = None) -> dict[st
             await wait_rows(s.store_path, WARMUP + n, 60 + n / 20, "sluice end to end")
             cpu = meter.stop()
         per = calls_between(calls, redis_calls(r.url), n)
-        return _finish("sluice", n, lg["t_first"], s.store_path, cpu, lg["cpu_s"], lg, per)
+        name = "sluice" if store == "sqlite" else f"sluice-{store}"
+        return _finish(name, n, lg["t_first"], s.store_path, cpu, lg["cpu_s"], lg, per)
 
 
 def peer_env(redis_url: str, mock_url: str, db: Path) -> dict[str, str]:
@@ -128,19 +154,21 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def run(ctx: Ctx) -> dict[str, Any]:
     n = 600 if ctx.quick else 2000
     rounds = 1 if ctx.quick else 3
-    systems: dict[str, list[dict[str, Any]]] = {"sluice": [], "arq": [], "taskiq": []}
-    for k in range(rounds):  # interleaved, so a change in the machine's load hits all three
+    systems: dict[str, list[dict[str, Any]]] = {"sluice": [], "sluice-postgresql": [],
+                                                "arq": [], "taskiq": []}
+    for k in range(rounds):  # interleaved, so a change in the machine's load hits all
         systems["sluice"].append(await sluice(ctx, n, str(k)))
+        systems["sluice-postgresql"].append(await sluice(ctx, n, str(k), store="postgresql"))
         for name in ("arq", "taskiq"):
             systems[name].append(await peer(ctx, name, n, str(k)))
     best = {name: _best(runs) for name, runs in systems.items()}
-    ours, arq, tq = best["sluice"], best["arq"], best["taskiq"]
+    ours, pg, arq, tq = best["sluice"], best["sluice-postgresql"], best["arq"], best["taskiq"]
     faster = max(arq, tq, key=lambda x: x["tasks_per_s"])
     leaner = min(arq, tq, key=lambda x: x["cpu_ms_per_task"])
     speed_ratio = ours["tasks_per_s"] / faster["tasks_per_s"]
     cpu_ratio = leaner["cpu_ms_per_task"] / ours["cpu_ms_per_task"]
     s = "e2e"
-    for x in (ours, arq, tq):
+    for x in (ours, pg, arq, tq):
         by = x["cpu_ms_per_task_by_process"]
         parts = ", ".join(f"{k} {v:.2f}" for k, v in by.items())
         ctx.row(s, f"{x['system']}: tasks/s | CPU ms/task (N={n})",
@@ -150,7 +178,11 @@ async def run(ctx: Ctx) -> dict[str, Any]:
             f"{speed_ratio:.2f}x", ">= 1.5x", speed_ratio >= 1.5)
     ctx.row(s, f"CPU/task: {leaner['system']}'s (the leaner peer) / ours",
             f"{cpu_ratio:.2f}x", ">= 1.5x", cpu_ratio >= 1.5)
-    result = {"n": n, "rounds": rounds, "concurrency": CONCURRENCY, "runs": systems,
+    pg_ratio = pg["tasks_per_s"] / ours["tasks_per_s"]
+    ctx.row(s, "tasks/s: on PostgreSQL / on SQLite", f"{pg_ratio:.2f}x", ">= 0.8x",
+            pg_ratio >= 0.8)
+    result = {"n": n, "postgresql_ratio": round(pg_ratio, 3), "rounds": rounds,
+              "concurrency": CONCURRENCY, "runs": systems,
               "best": best, "throughput_ratio": round(speed_ratio, 3),
               "cpu_ratio": round(cpu_ratio, 3)}
     if ctx.profile is not None:

@@ -132,10 +132,11 @@ def redis_server(tmp: Path) -> Iterator[RedisServer]:
 
 @contextlib.contextmanager
 def stack(tmp: Path, redis_url: str, *, processors: int = 1, coordinators: int = 1,
-          env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """The whole system (mock provider, edge, coordinators, processors), torn down on exit."""
+          env: dict[str, str] | None = None, store_url: str = "") -> Iterator[Stack]:
+    """The whole system (mock provider, edge, coordinators, processors), torn down on exit;
+    on a SQLite file in ``tmp`` unless ``store_url`` names another store."""
     tmp.mkdir(parents=True, exist_ok=True)
-    s = Stack(tmp, redis_url, {**BENCH_ENV, **(env or {})})
+    s = Stack(tmp, redis_url, {**BENCH_ENV, **(env or {})}, store_url=store_url)
     try:
         s.up(processors=processors, coordinators=coordinators)
         yield s

@@ -1,9 +1,10 @@
-"""The Batch API's persistence: files, OpenAI batches and their lines (migration 0002).
+"""The Batch API's persistence: files, OpenAI batches and their lines (migration 0003).
 
 Kept apart from :mod:`shared.store` (tasks) behind its own methods, so a backend other than
-SQLite implements this class, not the call sites. It runs on a :class:`Store`'s two
-connections: reads on its read thread, writes group-committed with the tasks' rows, and a write
-that must be whole (a finished batch's files with its new status) in one transaction.
+SQLite implements this class, not the call sites. It runs on a :class:`SqliteStore`'s two
+connections only (raw SQLite SQL; the edge serves the Batch API on no other store): reads on its
+read thread, writes on its writer thread, each call's statements in one transaction (a finished
+batch's files with its new status: all or nothing).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from shared.store import Store
+from shared.store_sqlite import SqliteStore
 
 PART_BYTES = 1 << 20  # a D1 row stays well under its 2 MB limit
 Statement = tuple[str, tuple[Any, ...]]
@@ -96,7 +97,7 @@ def save_file_statements(meta: FileMeta, content: bytes,
 
 
 class BatchStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqliteStore) -> None:
         self.store = store
 
     # --- files -------------------------------------------------------------------------------

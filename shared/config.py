@@ -171,23 +171,50 @@ class Common:
     """Settings every service shares."""
 
     redis_url: Secret[str]  # may carry a password
-    store_path: str
+    store_url: Secret[str]  # a SQLite path (or sqlite:///path), or postgresql://... (may
+    #                         carry a password)
     log_format: str
     log_level: str
     redis_prefix: str
     redis_cluster: bool = False
+    store_pool_size: int = 10  # PostgreSQL connections per process (SQLite ignores it)
 
     @classmethod
     def from_env(cls, env: Env) -> Common:
         url = _redis_url(env)
         return cls(
             redis_url=Secret.url(url),
-            store_path=env.text("STORE_PATH", "./data/sluice.db"),
+            store_url=Secret.url(_store_url(env)),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
             log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             redis_prefix=env.text("REDIS_PREFIX", "sluice"),
             redis_cluster=url.split("://", 1)[0].endswith("+cluster"),
+            store_pool_size=env.integer("STORE_POOL_SIZE", 10, min_value=1, max_value=1000),
         )
+
+
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def _store_url(env: Env) -> str:
+    """STORE_URL, or STORE_PATH (the older name, a SQLite path) when only that is set."""
+    url, path = env.optional("STORE_URL"), env.optional("STORE_PATH")
+    if url is not None and path is not None and url != path:
+        raise ConfigError("STORE_URL and STORE_PATH are both set and differ: set only "
+                          "STORE_URL (STORE_PATH is its older name)")
+    value = url or path or "./data/sluice.db"
+    name = "STORE_URL" if url is not None else "STORE_PATH"
+    if "://" in value:
+        scheme, rest = value.split("://", 1)
+        if scheme.lower() not in STORE_SCHEMES:
+            raise ConfigError(f"{name}: expected a file path, sqlite:///path or "
+                              f"postgresql://..., got {mask_url(value)!r}")
+        if scheme.lower() == "sqlite" and not rest.lstrip("/"):
+            raise ConfigError(f"{name}: sqlite:/// needs a file path, got {value!r}")
+        if scheme.lower().startswith("postgres") and not rest:
+            raise ConfigError(f"{name}: postgresql:// needs a host or a database, got "
+                              f"{mask_url(value)!r}")
+    return value
 
 
 def _redis_url(env: Env) -> str:

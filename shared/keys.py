@@ -120,6 +120,11 @@ class Keys:
         return f"{self._p}:coord:alive"
 
     @property
+    def deployment(self) -> str:
+        """String: the deployment id, also kept in the store (see shared/store_check.py)."""
+        return f"{self._p}:deployment"
+
+    @property
     def ai_status(self) -> str:
         """Hash: what processors last learnt about the provider."""
         return f"{self._p}:ai"
@@ -129,6 +134,13 @@ class Keys:
         """Hash: counters (batches by flush reason, tasks by outcome)."""
         return f"{self._p}:stats"
 
+    def rollup(self, minute: int) -> str:
+        """Hash: the dashboard's per-minute figures (minute = epoch ms // 60000), kept 24 h."""
+        return f"{self._p}:rollup:{minute}"
+
+    def tenant_active_pattern(self) -> str:
+        """SCAN pattern of every tenant's active set (the dashboard's admin view)."""
+        return f"{self._p}:active:*"
     # --- provider governor (services/processor/governor.py) -----------------------------------
     def governor(self, provider: str) -> str:
         """Hash: one provider's learned state: AIMD window, pause, limits from its headers."""

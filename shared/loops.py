@@ -8,11 +8,24 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from shared import logs
+from shared import logs, metrics
 from shared.redis_conn import WAIT_OUT, wait_event
 
 log = logs.get("sluice.loop")
 T = TypeVar("T")
+
+
+def cancel_if_asked() -> None:
+    """Raise CancelledError when this task was asked to stop but the request got lost.
+
+    On Python 3.11 ``asyncio.wait_for`` returns normally when it is cancelled just as its inner
+    future completes (gh-86296), and redis-py sends every command through it: a task cancelled
+    while it writes to Redis carries on as if nothing happened. A ``TaskGroup`` aborting after
+    one failure then waits forever on that task, and the process lives on with no heartbeat.
+    The request is still counted (``Task.cancelling()``), so loops ask after every step."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
@@ -33,6 +46,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
     delay = 0.1
     regroup = False
     while not stopping.is_set():
+        cancel_if_asked()
         try:
             if regroup and recreate_groups is not None:
                 await recreate_groups()  # in here, so a full Redis is waited out here too
@@ -40,6 +54,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             await step()
             delay = 0.1
         except WAIT_OUT as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, retry_in_s=round(delay, 2),
                         error=type(exc).__name__)
             await sleep_unless(stopping, delay)
@@ -61,9 +76,11 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
     full. Used where giving up would strand work: acknowledging a batch, finishing a task."""
     delay = 0.1
     while True:
+        cancel_if_asked()
         try:
             return await step()
         except WAIT_OUT as exc:
+            metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, error=type(exc).__name__,
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)

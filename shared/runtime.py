@@ -3,15 +3,96 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+import threading
+from collections.abc import Callable, Coroutine
+from contextvars import Context
+from types import TracebackType
+from typing import Any, TypeVar
 
-from shared import healthcheck
+from shared import healthcheck, logs
 from shared.config import Common, ConfigError, Env
 
 S = TypeVar("S")
+T = TypeVar("T")
+log = logs.get("sluice.runtime")
+# How long a service that hit a fatal error may take to stop cleanly before it is killed.
+ABORT_GRACE_S = 5.0
+_armed = threading.Lock()
+_in_service = False  # set by run_service: only a service's own process may be hard-exited
+
+
+class Refusal(Exception):
+    """A reason not to start, said in one line (the process exits with status 2)."""
+
+
+def refuse(service: str, exc: Refusal) -> None:
+    log.error("refused_to_start", service=service, reason=str(exc))
+    print(f"sluice {service}: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
+def exit_soon(reason: str, grace_s: float = ABORT_GRACE_S) -> None:
+    """Hard-exit the process (status 1) in ``grace_s`` unless it has ended by then.
+
+    A thread, not a task: it fires however stuck the event loop is (a cancellation swallowed
+    by a library, a thread blocked on a file). A service that cannot go on must die so that
+    its supervisor restarts it, never linger without its heartbeat."""
+    if not _in_service or not _armed.acquire(blocking=False):
+        return  # in a test's process (burst mode), or armed already
+
+    def fire() -> None:
+        log.critical("hard_exit", reason=reason, after_s=grace_s)
+        sys.stdout.flush()
+        os._exit(1)
+
+    timer = threading.Timer(grace_s, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def _on_task_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("service_task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+        exit_soon(f"task {task.get_name()} failed: {exc!r}")
+
+
+class ServiceGroup(asyncio.TaskGroup):
+    """The ``TaskGroup`` a service runs in, whose abort is bounded: once a task fails (or the
+    body raises), the error is logged at once and :func:`exit_soon` is armed, so a task that
+    ignores its cancellation cannot keep a broken process alive."""
+
+    def create_task(self, coro: Coroutine[Any, Any, T], *,  # type: ignore[override]
+                    name: str | None = None, context: Context | None = None
+                    ) -> asyncio.Task[T]:
+        task = super().create_task(coro, name=name, context=context)
+        task.add_done_callback(_on_task_done)
+        return task
+
+    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            log.error("service_failed", error=repr(exc), exc_info=exc)
+            exit_soon(f"service failed: {exc!r}")
+        await super().__aexit__(et, exc, tb)
+
+
+def run_service(service: str, main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``; an error that ends it is logged and the process exits with 1
+    (within :data:`ABORT_GRACE_S` even if clean-up hangs)."""
+    global _in_service
+    _in_service = True
+    try:
+        asyncio.run(main)
+    except Refusal as exc:
+        refuse(service, exc)
+    except Exception as exc:
+        log.critical("service_exiting", service=service, error=repr(exc), exc_info=exc)
+        exit_soon(f"{service} failed: {exc!r}")
+        sys.exit(1)
 
 
 def install_uvloop() -> None:

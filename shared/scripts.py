@@ -19,7 +19,7 @@ from shared.redis_conn import RedisClient
 
 DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "retry", "heartbeat")
+         "release", "cancel", "handoff", "retry", "heartbeat", "trace")
 
 
 def _lua_table(pairs: dict[str, str | bool]) -> str:
@@ -64,6 +64,7 @@ class Scripts:
     handoff: AsyncScript
     retry: AsyncScript
     heartbeat: AsyncScript
+    trace: AsyncScript
 
     @classmethod
     def register(cls, redis: RedisClient) -> Scripts:

@@ -8,7 +8,7 @@ match on types instead of indexing lists. Key lists that never change are built 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -181,14 +181,15 @@ class Steps:
     async def submit(self, *, task_id: str, tenant: str, request_json: bytes, model: str,
                      now: int, idem_key: str | None, body_hash: str, idempotency_ttl_s: int,
                      first_event: str, task_ttl_s: int,
-                     limits: TenantLimits) -> SubmitResult:
+                     limits: TenantLimits, traceparent: str = "") -> SubmitResult:
         """``submit.lua``: store a task and queue it, checking the tenant's limits.
 
         KEYS: task hash, task events, tasks stream, idempotency key, the tenant's counter of
         the current rate window, the tenant's active set.
         ARGV: task id, tenant, request JSON, model, now (ms), body hash ('' without an
         Idempotency-Key), idempotency TTL (s), first status event data, task TTL (s), rate per
-        window, window (ms), max active."""
+        window, window (ms), max active, the Idempotency-Key ('' without one), traceparent
+        ('' when tracing is off)."""
         k = self.keys
         window = now // limits.window_ms
         outcome, value = await self._call(
@@ -198,7 +199,7 @@ class Steps:
              k.tenant_active(tenant)],
             [task_id, tenant, request_json, model, now, body_hash if idem_key else "",
              idempotency_ttl_s, first_event, task_ttl_s, limits.rate_per_window,
-             limits.window_ms, limits.max_active])
+             limits.window_ms, limits.max_active, idem_key or "", traceparent])
         if outcome == "created":
             return Created(value)
         if outcome == "existing":
@@ -287,6 +288,19 @@ class Steps:
         gone = await self._call("heartbeat", [k.coordinators_alive, k.processors_alive],
                                 [name, expiry_ms, forget_before_ms])
         return [str(g) for g in gone]
+
+    async def hand_on_traces(self, traceparents: Mapping[str, str]) -> int:
+        """``trace.lua`` for each task (task id -> the coordinator's span), in one pipeline:
+        set its ``traceparent`` if it still exists. Returns how many were set.
+
+        KEYS: task hash. ARGV: traceparent."""
+        if not traceparents:
+            return 0
+        async with self.redis.pipeline(transaction=False) as p:
+            for task_id, parent in traceparents.items():
+                await self._call("trace", [self.keys.task(task_id)], [parent], client=p)
+            results = await p.execute()
+        return sum(int(r) for r in results)
 
     async def release_lock(self, key: str, token: str) -> Held | LeaseLost:
         """``release.lua`` on a lock: compare-and-delete. KEYS: the lock. ARGV: token."""

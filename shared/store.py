@@ -1,28 +1,33 @@
-"""The SQLite store (a schema Cloudflare D1 also accepts).
+"""The store: one interface, two backends beside it.
 
-Writes go through one thread per process and are group-committed: every row that arrives while
-a transaction runs joins the next one, so a batch of results costs one fsync, as the original
-design wrote D1 once per batch. Several processes share the file: WAL, a busy timeout,
-``BEGIN IMMEDIATE`` and a retry loop keep "database is locked" away from tasks.
+``STORE_URL`` picks the backend: a file path or ``sqlite:///path`` is the embedded SQLite store
+(``shared/store_sqlite.py``, a schema Cloudflare D1 also accepts), ``postgresql://...`` the
+networked one (``shared/store_postgres.py``). Callers only see :class:`Store`.
+
+Writes are group-committed in both: every row that arrives while a transaction runs joins the
+next one, so a batch of results costs one commit, as the original design wrote D1 once per
+batch. A backend only says how one group is committed (:meth:`Store._commit`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from shared import logs
+from shared import metrics
 from shared.timeutil import now_ms
 
-log = logs.get("sluice.store")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-T = TypeVar("T")
+TABLES = ("tasks", "batches", "idempotency_keys")
+
+
+class StoreUnavailable(Exception):
+    """The networked store could not be reached within the caller's patience."""
 
 
 @dataclass(slots=True)
@@ -59,229 +64,216 @@ class BatchRow:
     completed_at: int | None
 
 
-_COLUMNS = [f for f in TaskRow.__dataclass_fields__]
-_UPSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "id")
-    + " WHERE excluded.fence > tasks.fence"
-)
-_INSERT_TASK_IF_ABSENT = (
-    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT(id) DO NOTHING"
-)
-_UPSERT_BATCH = (
-    "INSERT INTO batches (id, size, reason, processor, created_at, claimed_at, completed_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-    "processor = excluded.processor, "
-    "claimed_at = COALESCE(batches.claimed_at, excluded.claimed_at), "
-    "completed_at = COALESCE(excluded.completed_at, batches.completed_at)"
-)
+TASK_COLUMNS = list(TaskRow.__dataclass_fields__)
+BATCH_COLUMNS = list(BatchRow.__dataclass_fields__)
+IDEMPOTENCY_COLUMNS = ["tenant", "key", "task_id", "body_hash", "created_at"]
+
+# The write operations every backend turns into one statement each (see its _SQL table).
+UPSERT_TASK = "upsert_task"        # fenced: replaces a row only for a strictly higher fence
+INSERT_TASK = "insert_task"        # only when no row exists
+UPSERT_BATCH = "upsert_batch"      # claimed_at kept from the first write, completed_at from any
+INSERT_IDEMPOTENCY = "insert_idem"  # the first key wins
+PUT_META = "put_meta"              # a fact about the store, replaced
+INSERT_META = "insert_meta"        # a fact about the store, only when it has none
 
 
-def connect(path: str) -> sqlite3.Connection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
+# What makes a task upsert fenced: a row is replaced only by a strictly higher fence.
+FENCED_TASK_CONFLICT = (
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "id")
+    + " WHERE excluded.fence > tasks.fence")
 
 
-def _retry_locked(fn: Callable[[], T], attempts: int = 50) -> T:
-    """SQLite's busy handler does not cover every lock upgrade: retry the rest ourselves."""
-    delay = 0.005
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except sqlite3.OperationalError as exc:
-            transient = "locked" in str(exc) or "busy" in str(exc)
-            if not transient or attempt == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay = min(0.25, delay * 2)
-    raise AssertionError("unreachable")
+def write_statements(param: Callable[[int], str]) -> dict[str, str]:
+    """The write statements, in the SQL both backends speak; ``param(n)`` is a backend's n-th
+    placeholder (``?`` or ``$n``). One text, so the two cannot drift apart."""
+    def insert(table: str, columns: list[str]) -> str:
+        values = ", ".join(param(i) for i in range(1, len(columns) + 1))
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+    return {
+        UPSERT_TASK: insert("tasks", TASK_COLUMNS) + FENCED_TASK_CONFLICT,
+        INSERT_TASK: insert("tasks", TASK_COLUMNS) + "ON CONFLICT (id) DO NOTHING",
+        UPSERT_BATCH: insert("batches", BATCH_COLUMNS) + "ON CONFLICT (id) DO UPDATE SET "
+        "processor = excluded.processor, "
+        "claimed_at = COALESCE(batches.claimed_at, excluded.claimed_at), "
+        "completed_at = COALESCE(excluded.completed_at, batches.completed_at)",
+        INSERT_IDEMPOTENCY: insert("idempotency_keys", IDEMPOTENCY_COLUMNS)
+        + "ON CONFLICT (tenant, key) DO NOTHING",
+        PUT_META: insert("meta", ["key", "value"])
+        + "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        INSERT_META: insert("meta", ["key", "value"]) + "ON CONFLICT (key) DO NOTHING",
+    }
 
 
-def _transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-    def run() -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            out = body()
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return out
-    return _retry_locked(run)
+# SQLite's own names for "the file is not a usable database": nothing written to it will stick.
+_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # with their extended codes (_CORRUPT_INDEX)
 
 
-def _split_statements(sql: str) -> list[str]:
-    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+def store_broken(exc: BaseException) -> bool:
+    """The store is corrupt or not a database: a service cannot go on with it."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return isinstance(exc, sqlite3.DatabaseError) and name.startswith(_BROKEN)
 
 
-def apply_migrations(conn: sqlite3.Connection, folder: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply pending ``NNNN_name.sql`` files and record them the way wrangler does."""
-    def body() -> list[str]:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS d1_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "name TEXT UNIQUE, applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)")
-        done = {r[0] for r in conn.execute("SELECT name FROM d1_migrations")}
-        applied = []
-        for path in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-            if path.name in done:
-                continue
-            for statement in _split_statements(path.read_text()):
-                conn.execute(statement)
-            conn.execute("INSERT INTO d1_migrations (name) VALUES (?)", (path.name,))
-            applied.append(path.name)
-        return applied
-    return _transaction(conn, body)
+def store_unavailable(exc: BaseException) -> bool:
+    """The store cannot take writes right now (disk full, an I/O error, read-only, locked too
+    long, a networked store out of reach), but may again: worth waiting for, unlike a corrupt
+    file or a bad value."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and not store_broken(exc)
 
 
 @dataclass(slots=True)
-class _Write:
-    sql: str
+class Write:
+    op: str
     params: tuple[Any, ...]
     future: asyncio.Future[bool]
 
 
-class Store:
-    """Async face of the SQLite file for one process."""
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite ``STORE_URL`` (a path or ``sqlite:///path``); None for others."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    if scheme.lower() != "sqlite":
+        return None
+    return rest[1:] if rest.startswith("/") else rest  # sqlite:///x -> x, sqlite:////x -> /x
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
-        self._pending: list[_Write] = []
+
+def make_store(url: str, *, pool_size: int = 10, patience_s: float | None = None) -> Store:
+    """The store ``url`` names, not yet opened.
+
+    ``patience_s``: how long a call keeps retrying a networked store that cannot be reached
+    before raising :class:`StoreUnavailable`; None retries for ever (a processor holding a
+    finished result must not drop it). SQLite, a local file, ignores it.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        from shared.store_sqlite import SqliteStore
+        return SqliteStore(path, url)
+    from shared.store_postgres import PostgresStore
+    return PostgresStore(url, pool_size=pool_size, patience_s=patience_s)
+
+
+class Store(ABC):
+    """Async face of the store for one process."""
+
+    backend: str
+    url: str  # what make_store was given (STORE_URL)
+
+    def __init__(self) -> None:
+        self._pending: list[Write] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
         self.transactions = 0
 
+    @abstractmethod
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._wconn = await loop.run_in_executor(self._writer, connect, self.path)
-        applied = await loop.run_in_executor(self._writer, apply_migrations, self._wconn)
-        if applied:
-            log.info("store_migrated", applied=applied)
-        self._rconn = await loop.run_in_executor(self._reader, connect, self.path)
+        """Connect, and apply pending migrations."""
 
+    @abstractmethod
     async def close(self) -> None:
-        if self._flush_task is not None:
-            await self._flush_task
-        loop = asyncio.get_running_loop()
-        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
-            if conn is not None:
-                await loop.run_in_executor(pool, conn.close)
-            pool.shutdown(wait=True)
+        """Finish pending writes, then disconnect."""
 
     # --- writes ------------------------------------------------------------------------------
     async def save_task(self, row: TaskRow) -> bool:
         """Upsert a final row; False when a row with an equal or higher fence is there."""
-        return await self._write(_UPSERT_TASK, tuple(asdict(row).values()))
+        return await self._write(UPSERT_TASK, tuple(asdict(row).values()))
 
     async def save_task_if_absent(self, row: TaskRow) -> bool:
-        return await self._write(_INSERT_TASK_IF_ABSENT, tuple(asdict(row).values()))
+        return await self._write(INSERT_TASK, tuple(asdict(row).values()))
 
     async def save_batch(self, row: BatchRow) -> bool:
-        return await self._write(_UPSERT_BATCH, tuple(asdict(row).values()))
+        return await self._write(UPSERT_BATCH, tuple(asdict(row).values()))
 
     async def save_idempotency_key(self, tenant: str, key: str, task_id: str,
                                    body_hash: str) -> bool:
-        return await self._write(
-            "INSERT INTO idempotency_keys (tenant, key, task_id, body_hash, created_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(tenant, key) DO NOTHING",
-            (tenant, key, task_id, body_hash, now_ms()))
+        return await self._write(INSERT_IDEMPOTENCY,
+                                 (tenant, key, task_id, body_hash, now_ms()))
 
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> bool:
-        [ok] = await self.write_together([(sql, params)])
-        return ok
+    async def put_meta(self, key: str, value: str, *, replace: bool = True) -> bool:
+        """Set one fact about the store (``replace=False``: only when it has none)."""
+        return await self._write(PUT_META if replace else INSERT_META, (key, value))
 
-    async def write_together(self, statements: Sequence[tuple[str, tuple[Any, ...]]]
-                             ) -> list[bool]:
-        """Run statements in one transaction: all of them or none. They are queued without
-        an await in between, so one flush takes them all (it takes the whole pending list)."""
+    async def _write(self, op: str, params: tuple[Any, ...]) -> bool:
         loop = asyncio.get_running_loop()
-        items = [_Write(sql, params, loop.create_future()) for sql, params in statements]
-        self._pending.extend(items)
+        item = Write(op, params, loop.create_future())
+        self._pending.append(item)
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush_all())
-        return [await item.future for item in items]
+        return await item.future
 
     async def _flush_all(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 items, self._pending = self._pending, []
                 try:
-                    results = await loop.run_in_executor(self._writer, self._write_many, items)
-                except Exception as exc:  # handed to every waiting writer
+                    results = await self._commit(items)
+                except asyncio.CancelledError:  # close() gave up on the database
                     for item in items:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
+                        _settle(item, StoreUnavailable("the store was closed"))
+                    raise
+                except StoreUnavailable as exc:  # handed to every waiting writer
+                    metrics.store_errors.inc()
+                    for item in items:
+                        _settle(item, exc)
                     continue
+                except Exception:
+                    # One bad row (a constraint, a value the database refuses) must not fail
+                    # the rows that shared its transaction: each on its own, then.
+                    for item in items:
+                        try:
+                            [ok] = await self._commit([item])
+                        except Exception as exc:
+                            metrics.store_errors.inc()
+                            _settle(item, exc)
+                        else:
+                            self.transactions += 1
+                            _settle(item, ok)
+                    continue
+                self.transactions += 1
                 for item, ok in zip(items, results, strict=True):
-                    if not item.future.done():
-                        item.future.set_result(ok)
+                    _settle(item, ok)
         finally:
             self._flushing = False
 
-    def _write_many(self, items: Iterable[_Write]) -> list[bool]:
-        conn = self._wconn
-        assert conn is not None, "store not opened"
-        batch = list(items)
-
-        def body() -> list[bool]:
-            return [conn.execute(i.sql, i.params).rowcount > 0 for i in batch]
-
-        out = _transaction(conn, body)
-        self.transactions += 1
-        return out
+    @abstractmethod
+    async def _commit(self, items: list[Write]) -> list[bool]:
+        """Apply every write in one transaction; whether each changed a row."""
 
     # --- reads -------------------------------------------------------------------------------
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the read connection (for the modules that own their tables)."""
-        return await self._read(fn)
+    @abstractmethod
+    async def get_task(self, task_id: str) -> dict[str, Any] | None: ...
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._rconn
-        assert conn is not None, "store not opened"
-        return await asyncio.get_running_loop().run_in_executor(
-            self._reader, lambda: _retry_locked(lambda: fn(conn)))
-
-    async def get_task(self, task_id: str) -> dict[str, Any] | None:
-        def q(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return dict(row) if row else None
-        return await self._read(q)
-
+    @abstractmethod
     async def list_failed(self, tenant: str, limit: int) -> list[dict[str, Any]]:
         """The tenant's dead letters: tasks that failed for good, newest first."""
-        def q(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            cur = conn.execute(
-                "SELECT * FROM tasks WHERE tenant = ? AND status = 'failed' "
-                "ORDER BY completed_at DESC LIMIT ?", (tenant, limit))
-            return [dict(r) for r in cur.fetchall()]
-        return await self._read(q)
 
-    async def get_idempotency_key(self, tenant: str, key: str) -> tuple[str, str] | None:
-        def q(conn: sqlite3.Connection) -> tuple[str, str] | None:
-            row = conn.execute(
-                "SELECT task_id, body_hash FROM idempotency_keys WHERE tenant = ? AND key = ?",
-                (tenant, key)).fetchone()
-            return (row[0], row[1]) if row else None
-        return await self._read(q)
+    @abstractmethod
+    async def get_idempotency_key(self, tenant: str, key: str) -> tuple[str, str] | None: ...
 
-    async def count(self, table: str) -> int:
-        if table not in {"tasks", "batches", "idempotency_keys"}:
-            raise ValueError(table)
-        return await self._read(lambda c: int(c.execute(f"SELECT COUNT(*) FROM {table}")
-                                              .fetchone()[0]))
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
 
-    async def ping(self) -> None:
-        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+    @abstractmethod
+    async def count(self, table: str) -> int: ...
+
+    @abstractmethod
+    async def ping(self) -> None: ...
+
+
+def _settle(item: Write, outcome: bool | Exception) -> None:
+    if item.future.done():
+        return
+    if isinstance(outcome, Exception):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)
+
+
+def check_table(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(table)
+    return table

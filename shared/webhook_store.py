@@ -1,5 +1,5 @@
 """Webhooks' persistence: secrets, endpoints, per-task URLs and the delivery outbox
-(migration 0002). Kept apart from the tasks' store like :mod:`shared.batch_store`."""
+(migration 0003). Kept apart from the tasks' store like :mod:`shared.batch_store`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from shared.batch_store import Statement
-from shared.store import Store
+from shared.store_sqlite import SqliteStore
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 TASKS_CURSOR = "tasks"
@@ -65,7 +65,7 @@ def delivery_statement(d: Delivery, guard: tuple[str, str] | None = None) -> Sta
 
 
 class WebhookStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqliteStore) -> None:
         self.store = store
 
     # --- secrets -----------------------------------------------------------------------------

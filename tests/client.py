@@ -1,7 +1,8 @@
-"""A small synchronous client of the edge, and a reader of the SQLite store, for tests."""
+"""A small synchronous client of the edge, and a reader of the store (either), for tests."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import httpx
 
 from tests.harness import wait_for
+from tests.postgres import run_sql
 
 
 class Api:
@@ -34,9 +36,16 @@ class Api:
             and t, timeout, f"task {task_id} to finish"))
 
 
-def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+def rows(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One statement (``?`` placeholders) on a stack's store: ``db`` is the SQLite file or a
+    postgresql:// URL (``Stack.store_path``). Writes are committed."""
+    if isinstance(db, str) and db.startswith(("postgresql://", "postgres://")):
+        numbered = iter(range(1, len(params) + 1))
+        return run_sql(db, re.sub(r"\?", lambda _m: f"${next(numbered)}", sql), *params)
     conn = sqlite3.connect(db)
     try:
-        return list(conn.execute(sql, params).fetchall())
+        out = list(conn.execute(sql, params).fetchall())
+        conn.commit()
+        return out
     finally:
         conn.close()

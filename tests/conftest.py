@@ -7,26 +7,69 @@ only from test modules.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.client import Api
 from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
+from tests.postgres import PostgresServer
+
+# The stores every store-dependent test runs against; TEST_STORES=sqlite (or postgresql)
+# narrows it, e.g. on a machine without PostgreSQL.
+STORES = tuple(s.strip() for s in os.environ.get("TEST_STORES", "sqlite,postgresql").split(",")
+               if s.strip())
+
+
+def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
+    nothing of its own) run on the first of STORES only, to keep `make test` short;
+    TEST_EVERY_STORE=1 runs them on every store too."""
+    if os.environ.get("TEST_EVERY_STORE") == "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        store = callspec.params.get("stack_store") if callspec else None
+        later = store is not None and store != STORES[0]
+        (drop if later and item.get_closest_marker("first_store_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _sqlite_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked sqlite_store_only (the Batch API and webhooks, served on SQLite only)
+    never run on another store."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec else {}
+        store = params.get("store_url", params.get("stack_store"))
+        other = store is not None and store != "sqlite"
+        (drop if other and item.get_closest_marker("sqlite_store_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 LAYERS = ("unit", "integration", "e2e", "chaos")
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = item.path.resolve().relative_to(TESTS_DIR).parts
         if len(parts) < 2 or parts[0] not in LAYERS:
             raise pytest.UsageError(f"{item.nodeid}: a test lives in one of the folders "
                                     f"tests/{{{','.join(LAYERS)}}}, which name its layer")
         item.add_marker(parts[0])
+    _first_store_only(config, items)
+    _sqlite_store_only(config, items)
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +118,51 @@ def api_factory() -> Iterator[Any]:
     yield make
     for api in made:
         api.http.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server (Debian's binaries, as user postgres when we are root) for the
+    session; each test that uses it gets a database of its own (``pg_url``)."""
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    return postgres.new_database()
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """STORE_URL of a fresh store of each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, for tests that kill or restart it."""
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session", params=STORES)
+def stack_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which store the stacks of the e2e and chaos suites get (they run once per store):
+    session-scoped, so pytest runs every test on one store, then on the next."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        harness.new_store = lambda _tmp: server.new_database()
+    try:
+        yield str(request.param)
+    finally:
+        harness.new_store = harness.sqlite_store

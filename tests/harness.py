@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -258,6 +258,15 @@ class Service:
             return ""
 
 
+def sqlite_store(tmp: Path) -> str:
+    return str(tmp / "sluice.db")
+
+
+# The store a new stack gets (its STORE_URL), given the stack's folder. The e2e and chaos
+# suites run once per store: their `stack_store` fixture swaps this for a PostgreSQL database.
+new_store: Callable[[Path], str] = sqlite_store
+
+
 @dataclass
 class Stack:
     """The whole system as processes: mock provider, edge, coordinators, processors."""
@@ -270,10 +279,19 @@ class Stack:
     edge_port: int = field(default_factory=free_port)
     mock_port: int = field(default_factory=free_port)
     counter: int = 0
+    store_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.store_url:
+            self.store_url = new_store(self.tmp)
 
     @property
-    def store_path(self) -> Path:
-        return self.tmp / "sluice.db"
+    def store_path(self) -> Path | str:
+        """Where the rows are, for tests.client.rows: the SQLite file, or the
+        postgresql:// URL."""
+        if "://" in self.store_url:
+            return self.store_url
+        return Path(self.store_url)
 
     @property
     def edge_url(self) -> str:
@@ -284,10 +302,11 @@ class Stack:
         return f"http://127.0.0.1:{self.mock_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MOCKAI_", "AI_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("MOCKAI_", "AI_", "STORE_"))}
         env.update({
             "REDIS_URL": self.redis_url, "REDIS_PREFIX": self.prefix,
-            "STORE_PATH": str(self.store_path), "LOG_FORMAT": "json", "LOG_LEVEL": "info",
+            "STORE_URL": self.store_url, "LOG_FORMAT": "json", "LOG_LEVEL": "info",
             "EDGE_HOST": "127.0.0.1", "EDGE_PORT": str(self.edge_port),
             "MOCKAI_PORT": str(self.mock_port), "MOCKAI_HOST": "127.0.0.1",
             # The mock's model: the edge refuses a model outside AI_MODELS (default: AI_MODEL).
@@ -300,16 +319,22 @@ class Stack:
         env.update(extra)
         return env
 
-    def start(self, module: str, **extra: str) -> Service:
+    def start(self, module: str, cwd: Path | None = None, **extra: str) -> Service:
+        """``python -m services.<module>``; ``cwd``: a working directory of its own (another
+        host, as far as files go), the code still found through PYTHONPATH."""
         self.counter += 1
         name = f"{module}-{self.counter}"
         log = self.tmp / f"{name}.log"
         env = self.env(**extra)
         env.setdefault("PROCESSOR_NAME", f"proc-{self.prefix}-{self.counter}")
         env.setdefault("COORDINATOR_NAME", f"coord-{self.prefix}-{self.counter}")
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = str(ROOT)
         with log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", f"services.{module}"], cwd=ROOT,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{module}"],
+                                    cwd=cwd or ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
         svc = Service(name, proc, log)
         self.services.append(svc)
         return svc
@@ -369,8 +394,9 @@ class Stack:
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:
     env = {k: str(v) for k, v in kw.pop("env", {}).items()}  # type: ignore[attr-defined]
     prefix = kw.pop("prefix", None)  # REDIS_PREFIX; a fresh one by default
-    stack = Stack(tmp, redis_url, env) if prefix is None else Stack(tmp, redis_url, env,
-                                                                    prefix=str(prefix))
+    store_url = str(kw.pop("store_url", ""))  # STORE_URL; harness.new_store's by default
+    stack = Stack(tmp, redis_url, env, store_url=store_url) if prefix is None else \
+        Stack(tmp, redis_url, env, prefix=str(prefix), store_url=store_url)
     try:
         stack.up(**kw)  # type: ignore[arg-type]
         yield stack

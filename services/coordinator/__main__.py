@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import logs, redis_conn
+from shared import logs, metrics, redis_conn, tracing
 from shared.config import describe
 from shared.keys import Keys
 from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
 
@@ -24,7 +23,9 @@ async def serve(settings: CoordinatorSettings) -> None:
         await redis_conn.warn_if_unsafe(redis)
         coordinator = Coordinator(settings, redis)
         on_stop_signals(coordinator.stop)
-        await coordinator.run()
+        async with metrics.serving(settings.metrics, "coordinator",
+                                   coordinator.refresh_metrics()):
+            await coordinator.run()
     finally:
         await redis.aclose()
 
@@ -37,7 +38,11 @@ def main() -> None:
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))
     install_uvloop()
-    asyncio.run(serve(settings))
+    tracing.setup("coordinator")
+    try:
+        run_service("coordinator", serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

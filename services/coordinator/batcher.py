@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from redis.asyncio.client import PubSub
 
 from services.coordinator.settings import CoordinatorSettings
-from shared import groups, logs
+from shared import figures, groups, logs, metrics, tracing
 from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.loops import forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.runtime import ServiceGroup
 from shared.steps import BatchPolicy, BatchState, Steps
 from shared.timeutil import now_ms
 
@@ -48,7 +50,7 @@ class Coordinator:
     async def run(self) -> None:
         await until_redis_answers(self._ensure_groups, "groups")
         log.info("coordinator_started", name=self.name)
-        async with asyncio.TaskGroup() as tg:
+        async with ServiceGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))
             tg.create_task(self._forever(self._timer_loop, "timer"))
             tg.create_task(self._forever(self._heartbeat_once, "heartbeat",
@@ -61,6 +63,12 @@ class Coordinator:
     def stop(self) -> None:
         self.stopping.set()
 
+    def refresh_metrics(self) -> Callable[[], Awaitable[None]]:
+        """What /metrics reads from Redis at scrape time: the cluster's batch counters."""
+        collector = metrics.BatchesFlushed()
+        metrics.REGISTRY.register(collector)
+        return lambda: figures.refresh_batches(self.redis, self.keys, collector)
+
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:
         await forever(step, what, self.stopping, pause=pause, recreate_groups=self._ensure_groups)
 
@@ -70,9 +78,31 @@ class Coordinator:
     # --- batching ---------------------------------------------------------------------------
     async def add(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         pairs = [(entry_id, fields.get("id", "")) for entry_id, fields in entries]
+        metrics.tasks_placed.inc(len(pairs))
+        spans = await self._hand_on_traces(pairs) if tracing.enabled() else []
         for start in range(0, len(pairs), READ_COUNT):
             await self.steps.batch("add", now=now_ms(), policy=self.policy,
                                    entries=pairs[start:start + READ_COUNT])
+        for span in spans:
+            tracing.end(span)
+
+    async def _hand_on_traces(self, pairs: list[tuple[str, str]]) -> list[Any]:
+        """A batch span for each traced task, child of the edge's, written into the task as
+        its new traceparent before the task can be batched (so the processor's span is its
+        child)."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for _entry, task_id in pairs:
+                p.hget(self.keys.task(task_id), "traceparent")
+            parents = await p.execute()
+        spans, handed = [], {}
+        for (_entry, task_id), parent in zip(pairs, parents, strict=True):
+            if parent:
+                span = tracing.start("sluice.batch", parent, "consumer",
+                                     {"sluice.task.id": task_id, "sluice.coordinator": self.name})
+                spans.append(span)
+                handed[task_id] = tracing.traceparent(span)
+        await self.steps.hand_on_traces(handed)
+        return spans
 
     async def run_burst(self) -> None:
         """Place every task the tasks stream holds, flush the open batch whatever its size and
@@ -157,6 +187,7 @@ class Coordinator:
         live = [(eid, fields) for eid, fields in entries if fields]
         if live:
             log.warning("reclaimed_tasks", count=len(live))
+            metrics.reclaims.labels("tasks").inc(len(live))
             await self.add(live)
         await groups.trim_consumed(self.redis, self.keys.tasks_stream, TASKS_GROUP)
         await groups.trim_consumed(self.redis, self.keys.batches_stream, BATCHES_GROUP)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from shared.config import Batching, Common, Env
 from shared.healthcheck import default_name
+from shared.metrics import MetricsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class CoordinatorSettings:
     heartbeat_s: float
     reclaim_idle_ms: int
     drain_s: float
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> CoordinatorSettings:
@@ -27,4 +29,5 @@ class CoordinatorSettings:
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_idle_ms=env.integer("COORDINATOR_RECLAIM_IDLE_MS", 5000, min_value=100),
             drain_s=env.number("DRAIN_S", 5.0, min_value=0),
+            metrics=MetricsSettings.from_env(env),
         )

@@ -6,9 +6,9 @@ from aiohttp import web
 
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
-from shared import logs
+from shared import logs, tracing
 from shared.config import describe
-from shared.runtime import install_uvloop, settings_or_exit
+from shared.runtime import Refusal, install_uvloop, refuse, settings_or_exit
 
 
 def main() -> None:
@@ -20,9 +20,15 @@ def main() -> None:
         log.warning("open_access", detail="EDGE_API_KEYS is not set: anyone who can reach this "
                     "port can submit tasks and read results")
     install_uvloop()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                reuse_port=True, shutdown_timeout=settings.shutdown_timeout_s,
-                access_log=None, print=None, handle_signals=True)
+    tracing.setup("edge")
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                    reuse_port=True, shutdown_timeout=settings.shutdown_timeout_s,
+                    access_log=None, print=None, handle_signals=True)
+    except Refusal as exc:
+        refuse("edge", exc)
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from aiohttp import web
 from services.edge import (
     batch_api,
     batch_runner,
+    dashboard,
     dead_letters,
     events,
     feeds,
     files,
+    metrics_view,
     openai_api,
     openapi,
     provider_probe,
@@ -25,7 +27,7 @@ from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
 from services.webhooks import delivery
 from services.webhooks import views as webhooks
-from shared import logs
+from shared import logs, metrics, tracing
 
 log = logs.get("sluice.edge")
 CLIENT_GONE = 499  # nginx's "client closed request", for the summary line only
@@ -40,6 +42,8 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     try:
         try:
+            if tracing.enabled():
+                tracing.incoming.set(request.headers.get("traceparent"))
             authenticate(request)
             response = await handler(request)
         except ConnectionResetError:
@@ -51,9 +55,11 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        metrics_view.observe(request, status, elapsed)
         if request.path != "/api/health":
             log.info("request", method=request.method, path=request.path, status=status,
-                     ms=round((time.perf_counter() - started) * 1000, 2),
+                     ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
 
 
@@ -69,11 +75,11 @@ def create_app(settings: EdgeSettings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "handler_cancellation": False})
     app[SETTINGS] = settings
+    metrics.configure(settings.metrics)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)
+    app.cleanup_ctx.append(metrics_view.rollup_ctx)
     app.cleanup_ctx.append(provider_probe.probe_ctx)
-    app.cleanup_ctx.append(batch_runner.runner_ctx)
-    app.cleanup_ctx.append(delivery.webhooks_ctx)
     app.on_shutdown.append(feeds.close_feeds)
     r = app.router
     r.add_post("/api/tasks", views_tasks.create_task)
@@ -86,8 +92,20 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/api/async-status", views_status.async_status)
     r.add_get("/api/ai-status", views_status.ai_status)
     r.add_get("/api/openapi.json", openapi.serve)
+    r.add_get("/metrics", metrics_view.serve)
+    dashboard.add_routes(app)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
+    if settings.batch_api_on:
+        _add_batch_api(app)
+    return app
+
+
+def _add_batch_api(app: web.Application) -> None:
+    """BATCH_API on a SQLite store: the routes, the batch runner and the webhook sender."""
+    app.cleanup_ctx.append(batch_runner.runner_ctx)
+    app.cleanup_ctx.append(delivery.webhooks_ctx)
+    r = app.router
     r.add_post("/v1/files", files.upload)
     r.add_get("/v1/files", files.list_files)
     r.add_get("/v1/files/{id}", files.get_file)
@@ -103,4 +121,3 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_delete("/api/webhooks/{id}", webhooks.delete_endpoint)
     r.add_post("/api/webhooks/{id}/test", webhooks.send_test)
     r.add_get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries)
-    return app

@@ -43,6 +43,7 @@ from shared.batch_store import (
 )
 from shared.redis_conn import UNAVAILABLE
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
+from shared.store_sqlite import sqlite_only
 from shared.timeutil import now_ms
 from shared.webhook_store import WebhookStore, delivery_statement
 
@@ -58,8 +59,8 @@ BATCH_LINE_PRIORITY = 9
 class BatchRunner:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
-        self.store = BatchStore(edge.store)
-        self.hooks = WebhookStore(edge.store)
+        self.store = BatchStore(sqlite_only(edge.store))
+        self.hooks = WebhookStore(sqlite_only(edge.store))
         self.settings = edge.settings.batch_api
         self.token = secrets.token_hex(16)
         self.holding = False

@@ -10,9 +10,10 @@ from aiohttp import web
 from services.edge.settings import EdgeSettings
 from shared import redis_conn
 from shared.keys import Keys
-from shared.redis_conn import RedisClient
+from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import Steps
-from shared.store import Store
+from shared.store import Store, make_store
+from shared.store_check import StoreCheck, check_identity
 
 
 @dataclass(slots=True)
@@ -22,12 +23,14 @@ class Edge:
     steps: Steps
     keys: Keys
     store: Store
+    store_check: StoreCheck
 
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
 EDGE = web.AppKey("edge", Edge)
 # The task a request created or named, for the one summary line per request.
 TASK_ID_KEY = web.RequestKey("task_id", str)
+STORE_PATIENCE_S = 1.0
 
 
 def edge_of(request: web.Request) -> Edge:
@@ -39,16 +42,20 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     redis = redis_conn.connect(settings.common.redis_url,
                                max_connections=settings.redis_connections,
                                wait_s=settings.redis_wait_s)
-    store = Store(settings.common.store_path)
+    # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
+                       patience_s=STORE_PATIENCE_S)
     try:
         await store.open()
+        keys = Keys(settings.common.redis_prefix)
         try:
             await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
             await redis_conn.warn_if_unsafe(redis)
-        except RuntimeError:
+            await check_identity(store, redis, keys)
+        except (RuntimeError, *WAIT_OUT):
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
-        keys = Keys(settings.common.redis_prefix)
-        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store)
+        check = StoreCheck(store, settings.store_check_interval_s)
+        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)
         yield
     finally:
         await redis.aclose()

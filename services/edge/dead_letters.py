@@ -15,7 +15,7 @@ from services.edge.auth import tenant_of
 from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.edge.views_tasks import json_response
-from shared import tasks
+from shared import metrics, tasks
 from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms
 
@@ -38,7 +38,12 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def retry_task(request: web.Request) -> web.Response:
-    edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
+    return await retry(request, tenant_of(request), request.match_info["id"])
+
+
+async def retry(request: web.Request, tenant: str, task_id: str) -> web.Response:
+    """Re-queue ``tenant``'s failed task (the API, and the dashboard's retry button)."""
+    edge = edge_of(request)
     view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
     if view["status"] != tasks.FAILED:
         raise ApiError(409, "not_failed", "only a failed task can be retried")
@@ -52,5 +57,6 @@ async def retry_task(request: web.Request) -> web.Response:
         raise queue.not_found()
     if isinstance(result, NotFailed):
         raise ApiError(409, "not_failed", "only a failed task can be retried")
+    metrics.tasks_requeued.inc()
     return json_response({"id": task_id, "status": tasks.QUEUED}, 202,
                          {"Location": f"/api/tasks/{task_id}"})

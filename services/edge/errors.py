@@ -11,6 +11,7 @@ from redis.exceptions import MaxConnectionsError, OutOfMemoryError
 
 from shared import logs
 from shared.redis_conn import UNAVAILABLE
+from shared.store import StoreUnavailable
 
 log = logs.get("sluice.edge")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,5 +88,10 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
         return error_response(request, ApiError(
             503, "unavailable", "the queue is unavailable, retry shortly",
             headers={"Retry-After": "1"}))
+    if isinstance(exc, StoreUnavailable):
+        log.warning("store_unavailable", path=request.path)
+        return error_response(request, ApiError(
+            503, "store_unavailable", "the store is unavailable, retry shortly",
+            headers={"Retry-After": "2"}))
     log.exception("unhandled_error", path=request.path, method=request.method)
     return error_response(request, ApiError(500, "internal", "internal error"))

@@ -24,7 +24,7 @@ from services.edge.auth import tenant_of
 from services.edge.context import TASK_ID_KEY, Edge, edge_of
 from services.edge.errors import ApiError
 from services.edge.feeds import FEEDS, GONE, TERMINAL_EVENTS, Event, Feeds
-from shared import tasks
+from shared import metrics, tasks
 from shared.redis_conn import UNAVAILABLE
 
 # The id of a terminal event rebuilt from the store: nothing can follow it.
@@ -143,7 +143,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     keepalive = edge.settings.keepalive_s
     events = follow(request.app[FEEDS], key, after, min(keepalive, POLL_S),
                     view_loader(edge, tenant, task_id))
-    async with contextlib.aclosing(events):
+    async with contextlib.aclosing(events), metrics.sse_client():
         last_write = time.monotonic()
         async for event in events:
             if event is None:
@@ -156,4 +156,6 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             except ConnectionResetError:
                 break  # the client left: nothing to clean up but the feed, done by aclosing
             last_write = time.monotonic()
+            if event is not None:
+                metrics.events_relayed.inc()
     return resp

@@ -11,11 +11,12 @@ import orjson
 from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
-from shared import tasks
+from shared import logs, metrics, rollup, tasks, tracing
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
     Conflict,
+    Created,
     Existing,
     Missing,
     RateLimited,
@@ -24,6 +25,7 @@ from shared.steps import (
 )
 from shared.timeutil import iso, now_ms
 
+log = logs.get("sluice.edge")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 RATE_WINDOW_MS = 60_000  # TENANT_RATE_PER_MINUTE counts submissions per fixed minute
 
@@ -47,12 +49,15 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
             return _replay(known, digest)
     task_id, created = tasks.new_task_id(), now_ms()
     s = edge.settings
+    span = tracing.submit_span(task_id, tenant)
     result = await edge.steps.submit(
         task_id=task_id, tenant=tenant, request_json=orjson.dumps(req.payload), model=req.model,
         now=created, idem_key=idem_key, body_hash=digest,
         idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
         task_ttl_s=s.task_ttl_s,
-        limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks))
+        limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
+        traceparent=tracing.traceparent(span))
+    tracing.end(span, None if isinstance(result, Created) else type(result).__name__)
     match result:
         case RateLimited(retry_after_s=wait):
             raise ApiError(429, "rate_limited",
@@ -73,8 +78,15 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         # tasks that set a deadline. Lost if the edge dies right here: the processor that takes
         # the task still checks the deadline before calling the provider.
         await edge.redis.zadd(edge.keys.deadlines, {task_id: req.deadline_at})
+    metrics.tasks_submitted.labels(metrics.tenant(tenant)).inc()
+    rollup.add("submitted")
     if idem_key:
-        await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
+        try:
+            await edge.store.save_idempotency_key(tenant, idem_key, task_id, digest)
+        except Exception as exc:  # stored in Redis: accepted, whatever else fails
+            # Redis answers replays meanwhile, and the task's holder writes the record with
+            # the task's row (the key is in the task hash): it is late, never lost.
+            log.warning("idempotency_key_not_stored", task_id=task_id, error=repr(exc))
     return Submitted(task_id, created, existing=False)
 
 

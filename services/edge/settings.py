@@ -9,6 +9,8 @@ from pathlib import Path
 from services.edge.batch_settings import BatchApiSettings
 from services.webhooks.settings import WebhookSettings
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
+from shared.metrics import MetricsSettings
+from shared.store import sqlite_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,7 @@ class EdgeSettings:
     host: str
     port: int
     api_keys: Secret[dict[str, str]]  # key -> tenant; empty means the edge is open
+    admin_keys: Secret[dict[str, str]]  # EDGE_ADMIN_KEYS: key -> 'admin'; /metrics, dashboard
     max_body_bytes: int
     max_messages: int
     max_text_chars: int
@@ -32,11 +35,15 @@ class EdgeSettings:
     keepalive_s: float
     stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
     shutdown_timeout_s: float
+    store_check_interval_s: float  # /api/health's write probe and quick_check, at most this often
     body_timeout_s: float  # a request body must have arrived within this (else 408)
     allow_compressed_bodies: bool  # Content-Encoding gzip/deflate accepted (else 415)
     redis_connections: int  # the main pool: commands wait for a free one ...
     redis_wait_s: float  # ... this long at most, then 503 (logged as pool exhausted)
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
+    metrics: MetricsSettings
+    dashboard_show_prompts: bool
+    batch_api_enabled: bool  # BATCH_API: /v1/files, /v1/batches and webhooks (SQLite only)
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
 
@@ -51,6 +58,7 @@ class EdgeSettings:
             host=env.text("EDGE_HOST", "0.0.0.0"),
             port=env.integer("EDGE_PORT", 8080, min_value=0, max_value=65535),
             api_keys=Secret(_api_keys(env)),
+            admin_keys=Secret(_admin_keys(env)),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1 << 20, min_value=1024),
             max_messages=env.integer("MAX_MESSAGES", 256, min_value=1),
             max_text_chars=env.integer("MAX_TEXT_CHARS", 400_000, min_value=1),
@@ -64,18 +72,33 @@ class EdgeSettings:
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
             stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
+            store_check_interval_s=env.number("STORE_CHECK_INTERVAL_S", 30.0, min_value=0),
             body_timeout_s=env.number("EDGE_BODY_TIMEOUT_S", 30.0, min_value=0.01),
             allow_compressed_bodies=env.flag("EDGE_ALLOW_COMPRESSED_BODIES", False),
             redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 256, min_value=1),
             redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
             models=_models(env, provider.ai_model),
+            metrics=MetricsSettings.from_env(env),
+            dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
+            batch_api_enabled=env.flag("BATCH_API", False),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )
 
     @property
+    def batch_api_on(self) -> bool:
+        """The Batch API and webhooks run: asked for, and on the SQLite store (their tables'
+        SQL is SQLite's for now; with a PostgreSQL STORE_URL they are not served)."""
+        return self.batch_api_enabled and sqlite_path(self.common.store_url.get()) is not None
+
+    @property
     def open_access(self) -> bool:
         return not self.api_keys.get()
+
+    @property
+    def open_admin(self) -> bool:
+        """No key of any kind: /metrics and the dashboard are open, like the rest."""
+        return not self.api_keys.get() and not self.admin_keys.get()
 
 
 def _models(env: Env, default: str) -> tuple[str, ...]:
@@ -127,6 +150,14 @@ def _api_keys(env: Env) -> dict[str, str]:
                               "digits, '.', '_' or '-'")
         keys[key] = tenant
     return keys
+
+
+def _admin_keys(env: Env) -> dict[str, str]:
+    keys = [k.strip() for k in (env.optional("EDGE_ADMIN_KEYS") or "").split(",") if k.strip()]
+    for key in keys:
+        if not _KEY.fullmatch(key):  # the message never repeats the key
+            raise ConfigError("EDGE_ADMIN_KEYS: a key must be visible ASCII with no spaces")
+    return dict.fromkeys(keys, "admin")
 
 
 # Tenants name Redis keys and store rows: a small alphabet keeps them unambiguous.

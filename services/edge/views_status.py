@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from services.edge.auth import tenant_of
 from services.edge.context import Edge, edge_of
 from services.edge.provider_probe import PROBE
 from services.edge.views_tasks import json_response
@@ -38,10 +39,10 @@ async def redis_memory(edge: Edge) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     edge = edge_of(request)
     checks: dict[str, str] = {}
-    for name, probe in (("redis", edge.redis.ping()), ("store", edge.store.ping())):
+    for name, probe in (("redis", edge.redis.ping()), ("store", edge.store_check.problem())):
         try:
-            await asyncio.wait_for(probe, timeout=2)
-            checks[name] = "ok"
+            problem = await asyncio.wait_for(probe, timeout=5 if name == "store" else 2)
+            checks[name] = f"down: {problem}" if isinstance(problem, str) else "ok"
         except Exception as exc:  # any failure of a probe means that dependency is down
             checks[name] = f"down: {type(exc).__name__}"
     failing = [n for n, v in checks.items() if v != "ok"]
@@ -156,8 +157,9 @@ async def ai_status(request: web.Request) -> web.Response:
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),
         "last_success_at": iso(h.get("success_at")),
-        "last_error": h.get("error"),
-        "last_error_at": iso(h.get("error_at")),
+        # Only the caller's own tenant's: a provider's message may quote the request.
+        "last_error": h.get(f"error:{tenant_of(request)}"),
+        "last_error_at": iso(h.get(f"error_at:{tenant_of(request)}")),
         "timeout_s": p.ai_timeout_s,
         # The governor's view of each provider (base URL, key fingerprint, model).
         "providers": [{**v, "paused_until": iso(v["paused_until"]),

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
-from shared import logs
+from shared import logs, metrics
 from shared.config import Common, Env
+from shared.metrics import MetricsSettings
 
 from .app import create_app
 from .settings import ConfigError, MockSettings
@@ -23,6 +24,11 @@ SHUTDOWN_TIMEOUT_S = 1.0
 
 
 async def serve(settings: MockSettings) -> None:
+    async with metrics.serving(MetricsSettings.from_env(Env()), "mockai"):
+        await _serve(settings)
+
+
+async def _serve(settings: MockSettings) -> None:
     runner = web.AppRunner(
         create_app(settings),
         # Cancel the handler as soon as the client disconnects, so disconnects are

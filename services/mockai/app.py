@@ -22,6 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from shared import http_metrics
 from shared.config import MOCK_HEADER, Secret
 
 from .faults import (
@@ -542,7 +543,8 @@ async def _identify(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def create_app(settings: MockSettings | None = None) -> web.Application:
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE,
+                          middlewares=[http_metrics.middleware("mockai")])
     app.on_response_prepare.append(_identify)
     settings = settings if settings is not None else MockSettings()
     app[SETTINGS_KEY] = settings

@@ -2,34 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import logs, redis_conn
+from shared import logs, metrics, redis_conn, rollup, tracing
 from shared.config import describe
 from shared.keys import Keys
+from shared.loops import until_redis_answers
 from shared.runtime import (
     healthcheck_if_asked,
     install_uvloop,
     on_stop_signals,
+    run_service,
     settings_or_exit,
 )
-from shared.store import Store
+from shared.store import make_store
+from shared.store_check import check_identity
 
 
 async def serve(settings: ProcessorSettings) -> None:
     redis = redis_conn.connect(settings.common.redis_url, wait_s=None,
                                max_connections=min(settings.concurrency + 32, 96))
-    store = Store(settings.common.store_path)
+    # patience_s=None: a finished result is retried until the store takes it, never dropped.
+    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
+                       patience_s=None)
     http = make_http(settings)
     try:
         await store.open()
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)
+        await until_redis_answers(  # a full Redis is waited out here too
+            lambda: check_identity(store, redis, Keys(settings.common.redis_prefix)),
+            "identity")
         processor = Processor(settings, redis, store, http)
         on_stop_signals(processor.stop)
-        await processor.run()
+        async with (metrics.serving(settings.metrics, "processor"),
+                    rollup.flushing(redis, processor.keys)):
+            await processor.run()
     finally:
         await http.aclose()
         await store.close()
@@ -45,7 +53,11 @@ def main() -> None:
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)
     install_uvloop()
-    asyncio.run(serve(settings))
+    tracing.setup("processor")
+    try:
+        run_service("processor", serve(settings))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ class ProviderStatus:
         self.redis, self.key = redis, keys.ai_status
         self._noted: tuple[bool, int] | None = None
 
-    async def note(self, *, streamed: bool | None = None, error: str | None = None) -> None:
+    async def note(self, *, streamed: bool | None = None, error: str | None = None,
+                   tenant: str = "") -> None:
+        """Note a success (``streamed``: did the provider stream) or a provider ``error``. An
+        error is kept per tenant: its message may quote the request of the task that caused
+        it, so only that task's tenant is shown it."""
         now = now_ms()
         fields: dict[str | bytes, str | int] = {}
         if streamed is not None:
@@ -27,7 +31,7 @@ class ProviderStatus:
             fields = {"streaming": "1" if streamed else "0", "streaming_at": now,
                       "success_at": now}
         if error is not None:
-            fields = {"error": error[:300], "error_at": now}
+            fields = {f"error:{tenant}": error[:300], f"error_at:{tenant}": now}
         if fields:
             try:
                 await self.redis.hset(self.key, mapping=fields)  # type: ignore[arg-type]

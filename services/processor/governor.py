@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from services.processor.assembler import ProviderError, Usage
-from shared import logs
+from shared import logs, metrics
 from shared.config import mask_url
 from shared.governor import (
     Admitted,
@@ -123,6 +123,8 @@ class Governor:
     def _seen(self, provider: str, room: Room) -> None:
         before = self.room()
         self.rooms[provider] = room
+        if provider == self.default:
+            metrics.set_governor(room.limit, room.in_flight)
         if (before > 0) != (self.room() > 0):
             self.on_change(self.room() > 0)
 

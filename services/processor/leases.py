@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared import logs
+from shared import logs, metrics
 from shared.keys import BATCHES_GROUP, Keys
+from shared.loops import cancel_if_asked
 from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import LeaseLost, Steps
 
@@ -37,6 +38,7 @@ class Lease:
         if not self.lost:
             self.lost = True
             log.warning("lease_lost", task_id=self.task_id, fence=self.fence)
+            metrics.leases_lost.inc()
             if self.on_lost is not None:
                 self.on_lost()
 
@@ -64,6 +66,7 @@ class LeaseKeeper:
     async def run(self, stopping: asyncio.Event, drained: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
         while not drained.is_set():
+            cancel_if_asked()
             try:
                 await self.renew_all()
             except WAIT_OUT as exc:
@@ -85,6 +88,7 @@ class LeaseKeeper:
                     lease.mark_lost()
                 else:
                     lease.renewed_at = sent
+                    metrics.lease_renewals.inc()
         if self.entries:
             await self.redis.xclaim(self.keys.batches_stream, BATCHES_GROUP, self.name, 0,
                                     list(self.entries), justid=True)

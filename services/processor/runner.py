@@ -4,6 +4,10 @@ Order of the final steps matters: the row goes to the store first (with our fenc
 task turns terminal in Redis, then the batch entry is acknowledged by the caller. A crash
 between any two steps leaves the task to be reclaimed, and the fenced, idempotent store write
 makes running those steps again harmless.
+
+An answer, once the provider has given it, is not thrown away for an outage: deltas that Redis
+could not take wait (clients get a ``reset`` and the text so far when it is back), and each
+finishing step waits for Redis or the store on its own, with the answer in memory.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from typing import Any, TypeVar
 
 import orjson
 
+from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion, OnDeltas, OnHeaders
-from shared import deadlines, logs, tasks
+from shared import deadlines, logs, metrics, tasks
+from shared.loops import until_redis_answers
+from shared.redis_conn import WAIT_OUT
 from shared.steps import (
     AlreadyTerminal,
     AttemptCounted,
@@ -35,7 +42,7 @@ from shared.steps import (
     Missing,
     Steps,
 )
-from shared.store import Store, TaskRow
+from shared.store import Store, TaskRow, store_unavailable
 from shared.timeutil import iso, now_ms
 
 log = logs.get("sluice.processor")
@@ -53,6 +60,7 @@ class Outcome(Enum):
     LOST = "lost"          # our lease was lost midway: the new holder finishes it
     HANDOFF = "handoff"    # we are draining: handed back unfinished
     CANCEL = "cancel"      # the client asked: stop the attempt, end the task cancelled
+    CRASHED = "crashed"    # its runs kept raising: left to be reclaimed (see worker._crashed)
 
 
 FINISHED = frozenset({Outcome.DONE, Outcome.ADOPTED, Outcome.TERMINAL, Outcome.MISSING})
@@ -114,6 +122,8 @@ class TaskRun:
         self.attempts = 0
         self.partial = Partial()
         self.usage: dict[str, int] | None = None
+        self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
+        self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
 
     # --- entry point --------------------------------------------------------------------------
@@ -148,6 +158,7 @@ class TaskRun:
             d.leases.drop(self.task_id)
 
     async def _owned(self, begun: Begun) -> Outcome:
+        telemetry.begun(begun)
         self.attempts = begun.attempts
         if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
             return Outcome.ADOPTED
@@ -186,7 +197,7 @@ class TaskRun:
                     return Outcome.LOST
                 attempts = self.attempts = counted_now
             counted = False
-            self.partial = Partial()
+            self.partial, self._unsent, self._resync = Partial(), [], False
             try:
                 done = await self._interruptible(self._call(request))
                 return await self._finish(h, tasks.SUCCEEDED, done, None, attempts)
@@ -196,7 +207,7 @@ class TaskRun:
                 return await self._finish(h, tasks.FAILED, None, deadline_error(), attempts)
             except ProviderError as err:
                 last_error = _error_dict(err)
-                await self.deps.status.note(error=err.message)
+                await self.deps.status.note(error=err.message, tenant=h.get("tenant", ""))
                 if self.deps.governor.enabled and is_rate_limit(err):
                     # A wait, not a failure: the attempt does not count, and the task waits
                     # for the governor again (which the refusal just paced).
@@ -217,20 +228,46 @@ class TaskRun:
 
     # --- one attempt --------------------------------------------------------------------------
     async def _call(self, request: dict[str, Any]) -> Completion:
-        steps, lease, partial = self.deps.steps, self.lease, self.partial
-        assert lease is not None
+        partial = self.partial
 
         async def on_deltas(deltas: list[Delta]) -> None:
             partial.add(deltas)
-            events = [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
-            if isinstance(await steps.emit(self.task_id, lease.token, events), LeaseLost):
-                lease.mark_lost()
+            self._unsent += [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
+            await self._send_events()
 
         async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
             completion = await self.deps.call(request, on_deltas, call.observe)
             call.used(completion.usage)
         await self.deps.status.note(streamed=completion.streamed)
         return completion
+
+    async def _send_events(self, *, wait: bool = False) -> None:
+        """Append the deltas Redis has not taken yet. While Redis is unreachable the answer
+        goes on streaming and they wait (``wait``: raise instead, to be retried). A failed
+        append may still have run, so what follows one is a ``reset`` and the whole text so
+        far: clients never see a delta twice."""
+        lease = self.lease
+        assert lease is not None
+        if self._resync:
+            p = self.partial
+            events = [(tasks.EV_RESET, orjson.dumps({"attempt": self.attempts}).decode())]
+            events += [(kind, orjson.dumps({"delta": "".join(parts)}).decode())
+                       for kind, parts in (("reasoning", p.reasoning), ("content", p.content),
+                                           ("refusal", p.refusal)) if parts]
+        else:
+            events = self._unsent
+        if not events:
+            return
+        try:
+            sent = await self.deps.steps.emit(self.task_id, lease.token, events)
+        except WAIT_OUT:
+            self._resync = True
+            if wait:
+                raise
+            return
+        self._unsent, self._resync = [], False
+        if isinstance(sent, LeaseLost):
+            lease.mark_lost()
 
     async def _reset_if_streamed(self) -> None:
         """Tell clients to drop what a refused call streamed: the answer starts again. A lost
@@ -313,6 +350,9 @@ class TaskRun:
         usage = self.usage = _usage_dict(done.usage if done else None)
         if status == tasks.CANCELLED:
             error = dict(tasks.CANCELLED_ERROR)
+        if not await until_redis_answers(self._still_ours, "finish", task_id=self.task_id):
+            log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
+            return Outcome.LOST
         completed = now_ms()
         row = TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=status, model=h.get("model"),
@@ -324,12 +364,16 @@ class TaskRun:
             batch_id=h.get("batch_id") or self.batch_id, processor=self.deps.processor,
             fence=lease.fence, created_at=int(h["created_at"]),
             started_at=int(h.get("started_at") or completed), completed_at=completed)
-        if not await self._still_ours():
-            log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
+        saved = await self._save(row, h)
+        if not saved:
+            log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
+                        task_id=self.task_id, fence=lease.fence)
+            if saved is False:
+                metrics.fence_rejections.inc()
             return Outcome.LOST
-        if not await self.deps.store.save_task(row):
-            log.warning("stale_write_refused", task_id=self.task_id, fence=lease.fence)
-            return Outcome.LOST
+        if self._unsent or self._resync:  # the deltas come before the terminal event
+            await until_redis_answers(lambda: self._send_events(wait=True), "emit",
+                                      task_id=self.task_id)
         result = None
         if status == tasks.SUCCEEDED or content or reasoning:
             result = tasks.result_dict(content, reasoning, finish, usage)
@@ -343,6 +387,32 @@ class TaskRun:
         self.status = status
         return Outcome.DONE
 
+    async def _save(self, row: TaskRow, h: dict[str, str]) -> bool | None:
+        """Store the row (and the task's Idempotency-Key, should the edge have failed to),
+        waiting out a store that cannot take writes now (disk full, an I/O error) while our
+        lease holds: the answer is kept, not generated again. False: a row with a higher
+        fence is there; None: our lease was lost while we waited."""
+        delay = 0.5
+        while True:
+            try:
+                await self._save_idempotency_key(h)
+                return await self.deps.store.save_task(row)
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
+                log.warning("store_write_failed", task_id=self.task_id, error=str(exc),
+                            retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if not await until_redis_answers(self._still_ours, "finish", task_id=self.task_id):
+                return None
+            row.fence = self.lease.fence if self.lease else row.fence
+
+    async def _save_idempotency_key(self, h: dict[str, str]) -> None:
+        if h.get("idem_key"):
+            await self.deps.store.save_idempotency_key(h.get("tenant", ""), h["idem_key"],
+                                                       self.task_id, h.get("idem_hash", ""))
+
     async def _still_ours(self) -> bool:
         """Whether our lease still holds, asking Redis only when time alone cannot tell."""
         lease, ttl = self.lease, self.deps.policy.lock_ttl_ms
@@ -351,9 +421,24 @@ class TaskRun:
             return True
         sent = time.monotonic()
         if isinstance(await self.deps.steps.renew(self.task_id, lease.token, ttl), LeaseLost):
+            return await self._take_back(sent)
+        lease.renewed_at = sent
+        return True
+
+    async def _take_back(self, sent: float) -> bool:
+        """Our lease ran out (a Redis outage longer than it) with the answer in hand: take the
+        task again under the same token (``begin`` is re-entrant) unless someone else holds
+        or finished it. The new fence outranks every earlier holder's row."""
+        lease, d = self.lease, self.deps
+        assert lease is not None
+        begun = await d.steps.begin(task_id=self.task_id, token=lease.token,
+                                    ttl_ms=d.policy.lock_ttl_ms, now=now_ms(),
+                                    processor=d.processor)
+        if not isinstance(begun, Begun):
             lease.mark_lost()
             return False
-        lease.renewed_at = sent
+        log.info("lease_taken_back", task_id=self.task_id, fence=begun.fence)
+        lease.fence, lease.lost, lease.renewed_at = begun.fence, False, sent
         return True
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
@@ -361,11 +446,12 @@ class TaskRun:
                         completed: int) -> bool:
         lease = self.lease
         assert lease is not None
-        done = await self.deps.steps.complete(
+        done = await until_redis_answers(lambda: self.deps.steps.complete(
             task_id=self.task_id, token=lease.token, status=status,
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
-            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view))
+            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view)),
+            "complete", task_id=self.task_id)
         return not isinstance(done, LeaseLost)
 
     async def _ensure_row_for_terminal(self) -> None:
@@ -375,6 +461,7 @@ class TaskRun:
         h = await d.steps.task_hash(self.task_id)
         if not h or await d.store.get_task(self.task_id) is not None:
             return
+        await self._save_idempotency_key(h)
         result = tasks.loads_or_none(h.get("result")) or {}
         usage = result.get("usage") or {}
         await d.store.save_task_if_absent(TaskRow(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from shared.config import Batching, Common, Env, Provider
 from shared.governor import Limits
 from shared.healthcheck import default_name
+from shared.metrics import MetricsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class ProcessorSettings:
     governor: bool
     limits: Limits
     task_deadline_s: float
+    metrics: MetricsSettings
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> ProcessorSettings:
@@ -57,4 +59,5 @@ class ProcessorSettings:
                 max_backoff_ms=int(1000 * env.number("GOVERNOR_MAX_BACKOFF_S", 30.0,
                                                      min_value=0.1))),
             task_deadline_s=env.number("TASK_DEADLINE_S", 86_400.0, min_value=1),
+            metrics=MetricsSettings.from_env(env),
         )

@@ -13,19 +13,20 @@ from typing import Any
 import httpx
 from redis.asyncio.client import PubSub
 
-from services.processor import provider
+from services.processor import provider, telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.deadlines import SWEEP_S, DeadlineSweeper
 from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
 from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
 from services.processor.settings import ProcessorSettings
-from shared import groups, logs
+from shared import groups, logs, metrics
 from shared.keys import BATCHES_GROUP, Keys
-from shared.loops import forever, sleep_unless, until_redis_answers
-from shared.redis_conn import UNAVAILABLE, RedisClient
+from shared.loops import cancel_if_asked, forever, sleep_unless, until_redis_answers
+from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient
+from shared.runtime import ServiceGroup
 from shared.steps import Steps
-from shared.store import BatchRow, Store
+from shared.store import BatchRow, Store, store_broken
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
@@ -53,8 +54,8 @@ class Processor:
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
             steps=self.steps, store=store,
-            call=lambda request, on_deltas, on_headers: provider.complete(
-                http, settings.provider, request, on_deltas, on_headers),
+            call=telemetry.observed(lambda request, on_deltas, on_headers: provider.complete(
+                http, settings.provider, request, on_deltas, on_headers)),
             leases=self.leases, status=ProviderStatus(redis, self.keys),
             policy=RunPolicy(max_attempts=settings.max_attempts,
                              retry_base_s=settings.retry_base_s,
@@ -89,7 +90,7 @@ class Processor:
             self._burst, self._poll_s = True, BURST_POLL_S
         await until_redis_answers(self._ensure_group, "groups")
         log.info("processor_started", name=self.name, concurrency=self.settings.concurrency)
-        async with asyncio.TaskGroup() as tg:
+        async with ServiceGroup() as tg:
             self._tg = tg
             tg.create_task(self.leases.run(self.stopping, self.drained))
             tg.create_task(self._forever(self._safe_report, "heartbeat",
@@ -194,16 +195,23 @@ class Processor:
         return not pending["pending"]
 
     async def _reclaim_once(self) -> None:
-        """Take over batch entries whose processor stopped renewing them (it died)."""
-        if self.free <= 0:
-            return
-        _next, entries, _deleted = await self.redis.xautoclaim(
-            self.keys.batches_stream, BATCHES_GROUP, self.name,
-            min_idle_time=self.settings.batching.lock_ttl_ms, start_id="0-0", count=1)
-        for entry_id, fields in entries:
-            if fields:
-                log.warning("reclaimed_batch", batch_id=fields.get("b"), entry=entry_id)
-                await self._start(entry_id, fields, fresh=False)
+        """Take over batch entries whose processor stopped renewing them (it died): all we
+        have room for, in one pass over the pending list, so recovery takes the lease plus
+        one scan however many batches the dead processor held. A batch holds at most
+        BATCH_SIZE tasks, so claiming free // BATCH_SIZE entries never overfills us."""
+        cursor = "0-0"
+        while self.free > 0 and not self.stopping.is_set():
+            cursor, entries, _deleted = await self.redis.xautoclaim(
+                self.keys.batches_stream, BATCHES_GROUP, self.name,
+                min_idle_time=self.settings.batching.lock_ttl_ms, start_id=cursor,
+                count=max(1, self.free // self.settings.batching.batch_size))
+            for entry_id, fields in entries:
+                if fields:
+                    log.warning("reclaimed_batch", batch_id=fields.get("b"), entry=entry_id)
+                    metrics.reclaims.labels("batches").inc()
+                    await self._start(entry_id, fields, fresh=False)
+            if cursor == "0-0":
+                return
 
     async def _start(self, entry_id: str, fields: dict[str, str], fresh: bool) -> None:
         """Own the entry at once: from here on only the batch task may let go of it, so a
@@ -215,6 +223,9 @@ class Processor:
         task = self._tg.create_task(self._run_batch(entry_id, fields, ids))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
+        if fresh:
+            metrics.batches_taken.inc()
+            metrics.batch_size.observe(len(ids))
         await self._safe_report(taken=len(ids) if fresh else 0)
 
     # --- running a batch ----------------------------------------------------------------------
@@ -231,19 +242,41 @@ class Processor:
                 await until_redis_answers(
                     lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
                     "ack", batch_id=batch_id)
-                await self.store.save_batch(BatchRow(
+                await self._save_batch(BatchRow(
                     id=batch_id, size=len(ids), reason=fields.get("r", "size"),
                     processor=self.name, created_at=int(fields.get("at") or now_ms()),
                     claimed_at=claimed_at, completed_at=now_ms()))
         finally:
             self.leases.entries.discard(entry_id)
 
+    async def _save_batch(self, row: BatchRow) -> None:
+        """The batch's row is a record, not a result: failing to write it fails nothing."""
+        try:
+            await self.store.save_batch(row)
+        except Exception as exc:
+            if store_broken(exc):
+                raise
+            log.warning("batch_row_not_saved", batch_id=row.id, error=repr(exc))
+
     async def _run_task(self, task_id: str, batch_id: str) -> Outcome:
+        crashes = 0
         try:
             while True:
+                cancel_if_asked()
                 run = TaskRun(self.deps, task_id, batch_id)
                 self.runs[task_id] = run
-                outcome = await until_redis_answers(run.run, "task", task_id=task_id)
+                try:
+                    outcome = await until_redis_answers(run.run, "task", task_id=task_id)
+                except Exception as exc:
+                    if store_broken(exc):
+                        raise  # the store is unusable: this process cannot go on
+                    crashes += 1
+                    await self._crashed(run, exc, crashes)
+                    if crashes > self.settings.max_attempts:
+                        return Outcome.CRASHED
+                    continue
+                if outcome in (Outcome.DONE, Outcome.ADOPTED):
+                    telemetry.finished(run.status)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
                     return Outcome.HANDOFF if outcome is Outcome.BUSY else outcome
                 # Someone else holds it and is alive (it renews): look again in a while.
@@ -252,6 +285,22 @@ class Processor:
             self.runs.pop(task_id, None)
             self._set_inflight(-1)
             await self._safe_report()
+
+    async def _crashed(self, run: TaskRun, exc: Exception, crashes: int) -> None:
+        """An unexpected error in one task's run (a bug, a value the store refuses): it stays
+        with that task. The task is run again at once; each run that reaches the provider
+        counts an attempt in Redis, so a task that keeps crashing its holder ends ``failed``
+        after MAX_ATTEMPTS (``attempts_exhausted``) like one whose holders died. A run that
+        crashes before it counts an attempt (it never reaches the provider) is given up here
+        after MAX_ATTEMPTS + 1 runs and left unacknowledged: reclaimed after a lease, it costs
+        a log line per lease, never a provider call or a process."""
+        log.error("task_crashed", task_id=run.task_id, crashes=crashes, error=repr(exc),
+                  exc_info=exc)
+        if run.lease is not None:
+            try:
+                await self.steps.release_lease(run.task_id, run.lease.token)
+            except WAIT_OUT:
+                pass  # it expires; the next run waits for it
 
     async def _safe_report(self, taken: int = 0) -> None:
         """Ask for a capacity report. Reports asked for while one is on its way go out
@@ -280,6 +329,7 @@ class Processor:
         await pubsub.subscribe(self.keys.cancel_channel)
         try:
             while not self.stopping.is_set():
+                cancel_if_asked()
                 message = await pubsub.get_message(timeout=self._poll_s)
                 if message is not None:
                     run = self.runs.get(str(message["data"]))

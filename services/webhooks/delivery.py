@@ -27,6 +27,7 @@ from services.webhooks import events, signing, ssrf
 from shared import logs, loops
 from shared.redis_conn import UNAVAILABLE
 from shared.steps import HELD
+from shared.store_sqlite import sqlite_only
 from shared.webhook_store import (
     DELIVERED,
     FAILED,
@@ -45,7 +46,7 @@ SEND_PAGE = 64
 class WebhookRunner:
     def __init__(self, edge: Edge, http: ssrf.ClientSession) -> None:
         self.edge, self.http = edge, http
-        self.store = WebhookStore(edge.store)
+        self.store = WebhookStore(sqlite_only(edge.store))
         self.settings = edge.settings.webhooks
         self.token = secrets.token_hex(16)
         self.holding = False

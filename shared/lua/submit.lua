@@ -10,7 +10,10 @@
 -- ARGV[6] body hash ('' when no Idempotency-Key), ARGV[7] idempotency TTL (s),
 -- ARGV[8] data of the first status event, ARGV[9] task TTL while not finished (s),
 -- ARGV[10] submissions allowed per rate window (0: no limit), ARGV[11] rate window (ms),
--- ARGV[12] tasks allowed queued or running at once (0: no limit)
+-- ARGV[12] tasks allowed queued or running at once (0: no limit), ARGV[13] the Idempotency-Key
+-- (kept in the task hash: its holder writes it to the store with the task's row, so the
+-- durable record exists even when the edge could not write it),
+-- ARGV[14] W3C traceparent of the edge's submit span ('' when tracing is off)
 -- Returns {'created', id} | {'existing', id} | {'conflict', id}
 --       | {'rate_limited', seconds until the window resets} | {'too_many_active', '1'}
 local now = tonumber(ARGV[5])
@@ -51,6 +54,10 @@ redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('EXPIRE', KEYS[6], ARGV[9])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'tenant', ARGV[2], 'status', QUEUED,
   'request', ARGV[3], 'model', ARGV[4], 'created_at', ARGV[5], 'attempts', '0', 'fence', '0')
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'idem_key', ARGV[13], 'idem_hash', ARGV[6])
+end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[14]) end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('XADD', KEYS[2], '*', 'e', EV_STATUS, 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[9])

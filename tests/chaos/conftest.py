@@ -8,10 +8,17 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis
 
 from shared.keys import Keys
 from tests.harness import Service, Stack, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _on_each_store(stack_store: str) -> str:
+    """Every test here runs on each store (tests/conftest.py: stack_store)."""
+    return stack_store
 
 LEASE_MS = 2000
 CHAOS_ENV = {

@@ -11,10 +11,14 @@ from pathlib import Path
 import httpx
 import openai
 import orjson
+import pytest
 
 from tests.chaos.conftest import CHAOS_ENV, RECOVERY_LIMIT_S
 from tests.harness import Stack, running_stack, wait_for
 from tests.integration.batch_kit import line, mock_text
+
+# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
+pytestmark = pytest.mark.sqlite_store_only
 
 LINES = 60
 KEY = "sk-chaos-batch"
@@ -34,7 +38,8 @@ def replace(stack: Stack, module: str) -> None:
 
 def test_kill_9_every_service_during_a_batch_keeps_every_line_exactly_once(
         tmp_path: Path, redis_url: str) -> None:
-    env = {**CHAOS_ENV, "EDGE_API_KEYS": f"{KEY}:alpha", "BATCH_TICK_S": "0.05",
+    env = {**CHAOS_ENV, "EDGE_API_KEYS": f"{KEY}:alpha", "BATCH_API": "1",
+           "BATCH_TICK_S": "0.05",
            "BATCH_LINES_IN_FLIGHT": "8", "BATCH_RUNNER_LEASE_MS": "1000",
            "PROCESSOR_CONCURRENCY": "8"}
     tag = uuid.uuid4().hex[:8]

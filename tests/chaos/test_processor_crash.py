@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -95,16 +94,13 @@ def test_a_stored_result_is_never_sent_to_the_provider_again(
         victim.kill(signal.SIGSTOP)
         h = task_hash(stack, task_id)
         # The row the holder wrote just before it died (same shape the processor writes).
-        conn = sqlite3.connect(stack.store_path)
-        with conn:
-            conn.execute(
-                "INSERT INTO tasks (id, tenant, status, model, request, content, "
-                "reasoning_content, finish_reason, attempts, fence, created_at, completed_at, "
-                "processor) VALUES (?, ?, 'succeeded', ?, ?, 'stored answer', '', 'stop', 1, ?, "
-                "?, ?, ?)",
-                (task_id, h["tenant"], h["model"], h["request"], int(h["fence"]),
-                 int(h["created_at"]), int(h["created_at"]) + 1, victim_name))
-        conn.close()
+        rows(stack.store_path,
+             "INSERT INTO tasks (id, tenant, status, model, request, content, "
+             "reasoning_content, finish_reason, attempts, fence, created_at, completed_at, "
+             "processor) VALUES (?, ?, 'succeeded', ?, ?, 'stored answer', '', 'stop', 1, ?, "
+             "?, ?, ?)",
+             task_id, h["tenant"], h["model"], h["request"], int(h["fence"]),
+             int(h["created_at"]), int(h["created_at"]) + 1, victim_name)
         victim.kill(signal.SIGKILL)
         task = api.wait_terminal(task_id, RECOVERY_LIMIT_S + 10)
         assert task["status"] == "succeeded"

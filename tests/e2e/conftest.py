@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.client import Api, rows
+
+
+@pytest.fixture(autouse=True)
+def _on_each_store(stack_store: str) -> str:
+    """Every test here runs on each store (tests/conftest.py: stack_store)."""
+    return stack_store
+
 
 __all__ = ["Api", "rows"]

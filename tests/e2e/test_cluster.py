@@ -23,6 +23,9 @@ from shared.keys import Keys
 from tests.e2e.conftest import rows
 from tests.harness import ROOT, RedisClusterServers, running_stack, wait_for
 
+# The store plays no part of its own here: on the first store only (tests/conftest.py).
+pytestmark = pytest.mark.first_store_only
+
 SAME_AS_ON_ONE_REDIS: list[Callable[[Path, str, Any], None]] = [
     pipeline.test_a_prompt_is_answered_with_content_and_reasoning,
     pipeline.test_timer_flushes_a_lone_task_on_time,

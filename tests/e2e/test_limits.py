@@ -7,11 +7,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from shared.keys import Keys
 from shared.timeutil import now_ms
 from tests.harness import running_stack, wait_for
+
+# The store plays no part of its own here: on the first store only (tests/conftest.py).
+pytestmark = pytest.mark.first_store_only
 
 KEY_A, KEY_B = "sk-limits-alpha-8d1e", "sk-limits-beta-2f7a"
 KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"

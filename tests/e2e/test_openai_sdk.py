@@ -20,7 +20,8 @@ MESSAGES: Any = [{"role": "user", "content": "Why is the sky blue?"}]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
+          stack_store: str) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("sdk"), redis_url,
                        env={"RETRY_BASE_S": "0.05"}) as s:
         yield s

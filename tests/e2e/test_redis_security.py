@@ -12,6 +12,9 @@ import redis
 
 from tests.harness import RedisServer, make_tls_files, running_stack
 
+# The store plays no part of its own here: on the first store only (tests/conftest.py).
+pytestmark = pytest.mark.first_store_only
+
 PASSWORD = "canary-redis-pw-3b9f0c"
 
 

@@ -14,6 +14,9 @@ import pytest
 
 from tests.harness import running_stack
 
+# The store plays no part of its own here: on the first store only (tests/conftest.py).
+pytestmark = pytest.mark.first_store_only
+
 KEY = "sk-schemathesis-7d01c5e3"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 SEED = "20261128"

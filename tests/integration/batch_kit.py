@@ -75,6 +75,7 @@ async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
                     **env: str) -> AsyncIterator[BatchRig]:
     edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
                 "EDGE_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "BATCH_TICK_S": "0.02",
+                "BATCH_API": "1",
                 **env}
     async with running_edge(core.redis_url, tmp, **edge_env) as edge:
         coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")

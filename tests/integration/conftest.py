@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -17,7 +16,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.steps import Steps
-from shared.store import Store
+from shared.store import make_store
 from tests.integration.kit import Core
 
 
@@ -54,8 +53,8 @@ async def mock_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def core(redis_url: str, redis: RedisClient, keys: Keys, steps: Steps, mock_url: str,
-               tmp_path: Path) -> AsyncIterator[Core]:
-    store = Store(str(tmp_path / "sluice.db"))
+               store_url: str) -> AsyncIterator[Core]:
+    store = make_store(store_url)
     await store.open()
     c = Core(redis_url=redis_url, redis=redis, keys=keys, steps=steps, store=store,
              mock_url=mock_url)

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared.config import Env
+from shared.keys import Keys
 
 
 @dataclass
@@ -30,8 +31,11 @@ class EdgeUnderTest:
         return self.settings.common.redis_prefix
 
     async def redis_keys(self) -> list[str]:
-        """Every key under this edge's prefix (all of them share the ``{prefix}`` hash tag)."""
-        return sorted([k async for k in self.redis.scan_iter(match=f"{{{self.prefix}}}:*")])
+        """Every key under this edge's prefix (all of them share the ``{prefix}`` hash tag),
+        but the deployment id, which the edge writes once at start-up, not per request."""
+        start_up = Keys(self.prefix).deployment
+        return sorted([k async for k in self.redis.scan_iter(match=f"{{{self.prefix}}}:*")
+                       if k != start_up])
 
     def store_rows(self, table: str) -> int:
         conn = sqlite3.connect(self.store_path)
@@ -51,7 +55,7 @@ async def running_edge(redis_url: str, tmp: Path, **env: str) -> AsyncIterator[E
     await client.start_server()
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        yield EdgeUnderTest(client, settings, r, Path(settings.common.store_path))
+        yield EdgeUnderTest(client, settings, r, Path(settings.common.store_url.get()))
     finally:
         await client.close()
         await r.aclose()

@@ -62,3 +62,25 @@ async def test_an_unreachable_provider_is_not_known_to_be_anything(
         redis_url: str, tmp_path: Path) -> None:
     status = await ai_status(redis_url, tmp_path, AI_BASE_URL="http://127.0.0.1:9/v1")
     assert status["mock"] is None
+
+
+async def test_a_provider_error_is_shown_only_to_the_tenant_whose_task_caused_it(
+        redis_url: str, tmp_path: Path) -> None:
+    """A provider's error message can quote a tenant's request: another tenant must not read
+    it in /api/ai-status."""
+    from services.processor.ai_status import ProviderStatus
+    from shared.keys import Keys
+
+    keys = "key-of-acme:acme,key-of-globex:globex"
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=keys) as edge:
+        await ProviderStatus(edge.redis, Keys(edge.prefix)).note(
+            error="acme's prompt was too long", tenant="acme")
+
+        async def last_error(key: str) -> Any:
+            r = await edge.client.get("/api/ai-status",
+                                      headers={"Authorization": f"Bearer {key}"})
+            assert r.status == 200
+            return (await r.json())["last_error"]
+
+        assert await last_error("key-of-acme") == "acme's prompt was too long"
+        assert await last_error("key-of-globex") is None

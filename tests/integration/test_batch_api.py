@@ -13,6 +13,9 @@ import pytest
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
 from tests.integration.kit import Core, until
 
+# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
+pytestmark = pytest.mark.sqlite_store_only
+
 
 @pytest.fixture
 async def rig(core: Core, tmp_path: Path) -> BatchRig:  # type: ignore[misc]

@@ -14,7 +14,8 @@ from tests.integration.edge_client import running_edge
 
 KEY_A, KEY_B = "sk-alpha-5be1c0a7d2", "sk-beta-91f3e6b2aa"
 KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"
-PUBLIC = {"/api/health", "/api/openapi.json"}
+# The dashboard's page and files hold no data: the page asks for a key for /api/admin/*.
+PUBLIC = {"/api/health", "/api/openapi.json", "/dashboard", "/dashboard/static"}
 SOME_ID = "tsk_" + "0" * 32
 
 
@@ -29,10 +30,11 @@ def protected_routes() -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def test_routes_needing_a_key_are_every_api_and_v1_route() -> None:
+def test_routes_needing_a_key_are_every_api_and_v1_route_and_metrics() -> None:
     paths = {p for _, p in protected_routes()}
-    assert {"/api/tasks", f"/api/tasks/{SOME_ID}", "/v1/chat/completions"} <= paths
-    assert all(p.startswith(("/api/", "/v1/")) for p in paths)
+    assert {"/api/tasks", f"/api/tasks/{SOME_ID}", "/v1/chat/completions", "/metrics",
+            "/api/admin/overview", f"/api/admin/tasks/{SOME_ID}/retry"} <= paths
+    assert all(p.startswith(("/api/", "/v1/")) or p == "/metrics" for p in paths)
 
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", "Bearer wrong-key",

@@ -25,7 +25,7 @@ STORE_ONLY = {("POST", "/v1/files"), ("DELETE", "/v1/files/{id}"), ("POST", "/v1
 
 
 def writing_routes() -> set[tuple[str, str]]:
-    app = create_app(EdgeSettings.from_env(Env({})))
+    app = create_app(EdgeSettings.from_env(Env({"BATCH_API": "1"})))
     return {(r.method, r.resource.canonical) for r in app.router.routes()
             if r.method not in READS and r.resource is not None}
 
@@ -40,7 +40,7 @@ async def snapshot(edge: EdgeUnderTest) -> dict[str, tuple[bytes | None, bool]]:
 
 async def test_every_write_gets_503_queue_full_and_changes_nothing(
         own_redis: RedisServer, tmp_path: Path) -> None:
-    async with running_edge(own_redis.url, tmp_path) as edge:
+    async with running_edge(own_redis.url, tmp_path, BATCH_API="1") as edge:
         c = edge.client
         queued = (await (await c.post("/api/tasks", json={"prompt": "a"})).json())["id"]
         failed = (await (await c.post("/api/tasks", json={"prompt": "b"})).json())["id"]
@@ -50,6 +50,7 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
             ("POST", "/api/tasks"): ("/api/tasks", {"prompt": "c"}),
             ("DELETE", "/api/tasks/{id}"): (f"/api/tasks/{queued}", None),
             ("POST", "/api/tasks/{id}/retry"): (f"/api/tasks/{failed}/retry", None),
+            ("POST", "/api/admin/tasks/{id}/retry"): (f"/api/admin/tasks/{failed}/retry", None),
             ("POST", "/v1/chat/completions"): ("/v1/chat/completions", {
                 "model": model, "messages": [{"role": "user", "content": "d"}]}),
         }

@@ -109,6 +109,9 @@ CASES = {
     "release": Case(leased, lambda s: s.release_lease(T, TOKEN), True),
     "handoff": Case(nothing, lambda s: s.handoff(
         entry_id="1-1", batch_id="b1", now=NOW, task_ids=[T]), True),
+    "trace": Case(lambda r: queued(r, traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+                  lambda s: s.hand_on_traces({T: "00-" + "1" * 32 + "-" + "3" * 16 + "-01"}),
+                  True),
     # The provider governor's steps (shared/governor.py).
     "admit": Case(queued, lambda s: gov(s).admit("p", T, SLOT, NOW, 30_000, 10), False),
     "settle": Case(slot_held, lambda s: gov(s).settle(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from services.edge.app import create_app
+from services.edge.auth import ADMIN_PREFIX, DASHBOARD_PREFIX, METRICS_PATH
 from services.edge.openapi import document
 from services.edge.settings import EdgeSettings
 from shared.config import Env
@@ -15,13 +16,17 @@ from tests.integration.edge_client import running_edge
 KEYED = Env({"EDGE_API_KEYS": "k-doc-1:alpha", "MAX_MESSAGES": "7", "MAX_TEXT_CHARS": "900",
              "MAX_TOKENS_LIMIT": "321"})
 METHODS = {"get", "post", "put", "patch", "delete"}
+OPERATOR_PATHS = (METRICS_PATH, DASHBOARD_PREFIX, ADMIN_PREFIX)
 
 
 def router_operations(settings: EdgeSettings) -> set[tuple[str, str]]:
+    """The client API's routes; the operator's (/metrics, the dashboard and its /api/admin/
+    data) are not part of the document."""
     app = create_app(settings)
     return {(route.method.lower(), route.resource.canonical)
             for route in app.router.routes()
-            if route.method != "HEAD" and route.resource is not None}
+            if route.method != "HEAD" and route.resource is not None
+            and not route.resource.canonical.startswith(OPERATOR_PATHS)}
 
 
 def documented_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:

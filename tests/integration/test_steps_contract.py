@@ -73,6 +73,7 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     await redis.set(keys.flush_lock, "lock-token")
     await steps.renew_lock(keys.flush_lock, "lock-token", 5000)
     await steps.release_lock(keys.flush_lock, "lock-token")
+    await steps.hand_on_traces({a: "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
 
     assert set(steps.sent) == set(scripts.NAMES), "a script no step method called"
     for name in scripts.NAMES:

@@ -22,8 +22,11 @@ from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
 from tests.integration.kit import Core, submit, until
 
+# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
+pytestmark = pytest.mark.sqlite_store_only
+
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
-HOOK_ENV = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
+HOOK_ENV = {"BATCH_API": "true", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
             "WEBHOOK_RETRY_BASE_S": "0.05"}
 
 
@@ -186,7 +189,8 @@ async def test_rotation_keeps_the_old_secret_valid_during_the_grace_period(
 
 async def test_private_targets_are_refused_without_the_setting(
         redis_url: str, tmp_path: Path) -> None:
-    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha") as edge:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
         for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/x", "http://169.254.169.254/",
                     "http://[::1]/x", "http://localhost:8080/", "http://192.168.0.7/",
                     "ftp://example.com/", "http://[::ffff:127.0.0.1]/"):

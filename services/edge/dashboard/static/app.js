@@ -1,0 +1,322 @@
+// Sluice dashboard: plain JS, no build step, nothing loaded from the internet.
+// Reads /api/admin/* with the key typed in the page (kept in this tab's sessionStorage).
+"use strict";
+
+const KEY_ITEM = "sluice-dashboard-key";
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const $ = (id) => document.getElementById(id);
+let overview = null;
+const followed = new Map();  // task id -> {el, controller}
+
+function key() { return sessionStorage.getItem(KEY_ITEM) || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (key()) headers.Authorization = "Bearer " + key();
+  const r = await fetch(path, Object.assign({}, options, { headers }));
+  if (r.status === 401 || r.status === 403) {
+    const body = await r.json().catch(() => ({}));
+    showAuthError((body.error && body.error.message) || "refused");
+    throw new Error("unauthorized");
+  }
+  return r;
+}
+
+function showAuthError(message) {
+  const el = $("auth-error");
+  el.textContent = "Access refused: " + message +
+    ". Enter an admin key (EDGE_ADMIN_KEYS) or your API key above.";
+  el.hidden = false;
+  document.querySelector("main").hidden = true;  // nothing to show without a key
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function row(cells) {
+  const tr = el("tr");
+  for (const c of cells) {
+    const td = el("td");
+    if (c instanceof Node) td.appendChild(c); else td.textContent = c === null ? "" : String(c);
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function taskLink(id) {
+  const a = el("a", id);
+  a.href = "#task/" + id;
+  return a;
+}
+
+// --- charts: lines on a canvas ------------------------------------------------------------
+function drawChart(canvas, times, series) {
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
+  canvas.width = w * ratio; canvas.height = h * ratio;
+  const g = canvas.getContext("2d");
+  g.scale(ratio, ratio);
+  g.clearRect(0, 0, w, h);
+  const left = 44, right = 8, top = 8, bottom = 22;
+  let max = 0;
+  for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
+  max = niceMax(max);
+  g.strokeStyle = "#d7dce3"; g.fillStyle = "#667085"; g.font = "11px system-ui";
+  for (let i = 0; i <= 4; i++) {
+    const y = top + (h - top - bottom) * i / 4;
+    g.beginPath(); g.moveTo(left, y); g.lineTo(w - right, y); g.stroke();
+    const label = max * (4 - i) / 4;
+    g.fillText(Number.isInteger(label) ? String(label) : label.toFixed(2), 2, y + 4);
+  }
+  const n = times.length;
+  const x = (i) => left + (w - left - right) * (n <= 1 ? 0 : i / (n - 1));
+  const y = (v) => top + (h - top - bottom) * (1 - v / max);
+  for (let i = 0; i < n; i += 15) {
+    const t = new Date(times[i]);
+    g.fillText(t.toTimeString().slice(0, 5), x(i) - 12, h - 6);
+  }
+  let legend = left + 6;
+  for (const s of series) {
+    g.strokeStyle = s.color; g.lineWidth = 2; g.beginPath();
+    let started = false;
+    s.values.forEach((v, i) => {
+      if (v === null) { started = false; return; }
+      if (!started) { g.moveTo(x(i), y(v)); started = true; } else g.lineTo(x(i), y(v));
+    });
+    g.stroke();
+    g.fillStyle = s.color;
+    s.values.forEach((v, i) => {  // a dot on each minute with data: one minute is no line
+      if (v !== null && v > 0) { g.beginPath(); g.arc(x(i), y(v), 2.5, 0, 7); g.fill(); }
+    });
+    g.fillStyle = s.color; g.fillText(s.name, legend, top + 10);
+    legend += g.measureText(s.name).width + 14;
+  }
+}
+
+// The axis top: 1, 2 or 5 times a power of ten, at or above the largest value (4 even steps).
+function niceMax(max) {
+  if (max <= 0) return 1;
+  const step = Math.pow(10, Math.floor(Math.log10(max / 4)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (4 * m * step >= max) return 4 * m * step;
+  return 40 * step;
+}
+
+function drawHistory(history) {
+  const times = history.map((m) => m.t);
+  const v = (f) => history.map((m) => m[f] || 0);
+  const mean = (s, n) => history.map((m) => (m[n] ? m[s] / m[n] : null));
+  drawChart($("chart-throughput"), times, [
+    { name: "submitted", color: "#2563eb", values: v("submitted") },
+    { name: "finished", color: "#15803d", values: v("finished") },
+    { name: "failed", color: "#b42318", values: v("failed") }]);
+  drawChart($("chart-depth"), times, [
+    { name: "waiting", color: "#b54708", values: history.map((m) => m.depth || 0) }]);
+  drawChart($("chart-wait"), times, [
+    { name: "queue wait (s)", color: "#7c3aed", values: mean("queue_wait_s", "queue_wait_n") }]);
+  drawChart($("chart-ttft"), times, [
+    { name: "TTFT (s)", color: "#0891b2", values: mean("ttft_s", "ttft_n") }]);
+}
+
+// --- views --------------------------------------------------------------------------------
+function renderOverview(o) {
+  const access = $("access");
+  access.hidden = false;
+  access.textContent = o.access === "open"
+    ? "Open edge: no API keys are set, so this dashboard is open to anyone who can reach it."
+    : o.access === "admin" ? "Admin key: every tenant is shown."
+      : "Tenant key: only tenant " + o.tenant + "'s tasks are shown.";
+  $("auth-error").hidden = true;
+  document.querySelector("main").hidden = false;
+  const cards = Object.entries(o.depth).map(([state, n]) => {
+    const c = el("div", null, "card");
+    c.append(el("b", n), el("span", state.replace("_", " ")));
+    return c;
+  });
+  $("depth-cards").replaceChildren(...cards);
+  drawHistory(o.history);
+  $("why").replaceChildren(...o.why_waiting.map((w) => el("li", w)));
+  const b = o.open_batch;
+  $("open-batch").textContent = `${b.size} task(s) open; flushes at ${b.batch_size} tasks, ` +
+    `after ${b.timeout_ms} ms${b.flush_at ? " (due " + b.flush_at + ")" : ""}` +
+    `${b.adaptive ? ", or at once when a processor has room" : ""}.`;
+  fill($("tenants"), Object.entries(o.waiting_by_tenant).map(([t, n]) => row([t, n])));
+  fill($("processors"), o.processors.map((p) =>
+    row([p.name, p.alive ? "yes" : "no", p.busy, p.free, p.heartbeat_expires_at])));
+  fill($("coordinators"), o.coordinators.map((c) =>
+    row([c.name, c.alive ? "yes" : "no", c.heartbeat_expires_at])));
+  const p = o.provider;
+  const items = [["model", p.model],
+    ["streaming", p.streaming === null ? "not known yet" : p.streaming ? "yes" : "no (JSON)"],
+    ["last success", p.last_success_at || "-"], ["last error", p.last_error || "-"],
+    ["last error at", p.last_error_at || "-"],
+    ["429s (last hour)", sum(o.history, "rate_limited")],
+    ["pauses for Retry-After (last hour)", sum(o.history, "pauses")],
+    ["pacing (governor)", p.pacing.length ? p.pacing.map((g) =>
+      `${g.model || g.id}: window ${g.window ?? g.limit}, in flight ${g.in_flight}` +
+      `${g.paused_until ? ", paused until " + g.paused_until : ""}` +
+      `, 429s in the last minute ${g.rate_limited_last_minute}`).join("; ")
+      : "no governor state"]];
+  $("provider").replaceChildren(...items.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+}
+
+function sum(history, field) {
+  return history.reduce((n, m) => n + (m[field] || 0), 0);
+}
+
+async function refreshOverview() {
+  const r = await api("/api/admin/overview");
+  overview = await r.json();
+  renderOverview(overview);
+}
+
+async function refreshLive() {
+  const r = await api("/api/admin/live");
+  const { data } = await r.json();
+  for (const t of data) if (!followed.has(t.id)) follow(t);
+  if (!followed.size) $("live-list").replaceChildren(el("p", "No task in flight.", "hint"));
+}
+
+function follow(task) {
+  const box = el("div", null, "live-task");
+  box.id = "live-" + task.id;
+  const head = el("div");
+  const status = el("b", task.status, "status status-" + task.status);
+  head.append(taskLink(task.id), " ", el("span", task.tenant, "hint"), " ", status);
+  const reasoning = el("div", "", "tokens reasoning");
+  const content = el("div", "", "tokens content");
+  box.append(head, reasoning, content);
+  const list = $("live-list");
+  if (!followed.size) list.replaceChildren();
+  list.prepend(box);
+  const controller = new AbortController();
+  followed.set(task.id, { box, controller });
+  stream(task.id, controller, (type, data) => {
+    if (type === "content") content.textContent += data.delta;
+    else if (type === "reasoning") reasoning.textContent += data.delta;
+    else if (type === "reset") { content.textContent = ""; reasoning.textContent = ""; }
+    else if (type === "status" && data.status) setStatus(status, data.status);
+    else if (data && data.status) setStatus(status, data.status);
+  });
+}
+
+function setStatus(node, s) {
+  node.textContent = s;
+  node.className = "status status-" + s;
+}
+
+async function stream(id, controller, onEvent) {
+  // fetch, not EventSource: EventSource cannot send the Authorization header.
+  const r = await api(`/api/admin/tasks/${id}/events`, { signal: controller.signal });
+  if (!r.ok || !r.body) return;
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let type = "message"; const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) type = line.slice(7);
+        else if (line.startsWith("data: ")) data.push(line.slice(6));
+      }
+      if (data.length) {
+        try { onEvent(type, JSON.parse(data.join("\n"))); } catch (e) { /* keep-alive */ }
+      }
+    }
+  }
+}
+
+async function refreshDead() {
+  const r = await api("/api/admin/dead-letters");
+  const { data } = await r.json();
+  fill($("dead"), data.map((t) => {
+    const button = el("button", "Retry");
+    button.id = "retry-" + t.id;
+    button.disabled = t.status !== "failed";
+    button.onclick = async () => {
+      button.disabled = true;
+      const res = await api(`/api/admin/tasks/${t.id}/retry`, { method: "POST" });
+      if (res.ok) location.hash = "#task/" + t.id;
+      else button.textContent = "Retry refused: " + res.status;
+    };
+    const err = t.error ? `${t.error.code || ""} ${t.error.message || ""}` : "";
+    return row([taskLink(t.id), t.tenant, t.status, t.attempts, err, t.failed_at, button]);
+  }));
+}
+
+async function refreshTask(id) {
+  const r = await api("/api/admin/tasks/" + id);
+  if (!r.ok) { $("task-meta").replaceChildren(el("dt", "error"), el("dd", r.status)); return; }
+  const t = await r.json();
+  $("task-id").textContent = t.id;
+  const meta = [["status", t.status], ["tenant", t.tenant], ["model", t.model],
+    ["attempts", t.attempts], ["batch", t.batch_id], ["processor", t.processor],
+    ["created", t.created_at], ["started", t.started_at], ["completed", t.completed_at],
+    ["metadata", JSON.stringify(t.metadata)],
+    ["error", t.error ? JSON.stringify(t.error) : "-"]];
+  if (t.request) meta.push(["request", JSON.stringify(t.request)]);
+  $("task-meta").replaceChildren(...meta.flatMap(([k, v]) => {
+    const dd = el("dd", v === null || v === undefined ? "-" : v);
+    if (k === "status") dd.className = "status status-" + v;
+    return [el("dt", k), dd];
+  }));
+  $("task-meta").dataset.status = t.status;
+  $("task-result").textContent = t.result ? (t.result.content || "") : "(no result yet)";
+  $("task-events").replaceChildren(...t.events.map((e) =>
+    el("li", `${e.type}: ${JSON.stringify(e.data)}`)));
+}
+
+// --- routing and refresh ------------------------------------------------------------------
+function route() {
+  const hash = location.hash.slice(1) || "overview";
+  const [view, arg] = hash.split("/");
+  document.querySelectorAll(".view").forEach((v) => v.classList.remove("active"));
+  const section = $("view-" + view) || $("view-overview");
+  section.classList.add("active");
+  document.querySelectorAll("#tabs a").forEach((a) =>
+    a.classList.toggle("active", a.getAttribute("href") === "#" + view));
+  return { view, arg };
+}
+
+let busy = false;
+async function tick() {
+  if (busy) return;
+  busy = true;
+  try {
+    const { view, arg } = route();
+    await refreshOverview();
+    if (view === "live") await refreshLive();
+    if (view === "dead") await refreshDead();
+    if (view === "task" && arg) await refreshTask(arg);
+    if (view === "overview" && overview) drawHistory(overview.history);
+  } catch (e) {
+    if (e.message !== "unauthorized") console.error(e);
+  } finally {
+    busy = false;
+  }
+}
+
+$("key-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $("key").value.trim());
+  $("key").value = "";
+  for (const f of followed.values()) f.controller.abort();
+  followed.clear();
+  tick();
+});
+window.addEventListener("hashchange", tick);
+tick();
+setInterval(tick, 1000);

@@ -1,0 +1,252 @@
+"""Prometheus metrics of every service, in one place.
+
+Call sites stay one line (``metrics.tasks_finished.labels(status, tenant).inc()``); the names,
+help texts, buckets and label rules live here. Names follow Prometheus conventions (a
+``sluice_`` prefix, base units, ``_total`` counters); the LLM figures are named after vLLM's
+(time to first token, inter-token latency, e2e request latency, prompt and generation tokens)
+so existing dashboards read them.
+
+Cardinality is bounded by construction: no label ever holds a task id, routes are the router's
+templates, and the tenant label is empty (Prometheus drops an empty label, so the series has no
+tenant at all) unless ``METRICS_TENANT_LABEL=true``, and then holds at most
+``METRICS_MAX_TENANTS`` tenants, the rest counted as ``other``.
+
+Each process registers into prometheus-client's default registry, which also carries the
+process collector (CPU seconds, memory, open fds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from shared import logs
+from shared.config import Env, Secret
+
+log = logs.get("sluice.metrics")
+OTHER_TENANT = "other"
+
+# --- buckets (seconds): LLM calls run from milliseconds to many minutes ------------------------
+_TTFT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+         80.0, 160.0, 320.0, 640.0)
+_ITL = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+        10.0, 20.0, 40.0, 80.0)
+_LONG = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+         600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+_HTTP = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZE = (1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    port: int            # METRICS_PORT: the coordinator's, processor's and mock's listener
+    host: str
+    tenant_label: bool
+    max_tenants: int
+    token: Secret[str]   # METRICS_TOKEN: a bearer token for the edge's /metrics ('': none)
+
+    @classmethod
+    def from_env(cls, env: Env, default_port: int = 0) -> MetricsSettings:
+        return cls(
+            port=env.integer("METRICS_PORT", default_port, min_value=0, max_value=65535),
+            host=env.text("METRICS_HOST", "0.0.0.0"),
+            tenant_label=env.flag("METRICS_TENANT_LABEL", False),
+            max_tenants=env.integer("METRICS_MAX_TENANTS", 100, min_value=1, max_value=10_000),
+            token=Secret(env.optional("METRICS_TOKEN") or ""),
+        )
+
+
+class TenantLabels:
+    """The tenant label's value: '' when off, the tenant for the first ``cap`` tenants seen,
+    then 'other'. The first come keep their series for the life of the process."""
+
+    def __init__(self, enabled: bool = False, cap: int = 100) -> None:
+        self.enabled, self.cap = enabled, cap
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, tenant: str) -> str:
+        if not self.enabled:
+            return ""
+        if tenant in self._seen:
+            return tenant
+        with self._lock:
+            if len(self._seen) < self.cap:
+                self._seen.add(tenant)
+                return tenant
+        return OTHER_TENANT
+
+
+tenant_label = TenantLabels()
+
+
+def configure(settings: MetricsSettings) -> None:
+    """Apply the settings that shape labels (once, at start)."""
+    global tenant_label
+    tenant_label = TenantLabels(settings.tenant_label, settings.max_tenants)
+
+
+def tenant(name: str) -> str:
+    return tenant_label(name)
+
+
+# --- edge -------------------------------------------------------------------------------------
+tasks_submitted = Counter("sluice_tasks_submitted", "Tasks accepted (202) by the edge.",
+                          ["tenant"])
+tasks_requeued = Counter("sluice_tasks_requeued",
+                         "Failed tasks put back in the queue (the retry endpoint or button).")
+http_requests = Counter("sluice_http_requests", "HTTP requests answered, by route template.",
+                        ["service", "route", "method", "status"])
+http_duration = Histogram("sluice_http_request_duration_seconds",
+                          "Time to answer an HTTP request (a stream: until it ends).",
+                          ["service", "route"], buckets=_HTTP)
+sse_clients = Gauge("sluice_sse_clients", "Clients connected to a task's event stream.")
+events_relayed = Counter("sluice_events_relayed", "Task events sent to clients over SSE.")
+queue_depth = Gauge("sluice_queue_depth", "Tasks by where they wait, read from Redis at scrape "
+                    "time (queued: not yet in a batch; open_batch: in the batch being filled; "
+                    "batched: flushed, not yet taken; running: on a processor; dead: dead "
+                    "letters).", ["state"])
+processors_alive = Gauge("sluice_processors_alive", "Processors with a live heartbeat.")
+processor_free_slots = Gauge("sluice_processor_free_slots",
+                             "Free task slots of the live processors, together.")
+coordinators_alive = Gauge("sluice_coordinators_alive", "Coordinators with a live heartbeat.")
+
+# --- coordinator ------------------------------------------------------------------------------
+tasks_placed = Counter("sluice_tasks_placed", "Task stream entries this coordinator placed "
+                       "into the open batch (a reclaimed entry counts again).")
+reclaims = Counter("sluice_reclaims", "Stream entries taken over from a dead consumer.",
+                   ["what"])
+
+# --- processor --------------------------------------------------------------------------------
+tasks_finished = Counter("sluice_tasks_finished", "Tasks this processor made terminal.",
+                         ["status", "tenant"])
+task_retries = Counter("sluice_task_retries", "Provider calls made again for a task after a "
+                       "retryable failure (or after its previous holder died).")
+tasks_dead_lettered = Counter("sluice_tasks_dead_lettered",
+                              "Tasks that failed for good and went to the dead letters.")
+queue_wait = Histogram("sluice_queue_wait_seconds",
+                       "From submit to the task's first provider call.", buckets=_LONG)
+e2e_latency = Histogram("sluice_e2e_request_latency_seconds",
+                        "From submit to terminal: the task's whole duration.", buckets=_LONG)
+ttft = Histogram("sluice_time_to_first_token_seconds",
+                 "From the provider call to its first token (reasoning or content).",
+                 buckets=_TTFT)
+itl = Histogram("sluice_inter_token_latency_seconds", "Between two pieces of a streamed answer "
+                "as they arrive (one network read can carry several tokens).", buckets=_ITL)
+tokens = Counter("sluice_tokens", "Tokens by kind, as the provider reported them.", ["kind"])
+prompt_tokens = Counter("sluice_prompt_tokens", "Prompt tokens processed (vLLM's name).")
+generation_tokens = Counter("sluice_generation_tokens",
+                            "Generated tokens, reasoning included (vLLM's name).")
+provider_requests = Counter("sluice_provider_requests", "Provider calls by HTTP status "
+                            "('error': no status, the connection failed or timed out).",
+                            ["code"])
+provider_rate_limited = Counter("sluice_provider_rate_limited",
+                                "Provider answers 429 (rate limited).")
+provider_pauses = Counter("sluice_provider_pauses", "Waits before a retry the provider asked "
+                          "for with Retry-After.")
+provider_pause_seconds = Counter("sluice_provider_pause_seconds",
+                                 "Seconds asked for by the provider's Retry-After, capped.")
+provider_in_flight = Gauge("sluice_provider_calls_in_flight",
+                           "Provider calls open right now on this processor.")
+# Issue 11's governor: its window and calls in flight. It sets these through set_governor().
+governor_window = Gauge("sluice_governor_window",
+                        "The provider governor's window: calls it lets run at once.")
+governor_in_flight = Gauge("sluice_governor_calls_in_flight",
+                           "Calls the provider governor has let through and not yet seen end.")
+batches_taken = Counter("sluice_batches_taken", "Batches a processor took from the stream.")
+batch_size = Histogram("sluice_batch_size", "Tasks per batch, as processors take them.",
+                       buckets=_SIZE)
+lease_renewals = Counter("sluice_lease_renewals", "Task leases renewed.")
+leases_lost = Counter("sluice_leases_lost", "Task leases found taken by another holder.")
+fence_rejections = Counter("sluice_fence_rejections", "Result writes refused because a newer "
+                           "holder's fence was already stored.")
+
+# --- everyone ---------------------------------------------------------------------------------
+redis_errors = Counter("sluice_redis_errors", "Redis calls that failed (unreachable, timeout), "
+                       "by loop.", ["loop"])
+store_errors = Counter("sluice_store_errors", "Store writes that failed.")
+
+
+class BatchesFlushed(Collector):
+    """``sluice_batches_flushed_total{reason}``: batches flushed by reason (size: full; timer;
+    idle: adaptive, processors had room; forced: the end of a burst). batch.lua counts them in
+    Redis, so the figure is cluster-wide, read at scrape time: the coordinator serves it
+    (take ``max`` across coordinators, not ``sum``)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+
+    def update(self, stats: dict[str, str]) -> None:
+        self.counts = {k.removeprefix("batches_"): float(v) for k, v in stats.items()
+                       if k.startswith("batches_")}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("sluice_batches_flushed", self.__doc__.split(":")[0]
+                                     if self.__doc__ else "", labels=["reason"])
+        for reason, n in sorted(self.counts.items()):
+            family.add_metric([reason], n)
+        yield family
+
+
+@contextlib.asynccontextmanager
+async def sse_client() -> AsyncIterator[None]:
+    """Counts a client on a task's event stream while the block runs."""
+    sse_clients.inc()
+    try:
+        yield
+    finally:
+        sse_clients.dec()
+
+
+def set_governor(window: int, in_flight: int) -> None:
+    """The hook for the provider governor (issue 11)."""
+    governor_window.set(window)
+    governor_in_flight.set(in_flight)
+
+
+def exposition() -> bytes:
+    return _generate_latest(REGISTRY)
+
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: MetricsSettings, service: str,
+                  refresh: Callable[[], Awaitable[None]] | None = None
+                  ) -> AsyncIterator[int | None]:
+    """Serve ``/metrics`` on ``METRICS_PORT`` (nothing when it is 0) while the block runs;
+    yields the bound port. ``refresh`` updates scrape-time figures before each answer."""
+    configure(settings)
+    if not settings.port:
+        yield None
+        return
+    from aiohttp import web  # the mock and the services have it; kept out of import time
+
+    async def handle(_request: web.Request) -> web.Response:
+        if refresh is not None:
+            try:
+                await refresh()
+            except Exception as exc:  # a scrape still answers what the process knows
+                log.warning("metrics_refresh_failed", error=type(exc).__name__)
+        return web.Response(body=exposition(), content_type=CONTENT_TYPE,
+                            charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("metrics_listening", service=service, port=settings.port)
+    try:
+        yield settings.port
+    finally:
+        await runner.cleanup()
