@@ -84,6 +84,16 @@ class Keys:
         return f"{self._p}:lock:flush"
 
     @property
+    def batch_runner_lock(self) -> str:
+        """Lock (SET NX PX, renewed) of the one edge running the OpenAI batches."""
+        return f"{self._p}:lock:batch-runner"
+
+    @property
+    def webhooks_lock(self) -> str:
+        """Lock (SET NX PX, renewed) of the one edge sending due webhook deliveries."""
+        return f"{self._p}:lock:webhooks"
+
+    @property
     def dead_letters(self) -> str:
         """Sorted set: dead-lettered task ids scored by time."""
         return f"{self._p}:dead"

@@ -306,6 +306,10 @@ class Steps:
         """``release.lua`` on a lock: compare-and-delete. KEYS: the lock. ARGV: token."""
         return HELD if await self._call("release", [key], [token]) else LEASE_LOST
 
+    async def renew_lock(self, key: str, token: str, ttl_ms: int) -> Held | LeaseLost:
+        """``renew.lua`` on a lock: compare-and-expire. KEYS: the lock. ARGV: token, TTL."""
+        return HELD if await self._call("renew", [key], [token, ttl_ms]) else LEASE_LOST
+
     # --- processor --------------------------------------------------------------------------
     async def report_capacity(self, *, name: str, free: int, expiry_ms: int, taken: int,
                               inflight: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,7 +129,27 @@ class SqliteStore(Store):
         return _transaction(
             conn, lambda: [conn.execute(_SQL[i.op], i.params).rowcount > 0 for i in items])
 
+    async def write_together(self, statements: Sequence[tuple[str, tuple[Any, ...]]]
+                             ) -> list[bool]:
+        """Run raw SQLite statements in one transaction of their own: all of them or none
+        (for the modules that own their tables: files, batches, webhooks). The one writer
+        thread orders it with the group commits; whether each statement changed a row."""
+        conn = self._wconn
+        assert conn is not None, "store not opened"
+        batch = list(statements)
+
+        def run() -> list[bool]:
+            return _transaction(
+                conn, lambda: [conn.execute(sql, params).rowcount > 0 for sql, params in batch])
+        out = await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        self.transactions += 1
+        return out
+
     # --- reads -------------------------------------------------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection (for the modules that own their tables)."""
+        return await self._read(fn)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._rconn
         assert conn is not None, "store not opened"
@@ -171,3 +191,11 @@ class SqliteStore(Store):
 
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+
+def sqlite_only(store: Store) -> SqliteStore:
+    """The store as SQLite, for the Batch API and webhooks (their SQL is SQLite's). The edge
+    serves neither on another store (settings.batch_api_on), so this never fails there."""
+    if not isinstance(store, SqliteStore):
+        raise NotImplementedError(f"the Batch API needs the SQLite store, not {store.backend}")
+    return store

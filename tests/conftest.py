@@ -29,12 +29,14 @@ def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
     nothing of its own) run on the first of STORES only, to keep `make test` short;
     TEST_EVERY_STORE=1 runs them on every store too. Tests marked sqlite_only are about the
-    SQLite file itself (deleted, replaced, corrupt, out of disk) and run on SQLite alone."""
+    SQLite file itself (deleted, replaced, corrupt, out of disk), or need it (the Batch API and
+    webhooks are served on SQLite only for now), and run on SQLite alone."""
     every = os.environ.get("TEST_EVERY_STORE") == "1"
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        store = callspec.params.get("stack_store") if callspec else None
+        params = callspec.params if callspec else {}
+        store = params.get("stack_store", params.get("store_url"))
         later = store is not None and store != STORES[0]
         not_sqlite = store is not None and store != "sqlite"
         dropped = ((later and not every and item.get_closest_marker("first_store_only"))
@@ -43,6 +45,7 @@ def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
 
 LAYERS = ("unit", "integration", "e2e", "chaos")
 TESTS_DIR = Path(__file__).resolve().parent

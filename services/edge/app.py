@@ -7,10 +7,13 @@ import time
 from aiohttp import web
 
 from services.edge import (
+    batch_api,
+    batch_runner,
     dashboard,
     dead_letters,
     events,
     feeds,
+    files,
     metrics_view,
     openai_api,
     openapi,
@@ -22,6 +25,8 @@ from services.edge.auth import authenticate
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
 from services.edge.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
+from services.webhooks import delivery
+from services.webhooks import views as webhooks
 from shared import logs, metrics, tracing
 
 log = logs.get("sluice.edge")
@@ -91,4 +96,28 @@ def create_app(settings: EdgeSettings) -> web.Application:
     dashboard.add_routes(app)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
+    if settings.batch_api_on:
+        _add_batch_api(app)
     return app
+
+
+def _add_batch_api(app: web.Application) -> None:
+    """BATCH_API on a SQLite store: the routes, the batch runner and the webhook sender."""
+    app.cleanup_ctx.append(batch_runner.runner_ctx)
+    app.cleanup_ctx.append(delivery.webhooks_ctx)
+    r = app.router
+    r.add_post("/v1/files", files.upload)
+    r.add_get("/v1/files", files.list_files)
+    r.add_get("/v1/files/{id}", files.get_file)
+    r.add_get("/v1/files/{id}/content", files.file_content)
+    r.add_delete("/v1/files/{id}", files.delete_file)
+    r.add_post("/v1/batches", batch_api.create)
+    r.add_get("/v1/batches", batch_api.list_batches)
+    r.add_get("/v1/batches/{id}", batch_api.retrieve)
+    r.add_post("/v1/batches/{id}/cancel", batch_api.cancel)
+    r.add_post("/api/webhooks", webhooks.create_endpoint)
+    r.add_get("/api/webhooks", webhooks.list_endpoints)
+    r.add_post("/api/webhook-secret/rotate", webhooks.rotate_secret)
+    r.add_delete("/api/webhooks/{id}", webhooks.delete_endpoint)
+    r.add_post("/api/webhooks/{id}/test", webhooks.send_test)
+    r.add_get("/api/webhooks/{id}/deliveries", webhooks.list_deliveries)

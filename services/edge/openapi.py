@@ -17,11 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
+from services.edge import openapi_batches
 from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
 from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
+from services.webhooks import openapi as webhooks_openapi
 from shared import deadlines, tasks
 
 Schema = dict[str, Any]
@@ -399,6 +401,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
+        **(openapi_batches.paths(s) | webhooks_openapi.paths() if s.batch_api_on else {}),
     }
 
 
@@ -417,7 +420,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),
             "Error": _ERROR, "OpenAIError": _OPENAI_ERROR, "ChatCompletion": _CHAT,
             "ModelList": _MODELS, "Health": _HEALTH, "AsyncStatus": _ASYNC, "AiStatus": _AI,
-            "DeadLetters": _DEAD}},
+            "DeadLetters": _DEAD, **openapi_batches.SCHEMAS}},
     }
     if not settings.open_access:
         doc["components"]["securitySchemes"] = {

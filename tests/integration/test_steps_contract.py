@@ -71,6 +71,7 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     await steps.retry(task_id=a, tenant="acme", now=now, task_ttl_s=60,
                       stored=StoredTask("{}", "m", now, 1))
     await redis.set(keys.flush_lock, "lock-token")
+    await steps.renew_lock(keys.flush_lock, "lock-token", 5000)
     await steps.release_lock(keys.flush_lock, "lock-token")
     await steps.hand_on_traces({a: "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
 

@@ -17,7 +17,13 @@ from shared.store_postgres import PG_MIGRATIONS_DIR
 from shared.store_sqlite import apply_migrations, migration_files, split_statements
 
 # SQLite's declared type -> what PostgreSQL reports for its twin. SQLite INTEGER is 64-bit.
-TYPES = {"INTEGER": "bigint", "TEXT": "text", "TIMESTAMP": "timestamp without time zone"}
+TYPES = {"INTEGER": "bigint", "TEXT": "text", "BLOB": "bytea",
+         "TIMESTAMP": "timestamp without time zone"}
+# The Batch API's and webhooks' tables (migration 0003): compared like the core ones.
+BATCH_TABLES = ("files", "file_parts", "openai_batches", "batch_lines", "webhook_secrets",
+                "webhook_endpoints", "task_webhooks", "webhook_deliveries", "webhook_attempts",
+                "webhook_cursor")
+COMPARED = (*TABLES, *BATCH_TABLES)
 
 
 def sqlite_schema(path: Path) -> dict[str, Any]:
@@ -25,7 +31,7 @@ def sqlite_schema(path: Path) -> dict[str, Any]:
     try:
         apply_migrations(conn)
         out: dict[str, Any] = {}
-        for table in TABLES:
+        for table in COMPARED:
             cols = conn.execute(f"PRAGMA table_info({table})").fetchall()
             indexes = {
                 name: [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
@@ -48,7 +54,7 @@ async def postgres_schema(url: str) -> dict[str, Any]:
     conn = await asyncpg.connect(url)
     try:
         out: dict[str, Any] = {}
-        for table in TABLES:
+        for table in COMPARED:
             cols = await conn.fetch(
                 "SELECT column_name, data_type, is_nullable, column_default "
                 "FROM information_schema.columns WHERE table_name = $1 "
@@ -80,8 +86,8 @@ async def test_both_migration_sets_give_the_same_tables_columns_and_indexes(
         tmp_path: Path, pg_url: str) -> None:
     lite = sqlite_schema(tmp_path / "schema.db")
     pg = await postgres_schema(pg_url)
-    assert set(lite) == set(pg) == set(TABLES)
-    for table in TABLES:
+    assert set(lite) == set(pg) == set(COMPARED)
+    for table in COMPARED:
         assert lite[table] == pg[table], table
     assert lite["tasks"]["indexes"]  # the comparison saw the indexes at all
 

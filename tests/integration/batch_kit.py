@@ -1,0 +1,97 @@
+"""The Batch API's test rig: the real edge on a local port (its batch runner included), the
+real coordinator and processor loops in process, one Redis prefix and one SQLite file, the real
+mock provider; and the official ``openai`` SDK, unchanged, as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+
+from services.mockai.text import content_tokens, digest_prompt
+from tests.integration.edge_client import EdgeUnderTest, running_edge
+from tests.integration.kit import Core
+
+KEY_A, KEY_B = "sk-batch-alpha-1", "sk-batch-beta-2"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class BatchRig:
+    edge: EdgeUnderTest
+    client: openai.AsyncOpenAI
+    other: openai.AsyncOpenAI  # a key of another tenant
+    core: Core
+
+    async def upload(self, lines: list[bytes] | bytes) -> str:
+        data = lines if isinstance(lines, bytes) else b"\n".join(lines) + b"\n"
+        f = await self.client.files.create(file=("requests.jsonl", data), purpose="batch")
+        return f.id
+
+    async def run(self, lines: list[bytes] | bytes, **create: Any) -> Any:
+        file_id = await self.upload(lines)
+        batch = await self.client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+            **create)
+        return batch
+
+    async def wait(self, batch_id: str, statuses: tuple[str, ...] = TERMINAL,
+                   within_s: float = 60) -> Any:
+        async with asyncio.timeout(within_s):
+            while True:  # the SDK's own way: retrieve until done
+                batch = await self.client.batches.retrieve(batch_id)
+                if batch.status in statuses:
+                    return batch
+                await asyncio.sleep(0.05)
+
+    async def jsonl(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        content = await self.client.files.content(file_id)
+        return [orjson.loads(line) for line in content.text.splitlines() if line.strip()]
+
+
+def line(custom_id: str, prompt: str, tokens: int = 5, url: str = "/v1/chat/completions",
+         **mock: Any) -> bytes:
+    body = {"model": "mock-r1", "messages": [{"role": "user", "content": prompt}],
+            "metadata": {"mock": {"content_tokens": tokens, "reasoning_tokens": 0, **mock}}}
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+
+def mock_text(prompt: str, tokens: int = 5) -> str:
+    """What the mock provider answers to this prompt: its text is a function of the prompt."""
+    seed = digest_prompt([{"role": "user", "content": prompt}]).seed
+    return "".join(content_tokens(seed, tokens))
+
+
+@contextlib.asynccontextmanager
+async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
+                    **env: str) -> AsyncIterator[BatchRig]:
+    edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
+                "EDGE_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "BATCH_TICK_S": "0.02",
+                "BATCH_API": "1",
+                **env}
+    async with running_edge(core.redis_url, tmp, **edge_env) as edge:
+        coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")
+        processor = core.processor(PROCESSOR_CONCURRENCY=str(concurrency))
+        base = str(edge.client.make_url("/v1"))
+        client = openai.AsyncOpenAI(base_url=base, api_key=KEY_A, max_retries=0)
+        other = openai.AsyncOpenAI(base_url=base, api_key=KEY_B, max_retries=0)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(coordinator.run())
+                tg.create_task(processor.run())
+                try:
+                    yield BatchRig(edge, client, other, core)
+                finally:
+                    coordinator.stop()
+                    processor.stop()
+        finally:
+            await client.close()
+            await other.close()

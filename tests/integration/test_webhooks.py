@@ -1,0 +1,260 @@
+"""Webhooks end to end: a receiver started by the test verifies every signature with the
+``standardwebhooks`` reference package; retries keep the webhook-id; private targets are
+refused; a rotated secret's predecessor verifies during the grace period only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from services.webhooks import ssrf
+from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
+from tests.integration.edge_client import running_edge
+from tests.integration.kit import Core, submit, until
+
+# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
+pytestmark = pytest.mark.sqlite_only
+
+AUTH = {"Authorization": f"Bearer {KEY_A}"}
+HOOK_ENV = {"BATCH_API": "true", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
+            "WEBHOOK_RETRY_BASE_S": "0.05"}
+
+
+@dataclass
+class Receiver:
+    """An HTTP receiver that records what it gets and fails the first ``fail`` requests."""
+
+    fail: int = 0
+    answer: int = 500
+    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.got.append((dict(request.headers), await request.read()))
+        if len(self.got) <= self.fail:
+            return web.Response(status=self.answer, headers={"Location": self.url + "/moved"})
+        return web.Response(text="ok")
+
+    def events(self, secret: str) -> list[dict[str, Any]]:
+        """Every payload received, each verified by the reference implementation."""
+        hook = Webhook(secret)
+        return [hook.verify(body, headers) for headers, body in self.got]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", r.handle)
+    app.router.add_post("/hook/moved", r.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    r.url = str(server.make_url("/hook"))
+    yield r
+    await server.close()
+
+
+async def register(rig: BatchRig, url: str, events: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url}
+    if events is not None:
+        body["events"] = events
+    r = await rig.edge.client.post("/api/webhooks", json=body, headers=AUTH)
+    assert r.status == 201, await r.text()
+    return dict(await r.json())
+
+
+async def test_a_task_event_is_signed_and_verifies_with_the_reference_package(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url, ["task.succeeded"])
+        secret = endpoint["secret"]
+        assert secret.startswith("whsec_")
+        again = await register(rig, receiver.url)
+        assert "secret" not in again, "the secret is shown once"
+        listed = await (await rig.edge.client.get("/api/webhooks", headers=AUTH)).json()
+        assert all("secret" not in e for e in listed["data"])
+        beta = {"Authorization": f"Bearer {KEY_B}"}
+        theirs = await (await rig.edge.client.get("/api/webhooks", headers=beta)).json()
+        assert theirs == {"data": []}, "endpoints belong to their tenant"
+        for method, path in (("DELETE", ""), ("POST", "/test"), ("GET", "/deliveries")):
+            r = await rig.edge.client.request(
+                method, f"/api/webhooks/{endpoint['id']}{path}", headers=beta)
+            assert r.status == 404, (method, path)
+        r = await rig.edge.client.post("/api/tasks", headers=AUTH, json={
+            "prompt": "hello", "webhook_url": receiver.url + "?mine=1"})
+        assert r.status == 202, await r.text()
+        task_id = (await r.json())["id"]
+        # the first endpoint (task.succeeded), the second (every event), the task's own URL
+        await until(lambda: asyncio.sleep(0, len(receiver.got) >= 3))
+        payloads = receiver.events(secret)
+        assert {p["type"] for p in payloads} == {"task.succeeded"}
+        assert {p["data"]["id"] for p in payloads} == {task_id}
+        assert {p["data"]["status"] for p in payloads} == {"succeeded"}
+        assert len({h["webhook-id"] for h, _b in receiver.got}) == 3, "one id per target"
+        for headers, _body in receiver.got:
+            assert abs(int(headers["webhook-timestamp"]) - time.time()) < 300
+            assert headers["webhook-signature"].startswith("v1,")
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB").verify(
+                receiver.got[0][1], receiver.got[0][0])
+
+
+async def test_a_batch_event_follows_the_batch(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        secret = (await register(rig, receiver.url, ["batch.completed"]))["secret"]
+        batch = await rig.run([line("a", "one"), line("b", "two")])
+        await rig.wait(batch.id)
+        await until(lambda: asyncio.sleep(0, receiver.got))
+        [event] = receiver.events(secret)
+        assert event["type"] == "batch.completed"
+        assert event["data"] == {"id": batch.id, "status": "completed"}
+
+
+async def test_a_receiver_that_fails_three_times_gets_the_same_webhook_id(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    receiver.fail = 3
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url)
+        r = await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
+        assert r.status == 202
+        delivery_id = (await r.json())["delivery_id"]
+
+        async def delivered() -> list[dict[str, Any]] | None:
+            resp = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
+                                             headers=AUTH)
+            data = (await resp.json())["data"]
+            return data if data and data[0]["state"] == "delivered" else None
+        [d] = await until(delivered)
+        assert d["id"] == delivery_id and d["attempts"] == 4
+        assert [a["status"] for a in d["attempt_log"]] == [500, 500, 500, 200]
+        assert [h["webhook-id"] for h, _b in receiver.got] == [delivery_id] * 4
+        assert len({b for _h, b in receiver.got}) == 1, "the same body every time"
+        payloads = receiver.events(endpoint["secret"])
+        assert {p["type"] for p in payloads} == {"webhook.test"}
+        gaps = [b["at"] - a["at"] for a, b in zip(d["attempt_log"], d["attempt_log"][1:],
+                                                   strict=False)]
+        assert gaps == sorted(gaps), "the waits grow"
+
+
+async def test_a_redirect_is_not_followed(core: Core, tmp_path: Path,
+                                          receiver: Receiver) -> None:
+    receiver.fail, receiver.answer = 1, 302
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url)
+        await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
+        await until(lambda: asyncio.sleep(0, len(receiver.got) >= 2))
+        resp = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
+                                         headers=AUTH)
+        log = (await resp.json())["data"][0]["attempt_log"]
+        assert log[0]["status"] == 302, "a redirect is a failed attempt, retried as such"
+
+
+async def test_rotation_keeps_the_old_secret_valid_during_the_grace_period(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    async with batch_rig(core, tmp_path, WEBHOOK_ROTATION_GRACE_S="2", **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url)
+        old = endpoint["secret"]
+        r = await rig.edge.client.post("/api/webhook-secret/rotate", headers=AUTH)
+        rotated = await r.json()
+        new, until_s = rotated["secret"], rotated["previous_valid_until"]
+        assert new != old and new.startswith("whsec_")
+
+        async def test_event() -> tuple[dict[str, str], bytes]:
+            before = len(receiver.got)
+            await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
+            await until(lambda: asyncio.sleep(0, len(receiver.got) > before))
+            return receiver.got[-1]
+
+        headers, body = await test_event()
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        Webhook(old).verify(body, headers)
+        Webhook(new).verify(body, headers)
+        await until(lambda: asyncio.sleep(0, time.time() > until_s + 1), within_s=10)
+        headers, body = await test_event()
+        Webhook(new).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old).verify(body, headers)
+
+
+async def test_private_targets_are_refused_without_the_setting(
+        redis_url: str, tmp_path: Path) -> None:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
+        for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/x", "http://169.254.169.254/",
+                    "http://[::1]/x", "http://localhost:8080/", "http://192.168.0.7/",
+                    "ftp://example.com/", "http://[::ffff:127.0.0.1]/"):
+            r = await edge.client.post("/api/webhooks", json={"url": url}, headers=AUTH)
+            assert r.status == 422, (url, await r.text())
+            r = await edge.client.post("/api/tasks", headers=AUTH,
+                                       json={"prompt": "x", "webhook_url": url})
+            assert r.status == 422, (url, await r.text())
+        assert await edge.redis_keys() == [], "nothing queued"
+    # A name is checked on what it resolves to, the address connected to.
+    with pytest.raises(ssrf.BlockedAddress):
+        await ssrf.SafeResolver(allow_private=False).resolve("localhost", 80)
+    assert await ssrf.SafeResolver(allow_private=True).resolve("localhost", 80)
+
+
+def test_delivery_payloads_are_thin() -> None:
+    from services.webhooks.events import deliveries
+    [d] = deliveries("acme", "task.failed", "tsk_1", {"status": "failed"}, [("we_1", "u")])
+    payload = orjson.loads(d.payload)
+    assert set(payload) == {"id", "type", "created_at", "data"}
+    assert payload["data"] == {"id": "tsk_1", "status": "failed"}
+    [again] = deliveries("acme", "task.failed", "tsk_1", {"status": "failed"}, [("we_1", "u")])
+    assert again.id == d.id, "the same event and target is the same delivery"
+
+
+async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
+           "EDGE_API_KEYS": f"{KEY_A}:alpha", **HOOK_ENV}
+    async with running_edge(core.redis_url, tmp_path, **env) as edge:
+        r = await edge.client.post("/api/webhooks", json={"url": receiver.url}, headers=AUTH)
+        secret = (await r.json())["secret"]
+
+        async def scanned() -> bool:  # the edge has read the tasks table once
+            return bool(await core.store.read(lambda c: c.execute(
+                "SELECT 1 FROM webhook_cursor").fetchone()))
+        await until(scanned)
+    task_id = await submit(core.steps, tenant="alpha")
+    await core.burst()  # the task runs and ends while no edge is up
+    assert receiver.got == []
+    async with running_edge(core.redis_url, tmp_path, **env):
+        await until(lambda: asyncio.sleep(0, receiver.got))
+    [event] = receiver.events(secret)
+    assert event["type"] == "task.succeeded" and event["data"]["id"] == task_id
+
+
+async def test_deleting_an_endpoint_ends_its_pending_deliveries(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    receiver.fail = 1000
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        endpoint = await register(rig, receiver.url)
+        await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
+        await until(lambda: asyncio.sleep(0, receiver.got))
+        r = await rig.edge.client.delete(f"/api/webhooks/{endpoint['id']}", headers=AUTH)
+        assert r.status == 200
+
+        async def state() -> str:
+            return str(await core.store.read(lambda c: c.execute(
+                "SELECT state FROM webhook_deliveries").fetchone()[0]))
+        await until(lambda: _equals(state(), "failed"))
+        r = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
+                                      headers=AUTH)
+        assert r.status == 404
+
+
+async def _equals(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
