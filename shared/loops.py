@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import ResponseError
@@ -85,3 +86,27 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+@contextlib.asynccontextmanager
+async def in_background(tick: Callable[[], Awaitable[object]], what: str,
+                        pause: float) -> AsyncIterator[None]:
+    """Run ``tick`` every ``pause`` seconds in the background while the context is open (an
+    edge's side jobs, in its ``cleanup_ctx``). A full or unreachable Redis is waited out by
+    :func:`forever`; any other error of one tick is logged and the next tick runs, so one bad
+    row never stops the service. On exit the loop stops and is awaited: no orphan task."""
+    async def step() -> None:
+        try:
+            await tick()
+        except WAIT_OUT:
+            raise
+        except Exception:
+            log.exception("background_tick_failed", loop=what)
+
+    stopping = asyncio.Event()
+    task = asyncio.create_task(forever(step, what, stopping, pause=pause))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await task

@@ -41,7 +41,6 @@ from shared.batch_store import (
     Statement,
     save_file_statements,
 )
-from shared.redis_conn import UNAVAILABLE
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
 from shared.store_sqlite import sqlite_only
 from shared.timeutil import now_ms
@@ -246,22 +245,9 @@ async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
     """The runner as a background task of the edge, stopped (and its lease given back) when
     the edge stops."""
     runner = BatchRunner(app[EDGE])
-    stopping = asyncio.Event()
-
-    async def step() -> None:
-        try:
-            await runner.tick()
-        except UNAVAILABLE:
-            raise  # waited out by loops.forever
-        except Exception:  # one bad batch must not stop the others, nor the edge
-            log.exception("batch_runner_error")
-
-    task = asyncio.create_task(loops.forever(step, "batch-runner", stopping,
-                                             pause=runner.settings.tick_s))
     try:
-        yield
+        async with loops.in_background(runner.tick, "batch-runner", runner.settings.tick_s):
+            yield
     finally:
-        stopping.set()
-        await task
         with contextlib.suppress(Exception):
             await runner.release()

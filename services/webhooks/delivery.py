@@ -25,7 +25,6 @@ from aiohttp import ClientError, web
 from services.edge.context import EDGE, Edge
 from services.webhooks import events, signing, ssrf
 from shared import logs, loops
-from shared.redis_conn import UNAVAILABLE
 from shared.steps import HELD
 from shared.store_sqlite import sqlite_only
 from shared.webhook_store import (
@@ -131,23 +130,10 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     edge = app[EDGE]
     http = ssrf.session(edge.settings.webhooks)
     runner = WebhookRunner(edge, http)
-    stopping = asyncio.Event()
-
-    async def step() -> None:
-        try:
-            await runner.tick()
-        except UNAVAILABLE:
-            raise
-        except Exception:  # a bad row must not stop the edge
-            log.exception("webhook_runner_error")
-
-    task = asyncio.create_task(loops.forever(step, "webhooks", stopping,
-                                             pause=runner.settings.tick_s))
     try:
-        yield
+        async with loops.in_background(runner.tick, "webhooks", runner.settings.tick_s):
+            yield
     finally:
-        stopping.set()
-        await task
         with contextlib.suppress(Exception):
             if runner.holding:
                 await edge.steps.release_lock(edge.keys.webhooks_lock, runner.token)
