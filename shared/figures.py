@@ -30,7 +30,7 @@ async def refresh_queue(redis: RedisClient, keys: Keys) -> None:
     """The edge's gauges: queue depth by state, live processors and coordinators."""
     k, now = keys, now_ms()
     async with redis.pipeline(transaction=False) as p:
-        p.llen(k.open_batch)
+        p.get(k.waiting_count)
         p.get(k.batch_backlog)
         p.hgetall(k.processors_inflight)
         p.hgetall(k.processors_free)
@@ -40,7 +40,7 @@ async def refresh_queue(redis: RedisClient, keys: Keys) -> None:
         open_len, backlog, inflight, free, procs, coords, dead = await p.execute()
     depth = metrics.queue_depth
     depth.labels("queued").set(await _group(redis, k.tasks_stream, TASKS_GROUP))
-    depth.labels("open_batch").set(open_len)
+    depth.labels("open_batch").set(int(open_len or 0))
     depth.labels("batched").set(int(backlog or 0))
     depth.labels("running").set(sum(int(inflight.get(p, 0)) for p in procs))
     depth.labels("dead").set(dead)

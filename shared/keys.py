@@ -61,8 +61,37 @@ class Keys:
 
     @property
     def open_batch(self) -> str:
-        """List: ids of the tasks in the batch being filled."""
+        """List: the batch being filled, of versions before the waiting room (batch.lua moves
+        what it still holds into the waiting room, then deletes it)."""
         return f"{self._p}:batch:open"
+
+    @property
+    def waiting_count(self) -> str:
+        """Counter: placed tasks in the waiting room, not yet flushed into a batch."""
+        return f"{self._p}:wait:count"
+
+    @property
+    def waiting_tenants(self) -> str:
+        """Sorted set: tenants with tasks in the waiting room, scored by virtual start time
+        (the least served by weighted share first)."""
+        return f"{self._p}:wait:tenants"
+
+    def waiting_line(self, tenant: str) -> str:
+        """Sorted set: a tenant's waiting task ids, scored by (submit ms + priority x aging
+        step) x 1000 + arrival sequence. ``waiting_line("")`` is the prefix batch.lua appends
+        a tenant to."""
+        return f"{self._p}:wait:line:{tenant}"
+
+    @property
+    def fair_state(self) -> str:
+        """Hash: the fair queue's virtual time (v), arrival sequence (seq), and f:<tenant>,
+        the finish tag of a tenant with nothing waiting."""
+        return f"{self._p}:wait:fair"
+
+    @property
+    def tenant_weights(self) -> str:
+        """Hash: tenant -> share weight (TENANT_WEIGHTS, written by the coordinators)."""
+        return f"{self._p}:wait:weights"
 
     @property
     def batch_deadline(self) -> str:
@@ -108,6 +137,11 @@ class Keys:
     def processors_alive(self) -> str:
         """Sorted set: processor name -> heartbeat expiry (epoch ms)."""
         return f"{self._p}:proc:alive"
+
+    @property
+    def processors_room(self) -> str:
+        """Hash: processor name -> provider calls its governor last saw room for."""
+        return f"{self._p}:proc:room"
 
     @property
     def processors_inflight(self) -> str:

@@ -110,9 +110,9 @@ http_duration = Histogram("sluice_http_request_duration_seconds",
 sse_clients = Gauge("sluice_sse_clients", "Clients connected to a task's event stream.")
 events_relayed = Counter("sluice_events_relayed", "Task events sent to clients over SSE.")
 queue_depth = Gauge("sluice_queue_depth", "Tasks by where they wait, read from Redis at scrape "
-                    "time (queued: not yet in a batch; open_batch: in the batch being filled; "
-                    "batched: flushed, not yet taken; running: on a processor; dead: dead "
-                    "letters).", ["state"])
+                    "time (queued: not yet placed by a coordinator; open_batch: placed, in the "
+                    "fair waiting room; batched: flushed, not yet taken; running: on a "
+                    "processor; dead: dead letters).", ["state"])
 processors_alive = Gauge("sluice_processors_alive", "Processors with a live heartbeat.")
 processor_free_slots = Gauge("sluice_processor_free_slots",
                              "Free task slots of the live processors, together.")

@@ -90,12 +90,13 @@ class BatchPolicy:
     size: int
     timeout_ms: int
     adaptive: bool
+    aging_ms: int = 60_000  # PRIORITY_AGING_S: how much waiting one priority step is worth
 
 
 @dataclass(frozen=True, slots=True)
 class BatchState:
-    open_len: int      # tasks in the batch being filled
-    deadline_ms: int   # when it must be flushed (0: no open batch)
+    open_len: int      # tasks in the waiting room, not yet in a batch
+    deadline_ms: int   # when the timer flushes a batch of them (0: none waits)
     flushed: int       # batches this call flushed
 
 
@@ -165,11 +166,12 @@ class Steps:
         self.redis, self.keys = redis, keys
         self._scripts = Scripts.register(redis)
         k = keys
-        self._batch_keys = [k.open_batch, k.batch_deadline, k.batches_stream, k.tasks_stream,
+        self._batch_keys = [k.waiting_count, k.batch_deadline, k.batches_stream, k.tasks_stream,
                             k.batch_seq, k.batch_backlog, k.processors_free,
-                            k.processors_alive, k.stats]
+                            k.processors_alive, k.stats, k.waiting_tenants, k.fair_state,
+                            k.tenant_weights, k.processors_room, k.open_batch]
         self._capacity_keys = [k.processors_free, k.processors_alive, k.batch_backlog,
-                               k.open_batch, k.processors_inflight]
+                               k.waiting_count, k.processors_inflight, k.processors_room]
         self._handoff_keys = [k.batches_stream, k.batch_backlog, k.stats]
 
     async def _call(self, name: str, keys: list[str], args: Sequence[Any],
@@ -181,7 +183,8 @@ class Steps:
     async def submit(self, *, task_id: str, tenant: str, request_json: bytes, model: str,
                      now: int, idem_key: str | None, body_hash: str, idempotency_ttl_s: int,
                      first_event: str, task_ttl_s: int,
-                     limits: TenantLimits, traceparent: str = "") -> SubmitResult:
+                     limits: TenantLimits, traceparent: str = "", priority: int = 0,
+                     cost: int = 1) -> SubmitResult:
         """``submit.lua``: store a task and queue it, checking the tenant's limits.
 
         KEYS: task hash, task events, tasks stream, idempotency key, the tenant's counter of
@@ -199,7 +202,8 @@ class Steps:
              k.tenant_active(tenant)],
             [task_id, tenant, request_json, model, now, body_hash if idem_key else "",
              idempotency_ttl_s, first_event, task_ttl_s, limits.rate_per_window,
-             limits.window_ms, limits.max_active, idem_key or "", traceparent])
+             limits.window_ms, limits.max_active, idem_key or "", traceparent, priority,
+             max(1, cost)])
         if outcome == "created":
             return Created(value)
         if outcome == "existing":
@@ -259,24 +263,36 @@ class Steps:
     async def batch(self, mode: Literal["add", "timer", "idle", "flush"], *, now: int,
                     policy: BatchPolicy,
                     entries: Sequence[tuple[str, str]] = ()) -> BatchState:
-        """``batch.lua``: add tasks to the open batch (``add``, acknowledging their tasks-stream
-        entries), flush it when full, when its timer is due (``timer``), at once whatever its
-        size and timer (``flush``: the end of a coordinator's burst), or at once when processors
-        have spare slots (any mode, when adaptive).
+        """``batch.lua``: place tasks in the fair waiting room (``add``, acknowledging their
+        tasks-stream entries) and flush batches of them, in fair order: while processors and
+        the provider's governor have spare room (any mode, when adaptive), when full (``add``,
+        when not adaptive), one batch when the timer is due (``timer``), or all at once
+        whatever the size and timer (``flush``: the end of a coordinator's burst).
 
-        KEYS: open batch, deadline, batches stream, tasks stream, batch sequence, backlog,
-        processors' free slots, processors' heartbeats, stats.
+        KEYS: waiting count, deadline, batches stream, tasks stream, batch sequence, backlog,
+        processors' free slots, processors' heartbeats, stats, waiting tenants, fair state,
+        tenant weights, processors' room, the open batch list of earlier versions.
         ARGV: mode, now (ms), batch size, timeout (ms), adaptive '1'|'0', coordinators' group,
-        task key prefix, events key prefix, timer channel, processors' group, then pairs of
-        (tasks stream entry id, task id)."""
+        task key prefix, events key prefix, timer channel, processors' group, waiting line key
+        prefix, aging step (ms), then pairs of (tasks stream entry id, task id)."""
         k = self.keys
         args: list[Any] = [mode, now, policy.size, policy.timeout_ms,
                            "1" if policy.adaptive else "0", TASKS_GROUP, k.task(""),
-                           k.events(""), k.batch_channel, BATCHES_GROUP]
+                           k.events(""), k.batch_channel, BATCHES_GROUP, k.waiting_line(""),
+                           policy.aging_ms]
         for entry_id, task_id in entries:
             args += [entry_id, task_id]
         open_len, deadline, flushed = await self._call("batch", self._batch_keys, args)
         return BatchState(int(open_len), int(deadline), int(flushed))
+
+    async def set_tenant_weights(self, weights: Mapping[str, float]) -> None:
+        """Replace the tenants' share weights batch.lua reads (one key, one transaction: no
+        script needed). Coordinators write theirs at start; the last one started wins."""
+        async with self.redis.pipeline(transaction=True) as p:
+            p.delete(self.keys.tenant_weights)
+            if weights:
+                p.hset(self.keys.tenant_weights, mapping=dict(weights))
+            await p.execute()
 
     async def heartbeat(self, *, name: str, expiry_ms: int, forget_before_ms: int) -> list[str]:
         """``heartbeat.lua``: a coordinator's heartbeat; drops coordinators' expired before
@@ -312,16 +328,17 @@ class Steps:
 
     # --- processor --------------------------------------------------------------------------
     async def report_capacity(self, *, name: str, free: int, expiry_ms: int, taken: int,
-                              inflight: int) -> int:
-        """``capacity.lua``: a processor's free slots and heartbeat; wakes the coordinators
-        when it has room and a batch waits. Returns the open batch's length.
+                              inflight: int, room: int) -> int:
+        """``capacity.lua``: a processor's free slots, the provider room its governor sees,
+        and its heartbeat; wakes the coordinators when it has room and tasks wait. Returns
+        the number of tasks in the waiting room.
 
-        KEYS: free slots hash, heartbeats, backlog, open batch, in-flight hash.
+        KEYS: free slots hash, heartbeats, backlog, waiting count, in-flight hash, room hash.
         ARGV: processor name, free slots, heartbeat expiry (ms), tasks taken off the backlog,
-        channel, tasks in flight."""
+        channel, tasks in flight, provider room."""
         waiting = await self._call(
             "capacity", self._capacity_keys,
-            [name, free, expiry_ms, taken, self.keys.batch_channel, inflight])
+            [name, free, expiry_ms, taken, self.keys.batch_channel, inflight, room])
         return int(waiting)
 
     async def begin(self, *, task_id: str, token: str, ttl_ms: int, now: int,

@@ -39,7 +39,8 @@ class Coordinator:
         self.keys = Keys(settings.common.redis_prefix)
         self.steps = Steps(redis, self.keys)
         b = settings.batching
-        self.policy = BatchPolicy(b.batch_size, b.batch_timeout_ms, b.batch_adaptive)
+        self.policy = BatchPolicy(b.batch_size, b.batch_timeout_ms, b.batch_adaptive,
+                                  settings.fairness.aging_ms)
         self.name = settings.name
         self.stopping = asyncio.Event()
 
@@ -47,8 +48,12 @@ class Coordinator:
         await groups.ensure_group(self.redis, self.keys.tasks_stream, TASKS_GROUP)
         await groups.ensure_group(self.redis, self.keys.batches_stream, BATCHES_GROUP)
 
+    async def _set_weights(self) -> None:
+        await self.steps.set_tenant_weights(self.settings.fairness.weights)
+
     async def run(self) -> None:
         await until_redis_answers(self._ensure_groups, "groups")
+        await until_redis_answers(self._set_weights, "weights")
         log.info("coordinator_started", name=self.name)
         async with ServiceGroup() as tg:
             tg.create_task(self._forever(self._intake_once, "intake"))
@@ -109,6 +114,7 @@ class Coordinator:
         timer, and return (arq's burst mode): tests run the real intake in process and need
         not wait for a timer. The services never call it."""
         await self._ensure_groups()
+        await self._set_weights()
         while await self._intake_once(block_ms=None):
             pass
         await self.steps.batch("flush", now=now_ms(), policy=self.policy)
@@ -177,6 +183,7 @@ class Coordinator:
                 p.zrem(k.processors_alive, *gone)
                 p.hdel(k.processors_free, *gone)
                 p.hdel(k.processors_inflight, *gone)
+                p.hdel(k.processors_room, *gone)
                 await p.execute()
 
     async def _housekeeping_once(self) -> None:

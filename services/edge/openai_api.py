@@ -30,7 +30,7 @@ from services.edge.events import (
     view_loader,
 )
 from services.edge.feeds import FEEDS, TERMINAL_EVENTS, Event
-from services.edge.validation import parse_task
+from services.edge.validation import PRIORITY_HEADER, parse_task
 from services.edge.views_tasks import idempotency_key, json_response
 
 EventStream = AsyncGenerator[Event | None, None]
@@ -162,7 +162,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     edge = edge_of(request)
     key = idempotency_key(request)
     body = await read_json(request, edge.settings)
-    req = parse_task(body, edge.settings, openai=True)
+    req = parse_task(body, edge.settings, openai=True,
+                     priority_header=request.headers.get(PRIORITY_HEADER))
     stream, include_usage = _stream_options(body)
     tenant = tenant_of(request)
     sub = await queue.submit(edge, tenant, req, key)

@@ -12,6 +12,7 @@ from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
 from shared import logs, metrics, rollup, tasks, tracing
+from shared.governor import estimate_tokens
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
@@ -56,7 +57,8 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
         task_ttl_s=s.task_ttl_s,
         limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
-        traceparent=tracing.traceparent(span))
+        traceparent=tracing.traceparent(span), priority=req.priority,
+        cost=estimate_tokens(req.payload))
     tracing.end(span, None if isinstance(result, Created) else type(result).__name__)
     match result:
         case RateLimited(retry_after_s=wait):

@@ -21,7 +21,12 @@ from shared.timeutil import now_ms
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
-                         "stop", "metadata", "deadline"})
+                         "stop", "metadata", "deadline", "priority"})
+# ``priority``: lower runs sooner (vLLM's and LiteLLM's convention), 0 by default; each step is
+# worth PRIORITY_AGING_S of waiting, so a low priority delays a task but never starves it.
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+FLEX_PRIORITY = 10  # /v1's service_tier "flex": cheaper, slower, later
+PRIORITY_HEADER = "X-Sluice-Priority"  # /v1: for clients that cannot add a body field
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +37,15 @@ class TaskRequest:
     payload: dict[str, Any]
     model: str
     deadline_at: int | None = None
+    priority: int = 0
 
 
 def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", f"{field}: {message}", param=field)
 
 
-def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> TaskRequest:
+def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False,
+               priority_header: str | None = None) -> TaskRequest:
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     if not openai:
@@ -68,7 +75,34 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False) -> Ta
         # Kept as given (seconds count from the submit time the task hash records), so an
         # idempotent replay of the same body hashes the same.
         payload["deadline"] = body["deadline"]
-    return TaskRequest(payload=payload, model=model, deadline_at=deadline_at)
+    priority = _priority(body, openai, priority_header)
+    if priority is not None:
+        payload["priority"] = priority  # ours, like deadline: the processor keeps it to itself
+    return TaskRequest(payload=payload, model=model, deadline_at=deadline_at,
+                       priority=priority or 0)
+
+
+def _priority(body: dict[str, Any], openai: bool, header: str | None) -> int | None:
+    """The body's ``priority``; on /v1 failing that the priority header, then
+    ``service_tier: "flex"`` (a low priority). None: not asked for."""
+    if body.get("priority") is not None:
+        return _int("priority", body["priority"], PRIORITY_MIN, PRIORITY_MAX)
+    if not openai:
+        return None
+    if header is not None:
+        try:
+            value = int(header.strip())
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer",
+                           param=PRIORITY_HEADER) from None
+        if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be between "
+                           f"{PRIORITY_MIN} and {PRIORITY_MAX}", param=PRIORITY_HEADER)
+        return value
+    tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise _invalid("service_tier", "must be a string")
+    return FLEX_PRIORITY if tier == "flex" else None
 
 
 def _model(model: Any, settings: EdgeSettings, openai: bool) -> str:

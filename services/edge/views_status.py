@@ -82,7 +82,7 @@ async def async_status(request: web.Request) -> web.Response:
         p.zcount(k.coordinators_alive, now, "+inf")
         p.hgetall(k.processors_free)
         p.hgetall(k.processors_inflight)
-        p.llen(k.open_batch)
+        p.get(k.waiting_count)
         p.get(k.batch_deadline)
         p.get(k.batch_backlog)
         p.hgetall(k.stats)
@@ -99,7 +99,7 @@ async def async_status(request: web.Request) -> web.Response:
             "tasks_in_flight": sum(int(inflight.get(p, 0)) for p in procs),
         },
         "queue": {"depth": tasks_q["lag"] + tasks_q["pending"]},
-        "open_batch": {"size": open_len,
+        "open_batch": {"size": int(open_len or 0),
                        "flush_at": iso(deadline) if deadline else None},
         "batches": {"waiting": batches_q["lag"], "in_flight": batches_q["pending"],
                     "tasks_waiting": int(backlog or 0)},

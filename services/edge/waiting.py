@@ -32,14 +32,25 @@ async def explain(edge: Edge, tenant: str, view: dict[str, Any]) -> dict[str, An
         until = int(h.get("waiting_until") or 0)
         waiting = {"reason": _REASONS.get(h["waiting_for"], h["waiting_for"]),
                    "detail": h["waiting_for"], "until": iso(until) if until else None}
-    elif status == tasks.QUEUED and h.get("open"):
+    elif status == tasks.QUEUED and h.get("open") and not edge.settings.batching.batch_adaptive:
         due: str | None = await r.get(k.batch_deadline)  # type: ignore[assignment]
         waiting = {"reason": "batch_timer", "until": iso(due)}
-    elif status == tasks.QUEUED:
+    elif status == tasks.QUEUED and not h.get("open"):
         waiting = {"reason": "coordinator", "until": None}
-    else:
+    else:  # in the waiting room (it leaves as soon as there is room) or flushed
         waiting = await _provider_room(edge, view.get("model") or edge.settings.provider.ai_model)
-    return {"queue_position": await _position(edge, tenant, task_id), "waiting_for": waiting}
+    if h.get("open"):
+        position = await _place_in_line(edge, tenant, task_id)
+    else:
+        position = await _position(edge, tenant, task_id)
+    return {"queue_position": position, "waiting_for": waiting}
+
+
+async def _place_in_line(edge: Edge, tenant: str, task_id: str) -> int | None:
+    """1 + the tasks ahead of it in its tenant's line of the waiting room (by priority, then
+    age); None once it has left the line."""
+    rank = await edge.redis.zrank(edge.keys.waiting_line(tenant), task_id)
+    return None if rank is None else int(rank) + 1
 
 
 async def _provider_room(edge: Edge, model: str) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
     body = dict(payload)
     body.pop("deadline", None)  # ours: when to give up waiting, not the provider's business
+    body.pop("priority", None)  # ours: the order tasks leave the queue in
     if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
     body["stream"] = True

@@ -138,6 +138,7 @@ class Processor:
                 p.zrem(k.processors_alive, self.name)
                 p.hdel(k.processors_free, self.name)
                 p.hdel(k.processors_inflight, self.name)
+                p.hdel(k.processors_room, self.name)
                 await p.execute()
         except UNAVAILABLE:
             pass
@@ -161,7 +162,8 @@ class Processor:
     async def _report_capacity(self, taken: int = 0) -> None:
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
         await self.steps.report_capacity(name=self.name, free=self.free, expiry_ms=expiry,
-                                         taken=taken, inflight=self.inflight)
+                                         taken=taken, inflight=self.inflight,
+                                         room=max(0, self.governor.room()))
 
     def _set_inflight(self, delta: int) -> None:
         self.inflight += delta

@@ -1,29 +1,106 @@
 #!lua
 -- Refused whole over maxmemory (shebang without allow-oom, checked before the first command):
 -- it moves queued tasks on towards processors that could not begin them. The coordinator waits.
--- The batcher: add tasks to the open batch, flush it when full, when its timer is due, or at
--- once when processors have free capacity. One script, so every task lands in exactly one batch
--- however many coordinators run and whenever one of them dies. Mode 'flush' flushes at once
--- whatever the size and timer: a coordinator's burst (tests) ends with it.
--- KEYS[1] open batch list, KEYS[2] deadline, KEYS[3] batches stream, KEYS[4] tasks stream,
+-- The batcher. Placed tasks wait in a fair waiting room until they are flushed into batches:
+-- at once while processors (and the provider's governor) have spare room, when a full batch
+-- is waiting and nothing says there is no room (seed mode: adaptive off), or when the timer
+-- is due. One script, so every task lands in exactly one batch however many coordinators run
+-- and whenever one of them dies. Mode 'flush' flushes all at once whatever the size and timer:
+-- a coordinator's burst (tests) ends with it.
+--
+-- The waiting room: one sorted set per tenant, scored by submit time plus priority times the
+-- aging step (lower runs sooner; a low priority is only a delay, so it still runs), and a
+-- sorted set of the tenants with tasks waiting, scored by their virtual start time (start-time
+-- fair queueing, the shares deficit round robin gives, picked in O(log n)): the tenant
+-- furthest below its weighted share of estimated tokens goes next. A tenant coming back starts
+-- at the current virtual time, so idling never banks credit.
+--
+-- KEYS[1] waiting count, KEYS[2] deadline, KEYS[3] batches stream, KEYS[4] tasks stream,
 -- KEYS[5] batch sequence, KEYS[6] backlog counter, KEYS[7] processors' free slots hash,
--- KEYS[8] processors' heartbeat zset, KEYS[9] stats hash
+-- KEYS[8] processors' heartbeat zset, KEYS[9] stats hash, KEYS[10] waiting tenants zset,
+-- KEYS[11] fair-queueing state hash (v: virtual time, seq, f:<tenant>: a tenant's finish tag
+-- while it has nothing waiting), KEYS[12] tenant weights hash, KEYS[13] processors' room hash
+-- (what the provider's governor has room for, as each processor last saw it),
+-- KEYS[14] the open batch list of earlier versions (its tasks are moved into the waiting room)
 -- ARGV[1] mode: 'add' | 'timer' | 'idle' | 'flush', ARGV[2] now (ms), ARGV[3] batch size,
 -- ARGV[4] batch timeout (ms), ARGV[5] adaptive '1'|'0', ARGV[6] coordinators' group,
 -- ARGV[7] task key prefix, ARGV[8] events key prefix, ARGV[9] channel to announce a new timer,
--- ARGV[10] processors' group, ARGV[11..] pairs of (tasks stream entry id, task id) for 'add'
--- Returns {open batch length, deadline ms or 0, number of batches flushed}
-local open, deadline_key, batches = KEYS[1], KEYS[2], KEYS[3]
+-- ARGV[10] processors' group, ARGV[11] per-tenant waiting set key prefix,
+-- ARGV[12] aging step: ms of waiting one priority step is worth,
+-- ARGV[13..] pairs of (tasks stream entry id, task id) for 'add'
+-- Returns {tasks waiting, deadline ms or 0, number of batches flushed}
+local count_key, deadline_key, batches = KEYS[1], KEYS[2], KEYS[3]
+local tenants, fair, weights = KEYS[10], KEYS[11], KEYS[12]
 local now, size = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tprefix, wprefix, aging = ARGV[7], ARGV[11], tonumber(ARGV[12])
 local flushed = 0
 
-local function flush(reason)
-  local ids = redis.call('LRANGE', open, 0, -1)
-  if #ids == 0 then return end
-  redis.call('DEL', open, deadline_key)
+local function waiting()
+  return tonumber(redis.call('GET', count_key) or '0')
+end
+
+-- Scores are written with exact digits: Lua's default number format keeps only 14.
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+local function enqueue(id, tkey)
+  local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at')
+  local tenant = f[1] or ''
+  local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
+  -- Ties (the same millisecond) keep their arrival order.
+  local seq = redis.call('HINCRBY', fair, 'seq', 1) % 1000
+  redis.call('ZADD', wprefix .. tenant, string.format('%.0f', rank * 1000 + seq), id)
+  if not redis.call('ZSCORE', tenants, tenant) then
+    local v = tonumber(redis.call('HGET', fair, 'v') or '0')
+    local last = tonumber(redis.call('HGET', fair, 'f:' .. tenant) or '0')
+    redis.call('HDEL', fair, 'f:' .. tenant)
+    redis.call('ZADD', tenants, num(math.max(v, last)), tenant)
+  end
+  redis.call('HSET', tkey, 'open', '1')
+  if redis.call('INCR', count_key) == 1 then
+    redis.call('SET', deadline_key, now + tonumber(ARGV[4]))
+    redis.call('PUBLISH', ARGV[9], 'timer')
+  end
+end
+
+-- The next task by fair share, then priority and age within its tenant; nil when none waits.
+local function pick()
+  local head = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  local tenant, start = head[1], tonumber(head[2])
+  local line = wprefix .. tenant
+  local popped = redis.call('ZPOPMIN', line)
+  if #popped == 0 then  -- cannot happen while scripts are atomic; never loop on it
+    redis.call('ZREM', tenants, tenant)
+    return pick()
+  end
+  local id = popped[1]
+  local cost = tonumber(redis.call('HGET', tprefix .. id, 'cost') or '1') or 1
+  local weight = tonumber(redis.call('HGET', weights, tenant) or '1') or 1
+  local finish = start + math.max(cost, 1) / math.max(weight, 0.001)
+  redis.call('HSET', fair, 'v', num(start))
+  if redis.call('ZCARD', line) > 0 then
+    redis.call('ZADD', tenants, num(finish), tenant)
+  else
+    redis.call('ZREM', tenants, tenant)
+    redis.call('HSET', fair, 'f:' .. tenant, num(finish))
+  end
+  redis.call('DECR', count_key)
+  return id
+end
+
+local function flush(most, reason)
+  local ids = {}
+  while #ids < most do
+    local id = pick()
+    if not id then break end
+    ids[#ids + 1] = id
+  end
+  if #ids == 0 then return 0 end
   local bid = 'b' .. ARGV[2] .. '-' .. redis.call('INCR', KEYS[5])
   for _, id in ipairs(ids) do
-    local tkey = ARGV[7] .. id
+    local tkey = tprefix .. id
     redis.call('HDEL', tkey, 'open')
     if redis.call('HGET', tkey, 'status') == QUEUED then
       redis.call('HSET', tkey, 'status', BATCHED, 'batch_id', bid)
@@ -37,14 +114,28 @@ local function flush(reason)
   redis.call('HINCRBY', KEYS[9], 'batches_' .. reason, 1)
   redis.call('HINCRBY', KEYS[9], 'batched_tasks', #ids)
   flushed = flushed + 1
+  if waiting() <= 0 then
+    redis.call('SET', count_key, 0)
+    redis.call('DEL', deadline_key)
+  elseif reason == 'timer' then
+    -- The tasks still waiting get a timer of their own: the next batch is due in one timeout.
+    redis.call('SET', deadline_key, now + tonumber(ARGV[4]))
+  end
+  return #ids
 end
 
--- Free task slots of live processors, less the tasks already flushed but not yet taken.
+-- Free task slots of live processors, no more than the provider's governor has room for,
+-- less the tasks already flushed but not yet taken. nil: no live processor reports a room.
 local function spare_capacity()
-  local free = 0
+  local free, room = 0, nil
   for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now, '+inf')) do
     free = free + tonumber(redis.call('HGET', KEYS[7], name) or '0')
+    local r = tonumber(redis.call('HGET', KEYS[13], name) or '')
+    -- Each processor sees the same cluster-wide room (less its own waiting calls): summing
+    -- would count it once per processor.
+    if r then room = math.max(room or r, r) end
   end
+  if room then free = math.min(free, room) end
   if free <= 0 then return 0 end
   local backlog = tonumber(redis.call('GET', KEYS[6]) or '0')
   if backlog >= free then
@@ -65,31 +156,45 @@ local function spare_capacity()
   return free - backlog
 end
 
-local mode = ARGV[1]
+-- Tasks left in the open batch list by an earlier version join the waiting room once.
+if redis.call('EXISTS', KEYS[14]) == 1 then
+  for _, id in ipairs(redis.call('LRANGE', KEYS[14], 0, -1)) do
+    redis.call('HDEL', tprefix .. id, 'open')
+    enqueue(id, tprefix .. id)
+  end
+  redis.call('DEL', KEYS[14])
+end
+
+local mode, adaptive = ARGV[1], ARGV[5] == '1'
 if mode == 'add' then
-  for i = 11, #ARGV, 2 do
+  for i = 13, #ARGV, 2 do
     local id = ARGV[i + 1]
-    local tkey = ARGV[7] .. id
+    local tkey = tprefix .. id
     -- A reclaimed entry may name a task already placed: place each task once.
     if redis.call('EXISTS', tkey) == 1 and redis.call('HEXISTS', tkey, 'batch_id') == 0
         and redis.call('HEXISTS', tkey, 'open') == 0 then
-      redis.call('HSET', tkey, 'open', '1')
-      local n = redis.call('RPUSH', open, id)
-      if n == 1 then
-        redis.call('SET', deadline_key, now + tonumber(ARGV[4]))
-        redis.call('PUBLISH', ARGV[9], 'timer')
-      end
-      if n >= size then flush('size') end
+      enqueue(id, tkey)
     end
     redis.call('XACK', KEYS[4], ARGV[6], ARGV[i])
   end
+  if not adaptive then
+    while waiting() >= size do flush(size, 'size') end
+  end
 elseif mode == 'timer' then
   local due = tonumber(redis.call('GET', deadline_key) or '0')
-  if due > 0 and due <= now then flush('timer') end
+  if due > 0 and due <= now then flush(size, 'timer') end
 elseif mode == 'flush' then
-  flush('forced')
+  while waiting() > 0 and flush(size, 'forced') > 0 do end
 end
-if ARGV[5] == '1' and redis.call('LLEN', open) > 0 and spare_capacity() > 0 then
-  flush('idle')
+if adaptive and waiting() > 0 then
+  -- Batches leave in fair order as room opens; while there is none they wait here, where a
+  -- tenant's later tasks can still overtake another's earlier burst.
+  local spare = spare_capacity()
+  while spare > 0 and waiting() > 0 do
+    local most = math.min(size, spare)
+    local n = flush(most, most >= size and 'size' or 'idle')
+    if n == 0 then break end
+    spare = spare - n
+  end
 end
-return {redis.call('LLEN', open), tonumber(redis.call('GET', deadline_key) or '0'), flushed}
+return {waiting(), tonumber(redis.call('GET', deadline_key) or '0'), flushed}

@@ -13,7 +13,8 @@
 -- ARGV[12] tasks allowed queued or running at once (0: no limit), ARGV[13] the Idempotency-Key
 -- (kept in the task hash: its holder writes it to the store with the task's row, so the
 -- durable record exists even when the edge could not write it),
--- ARGV[14] W3C traceparent of the edge's submit span ('' when tracing is off)
+-- ARGV[14] W3C traceparent of the edge's submit span ('' when tracing is off),
+-- ARGV[15] priority (lower runs sooner), ARGV[16] estimated tokens (the fair share's cost)
 -- Returns {'created', id} | {'existing', id} | {'conflict', id}
 --       | {'rate_limited', seconds until the window resets} | {'too_many_active', '1'}
 local now = tonumber(ARGV[5])
@@ -53,7 +54,8 @@ end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('EXPIRE', KEYS[6], ARGV[9])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'tenant', ARGV[2], 'status', QUEUED,
-  'request', ARGV[3], 'model', ARGV[4], 'created_at', ARGV[5], 'attempts', '0', 'fence', '0')
+  'request', ARGV[3], 'model', ARGV[4], 'created_at', ARGV[5], 'attempts', '0', 'fence', '0',
+  'priority', ARGV[15], 'cost', ARGV[16])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'idem_key', ARGV[13], 'idem_hash', ARGV[6])
 end

@@ -22,8 +22,8 @@ def test_kill_9_coordinator_with_a_pending_timer(
         api = api_factory(stack.edge_url)
         task_id = api.submit({"prompt": "alone"})
         with redis.Redis.from_url(redis_url) as r:
-            open_batch = Keys(stack.prefix).open_batch
-            wait_for(lambda: r.llen(open_batch) == 1, 5, "the task in the open batch")
+            waiting = Keys(stack.prefix).waiting_count
+            wait_for(lambda: r.get(waiting) == b"1", 5, "the task in the waiting room")
         [receiver] = stack.of("coordinator")
         stack.start("coordinator")
         stack.wait_alive(1, 2)

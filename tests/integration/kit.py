@@ -39,12 +39,13 @@ def request(mock: dict[str, Any] | None = None, prompt: str = "Say something") -
 
 
 async def submit(steps: Steps, *, tenant: str = "acme", body: dict[str, Any] | None = None,
-                 limits: TenantLimits = NO_LIMITS, now: int | None = None) -> str:
+                 limits: TenantLimits = NO_LIMITS, now: int | None = None, priority: int = 0,
+                 cost: int = 1) -> str:
     task_id = tasks.new_task_id()
     result = await steps.submit(
         task_id=task_id, tenant=tenant, request_json=orjson.dumps(body or request()),
         model="mock-r1", now=now or now_ms(), idem_key=None, body_hash="", idempotency_ttl_s=60,
-        first_event=QUEUED_EVENT, task_ttl_s=600, limits=limits)
+        first_event=QUEUED_EVENT, task_ttl_s=600, limits=limits, priority=priority, cost=cost)
     assert result == Created(task_id)
     return task_id
 
@@ -59,6 +60,14 @@ async def complete(steps: Steps, task_id: str, token: str, status: str = tasks.S
         result_json=orjson.dumps(result) if status == tasks.SUCCEEDED else "",
         error_json=orjson.dumps(error) if error else "", now=now_ms(), retention_s=retention_s,
         view_json=orjson.dumps({"id": task_id, "status": status}))
+
+
+async def waiting_room(redis: RedisClient, keys: Keys) -> list[str]:
+    """Every task id in the waiting room, tenant by tenant."""
+    ids: list[str] = []
+    for tenant in await redis.zrange(keys.waiting_tenants, 0, -1):
+        ids += await redis.zrange(keys.waiting_line(tenant), 0, -1)
+    return ids
 
 
 async def read_new(redis: RedisClient, stream: str, group: str, consumer: str,

@@ -97,7 +97,7 @@ CASES = {
     "retry": Case(failed, lambda s: s.retry(
         task_id=T, tenant=TENANT, now=NOW, task_ttl_s=3600, stored=None), False),
     "capacity": Case(nothing, lambda s: s.report_capacity(
-        name="p1", free=5, expiry_ms=NOW, taken=0, inflight=0), True),
+        name="p1", free=5, expiry_ms=NOW, taken=0, inflight=0, room=100), True),
     "heartbeat": Case(nothing, lambda s: s.heartbeat(
         name="c1", expiry_ms=NOW, forget_before_ms=NOW - 60_000), True),
     "attempt": Case(leased, lambda s: s.count_attempt(T, TOKEN), True),

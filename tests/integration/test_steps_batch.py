@@ -12,7 +12,7 @@ from shared.keys import BATCHES_GROUP, TASKS_GROUP, Keys
 from shared.redis_conn import RedisClient
 from shared.steps import BatchPolicy, BatchState, Steps
 from shared.timeutil import now_ms
-from tests.integration.kit import next_message, read_new, submit
+from tests.integration.kit import next_message, read_new, submit, waiting_room
 
 SIZE = 4
 POLICY = BatchPolicy(size=SIZE, timeout_ms=60_000, adaptive=False)
@@ -53,7 +53,7 @@ async def test_every_task_lands_in_exactly_one_batch_under_two_coordinators(
                 await s.batch("add", now=now_ms(), policy=POLICY, entries=entries[i:i + 3])
 
         await asyncio.gather(place(a, entries_a), place(b, entries_b))
-        still_open = await redis.lrange(keys.open_batch, 0, -1)
+        still_open = await waiting_room(redis, keys)
         flushed = await batches(redis, keys)
         placed = Counter([t for batch in flushed for t in batch["t"]] + still_open)
         assert placed == Counter(ids)  # each task once: none lost, none twice
@@ -82,8 +82,10 @@ async def test_add_flushes_full_batches_and_opens_a_timer(
     assert {b["r"] for b in flushed} == {"size"}
     status = await redis.hgetall(keys.task(entries[0][1]))
     assert (status["status"], status["batch_id"]) == ("batched", flushed[0]["b"])
-    # Each new open batch announced its timer to the coordinators (three batches were opened).
-    assert [await next_message(pubsub) for _ in range(3)] == ["timer"] * 3
+    # The first task to wait announced its timer to the coordinators; the one left still waits
+    # on it.
+    await redis.publish(keys.batch_channel, "end")
+    assert [await next_message(pubsub) for _ in range(2)] == ["timer", "end"]
     await pubsub.aclose()
 
 
@@ -103,15 +105,17 @@ async def test_idle_flushes_when_live_processors_have_spare_slots(
         redis: RedisClient, keys: Keys, steps: Steps) -> None:
     policy = BatchPolicy(size=10, timeout_ms=60_000, adaptive=True)
     now = now_ms()
-    # No live processor: the batch waits for size or timer.
+    # No live processor: the tasks wait for the timer.
     state = await steps.batch("add", now=now, policy=policy, entries=await queued(steps, redis, 2))
     assert state.flushed == 0
     # A processor whose heartbeat expired does not count.
-    await steps.report_capacity(name="gone", free=8, expiry_ms=now - 1, taken=0, inflight=0)
+    await steps.report_capacity(name="gone", free=8, expiry_ms=now - 1,
+                                taken=0, inflight=0, room=100)
     assert (await steps.batch("idle", now=now, policy=policy)).flushed == 0
     # A live one with 3 free slots: the 2 tasks are flushed at once, and so is the next one
     # (1 slot left); then the 3 flushed tasks, not yet read, take every slot (the backlog).
-    await steps.report_capacity(name="p1", free=3, expiry_ms=now + 10_000, taken=0, inflight=0)
+    await steps.report_capacity(name="p1", free=3, expiry_ms=now + 10_000,
+                                taken=0, inflight=0, room=100)
     assert await steps.batch("idle", now=now, policy=policy) == BatchState(0, 0, 1)
     one = await queued(steps, redis, 1)
     assert (await steps.batch("add", now=now, policy=policy, entries=one)).flushed == 1
@@ -122,7 +126,7 @@ async def test_idle_flushes_when_live_processors_have_spare_slots(
     assert [b["r"] for b in await batches(redis, keys)] == ["idle", "idle"]
 
 
-async def test_flush_empties_the_open_batch_whatever_its_size_and_timer(
+async def test_flush_empties_the_waiting_room_whatever_its_size_and_timer(
         redis: RedisClient, keys: Keys, steps: Steps) -> None:
     policy = BatchPolicy(size=10, timeout_ms=60_000, adaptive=False)
     now = now_ms()
@@ -139,7 +143,7 @@ async def test_capacity_report_wakes_coordinators_only_when_a_batch_waits_and_a_
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.batch_channel)
     expiry = now_ms() + 3000
-    report = {"name": "p1", "expiry_ms": expiry, "taken": 0, "inflight": 2}
+    report = {"name": "p1", "expiry_ms": expiry, "taken": 0, "inflight": 2, "room": 100}
     assert await steps.report_capacity(free=2, **report) == 0  # nothing waits: no wake
     await steps.batch("add", now=now_ms(), policy=POLICY, entries=await queued(steps, redis, 1))
     assert await steps.report_capacity(free=0, **report) == 1  # a batch waits, no slot

@@ -51,7 +51,8 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     # Every step once, in the order a task meets them.
     a, b = await submit(steps), await submit(steps)
     entries = await read_new(redis, keys.tasks_stream, "coordinators", "c1")
-    await steps.report_capacity(name="p1", free=0, expiry_ms=now + 5000, taken=0, inflight=0)
+    await steps.report_capacity(name="p1", free=0, expiry_ms=now + 5000,
+                                taken=0, inflight=0, room=100)
     await steps.heartbeat(name="c1", expiry_ms=now + 5000, forget_before_ms=now - 60_000)
     await steps.batch("add", now=now, policy=policy, entries=[(e, f["id"]) for e, f in entries])
     await steps.batch("timer", now=now, policy=policy)

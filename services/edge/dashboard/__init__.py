@@ -91,9 +91,10 @@ def _why(depth: dict[str, float], free: int, size: int, deadline: Any, now: int)
     out = []
     if depth["open_batch"]:
         left = max(0, int(deadline or now) - now)
-        out.append(f"{int(depth['open_batch'])} task(s) in the open batch: it flushes when it "
-                   f"holds {size}, in {left / 1000:.1f} s on its timer, or at once when a "
-                   "processor has room (adaptive)")
+        out.append(f"{int(depth['open_batch'])} task(s) in the waiting room: they leave in "
+                   f"fair order, in batches of up to {size}, as soon as a processor and the "
+                   f"provider have room (adaptive), or one batch in {left / 1000:.1f} s on the "
+                   "timer")
     if depth["batched"] and free <= 0:
         out.append(f"{int(depth['batched'])} task(s) flushed, waiting for a free processor slot")
     if depth["queued"]:
