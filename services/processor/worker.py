@@ -149,7 +149,16 @@ class Processor:
         """Slots we offer: our own, and no more than the provider's governor has room for."""
         if self.stopping.is_set():
             return 0
-        return max(0, min(self.settings.concurrency - self.inflight, self.governor.room()))
+        return max(0, min(self.settings.concurrency - self.inflight, self._provider_room()))
+
+    def _provider_room(self) -> int:
+        """The governor's room less our tasks that will need a call but hold no slot yet
+        (claimed, not yet asking): without them, one claim reports the same room twice and
+        the coordinators flush past the provider's limit."""
+        g = self.governor
+        if not g.enabled:
+            return g.room()
+        return g.room() - max(0, self.inflight - g.waiting - len(g.held))
 
     def _room_changed(self, opened: bool) -> None:
         """The governor's room opened or closed: claim (or stop claiming). An opening is told
@@ -163,7 +172,7 @@ class Processor:
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
         await self.steps.report_capacity(name=self.name, free=self.free, expiry_ms=expiry,
                                          taken=taken, inflight=self.inflight,
-                                         room=max(0, self.governor.room()))
+                                         room=max(0, self._provider_room()))
 
     def _set_inflight(self, delta: int) -> None:
         self.inflight += delta

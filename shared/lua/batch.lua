@@ -13,7 +13,7 @@
 -- sorted set of the tenants with tasks waiting, scored by their virtual start time (start-time
 -- fair queueing, the shares deficit round robin gives, picked in O(log n)): the tenant
 -- furthest below its weighted share of estimated tokens goes next. A tenant coming back starts
--- at the current virtual time, so idling never banks credit.
+-- at most one batch of its own ahead of the current virtual time, so idling never banks more.
 --
 -- KEYS[1] waiting count, KEYS[2] deadline, KEYS[3] batches stream, KEYS[4] tasks stream,
 -- KEYS[5] batch sequence, KEYS[6] backlog counter, KEYS[7] processors' free slots hash,
@@ -44,18 +44,30 @@ local function num(x)
   return string.format('%.17g', x)
 end
 
+local function weight_of(tenant)
+  return math.max(tonumber(redis.call('HGET', weights, tenant) or '1') or 1, 0.001)
+end
+
 local function enqueue(id, tkey)
-  local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at')
+  local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at', 'cost')
   local tenant = f[1] or ''
   local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
   -- Ties (the same millisecond) keep their arrival order.
   local seq = redis.call('HINCRBY', fair, 'seq', 1) % 1000
   redis.call('ZADD', wprefix .. tenant, string.format('%.0f', rank * 1000 + seq), id)
   if not redis.call('ZSCORE', tenants, tenant) then
+    -- A tenant with nothing waiting until now may go up to one batch of its own ahead of the
+    -- tenants being served (so a few tasks never wait behind another's burst), never more:
+    -- what it did not use while idle is not saved up, and what it used before still counts.
     local v = tonumber(redis.call('HGET', fair, 'v') or '0')
-    local last = tonumber(redis.call('HGET', fair, 'f:' .. tenant) or '0')
-    redis.call('HDEL', fair, 'f:' .. tenant)
-    redis.call('ZADD', tenants, num(math.max(v, last)), tenant)
+    local cost = math.max(tonumber(f[4]) or 1, 1)
+    local start = v - size * cost / weight_of(tenant)
+    local last = tonumber(redis.call('HGET', fair, 'f:' .. tenant) or '')
+    if last then
+      redis.call('HDEL', fair, 'f:' .. tenant)
+      start = math.max(start, last)
+    end
+    redis.call('ZADD', tenants, num(start), tenant)
   end
   redis.call('HSET', tkey, 'open', '1')
   if redis.call('INCR', count_key) == 1 then
@@ -76,10 +88,10 @@ local function pick()
     return pick()
   end
   local id = popped[1]
-  local cost = tonumber(redis.call('HGET', tprefix .. id, 'cost') or '1') or 1
-  local weight = tonumber(redis.call('HGET', weights, tenant) or '1') or 1
-  local finish = start + math.max(cost, 1) / math.max(weight, 0.001)
-  redis.call('HSET', fair, 'v', num(start))
+  local cost = math.max(tonumber(redis.call('HGET', tprefix .. id, 'cost') or '1') or 1, 1)
+  local finish = start + cost / weight_of(tenant)
+  local v = tonumber(redis.call('HGET', fair, 'v') or '0')
+  if start > v then redis.call('HSET', fair, 'v', num(start)) end
   if redis.call('ZCARD', line) > 0 then
     redis.call('ZADD', tenants, num(finish), tenant)
   else
