@@ -291,7 +291,8 @@ class Steps:
         async with self.redis.pipeline(transaction=True) as p:
             p.delete(self.keys.tenant_weights)
             if weights:
-                p.hset(self.keys.tenant_weights, mapping=dict(weights))
+                p.hset(self.keys.tenant_weights,
+                       mapping={tenant: str(w) for tenant, w in weights.items()})
             await p.execute()
 
     async def heartbeat(self, *, name: str, expiry_ms: int, forget_before_ms: int) -> list[str]:

@@ -49,8 +49,9 @@ async def explain(edge: Edge, tenant: str, view: dict[str, Any]) -> dict[str, An
 async def _place_in_line(edge: Edge, tenant: str, task_id: str) -> int | None:
     """1 + the tasks ahead of it in its tenant's line of the waiting room (by priority, then
     age); None once it has left the line."""
-    rank = await edge.redis.zrank(edge.keys.waiting_line(tenant), task_id)
-    return None if rank is None else int(rank) + 1
+    rank: int | None = await edge.redis.zrank(  # type: ignore[assignment]
+        edge.keys.waiting_line(tenant), task_id)
+    return None if rank is None else rank + 1
 
 
 async def _provider_room(edge: Edge, model: str) -> dict[str, Any]:
