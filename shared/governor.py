@@ -83,6 +83,15 @@ def parse_duration(text: str | None) -> float | None:
     return total if pos == len(text) and pos > 0 else None
 
 
+def format_duration(ms: int) -> str:
+    """Milliseconds as OpenAI writes x-ratelimit-reset-*: ``20ms``, ``1.5s``, ``1m0s``."""
+    if ms < 1000:
+        return f"{max(0, ms)}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{minutes}m{seconds}" if minutes else seconds
+
+
 @dataclass(frozen=True, slots=True)
 class RateHeaders:
     """What one answer's x-ratelimit-* headers said, with resets as epoch ms."""

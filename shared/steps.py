@@ -50,6 +50,7 @@ MISSING, LEASE_LOST, HELD = Missing(), LeaseLost(), Held()
 @dataclass(frozen=True, slots=True)
 class Created:
     id: str
+    window_used: int = 0  # submissions counted in the tenant's rate window (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ class Steps:
         ('' when tracing is off)."""
         k = self.keys
         window = now // limits.window_ms
-        outcome, value = await self._call(
+        outcome, value, *rest = await self._call(
             "submit",
             [k.task(task_id), k.events(task_id), k.tasks_stream,
              k.idempotency(tenant, idem_key or ""), k.tenant_rate(tenant, window),
@@ -205,7 +206,7 @@ class Steps:
              limits.window_ms, limits.max_active, idem_key or "", traceparent, priority,
              max(1, cost)])
         if outcome == "created":
-            return Created(value)
+            return Created(value, int(rest[0]))
         if outcome == "existing":
             return Existing(value)
         if outcome == "conflict":

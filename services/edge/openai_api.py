@@ -169,7 +169,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sub = await queue.submit(edge, tenant, req, key)
     request[TASK_ID_KEY] = sub.id
     completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
-    headers = {TASK_HEADER: sub.id}
+    headers = {TASK_HEADER: sub.id, **sub.headers}
     events = follow(request.app[FEEDS], edge.keys.events(sub.id), None,
                     min(edge.settings.keepalive_s, POLL_S), view_loader(edge, tenant, sub.id))
     async with contextlib.aclosing(events):

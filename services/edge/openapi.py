@@ -21,7 +21,17 @@ from services.edge import openapi_batches
 from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
 from services.edge.settings import EdgeSettings
-from services.edge.validation import MAX_ID_CHARS, MAX_METADATA_DEPTH, MAX_TOOL_CALLS, ROLES
+from services.edge.validation import (
+    FLEX_PRIORITY,
+    MAX_ID_CHARS,
+    MAX_METADATA_DEPTH,
+    MAX_TOOL_CALLS,
+    PRIORITY_HEADER,
+    PRIORITY_HEADER_PATTERN,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    ROLES,
+)
 from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
 from services.webhooks import openapi as webhooks_openapi
 from shared import deadlines, tasks
@@ -155,6 +165,12 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
             "description": "seconds from submit, or an RFC 3339 time: a task still waiting "
                            "then ends failed, deadline_exceeded, never sent to the provider "
                            "(default: the processors' TASK_DEADLINE_S, 24 h)"}),
+        "priority": nullable({
+            "type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX,
+            "description": "lower runs sooner within your own tasks (default 0); each step is "
+                           "worth the coordinators' PRIORITY_AGING_S of waiting, so a high "
+                           "number delays a task but never starves it. Not sent to the "
+                           "provider"}),
     }
 
 
@@ -172,6 +188,9 @@ def _chat_request(s: EdgeSettings) -> Schema:
     props = _sampling(s)
     props["max_completion_tokens"] = props["max_tokens"]
     props["stream"] = nullable(BOOL)
+    props["service_tier"] = nullable({"type": "string", "description": f'"flex": priority '
+                                      f"{FLEX_PRIORITY} unless a priority is given; other "
+                                      "values change nothing. Not sent to the provider"})
     props["stream_options"] = nullable({"type": "object",
                                         "properties": {"include_usage": nullable(BOOL)}})
     return {"type": "object", "required": ["messages"], "properties": props,
@@ -296,7 +315,12 @@ def _task_links() -> dict[str, Schema]:
 
 
 def _paths(s: EdgeSettings) -> dict[str, Any]:
-    location = {"Location": {"description": "the task's URL", "schema": STR}}
+    rate = {name: {"description": text, "schema": STR} for name, text in (
+        ("x-ratelimit-limit-requests", "tasks this key may submit per minute "
+                                       "(TENANT_RATE_PER_MINUTE; absent when unlimited)"),
+        ("x-ratelimit-remaining-requests", "submissions left in this minute"),
+        ("x-ratelimit-reset-requests", "when the minute resets, as 1.5s or 20ms"))}
+    location = {"Location": {"description": "the task's URL", "schema": STR}, **rate}
     accepted = obj(["id", "status", "created_at"], {
         "id": {"type": "string", "pattern": TASK_ID},
         "status": {"enum": list(tasks.STATUSES)}, "created_at": TIME_OR_NULL})
@@ -306,7 +330,11 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
     chat_body = {"required": True, "description": size,
                  "content": {"application/json": {"schema": ref("ChatCompletionRequest")}}}
     task_header = {"X-Sluice-Task-Id": {"description": "the task behind this completion",
-                                        "schema": STR}}
+                                        "schema": STR}, **rate}
+    priority_header = {"name": PRIORITY_HEADER, "in": "header", "required": False,
+                       "description": "the task's priority when the body has none (lower "
+                                      "runs sooner)",
+                       "schema": {"type": "string", "pattern": PRIORITY_HEADER_PATTERN}}
     submit_errors = (400, 401, 408, 409, 413, 415, 422, 429, 503)
     # schemathesis reads a text/event-stream answer as events {id, event, data}, one by one
     task_events = {"text/event-stream": {"schema": obj(["data"], {
@@ -388,7 +416,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
         "/v1/chat/completions": {"post": {
             "operationId": "chatCompletions",
             "summary": "OpenAI-compatible chat completion, run as a task",
-            "parameters": [_idempotency_param()], "requestBody": chat_body,
+            "parameters": [_idempotency_param(), priority_header], "requestBody": chat_body,
             "responses": {
                 "200": {"description": "chat.completion, or chunks when stream is true",
                         "headers": task_header,

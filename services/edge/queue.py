@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -12,7 +12,7 @@ from services.edge.context import Edge
 from services.edge.errors import ApiError
 from services.edge.validation import TaskRequest
 from shared import logs, metrics, rollup, tasks, tracing
-from shared.governor import estimate_tokens
+from shared.governor import estimate_tokens, format_duration
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
@@ -36,6 +36,17 @@ class Submitted:
     id: str
     created_at: int
     existing: bool
+    headers: dict[str, str] = field(default_factory=dict)  # the tenant's x-ratelimit-*
+
+
+def rate_headers(rate: int, used: int, now: int) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the tenant's own submission rate (none without one):
+    clients and SDKs pace themselves before a 429 comes."""
+    if rate <= 0:
+        return {}
+    return {"x-ratelimit-limit-requests": str(rate),
+            "x-ratelimit-remaining-requests": str(max(0, rate - used)),
+            "x-ratelimit-reset-requests": format_duration(RATE_WINDOW_MS - now % RATE_WINDOW_MS)}
 
 
 def body_hash(payload: dict[str, Any]) -> str:
@@ -64,7 +75,9 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         case RateLimited(retry_after_s=wait):
             raise ApiError(429, "rate_limited",
                            f"this key may submit {s.rate_per_minute} tasks per minute",
-                           headers={"Retry-After": str(wait)})
+                           headers={"Retry-After": str(wait),
+                                    **rate_headers(s.rate_per_minute, s.rate_per_minute,
+                                                   created)})
         case TooManyActive(retry_after_s=wait):
             raise ApiError(429, "too_many_active_tasks",
                            f"this key may have {s.max_active_tasks} tasks queued or running "
@@ -74,6 +87,7 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         case Existing(id=tid):
             view = await edge.steps.task_hash(tid)
             return Submitted(tid, int(view.get("created_at") or created), existing=True)
+    used = result.window_used if isinstance(result, Created) else 0
     if req.deadline_at is not None:
         # The index processors sweep, so a task that waits past its deadline fails even if no
         # processor ever takes it (the provider stays paused); one more round trip, only for
@@ -89,7 +103,8 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
             # Redis answers replays meanwhile, and the task's holder writes the record with
             # the task's row (the key is in the task hash): it is late, never lost.
             log.warning("idempotency_key_not_stored", task_id=task_id, error=repr(exc))
-    return Submitted(task_id, created, existing=False)
+    return Submitted(task_id, created, existing=False,
+                     headers=rate_headers(s.rate_per_minute, used, created))
 
 
 def _replay(known: tuple[str, str], digest: str) -> Submitted:

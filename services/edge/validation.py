@@ -8,6 +8,7 @@ Sluice does not forward (tools, n, logprobs, ...), so unmodified SDKs keep worki
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperatu
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 FLEX_PRIORITY = 10  # /v1's service_tier "flex": cheaper, slower, later
 PRIORITY_HEADER = "X-Sluice-Priority"  # /v1: for clients that cannot add a body field
+PRIORITY_HEADER_PATTERN = "^ *-?(1000|[0-9]{1,3}) *$"  # the same in the OpenAPI document
+PRIORITY_HEADER_VALUE = re.compile(PRIORITY_HEADER_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +93,10 @@ def _priority(body: dict[str, Any], openai: bool, header: str | None) -> int | N
     if not openai:
         return None
     if header is not None:
-        try:
-            value = int(header.strip())
-        except ValueError:
-            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer",
-                           param=PRIORITY_HEADER) from None
-        if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be between "
-                           f"{PRIORITY_MIN} and {PRIORITY_MAX}", param=PRIORITY_HEADER)
-        return value
+        if not PRIORITY_HEADER_VALUE.match(header.strip()):
+            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer "
+                           f"from {PRIORITY_MIN} to {PRIORITY_MAX}", param=PRIORITY_HEADER)
+        return int(header)
     tier = body.get("service_tier")
     if tier is not None and not isinstance(tier, str):
         raise _invalid("service_tier", "must be a string")

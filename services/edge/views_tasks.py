@@ -60,7 +60,7 @@ async def create_task(request: web.Request) -> web.Response:
         view = await queue.read(edge, tenant, sub.id)
         body = {"id": sub.id, "status": view["status"], "created_at": view["created_at"]}
     request[TASK_ID_KEY] = sub.id
-    return json_response(body, 202, {"Location": f"/api/tasks/{sub.id}"})
+    return json_response(body, 202, {"Location": f"/api/tasks/{sub.id}", **sub.headers})
 
 
 async def get_task(request: web.Request) -> web.Response:

@@ -15,7 +15,8 @@
 -- durable record exists even when the edge could not write it),
 -- ARGV[14] W3C traceparent of the edge's submit span ('' when tracing is off),
 -- ARGV[15] priority (lower runs sooner), ARGV[16] estimated tokens (the fair share's cost)
--- Returns {'created', id} | {'existing', id} | {'conflict', id}
+-- Returns {'created', id, submissions counted in this rate window (0: no rate limit)}
+--       | {'existing', id} | {'conflict', id}
 --       | {'rate_limited', seconds until the window resets} | {'too_many_active', '1'}
 local now = tonumber(ARGV[5])
 if ARGV[6] ~= '' then
@@ -47,8 +48,9 @@ end
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[7])
 end
+local used = 0
 if rate > 0 then
-  redis.call('INCR', KEYS[5])
+  used = redis.call('INCR', KEYS[5])
   redis.call('PEXPIRE', KEYS[5], window_left + 1000)
 end
 redis.call('ZADD', KEYS[6], now, ARGV[1])
@@ -64,4 +66,4 @@ redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('XADD', KEYS[2], '*', 'e', EV_STATUS, 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
-return {'created', ARGV[1]}
+return {'created', ARGV[1], used}
