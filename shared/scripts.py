@@ -19,7 +19,7 @@ from shared.redis_conn import RedisClient
 
 DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "retry", "heartbeat", "trace")
+         "release", "cancel", "handoff", "requeue", "retry", "heartbeat", "trace")
 
 
 def _lua_table(pairs: dict[str, str | bool]) -> str:
@@ -62,6 +62,7 @@ class Scripts:
     release: AsyncScript
     cancel: AsyncScript
     handoff: AsyncScript
+    requeue: AsyncScript
     retry: AsyncScript
     heartbeat: AsyncScript
     trace: AsyncScript

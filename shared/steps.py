@@ -433,6 +433,19 @@ class Steps:
                              [BATCHES_GROUP, entry_id, batch_id, now, *task_ids])
         return int(n)
 
+    async def requeue(self, task_id: str, token: str, *, streamed: bool) -> Held | LeaseLost:
+        """``requeue.lua``: a rate-limited task goes back to waiting in the queue: lease
+        released, status queued, the refused call uncounted, a ``reset`` if it had streamed,
+        and a new tasks-stream entry. LEASE_LOST when the lease was no longer ours.
+
+        KEYS: task hash, lease, task events, tasks stream.
+        ARGV: lease token, '1' when it had streamed, task id."""
+        k = self.keys
+        done = await self._call(
+            "requeue", [k.task(task_id), k.lease(task_id), k.events(task_id), k.tasks_stream],
+            [token, "1" if streamed else "0", task_id])
+        return HELD if int(done) else LEASE_LOST
+
     # --- plain reads and writes of a task (single commands, no script) ----------------------
     async def all_terminal(self, task_ids: Sequence[str]) -> bool:
         """Whether every task is terminal in Redis (or forgotten by it)."""

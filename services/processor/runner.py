@@ -61,9 +61,12 @@ class Outcome(Enum):
     HANDOFF = "handoff"    # we are draining: handed back unfinished
     CANCEL = "cancel"      # the client asked: stop the attempt, end the task cancelled
     CRASHED = "crashed"    # its runs kept raising: left to be reclaimed (see worker._crashed)
+    REQUEUED = "requeued"  # rate-limited: back to waiting in the queue, not in a processor
 
 
-FINISHED = frozenset({Outcome.DONE, Outcome.ADOPTED, Outcome.TERMINAL, Outcome.MISSING})
+# The batch no longer owns these tasks: its entry may be acknowledged.
+FINISHED = frozenset({Outcome.DONE, Outcome.ADOPTED, Outcome.TERMINAL, Outcome.MISSING,
+                      Outcome.REQUEUED})
 STOPS = frozenset({Outcome.CANCEL, Outcome.LOST, Outcome.HANDOFF})
 
 
@@ -209,12 +212,11 @@ class TaskRun:
                 last_error = _error_dict(err)
                 await self.deps.status.note(error=err.message, tenant=h.get("tenant", ""))
                 if self.deps.governor.enabled and is_rate_limit(err):
-                    # A wait, not a failure: the attempt does not count, and the task waits
-                    # for the governor again (which the refusal just paced).
+                    # A wait, not a failure: the attempt does not count, and the task waits in
+                    # the queue (not here, holding a slot) until the governor, which the
+                    # refusal just paced, has room; it keeps its place in its tenant's line.
                     log.info("rate_limited", task_id=self.task_id, status=err.status)
-                    await self._reset_if_streamed()
-                    counted = True
-                    continue
+                    return await self._requeue()
                 if not err.retryable:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
@@ -269,15 +271,17 @@ class TaskRun:
         if isinstance(sent, LeaseLost):
             lease.mark_lost()
 
-    async def _reset_if_streamed(self) -> None:
-        """Tell clients to drop what a refused call streamed: the answer starts again. A lost
-        lease is marked, so the next step stops."""
+    async def _requeue(self) -> Outcome:
+        """Back to the queue, telling clients to drop what the refused call streamed."""
         lease = self.lease
-        if lease is None or self.partial.first_token_at is None:
-            return
-        events = [(tasks.EV_RESET, '{"rate_limited":true}')]
-        if isinstance(await self.deps.steps.emit(self.task_id, lease.token, events), LeaseLost):
+        assert lease is not None
+        streamed = self.partial.first_token_at is not None
+        held = await self.deps.steps.requeue(self.task_id, lease.token, streamed=streamed)
+        if isinstance(held, LeaseLost):
             lease.mark_lost()
+            return Outcome.LOST
+        self.status = tasks.QUEUED
+        return Outcome.REQUEUED
 
     def interrupt(self, reason: Outcome) -> None:
         """Stop the current attempt: CANCEL (the client asked), LOST (our lease is gone) or

@@ -46,7 +46,7 @@ async def submit(steps: Steps, *, tenant: str = "acme", body: dict[str, Any] | N
         task_id=task_id, tenant=tenant, request_json=orjson.dumps(body or request()),
         model="mock-r1", now=now or now_ms(), idem_key=None, body_hash="", idempotency_ttl_s=60,
         first_event=QUEUED_EVENT, task_ttl_s=600, limits=limits, priority=priority, cost=cost)
-    assert result == Created(task_id)
+    assert isinstance(result, Created) and result.id == task_id, result
     return task_id
 
 

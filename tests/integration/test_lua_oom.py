@@ -107,6 +107,7 @@ CASES = {
         error_json="", now=NOW, retention_s=3600, view_json=b"{}"), True),
     "renew": Case(leased, lambda s: s.renew(T, TOKEN, 30_000), True),
     "release": Case(leased, lambda s: s.release_lease(T, TOKEN), True),
+    "requeue": Case(leased, lambda s: s.requeue(T, TOKEN, streamed=True), True),
     "handoff": Case(nothing, lambda s: s.handoff(
         entry_id="1-1", batch_id="b1", now=NOW, task_ids=[T]), True),
     "trace": Case(lambda r: queued(r, traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),

@@ -97,7 +97,15 @@ async def test_a_429_with_retry_after_is_retried_after_the_capped_wait(
     tid = await core.submit({**QUIET, "content_tokens": 3, "fault": {
         "status": 429, "retry_after": retry_after, "times": 1}})
     processor = core.processor(RETRY_AFTER_CAP_S=cap_s, RETRY_BASE_S="0.01")
-    assert await run_task(core, tid, processor) is Outcome.DONE
+    await core.coordinator().run_burst()  # placed and batched, as if from the queue
+    # Refused: the task goes back to waiting in the queue, its lease released, uncounted.
+    assert await run_task(core, tid, processor) is Outcome.REQUEUED
+    h = await core.redis.hgetall(core.keys.task(tid))
+    assert (h["status"], h["attempts"], h.get("batch_id")) == ("queued", "0", None)
+    assert not await core.redis.exists(core.keys.lease(tid))
+    evs = await events(core.redis, core.keys, tid)
+    assert evs[-1] == ("status", {"status": "queued", "rate_limited": True})
+    await core.burst(processor)  # placed again; the governor waits out the pause
     first, second = await core.mock_requests()
     assert (first["status"], second["status"]) == (429, 200)
     assert second["started_monotonic"] - first["finished_monotonic"] >= waited_s

@@ -65,6 +65,8 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     await steps.emit(a, "tok", [("content", '{"delta":"x"}')])
     await steps.renew(a, "tok", 5000)
     await steps.renew_many([(a, "tok"), (b, "tok")], 5000)
+    await steps.requeue(b, "tok", streamed=False)
+    await begun(steps, b, "tok")
     await steps.release_lease(b, "tok")
     await steps.handoff(entry_id=entry, batch_id=fields["b"], now=now, task_ids=[b])
     await steps.cancel(task_id=b, tenant="acme", now=now)

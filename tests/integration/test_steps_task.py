@@ -90,6 +90,32 @@ async def test_count_attempt_adds_a_reset_after_the_first_and_needs_the_lease(
     assert await contents(redis, keys) == before
 
 
+async def test_requeue_sends_a_rate_limited_task_back_to_the_queue_uncounted(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    tid = await submit(steps)
+    await redis.hset(keys.task(tid), "batch_id", "b1")
+    await begun(steps, tid, "tok-a")
+    assert await steps.count_attempt(tid, "tok-a") == AttemptCounted(2)  # an earlier failure
+    before = await contents(redis, keys)
+    assert await steps.requeue(tid, "tok-b", streamed=True) == LEASE_LOST  # not ours
+    assert await contents(redis, keys) == before
+    entries_before = await redis.xlen(keys.tasks_stream)
+    assert await steps.requeue(tid, "tok-a", streamed=True) == HELD
+    h = await redis.hgetall(keys.task(tid))
+    # The refused call was no attempt; the coordinators may place it again (no batch_id).
+    assert (h["status"], h["attempts"], "batch_id" in h) == ("queued", "1", False)
+    assert not await redis.exists(keys.lease(tid))
+    assert (await events(redis, keys, tid))[-2:] == [
+        ("reset", {"rate_limited": True}), ("status", {"status": "queued", "rate_limited": True})]
+    [(_entry, fields)] = (await redis.xrange(keys.tasks_stream))[entries_before:]
+    assert fields == {"id": tid}
+    # Not streamed: no reset.
+    await begun(steps, tid, "tok-c")
+    await steps.requeue(tid, "tok-c", streamed=False)
+    assert (await events(redis, keys, tid))[-2:] == [
+        RUNNING_EVENT, ("status", {"status": "queued", "rate_limited": True})]
+
+
 async def test_emit_appends_in_order_only_under_the_lease(
         redis: RedisClient, keys: Keys, steps: Steps) -> None:
     tid = await submit(steps)
