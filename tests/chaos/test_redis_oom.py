@@ -48,9 +48,11 @@ def fill(api: httpx.Client, r: redis.Redis) -> tuple[list[str], list[str], httpx
 
 def test_redis_full_stops_intake_but_no_service_and_no_accepted_task(
         tmp_path: Path, own_redis: RedisServer, api_factory: Any) -> None:
-    # One slot per processor: the long tasks fill them, so a batch flushed meanwhile waits in
-    # the batches stream, to be claimed (and refused a begin) once Redis is full.
-    env = {**CHAOS_ENV, "PROCESSOR_CONCURRENCY": "1", "BATCH_SIZE": "3"}
+    # One slot per processor: the long tasks fill them, so a batch the timer flushes meanwhile
+    # (with no room, only the timer sends one) waits in the batches stream, to be claimed (and
+    # refused a begin) once Redis is full.
+    env = {**CHAOS_ENV, "PROCESSOR_CONCURRENCY": "1", "BATCH_SIZE": "3",
+           "BATCH_TIMEOUT_MS": "300"}
     with (running_stack(tmp_path, own_redis.url, processors=2, env=env) as stack,
           redis.Redis.from_url(own_redis.url, decode_responses=True) as r):
         api = api_factory(stack.edge_url)
