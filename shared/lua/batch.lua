@@ -109,7 +109,13 @@ local function flush(most, reason)
     if not id then break end
     ids[#ids + 1] = id
   end
-  if #ids == 0 then return 0 end
+  if #ids == 0 then
+    -- Nothing waits after all: a counter or timer left behind must not make a coordinator
+    -- spin on a due timer with nothing to send.
+    redis.call('SET', count_key, 0)
+    redis.call('DEL', deadline_key)
+    return 0
+  end
   local bid = 'b' .. ARGV[2] .. '-' .. redis.call('INCR', KEYS[5])
   for _, id in ipairs(ids) do
     local tkey = tprefix .. id

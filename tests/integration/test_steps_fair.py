@@ -164,3 +164,12 @@ async def test_tasks_of_an_earlier_versions_open_batch_join_the_waiting_room(
     state = await steps.batch("flush", now=now_ms(), policy=ADAPTIVE)
     assert state.flushed == 1 and await order(redis, keys) == ids
     assert not await redis.exists(keys.open_batch)
+
+
+async def test_a_due_timer_with_nothing_waiting_is_cleared(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    now = now_ms()
+    await redis.set(keys.waiting_count, 2)  # left behind: nothing is in any line
+    await redis.set(keys.batch_deadline, now - 1)
+    state = await steps.batch("timer", now=now, policy=ADAPTIVE)
+    assert (state.open_len, state.deadline_ms, state.flushed) == (0, 0, 0)
