@@ -108,9 +108,9 @@ def _text_safe(params: tuple[Any, ...]) -> tuple[Any, ...]:
 
 @functools.cache
 def numbered(sql: str) -> str:
-    """The one thing that differs between the two stores' SQL for the modules that own their
-    tables: ``?`` placeholders become ``$1``, ``$2``... (none of their string literals holds a
-    ``?``; one that did would be left alone)."""
+    """The SQL of the modules that own their tables, in PostgreSQL's placeholders: ``?``
+    becomes ``$1``, ``$2``... outside string literals. Their texts are a small, fixed set, so
+    each is worked out once."""
     parts = sql.split("'")
     n = 0
     for i in range(0, len(parts), 2):  # outside quotes: the even parts
