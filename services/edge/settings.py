@@ -79,7 +79,7 @@ class EdgeSettings:
             models=_models(env, provider.ai_model),
             metrics=MetricsSettings.from_env(env),
             dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
-            batch_api_on=env.flag("BATCH_API", False),
+            batch_api_on=env.flag("BATCH_API", True),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )

@@ -1,4 +1,5 @@
-"""BATCH_API: the Batch API and webhooks are served when asked for, on either store."""
+"""BATCH_API: the Batch API and webhooks are served by default, on either store, and not at
+all when turned off."""
 
 from __future__ import annotations
 
@@ -22,14 +23,13 @@ def served(env: dict[str, str]) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("store_url", ["sqlite:///tmp/x.db",
                                        "postgresql://u:p@127.0.0.1:5432/sluice"])
-def test_on_with_either_store(store_url: str) -> None:
-    env = {"BATCH_API": "true", "STORE_URL": store_url}
-    assert EdgeSettings.from_env(Env(env)).batch_api_on is True
-    routes, documented = served(env)
+def test_on_by_default_on_either_store(store_url: str) -> None:
+    assert EdgeSettings.from_env(Env({"STORE_URL": store_url})).batch_api_on is True
+    routes, documented = served({"STORE_URL": store_url})
     assert "/v1/batches/{id}/cancel" in routes and "/api/webhooks/{id}/test" in routes
     assert routes == documented
 
 
-def test_off_by_default_no_routes_and_not_in_the_document() -> None:
-    assert EdgeSettings.from_env(Env({})).batch_api_on is False
-    assert served({}) == (set(), set())
+def test_off_no_routes_and_not_in_the_document() -> None:
+    assert EdgeSettings.from_env(Env({"BATCH_API": "false"})).batch_api_on is False
+    assert served({"BATCH_API": "false"}) == (set(), set())
