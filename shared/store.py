@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,12 @@ def write_statements(param: Callable[[int], str]) -> dict[str, str]:
     }
 
 
+# A statement of the modules that own their tables (files, batches, webhooks): SQL written once,
+# in what both backends speak, with ``?`` placeholders (the PostgreSQL store numbers them), and
+# its values.
+Statement = tuple[str, tuple[Any, ...]]
+
+
 # SQLite's own names for "the file is not a usable database": nothing written to it will stick.
 _BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # with their extended codes (_CORRUPT_INDEX)
 
@@ -161,6 +167,11 @@ class Store(ABC):
 
     backend: str
     url: str  # what make_store was given (STORE_URL)
+    # A task row's place in commit order (an expression on ``tasks t``), and the condition under
+    # which a place is settled: no row can still be committed at or below it. For readers that
+    # follow the tasks table as a log, as the webhook scanner does (shared/webhook_store.py).
+    task_position: str
+    settled: str
 
     def __init__(self) -> None:
         self._pending: list[Write] = []
@@ -243,6 +254,14 @@ class Store(ABC):
     async def _commit(self, items: list[Write]) -> list[bool]:
         """Apply every write in one transaction; whether each changed a row."""
 
+    @abstractmethod
+    async def write_together(self, statements: Sequence[Statement], *,
+                             guarded: bool = False) -> list[bool]:
+        """Run ``statements`` in one transaction of their own, all of them or none (for the
+        modules that own their tables); whether each changed a row. ``guarded``: the first
+        statement is a condition for the rest, which run only when it changed a row (a batch's
+        files ride on the change of its status, and must not outlive a change that missed)."""
+
     # --- reads -------------------------------------------------------------------------------
     @abstractmethod
     async def get_task(self, task_id: str) -> dict[str, Any] | None: ...
@@ -259,6 +278,10 @@ class Store(ABC):
 
     @abstractmethod
     async def count(self, table: str) -> int: ...
+
+    @abstractmethod
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """The rows of one query in the SQL both backends speak (``?`` placeholders)."""
 
     @abstractmethod
     async def ping(self) -> None: ...

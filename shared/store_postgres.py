@@ -13,8 +13,9 @@ finished result until it is written), then :class:`StoreUnavailable` is raised.
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from shared.store import (
     MIGRATIONS_DIR,
     TASK_COLUMNS,
     UPSERT_TASK,
+    Statement,
     Store,
     StoreUnavailable,
     TaskRow,
@@ -68,6 +70,8 @@ _UPSERT_TASKS = (
     f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TASK_TYPES, 1)) + ") "
     + FENCED_TASK_CONFLICT + " RETURNING id")
+# Named, not ``*``: the table has a column of PostgreSQL's own (txid, migration 0004).
+_TASK_FIELDS = ", ".join(TASK_COLUMNS)
 _FENCE_OF = TASK_COLUMNS.index("fence")
 _PROCESSOR_OF = TASK_COLUMNS.index("processor")
 
@@ -102,6 +106,22 @@ def _text_safe(params: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params)
 
 
+@functools.cache
+def numbered(sql: str) -> str:
+    """The SQL of the modules that own their tables, in PostgreSQL's placeholders: ``?``
+    becomes ``$1``, ``$2``... outside string literals. Their texts are a small, fixed set, so
+    each is worked out once."""
+    parts = sql.split("'")
+    n = 0
+    for i in range(0, len(parts), 2):  # outside quotes: the even parts
+        pieces = parts[i].split("?")
+        for j in range(1, len(pieces)):
+            n += 1
+            pieces[j] = f"${n}{pieces[j]}"
+        parts[i] = "".join(pieces)
+    return "'".join(parts)
+
+
 def _changed(status: str) -> bool:
     """Whether a command tag such as ``INSERT 0 1`` says a row was written."""
     return status.rsplit(" ", 1)[-1] != "0"
@@ -109,6 +129,11 @@ def _changed(status: str) -> bool:
 
 class PostgresStore(Store):
     backend = "postgresql"
+    # tasks.txid: the transaction that inserted the row (migration 0004). Transactions commit in
+    # any order, but none with an id below the oldest one still running ever commits again:
+    # places under that horizon are final (the transactional-outbox reading of MVCC snapshots).
+    task_position = "t.txid"
+    settled = "t.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
     def __init__(self, url: str, *, pool_size: int = 10, patience_s: float | None = None) -> None:
         super().__init__()
@@ -196,15 +221,39 @@ class PostgresStore(Store):
             return out
         return await self._retrying("write", step)
 
+    async def write_together(self, statements: Sequence[Statement], *,
+                             guarded: bool = False) -> list[bool]:
+        """Retried as a whole, like a group commit. A retry after a cut during COMMIT may find
+        its own writes there: each statement of these modules is written so that running it
+        again changes nothing (or reports its own row, see ``WebhookStore.create_secret``)."""
+        batch = [(numbered(sql), _text_safe(params)) for sql, params in statements]
+
+        async def step(conn: asyncpg.Connection, _failures: int) -> list[bool]:
+            out: list[bool] = []
+            async with conn.transaction():
+                for sql, params in batch:
+                    if guarded and out and not out[0]:
+                        break  # the condition failed: nothing was changed
+                    out.append(_changed(await conn.execute(sql, *params)))
+            return out + [False] * (len(batch) - len(out))
+        out = await self._retrying("write", step)
+        self.transactions += 1
+        return out
+
     # --- reads -------------------------------------------------------------------------------
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        rows = await self._retrying("read", lambda c, _n: c.fetch(
+            numbered(sql), *_text_safe(params)))
+        return [dict(r) for r in rows]
+
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
         row = await self._retrying("read", lambda c, _n: c.fetchrow(
-            "SELECT * FROM tasks WHERE id = $1", *_text_safe((task_id,))))
+            f"SELECT {_TASK_FIELDS} FROM tasks WHERE id = $1", *_text_safe((task_id,))))
         return dict(row) if row else None
 
     async def list_failed(self, tenant: str, limit: int) -> list[dict[str, Any]]:
         rows = await self._retrying("read", lambda c, _n: c.fetch(
-            "SELECT * FROM tasks WHERE tenant = $1 AND status = 'failed' "
+            f"SELECT {_TASK_FIELDS} FROM tasks WHERE tenant = $1 AND status = 'failed' "
             "ORDER BY completed_at DESC LIMIT $2", *_text_safe((tenant, limit))))
         return [dict(r) for r in rows]
 

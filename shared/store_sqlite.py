@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared import logs
-from shared.store import MIGRATIONS_DIR, Store, Write, check_table, write_statements
+from shared.store import (
+    MIGRATIONS_DIR,
+    Statement,
+    Store,
+    Write,
+    check_table,
+    write_statements,
+)
 
 log = logs.get("sluice.store")
 T = TypeVar("T")
@@ -93,6 +100,9 @@ class SqliteStore(Store):
     """One SQLite file, shared by the processes of one host."""
 
     backend = "sqlite"
+    # rowid: a new row gets the next one, and one transaction commits at a time, so a row is
+    # never committed below one already seen. An upsert keeps its row's rowid.
+    task_position, settled = "t.rowid", "1 = 1"
 
     def __init__(self, path: str, url: str | None = None) -> None:
         super().__init__()
@@ -129,27 +139,26 @@ class SqliteStore(Store):
         return _transaction(
             conn, lambda: [conn.execute(_SQL[i.op], i.params).rowcount > 0 for i in items])
 
-    async def write_together(self, statements: Sequence[tuple[str, tuple[Any, ...]]]
-                             ) -> list[bool]:
-        """Run raw SQLite statements in one transaction of their own: all of them or none
-        (for the modules that own their tables: files, batches, webhooks). The one writer
-        thread orders it with the group commits; whether each statement changed a row."""
+    async def write_together(self, statements: Sequence[Statement], *,
+                             guarded: bool = False) -> list[bool]:
+        """On the one writer thread, which orders it with the group commits."""
         conn = self._wconn
         assert conn is not None, "store not opened"
         batch = list(statements)
 
-        def run() -> list[bool]:
-            return _transaction(
-                conn, lambda: [conn.execute(sql, params).rowcount > 0 for sql, params in batch])
-        out = await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        def body() -> list[bool]:
+            out: list[bool] = []
+            for sql, params in batch:
+                if guarded and out and not out[0]:
+                    break  # the condition failed: nothing was changed, the commit is a no-op
+                out.append(conn.execute(sql, params).rowcount > 0)
+            return out + [False] * (len(batch) - len(out))
+        out = await asyncio.get_running_loop().run_in_executor(
+            self._writer, lambda: _transaction(conn, body))
         self.transactions += 1
         return out
 
     # --- reads -------------------------------------------------------------------------------
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the read connection (for the modules that own their tables)."""
-        return await self._read(fn)
-
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._rconn
         assert conn is not None, "store not opened"
@@ -189,13 +198,8 @@ class SqliteStore(Store):
         return await self._read(lambda c: int(c.execute(f"SELECT COUNT(*) FROM {name}")
                                               .fetchone()[0]))
 
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        return await self._read(lambda c: [dict(r) for r in c.execute(sql, params)])
+
     async def ping(self) -> None:
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
-
-
-def sqlite_only(store: Store) -> SqliteStore:
-    """The store as SQLite, for the Batch API and webhooks (their SQL is SQLite's). The edge
-    serves neither on another store (settings.batch_api_on), so this never fails there."""
-    if not isinstance(store, SqliteStore):
-        raise NotImplementedError(f"the Batch API needs the SQLite store, not {store.backend}")
-    return store

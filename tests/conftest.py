@@ -29,8 +29,7 @@ def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked first_store_only (Redis, auth and API-shape cases, where the store does
     nothing of its own) run on the first of STORES only, to keep `make test` short;
     TEST_EVERY_STORE=1 runs them on every store too. Tests marked sqlite_only are about the
-    SQLite file itself (deleted, replaced, corrupt, out of disk), or need it (the Batch API and
-    webhooks are served on SQLite only for now), and run on SQLite alone."""
+    SQLite file itself (deleted, replaced, corrupt, out of disk), and run on SQLite alone."""
     every = os.environ.get("TEST_EVERY_STORE") == "1"
     keep, drop = [], []
     for item in items:

@@ -1,5 +1,4 @@
--- PostgreSQL twin of ../0003_batch_api.sql (same tables, columns and indexes; the Batch API
--- and webhooks only run on the SQLite store for now, the schema is kept in step regardless).
+-- PostgreSQL twin of ../0003_batch_api.sql (same tables, columns and indexes).
 -- INTEGER is BIGINT and BLOB is BYTEA here, as in 0001_init.sql.
 
 
@@ -108,8 +107,8 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
   PRIMARY KEY (delivery_id, attempt)
 );
 
--- How far the webhook scanner has read the tasks table (its rowid), so a task that finished
--- while no edge ran still gets its events.
+-- How far the webhook scanner has read the tasks table (tasks.txid, see 0004), so a task that
+-- finished while no edge ran still gets its events.
 CREATE TABLE IF NOT EXISTS webhook_cursor (
   name TEXT PRIMARY KEY,
   position BIGINT NOT NULL

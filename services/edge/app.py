@@ -102,7 +102,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
 
 
 def _add_batch_api(app: web.Application) -> None:
-    """BATCH_API on a SQLite store: the routes, the batch runner and the webhook sender."""
+    """BATCH_API: the routes, the batch runner and the webhook sender."""
     app.cleanup_ctx.append(batch_runner.runner_ctx)
     app.cleanup_ctx.append(delivery.webhooks_ctx)
     r = app.router

@@ -33,16 +33,9 @@ from services.edge.context import EDGE, Edge
 from services.edge.files import OUTPUT_PURPOSE
 from services.webhooks import events
 from shared import logs, loops, tasks
-from shared.batch_store import (
-    BatchRecord,
-    BatchStore,
-    FileMeta,
-    Line,
-    Statement,
-    save_file_statements,
-)
+from shared.batch_store import BatchRecord, BatchStore, FileMeta, Line, save_file_statements
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
-from shared.store_sqlite import sqlite_only
+from shared.store import Statement
 from shared.timeutil import now_ms
 from shared.webhook_store import WebhookStore, delivery_statement
 
@@ -58,8 +51,8 @@ BATCH_LINE_PRIORITY = 9
 class BatchRunner:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
-        self.store = BatchStore(sqlite_only(edge.store))
-        self.hooks = WebhookStore(sqlite_only(edge.store))
+        self.store = BatchStore(edge.store)
+        self.hooks = WebhookStore(edge.store)
         self.settings = edge.settings.batch_api
         self.token = secrets.token_hex(16)
         self.holding = False
@@ -220,7 +213,7 @@ class BatchRunner:
             meta = FileMeta(b.derived_file_id(record.id, kind), record.tenant, OUTPUT_PURPOSE,
                             f"{record.id}_{kind}.jsonl", len(data), len(content), now_s, None)
             doc[f"{kind}_file_id"] = meta.id
-            statements += save_file_statements(meta, data, guard=(record.id, final_status))
+            statements += save_file_statements(meta, data)
         statements += await self._event(record, final_status)
         if await self.store.update_batch(_with(record, doc), [record.status], statements):
             log.info("batch_finished", batch_id=record.id, status=final_status,
@@ -229,10 +222,10 @@ class BatchRunner:
 
     async def _event(self, record: BatchRecord, final_status: str) -> list[Statement]:
         """The outbox rows of the batch's final event, written in the transaction of its
-        final status (guarded on it, so a status change that misses queues nothing)."""
+        final status, and only if that status change takes (``update_batch``)."""
         kind = events.BATCH_EVENTS[final_status]
         targets = events.subscribed(await self.hooks.endpoints(record.tenant), kind)
-        return [delivery_statement(d, guard=(record.id, final_status)) for d in
+        return [delivery_statement(d) for d in
                 events.deliveries(record.tenant, kind, record.id, {"status": final_status},
                                   targets)]
 

@@ -18,7 +18,6 @@ from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.edge.views_tasks import json_response
 from shared.batch_store import BatchStore, FileMeta
-from shared.store_sqlite import sqlite_only
 
 INPUT_PURPOSE, OUTPUT_PURPOSE = "batch", "batch_output"
 MAX_LIST = 10_000
@@ -40,7 +39,7 @@ def count_lines(content: bytes) -> int:
 
 
 def batch_store(request: web.Request) -> BatchStore:
-    return BatchStore(sqlite_only(edge_of(request).store))
+    return BatchStore(edge_of(request).store)
 
 
 async def _read_limited(part: BodyPartReader, max_bytes: int) -> bytes:

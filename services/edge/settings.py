@@ -10,7 +10,6 @@ from services.edge.batch_settings import BatchApiSettings
 from services.webhooks.settings import WebhookSettings
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 from shared.metrics import MetricsSettings
-from shared.store import sqlite_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,7 @@ class EdgeSettings:
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
     metrics: MetricsSettings
     dashboard_show_prompts: bool
-    batch_api_enabled: bool  # BATCH_API: /v1/files, /v1/batches and webhooks (SQLite only)
+    batch_api_on: bool  # BATCH_API: /v1/files, /v1/batches and webhooks
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
 
@@ -80,16 +79,10 @@ class EdgeSettings:
             models=_models(env, provider.ai_model),
             metrics=MetricsSettings.from_env(env),
             dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
-            batch_api_enabled=env.flag("BATCH_API", False),
+            batch_api_on=env.flag("BATCH_API", True),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
         )
-
-    @property
-    def batch_api_on(self) -> bool:
-        """The Batch API and webhooks run: asked for, and on the SQLite store (their tables'
-        SQL is SQLite's for now; with a PostgreSQL STORE_URL they are not served)."""
-        return self.batch_api_enabled and sqlite_path(self.common.store_url.get()) is not None
 
     @property
     def open_access(self) -> bool:

@@ -26,7 +26,6 @@ from services.edge.context import EDGE, Edge
 from services.webhooks import events, signing, ssrf
 from shared import logs, loops
 from shared.steps import HELD
-from shared.store_sqlite import sqlite_only
 from shared.webhook_store import (
     DELIVERED,
     FAILED,
@@ -45,7 +44,7 @@ SEND_PAGE = 64
 class WebhookRunner:
     def __init__(self, edge: Edge, http: ssrf.ClientSession) -> None:
         self.edge, self.http = edge, http
-        self.store = WebhookStore(sqlite_only(edge.store))
+        self.store = WebhookStore(edge.store)
         self.settings = edge.settings.webhooks
         self.token = secrets.token_hex(16)
         self.holding = False
@@ -77,12 +76,12 @@ class WebhookRunner:
 
     async def scan(self) -> None:
         position = await self.store.cursor()
-        finished = await self.store.finished_since(position, SCAN_PAGE)
-        if not finished:
+        page = await self.store.finished_since(position, SCAN_PAGE)
+        if page.position == position:
             return
-        by_tenant = await self.store.tenants_with_endpoints()
+        by_tenant = await self.store.tenants_with_endpoints() if page.tasks else {}
         rows = []
-        for task in finished:
+        for task in page.tasks:
             kind = events.TASK_EVENTS.get(task.status)
             if kind is None:
                 continue
@@ -91,7 +90,7 @@ class WebhookRunner:
                 targets.append((events.TASK_URL_TARGET, task.url))
             rows += [delivery_statement(d) for d in events.deliveries(
                 task.tenant, kind, task.id, {"status": task.status}, targets)]
-        await self.store.enqueue([*rows, cursor_statement(finished[-1].position)])
+        await self.store.enqueue([*rows, cursor_statement(page.position)])
 
     async def drop(self, d: Delivery) -> None:
         """The endpoint was deleted: its pending deliveries end, unsent."""

@@ -20,7 +20,6 @@ from services.edge.bodies import read_json
 from services.edge.context import edge_of
 from services.edge.errors import ApiError
 from services.webhooks import events, signing, ssrf
-from shared.store_sqlite import sqlite_only
 from shared.webhook_store import Endpoint, WebhookStore, delivery_statement
 
 MAX_URL = 2048
@@ -35,7 +34,7 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 
 def hooks(request: web.Request) -> WebhookStore:
-    return WebhookStore(sqlite_only(edge_of(request).store))
+    return WebhookStore(edge_of(request).store)
 
 
 def checked_url(request: web.Request, value: Any, field: str = "url") -> str:

@@ -11,14 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import orjson
-import pytest
 
 from tests.chaos.conftest import CHAOS_ENV, RECOVERY_LIMIT_S
 from tests.harness import Stack, running_stack, wait_for
 from tests.integration.batch_kit import line, mock_text
-
-# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
-pytestmark = pytest.mark.sqlite_only
 
 LINES = 60
 KEY = "sk-chaos-batch"

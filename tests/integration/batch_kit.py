@@ -1,6 +1,6 @@
 """The Batch API's test rig: the real edge on a local port (its batch runner included), the
-real coordinator and processor loops in process, one Redis prefix and one SQLite file, the real
-mock provider; and the official ``openai`` SDK, unchanged, as the client."""
+real coordinator and processor loops in process, one Redis prefix and one store (each backend),
+the real mock provider; and the official ``openai`` SDK, unchanged, as the client."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def mock_text(prompt: str, tokens: int = 5) -> str:
 @contextlib.asynccontextmanager
 async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
                     **env: str) -> AsyncIterator[BatchRig]:
-    edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
+    edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_URL": core.store.url,
                 "EDGE_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "BATCH_TICK_S": "0.02",
                 "BATCH_API": "1",
                 **env}

@@ -1,5 +1,6 @@
 """The real edge app (``create_app``) on a local port, against the session's redis-server and a
-SQLite file of the test's own, with a fresh key prefix: what it leaves behind is easy to see."""
+SQLite file of the test's own (or the STORE_URL given), with a fresh key prefix: what it leaves
+behind is easy to see."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class EdgeUnderTest:
 @contextlib.asynccontextmanager
 async def running_edge(redis_url: str, tmp: Path, **env: str) -> AsyncIterator[EdgeUnderTest]:
     values = {"REDIS_URL": redis_url, "REDIS_PREFIX": "e" + uuid.uuid4().hex[:10],
-              "STORE_PATH": str(tmp / f"edge-{uuid.uuid4().hex[:6]}.db"),
+              "STORE_URL": str(tmp / f"edge-{uuid.uuid4().hex[:6]}.db"),
               "SSE_KEEPALIVE_S": "0.2", **env}
     settings = EdgeSettings.from_env(Env(values))
     client = TestClient(TestServer(create_app(settings)))

@@ -1,6 +1,7 @@
 """The OpenAI Batch API with the official ``openai`` SDK, unchanged: files, batches, bad input
 files, failed requests, cancel and expiry, against the real edge, coordinator, processor,
-Redis, SQLite and mock provider."""
+Redis, store and mock provider. The cases that query the store in ways of their own run on
+each store; the others (first_store_only) on the first."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ import pytest
 
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
 from tests.integration.kit import Core, until
-
-# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
-pytestmark = pytest.mark.sqlite_only
 
 
 @pytest.fixture
@@ -86,6 +84,7 @@ async def test_files_and_batches_belong_to_their_tenant_and_list_in_pages(
         await rig.client.files.retrieve(second.input_file_id)
 
 
+@pytest.mark.first_store_only
 async def test_each_kind_of_bad_line_fails_the_batch_with_openais_errors(
         rig: BatchRig) -> None:
     lines = [
@@ -118,6 +117,7 @@ async def test_each_kind_of_bad_line_fails_the_batch_with_openais_errors(
     assert [e.code for e in empty.errors.data] == ["empty_file"]
 
 
+@pytest.mark.first_store_only
 async def test_refused_creates_and_uploads_get_openai_errors(rig: BatchRig) -> None:
     file_id = await rig.upload([line("a", "x")])
     for bad in ({"endpoint": "/v1/embeddings"}, {"completion_window": "48h"},
@@ -141,6 +141,7 @@ async def test_refused_creates_and_uploads_get_openai_errors(rig: BatchRig) -> N
         assert r.status in (400, 415), (ctype, r.status, await r.text())
 
 
+@pytest.mark.first_store_only
 async def test_failed_requests_go_to_the_error_file(rig: BatchRig) -> None:
     lines = [line(f"ok-{n}", f"fine {n}") for n in range(3)]
     lines.append(line("refused", "no", fault={"status": 400, "message": "mock says no"}))
@@ -180,6 +181,7 @@ async def test_cancel_mid_run_keeps_the_finished_lines(core: Core, tmp_path: Pat
                 (await rig.wait((await rig.run([line("x", "y")])).id)).id)
 
 
+@pytest.mark.first_store_only
 async def test_a_batch_past_its_window_expires_with_its_finished_lines(
         core: Core, tmp_path: Path) -> None:
     async with batch_rig(core, tmp_path, concurrency=1, BATCH_LINES_IN_FLIGHT="1",

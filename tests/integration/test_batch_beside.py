@@ -13,13 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line
 from tests.integration.kit import Core
-
-# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
-pytestmark = pytest.mark.sqlite_only
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 LINES = 1000

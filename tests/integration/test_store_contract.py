@@ -74,16 +74,9 @@ async def test_batches_keep_the_first_claim_and_take_the_completion(store: Store
 
 
 async def _batch(store: Store, batch_id: str) -> tuple[object, ...]:
-    from shared.store_postgres import PostgresStore
-    from shared.store_sqlite import SqliteStore
-    sql = "SELECT size, reason, processor, created_at, claimed_at, completed_at FROM batches " \
-          "WHERE id = {}"
-    if isinstance(store, SqliteStore):
-        return tuple(await store._read(
-            lambda c: c.execute(sql.format("?"), (batch_id,)).fetchone()))
-    assert isinstance(store, PostgresStore)
-    return tuple(await store._retrying("t", lambda c, _n: c.fetchrow(sql.format("$1"),
-                                                                     batch_id)))
+    [row] = await store.fetch("SELECT size, reason, processor, created_at, claimed_at, "
+                              "completed_at FROM batches WHERE id = ?", batch_id)
+    return tuple(row.values())
 
 
 async def test_the_first_idempotency_key_wins(store: Store) -> None:

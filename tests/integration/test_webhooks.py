@@ -22,9 +22,6 @@ from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
 from tests.integration.kit import Core, submit, until
 
-# The Batch API and webhooks are served on the SQLite store only (BATCH_API).
-pytestmark = pytest.mark.sqlite_only
-
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 HOOK_ENV = {"BATCH_API": "true", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
             "WEBHOOK_RETRY_BASE_S": "0.05"}
@@ -147,6 +144,7 @@ async def test_a_receiver_that_fails_three_times_gets_the_same_webhook_id(
         assert gaps == sorted(gaps), "the waits grow"
 
 
+@pytest.mark.first_store_only
 async def test_a_redirect_is_not_followed(core: Core, tmp_path: Path,
                                           receiver: Receiver) -> None:
     receiver.fail, receiver.answer = 1, 302
@@ -218,15 +216,14 @@ def test_delivery_payloads_are_thin() -> None:
 
 async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
         core: Core, tmp_path: Path, receiver: Receiver) -> None:
-    env = {"REDIS_PREFIX": core.keys.prefix, "STORE_PATH": core.store.path,
+    env = {"REDIS_PREFIX": core.keys.prefix, "STORE_URL": core.store.url,
            "EDGE_API_KEYS": f"{KEY_A}:alpha", **HOOK_ENV}
     async with running_edge(core.redis_url, tmp_path, **env) as edge:
         r = await edge.client.post("/api/webhooks", json={"url": receiver.url}, headers=AUTH)
         secret = (await r.json())["secret"]
 
         async def scanned() -> bool:  # the edge has read the tasks table once
-            return bool(await core.store.read(lambda c: c.execute(
-                "SELECT 1 FROM webhook_cursor").fetchone()))
+            return bool(await core.store.fetch("SELECT 1 FROM webhook_cursor"))
         await until(scanned)
     task_id = await submit(core.steps, tenant="alpha")
     await core.burst()  # the task runs and ends while no edge is up
@@ -237,6 +234,7 @@ async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
     assert event["type"] == "task.succeeded" and event["data"]["id"] == task_id
 
 
+@pytest.mark.first_store_only
 async def test_deleting_an_endpoint_ends_its_pending_deliveries(
         core: Core, tmp_path: Path, receiver: Receiver) -> None:
     receiver.fail = 1000
@@ -248,8 +246,8 @@ async def test_deleting_an_endpoint_ends_its_pending_deliveries(
         assert r.status == 200
 
         async def state() -> str:
-            return str(await core.store.read(lambda c: c.execute(
-                "SELECT state FROM webhook_deliveries").fetchone()[0]))
+            [row] = await core.store.fetch("SELECT state FROM webhook_deliveries")
+            return str(row["state"])
         await until(lambda: _equals(state(), "failed"))
         r = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
                                       headers=AUTH)

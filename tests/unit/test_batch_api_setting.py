@@ -1,6 +1,9 @@
-"""BATCH_API: the Batch API and webhooks are served only when asked for, and only on SQLite."""
+"""BATCH_API: the Batch API and webhooks are served by default, on either store, and not at
+all when turned off."""
 
 from __future__ import annotations
+
+import pytest
 
 from services.edge.app import create_app
 from services.edge.openapi import document
@@ -18,19 +21,15 @@ def served(env: dict[str, str]) -> tuple[set[str], set[str]]:
             {p for p in document(settings)["paths"] if p.startswith(BATCH_PATHS)})
 
 
-def test_off_by_default_no_routes_and_not_in_the_document() -> None:
-    assert EdgeSettings.from_env(Env({})).batch_api_on is False
-    assert served({}) == (set(), set())
-
-
-def test_on_with_the_sqlite_store() -> None:
-    routes, documented = served({"BATCH_API": "true", "STORE_URL": "sqlite:///tmp/x.db"})
+@pytest.mark.parametrize("store_url", ["sqlite:///tmp/x.db",
+                                       "postgresql://u:p@127.0.0.1:5432/sluice"])
+def test_on_by_default_on_either_store(store_url: str) -> None:
+    assert EdgeSettings.from_env(Env({"STORE_URL": store_url})).batch_api_on is True
+    routes, documented = served({"STORE_URL": store_url})
     assert "/v1/batches/{id}/cancel" in routes and "/api/webhooks/{id}/test" in routes
     assert routes == documented
 
 
-def test_not_served_on_postgresql_even_when_asked_for() -> None:
-    env = {"BATCH_API": "true", "STORE_URL": "postgresql://u:p@127.0.0.1:5432/sluice"}
-    assert EdgeSettings.from_env(Env(env)).batch_api_enabled is True
-    assert EdgeSettings.from_env(Env(env)).batch_api_on is False
-    assert served(env) == (set(), set())
+def test_off_no_routes_and_not_in_the_document() -> None:
+    assert EdgeSettings.from_env(Env({"BATCH_API": "false"})).batch_api_on is False
+    assert served({"BATCH_API": "false"}) == (set(), set())

@@ -1,0 +1,3 @@
+-- Twin of postgres/0004_task_position.sql, which gives PostgreSQL's tasks a place in commit
+-- order (txid) for the webhook scanner. SQLite has one already, the rowid: nothing to add.
+-- (The file exists so both stores record the same migration names in d1_migrations.)
