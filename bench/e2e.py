@@ -82,9 +82,10 @@ def store_server(store: str) -> Iterator[tuple[str, list[int]]]:
 
 
 async def sluice(ctx: Ctx, n: int, tag: str, spy: Path | None = None,
-                 store: str = "sqlite") -> dict[str, Any]:
+                 store: str = "sqlite", extra_env: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
     d = ctx.dir(f"e2e-sluice-{store}-{tag}")
-    env = {**FAST_MOCK, "PROCESSOR_CONCURRENCY": str(CONCURRENCY)}
+    env = {**FAST_MOCK, "PROCESSOR_CONCURRENCY": str(CONCURRENCY), **(extra_env or {})}
     with redis_server(d) as r, store_server(store) as (url, store_pids), \
             stack(d, r.url, env=env, store_url=url) as s:
         url = s.edge_url + "/api/tasks"
