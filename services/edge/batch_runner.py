@@ -31,9 +31,11 @@ from aiohttp import web
 from services.edge import batches as b
 from services.edge.context import EDGE, Edge
 from services.edge.files import OUTPUT_PURPOSE
+from services.edge.validation import FLEX_PRIORITY
 from services.webhooks import events
 from shared import logs, loops, tasks
 from shared.batch_store import BatchRecord, BatchStore, FileMeta, Line, save_file_statements
+from shared.governor import estimate_tokens
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
 from shared.store import Statement
 from shared.timeutil import now_ms
@@ -42,10 +44,9 @@ from shared.webhook_store import WebhookStore, delivery_statement
 log = logs.get("sluice.batches")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 RATE_WINDOW_MS = 60_000
-# Batch lines should queue behind interactive work. The governor's ``priority`` (issue 11, lower
-# runs sooner) is not on main yet: once it is, this value goes into every line's payload (see
-# ``_queue_line``). Until then a batch is paced by BATCH_LINES_IN_FLIGHT alone.
-BATCH_LINE_PRIORITY = 9
+# Batch lines queue behind the tenant's interactive work: the priority /v1's service_tier
+# "flex" gives (lower runs sooner), paced besides by BATCH_LINES_IN_FLIGHT.
+BATCH_LINE_PRIORITY = FLEX_PRIORITY
 
 
 class BatchRunner:
@@ -166,7 +167,9 @@ class BatchRunner:
     async def _queue_line(self, record: BatchRecord, line: Line) -> bool:
         s = self.edge.settings
         payload: dict[str, Any] = orjson.loads(line.request)
-        # issue 11: payload["priority"] = BATCH_LINE_PRIORITY, once the governor reads it.
+        # A batch line waits behind the tenant's interactive tasks (aging: it is never starved),
+        # unless the line names a priority of its own; it counts in the tenant's fair share.
+        priority = payload.get("priority", BATCH_LINE_PRIORITY)
         window_s = int(record.doc["expires_at"]) - int(record.doc["created_at"])
         result = await self.edge.steps.submit(
             task_id=line.task_id, tenant=record.tenant, request_json=orjson.dumps(payload),
@@ -176,7 +179,8 @@ class BatchRunner:
             task_ttl_s=s.task_ttl_s,
             # Lines are paced by BATCH_LINES_IN_FLIGHT, not the per-minute rate, but they count
             # towards the tenant's cap of active tasks.
-            limits=TenantLimits(0, RATE_WINDOW_MS, s.max_active_tasks))
+            limits=TenantLimits(0, RATE_WINDOW_MS, s.max_active_tasks),
+            priority=priority, cost=estimate_tokens(payload))
         return not isinstance(result, RateLimited | TooManyActive)
 
     async def _cancel_queued(self, record: BatchRecord) -> None:

@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from services.edge.batch_runner import BATCH_LINE_PRIORITY
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
 from tests.integration.kit import Core, until
 
@@ -48,6 +49,9 @@ async def test_the_sdk_runs_a_batch_and_gets_every_answer_once(rig: BatchRig) ->
         assert body["choices"][0]["finish_reason"] == "stop"
         task = await rig.core.store.get_task(response["request_id"])
         assert task is not None and task["tenant"] == "alpha"
+        # Each line waited at the batch priority, behind the tenant's interactive tasks.
+        assert await rig.core.redis.hget(rig.core.keys.task(task["id"]), "priority") == str(
+            BATCH_LINE_PRIORITY)
     assert done.usage is not None
     assert done.usage.output_tokens == 12 * 5
     assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
