@@ -100,6 +100,7 @@ class Governor:
         self.held: dict[str, str] = {}  # slot -> provider
         self.rooms: dict[str, Room] = {}
         self.waiting = 0  # tasks of this processor waiting for admission
+        self._told_open = False  # what on_change said last (room() is 0 until the first look)
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
@@ -121,12 +122,15 @@ class Governor:
         return seen.free(now_ms()) - self.waiting
 
     def _seen(self, provider: str, room: Room) -> None:
-        before = self.room()
         self.rooms[provider] = room
         if provider == self.default:
             metrics.set_governor(room.limit, room.in_flight)
-        if (before > 0) != (self.room() > 0):
-            self.on_change(self.room() > 0)
+        # Against what was last told, not the room a moment ago: a pause that ends opens the
+        # room by the clock alone, and that opening must still be told.
+        is_open = self.room() > 0
+        if is_open != self._told_open:
+            self._told_open = is_open
+            self.on_change(is_open)
 
     # --- one call -------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
