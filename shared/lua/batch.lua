@@ -116,6 +116,9 @@ local function flush(most, reason)
     redis.call('DEL', deadline_key)
     return 0
   end
+  if reason == 'room' then  -- sent because there is room: full, or adaptive
+    reason = #ids >= size and 'size' or 'idle'
+  end
   local bid = 'b' .. ARGV[2] .. '-' .. redis.call('INCR', KEYS[5])
   for _, id in ipairs(ids) do
     local tkey = tprefix .. id
@@ -209,8 +212,7 @@ if adaptive and waiting() > 0 then
   -- tenant's later tasks can still overtake another's earlier burst.
   local spare = spare_capacity()
   while spare > 0 and waiting() > 0 do
-    local most = math.min(size, spare)
-    local n = flush(most, most >= size and 'size' or 'idle')
+    local n = flush(math.min(size, spare), 'room')
     if n == 0 then break end
     spare = spare - n
   end

@@ -173,3 +173,14 @@ async def test_a_due_timer_with_nothing_waiting_is_cleared(
     await redis.set(keys.batch_deadline, now - 1)
     state = await steps.batch("timer", now=now, policy=ADAPTIVE)
     assert (state.open_len, state.deadline_ms, state.flushed) == (0, 0, 0)
+
+
+async def test_a_batch_sent_for_room_is_named_by_how_full_it_is(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    await room(steps, free=32)
+    await submit(steps)
+    await place(steps, redis)  # one task, room for 32: sent at once, not a full batch
+    for _ in range(3):
+        await submit(steps)
+    await place(steps, redis)
+    assert [f["r"] for _e, f in await redis.xrange(keys.batches_stream)] == ["idle", "size"]
