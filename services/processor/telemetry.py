@@ -39,9 +39,12 @@ def begun(b: Begun) -> None:
     """This run holds the task's lease now. The first run of a task observes its queue wait."""
     h = b.task
     created = int(h.get("created_at") or 0)
-    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not b.counted,
+    # A task rate-limited back to the queue was called already: its next call is a retry and
+    # its queue wait was observed on its first run.
+    first_run = b.counted and not h.get("requeues")
+    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not first_run,
                          traceparent=h.get("traceparent")))
-    if b.counted and created:
+    if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
         metrics.queue_wait.observe(wait)
         rollup.add("queue_wait_s", wait)

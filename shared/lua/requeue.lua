@@ -13,6 +13,7 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if attempts > 0 then redis.call('HSET', KEYS[1], 'attempts', attempts - 1) end
+redis.call('HINCRBY', KEYS[1], 'requeues', 1)  -- the next call is a retry, its wait not new
 redis.call('HSET', KEYS[1], 'status', QUEUED)
 redis.call('HDEL', KEYS[1], 'batch_id', 'processor', 'waiting_for', 'waiting_until')
 if ARGV[2] == '1' then

@@ -103,7 +103,8 @@ async def test_requeue_sends_a_rate_limited_task_back_to_the_queue_uncounted(
     assert await steps.requeue(tid, "tok-a", streamed=True) == HELD
     h = await redis.hgetall(keys.task(tid))
     # The refused call was no attempt; the coordinators may place it again (no batch_id).
-    assert (h["status"], h["attempts"], "batch_id" in h) == ("queued", "1", False)
+    assert (h["status"], h["attempts"], "batch_id" in h, h["requeues"]) == (
+        "queued", "1", False, "1")
     assert not await redis.exists(keys.lease(tid))
     assert (await events(redis, keys, tid))[-2:] == [
         ("reset", {"rate_limited": True}), ("status", {"status": "queued", "rate_limited": True})]
