@@ -140,7 +140,8 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
     assert value(proc, "sluice_queue_wait_seconds_count") == 7
     assert value(proc, "sluice_e2e_request_latency_seconds_count") == 7
     assert value(proc, "sluice_time_to_first_token_seconds_count") == 5
-    assert value(proc, "sluice_batch_size_sum") == 7
+    # Tasks taken in batches: the 7, and once more the one the 429 sent back to the queue.
+    assert value(proc, "sluice_batch_size_sum") == 8
     # The mock answers 6 content and 2 reasoning tokens per success.
     assert value(proc, "sluice_tokens_total", kind="reasoning") == 5 * 2
     assert value(proc, "sluice_tokens_total", kind="completion") == 5 * 6
@@ -149,7 +150,7 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
         proc, "sluice_tokens_total", kind="prompt") > 0
 
     coord = ms.scrape("coordinator")
-    assert value(coord, "sluice_tasks_placed_total") == 7
+    assert value(coord, "sluice_tasks_placed_total") == 8  # the 429's task placed twice
     assert total(coord, "sluice_batches_flushed_total") == value(
         proc, "sluice_batches_taken_total") >= 1
 
