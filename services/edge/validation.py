@@ -88,14 +88,15 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False,
 def _priority(body: dict[str, Any], openai: bool, header: str | None) -> int | None:
     """The body's ``priority``; on /v1 failing that the priority header, then
     ``service_tier: "flex"`` (a low priority). None: not asked for."""
+    # A bad header is refused even when the body's field wins: nothing malformed is ignored.
+    if openai and header is not None and not PRIORITY_HEADER_VALUE.match(header.strip()):
+        raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer "
+                       f"from {PRIORITY_MIN} to {PRIORITY_MAX}", param=PRIORITY_HEADER)
     if body.get("priority") is not None:
         return _int("priority", body["priority"], PRIORITY_MIN, PRIORITY_MAX)
     if not openai:
         return None
     if header is not None:
-        if not PRIORITY_HEADER_VALUE.match(header.strip()):
-            raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer "
-                           f"from {PRIORITY_MIN} to {PRIORITY_MAX}", param=PRIORITY_HEADER)
         return int(header)
     tier = body.get("service_tier")
     if tier is not None and not isinstance(tier, str):

@@ -7,6 +7,7 @@ holds is its holder's: the governor checks the deadline while the task waits for
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared import tasks
@@ -26,8 +27,10 @@ def deadline_error() -> dict[str, Any]:
 
 class DeadlineSweeper:
     def __init__(self, redis: RedisClient, keys: Keys, steps: GovernorSteps,
-                 retention_s: int) -> None:
+                 retention_s: int,
+                 on_expired: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.redis, self.keys, self.steps, self.retention_s = redis, keys, steps, retention_s
+        self.on_expired = on_expired  # the task's row: written by whoever failed it
 
     async def sweep_once(self) -> int:
         """Fail the tasks whose deadline has passed; returns how many it failed."""
@@ -42,4 +45,6 @@ class DeadlineSweeper:
                      "completed_at": iso(now)} if h else {})
             if await self.steps.expire(task_id, now, self.retention_s, error, view) == "expired":
                 failed += 1
+                if self.on_expired is not None:
+                    await self.on_expired(task_id)
         return failed

@@ -148,7 +148,7 @@ class TaskRun:
             return Outcome.MISSING
         if isinstance(begun, AlreadyTerminal):
             self.status = begun.status
-            await self._ensure_row_for_terminal()
+            await self.ensure_row_for_terminal()
             return Outcome.TERMINAL
         if isinstance(begun, HeldElsewhere):
             return Outcome.BUSY
@@ -458,7 +458,7 @@ class TaskRun:
             "complete", task_id=self.task_id)
         return not isinstance(done, LeaseLost)
 
-    async def _ensure_row_for_terminal(self) -> None:
+    async def ensure_row_for_terminal(self) -> None:
         """A task cancelled before it ran (or finished by a holder that died before acking):
         make sure its one row exists, without replacing a row that does."""
         d = self.deps

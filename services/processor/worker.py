@@ -49,7 +49,7 @@ class Processor:
             on_change=self._room_changed,
             retry_after_cap_s=settings.retry_after_cap_s)
         self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
-                                       settings.retention_s)
+                                       settings.retention_s, on_expired=self._row_for_expired)
         self.leases = LeaseKeeper(redis, self.steps, self.keys, self.name,
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
@@ -142,6 +142,11 @@ class Processor:
                 await p.execute()
         except UNAVAILABLE:
             pass
+
+    async def _row_for_expired(self, task_id: str) -> None:
+        """A task whose deadline passed while it waited gets its row now, not once a batch
+        brings it to a processor (while the provider is paused, that may be long)."""
+        await TaskRun(self.deps, task_id, "").ensure_row_for_terminal()
 
     # --- capacity -----------------------------------------------------------------------------
     @property

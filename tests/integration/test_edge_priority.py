@@ -66,6 +66,7 @@ async def test_priority_is_stored_with_the_estimated_tokens_and_kept_from_the_pr
     ("/v1/chat/completions", {"priority": -1001}, {}, "priority"),
     ("/v1/chat/completions", {}, {PRIORITY_HEADER: "soon"}, PRIORITY_HEADER),
     ("/v1/chat/completions", {}, {PRIORITY_HEADER: "5000"}, PRIORITY_HEADER),
+    ("/v1/chat/completions", {"priority": 5}, {PRIORITY_HEADER: ""}, PRIORITY_HEADER),
     ("/v1/chat/completions", {"service_tier": 3}, {}, "service_tier"),
 ])
 async def test_a_bad_priority_is_422_naming_it_and_nothing_is_stored(

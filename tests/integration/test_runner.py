@@ -12,6 +12,7 @@ import pytest
 from services.processor.assembler import ProviderError
 from services.processor.runner import Outcome, TaskRun
 from services.processor.worker import Processor
+from shared.timeutil import now_ms
 from tests.integration.kit import (
     BURST_TIMEOUT_S,
     QUIET,
@@ -131,3 +132,18 @@ async def test_a_diverging_retry_stores_the_new_answer_and_tells_clients_to_rese
     assert deltas(evs[:reset]) == first["content"]
     assert deltas(evs[reset:]) == second["content"]
     assert evs[-1][0] == "done" and evs[-1][1]["result"]["content"] == second["content"]
+
+
+async def test_a_task_whose_deadline_passes_while_waiting_fails_with_its_row_at_once(
+        core: Core) -> None:
+    tid = await core.submit({**QUIET, "content_tokens": 3})
+    await core.redis.zadd(core.keys.deadlines, {tid: now_ms() - 1})  # as the edge indexes it
+    processor = core.processor()
+    assert await processor.sweeper.sweep_once() == 1
+    # Failed in Redis, and its one row written now: not once a batch brings it to a
+    # processor (while the provider is paused that may be long).
+    assert (await core.redis.hget(core.keys.task(tid), "status")) == "failed"
+    row = await core.store.get_task(tid)
+    assert row is not None and row["status"] == "failed"
+    assert orjson.loads(row["error"])["code"] == "deadline_exceeded"
+    assert await core.mock_requests() == []
