@@ -26,7 +26,7 @@ from bench import report
 from bench.common import Ctx
 from bench.procs import ROOT, machine, raise_fd_limit
 
-SCENARIOS = ("submit", "e2e", "idle", "relay", "scaleout", "memory", "batching",
+SCENARIOS = ("submit", "e2e", "idle", "relay", "long_stream", "scaleout", "memory", "batching",
              "provider_limited")
 EXTRA = ("transport",)  # diagnostics, run only when named in --only
 
