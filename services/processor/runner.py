@@ -290,7 +290,7 @@ class TaskRun:
     def _cancel_job(self) -> None:
         job = self._job
         if job is not None and not job.done():
-            job.cancel()  # closes the upstream connection: httpx's stream context exits
+            job.cancel()  # closes the upstream connection: the response's context exits
             # On Python 3.11 a cancel that lands while redis-py is sending a command can be
             # swallowed: look again shortly, until the job has really ended.
             asyncio.get_running_loop().call_later(0.05, self._cancel_job)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 from redis.asyncio.client import PubSub
 
 from services.processor import provider, telemetry
@@ -36,7 +35,7 @@ BURST_POLL_S = 0.01  # in burst mode: the run ends a few ms after its work does
 
 class Processor:
     def __init__(self, settings: ProcessorSettings, redis: RedisClient, store: Store,
-                 http: httpx.AsyncClient) -> None:
+                 http: provider.ProviderClient) -> None:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
@@ -339,5 +338,5 @@ class Processor:
             await pubsub.aclose()
 
 
-def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:
+def make_http(settings: ProcessorSettings) -> provider.ProviderClient:
     return provider.make_client(settings.provider, settings.concurrency + 16)
