@@ -1,7 +1,10 @@
 """Calling the model provider: one streamed chat completion, parsed as it arrives.
 
 The stream is read in whatever pieces the socket gives; every piece's deltas are handed on in
-one call, so a fast provider costs one Redis round trip per network read, not per token. A
+one call, so a fast provider costs one Redis round trip per network read, not per token. The
+call says whether the answer is complete with that piece (``last``): its deltas may then wait
+and go with the answer itself, one round trip less (a whole short answer often comes in one
+read). A
 provider that answers JSON to a streaming request is used as is and remembered as not streaming.
 A 200 is a success only if it carries an answer (see the assembler), and no line of a stream may
 grow past ``AI_MAX_LINE_BYTES``.
@@ -36,7 +39,7 @@ from services.processor.assembler import (
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import Provider, redact
 
-OnDeltas = Callable[[list[Delta]], Awaitable[None]]
+OnDeltas = Callable[[list[Delta], bool], Awaitable[None]]  # (deltas, last)
 OnHeaders = Callable[[CIMultiDictProxy[str]], None]
 DRAIN_AFTER_DONE_S = 1.0
 # An error body is read only for its message: the rest of a huge one is left unread.
@@ -156,7 +159,7 @@ async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
         for event in decoder.feed(raw):
             deltas += assembler.add_event(event)
         if deltas:
-            await on_deltas(_merge(deltas))
+            await on_deltas(_merge(deltas), assembler.done or assembler.finished)
         if assembler.done:
             break
     decoder.close()
@@ -199,7 +202,7 @@ async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
     if deltas:
-        await on_deltas(deltas)
+        await on_deltas(deltas, True)
     return Completion(result, usage, streamed=False)
 
 

@@ -230,10 +230,11 @@ class TaskRun:
     async def _call(self, request: dict[str, Any]) -> Completion:
         partial = self.partial
 
-        async def on_deltas(deltas: list[Delta]) -> None:
+        async def on_deltas(deltas: list[Delta], last: bool) -> None:
             partial.add(deltas)
             self._unsent += [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
-            await self._send_events()
+            if not last:  # the last ones go with complete.lua, in order, before the end event
+                await self._send_events()
 
         async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
             completion = await self.deps.call(request, on_deltas, call.observe)
@@ -371,7 +372,7 @@ class TaskRun:
             if saved is False:
                 metrics.fence_rejections.inc()
             return Outcome.LOST
-        if self._unsent or self._resync:  # the deltas come before the terminal event
+        if self._resync:  # an emit failed midway: the reset and the text so far, first
             await until_redis_answers(lambda: self._send_events(wait=True), "emit",
                                       task_id=self.task_id)
         result = None
@@ -446,12 +447,14 @@ class TaskRun:
                         completed: int) -> bool:
         lease = self.lease
         assert lease is not None
+        # Deltas not sent yet (the answer's last piece) go first, in the same step.
+        unsent, self._unsent = self._unsent, []
         done = await until_redis_answers(lambda: self.deps.steps.complete(
             task_id=self.task_id, token=lease.token, status=status,
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
-            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view)),
-            "complete", task_id=self.task_id)
+            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view),
+            events=unsent), "complete", task_id=self.task_id)
         return not isinstance(done, LeaseLost)
 
     async def _ensure_row_for_terminal(self) -> None:

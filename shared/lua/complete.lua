@@ -8,10 +8,15 @@
 -- ARGV[1] token, ARGV[2] status, ARGV[3] result JSON, ARGV[4] error JSON, ARGV[5] now (ms),
 -- ARGV[6] retention (s), ARGV[7] terminal event type, ARGV[8] terminal event data, ARGV[9] id,
 -- ARGV[10] key prefix of the tenants' active sets (Keys.tenant_active(""); the tenant is read
--- from the task hash, as batch.lua builds task keys from a prefix)
+-- from the task hash, as batch.lua builds task keys from a prefix), ARGV[11..] pairs of
+-- (event type, JSON data): the last deltas, not sent yet, appended before the terminal event
+-- (what emit.lua would have done one round trip earlier, under the same lease check)
 -- Returns 1, or 0 when the lease is lost.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
+for i = 11, #ARGV, 2 do
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[i], 'd', ARGV[i + 1])
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'error', ARGV[4],
   'completed_at', ARGV[5])
 redis.call('HDEL', KEYS[1], 'cancel')
