@@ -207,11 +207,17 @@ async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
 
 
 def _merge(deltas: list[Delta]) -> list[Delta]:
-    """Join consecutive deltas of one kind: one event per kind per network read."""
+    """Join consecutive deltas of one kind: one event per kind per network read. Each run is
+    joined once (adding its texts pairwise made a new string and Delta per delta)."""
+    if len(deltas) < 2:
+        return deltas
     out: list[Delta] = []
-    for d in deltas:
-        if out and out[-1].kind == d.kind:
-            out[-1] = Delta(d.kind, out[-1].text + d.text)
+    kind, texts = deltas[0].kind, [deltas[0].text]
+    for d in deltas[1:]:
+        if d.kind == kind:
+            texts.append(d.text)
         else:
-            out.append(d)
+            out.append(Delta(kind, "".join(texts)))
+            kind, texts = d.kind, [d.text]
+    out.append(Delta(kind, "".join(texts)))
     return out

@@ -1,4 +1,5 @@
-"""Bounded reads of provider bodies: an endless error page or JSON answer costs a fixed amount."""
+"""Bounded reads of provider bodies: an endless error page or JSON answer costs a fixed amount;
+the deltas of one read go on joined."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.processor.provider import read_capped
+from services.processor.assembler import Delta
+from services.processor.provider import _merge, read_capped
 
 
 class Endless:
@@ -40,3 +42,11 @@ async def test_a_body_within_the_limit_is_read_whole(size: int) -> None:
 
 async def test_one_byte_over_is_not_whole() -> None:
     assert await read_capped(reads_of(b"y" * 10_001), 10_000) == (b"y" * 10_000, False)
+
+
+def test_the_deltas_of_one_read_are_joined_per_run_of_a_kind() -> None:
+    got = _merge([Delta("reasoning", "a"), Delta("reasoning", "b"), Delta("content", "c"),
+                  Delta("content", "d"), Delta("content", "e"), Delta("reasoning", "f")])
+    assert got == [Delta("reasoning", "ab"), Delta("content", "cde"), Delta("reasoning", "f")]
+    assert _merge([Delta("content", "x")]) == [Delta("content", "x")]
+    assert _merge([]) == []
