@@ -266,6 +266,9 @@ class TaskRun:
             if wait:
                 raise
             return
+        except asyncio.CancelledError:  # interrupted: it may yet run, so it counts as failed
+            self._resync = True
+            raise
         self._unsent, self._resync = [], False
         if isinstance(sent, LeaseLost):
             lease.mark_lost()
