@@ -177,7 +177,8 @@ class Steps:
     async def _call(self, name: str, keys: list[str], args: Sequence[Any],
                     client: Any = None, *, together: bool = False) -> Any:
         """Run script ``name``; ``together``: coalesced with the other calls of it in flight
-        from this process, one pipeline per round trip (shared/coalesce.py)."""
+        from this process, one pipeline per round trip (shared/coalesce.py): the steps every
+        task of a processor takes (begin, emit, complete), many at once under load."""
         script = getattr(self._scripts, name)
         if together:
             coalescer = self._together.get(name)
@@ -342,7 +343,7 @@ class Steps:
         ARGV: token, lease TTL (ms), now (ms), processor name."""
         k = self.keys
         reply = await self._call("begin", [k.task(task_id), k.lease(task_id), k.events(task_id)],
-                                 [token, ttl_ms, now, processor])
+                                 [token, ttl_ms, now, processor], together=True)
         tag = reply[0]
         if tag == "ok":
             return Begun(fence=int(reply[1]), attempts=int(reply[2]),
@@ -401,7 +402,7 @@ class Steps:
         ok = await self._call(
             "complete",
             [k.task(task_id), k.lease(task_id), k.events(task_id), k.dead_letters, k.stats],
-            args)
+            args, together=True)
         return HELD if ok else LEASE_LOST
 
     async def renew(self, task_id: str, token: str, ttl_ms: int) -> Held | LeaseLost:
