@@ -383,26 +383,27 @@ class Steps:
 
     async def complete(self, *, task_id: str, token: str, status: str, result_json: bytes | str,
                        error_json: bytes | str, now: int, retention_s: int,
-                       view_json: bytes, events: Sequence[tuple[str, str]] = ()
-                       ) -> Held | LeaseLost:
+                       view_json: bytes, events: Sequence[tuple[str, str]] = (),
+                       ack_entry: str = "") -> Held | LeaseLost:
         """``complete.lua``: mark the task terminal (after its row is stored): ``events`` not
         sent yet (type, JSON data), status, result, terminal event, lease released, retention,
-        off its tenant's active set, into or out of the dead letters.
+        off its tenant's active set, into or out of the dead letters; then the batches-stream
+        entry ``ack_entry`` acknowledged, when given (the batch's last task).
 
-        KEYS: task hash, lease, task events, dead letters, stats.
+        KEYS: task hash, lease, task events, dead letters, stats, batches stream.
         ARGV: token, status, result JSON, error JSON, now (ms), retention (s), terminal event
-        type, its data (the task's final view), task id, key prefix of the active sets, then
-        pairs of (type, data)."""
+        type, its data (the task's final view), task id, key prefix of the active sets,
+        processors' group, the entry to acknowledge ('' for none), then pairs of (type, data)."""
         k = self.keys
         args: list[Any] = [token, status, result_json, error_json, now, retention_s,
                            tasks.TERMINAL_EVENT[status], view_json, task_id,
-                           k.tenant_active("")]
+                           k.tenant_active(""), BATCHES_GROUP, ack_entry]
         for kind, data in events:
             args += [kind, data]
         ok = await self._call(
             "complete",
-            [k.task(task_id), k.lease(task_id), k.events(task_id), k.dead_letters, k.stats],
-            args, together=True)
+            [k.task(task_id), k.lease(task_id), k.events(task_id), k.dead_letters, k.stats,
+             k.batches_stream], args, together=True)
         return HELD if ok else LEASE_LOST
 
     async def renew(self, task_id: str, token: str, ttl_ms: int) -> Held | LeaseLost:

@@ -1,7 +1,8 @@
 """One task on one processor: lease, attempts, live deltas, store row, terminal state.
 
 Order of the final steps matters: the row goes to the store first (with our fence), then the
-task turns terminal in Redis, then the batch entry is acknowledged by the caller. A crash
+task turns terminal in Redis, then the batch entry is acknowledged: by the batch's last task in
+the same step when every other task of the batch has finished, else by the caller. A crash
 between any two steps leaves the task to be reclaimed, and the fenced, idempotent store write
 makes running those steps again harmless.
 
@@ -96,6 +97,20 @@ class RunDeps:
 
 
 @dataclass(slots=True)
+class BatchEntry:
+    """The batches-stream entry a batch's tasks came in, shared by their runs."""
+    entry_id: str
+    size: int
+    finished: int = 0  # tasks whose runs ended FINISHED
+    acked: bool = False  # acknowledged by the last task's complete.lua
+
+    def ack_with_last(self) -> str:
+        """The entry id, for the one task still running once all the others finished: its
+        complete.lua acknowledges the entry ('' while others run or one did not finish)."""
+        return self.entry_id if self.finished == self.size - 1 else ""
+
+
+@dataclass(slots=True)
 class Partial:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
@@ -110,8 +125,9 @@ class Partial:
 
 
 class TaskRun:
-    def __init__(self, deps: RunDeps, task_id: str, batch_id: str) -> None:
-        self.deps, self.task_id, self.batch_id = deps, task_id, batch_id
+    def __init__(self, deps: RunDeps, task_id: str, batch_id: str,
+                 entry: BatchEntry | None = None) -> None:
+        self.deps, self.task_id, self.batch_id, self.entry = deps, task_id, batch_id, entry
         self.stop_reason: Outcome | None = None
         self._job: asyncio.Future[Any] | None = None
         self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
@@ -452,13 +468,19 @@ class TaskRun:
         assert lease is not None
         # Deltas not sent yet (the answer's last piece) go first, in the same step.
         unsent, self._unsent = self._unsent, []
+        entry = self.entry
+        ack = entry.ack_with_last() if entry is not None else ""
         done = await until_redis_answers(lambda: self.deps.steps.complete(
             task_id=self.task_id, token=lease.token, status=status,
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
             retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view),
-            events=unsent), "complete", task_id=self.task_id)
-        return not isinstance(done, LeaseLost)
+            events=unsent, ack_entry=ack), "complete", task_id=self.task_id)
+        if isinstance(done, LeaseLost):
+            return False
+        if entry is not None and ack:
+            entry.acked = True
+        return True
 
     async def _ensure_row_for_terminal(self) -> None:
         """A task cancelled before it ran (or finished by a holder that died before acking):
