@@ -2,7 +2,9 @@
 (the mock sends 2 tokens/s, so every stream stays open while we look). RSS idle is read after
 a warm-up of fast tasks (imports, pools and caches in place); RSS in flight once 1,000 tasks
 are running and every one of them has received tokens. Per in-flight task:
-(RSS at 1,000 - RSS idle) / 1,000."""
+(RSS at 1,000 - RSS idle) / 1,000. GOVERNOR_INITIAL_WINDOW is 1,000 too: the governor's default
+window (16) only grows as calls succeed, and these take minutes, so the streams never all
+started (the scenario failed with ~28 in flight)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def _streaming(mock_url: str) -> int:
 
 async def run(ctx: Ctx) -> dict[str, Any]:
     d = ctx.dir("memory")
-    env = {**SLOW, "PROCESSOR_CONCURRENCY": str(STREAMS), "DRAIN_S": "0"}
+    env = {**SLOW, "PROCESSOR_CONCURRENCY": str(STREAMS), "DRAIN_S": "0",
+           "GOVERNOR_INITIAL_WINDOW": str(STREAMS)}
     with redis_server(d) as r, stack(d, r.url, env=env) as s:
         proc = pids(s, "processor")[0]
         url = s.edge_url + "/api/tasks"

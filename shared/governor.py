@@ -19,6 +19,7 @@ import orjson
 from redis.commands.core import AsyncScript
 
 from shared import scripts
+from shared.coalesce import Coalescer
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 
@@ -170,7 +171,8 @@ class Limits:
 class GovernorSteps:
     def __init__(self, redis: RedisClient, keys: Keys, limits: Limits) -> None:
         self.redis, self.keys, self.limits = redis, keys, limits
-        self._admit = self._load("admit")
+        # Every provider call of every task is admitted: those in flight at once go together.
+        self._admit = Coalescer(redis, self._load("admit"))
         self._settle = self._load("settle")
         self._peek = self._load("gov_peek")
         self._expire = self._load("expire")
@@ -191,11 +193,11 @@ class GovernorSteps:
         limit, in flight}."""
         k, lim = self.keys, self.limits
         reply = await self._admit(
-            keys=[k.governor(provider), k.governor_slots(provider),
-                  *self._counts(provider, "requests", now), *self._counts(provider, "tokens", now),
-                  k.task(task_id)],
-            args=[now, slot, lease_ms, tokens, lim.max_concurrency, lim.rpm, lim.tpm,
-                  RATE_WINDOW_MS, lim.initial_window])
+            [k.governor(provider), k.governor_slots(provider),
+             *self._counts(provider, "requests", now), *self._counts(provider, "tokens", now),
+             k.task(task_id)],
+            [now, slot, lease_ms, tokens, lim.max_concurrency, lim.rpm, lim.tpm,
+             RATE_WINDOW_MS, lim.initial_window])
         if reply[0] == "ok":
             return Admitted(int(reply[1]), int(reply[2]))
         return Wait(str(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))

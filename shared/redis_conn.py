@@ -169,8 +169,9 @@ class SluiceCluster(RedisCluster):
     - A cluster pipeline takes scripts. redis-py blocks EVALSHA in a ``ClusterPipeline`` (its
       plain ``Pipeline`` loads the scripts it holds before sending them; the cluster one has no
       such step, and a script cache is per node and lost by a failover), so there the script's
-      text goes with EVAL, which Redis caches by SHA1 all the same. Our one script sent in a
-      pipeline is ``renew.lua`` (every lease renewed in one round trip, processor/leases.py).
+      text goes with EVAL, which Redis caches by SHA1 all the same. Our scripts sent in a
+      pipeline are ``renew.lua`` (every lease renewed in one round trip, processor/leases.py)
+      and the calls coalesced by ``shared/coalesce.py`` (the processor's emits).
     - A cluster with no reachable node raises :class:`ClusterUnreachable`, one of
       :data:`UNAVAILABLE`, so our loops wait it out as they wait out a plain Redis restart.
     """

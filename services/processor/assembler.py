@@ -324,19 +324,33 @@ class StreamAssembler:
         deltas: list[Delta] = []
         for position, choice in enumerate(choices):
             if isinstance(choice, dict):
-                self._apply_choice(_as_index(choice.get("index"), position), choice, deltas)
+                index = choice.get("index")
+                if type(index) is not int:  # bool is an int but no index; rare: keep it apart
+                    index = _as_index(index, position)
+                self._apply_choice(index, choice, deltas)
         return deltas
 
     def _apply_choice(self, index: int, choice: dict[str, Any], deltas: list[Delta]) -> None:
+        # The hot loop of every stream (once per chunk): the common fields are read inline,
+        # the rare ones (refusal, tool calls) only when present.
         state = self._choices.get(index)
         if state is None:
             state = self._choices[index] = _ChoiceState()
         delta = choice.get("delta")
         if isinstance(delta, dict) and delta:
             live = deltas if index == 0 else None
-            _append(state.reasoning, _reasoning_of(delta), "reasoning", live)
-            _append(state.content, delta.get("content"), "content", live)
-            _append(state.refusal, delta.get("refusal"), "refusal", live)
+            text = _reasoning_of(delta) if len(delta) > 1 or "content" not in delta else None
+            if isinstance(text, str) and text:
+                state.reasoning.append(text)
+                if live is not None:
+                    live.append(Delta("reasoning", text))
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                state.content.append(text)
+                if live is not None:
+                    live.append(Delta("content", text))
+            if "refusal" in delta:
+                _append(state.refusal, delta["refusal"], "refusal", live)
             tool_calls = delta.get("tool_calls")
             if isinstance(tool_calls, list):
                 for position, fragment in enumerate(tool_calls):

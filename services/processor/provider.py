@@ -1,10 +1,17 @@
 """Calling the model provider: one streamed chat completion, parsed as it arrives.
 
 The stream is read in whatever pieces the socket gives; every piece's deltas are handed on in
-one call, so a fast provider costs one Redis round trip per network read, not per token. A
+one call, so a fast provider costs one Redis round trip per network read, not per token. The
+call says whether the answer is complete with that piece (``last``): its deltas may then wait
+and go with the answer itself, one round trip less (a whole short answer often comes in one
+read). A
 provider that answers JSON to a streaming request is used as is and remembered as not streaming.
 A 200 is a success only if it carries an answer (see the assembler), and no line of a stream may
 grow past ``AI_MAX_LINE_BYTES``.
+
+The call goes through aiohttp's client directly: one HTTP layer. httpx over an aiohttp
+transport (what this was) paid for both, its request and response objects, header copies and
+byte streams on top of aiohttp's reads, for nothing the provider call needs.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 
 from services.processor.assembler import (
     NO_STATUS,
@@ -29,11 +37,10 @@ from services.processor.assembler import (
     parse_error_body,
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
-from services.processor.transport import AiohttpTransport
 from shared.config import Provider, redact
 
-OnDeltas = Callable[[list[Delta]], Awaitable[None]]
-OnHeaders = Callable[[httpx.Headers], None]
+OnDeltas = Callable[[list[Delta], bool], Awaitable[None]]  # (deltas, last)
+OnHeaders = Callable[[CIMultiDictProxy[str]], None]
 DRAIN_AFTER_DONE_S = 1.0
 # An error body is read only for its message: the rest of a huge one is left unread.
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -49,14 +56,44 @@ class Completion:
     streamed: bool
 
 
-def make_client(settings: Provider, max_connections: int) -> httpx.AsyncClient:
-    """The process's one client: pooled connections, explicit timeouts (read = idle timeout)."""
-    timeout = httpx.Timeout(connect=10.0, read=settings.ai_idle_timeout_s, write=30.0, pool=None)
-    headers = {"Accept": "text/event-stream, application/json"}
-    if settings.ai_api_key is not None:
-        headers["Authorization"] = f"Bearer {settings.ai_api_key.get()}"
-    return httpx.AsyncClient(timeout=timeout, headers=headers,
-                             transport=AiohttpTransport(max_connections))
+class ProviderClient:
+    """The process's one client for the provider: pooled keep-alive connections, explicit
+    timeouts. ``connect`` bounds opening a connection, ``idle`` the longest silence between two
+    reads (AI_IDLE_TIMEOUT_S); waiting for a pooled connection is not bounded (the call's
+    overall AI_TIMEOUT_S is)."""
+
+    def __init__(self, settings: Provider, max_connections: int, connect_s: float = 10.0
+                 ) -> None:
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_s,
+                                              sock_read=settings.ai_idle_timeout_s)
+        self._headers = {"Accept": "text/event-stream, application/json",
+                         "Content-Type": "application/json"}
+        if settings.ai_api_key is not None:
+            self._headers["Authorization"] = f"Bearer {settings.ai_api_key.get()}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: it must belong to the running loop
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
+                                                  timeout=self._timeout)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+def make_client(settings: Provider, max_connections: int) -> ProviderClient:
+    return ProviderClient(settings, max_connections)
 
 
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
@@ -70,24 +107,23 @@ def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
     return orjson.dumps(body)
 
 
-async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[str, Any],
+async def complete(client: ProviderClient, settings: Provider, payload: dict[str, Any],
                    on_deltas: OnDeltas, on_headers: OnHeaders | None = None) -> Completion:
     """One attempt. Raises ProviderError for anything the provider did wrong. ``on_headers``
     sees the answer's headers as soon as they arrive (rate-limit headers pace other calls)."""
     url = f"{settings.ai_base_url.get()}/chat/completions"
     try:
         async with asyncio.timeout(settings.ai_timeout_s):
-            async with client.stream("POST", url, content=request_body(payload, settings),
-                                     headers={"Content-Type": "application/json"}) as resp:
+            async with client.session().post(url, data=request_body(payload, settings),
+                                             allow_redirects=False) as resp:
                 if on_headers is not None:
                     on_headers(resp.headers)
-                if resp.status_code >= 400:
-                    body, _ = await read_capped(resp, MAX_ERROR_BODY_BYTES)
-                    raise parse_error_body(resp.status_code, body,
-                                           resp.headers.get("retry-after"))
+                if resp.status >= 400:
+                    body, _ = await read_capped(resp.content.iter_any(), MAX_ERROR_BODY_BYTES)
+                    raise parse_error_body(resp.status, body, resp.headers.get("retry-after"))
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     limit = settings.ai_max_line_bytes * JSON_BODY_LINES
-                    body, whole = await read_capped(resp, limit)
+                    body, whole = await read_capped(resp.content.iter_any(), limit)
                     if not whole:
                         raise ProviderError(f"a JSON answer exceeded {limit} bytes",
                                             status=NO_STATUS, code="body_too_large",
@@ -104,27 +140,27 @@ async def complete(client: httpx.AsyncClient, settings: Provider, payload: dict[
     except SSELineTooLong as exc:
         raise ProviderError(f"{exc}: the stream is broken or hostile", status=NO_STATUS,
                             code="line_too_long", retryable=True) from None
+    except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: before the next clause
+        raise ProviderError(f"provider stalled: {type(exc).__name__}", code="idle_timeout",
+                            retryable=True) from None
     except TimeoutError:
         raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
                             code="timeout", retryable=True) from None
-    except httpx.TimeoutException as exc:
-        raise ProviderError(f"provider stalled: {type(exc).__name__}", code="idle_timeout",
-                            retryable=True) from None
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         raise ProviderError(f"connection to the provider failed: {type(exc).__name__}",
                             code="connection_error", retryable=True) from None
 
 
-async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas,
+async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
                        max_line_bytes: int) -> Completion:
     decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler()
-    chunks = resp.aiter_bytes()
+    chunks = resp.content.iter_any()
     async for raw in chunks:
         deltas: list[Delta] = []
         for event in decoder.feed(raw):
             deltas += assembler.add_event(event)
         if deltas:
-            await on_deltas(_merge(deltas))
+            await on_deltas(_merge(deltas), assembler.done or assembler.finished)
         if assembler.done:
             break
     decoder.close()
@@ -138,12 +174,13 @@ async def _from_stream(resp: httpx.Response, on_deltas: OnDeltas,
     return Completion(assembler.final(), assembler.usage, streamed=True)
 
 
-async def read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of the body, and whether that was all of it. Reading stops at
-    the limit, so a body that never ends costs ``limit`` bytes, not memory without bound."""
+async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a body (its reads), and whether that was all of it. Reading
+    stops at the limit, so a body that never ends costs ``limit`` bytes, not memory without
+    bound."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in resp.aiter_bytes():
+    async for chunk in chunks:
         parts.append(chunk)
         size += len(chunk)
         if size > limit:
@@ -154,7 +191,7 @@ async def read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
     """Read what follows [DONE] (usually just the end of the body) so the connection goes back
     to the pool; a provider that keeps it open after [DONE] is not waited for long."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
         async with asyncio.timeout(DRAIN_AFTER_DONE_S):
             async for _ in chunks:
                 pass
@@ -166,16 +203,22 @@ async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
     if deltas:
-        await on_deltas(deltas)
+        await on_deltas(deltas, True)
     return Completion(result, usage, streamed=False)
 
 
 def _merge(deltas: list[Delta]) -> list[Delta]:
-    """Join consecutive deltas of one kind: one event per kind per network read."""
+    """Join consecutive deltas of one kind: one event per kind per network read. Each run is
+    joined once (adding its texts pairwise made a new string and Delta per delta)."""
+    if len(deltas) < 2:
+        return deltas
     out: list[Delta] = []
-    for d in deltas:
-        if out and out[-1].kind == d.kind:
-            out[-1] = Delta(d.kind, out[-1].text + d.text)
+    kind, texts = deltas[0].kind, [deltas[0].text]
+    for d in deltas[1:]:
+        if d.kind == kind:
+            texts.append(d.text)
         else:
-            out.append(d)
+            out.append(Delta(kind, "".join(texts)))
+            kind, texts = d.kind, [d.text]
+    out.append(Delta(kind, "".join(texts)))
     return out

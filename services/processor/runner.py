@@ -1,7 +1,8 @@
 """One task on one processor: lease, attempts, live deltas, store row, terminal state.
 
 Order of the final steps matters: the row goes to the store first (with our fence), then the
-task turns terminal in Redis, then the batch entry is acknowledged by the caller. A crash
+task turns terminal in Redis, then the batch entry is acknowledged: by the batch's last task in
+the same step when every other task of the batch has finished, else by the caller. A crash
 between any two steps leaves the task to be reclaimed, and the fenced, idempotent store write
 makes running those steps again harmless.
 
@@ -99,6 +100,20 @@ class RunDeps:
 
 
 @dataclass(slots=True)
+class BatchEntry:
+    """The batches-stream entry a batch's tasks came in, shared by their runs."""
+    entry_id: str
+    size: int
+    finished: int = 0  # tasks whose runs ended FINISHED
+    acked: bool = False  # acknowledged by the last task's complete.lua
+
+    def ack_with_last(self) -> str:
+        """The entry id, for the one task still running once all the others finished: its
+        complete.lua acknowledges the entry ('' while others run or one did not finish)."""
+        return self.entry_id if self.finished == self.size - 1 else ""
+
+
+@dataclass(slots=True)
 class Partial:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
@@ -113,8 +128,9 @@ class Partial:
 
 
 class TaskRun:
-    def __init__(self, deps: RunDeps, task_id: str, batch_id: str) -> None:
-        self.deps, self.task_id, self.batch_id = deps, task_id, batch_id
+    def __init__(self, deps: RunDeps, task_id: str, batch_id: str,
+                 entry: BatchEntry | None = None) -> None:
+        self.deps, self.task_id, self.batch_id, self.entry = deps, task_id, batch_id, entry
         self.stop_reason: Outcome | None = None
         self._job: asyncio.Future[Any] | None = None
         self.token = secrets.token_hex(16)  # kept across Redis reconnects: begin is re-entrant
@@ -232,10 +248,11 @@ class TaskRun:
     async def _call(self, request: dict[str, Any]) -> Completion:
         partial = self.partial
 
-        async def on_deltas(deltas: list[Delta]) -> None:
+        async def on_deltas(deltas: list[Delta], last: bool) -> None:
             partial.add(deltas)
             self._unsent += [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
-            await self._send_events()
+            if not last:  # the last ones go with complete.lua, in order, before the end event
+                await self._send_events()
 
         async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
             completion = await self.deps.call(request, on_deltas, call.observe)
@@ -267,6 +284,9 @@ class TaskRun:
             if wait:
                 raise
             return
+        except asyncio.CancelledError:  # interrupted: it may yet run, so it counts as failed
+            self._resync = True
+            raise
         self._unsent, self._resync = [], False
         if isinstance(sent, LeaseLost):
             lease.mark_lost()
@@ -294,7 +314,7 @@ class TaskRun:
     def _cancel_job(self) -> None:
         job = self._job
         if job is not None and not job.done():
-            job.cancel()  # closes the upstream connection: httpx's stream context exits
+            job.cancel()  # closes the upstream connection: the response's context exits
             # On Python 3.11 a cancel that lands while redis-py is sending a command can be
             # swallowed: look again shortly, until the job has really ended.
             asyncio.get_running_loop().call_later(0.05, self._cancel_job)
@@ -375,7 +395,7 @@ class TaskRun:
             if saved is False:
                 metrics.fence_rejections.inc()
             return Outcome.LOST
-        if self._unsent or self._resync:  # the deltas come before the terminal event
+        if self._resync:  # an emit failed midway: the reset and the text so far, first
             await until_redis_answers(lambda: self._send_events(wait=True), "emit",
                                       task_id=self.task_id)
         result = None
@@ -450,13 +470,21 @@ class TaskRun:
                         completed: int) -> bool:
         lease = self.lease
         assert lease is not None
+        # Deltas not sent yet (the answer's last piece) go first, in the same step.
+        unsent, self._unsent = self._unsent, []
+        entry = self.entry
+        ack = entry.ack_with_last() if entry is not None else ""
         done = await until_redis_answers(lambda: self.deps.steps.complete(
             task_id=self.task_id, token=lease.token, status=status,
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
-            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view)),
-            "complete", task_id=self.task_id)
-        return not isinstance(done, LeaseLost)
+            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view),
+            events=unsent, ack_entry=ack), "complete", task_id=self.task_id)
+        if isinstance(done, LeaseLost):
+            return False
+        if entry is not None and ack:
+            entry.acked = True
+        return True
 
     async def ensure_row_for_terminal(self) -> None:
         """A task cancelled before it ran (or finished by a holder that died before acking):

@@ -76,19 +76,19 @@ def observed(call: CallProvider) -> CallProvider:
                 metrics.task_retries.inc()
             facts.calls += 1
         started = time.perf_counter()
-        last: float | None = None
+        previous: float | None = None
 
-        async def timed(deltas: list[Delta]) -> None:
-            nonlocal last
+        async def timed(deltas: list[Delta], last: bool) -> None:
+            nonlocal previous
             now = time.perf_counter()
-            if last is None:
+            if previous is None:
                 metrics.ttft.observe(now - started)
                 rollup.add("ttft_s", now - started)
                 rollup.add("ttft_n")
             else:
-                metrics.itl.observe(now - last)
-            last = now
-            await on_deltas(deltas)
+                metrics.itl.observe(now - previous)
+            previous = now
+            await on_deltas(deltas, last)
 
         span = _genai_span(request, facts) if tracing.enabled() else None
         metrics.provider_in_flight.inc()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 from redis.asyncio.client import PubSub
 
 from services.processor import provider, telemetry
@@ -18,7 +17,14 @@ from services.processor.ai_status import ProviderStatus
 from services.processor.deadlines import SWEEP_S, DeadlineSweeper
 from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
-from services.processor.runner import FINISHED, Outcome, RunDeps, RunPolicy, TaskRun
+from services.processor.runner import (
+    FINISHED,
+    BatchEntry,
+    Outcome,
+    RunDeps,
+    RunPolicy,
+    TaskRun,
+)
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs, metrics
 from shared.keys import BATCHES_GROUP, Keys
@@ -36,7 +42,7 @@ BURST_POLL_S = 0.01  # in burst mode: the run ends a few ms after its work does
 
 class Processor:
     def __init__(self, settings: ProcessorSettings, redis: RedisClient, store: Store,
-                 http: httpx.AsyncClient) -> None:
+                 http: provider.ProviderClient) -> None:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
@@ -247,7 +253,8 @@ class Processor:
     # --- running a batch ----------------------------------------------------------------------
     async def _run_batch(self, entry_id: str, fields: dict[str, str], ids: list[str]) -> None:
         batch_id, claimed_at = fields.get("b", entry_id), now_ms()
-        outcomes = await asyncio.gather(*(self._run_task(t, batch_id) for t in ids))
+        entry = BatchEntry(entry_id, len(ids))
+        outcomes = await asyncio.gather(*(self._run_task(t, batch_id, entry) for t in ids))
         handed = [t for t, o in zip(ids, outcomes, strict=True) if o is Outcome.HANDOFF]
         try:
             if handed:
@@ -255,9 +262,10 @@ class Processor:
                                           "handoff", batch_id=batch_id)
             elif all(o in FINISHED for o in outcomes) or await until_redis_answers(
                     lambda: self.steps.all_terminal(ids), "batch", batch_id=batch_id):
-                await until_redis_answers(
-                    lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP, entry_id),
-                    "ack", batch_id=batch_id)
+                if not entry.acked:  # else the last task's complete.lua did
+                    await until_redis_answers(
+                        lambda: self.redis.xack(self.keys.batches_stream, BATCHES_GROUP,
+                                                entry_id), "ack", batch_id=batch_id)
                 await self._save_batch(BatchRow(
                     id=batch_id, size=len(ids), reason=fields.get("r", "size"),
                     processor=self.name, created_at=int(fields.get("at") or now_ms()),
@@ -274,12 +282,12 @@ class Processor:
                 raise
             log.warning("batch_row_not_saved", batch_id=row.id, error=repr(exc))
 
-    async def _run_task(self, task_id: str, batch_id: str) -> Outcome:
+    async def _run_task(self, task_id: str, batch_id: str, entry: BatchEntry) -> Outcome:
         crashes = 0
         try:
             while True:
                 cancel_if_asked()
-                run = TaskRun(self.deps, task_id, batch_id)
+                run = TaskRun(self.deps, task_id, batch_id, entry)
                 self.runs[task_id] = run
                 try:
                     outcome = await until_redis_answers(run.run, "task", task_id=task_id)
@@ -294,6 +302,8 @@ class Processor:
                 if outcome in (Outcome.DONE, Outcome.ADOPTED):
                     telemetry.finished(run.status)
                 if outcome is not Outcome.BUSY or self.stopping.is_set():
+                    if outcome in FINISHED:
+                        entry.finished += 1
                     return Outcome.HANDOFF if outcome is Outcome.BUSY else outcome
                 # Someone else holds it and is alive (it renews): look again in a while.
                 await self._sleep(self.settings.batching.lock_ttl_ms / 3000)
@@ -355,5 +365,5 @@ class Processor:
             await pubsub.aclose()
 
 
-def make_http(settings: ProcessorSettings) -> httpx.AsyncClient:
+def make_http(settings: ProcessorSettings) -> provider.ProviderClient:
     return provider.make_client(settings.provider, settings.concurrency + 16)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from shared.keys import BATCHES_GROUP
 from shared.steps import CancelledNow, CancelRequested
@@ -46,6 +47,28 @@ async def test_a_burst_runs_every_task_to_its_row_and_terminal_state(core: Core)
     assert (await core.redis.xpending(core.keys.batches_stream, BATCHES_GROUP))["pending"] == 0
     # The processor left the pool as it stopped.
     assert await core.redis.zscore(core.keys.processors_alive, "p1") is None
+
+
+async def test_the_last_task_of_a_batch_acknowledges_its_entry_in_its_complete_step(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One batch of three; the third answers last (its first token 300 ms later), once the
+    # other two have finished: its complete.lua acknowledges the batch, no XACK of its own.
+    ids = [await core.submit({**QUIET, "content_tokens": 2, "ttft_ms": ttft},
+                             prompt=f"question {n}") for n, ttft in enumerate((0, 0, 300))]
+    processor = core.processor(PROCESSOR_CONCURRENCY="3")
+    acks: list[tuple[object, ...]] = []
+    xack = processor.redis.xack
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        acks.append(args)
+        return await xack(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(processor.redis, "xack", counted)
+    await core.burst(processor)
+    for tid in ids:
+        assert await core.redis.hget(core.keys.task(tid), "status") == "succeeded"
+    assert (await core.redis.xpending(core.keys.batches_stream, BATCHES_GROUP))["pending"] == 0
+    assert acks == []
+    assert await core.store.count("batches") == 1
 
 
 async def test_a_draining_processor_hands_its_task_off_and_another_finishes_it(

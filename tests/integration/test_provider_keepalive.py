@@ -31,7 +31,7 @@ async def call(url: str, *, idle_s: float, total_s: float, **mock: Any) -> provi
                        ai_idle_timeout_s=idle_s, forward_metadata=True)
     got: list[Delta] = []
 
-    async def on_deltas(deltas: list[Delta]) -> None:
+    async def on_deltas(deltas: list[Delta], _last: bool) -> None:
         got.extend(deltas)
 
     async with provider.make_client(settings, 4) as client:

@@ -16,7 +16,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
-from shared.steps import Steps
+from shared.steps import HELD, Steps
 from tests.harness import RedisClusterServers
 
 
@@ -50,6 +50,22 @@ async def test_scripts_in_a_pipeline_all_run_in_order(cluster: RedisClient) -> N
             await incr(keys=[k.task(str(n % 2))], args=[n], client=p)  # type: ignore[arg-type]
         p.get(k.task("1"))
         assert await p.execute() == [1, 2, 4, 6, 9, "9"]
+
+
+async def test_coalesced_emits_run_in_one_pipeline_on_a_cluster(cluster: RedisClient) -> None:
+    # The processor's emits of many tasks go out together (shared/coalesce.py): EVALSHA in a
+    # pipeline, which the cluster client sends as EVAL.
+    k = Keys("e" + uuid.uuid4().hex[:8])
+    steps = Steps(cluster, k)
+    for n in range(8):
+        await cluster.set(k.lease(str(n)), "tok")
+    replies = await asyncio.gather(*(steps.emit(str(n), "tok", [("content", f'"{n}"')])
+                                     for n in range(8)))
+    assert replies == [HELD] * 8
+    assert steps._together["emit"].round_trips < 8
+    for n in range(8):
+        [(_id, fields)] = await cluster.xrange(k.events(str(n)))
+        assert fields == {"e": "content", "d": f'"{n}"'}
 
 
 @pytest.mark.parametrize("shebang", ["", "#!lua\n", "#!lua flags=allow-oom\n"],

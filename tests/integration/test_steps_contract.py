@@ -28,9 +28,9 @@ class RecordingSteps(Steps):
         self.sent: defaultdict[str, set[int]] = defaultdict(set)
 
     async def _call(self, name: str, keys: list[str], args: Sequence[Any],
-                    client: Any = None) -> Any:
+                    client: Any = None, *, together: bool = False) -> Any:
         self.sent[name].add(len(keys))
-        return await super()._call(name, keys, args, client)
+        return await super()._call(name, keys, args, client, together=together)
 
 
 def declared_and_used(name: str) -> tuple[set[int], set[int]]:

@@ -3,10 +3,12 @@ renew, renew_many, release_lease, release_lock, and the plain reads and writes."
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from shared import tasks
-from shared.keys import Keys
+from shared.keys import BATCHES_GROUP, Keys
 from shared.redis_conn import RedisClient
 from shared.steps import (
     HELD,
@@ -19,7 +21,7 @@ from shared.steps import (
     Steps,
 )
 from shared.timeutil import now_ms
-from tests.integration.kit import begun, complete, contents, events, submit
+from tests.integration.kit import begun, complete, contents, events, read_new, submit
 
 RUNNING_EVENT = ("status", {"status": "running"})
 QUEUED_EVENT = ("status", {"status": "queued"})
@@ -160,6 +162,32 @@ async def test_complete_makes_the_task_terminal(
     assert await redis.zscore(keys.tenant_active("acme"), tid) is None
     assert await redis.zscore(keys.dead_letters, tid) is None
     assert await redis.hget(keys.stats, "tasks_succeeded") == "1"
+
+
+async def test_complete_acknowledges_the_batch_entry_it_is_handed_under_the_lease_only(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    ours, lost = await submit(steps), await submit(steps)
+    for tid in (ours, lost):
+        await begun(steps, tid, "tok-a")
+    for tid in (ours, lost):
+        await redis.xadd(keys.batches_stream, {"b": f"b-{tid}", "t": tid})
+    entries = dict((f["t"], e) for e, f in await read_new(redis, keys.batches_stream,
+                                                          BATCHES_GROUP, "p1"))
+    await redis.set(keys.lease(lost), "tok-b")  # someone else holds it now
+
+    async def pending() -> set[str]:
+        rows = await redis.xpending_range(keys.batches_stream, BATCHES_GROUP, "-", "+", 10)
+        return {r["message_id"] for r in rows}
+
+    def finish(tid: str) -> Any:
+        return steps.complete(task_id=tid, token="tok-a", status=tasks.SUCCEEDED,
+                              result_json=b'{"content":"Hi"}', error_json="", now=now_ms(),
+                              retention_s=60, view_json=b"{}", ack_entry=entries[tid])
+    assert await finish(lost) == LEASE_LOST
+    assert await pending() == set(entries.values())  # a lost lease acknowledges nothing
+    assert await finish(ours) == HELD
+    assert await pending() == {entries[lost]}
+    assert (await events(redis, keys, ours))[-1][0] == "done"
 
 
 async def test_complete_failed_dead_letters_the_task(

@@ -23,9 +23,13 @@ from services.processor.sse import SSEDecoder, SSEEvent
 
 
 def decode(*chunks: bytes) -> list[SSEEvent]:
-    dec = SSEDecoder()
-    events = [e for c in chunks for e in dec.feed(c)]
-    return events + dec.close()
+    """The events of a body fed in these chunks; the fast path and the strict decoder agree."""
+    outs = []
+    for fast in (True, False):
+        dec = SSEDecoder(fast=fast)
+        outs.append([e for c in chunks for e in dec.feed(c)] + dec.close())
+    assert outs[0] == outs[1], "the fast path and the strict decoder differ"
+    return outs[0]
 
 
 def decode_bytewise(body: bytes) -> list[SSEEvent]:
@@ -647,3 +651,31 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 def test_retry_after_http_date_relative_to_real_clock() -> None:
     err = parse_error_body(429, b"{}", "Fri, 01 Jan 2100 00:00:00 GMT")
     assert err.retry_after is not None and err.retry_after > 0
+
+
+# --- decoder: the fast path ---------------------------------------------------------------------
+# Bodies at the edges of the fast path's shape: each must give the strict decoder's events (the
+# decode helper checks), fed whole and split at every byte.
+EDGES = [
+    b"data: {}\n\ndata: {}\n\n",          # the common shape
+    b"data:{}\n\n",                       # no space after the colon
+    b"data:  two spaces\n\n",             # only one space is stripped
+    b"data:\n\n",                         # empty data: still an event
+    b"data: a\n\n\ndata: b\n\n",          # a blank line more
+    b": keepalive\n\ndata: a\n\n",        # a comment
+    b"event: x\ndata: a\n\ndata: b\n\n",  # another field
+    b"id: 7\n\ndata: a\n\n",              # an id on its own, then data under it
+    b"data: a\ndata: b\n\n",              # multi-line data
+    b"data: a\r\n\r\ndata: b\n\n",        # CRLF
+    b"retry: 5\ndata: a\n\ndata: b\n\n",  # retry
+    b"error: boom\n\ndata: a\n\n",        # the non-standard error field
+    b"data: \xe4\xb8\xad\xff\n\n",        # UTF-8 and an invalid byte
+    b"dat: a\n\ndata: b\n\n",             # an unknown field
+]
+
+
+@pytest.mark.parametrize("body", EDGES)
+def test_fast_path_edges_match_the_strict_decoder(body: bytes) -> None:
+    whole = decode(body)
+    for cut in range(1, len(body)):
+        assert decode(body[:cut], body[cut:]) == whole

@@ -7,7 +7,8 @@ guard test fails when a file appears without expectations (or an entry loses its
 
 Each ``.sse`` body is fed whole, in random small chunks (fixed seed) and byte by byte, and file
 13 also in the network reads it was captured with; every way must give the same events and the
-same assembled result.
+same assembled result. Every stream test runs twice: on the decoder as the processor uses it
+(its byte-level fast path on) and on the strict decoder alone.
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ class Outcome:
     retry: int | None
 
 
-def run(chunks: list[bytes]) -> Outcome:
-    decoder = SSEDecoder()
+def run(chunks: list[bytes], fast: bool = True) -> Outcome:
+    decoder = SSEDecoder(fast=fast)
     events = [e for c in chunks for e in decoder.feed(c)]
     events += decoder.close()
     asm = StreamAssembler()
@@ -340,9 +341,9 @@ def all_feedings(corpus: Path, name: str) -> dict[str, list[bytes]]:
     return feedings
 
 
-def outcome_of(corpus: Path, name: str) -> Outcome:
+def outcome_of(corpus: Path, name: str, fast: bool = True) -> Outcome:
     """Run every feeding, check they agree, return the (common) outcome."""
-    outcomes = {how: run(chunks) for how, chunks in all_feedings(corpus, name).items()}
+    outcomes = {how: run(chunks, fast) for how, chunks in all_feedings(corpus, name).items()}
     whole = outcomes.pop("whole")
     for how, other in outcomes.items():
         assert other == whole, f"{name}: feeding {how} differs from feeding the body whole"
@@ -405,11 +406,15 @@ def test_sources_documents_every_file() -> None:
             assert name in sources, name
 
 
+DECODERS = pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+
+
+@DECODERS
 @pytest.mark.parametrize("name", names("stream"))
-def test_stream_file(name: str) -> None:
+def test_stream_file(name: str, fast: bool) -> None:
     corpus = corpus_dir()
     exp = EXPECTED[name]
-    out = outcome_of(corpus, name)
+    out = outcome_of(corpus, name, fast)
     if exp.events is not None:
         assert len(out.events) == exp.events
     choice0 = out.choices[0]
@@ -429,20 +434,29 @@ def test_stream_file(name: str) -> None:
     assert all(d.text for d in out.deltas)
 
 
+@DECODERS
 @pytest.mark.parametrize("name", names("events"))
-def test_sse_level_fixture(name: str) -> None:
+def test_sse_level_fixture(name: str, fast: bool) -> None:
     corpus = corpus_dir()
-    out = outcome_of(corpus, name)
+    out = outcome_of(corpus, name, fast)
     assert [(e.event, e.data) for e in out.events] == list(EXPECTED[name].raw_events)
     for event in out.events:
         orjson.loads(event.data)
     assert out.choices == {} and out.bad_events == 0
 
 
-def test_15_multiline_data_is_one_json_value() -> None:
+@DECODERS
+def test_15_multiline_data_is_one_json_value(fast: bool) -> None:
     corpus = corpus_dir()
-    (event,) = outcome_of(corpus, "15_sdk_fixture_event_multiline_data.sse").events
+    (event,) = outcome_of(corpus, "15_sdk_fixture_event_multiline_data.sse", fast).events
     assert orjson.loads(event.data) == {"foo": True}
+
+
+@pytest.mark.parametrize("name", names("stream") + names("events"))
+def test_fast_path_gives_what_the_strict_decoder_gives(name: str) -> None:
+    corpus = corpus_dir()
+    for how, chunks in all_feedings(corpus, name).items():
+        assert run(chunks, fast=True) == run(chunks, fast=False), f"{name}, fed {how}"
 
 
 @pytest.mark.parametrize("name", names("reads"))

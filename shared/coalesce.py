@@ -1,0 +1,94 @@
+"""Calls of one script from many tasks of a process, sent together: one pipeline per round trip.
+
+While one pipeline is on its way, the calls that arrive wait and go out together as the next,
+as the store's group commit does: under load one round trip carries many tasks' calls (200
+streams relaying 50 tokens/s each are 10,000 emits a second), alone a call goes out at once.
+A call waits at most for the round trip in flight, and calls go out in the order they came, so
+one task's calls, each awaited before the next, keep their order.
+
+Each caller gets its own reply, or its own exception. A pipeline that fails as a whole (Redis
+unreachable) fails every call in it, any of which may have run: callers already treat one failed
+call so (see ``shared/redis_conn.py``, why the client never re-sends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from shared.redis_conn import RedisClient
+
+
+@dataclass(slots=True)
+class _Call:
+    keys: Sequence[str]
+    args: Sequence[Any]
+    future: asyncio.Future[Any]
+
+
+class Coalescer:
+    """``await coalescer(keys, args)``: the script's reply, as ``script(keys, args)`` gives."""
+
+    def __init__(self, redis: RedisClient, script: AsyncScript) -> None:
+        self._redis, self._script = redis, script
+        self._pending: list[_Call] = []
+        # Kept, so it is not collected mid-flight; it settles every call it takes, whatever
+        # happens, so no error is left unseen in it.
+        self._flusher: asyncio.Task[None] | None = None
+        self.round_trips = 0  # pipelines (or single calls) sent
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        call = _Call(keys, args, loop.create_future())
+        self._pending.append(call)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_all())
+        return await call.future
+
+    async def _flush_all(self) -> None:
+        while self._pending:
+            calls, self._pending = self._pending, []
+            try:
+                replies = await self._send(calls)
+            except asyncio.CancelledError:  # the loop is closing: nobody waits any more
+                for call in calls + self._pending:
+                    call.future.cancel()
+                raise
+            except Exception as exc:
+                replies = [exc] * len(calls)
+            for call, reply in zip(calls, replies, strict=True):
+                if call.future.done():  # its caller was cancelled
+                    continue
+                if isinstance(reply, Exception):
+                    call.future.set_exception(reply)
+                else:
+                    call.future.set_result(reply)
+
+    async def _send(self, calls: list[_Call]) -> list[Any]:
+        self.round_trips += 1
+        if len(calls) == 1:  # alone: the plain script call
+            call = calls[0]
+            try:
+                return [await self._script(keys=call.keys, args=call.args)]
+            except Exception as exc:
+                return [exc]
+        # EVALSHA itself: a script registered with the pipeline would make it ask SCRIPT
+        # EXISTS first, a second round trip every time. A script Redis has lost (a restart, a
+        # SCRIPT FLUSH) is sent again by itself below, which loads it.
+        sha = self._script.sha
+        async with self._redis.pipeline(transaction=False) as p:
+            for call in calls:
+                p.evalsha(sha, len(call.keys), *call.keys, *call.args)
+            replies: list[Any] = await p.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                try:
+                    replies[i] = await self._script(keys=calls[i].keys, args=calls[i].args)
+                except Exception as exc:
+                    replies[i] = exc
+        return replies
