@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from shared.keys import BATCHES_GROUP
 from shared.steps import CancelledNow, CancelRequested
@@ -129,3 +130,12 @@ async def test_a_queued_task_cancelled_is_never_sent_and_a_running_one_ends_canc
         row = await core.store.get_task(tid)
         assert row is not None and row["status"] == "cancelled"
         assert await core.redis.hget(core.keys.task(tid), "status") == "cancelled"
+
+
+@pytest.mark.first_store_only
+async def test_a_burst_with_no_work_ends_within_a_few_polls(core: Core) -> None:
+    """BURST_POLL_S's promise, that a burst ends a few ms after its work does: no loop of the
+    processor (the governor's settling among them) sits out a tick of its own once drained."""
+    started = asyncio.get_running_loop().time()
+    await core.burst()
+    assert asyncio.get_running_loop().time() - started < 0.3
