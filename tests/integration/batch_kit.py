@@ -85,13 +85,17 @@ async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
         other = openai.AsyncOpenAI(base_url=base, api_key=KEY_B, max_retries=0)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(coordinator.run())
-                tg.create_task(processor.run())
+                loops = [tg.create_task(coordinator.run()), tg.create_task(processor.run())]
                 try:
                     yield BatchRig(edge, client, other, core)
                 finally:
+                    # Stopped, then cancelled: a graceful stop would sit out the loops' blocking
+                    # reads (POLL_S, 1 s) after every test, and it is not what these tests are
+                    # about (test_burst's hand-off and tests/chaos/test_drain.py prove draining).
                     coordinator.stop()
                     processor.stop()
+                    for loop in loops:
+                        loop.cancel()
         finally:
             await client.close()
             await other.close()
