@@ -88,10 +88,15 @@ class PostgresServer:
         subprocess.run(list(args), check=True, capture_output=True, timeout=120,
                        env={**os.environ, "LC_ALL": "C.UTF-8"}, **_as_postgres())
 
-    def init(self) -> PostgresServer:
+    def init(self, like: Path | None = None) -> PostgresServer:
+        """``initdb``; or, given ``like`` (a data directory initdb made and no server ever
+        ran on), a copy of it: the same cluster for a tenth of the time."""
         if os.geteuid() == 0:  # tempfile made it 0700 for root: hand it to postgres
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        if like is not None:
+            self._run("cp", "-a", str(like), str(self.data))
+            return self
         self._run(pg_binary("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync")
         return self

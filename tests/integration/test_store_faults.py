@@ -52,7 +52,7 @@ async def test_a_finished_result_waits_out_an_outage_and_lands_once(
 
 async def test_an_impatient_caller_gets_store_unavailable(own_postgres: PostgresServer) -> None:
     url = await asyncio.to_thread(own_postgres.new_database)
-    store = await opened(url, patience_s=0.5)  # what the edge runs with
+    store = await opened(url, patience_s=0.2)  # impatient, as the edge is (STORE_PATIENCE_S)
     try:
         own_postgres.kill()
         for call in (store.get_task("tsk_1"), store.list_failed("acme", 5),
