@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +23,6 @@ from services.processor.assembler import (
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -359,54 +352,6 @@ def test_bad_env_raises_config_error(name: str, value: str) -> None:
         MockSettings.from_env({name: value})
     assert str(info.value).startswith(f"{name}: ") and repr(value) in str(info.value)
     assert "\n" not in str(info.value)
-
-
-def test_main_exits_2_on_bad_env() -> None:
-    env = {**os.environ, "MOCKAI_PORT": "x"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.mockai"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "mockai: MOCKAI_PORT: expected an integer, got 'x'"
-
-
-async def test_main_serves(client: httpx.AsyncClient) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MOCKAI_PORT": str(port), "MOCKAI_TTFT_MS": "0"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.mockai",
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if (await client.get(f"{base}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.returncode is None, "mock exited early"
-            assert time.monotonic() < deadline, "mock did not come up"
-            await asyncio.sleep(0.05)
-        r = await client.post(f"{base}/v1/chat/completions", json=body())
-        assert sse_events(r.text)[-1] == "[DONE]"
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
 
 
 # --- faults ----------------------------------------------------------------------------
