@@ -120,13 +120,22 @@ class PostgresServer:
             return None
 
     def kill(self) -> None:
-        """kill -9 the postmaster and every backend (pg_ctl made it a session leader)."""
+        """kill -9 the postmaster and every process it started.
+
+        Each backend is a session leader of its own (PostgreSQL's InitPostmasterChild calls
+        setsid), so they are found as the postmaster's children, not as its process group:
+        killed with the postmaster's group alone, a backend would answer its connection once
+        more before it noticed. The postmaster is stopped first, so it forks no new one."""
         pid = self.pid
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(pid), 10, "PostgreSQL to die")
+            os.kill(pid, signal.SIGSTOP)
+        family = [*_children(pid), pid]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        wait_for(lambda: not any(alive(p) for p in family), 10, "PostgreSQL to die")
         # The same for postmaster.pid: a zombie postmaster's pid looks alive; the lock is stale.
         with contextlib.suppress(FileNotFoundError):
             (self.data / "postmaster.pid").unlink()
@@ -148,7 +157,20 @@ class PostgresServer:
         return self.url(name)
 
 
-def _alive(pid: int) -> bool:
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
     """Running, and not a zombie nobody reaped (a container's PID 1 may not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
