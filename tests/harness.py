@@ -103,6 +103,9 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--maxmemory-policy", "noeviction",
+                # Redis times a blocked read out on its cron tick, every 1/hz s: at the default
+                # 10, a 10 ms poll (burst mode) waits 100 ms. At 100 short blocks mean it.
+                "--hz", "100",
                 "--logfile", str(self.dir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
