@@ -66,6 +66,15 @@ def run_sql(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return pool.submit(asyncio.run, go()).result()
 
 
+def memory_dir() -> Path:
+    """A new folder for a test server's files, in /dev/shm when there is one: initdb, a copy
+    of a cluster and CREATE DATABASE write thousands of small files, several times faster in
+    memory (a tmpfs keeps them through a kill -9 of the server all the same)."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="sluice-pg-", dir=base))
+
+
 @dataclass
 class PostgresServer:
     """A PostgreSQL cluster we own, so tests may kill -9 and restart it."""

@@ -15,6 +15,7 @@ import openai
 import orjson
 
 from services.mockai.text import content_tokens, digest_prompt
+from tests.harness import CLIENT_TLS
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.kit import Core
 
@@ -81,8 +82,10 @@ async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
         coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")
         processor = core.processor(PROCESSOR_CONCURRENCY=str(concurrency))
         base = str(edge.client.make_url("/v1"))
-        client = openai.AsyncOpenAI(base_url=base, api_key=KEY_A, max_retries=0)
-        other = openai.AsyncOpenAI(base_url=base, api_key=KEY_B, max_retries=0)
+        client, other = (openai.AsyncOpenAI(
+            base_url=base, api_key=key, max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(verify=CLIENT_TLS))
+            for key in (KEY_A, KEY_B))
         try:
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(coordinator.run()), tg.create_task(processor.run())]

@@ -134,7 +134,8 @@ async def test_when_allowed_max_body_bytes_counts_the_inflated_bytes(
 
 
 @pytest.mark.parametrize("data", [b"\x1f\x8b not gzip", gzip.compress(BODY)[:-6],
-                                  gzip.compress(BODY) + b"trailing", b""])
+                                  gzip.compress(BODY) + b"trailing", b""],
+                         ids=["not-gzip", "truncated", "trailing", "empty"])  # gzip has a time
 async def test_when_allowed_broken_compression_is_400(
         inflating_edge: EdgeUnderTest, data: bytes) -> None:
     r = await inflating_edge.client.post("/api/tasks", data=data, headers={

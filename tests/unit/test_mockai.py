@@ -22,6 +22,7 @@ from services.processor.assembler import (
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
+from tests.harness import CLIENT_TLS
 
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
@@ -76,7 +77,7 @@ async def base(start: Start) -> str:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
         yield c
 
 
@@ -445,7 +446,7 @@ async def test_cut_non_streaming(base: str, client: httpx.AsyncClient) -> None:
 async def test_stall_then_client_gives_up(base: str, client: httpx.AsyncClient) -> None:
     req = body(**mock(fault={"stall_after": 2}, tag="stall"))
     raw = ""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5)) as c:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5), verify=CLIENT_TLS) as c:
         t0 = time.time()
         with pytest.raises(httpx.ReadTimeout):
             async with c.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
@@ -608,7 +609,7 @@ async def wait_for_disconnect(client: httpx.AsyncClient, base: str, tag: str) ->
 
 async def read_then_close(base: str, req: dict[str, Any], n_events: int) -> float:
     """Read `n_events` SSE events, then drop the connection; returns the time of the drop."""
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
         async with c.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
             seen = 0
             async for text in r.aiter_text():
