@@ -47,6 +47,9 @@ def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
         items[:] = keep
 
 
+# pytester: tests/unit/test_layers.py runs pytest sessions in process.
+pytest_plugins = ["pytester"]
+
 LAYERS = ("unit", "integration", "e2e", "chaos")
 TESTS_DIR = Path(__file__).resolve().parent
 
