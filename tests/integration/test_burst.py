@@ -138,4 +138,5 @@ async def test_a_burst_with_no_work_ends_within_a_few_polls(core: Core) -> None:
     processor (the governor's settling among them) sits out a tick of its own once drained."""
     started = asyncio.get_running_loop().time()
     await core.burst()
-    assert asyncio.get_running_loop().time() - started < 0.3
+    # Before, the governor's last settle waited out its 0.5 s tick: every burst took that.
+    assert asyncio.get_running_loop().time() - started < 0.45
