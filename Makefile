@@ -47,8 +47,10 @@ run: $(STAMP) redis-server
 test: $(STAMP) redis-server postgresql test-tools
 	$(BIN)/pytest -q
 
+# Three workers on two cores: the fast layer spends most of its time waiting (timers, servers).
+# Each worker has a redis-server and PostgreSQL of its own (session fixtures are per worker).
 test-fast: $(STAMP) redis-server postgresql
-	$(BIN)/pytest -q -m "not e2e and not chaos"
+	$(BIN)/pytest -q -n 3 --dist worksteal -m "not e2e and not chaos" tests/unit tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests scripts bench

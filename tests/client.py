@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import wait_for
+from tests.harness import CLIENT_TLS, wait_for
 from tests.postgres import run_sql
 
 
@@ -18,7 +18,7 @@ class Api:
 
     def __init__(self, base: str, key: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=base, timeout=30, headers=headers)
+        self.http = httpx.Client(base_url=base, timeout=30, headers=headers, verify=CLIENT_TLS)
 
     def submit(self, body: dict[str, Any] | None = None, **kw: Any) -> str:
         r = self.http.post("/api/tasks", json=body or {"prompt": "hello"}, **kw)

@@ -17,7 +17,7 @@ import pytest
 from tests import harness
 from tests.client import Api
 from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, memory_dir
 
 # The stores every store-dependent test runs against; TEST_STORES=sqlite (or postgresql)
 # narrows it, e.g. on a machine without PostgreSQL.
@@ -45,6 +45,9 @@ def _first_store_only(config: pytest.Config, items: list[pytest.Item]) -> None:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
+
+# pytester: tests/unit/test_layers.py runs pytest sessions in process.
+pytest_plugins = ["pytester"]
 
 LAYERS = ("unit", "integration", "e2e", "chaos")
 TESTS_DIR = Path(__file__).resolve().parent
@@ -109,10 +112,21 @@ def api_factory() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres_template() -> Iterator[Path]:
+    """A data directory initdb made and no server ever runs on: every PostgreSQL server of
+    the session is a copy of it (initdb takes seconds, a copy a fraction of one)."""
+    template = PostgresServer(dir=memory_dir()).init()
+    try:
+        yield template.data
+    finally:
+        template.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_template: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL server (Debian's binaries, as user postgres when we are root) for the
     session; each test that uses it gets a database of its own (``pg_url``)."""
-    server = PostgresServer().init().start()
+    server = PostgresServer(dir=memory_dir()).init(postgres_template).start()
     try:
         yield server
     finally:
@@ -134,9 +148,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
+def own_postgres(postgres_template: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own, for tests that kill or restart it."""
-    server = PostgresServer().init().start()
+    server = PostgresServer(dir=memory_dir()).init(postgres_template).start()
     try:
         yield server
     finally:

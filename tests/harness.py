@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import certifi
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The TLS context of the tests' own HTTP clients, made once: a client made without one loads
+# the CA bundle, tens of ms of CPU, and the tests make hundreds of clients (a poll is one).
+CLIENT_TLS = ssl.create_default_context(cafile=certifi.where())
 
 
 def free_port() -> int:
@@ -103,6 +107,9 @@ class RedisServer:
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--maxmemory-policy", "noeviction",
+                # Redis times a blocked read out on its cron tick, every 1/hz s: at the default
+                # 10, a 10 ms poll (burst mode) waits 100 ms. At 100 short blocks mean it.
+                "--hz", "100",
                 "--logfile", str(self.dir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
@@ -258,6 +265,10 @@ class Service:
             return ""
 
 
+def _ok(url: str) -> bool:
+    return httpx.get(url, verify=CLIENT_TLS).status_code == 200
+
+
 def sqlite_store(tmp: Path) -> str:
     return str(tmp / "sluice.db")
 
@@ -342,11 +353,9 @@ class Stack:
     def up(self, processors: int = 1, coordinators: int = 1, mock: bool = True) -> Stack:
         if mock:
             self.start("mockai")
-            wait_for(lambda: httpx.get(f"{self.mock_url}/health").status_code == 200, 20,
-                     "mock provider")
+            wait_for(lambda: _ok(f"{self.mock_url}/health"), 20, "mock provider")
         self.start("edge")
-        wait_for(lambda: httpx.get(f"{self.edge_url}/api/health").status_code == 200, 20,
-                 "edge health")
+        wait_for(lambda: _ok(f"{self.edge_url}/api/health"), 20, "edge health")
         for _ in range(coordinators):
             self.start("coordinator")
         for _ in range(processors):
@@ -363,7 +372,8 @@ class Stack:
 
     def wait_alive(self, processors: int, coordinators: int, timeout: float = 20) -> None:
         def ready() -> bool:
-            s = httpx.get(f"{self.edge_url}/api/async-status", headers=self.auth_headers).json()
+            s = httpx.get(f"{self.edge_url}/api/async-status", headers=self.auth_headers,
+                          verify=CLIENT_TLS).json()
             return (s["processors"]["count"] >= processors
                     and s["coordinators"]["count"] >= coordinators)
         wait_for(ready, timeout, f"{processors} processors and {coordinators} coordinators")

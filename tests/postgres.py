@@ -66,6 +66,15 @@ def run_sql(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return pool.submit(asyncio.run, go()).result()
 
 
+def memory_dir() -> Path:
+    """A new folder for a test server's files, in /dev/shm when there is one: initdb, a copy
+    of a cluster and CREATE DATABASE write thousands of small files, several times faster in
+    memory (a tmpfs keeps them through a kill -9 of the server all the same)."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="sluice-pg-", dir=base))
+
+
 @dataclass
 class PostgresServer:
     """A PostgreSQL cluster we own, so tests may kill -9 and restart it."""
@@ -88,10 +97,15 @@ class PostgresServer:
         subprocess.run(list(args), check=True, capture_output=True, timeout=120,
                        env={**os.environ, "LC_ALL": "C.UTF-8"}, **_as_postgres())
 
-    def init(self) -> PostgresServer:
+    def init(self, like: Path | None = None) -> PostgresServer:
+        """``initdb``; or, given ``like`` (a data directory initdb made and no server ever
+        ran on), a copy of it: the same cluster for a tenth of the time."""
         if os.geteuid() == 0:  # tempfile made it 0700 for root: hand it to postgres
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        if like is not None:
+            self._run("cp", "-a", str(like), str(self.data))
+            return self
         self._run(pg_binary("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
                   "-E", "UTF8", "--locale=C", "--no-sync")
         return self
@@ -115,13 +129,22 @@ class PostgresServer:
             return None
 
     def kill(self) -> None:
-        """kill -9 the postmaster and every backend (pg_ctl made it a session leader)."""
+        """kill -9 the postmaster and every process it started.
+
+        Each backend is a session leader of its own (PostgreSQL's InitPostmasterChild calls
+        setsid), so they are found as the postmaster's children, not as its process group:
+        killed with the postmaster's group alone, a backend would answer its connection once
+        more before it noticed. The postmaster is stopped first, so it forks no new one."""
         pid = self.pid
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(pid), 10, "PostgreSQL to die")
+            os.kill(pid, signal.SIGSTOP)
+        family = [*_children(pid), pid]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+        wait_for(lambda: not any(alive(p) for p in family), 10, "PostgreSQL to die")
         # The same for postmaster.pid: a zombie postmaster's pid looks alive; the lock is stale.
         with contextlib.suppress(FileNotFoundError):
             (self.data / "postmaster.pid").unlink()
@@ -143,7 +166,20 @@ class PostgresServer:
         return self.url(name)
 
 
-def _alive(pid: int) -> bool:
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
     """Running, and not a zombie nobody reaped (a container's PID 1 may not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -240,6 +240,7 @@ class Governor:
         await self._register()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._settle_loop(drained))
+            tg.create_task(self._settle_once_drained(drained))
             tg.create_task(self._renew_loop(drained))
             tg.create_task(self._poll_loop(stopping))
 
@@ -268,6 +269,12 @@ class Governor:
                 self._seen(provider, room)
             if batch:
                 self._wake()
+
+    async def _settle_once_drained(self, drained: asyncio.Event) -> None:
+        """Wake the settle loop for its last pass as soon as the processor has drained, so a
+        stopping processor does not sit out the loop's half-second tick."""
+        await drained.wait()
+        self._due.set()
 
     async def _renew_loop(self, drained: asyncio.Event) -> None:
         interval = self.lease_ms / 3000

@@ -15,6 +15,7 @@ import openai
 import orjson
 
 from services.mockai.text import content_tokens, digest_prompt
+from tests.harness import CLIENT_TLS
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.kit import Core
 
@@ -70,6 +71,18 @@ def mock_text(prompt: str, tokens: int = 5) -> str:
     return "".join(content_tokens(seed, tokens))
 
 
+async def wake_blocked(core: Core) -> None:
+    """End the loops' blocking waits now, as their timeouts (POLL_S, 1 s) would, so a stopped
+    loop sees it is stopping: each blocked read is unblocked (CLIENT UNBLOCK ... TIMEOUT),
+    and each pub/sub wait gets a message no loop acts on. A graceful stop, without sitting
+    out a second of blocking after every test."""
+    for client in await core.redis.client_list():
+        if client.get("cmd") in ("xread", "xreadgroup") and "b" in client.get("flags", ""):
+            await core.redis.client_unblock(client["id"])
+    for channel in (core.keys.cancel_channel, core.keys.batch_channel):
+        await core.redis.publish(channel, "")
+
+
 @contextlib.asynccontextmanager
 async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
                     **env: str) -> AsyncIterator[BatchRig]:
@@ -81,17 +94,21 @@ async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
         coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")
         processor = core.processor(PROCESSOR_CONCURRENCY=str(concurrency))
         base = str(edge.client.make_url("/v1"))
-        client = openai.AsyncOpenAI(base_url=base, api_key=KEY_A, max_retries=0)
-        other = openai.AsyncOpenAI(base_url=base, api_key=KEY_B, max_retries=0)
+        client, other = (openai.AsyncOpenAI(
+            base_url=base, api_key=key, max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(verify=CLIENT_TLS))
+            for key in (KEY_A, KEY_B))
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(coordinator.run())
-                tg.create_task(processor.run())
+                loops = [tg.create_task(coordinator.run()), tg.create_task(processor.run())]
                 try:
                     yield BatchRig(edge, client, other, core)
                 finally:
                     coordinator.stop()
                     processor.stop()
+                    while not all(loop.done() for loop in loops):
+                        await wake_blocked(core)
+                        await asyncio.wait(loops, timeout=0.05)
         finally:
             await client.close()
             await other.close()

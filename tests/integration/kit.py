@@ -24,6 +24,7 @@ from shared.redis_conn import RedisClient
 from shared.steps import Begun, Created, Steps, TenantLimits
 from shared.store import Store
 from shared.timeutil import now_ms
+from tests.harness import CLIENT_TLS
 
 NO_LIMITS = TenantLimits(rate_per_window=0, window_ms=60_000, max_active=0)
 QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
@@ -172,7 +173,7 @@ class Core:
                     tg.create_task(p.run(burst=True))
 
     async def mock_requests(self) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=CLIENT_TLS) as http:
             resp = await http.get(self.mock_url.removesuffix("/v1") + "/mock/requests")
         return list(resp.json()["requests"])
 

@@ -43,7 +43,7 @@ async def test_a_1000_line_batch_leaves_interactive_queue_wait_within_2x(
     async with batch_rig(core, tmp_path, concurrency=16, BATCH_LINES_IN_FLIGHT="8") as rig:
         idle = await interactive_waits(rig, "idle")
         started = time.monotonic()
-        lines = [line(f"b{n}", f"batch line {n}", tokens=20, tokens_per_s=400)
+        lines = [line(f"b{n}", f"batch line {n}", tokens=20, tokens_per_s=2000)
                  for n in range(LINES)]
         batch = await rig.run(lines)
         await rig.wait(batch.id, ("in_progress",))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import struct
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,11 +24,25 @@ BODY = orjson.dumps({"prompt": "hello"})
 
 
 def bomb(inflated: int) -> bytes:
-    """gzip of ``inflated`` zero bytes: about a thousandth of its inflated size."""
+    """gzip of ``inflated`` zero bytes (whole MiB): about a thousandth of its inflated size.
+
+    Built without deflating a GiB: after a full flush the compressor has forgotten what came
+    before, so every further MiB of zeros compresses to the same bytes, which are repeated.
+    The trailer's CRC-32 and length are those of the whole inflated body: a valid gzip."""
     out = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     block = b"\0" * MIB
-    parts = [out.compress(block) for _ in range(inflated // MIB)]
-    return b"".join(parts) + out.flush()
+    first = out.compress(block) + out.flush(zlib.Z_FULL_FLUSH)  # with the gzip header
+    unit = out.compress(block) + out.flush(zlib.Z_FULL_FLUSH)
+    last_block = out.flush()[:-8]  # the final empty block, less a trailer for 2 MiB
+    crc = 0
+    for _ in range(inflated // MIB):
+        crc = zlib.crc32(block, crc)
+    return (first + unit * (inflated // MIB - 1) + last_block
+            + struct.pack("<II", crc, inflated & 0xFFFFFFFF))
+
+
+def test_a_bomb_is_valid_gzip_of_as_many_zeros() -> None:
+    assert gzip.decompress(bomb(8 * MIB)) == b"\0" * (8 * MIB)
 
 
 @pytest.fixture
@@ -119,7 +134,8 @@ async def test_when_allowed_max_body_bytes_counts_the_inflated_bytes(
 
 
 @pytest.mark.parametrize("data", [b"\x1f\x8b not gzip", gzip.compress(BODY)[:-6],
-                                  gzip.compress(BODY) + b"trailing", b""])
+                                  gzip.compress(BODY) + b"trailing", b""],
+                         ids=["not-gzip", "truncated", "trailing", "empty"])  # gzip has a time
 async def test_when_allowed_broken_compression_is_400(
         inflating_edge: EdgeUnderTest, data: bytes) -> None:
     r = await inflating_edge.client.post("/api/tasks", data=data, headers={
@@ -147,14 +163,14 @@ async def _raw_request(edge: EdgeUnderTest, head: bytes
 
 
 async def test_a_body_that_trickles_in_is_cut_with_408(redis_url: str, tmp_path: Path) -> None:
-    async with running_edge(redis_url, tmp_path, EDGE_BODY_TIMEOUT_S="0.5") as edge:
+    async with running_edge(redis_url, tmp_path, EDGE_BODY_TIMEOUT_S="0.25") as edge:
         reader, writer = await _raw_request(
             edge, b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 100\r\n\r\n{")
         try:
             async def trickle() -> None:
-                while True:  # one byte at a time, far slower than the timeout allows
-                    await asyncio.sleep(0.2)
+                while True:  # never idle, but 100 bytes would take 10 s: far beyond the time-out
+                    await asyncio.sleep(0.1)
                     writer.write(b" ")
                     await writer.drain()
             sender = asyncio.create_task(trickle())

@@ -152,7 +152,7 @@ async def test_blocking_reads_beyond_the_connections_wait_their_turn(
                                          socket_timeout=5)
     stream = Keys("b" + uuid.uuid4().hex[:8]).events("t")
     try:
-        replies = await asyncio.gather(*(reader.xread({stream: "0-0"}, block=200)
+        replies = await asyncio.gather(*(reader.xread({stream: "0-0"}, block=50)
                                          for _ in range(4)))
         assert replies == [[]] * 4 or replies == [{}] * 4
     finally:

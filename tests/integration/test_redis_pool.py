@@ -47,8 +47,8 @@ async def test_commands_beyond_the_pool_wait_for_a_connection(any_url: str) -> N
     client = redis_conn.connect(any_url, max_connections=2, wait_s=30)
     stream = Keys("p" + uuid.uuid4().hex[:8]).events("t")
     try:
-        # Each holds its connection for 100 ms: 12 of them on 2 connections must take turns.
-        replies = await asyncio.gather(*(client.xread({stream: "0-0"}, block=100)
+        # Each holds its connection for 25 ms: 12 of them on 2 connections must take turns.
+        replies = await asyncio.gather(*(client.xread({stream: "0-0"}, block=25)
                                          for _ in range(12)))
         assert all(not r for r in replies)
     finally:

@@ -17,6 +17,7 @@ from tests.integration.kit import (
     BURST_TIMEOUT_S,
     QUIET,
     Core,
+    begun,
     contents,
     deltas,
     events,
@@ -47,6 +48,23 @@ async def test_a_run_streams_stores_and_finishes_the_task(core: Core) -> None:
     assert deltas(evs) == call["content"]
     assert evs[-1][1]["result"]["content"] == call["content"]
     assert await core.redis.exists(core.keys.lease(tid)) == 0
+
+
+@pytest.mark.first_store_only  # nothing reaches the store
+async def test_a_task_redis_no_longer_knows_ends_missing_and_one_held_elsewhere_busy(
+        core: Core) -> None:
+    """The two ways begin refuses a run that are not an ending of the task: each leaves it
+    alone, unsent to the provider, with nothing written."""
+    gone = await core.submit(QUIET)
+    await core.redis.delete(core.keys.task(gone))  # expired, or removed with its tenant
+    held = await core.submit(QUIET)
+    await begun(core.steps, held, "another-processors-token")
+    before = await contents(core.redis, core.keys)
+    assert await run_task(core, gone) is Outcome.MISSING
+    assert await run_task(core, held) is Outcome.BUSY
+    assert await contents(core.redis, core.keys) == before
+    assert await core.mock_requests() == []
+    assert await core.store.count("tasks") == 0
 
 
 @pytest.mark.parametrize("found_by", ["renewal", "emit"])

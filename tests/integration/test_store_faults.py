@@ -14,7 +14,7 @@ import pytest
 from shared.store import StoreUnavailable, make_store
 from shared.store_postgres import PostgresStore
 from tests.integration.test_store_contract import task
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, alive
 
 
 async def until(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
@@ -30,6 +30,19 @@ async def opened(url: str, patience_s: float | None) -> PostgresStore:
     assert isinstance(store, PostgresStore)
     await store.open()
     return store
+
+
+async def test_a_kill_takes_every_backend_with_it(own_postgres: PostgresServer) -> None:
+    """What the outage tests rely on: after kill(), no pooled connection answers once more
+    (each backend is a session leader of its own, so killing the postmaster's group does not
+    reach it; left alone, it ends only once it notices the postmaster is gone)."""
+    conn = await asyncpg.connect(own_postgres.url())
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        own_postgres.kill()
+        assert not alive(backend)
+    finally:
+        conn.terminate()
 
 
 async def test_a_finished_result_waits_out_an_outage_and_lands_once(
@@ -52,7 +65,7 @@ async def test_a_finished_result_waits_out_an_outage_and_lands_once(
 
 async def test_an_impatient_caller_gets_store_unavailable(own_postgres: PostgresServer) -> None:
     url = await asyncio.to_thread(own_postgres.new_database)
-    store = await opened(url, patience_s=0.5)  # what the edge runs with
+    store = await opened(url, patience_s=0.2)  # impatient, as the edge is (STORE_PATIENCE_S)
     try:
         own_postgres.kill()
         for call in (store.get_task("tsk_1"), store.list_failed("acme", 5),

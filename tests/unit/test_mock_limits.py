@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from services.mockai.app import create_app
 from services.mockai.limits import Limiter, LimitSettings, format_duration
 from services.mockai.settings import ConfigError, MockSettings
+from tests.harness import CLIENT_TLS
 
 
 class Clock:
@@ -97,7 +98,7 @@ async def slow_mock() -> AsyncIterator[str]:
 async def test_over_http_the_third_concurrent_call_is_refused(slow_mock: str) -> None:
     req: dict[str, Any] = {"model": "mock-r1", "stream": True,
                            "messages": [{"role": "user", "content": "hi"}]}
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
         first = [asyncio.create_task(c.post(f"{slow_mock}/v1/chat/completions", json=req))
                  for _ in range(2)]
 

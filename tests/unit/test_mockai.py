@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +22,8 @@ from services.processor.assembler import (
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
+from tests.harness import CLIENT_TLS
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -83,7 +77,7 @@ async def base(start: Start) -> str:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
         yield c
 
 
@@ -361,54 +355,6 @@ def test_bad_env_raises_config_error(name: str, value: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_main_exits_2_on_bad_env() -> None:
-    env = {**os.environ, "MOCKAI_PORT": "x"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.mockai"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "mockai: MOCKAI_PORT: expected an integer, got 'x'"
-
-
-async def test_main_serves(client: httpx.AsyncClient) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MOCKAI_PORT": str(port), "MOCKAI_TTFT_MS": "0"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.mockai",
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if (await client.get(f"{base}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.returncode is None, "mock exited early"
-            assert time.monotonic() < deadline, "mock did not come up"
-            await asyncio.sleep(0.05)
-        r = await client.post(f"{base}/v1/chat/completions", json=body())
-        assert sse_events(r.text)[-1] == "[DONE]"
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
-
-
 # --- faults ----------------------------------------------------------------------------
 
 
@@ -500,7 +446,7 @@ async def test_cut_non_streaming(base: str, client: httpx.AsyncClient) -> None:
 async def test_stall_then_client_gives_up(base: str, client: httpx.AsyncClient) -> None:
     req = body(**mock(fault={"stall_after": 2}, tag="stall"))
     raw = ""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5)) as c:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5), verify=CLIENT_TLS) as c:
         t0 = time.time()
         with pytest.raises(httpx.ReadTimeout):
             async with c.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
@@ -663,7 +609,7 @@ async def wait_for_disconnect(client: httpx.AsyncClient, base: str, tag: str) ->
 
 async def read_then_close(base: str, req: dict[str, Any], n_events: int) -> float:
     """Read `n_events` SSE events, then drop the connection; returns the time of the drop."""
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
         async with c.stream("POST", f"{base}/v1/chat/completions", json=req) as r:
             seen = 0
             async for text in r.aiter_text():
