@@ -195,6 +195,12 @@ class TaskRun:
             return False
         view = tasks.view_from_row(row)
         self.status = row["status"]
+        # The dead holder sent the answer's last deltas with complete.lua, which never ran:
+        # clients get a reset and the stored text, so the stream ends as the row does.
+        self._unsent = [(tasks.EV_RESET, orjson.dumps({"attempt": self.attempts}).decode())]
+        self._unsent += [(kind, orjson.dumps({"delta": text}).decode())
+                         for kind, text in (("reasoning", row.get("reasoning_content")),
+                                            ("content", row.get("content"))) if text]
         return await self._complete(row["status"], view["result"], view["error"], view,
                                     int(row["completed_at"] or now_ms()))
 
