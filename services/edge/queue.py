@@ -53,13 +53,15 @@ def body_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None) -> Submitted:
+async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None,
+                 task_id: str | None = None) -> Submitted:
+    """``task_id``: the id the task gets if it is new (one is made otherwise)."""
     digest = body_hash(req.payload) if idem_key else ""
     if idem_key:
         known = await edge.store.get_idempotency_key(tenant, idem_key)
         if known is not None:
             return _replay(known, digest)
-    task_id, created = tasks.new_task_id(), now_ms()
+    task_id, created = task_id or tasks.new_task_id(), now_ms()
     s = edge.settings
     span = tracing.submit_span(task_id, tenant)
     result = await edge.steps.submit(

@@ -14,6 +14,7 @@ from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.validation import parse_task
 from services.webhooks import views as webhooks
+from shared import tasks
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None
@@ -52,9 +53,13 @@ async def create_task(request: web.Request) -> web.Response:
     if hook_url:
         await webhooks.require_secret(request)
     tenant = tenant_of(request)
-    sub = await queue.submit(edge, tenant, req, key)
+    task_id = tasks.new_task_id()
     if hook_url:
-        await webhooks.remember_task_url(request, sub.id, hook_url)
+        # Before the task exists: a task that finished before its URL was stored would pass
+        # the webhook scanner unseen. (A refused or replayed submit leaves a row no task
+        # will ever match.)
+        await webhooks.remember_task_url(request, task_id, hook_url)
+    sub = await queue.submit(edge, tenant, req, key, task_id)
     body = queue.accepted_body(sub)
     if sub.existing:
         view = await queue.read(edge, tenant, sub.id)
