@@ -116,7 +116,6 @@ async def test_a_429_with_retry_after_is_retried_after_the_capped_wait(
     tid = await core.submit({**QUIET, "content_tokens": 3, "fault": {
         "status": 429, "retry_after": retry_after, "times": 1}})
     processor = core.processor(RETRY_AFTER_CAP_S=cap_s, RETRY_BASE_S="0.01")
-    await core.coordinator().run_burst()  # placed and batched, as if from the queue
     # Refused: the task goes back to waiting in the queue, its lease released, uncounted.
     assert await run_task(core, tid, processor) is Outcome.REQUEUED
     h = await core.redis.hgetall(core.keys.task(tid))
