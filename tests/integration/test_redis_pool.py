@@ -19,6 +19,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, GatedCluster, PoolExhausted, RedisClient
 from tests.integration.edge_client import running_edge
+from tests.integration.kit import until
 
 
 @pytest.fixture(params=["plain", "cluster"])
@@ -87,3 +88,36 @@ async def test_the_edge_says_pool_exhausted_or_unreachable(redis_url: str,
             assert r.status == 503
         events = [e["event"] for e in logs]
         assert "redis_unavailable" in events and "redis_pool_exhausted" not in events, logs
+
+
+async def test_a_failed_connect_gives_its_turn_back() -> None:
+    # One connection, nothing listening: each command fails to connect. Were the turn kept,
+    # the second command would wait out the pool and say "exhausted" instead of "refused".
+    client = redis_conn.connect("redis://127.0.0.1:1/0", max_connections=1, wait_s=0.05)
+    try:
+        for _ in range(3):
+            with pytest.raises(UNAVAILABLE) as caught:
+                await client.ping()
+            assert not isinstance(caught.value, PoolExhausted)
+    finally:
+        await client.aclose()
+
+
+async def test_a_cancelled_command_gives_its_turn_back(redis_url: str) -> None:
+    client = redis_conn.connect(redis_url, max_connections=1, wait_s=0.05)
+    stream = Keys("p" + uuid.uuid4().hex[:8]).events("t")
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, redis_conn.WaitingPool)
+        blocked = asyncio.ensure_future(client.xread({stream: "$"}, block=10_000))
+
+        async def taken() -> bool:  # the one connection, by the read waiting on Redis
+            return bool(pool.holding)
+
+        await until(taken)
+        blocked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await blocked
+        assert await client.ping()  # within 0.05 s: the turn came back
+    finally:
+        await client.aclose()
