@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import profile
 from bench.common import Ctx, fmt_rate, loadgen, run_json
 from bench.e2e import peer_env
 from bench.peers import venvs
@@ -31,9 +32,13 @@ async def run(ctx: Ctx) -> dict[str, Any]:
         meter = CpuMeter({"edge": pids(s, "edge"), "redis": [pid_of(r)]})
         url = s.edge_url + "/api/tasks"
         await loadgen(url, warmup, CONNS)  # connections, scripts loaded, code paths warm
-        meter.start()
-        ours = await loadgen(url, n, CONNS)
-        cpu = meter.stop()
+        spy = ctx.profile / "submit" if ctx.profile else None
+        if spy:
+            spy.mkdir(parents=True, exist_ok=True)
+        with profile.spying(spy, {"edge": pids(s, "edge")[0]}):
+            meter.start()
+            ours = await loadgen(url, n, CONNS)
+            cpu = meter.stop()
     arq = await peer_enqueue(ctx, "arq", n, warmup)
     tq = await peer_enqueue(ctx, "taskiq", n, warmup)
     lat = ours["latency_ms"]

@@ -181,7 +181,8 @@ class Steps:
                     client: Any = None, *, together: bool = False) -> Any:
         """Run script ``name``; ``together``: coalesced with the other calls of it in flight
         from this process, one pipeline per round trip (shared/coalesce.py): the steps every
-        task of a processor takes (begin, emit, complete), many at once under load."""
+        task takes, many at once under load (an edge's submits; a processor's begin, emit,
+        complete)."""
         script = getattr(self._scripts, name)
         if together:
             coalescer = self._together.get(name)
@@ -214,7 +215,7 @@ class Steps:
             [task_id, tenant, request_json, model, now, body_hash if idem_key else "",
              idempotency_ttl_s, first_event, task_ttl_s, limits.rate_per_window,
              limits.window_ms, limits.max_active, idem_key or "", traceparent, priority,
-             max(1, cost)])
+             max(1, cost)], together=True)
         if outcome == "created":
             return Created(value, int(rest[0]))
         if outcome == "existing":

@@ -4,6 +4,8 @@ forgot it)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from shared import tasks
@@ -102,6 +104,19 @@ async def test_an_idempotent_replay_answers_the_first_task_and_writes_nothing(
     assert await submit_idem(steps, "k1", "h1") == Existing(created.id)
     assert await submit_idem(steps, "k1", "other body") == Conflict(created.id)
     assert await contents(redis, keys) == before
+
+
+async def test_submits_in_flight_together_share_round_trips_and_each_gets_its_own_answer(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    # 40 submits at once, as 40 requests to one edge: one pipeline per round trip, never one
+    # round trip each; the same Idempotency-Key twice in one pipeline still makes one task.
+    plain = [submit(steps) for _ in range(38)]
+    twice = [submit_idem(steps, "k-same", "h1"), submit_idem(steps, "k-same", "h1")]
+    *ids, first, second = await asyncio.gather(*plain, *twice)
+    assert isinstance(first, Created) and second == Existing(first.id)
+    assert len(set(ids)) == 38
+    assert await redis.xlen(keys.tasks_stream) == 39
+    assert steps._together["submit"].round_trips < 40 / 2
 
 
 async def test_cancel_of_a_queued_task_cancels_it_now(
