@@ -37,37 +37,55 @@ class Coalescer:
     def __init__(self, redis: RedisClient, script: AsyncScript) -> None:
         self._redis, self._script = redis, script
         self._pending: list[_Call] = []
+        self._busy = False  # a round trip is on its way (a lone call's or the flusher's)
         # Kept, so it is not collected mid-flight; it settles every call it takes, whatever
         # happens, so no error is left unseen in it.
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0  # pipelines (or single calls) sent
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        call = _Call(keys, args, loop.create_future())
+        if not self._busy:
+            # Nothing on its way: this call goes at once, from its own task (no hop through
+            # the flusher's: a relayed token's latency is mostly such hops).
+            self._busy = True
+            self.round_trips += 1
+            try:
+                return await self._script(keys=keys, args=args)
+            finally:
+                self._hand_over()
+        call = _Call(keys, args, asyncio.get_running_loop().create_future())
         self._pending.append(call)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_all())
         return await call.future
 
+    def _hand_over(self) -> None:
+        """A round trip came back: the calls that arrived meanwhile go out together."""
+        if self._pending:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+        else:
+            self._busy = False
+
     async def _flush_all(self) -> None:
-        while self._pending:
-            calls, self._pending = self._pending, []
-            try:
-                replies = await self._send(calls)
-            except asyncio.CancelledError:  # the loop is closing: nobody waits any more
-                for call in calls + self._pending:
-                    call.future.cancel()
-                raise
-            except Exception as exc:
-                replies = [exc] * len(calls)
-            for call, reply in zip(calls, replies, strict=True):
-                if call.future.done():  # its caller was cancelled
-                    continue
-                if isinstance(reply, Exception):
-                    call.future.set_exception(reply)
-                else:
-                    call.future.set_result(reply)
+        try:
+            while self._pending:
+                calls, self._pending = self._pending, []
+                try:
+                    replies = await self._send(calls)
+                except asyncio.CancelledError:  # the loop is closing: nobody waits any more
+                    for call in calls + self._pending:
+                        call.future.cancel()
+                    self._pending = []
+                    raise
+                except Exception as exc:
+                    replies = [exc] * len(calls)
+                for call, reply in zip(calls, replies, strict=True):
+                    if call.future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(reply, Exception):
+                        call.future.set_exception(reply)
+                    else:
+                        call.future.set_result(reply)
+        finally:
+            self._busy = False
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         self.round_trips += 1
