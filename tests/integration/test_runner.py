@@ -5,6 +5,8 @@ its faults asked for in metadata.mock."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from typing import Any
 
 import orjson
 import pytest
@@ -48,6 +50,34 @@ async def test_a_run_streams_stores_and_finishes_the_task(core: Core) -> None:
     assert deltas(evs) == call["content"]
     assert evs[-1][1]["result"]["content"] == call["content"]
     assert await core.redis.exists(core.keys.lease(tid)) == 0
+
+
+@pytest.mark.sqlite_only  # the store is held by a write lock on its file
+async def test_the_last_piece_of_a_streamed_answer_is_relayed_before_the_row_is_stored(
+        core: Core, store_url: str) -> None:
+    # The store cannot take the row (another connection holds the file's write lock), yet
+    # every delta of a streamed answer, its last piece too, reaches clients: only the end
+    # event waits for the row.
+    tid = await core.submit({"content_tokens": 8, "tokens_per_s": 40, **QUIET})
+    lock = sqlite3.connect(store_url, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    run = asyncio.create_task(run_task(core, tid))
+    try:
+        async def sent() -> list[dict[str, Any]]:  # by the mock, to its end
+            return [c for c in await core.mock_requests() if c["outcome"] == "completed"]
+
+        [call] = await until(sent)
+
+        async def relayed() -> bool:
+            return deltas(await events(core.redis, core.keys, tid)) == call["content"]
+
+        await until(relayed)
+        assert [k for k, _d in await events(core.redis, core.keys, tid)][-1] == "content"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert await run is Outcome.DONE
+    assert [k for k, _d in await events(core.redis, core.keys, tid)][-1] == "done"
 
 
 @pytest.mark.first_store_only  # nothing reaches the store
