@@ -4,6 +4,7 @@ and the provider's governor have room for, and the open batch of earlier version
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from shared.keys import TASKS_GROUP, Keys
@@ -131,6 +132,19 @@ async def test_no_more_leaves_than_the_governor_has_room_for(
     assert [len(f["t"].split(",")) for _e, f in await redis.xrange(keys.batches_stream)] == [3, 1]
     assert await redis.get(keys.batch_backlog) == "4"
     assert await waiting_room(redis, keys) == ids[4:]
+
+
+async def test_idle_flushes_at_once_from_many_replicas_send_no_more_than_the_room(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    # Coordinators answer a capacity report with an 'idle' flush and no lock: twelve at once
+    # (three replicas, four reports each) still send each task once, and only 5 in all.
+    ids = [await submit(steps) for _ in range(10)]
+    await place(steps, redis)
+    await room(steps, free=5)
+    await asyncio.gather(*(steps.batch("idle", now=now_ms(), policy=ADAPTIVE)
+                           for _ in range(12)))
+    assert await order(redis, keys) == ids[:5]
+    assert await waiting_room(redis, keys) == ids[5:]
 
 
 async def test_seed_mode_flushes_full_batches_in_fair_order_without_capacity(
