@@ -45,7 +45,7 @@ log = logs.get("sluice.edge")
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 READ_BLOCK_MS = 2000
 READ_COUNT = 1000  # entries per stream and read
-STREAMS_PER_READER = 500
+STREAMS_PER_READER = 100  # more per read: fewer connections, but each read costs more
 WAKE_TTL_MS = 60_000  # a wake stream left by an edge that died goes away by itself
 QUIET_SCAN_S = 0.25  # how often a busy reader looks for feeds quiet for a whole block
 

@@ -32,7 +32,7 @@ class EdgeSettings:
     rate_per_minute: int
     max_active_tasks: int
     keepalive_s: float
-    stream_readers: int  # connections for live event reads, 500 streams each (edge/feeds.py)
+    stream_readers: int  # connections for live event reads, 100 streams each (edge/feeds.py)
     shutdown_timeout_s: float
     store_check_interval_s: float  # /api/health's write probe and quick_check, at most this often
     body_timeout_s: float  # a request body must have arrived within this (else 408)
@@ -69,7 +69,7 @@ class EdgeSettings:
             rate_per_minute=env.integer("TENANT_RATE_PER_MINUTE", 6000, min_value=0),
             max_active_tasks=env.integer("TENANT_MAX_ACTIVE", 10_000, min_value=0),
             keepalive_s=env.number("SSE_KEEPALIVE_S", 15.0, min_value=0.01),
-            stream_readers=env.integer("EDGE_STREAM_READERS", 64, min_value=1),
+            stream_readers=env.integer("EDGE_STREAM_READERS", 512, min_value=1),
             shutdown_timeout_s=env.number("EDGE_SHUTDOWN_TIMEOUT_S", 10.0, min_value=0),
             store_check_interval_s=env.number("STORE_CHECK_INTERVAL_S", 30.0, min_value=0),
             body_timeout_s=env.number("EDGE_BODY_TIMEOUT_S", 30.0, min_value=0.01),
