@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from services.edge.feeds import CLOSED, FAILED, GONE, READ_BLOCK_MS, TERMINAL, Feed, Feeds
 from shared.keys import Keys
-from shared.redis_conn import RedisClient, connect_blocking
+from shared.redis_conn import RedisClient, connect, connect_blocking
 from tests.integration.kit import until
 
 BLOCK_S = READ_BLOCK_MS / 1000
@@ -175,3 +176,39 @@ async def test_close_ends_every_feed_and_removes_the_wake_streams(
         assert [f.ended for f in [feed, *rest]] == [CLOSED] * 3
         assert not await redis.exists(reader.wake_key)
         assert (await to_the_end(hub, streams[0], within_s=0.5)).ended == CLOSED
+
+
+async def test_on_a_redis_cluster_one_read_serves_many_streams_and_a_late_one_is_woken(
+        redis_cluster_url: str) -> None:
+    # Every key of a deployment shares one hash tag: a read over many streams is single-slot.
+    cluster = connect(redis_cluster_url)
+    blocking = connect_blocking(redis_cluster_url, max_connections=4, socket_timeout=BLOCK_S + 5)
+    keys = Keys("c" + uuid.uuid4().hex[:10])
+    hub = Feeds(cluster, blocking, keys)
+    streams = [keys.events(f"c-{n}") for n in range(5)]
+    try:
+        for key in streams:
+            await add(cluster, key, "status")
+        async with watching(hub, streams[0]) as feed:
+            reader = feed.reader
+            assert reader is not None
+
+            async def read_blocks() -> bool:
+                return reader.blocked
+            await until(read_blocks)
+            readers = [asyncio.create_task(to_the_end(hub, key)) for key in streams[1:]]
+
+            async def all_joined() -> bool:
+                return all(k in reader.feeds for k in streams[1:])
+            await until(all_joined)
+            for key in streams[1:]:
+                await add(cluster, key, "content", '{"delta":"x"}')
+                await add(cluster, key, "done")
+            ended = await asyncio.wait_for(asyncio.gather(*readers), BLOCK_S / 2)
+            assert [[e.type for e in f.events] for f in ended] == [
+                ["status", "content", "done"]] * 4
+    finally:
+        await hub.close()
+        await blocking.aclose()
+        await cluster.delete(*streams)
+        await cluster.aclose()
