@@ -199,6 +199,12 @@ class Keys:
         """Sorted set: task ids with an explicit deadline, scored by it (epoch ms)."""
         return f"{self._p}:deadlines"
 
+    def edge_wake(self, reader: str) -> str:
+        """Stream (MAXLEN 1, short TTL): one entry wakes an edge's multiplexed event reader
+        ``reader`` from its blocking XREAD, so a stream just added is read at once
+        (services/edge/feeds.py)."""
+        return f"{self._p}:edge:wake:{reader}"
+
     # --- pub/sub ----------------------------------------------------------------------------
     @property
     def batch_channel(self) -> str:

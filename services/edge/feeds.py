@@ -2,14 +2,23 @@
 
 Why a fan-out: a blocking XREAD holds its Redis connection for as long as it blocks. One XREAD
 per watching client would take one connection per client, and the edge's main pool would
-run dry under many watchers, starving submits and reads. So each edge
-process runs one reader per *watched task*, however many local clients watch it; the reader
-appends what it reads to an in-memory list that every client walks at its own pace. A slow
-client only slows itself, and the processor, which only XADDs, is never slowed by anyone.
+run dry under many watchers, starving submits and reads. So each edge process keeps one
+*feed* per watched task, however many local clients watch it; what is read of the task's
+stream is appended to the feed, an in-memory list that every client walks at its own pace. A
+slow client only slows itself, and the processor, which only XADDs, is never slowed by anyone.
 
-The readers borrow connections from a pool of their own (``EDGE_STREAM_READERS``, a blocking
-pool): with more tasks watched at once than it holds, a new reader waits for a connection rather
-than failing, and every blocking read lasts at most ``READ_BLOCK_MS``, so connections turn over.
+Why multiplexed: one blocking XREAD per watched task cost a Redis connection per task, in the
+edge and in redis-server (their buffers were most of the memory of a watched stream). Instead
+a :class:`_Reader` reads up to ``STREAMS_PER_READER`` feeds' streams with one
+``XREAD BLOCK .. STREAMS k1 .. kn id1 .. idn``: every key of a deployment shares one hash tag,
+so this is single-slot on a Redis Cluster too. A feed starts with a read of its own that does
+not block (catch-up, through the main pool), then joins a reader; a reader blocked on the
+streams it had must not keep the new one waiting, so joining XADDs to the reader's wake stream,
+which every one of its reads includes.
+
+Readers borrow connections from a pool of their own (``EDGE_STREAM_READERS``, a blocking
+pool): with more readers than it holds, a read waits for a connection rather than failing, and
+every blocking read lasts at most ``READ_BLOCK_MS``, so connections turn over.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,16 +37,22 @@ from redis.exceptions import RedisError
 
 from services.edge.context import EDGE, SETTINGS
 from shared import logs
+from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient, connect_blocking
 
 log = logs.get("sluice.edge")
 
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 READ_BLOCK_MS = 2000
-READ_COUNT = 1000
+READ_COUNT = 1000  # entries per stream and read
+STREAMS_PER_READER = 100  # more per read: fewer connections, but each read costs more
+WAKE_TTL_MS = 60_000  # a wake stream left by an edge that died goes away by itself
+QUIET_SCAN_S = 0.25  # how often a busy reader looks for feeds quiet for a whole block
 
 # Why a feed stopped reading.
 TERMINAL, GONE, FAILED, CLOSED = "terminal", "gone", "failed", "closed"
+
+Entry = tuple[str, dict[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +70,25 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _event_order(event: Event) -> tuple[int, int]:
+    return parse_id(event.id)
+
+
 class Feed:
-    """What one reader has read of one task's events, from the first entry on."""
+    """What has been read of one task's events, from the first entry on."""
+
+    __slots__ = ("_changed", "ended", "events", "key", "last", "quiet_since", "reader",
+                 "starter", "stopping", "watchers")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.events: list[Event] = []
-        self._order: list[tuple[int, int]] = []
         self.ended: str | None = None
         self.watchers = 0
-        self.reader: asyncio.Task[None] | None = None
+        self.last = "0-0"  # id of the last entry read
+        self.quiet_since = 0.0  # loop time of the last entry read (or of joining a reader)
+        self.starter: asyncio.Task[None] | None = None  # the catch-up read, then joining
+        self.reader: _Reader | None = None
         self.stopping = False
         self._changed = asyncio.Event()
 
@@ -74,11 +100,12 @@ class Feed:
 
     def position_after(self, entry_id: str | None) -> int:
         """Index of the first event after ``entry_id`` (all of them when it is None)."""
-        return 0 if entry_id is None else bisect.bisect_right(self._order, parse_id(entry_id))
+        if entry_id is None:
+            return 0
+        return bisect.bisect_right(self.events, parse_id(entry_id), key=_event_order)
 
     def append(self, events: list[Event]) -> None:
         self.events.extend(events)
-        self._order.extend(parse_id(e.id) for e in events)
         self._wake()
 
     def end(self, reason: str) -> None:
@@ -86,17 +113,116 @@ class Feed:
             self.ended = reason
             self._wake()
 
+    def deliver(self, entries: list[Entry]) -> bool:
+        """Append what was read; True when it held the terminal event (the feed is ended)."""
+        # Interned: every event of a stream has one of a handful of types, kept once.
+        events = [Event(i, sys.intern(f.get("e", "")), f.get("d", "{}")) for i, f in entries]
+        self.last = events[-1].id
+        terminal = next((n for n, e in enumerate(events) if e.type in TERMINAL_EVENTS), None)
+        if terminal is None:
+            self.append(events)
+            return False
+        self.append(events[:terminal + 1])  # one terminal event ends a stream
+        self.end(TERMINAL)
+        return True
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
 
-class Feeds:
-    """The per-process hub: at most one feed (and one reader) per watched task."""
+class _Reader:
+    """One blocking XREAD at a time over the streams of up to ``STREAMS_PER_READER`` feeds.
 
-    def __init__(self, redis: RedisClient, blocking: RedisClient) -> None:
-        self._redis, self._blocking = redis, blocking
+    Its loop runs while it has feeds; a feed leaves when it ends (terminal event, stream gone)
+    or its last watcher leaves. A Redis error ends every feed it reads (FAILED): they shared
+    the read that failed."""
+
+    def __init__(self, hub: Feeds, wake_key: str) -> None:
+        self.hub, self.wake_key = hub, wake_key
+        self.feeds: dict[str, Feed] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.wake_last = "0-0"
+        self.blocked = False  # an XREAD BLOCK is out without this one's newest feeds
+        self.woken = False  # ... and a wake was sent to it
+        self.stopping = False
+        self.next_scan = 0.0
+
+    def add(self, feed: Feed) -> bool:
+        """Take ``feed`` (caught up); True when the caller must wake the read under way."""
+        feed.reader, feed.quiet_since = self, asyncio.get_running_loop().time()
+        self.feeds[feed.key] = feed
+        if self.task is None or self.task.done():
+            # Owned, not fire-and-forget: the loop handles its own errors (they end its feeds,
+            # which their watchers see), and close() cancels and awaits it.
+            self.stopping = False
+            self.task = asyncio.create_task(self._run(), name=f"feeds {self.wake_key}")
+            return False
+        if self.blocked and not self.woken:
+            self.woken = True
+            return True
+        return False
+
+    def remove(self, feed: Feed) -> None:
+        if self.feeds.get(feed.key) is feed:
+            del self.feeds[feed.key]
+
+    async def _run(self) -> None:
+        hub = self.hub
+        try:
+            while self.feeds and not self.stopping:
+                streams: dict[Any, Any] = {key: f.last for key, f in self.feeds.items()}
+                streams[self.wake_key] = self.wake_last
+                self.blocked, self.woken = True, False
+                try:
+                    reply = await hub.blocking.xread(streams, count=READ_COUNT,
+                                                     block=READ_BLOCK_MS)
+                finally:
+                    self.blocked = False
+                now = asyncio.get_running_loop().time()
+                for key, entries in _streams(reply):
+                    if key == self.wake_key:
+                        self.wake_last = entries[-1][0]
+                        continue
+                    feed = self.feeds.get(key)
+                    if feed is None or feed.last != streams[key]:
+                        continue  # left (or replaced) while we read
+                    feed.quiet_since = now
+                    if feed.deliver(entries):
+                        del self.feeds[key]
+                if now >= self.next_scan:
+                    self.next_scan = now + QUIET_SCAN_S
+                    await self._drop_gone(now)
+        except (*UNAVAILABLE, RedisError) as exc:
+            log.warning("event_feed_failed", streams=len(self.feeds), error=type(exc).__name__)
+            feeds, self.feeds = list(self.feeds.values()), {}
+            for feed in feeds:
+                feed.end(FAILED)
+
+    async def _drop_gone(self, now: float) -> None:
+        """End the feeds whose stream is gone (expired by retention, or never existed): of
+        those that read nothing for a whole block, with one pipelined EXISTS."""
+        quiet = [f for f in self.feeds.values() if now - f.quiet_since >= READ_BLOCK_MS / 1000]
+        if not quiet:
+            return
+        async with self.hub.redis.pipeline(transaction=False) as pipe:
+            for feed in quiet:
+                pipe.exists(feed.key)
+            found = await pipe.execute()
+        for feed, exists in zip(quiet, found, strict=True):
+            feed.quiet_since = now
+            if not exists and self.feeds.get(feed.key) is feed:
+                del self.feeds[feed.key]
+                feed.end(GONE)
+
+
+class Feeds:
+    """The per-process hub: at most one feed per watched task, read by a few readers."""
+
+    def __init__(self, redis: RedisClient, blocking: RedisClient, keys: Keys) -> None:
+        self.redis, self.blocking, self._keys = redis, blocking, keys
         self._feeds: dict[str, Feed] = {}
+        self._readers: list[_Reader] = []
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -109,10 +235,9 @@ class Feeds:
                 feed.end(CLOSED)
             else:
                 self._feeds[key] = feed
-                # Owned, not fire-and-forget: the reader handles its own errors (they end the
-                # feed, which its watchers see), and it is cancelled and awaited by the last
+                # Owned: it handles its own errors and is cancelled and awaited by the last
                 # watcher to leave or by close().
-                feed.reader = asyncio.create_task(self._read(feed), name=f"feed {key}")
+                feed.starter = asyncio.create_task(self._start(feed), name=f"feed {key}")
         feed.watchers += 1
         try:
             yield feed
@@ -123,31 +248,38 @@ class Feeds:
                     del self._feeds[key]
                 await _stop(feed)
 
-    async def _read(self, feed: Feed) -> None:
-        last, block = "0-0", None  # the first read does not block: catch up, or see it gone
+    async def _start(self, feed: Feed) -> None:
+        """Catch up without blocking (or see the stream gone), then join a reader."""
         try:
-            while not feed.stopping:
-                reply: Any = await self._blocking.xread({feed.key: last}, count=READ_COUNT,
-                                                        block=block)
-                block = READ_BLOCK_MS
-                entries = _entries(reply)
-                if not entries:
-                    if not await self._redis.exists(feed.key):
-                        feed.end(GONE)  # expired (retention) or never existed
-                        return
-                    continue
-                events = [Event(i, f.get("e", ""), f.get("d", "{}")) for i, f in entries]
-                last = events[-1].id
-                terminal = next((n for n, e in enumerate(events)
-                                 if e.type in TERMINAL_EVENTS), None)
-                if terminal is not None:
-                    feed.append(events[:terminal + 1])  # one terminal event ends a stream
-                    feed.end(TERMINAL)
+            reply = await self.redis.xread({feed.key: "0-0"}, count=READ_COUNT)
+            entries = [e for _key, got in _streams(reply) for e in got]
+            if not entries:
+                if not await self.redis.exists(feed.key):
+                    feed.end(GONE)  # expired (retention) or never existed
                     return
-                feed.append(events)
+            elif feed.deliver(entries):
+                return
+            if feed.stopping:
+                return
+            reader = self._reader()
+            if reader.add(feed):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(reader.wake_key, {"w": ""}, maxlen=1, approximate=False)
+                    pipe.pexpire(reader.wake_key, WAKE_TTL_MS)
+                    await pipe.execute()
         except (*UNAVAILABLE, RedisError) as exc:
             log.warning("event_feed_failed", stream=feed.key, error=type(exc).__name__)
+            if feed.reader is not None:
+                feed.reader.remove(feed)
             feed.end(FAILED)
+
+    def _reader(self) -> _Reader:
+        for reader in self._readers:
+            if len(reader.feeds) < STREAMS_PER_READER:
+                return reader
+        reader = _Reader(self, self._keys.edge_wake(uuid.uuid4().hex[:12]))
+        self._readers.append(reader)
+        return reader
 
     async def close(self) -> None:
         """End every feed: watchers finish their streams, clients reconnect elsewhere."""
@@ -157,27 +289,44 @@ class Feeds:
         for feed in feeds:
             feed.end(CLOSED)
         await asyncio.gather(*(_stop(f) for f in feeds))
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.stopping = True
+        await asyncio.gather(*(_cancel(r.task) for r in readers))
+        if readers:
+            with contextlib.suppress(*UNAVAILABLE, RedisError):  # else their TTL removes them
+                await self.redis.delete(*(r.wake_key for r in readers))
 
 
 async def _stop(feed: Feed) -> None:
-    """Stop the reader and wait for it. Cancelling it once is not enough on Python 3.11: a
+    """Stop the feed's catch-up (``stopping`` keeps it from joining a reader after a cancel
+    that did not take) and take it off its reader, which then stops reading its stream."""
+    feed.stopping = True
+    await _cancel(feed.starter)
+    if feed.reader is not None:
+        feed.reader.remove(feed)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it. Cancelling it once is not enough on Python 3.11: a
     cancel that lands while redis-py sends a command inside ``asyncio.wait_for`` is swallowed
     when the send has just completed (fixed in 3.12), and the read carries on. So cancel until
-    it takes, with ``stopping`` as a backstop that ends the loop after its current read."""
-    reader = feed.reader
-    feed.stopping = True
-    while reader is not None and not reader.done():
-        reader.cancel()  # redis-py drops the connection of an interrupted read: no stale reply
-        await asyncio.wait([reader], timeout=0.05)
+    it takes; the loops' ``stopping`` flags are the backstop that ends them after that read."""
+    while task is not None and not task.done():
+        task.cancel()  # redis-py drops the connection of an interrupted read: no stale reply
+        await asyncio.wait([task], timeout=0.05)
 
 
-def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
-    """XREAD's reply for our one stream, whether the connection speaks RESP2 or RESP3."""
+def _streams(reply: Any) -> Iterator[tuple[str, list[Entry]]]:
+    """XREAD's reply as (stream, entries) pairs, whether the connection speaks RESP2 or RESP3."""
     if not reply:
-        return []
+        return
     if isinstance(reply, dict):  # RESP3: {key: [entries]}
-        return [e for wrapped in reply.values() for e in wrapped[0]]
-    return [e for _key, entries in reply for e in entries]
+        for key, wrapped in reply.items():
+            yield key, wrapped[0]
+        return
+    for key, entries in reply:
+        yield key, entries
 
 
 FEEDS = web.AppKey("feeds", Feeds)
@@ -185,11 +334,11 @@ FEEDS = web.AppKey("feeds", Feeds)
 
 async def feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     """The hub and its own connection pool for blocking reads; no I/O until a client watches."""
-    settings = app[SETTINGS]
+    settings, edge = app[SETTINGS], app[EDGE]
     blocking = connect_blocking(settings.common.redis_url,
                                 max_connections=settings.stream_readers,
                                 socket_timeout=READ_BLOCK_MS / 1000 + 5)
-    feeds = Feeds(app[EDGE].redis, blocking)
+    feeds = Feeds(edge.redis, blocking, edge.keys)
     app[FEEDS] = feeds
     try:
         yield

@@ -32,7 +32,7 @@ class EdgeSettings:
     rate_per_minute: int
     max_active_tasks: int
     keepalive_s: float
-    stream_readers: int  # Redis connections for live event reads (services/edge/feeds.py)
+    stream_readers: int  # connections for live event reads, 100 streams each (edge/feeds.py)
     shutdown_timeout_s: float
     store_check_interval_s: float  # /api/health's write probe and quick_check, at most this often
     body_timeout_s: float  # a request body must have arrived within this (else 408)

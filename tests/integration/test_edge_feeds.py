@@ -1,0 +1,214 @@
+"""The edge's multiplexed event reader (services/edge/feeds.py) against a real Redis: many
+watched streams on one blocking read, each feed exactly its own events in order; a stream added
+while the read blocks flows at once; a gone stream, a Redis error and close() each end feeds
+the way their watchers expect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.edge.feeds import CLOSED, FAILED, GONE, READ_BLOCK_MS, TERMINAL, Feed, Feeds
+from shared.keys import Keys
+from shared.redis_conn import RedisClient, connect, connect_blocking
+from tests.integration.kit import until
+
+BLOCK_S = READ_BLOCK_MS / 1000
+
+
+@pytest.fixture
+async def hub(redis: RedisClient, redis_url: str, keys: Keys) -> AsyncIterator[Feeds]:
+    blocking = connect_blocking(redis_url, max_connections=8, socket_timeout=BLOCK_S + 5)
+    feeds = Feeds(redis, blocking, keys)
+    yield feeds
+    await feeds.close()
+    await blocking.aclose()
+
+
+async def blocked(redis: RedisClient) -> int:
+    return int((await redis.info("clients"))["blocked_clients"])
+
+
+async def to_the_end(feeds: Feeds, key: str, within_s: float = 8.0) -> Feed:
+    """Watch ``key`` until its feed ends; the feed, with what it read."""
+    async with feeds.watch(key) as feed, asyncio.timeout(within_s):
+        while True:
+            changed = feed.changed
+            if feed.ended is not None:
+                return feed
+            await changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def watching(feeds: Feeds, key: str) -> AsyncIterator[Feed]:
+    """Watch ``key`` and yield its feed once it has caught up and joined a reader."""
+    async with feeds.watch(key) as feed:
+        async def joined() -> bool:
+            return feed.reader is not None and key in feed.reader.feeds
+        await until(joined)
+        yield feed
+
+
+async def add(redis: RedisClient, key: str, kind: str, data: str = "{}") -> str:
+    return str(await redis.xadd(key, {"e": kind, "d": data}))
+
+
+async def test_many_feeds_share_one_blocking_read_and_each_gets_its_own_events_in_order(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    streams = [keys.events(f"many-{n}") for n in range(40)]
+    for key in streams:
+        await add(redis, key, "status", '{"status":"queued"}')
+    before = await blocked(redis)
+    readers = [asyncio.create_task(to_the_end(hub, key)) for key in streams]
+
+    async def all_joined() -> bool:
+        feeds = [hub._feeds.get(k) for k in streams]
+        return all(f is not None and f.reader is not None for f in feeds) and \
+            await blocked(redis) > before
+    await until(all_joined)
+    most = 0
+    for i in range(15):
+        for key in streams:
+            await add(redis, key, "content", f'{{"delta":"{key}/{i}"}}')
+        most = max(most, await blocked(redis) - before)
+    for key in streams:
+        await add(redis, key, "done")
+    ended = await asyncio.gather(*readers)
+    assert most == 1  # one blocking read (one connection) for all 40 streams
+    for key, feed in zip(streams, ended, strict=True):
+        assert feed.ended == TERMINAL
+        assert [e.type for e in feed.events] == ["status"] + ["content"] * 15 + ["done"]
+        assert [e.data for e in feed.events[1:-1]] == [
+            f'{{"delta":"{key}/{i}"}}' for i in range(15)]
+
+
+async def test_a_stream_added_while_the_read_blocks_flows_without_waiting_out_the_block(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    first, second = keys.events("first"), keys.events("second")
+    await add(redis, first, "status")
+    await add(redis, second, "status")
+    async with watching(hub, first) as feed:
+        reader = feed.reader
+        assert reader is not None
+
+        async def read_blocks() -> bool:
+            return reader.blocked and await blocked(redis) > 0
+        await until(read_blocks)
+        async with watching(hub, second) as late:
+            assert late.reader is reader  # joined the same read
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await add(redis, second, "content", '{"delta":"now"}')
+
+            async def arrived() -> bool:
+                return len(late.events) == 2
+            await until(arrived, within_s=BLOCK_S + 3)
+            assert loop.time() - start < BLOCK_S / 4
+            assert late.events[-1].data == '{"delta":"now"}'
+
+
+async def test_a_gone_stream_ends_its_feed_gone_and_its_neighbours_read_on(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    assert (await to_the_end(hub, keys.events("never"))).ended == GONE  # at once: no block
+    stays, goes = keys.events("stays"), keys.events("goes")
+    await add(redis, stays, "status")
+    await add(redis, goes, "status")
+    async with watching(hub, stays) as neighbour:
+        gone = asyncio.create_task(to_the_end(hub, goes))
+
+        async def joined() -> bool:
+            feed = hub._feeds.get(goes)
+            return feed is not None and feed.reader is not None
+        await until(joined)
+        await redis.delete(goes)  # as retention expires it
+        assert (await gone).ended == GONE
+        await add(redis, stays, "done")
+
+        async def finished() -> bool:
+            return neighbour.ended == TERMINAL
+        await until(finished)
+        assert [e.type for e in neighbour.events] == ["status", "done"]
+
+
+async def test_a_redis_error_ends_the_feeds_of_the_read_failed_and_a_new_watch_reads_again(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    streams = [keys.events(f"err-{n}") for n in range(3)]
+    for key in streams:
+        await add(redis, key, "status")
+    async with contextlib.AsyncExitStack() as stack:
+        feeds = [await stack.enter_async_context(watching(hub, key)) for key in streams]
+
+        async def read_blocks() -> bool:
+            return await blocked(redis) > 0
+        await until(read_blocks)
+        clients = await redis.client_list()
+        [reading] = [c for c in clients if c["cmd"] == "xread" and "b" in c["flags"]]
+        await redis.client_kill_filter(_id=reading["id"])
+
+        async def all_failed() -> bool:
+            return all(f.ended == FAILED for f in feeds)
+        await until(all_failed)
+    await add(redis, streams[0], "done")
+    again = await to_the_end(hub, streams[0])
+    assert again.ended == TERMINAL
+    assert [e.type for e in again.events] == ["status", "done"]
+
+
+async def test_close_ends_every_feed_and_removes_the_wake_streams(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    streams = [keys.events(f"close-{n}") for n in range(3)]
+    for key in streams:
+        await add(redis, key, "status")
+    async with watching(hub, streams[0]) as feed, contextlib.AsyncExitStack() as stack:
+        reader = feed.reader
+        assert reader is not None
+
+        async def read_blocks() -> bool:
+            return reader.blocked and await blocked(redis) > 0
+        await until(read_blocks)
+        rest = [await stack.enter_async_context(watching(hub, key)) for key in streams[1:]]
+        assert await redis.exists(reader.wake_key)  # a watch joined the blocked read
+        await hub.close()
+        assert [f.ended for f in [feed, *rest]] == [CLOSED] * 3
+        assert not await redis.exists(reader.wake_key)
+        assert (await to_the_end(hub, streams[0], within_s=0.5)).ended == CLOSED
+
+
+async def test_on_a_redis_cluster_one_read_serves_many_streams_and_a_late_one_is_woken(
+        redis_cluster_url: str) -> None:
+    # Every key of a deployment shares one hash tag: a read over many streams is single-slot.
+    cluster = connect(redis_cluster_url)
+    blocking = connect_blocking(redis_cluster_url, max_connections=4, socket_timeout=BLOCK_S + 5)
+    keys = Keys("c" + uuid.uuid4().hex[:10])
+    hub = Feeds(cluster, blocking, keys)
+    streams = [keys.events(f"c-{n}") for n in range(5)]
+    try:
+        for key in streams:
+            await add(cluster, key, "status")
+        async with watching(hub, streams[0]) as feed:
+            reader = feed.reader
+            assert reader is not None
+
+            async def read_blocks() -> bool:
+                return reader.blocked
+            await until(read_blocks)
+            readers = [asyncio.create_task(to_the_end(hub, key)) for key in streams[1:]]
+
+            async def all_joined() -> bool:
+                return all(k in reader.feeds for k in streams[1:])
+            await until(all_joined)
+            for key in streams[1:]:
+                await add(cluster, key, "content", '{"delta":"x"}')
+                await add(cluster, key, "done")
+            ended = await asyncio.wait_for(asyncio.gather(*readers), BLOCK_S / 2)
+            assert [[e.type for e in f.events] for f in ended] == [
+                ["status", "content", "done"]] * 4
+    finally:
+        await hub.close()
+        await blocking.aclose()
+        await cluster.delete(*streams)
+        await cluster.aclose()
