@@ -164,8 +164,8 @@ async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
         if assembler.done:
             break
     decoder.close()
-    if assembler.done:
-        await _drain(chunks)
+    if assembler.done and not resp.content.at_eof():
+        await _drain(chunks)  # at EOF (the body's end came with [DONE]) nothing is left
     # A stream may end without [DONE] (some relays never send it): a finish_reason is the
     # provider's own word that the answer is complete.
     if not (assembler.done or assembler.finished):

@@ -44,7 +44,7 @@ from shared.steps import (
     Steps,
 )
 from shared.store import Store, TaskRow, store_unavailable
-from shared.timeutil import iso, now_ms
+from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
@@ -149,6 +149,7 @@ class TaskRun:
         self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
         self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
+        self.request: dict[str, Any] | None = None  # parsed once, for the call and the view
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -214,7 +215,7 @@ class TaskRun:
         policy = self.deps.policy
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, None, None, attempts)
-        request = orjson.loads(h["request"])
+        request = self.request = orjson.loads(h["request"])
         self.deadline_at = deadlines.deadline_at(request, int(h["created_at"]),
                                                  policy.task_deadline_s)
         last_error: dict[str, Any] | None = {
@@ -419,9 +420,10 @@ class TaskRun:
             result = tasks.result_dict(content, reasoning, finish, usage)
             if refusal:
                 result["refusal"] = refusal
-        view = {**tasks.view_from_redis(h), "status": status, "attempts": attempts,
-                "result": result, "error": error, "completed_at": iso(completed),
-                "started_at": iso(row.started_at), "batch_id": row.batch_id}
+        view = tasks.terminal_view(h, status=status, attempts=attempts, result=result,
+                                   error=error, started_at=row.started_at or completed,
+                                   completed_at=completed, batch_id=row.batch_id,
+                                   request=self.request)
         if not await self._complete(status, result, error, view, completed):
             return Outcome.LOST
         self.status = status
