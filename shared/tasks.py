@@ -49,7 +49,7 @@ def view_from_redis(h: dict[str, str]) -> dict[str, Any]:
 
 
 def terminal_view(h: dict[str, str], *, status: str, attempts: int, result: Any, error: Any,
-                  started_at: int, completed_at: int, batch_id: str,
+                  started_at: int, completed_at: int, batch_id: str | None,
                   request: dict[str, Any] | None = None) -> dict[str, Any]:
     """The view of a task its holder just finished (what complete.lua stores), from its hash
     and the run's own facts: :func:`view_from_redis`'s shape, built once. ``request``: the
