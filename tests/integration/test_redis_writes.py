@@ -60,3 +60,37 @@ async def test_a_write_on_a_dead_connection_is_a_connection_error(redis_url: str
         assert await client.ping()  # the pool connects afresh
     finally:
         await client.aclose()
+
+
+async def test_a_command_takes_and_gives_back_its_connection_without_records(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py's pool awaited four observability records per command (export off, so
+    no-ops); ours takes none, and its bookkeeping stays whole through cancelled commands."""
+    import redis.asyncio.connection as rc
+
+    calls: list[object] = []
+
+    async def record(**kw: Any) -> None:
+        calls.append(kw)
+
+    monkeypatch.setattr(rc, "record_connection_count", record)
+    client = redis_conn.connect(redis_url, max_connections=4)
+    assert isinstance(client, Redis)
+    pool = client.connection_pool
+    assert isinstance(pool, redis_conn.WaitingPool)
+    try:
+        await client.ping()  # the first connection's creation is not counted
+        calls.clear()
+        await asyncio.gather(*(client.ping() for _ in range(20)))
+        assert calls == []
+        slow = [asyncio.ensure_future(client.blpop(["w" + uuid.uuid4().hex], 5))
+                for _ in range(4)]
+        await asyncio.sleep(0.05)
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        assert await client.ping()
+        assert not pool._in_use_connections and not pool.holding
+        assert not pool._turns.locked()
+    finally:
+        await client.aclose()
