@@ -282,6 +282,26 @@ class StreamAssembler:
             return []
         return self._apply_payload(payload, ev.event)
 
+    def add_data(self, data: bytes) -> list[Delta]:
+        """:meth:`add_event` for a plain event (type "message", no ``error`` field) given as its
+        data's raw bytes (``SSEDecoder.feed_data``): parsed from the bytes, no string or event
+        object first. Anything short or unparseable goes through add_event, decoded as the
+        strict path decodes it (invalid UTF-8 as U+FFFD), so the outcome is the same."""
+        if self.done:
+            return []
+        if len(data) < 16:  # [DONE] (maybe with spaces), or no chunk anyway
+            return self.add_event(SSEEvent(data.decode("utf-8", "replace")))
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self.add_event(SSEEvent(data.decode("utf-8", "replace")))
+        if self._first is None:
+            self._first = data.decode("utf-8", "replace")
+        if not isinstance(payload, dict):
+            self.bad_events += 1
+            return []
+        return self._apply_payload(payload, "message")
+
     def _apply_payload(self, payload: dict[str, Any], event_type: str) -> list[Delta]:
         self.chunks += 1
         error = payload.get("error")

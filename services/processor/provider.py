@@ -157,8 +157,9 @@ async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
     chunks = resp.content.iter_any()
     async for raw in chunks:
         deltas: list[Delta] = []
-        for event in decoder.feed(raw):
-            deltas += assembler.add_event(event)
+        for event in decoder.feed_data(raw):
+            deltas += (assembler.add_data(event) if type(event) is bytes
+                       else assembler.add_event(event))  # type: ignore[arg-type]
         if deltas:
             await on_deltas(_merge(deltas), assembler.done or assembler.finished)
         if assembler.done:
