@@ -98,8 +98,8 @@ class _QuickWrite:
 
     redis-py bounds every write with ``asyncio.wait_for`` (SOCKET_TIMEOUT), which on Python
     3.11 wraps the write in a new task and a timer: two more loop turns per command, every
-    command of every service (the processor's py-spy profile under ``make bench``: wait_for
-    and the loop's own work around it, ~8% of its CPU). A write only waits when the socket's
+    command of every service (5 of a GET's 38 us of client CPU, measured with uvloop). A
+    write only waits when the socket's
     buffer is backed up (Redis not reading); the bound is kept for exactly that case. Anything
     unusual (not connected, a closing transport) goes through redis-py's own path."""
 
@@ -128,7 +128,8 @@ class _QuickWrite:
             raise RedisTimeoutError("Timeout writing to socket") from None
         except OSError as e:
             await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error {e.args[0]} while writing to socket.") from e
+            raise RedisConnectionError(f"Error {e.errno or 'UNKNOWN'} while writing to socket. "
+                                       f"{e.strerror or e}.") from e
         except BaseException:
             # A write cut midway leaves the connection unusable, as redis-py says.
             await conn.disconnect(nowait=True)
@@ -206,7 +207,7 @@ class WaitingPool(ConnectionPool):
 
     # redis-py's own get_connection and release take its lock and await four observability
     # records (no-ops unless its OpenTelemetry export is on: it is not) and an event dispatch
-    # (for credential providers: none here) per command, ~15% of a command's client CPU. On
+    # (for credential providers: none here) per command, 8 of a GET's 33 us of client CPU. On
     # one event loop nothing awaits between taking a connection and marking it in use, so the
     # lock is only waited for while someone holds it (the pool's disconnect, across awaits).
     async def _take(self) -> Any:
