@@ -48,6 +48,28 @@ def view_from_redis(h: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def terminal_view(h: dict[str, str], *, status: str, attempts: int, result: Any, error: Any,
+                  started_at: int, completed_at: int, batch_id: str | None,
+                  request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The view of a task its holder just finished (what complete.lua stores), from its hash
+    and the run's own facts: :func:`view_from_redis`'s shape, built once. ``request``: the
+    task's request, when the run parsed it already (not parsed a second time here)."""
+    return {
+        "id": h["id"],
+        "status": status,
+        "model": h.get("model") or None,
+        "created_at": iso(h.get("created_at")),
+        "started_at": iso(started_at),
+        "completed_at": iso(completed_at),
+        "batch_id": batch_id,
+        "attempts": attempts,
+        "result": result,
+        "error": error,
+        "metadata": (request.get("metadata") if request is not None
+                     else _metadata(h.get("request"))),
+    }
+
+
 def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
     """The public view of a task from its store row (after Redis forgot it)."""
     result = None

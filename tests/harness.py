@@ -5,6 +5,7 @@ variables compose gives it. Nothing here replaces our own code with a fake."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import certifi
@@ -394,10 +396,22 @@ class Stack:
     def logged(self, module: str, event: str, **fields: str) -> bool:
         """Whether a process of ``module`` logged the structlog ``event`` (LOG_FORMAT=json),
         with these string ``fields`` on the same line."""
-        wanted = [f'"event": "{event}"', *(f'"{k}": "{v}"' for k, v in fields.items())]
-        return any(all(w in line for w in wanted)
+        wanted = {"event": event, **fields}
+        return any(all(line.get(k) == v for k, v in wanted.items())
                    for s in self.services if s.name.startswith(module + "-")
-                   for line in s.log.read_text(errors="replace").splitlines())
+                   for line in json_lines(s.log.read_text(errors="replace")))
+
+
+def json_lines(text: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects among a log's lines (a service may print other lines too)."""
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
 
 
 @contextlib.contextmanager

@@ -157,15 +157,16 @@ async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
     chunks = resp.content.iter_any()
     async for raw in chunks:
         deltas: list[Delta] = []
-        for event in decoder.feed(raw):
-            deltas += assembler.add_event(event)
+        for event in decoder.feed_data(raw):
+            deltas += (assembler.add_data(event) if type(event) is bytes
+                       else assembler.add_event(event))  # type: ignore[arg-type]
         if deltas:
             await on_deltas(_merge(deltas), assembler.done or assembler.finished)
         if assembler.done:
             break
     decoder.close()
-    if assembler.done:
-        await _drain(chunks)
+    if assembler.done and not resp.content.at_eof():
+        await _drain(chunks)  # at EOF (the body's end came with [DONE]) nothing is left
     # A stream may end without [DONE] (some relays never send it): a finish_reason is the
     # provider's own word that the answer is complete.
     if not (assembler.done or assembler.finished):

@@ -26,7 +26,7 @@ import orjson
 
 from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
-from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.assembler import COMPACT_AT, Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
@@ -44,7 +44,7 @@ from shared.steps import (
     Steps,
 )
 from shared.store import Store, TaskRow, store_unavailable
-from shared.timeutil import iso, now_ms
+from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
@@ -129,7 +129,10 @@ class Partial:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         for d in deltas:
-            getattr(self, d.kind).append(d.text)
+            parts: list[str] = getattr(self, d.kind)
+            parts.append(d.text)
+            if len(parts) >= COMPACT_AT:  # a long answer's text, not its thousand pieces
+                parts[:] = ["".join(parts)]
 
 
 class TaskRun:
@@ -149,6 +152,7 @@ class TaskRun:
         self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
         self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
+        self.request: dict[str, Any] | None = None  # parsed once, for the call and the view
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -214,7 +218,7 @@ class TaskRun:
         policy = self.deps.policy
         if cancelled:
             return await self._finish(h, tasks.CANCELLED, None, None, attempts)
-        request = orjson.loads(h["request"])
+        request = self.request = orjson.loads(h["request"])
         self.deadline_at = deadlines.deadline_at(request, int(h["created_at"]),
                                                  policy.task_deadline_s)
         last_error: dict[str, Any] | None = {
@@ -419,9 +423,10 @@ class TaskRun:
             result = tasks.result_dict(content, reasoning, finish, usage)
             if refusal:
                 result["refusal"] = refusal
-        view = {**tasks.view_from_redis(h), "status": status, "attempts": attempts,
-                "result": result, "error": error, "completed_at": iso(completed),
-                "started_at": iso(row.started_at), "batch_id": row.batch_id}
+        view = tasks.terminal_view(h, status=status, attempts=attempts, result=result,
+                                   error=error, started_at=row.started_at or completed,
+                                   completed_at=completed, batch_id=row.batch_id,
+                                   request=self.request)
         if not await self._complete(status, result, error, view, completed):
             return Outcome.LOST
         self.status = status

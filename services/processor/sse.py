@@ -26,6 +26,7 @@ some servers put their only word of failure there.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSEEvent", "SSELineTooLong"]
@@ -109,23 +110,51 @@ class SSEDecoder:
 
         Raises :class:`SSELineTooLong` once a line passes ``max_line_bytes``.
         """
+        block = self._block(chunk)
+        if block is None:
+            return []
+        if self._fast:
+            values = self._fast_values(block)
+            if values is not None:
+                last_id = self.last_event_id
+                # Per event rather than the block at once: the same text, as an event
+                # boundary is ASCII and never inside a UTF-8 sequence.
+                return [SSEEvent(v.decode("utf-8", "replace"), "message", last_id)
+                        for v in values]
+        return self._process_block(block)
+
+    def feed_data(self, chunk: bytes) -> Sequence[SSEEvent | bytes]:
+        """:meth:`feed`, but an event of the common shape (one ``data`` line, nothing else)
+        comes as its data's raw bytes, for a consumer that parses them itself (the assembler's
+        ``add_data``): no string or event object per chunk. Only the fast path gives bytes."""
+        block = self._block(chunk)
+        if block is None:
+            return []
+        if self._fast:
+            values = self._fast_values(block)
+            if values is not None:
+                return values
+        return self._process_block(block)
+
+    def _block(self, chunk: bytes) -> bytes | None:
+        """The complete lines this read ends (with what was pending before them), or None."""
         if self._at_start:
             chunk = self._strip_bom(chunk)
         if not chunk:
-            return []
+            return None
         if self._skip_lf:
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
                 if not chunk:
-                    return []
+                    return None
         # rfind twice (C speed) beats scanning the chunk in Python; the buffered part holds no
         # terminator, so only the new chunk needs searching.
         last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
         if last < 0:
             self._pending += chunk
             self._check_pending()
-            return []
+            return None
         if self._pending:
             block = bytes(self._pending) + chunk[: last + 1]
             self._pending.clear()
@@ -136,11 +165,7 @@ class SSEDecoder:
         self._pending += chunk[last + 1 :]
         self._check_pending()
         self._skip_lf = chunk[last] == 0x0D and last == len(chunk) - 1
-        if self._fast:
-            events = self._fast_block(block)
-            if events is not None:
-                return events
-        return self._process_block(block)
+        return block
 
     def close(self) -> list[SSEEvent]:
         """End of stream. A strict parser discards an unterminated line and event: returns []."""
@@ -174,26 +199,22 @@ class SSEDecoder:
         self._pending.clear()
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
-    def _fast_block(self, block: bytes) -> list[SSEEvent] | None:
-        """The events of a block of whole ``data: ...\n\n`` events, each of one line, with
-        no event of an earlier block pending; None for any other block (the strict path then
-        reads it). Equal to the strict path's result: one data line, no other field, is an
-        event of that data, type "message", the last event ID, no retry, no error."""
+    def _fast_values(self, block: bytes) -> list[bytes] | None:
+        """The data of each event of a block of whole ``data: ...\n\n`` events, each of one
+        line, with no event of an earlier block pending; None for any other block (the strict
+        path then reads it). Equal to the strict path's result: one data line, no other field,
+        is an event of that data, type "message", the last event ID, no retry, no error."""
         if (self._data or self._error or self._event_type or self._event_retry is not None
                 or not block.endswith(b"\n\n") or b"\r" in block):
             return None
-        events: list[SSEEvent] = []
-        last_id = self.last_event_id
+        values: list[bytes] = []
         for part in block[:-2].split(b"\n\n"):
             # Not "data:", or more than one line (another field, a comment, multi-line data, a
             # blank line more): the strict path, for the whole block.
             if not part.startswith(b"data:") or b"\n" in part:
                 return None
-            value = part[6:] if part[5:6] == b" " else part[5:]
-            # Per event rather than the block at once: the same text, as an event boundary is
-            # ASCII and never inside a UTF-8 sequence.
-            events.append(SSEEvent(value.decode("utf-8", "replace"), "message", last_id))
-        return events
+            values.append(part[6:] if part[5:6] == b" " else part[5:])
+        return values
 
     def _process_block(self, block: bytes) -> list[SSEEvent]:
         # Decoding the whole block at once is safe: it ends on a terminator, and CR/LF bytes never

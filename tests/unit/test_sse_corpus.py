@@ -26,6 +26,7 @@ import pytest
 from services.processor.assembler import (
     ChoiceResult,
     Delta,
+    ProviderError,
     StreamAssembler,
     Usage,
     assemble_completion,
@@ -496,3 +497,50 @@ def test_error_file(name: str) -> None:
         exp.retryable,
         exp.error_type,
     )
+
+
+def assembled(chunks: list[bytes], via_data: bool) -> tuple[Any, ...]:
+    """What the assembler makes of a body: from the decoder's events, or the way the provider
+    call reads it (plain events as raw data bytes, ``add_data``). An error is part of it."""
+    decoder, asm = SSEDecoder(), StreamAssembler()
+    deltas: list[Delta] = []
+    error = None
+    try:
+        for c in chunks:
+            if via_data:
+                for item in decoder.feed_data(c):
+                    deltas += (asm.add_data(item) if isinstance(item, bytes)
+                               else asm.add_event(item))
+            else:
+                for event in decoder.feed(c):
+                    deltas += asm.add_event(event)
+    except ProviderError as exc:
+        error = repr(exc)
+    return (deltas, asm.choices, asm.usage, asm.done, asm.finished, asm.bad_events, asm.model,
+            asm.chunks, error)
+
+
+ODD_DATA = [b"data: [DONE]\n\n", b"data:  [DONE] \n\n", b"data: " + ("\u3000" * 4).encode()
+            + b"[DONE]\n\n", b'data: {"choices": [{"index": 0, "delta": {"content": "\xff'
+            b'x"}}]}\n\n', b"data: [1, 2, 3, 4, 5, 6, 7, 8]\n\n",
+            b'data: {"error": {"message": "overloaded", "code": 529}}\n\n',
+            b'data: {"object": "chat.completion.chunk"}{"x": 1}\n\n']
+
+
+@pytest.mark.parametrize("name", names("stream") + names("events"))
+def test_the_provider_s_read_of_raw_data_gives_what_events_give(name: str) -> None:
+    corpus = corpus_dir()
+    for how, chunks in all_feedings(corpus, name).items():
+        assert assembled(chunks, True) == assembled(chunks, False), f"{name}, fed {how}"
+
+
+@pytest.mark.parametrize("body", ODD_DATA, ids=range(len(ODD_DATA)))
+def test_odd_data_read_raw_gives_what_events_give(body: bytes) -> None:
+    assert assembled([body], True) == assembled([body], False)
+
+
+def test_plain_events_come_as_their_data_bytes() -> None:
+    got = SSEDecoder().feed_data(b'data: {"a": 1}\n\ndata:[DONE]\n\n')
+    assert got == [b'{"a": 1}', b"[DONE]"]
+    (event,) = SSEDecoder().feed_data(b"event: error\ndata: x\n\n")  # not plain: an event
+    assert isinstance(event, SSEEvent) and event.event == "error"

@@ -1,0 +1,96 @@
+"""A command is written without a task or a timer of its own when the socket takes it at once,
+and a write that cannot go out (the connection closed under it) still fails as redis-py's
+does: a connection error, the step to be run again."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import redis_conn
+from shared.redis_conn import UNAVAILABLE
+
+
+async def test_a_command_takes_no_task_of_its_own(redis_url: str) -> None:
+    client = redis_conn.connect(redis_url)
+    key = "w" + uuid.uuid4().hex[:8]
+    loop = asyncio.get_running_loop()
+    made: list[Any] = []
+    default = loop.get_task_factory()
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:
+        made.append(coro)
+        return (default(lp, coro, **kw) if default is not None
+                else asyncio.Task(coro, loop=lp, **kw))
+
+    try:
+        await client.set(key, "1")  # connected: the first command's connect is not counted
+        loop.set_task_factory(factory)
+        try:
+            for _ in range(5):
+                assert await client.incr(key) > 1
+            async with client.pipeline(transaction=False) as p:
+                p.get(key)
+                p.get(key)
+                assert await p.execute() == ["6", "6"]
+        finally:
+            loop.set_task_factory(default)
+        assert made == []  # redis-py's asyncio.wait_for made one per command
+    finally:
+        await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_write_on_a_dead_connection_is_a_connection_error(redis_url: str) -> None:
+    client = redis_conn.connect(redis_url)
+    assert isinstance(client, Redis)
+    try:
+        await client.ping()
+        conn = await client.connection_pool.get_connection()
+        conn._writer.transport.abort()  # the server went away under it
+        await asyncio.sleep(0)
+        with pytest.raises(UNAVAILABLE):
+            await conn.send_command("PING", check_health=False)
+            await conn.read_response()
+        await client.connection_pool.release(conn)
+        assert await client.ping()  # the pool connects afresh
+    finally:
+        await client.aclose()
+
+
+async def test_a_command_takes_and_gives_back_its_connection_without_records(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py's pool awaited four observability records per command (export off, so
+    no-ops); ours takes none, and its bookkeeping stays whole through cancelled commands."""
+    import redis.asyncio.connection as rc
+
+    calls: list[object] = []
+
+    async def record(**kw: Any) -> None:
+        calls.append(kw)
+
+    monkeypatch.setattr(rc, "record_connection_count", record)
+    client = redis_conn.connect(redis_url, max_connections=4)
+    assert isinstance(client, Redis)
+    pool = client.connection_pool
+    assert isinstance(pool, redis_conn.WaitingPool)
+    try:
+        await client.ping()  # the first connection's creation is not counted
+        calls.clear()
+        await asyncio.gather(*(client.ping() for _ in range(20)))
+        assert calls == []
+        slow = [asyncio.ensure_future(client.blpop(["w" + uuid.uuid4().hex], 5))
+                for _ in range(4)]
+        await asyncio.sleep(0.05)
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        assert await client.ping()
+        assert not pool._in_use_connections and not pool.holding
+        assert not pool._turns.locked()
+    finally:
+        await client.aclose()
