@@ -109,7 +109,13 @@ class Begun:
     attempts: int
     cancel_requested: bool
     counted: bool            # this call counted attempt 1
-    task: dict[str, str]     # the task hash
+    task: dict[str, str]     # the fields of the task hash in BEGUN_FIELDS it has
+
+
+# What a holder reads of its task's hash (the runner, its telemetry and the task's row), in the
+# order begin.lua returns them: only these cross from Redis, not the whole hash.
+BEGUN_FIELDS = ("id", "tenant", "model", "request", "created_at", "started_at", "batch_id",
+                "idem_key", "idem_hash", "requeues", "traceparent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +363,7 @@ class Steps:
     async def begin(self, *, task_id: str, token: str, ttl_ms: int, now: int,
                     processor: str) -> BeginResult:
         """``begin.lua``: take a task's lease (re-entrant for ``token``) with a new fence;
-        counts attempt 1 of a task never attempted.
+        counts attempt 1 of a task never attempted. Returns the task's BEGUN_FIELDS.
 
         KEYS: task hash, lease, task events.
         ARGV: token, lease TTL (ms), now (ms), processor name."""
@@ -368,7 +374,8 @@ class Steps:
         if tag == "ok":
             return Begun(fence=int(reply[1]), attempts=int(reply[2]),
                          cancel_requested=reply[3] == "1", counted=reply[4] == "1",
-                         task=dict(zip(reply[5::2], reply[6::2], strict=True)))
+                         task={f: v for f, v in zip(BEGUN_FIELDS, reply[5], strict=True)
+                               if v is not None})
         if tag == "terminal":
             return AlreadyTerminal(reply[1])
         if tag == "busy":

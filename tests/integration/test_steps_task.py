@@ -11,6 +11,7 @@ from shared import tasks
 from shared.keys import BATCHES_GROUP, Keys
 from shared.redis_conn import RedisClient
 from shared.steps import (
+    BEGUN_FIELDS,
     HELD,
     LEASE_LOST,
     MISSING,
@@ -33,12 +34,16 @@ async def test_begin_takes_the_lease_counts_attempt_one_and_is_reentrant_for_its
     first = await begun(steps, tid, "tok-a")
     assert (first.fence, first.attempts, first.counted, first.cancel_requested) == (1, 1, True,
                                                                                      False)
-    assert (first.task["id"], first.task["status"], first.task["processor"]) == (tid, "running",
-                                                                                 "p1")
+    # The holder gets the fields it uses, as the hash has them after the step.
+    h = await redis.hgetall(keys.task(tid))
+    assert (h["status"], h["processor"]) == ("running", "p1")
+    assert first.task == {f: h[f] for f in BEGUN_FIELDS if f in h}
+    assert {"id", "tenant", "request", "created_at", "started_at"} <= first.task.keys()
     assert await redis.get(keys.lease(tid)) == "tok-a"
     # Its own holder back after losing its connection: a new fence, attempt 1 not counted again.
     again = await begun(steps, tid, "tok-a")
     assert (again.fence, again.attempts, again.counted) == (2, 1, False)
+    assert again.task == first.task  # started_at kept
     assert await events(redis, keys, tid) == [QUEUED_EVENT, RUNNING_EVENT]
     # Anyone else is refused while the lease lives, and changes nothing.
     before = await contents(redis, keys)
