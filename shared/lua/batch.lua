@@ -35,9 +35,18 @@ local now, size = tonumber(ARGV[2]), tonumber(ARGV[3])
 local tprefix, wprefix, aging = ARGV[7], ARGV[11], tonumber(ARGV[12])
 local flushed = 0
 
-local function waiting()
-  return tonumber(redis.call('GET', count_key) or '0')
-end
+-- What the call reads more than once is read once and kept in locals; the waiting count, the
+-- deadline, the virtual time and the sequence are written back once, at the end (one script:
+-- nothing sees them in between). Each redis.call, and each value crossing between Redis and
+-- Lua, costs redis-server more than the command itself.
+local count = tonumber(redis.call('GET', count_key) or '0')
+local deadline = tonumber(redis.call('GET', deadline_key) or '0')
+local fs = redis.call('HMGET', fair, 'v', 'seq')
+local v, seq = tonumber(fs[1] or '0'), tonumber(fs[2] or '0')
+local count0, deadline0, v0, seq0 = count, deadline, v, seq
+local counted = false  -- the waiting count was written to (it is then kept, even at 0)
+local weight = {}   -- tenant -> its share weight, once read
+local lined = {}    -- tenant -> true while known to be in the waiting tenants set
 
 -- Scores are written with exact digits: Lua's default number format keeps only 14.
 local function num(x)
@@ -45,21 +54,25 @@ local function num(x)
 end
 
 local function weight_of(tenant)
-  return math.max(tonumber(redis.call('HGET', weights, tenant) or '1') or 1, 0.001)
+  local w = weight[tenant]
+  if not w then
+    w = math.max(tonumber(redis.call('HGET', weights, tenant) or '1') or 1, 0.001)
+    weight[tenant] = w
+  end
+  return w
 end
 
-local function enqueue(id, tkey)
-  local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at', 'cost')
+-- f: the task's tenant, priority, created_at and cost (HMGET, in that order).
+local function enqueue(id, tkey, f)
   local tenant = f[1] or ''
   local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
   -- Ties (the same millisecond) keep their arrival order.
-  local seq = redis.call('HINCRBY', fair, 'seq', 1) % 1000
-  redis.call('ZADD', wprefix .. tenant, string.format('%.0f', rank * 1000 + seq), id)
-  if not redis.call('ZSCORE', tenants, tenant) then
+  seq = seq + 1
+  redis.call('ZADD', wprefix .. tenant, string.format('%.0f', rank * 1000 + seq % 1000), id)
+  if not lined[tenant] and not redis.call('ZSCORE', tenants, tenant) then
     -- A tenant with nothing waiting until now may go up to one batch of its own ahead of the
     -- tenants being served (so a few tasks never wait behind another's burst), never more:
     -- what it did not use while idle is not saved up, and what it used before still counts.
-    local v = tonumber(redis.call('HGET', fair, 'v') or '0')
     local cost = math.max(tonumber(f[4]) or 1, 1)
     local start = v - size * cost / weight_of(tenant)
     local last = tonumber(redis.call('HGET', fair, 'f:' .. tenant) or '')
@@ -69,14 +82,17 @@ local function enqueue(id, tkey)
     end
     redis.call('ZADD', tenants, num(start), tenant)
   end
+  lined[tenant] = true
   redis.call('HSET', tkey, 'open', '1')
-  if redis.call('INCR', count_key) == 1 then
-    redis.call('SET', deadline_key, now + tonumber(ARGV[4]))
+  count, counted = count + 1, true
+  if count == 1 then
+    deadline = now + tonumber(ARGV[4])
     redis.call('PUBLISH', ARGV[9], 'timer')
   end
 end
 
--- The next task by fair share, then priority and age within its tenant; nil when none waits.
+-- The next task by fair share, then priority and age within its tenant, and its status;
+-- nil when none waits.
 local function pick()
   local head = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
   if #head == 0 then return nil end
@@ -85,48 +101,50 @@ local function pick()
   local popped = redis.call('ZPOPMIN', line)
   if #popped == 0 then  -- cannot happen while scripts are atomic; never loop on it
     redis.call('ZREM', tenants, tenant)
+    lined[tenant] = nil
     return pick()
   end
   local id = popped[1]
-  local cost = math.max(tonumber(redis.call('HGET', tprefix .. id, 'cost') or '1') or 1, 1)
+  local t = redis.call('HMGET', tprefix .. id, 'cost', 'status')
+  local cost = math.max(tonumber(t[1] or '1') or 1, 1)
   local finish = start + cost / weight_of(tenant)
-  local v = tonumber(redis.call('HGET', fair, 'v') or '0')
-  if start > v then redis.call('HSET', fair, 'v', num(start)) end
+  if start > v then v = start end
   if redis.call('ZCARD', line) > 0 then
     redis.call('ZADD', tenants, num(finish), tenant)
   else
     redis.call('ZREM', tenants, tenant)
+    lined[tenant] = nil
     redis.call('HSET', fair, 'f:' .. tenant, num(finish))
   end
-  redis.call('DECR', count_key)
-  return id
+  count, counted = count - 1, true
+  return id, t[2]
 end
 
 local function flush(most, reason)
-  local ids = {}
+  local ids, statuses = {}, {}
   while #ids < most do
-    local id = pick()
+    local id, status = pick()
     if not id then break end
     ids[#ids + 1] = id
+    statuses[#ids] = status
   end
   if #ids == 0 then
     -- Nothing waits after all: a counter or timer left behind must not make a coordinator
     -- spin on a due timer with nothing to send.
-    redis.call('SET', count_key, 0)
-    redis.call('DEL', deadline_key)
+    count, deadline, counted = 0, 0, true
     return 0
   end
   if reason == 'room' then  -- sent because there is room: full, or adaptive
     reason = #ids >= size and 'size' or 'idle'
   end
   local bid = 'b' .. ARGV[2] .. '-' .. redis.call('INCR', KEYS[5])
-  for _, id in ipairs(ids) do
+  local event = '{"status":"' .. BATCHED .. '","batch_id":"' .. bid .. '"}'
+  for i, id in ipairs(ids) do
     local tkey = tprefix .. id
     redis.call('HDEL', tkey, 'open')
-    if redis.call('HGET', tkey, 'status') == QUEUED then
+    if statuses[i] == QUEUED then
       redis.call('HSET', tkey, 'status', BATCHED, 'batch_id', bid)
-      redis.call('XADD', ARGV[8] .. id, '*', 'e', EV_STATUS,
-        'd', '{"status":"' .. BATCHED .. '","batch_id":"' .. bid .. '"}')
+      redis.call('XADD', ARGV[8] .. id, '*', 'e', EV_STATUS, 'd', event)
     end
   end
   redis.call('XADD', batches, '*', 'b', bid, 't', table.concat(ids, ','), 'r', reason,
@@ -135,12 +153,11 @@ local function flush(most, reason)
   redis.call('HINCRBY', KEYS[9], 'batches_' .. reason, 1)
   redis.call('HINCRBY', KEYS[9], 'batched_tasks', #ids)
   flushed = flushed + 1
-  if waiting() <= 0 then
-    redis.call('SET', count_key, 0)
-    redis.call('DEL', deadline_key)
+  if count <= 0 then
+    count, deadline = 0, 0
   elseif reason == 'timer' then
     -- The tasks still waiting get a timer of their own: the next batch is due in one timeout.
-    redis.call('SET', deadline_key, now + tonumber(ARGV[4]))
+    deadline = now + tonumber(ARGV[4])
   end
   return #ids
 end
@@ -149,9 +166,13 @@ end
 -- less the tasks already flushed but not yet taken. nil: no live processor reports a room.
 local function spare_capacity()
   local free, room = 0, nil
-  for _, name in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now, '+inf')) do
-    free = free + tonumber(redis.call('HGET', KEYS[7], name) or '0')
-    local r = tonumber(redis.call('HGET', KEYS[13], name) or '')
+  local names = redis.call('ZRANGEBYSCORE', KEYS[8], now, '+inf')
+  if #names == 0 then return 0 end
+  local frees = redis.call('HMGET', KEYS[7], unpack(names))
+  local rooms = redis.call('HMGET', KEYS[13], unpack(names))
+  for i = 1, #names do
+    free = free + tonumber(frees[i] or '0')
+    local r = tonumber(rooms[i] or '')
     -- Each processor sees the same cluster-wide room (less its own waiting calls): summing
     -- would count it once per processor.
     if r then room = math.max(room or r, r) end
@@ -181,40 +202,59 @@ end
 if redis.call('EXISTS', KEYS[14]) == 1 then
   for _, id in ipairs(redis.call('LRANGE', KEYS[14], 0, -1)) do
     redis.call('HDEL', tprefix .. id, 'open')
-    enqueue(id, tprefix .. id)
+    enqueue(id, tprefix .. id,
+      redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost'))
   end
   redis.call('DEL', KEYS[14])
 end
 
 local mode, adaptive = ARGV[1], ARGV[5] == '1'
 if mode == 'add' then
+  local acks = {'XACK', KEYS[4], ARGV[6]}
   for i = 13, #ARGV, 2 do
     local id = ARGV[i + 1]
     local tkey = tprefix .. id
-    -- A reclaimed entry may name a task already placed: place each task once.
-    if redis.call('EXISTS', tkey) == 1 and redis.call('HEXISTS', tkey, 'batch_id') == 0
-        and redis.call('HEXISTS', tkey, 'open') == 0 then
-      enqueue(id, tkey)
+    local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at', 'cost', 'status',
+      'batch_id', 'open')
+    -- A reclaimed entry may name a task already placed: place each task once. (A task's hash
+    -- always has its status: none, and the task is gone.)
+    if f[5] and not f[6] and not f[7] then
+      enqueue(id, tkey, f)
     end
-    redis.call('XACK', KEYS[4], ARGV[6], ARGV[i])
+    acks[#acks + 1] = ARGV[i]
   end
+  if #acks > 3 then redis.call(unpack(acks)) end
   if not adaptive then
-    while waiting() >= size do flush(size, 'size') end
+    while count >= size do flush(size, 'size') end
   end
 elseif mode == 'timer' then
-  local due = tonumber(redis.call('GET', deadline_key) or '0')
-  if due > 0 and due <= now then flush(size, 'timer') end
+  if deadline > 0 and deadline <= now then flush(size, 'timer') end
 elseif mode == 'flush' then
-  while waiting() > 0 and flush(size, 'forced') > 0 do end
+  while count > 0 and flush(size, 'forced') > 0 do end
 end
-if adaptive and waiting() > 0 then
+if adaptive and count > 0 then
   -- Batches leave in fair order as room opens; while there is none they wait here, where a
   -- tenant's later tasks can still overtake another's earlier burst.
   local spare = spare_capacity()
-  while spare > 0 and waiting() > 0 do
+  while spare > 0 and count > 0 do
     local n = flush(math.min(size, spare), 'room')
     if n == 0 then break end
     spare = spare - n
   end
 end
-return {waiting(), tonumber(redis.call('GET', deadline_key) or '0'), flushed}
+if counted or count ~= count0 then redis.call('SET', count_key, count) end
+if deadline ~= deadline0 then
+  if deadline > 0 then
+    redis.call('SET', deadline_key, deadline)
+  else
+    redis.call('DEL', deadline_key)
+  end
+end
+if v ~= v0 and seq ~= seq0 then
+  redis.call('HSET', fair, 'v', num(v), 'seq', seq)
+elseif v ~= v0 then
+  redis.call('HSET', fair, 'v', num(v))
+elseif seq ~= seq0 then
+  redis.call('HSET', fair, 'seq', seq)
+end
+return {count, deadline, flushed}
