@@ -26,12 +26,18 @@
 -- Returns {limit, in flight, pause until (ms, 0: none)}
 local state, slots = KEYS[1], KEYS[2]
 local now, opmax = tonumber(ARGV[1]), tonumber(ARGV[2])
-local window = tonumber(redis.call('HGET', state, 'window') or ARGV[3])
-local slow = redis.call('HGET', state, 'slow_start') ~= '0'
-local dec_at = tonumber(redis.call('HGET', state, 'decreased_at') or '0')
-local pause = tonumber(redis.call('HGET', state, 'pause_until') or '0')
+-- The state is read once (one HMGET) and written back once, with the slots counted once and
+-- then followed as entries free them: each redis.call costs more than its command.
+local s = redis.call('HMGET', state, 'window', 'slow_start', 'decreased_at', 'pause_until',
+  'refused_at', 'streak')
+local window = tonumber(s[1] or ARGV[3])
+local slow = s[2] ~= '0'
+local dec_at = tonumber(s[3] or '0')
+local pause = tonumber(s[4] or '0')
 local cap = opmax > 0 and opmax or 100000
-local w_max = tonumber(redis.call('HGET', state, 'refused_at') or '0')
+local w_max = tonumber(s[5] or '0')
+local streak, streak_set = tonumber(s[6] or '0'), false
+local inflight = redis.call('ZCARD', slots)
 local PROBE_ROUNDS = 50
 
 local function grow()
@@ -46,8 +52,9 @@ local function headers(h)
     local rem, reset, lim = tonumber(h[f[1]]), tonumber(h[f[2]]), tonumber(h[f[3]])
     if lim then redis.call('HSET', state, f[4] .. '_limit', lim) end
     if rem then
-      local cur = tonumber(redis.call('HGET', state, f[4] .. '_rem'))
-      local cur_reset = tonumber(redis.call('HGET', state, f[4] .. '_reset') or '0')
+      local c = redis.call('HMGET', state, f[4] .. '_rem', f[4] .. '_reset')
+      local cur = tonumber(c[1])
+      local cur_reset = tonumber(c[2] or '0')
       -- Calls admitted since this answer was sent already took from what it reports.
       if cur and cur_reset > now and cur < rem then rem = cur end
       redis.call('HSET', state, f[4] .. '_rem', rem, f[4] .. '_seen_at', now)
@@ -61,25 +68,25 @@ for i = 6, #ARGV do
   local e = cjson.decode(ARGV[i])
   if e.h then headers(e.h) end
   if e.slot then
-    local full = redis.call('ZCARD', slots) >= math.floor(window)
-    redis.call('ZREM', slots, e.slot)
+    local full = inflight >= math.floor(window)
+    inflight = inflight - redis.call('ZREM', slots, e.slot)
     if ARGV[5] == '1' and e.tokens and e.tokens ~= 0 then
       redis.call('INCRBY', KEYS[3], e.tokens)
     end
     local admitted = tonumber(string.match(e.slot, '^(%d+):')) or now
     if e.outcome == 'ok' then
       succeeded = true
-      redis.call('HSET', state, 'streak', 0)
+      streak, streak_set = 0, true
       if full then window = grow() end
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])
       redis.call('EXPIRE', KEYS[4], 120)
       redis.call('HSET', state, 'limited_at', now)
-      local streak = redis.call('HINCRBY', state, 'streak', 1)
+      streak, streak_set = streak + 1, true
       -- What the provider took: the calls still in flight once the refused ones are out, plus
       -- this one. The refusals of one overshoot arrive one by one and each lowers the estimate.
-      local took = redis.call('ZCARD', slots) + 1
+      local took = inflight + 1
       if admitted >= dec_at then
         w_max = math.min(window, took)
         window = math.max(1, window / 2)
@@ -99,7 +106,15 @@ end
 window = math.min(window, cap)
 local limit = math.max(1, math.floor(window))
 if opmax > 0 and limit > opmax then limit = opmax end
-redis.call('HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
-  'decreased_at', dec_at, 'pause_until', pause, 'refused_at', w_max, 'limit', limit)
-if succeeded then redis.call('HSET', state, 'success_at', now) end
-return {limit, redis.call('ZCARD', slots), pause > now and pause or 0}
+local set = {'HSET', state, 'window', window, 'slow_start', slow and '1' or '0',
+  'decreased_at', dec_at, 'pause_until', pause, 'refused_at', w_max, 'limit', limit}
+if streak_set then
+  set[#set + 1] = 'streak'
+  set[#set + 1] = streak
+end
+if succeeded then
+  set[#set + 1] = 'success_at'
+  set[#set + 1] = now
+end
+redis.call(unpack(set))
+return {limit, inflight, pause > now and pause or 0}
