@@ -47,6 +47,10 @@ local count0, deadline0, v0, seq0 = count, deadline, v, seq
 local counted = false  -- the waiting count was written to (it is then kept, even at 0)
 local weight = {}   -- tenant -> its share weight, once read
 local lined = {}    -- tenant -> true while known to be in the waiting tenants set
+-- Tasks placed by this call: id -> {cost, status} while waiting, false once flushed. Their
+-- 'open' mark is written at the end, only for those still waiting (a task placed and flushed
+-- in the same call never needs it); fresh_ids keeps their order.
+local fresh, fresh_ids = {}, {}
 
 -- Scores are written with exact digits: Lua's default number format keeps only 14.
 local function num(x)
@@ -62,8 +66,8 @@ local function weight_of(tenant)
   return w
 end
 
--- f: the task's tenant, priority, created_at and cost (HMGET, in that order).
-local function enqueue(id, tkey, f)
+-- f: the task's tenant, priority, created_at, cost and status (HMGET, in that order).
+local function enqueue(id, f)
   local tenant = f[1] or ''
   local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
   -- Ties (the same millisecond) keep their arrival order.
@@ -83,7 +87,8 @@ local function enqueue(id, tkey, f)
     redis.call('ZADD', tenants, num(start), tenant)
   end
   lined[tenant] = true
-  redis.call('HSET', tkey, 'open', '1')
+  fresh[id] = {f[4], f[5]}
+  fresh_ids[#fresh_ids + 1] = id
   count, counted = count + 1, true
   if count == 1 then
     deadline = now + tonumber(ARGV[4])
@@ -91,8 +96,8 @@ local function enqueue(id, tkey, f)
   end
 end
 
--- The next task by fair share, then priority and age within its tenant, and its status;
--- nil when none waits.
+-- The next task by fair share, then priority and age within its tenant, its status and
+-- whether its 'open' mark was written; nil when none waits.
 local function pick()
   local head = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
   if #head == 0 then return nil end
@@ -105,7 +110,12 @@ local function pick()
     return pick()
   end
   local id = popped[1]
-  local t = redis.call('HMGET', tprefix .. id, 'cost', 'status')
+  local t, marked = fresh[id], false
+  if t then
+    fresh[id] = false
+  else
+    t, marked = redis.call('HMGET', tprefix .. id, 'cost', 'status'), true
+  end
   local cost = math.max(tonumber(t[1] or '1') or 1, 1)
   local finish = start + cost / weight_of(tenant)
   if start > v then v = start end
@@ -117,16 +127,16 @@ local function pick()
     redis.call('HSET', fair, 'f:' .. tenant, num(finish))
   end
   count, counted = count - 1, true
-  return id, t[2]
+  return id, t[2], marked
 end
 
 local function flush(most, reason)
-  local ids, statuses = {}, {}
+  local ids, statuses, marked = {}, {}, {}
   while #ids < most do
-    local id, status = pick()
+    local id, status, mark = pick()
     if not id then break end
     ids[#ids + 1] = id
-    statuses[#ids] = status
+    statuses[#ids], marked[#ids] = status, mark
   end
   if #ids == 0 then
     -- Nothing waits after all: a counter or timer left behind must not make a coordinator
@@ -141,7 +151,7 @@ local function flush(most, reason)
   local event = '{"status":"' .. BATCHED .. '","batch_id":"' .. bid .. '"}'
   for i, id in ipairs(ids) do
     local tkey = tprefix .. id
-    redis.call('HDEL', tkey, 'open')
+    if marked[i] then redis.call('HDEL', tkey, 'open') end
     if statuses[i] == QUEUED then
       redis.call('HSET', tkey, 'status', BATCHED, 'batch_id', bid)
       redis.call('XADD', ARGV[8] .. id, '*', 'e', EV_STATUS, 'd', event)
@@ -202,8 +212,8 @@ end
 if redis.call('EXISTS', KEYS[14]) == 1 then
   for _, id in ipairs(redis.call('LRANGE', KEYS[14], 0, -1)) do
     redis.call('HDEL', tprefix .. id, 'open')
-    enqueue(id, tprefix .. id,
-      redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost'))
+    enqueue(id, redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost',
+      'status'))
   end
   redis.call('DEL', KEYS[14])
 end
@@ -213,13 +223,12 @@ if mode == 'add' then
   local acks = {'XACK', KEYS[4], ARGV[6]}
   for i = 13, #ARGV, 2 do
     local id = ARGV[i + 1]
-    local tkey = tprefix .. id
-    local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at', 'cost', 'status',
+    local f = redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost', 'status',
       'batch_id', 'open')
     -- A reclaimed entry may name a task already placed: place each task once. (A task's hash
     -- always has its status: none, and the task is gone.)
-    if f[5] and not f[6] and not f[7] then
-      enqueue(id, tkey, f)
+    if f[5] and not f[6] and not f[7] and fresh[id] == nil then
+      enqueue(id, f)
     end
     acks[#acks + 1] = ARGV[i]
   end
@@ -241,6 +250,9 @@ if adaptive and count > 0 then
     if n == 0 then break end
     spare = spare - n
   end
+end
+for _, id in ipairs(fresh_ids) do
+  if fresh[id] then redis.call('HSET', tprefix .. id, 'open', '1') end
 end
 if counted or count ~= count0 then redis.call('SET', count_key, count) end
 if deadline ~= deadline0 then
