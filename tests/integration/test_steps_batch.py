@@ -89,6 +89,25 @@ async def test_add_flushes_full_batches_and_opens_a_timer(
     await pubsub.aclose()
 
 
+async def test_a_task_named_twice_is_placed_once_and_only_a_waiting_one_stays_marked(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    # batch.lua marks a task 'open' (placed, not yet in a batch) only if it still waits when
+    # the call ends: the mark is what stops a reclaimed entry placing it again later.
+    entries = await queued(steps, redis, 5)
+    twice = [*entries, entries[0], entries[4]]
+    state = await steps.batch("add", now=now_ms(), policy=BatchPolicy(2, 60_000, False),
+                              entries=twice)
+    assert (state.open_len, state.flushed) == (1, 2)
+    ids = [t for _e, t in entries]
+    assert [b["t"] for b in await batches(redis, keys)] == [ids[:2], ids[2:4]]
+    marks = [await redis.hget(keys.task(t), "open") for t in ids]
+    assert marks == [None, None, None, None, "1"]
+    again = await steps.batch("add", now=now_ms(), policy=BatchPolicy(2, 60_000, False),
+                              entries=[entries[4]])
+    assert (again.open_len, again.flushed) == (1, 0)
+    assert await waiting_room(redis, keys) == [ids[4]]
+
+
 async def test_timer_flushes_only_when_due(redis: RedisClient, keys: Keys, steps: Steps) -> None:
     policy = BatchPolicy(size=10, timeout_ms=500, adaptive=False)
     now = now_ms()
