@@ -39,8 +39,10 @@ local flushed = 0
 -- deadline, the virtual time and the sequence are written back once, at the end (one script:
 -- nothing sees them in between). Each redis.call, and each value crossing between Redis and
 -- Lua, costs redis-server more than the command itself.
-local count = tonumber(redis.call('GET', count_key) or '0')
-local deadline = tonumber(redis.call('GET', deadline_key) or '0')
+local got = redis.call('MGET', count_key, deadline_key, KEYS[6])
+local count = tonumber(got[1] or '0')
+local deadline = tonumber(got[2] or '0')
+local backlog = tonumber(got[3] or '0')  -- flushed, not yet taken by a processor
 local fs = redis.call('HMGET', fair, 'v', 'seq')
 local v, seq = tonumber(fs[1] or '0'), tonumber(fs[2] or '0')
 local count0, deadline0, v0, seq0 = count, deadline, v, seq
@@ -165,7 +167,7 @@ local function flush(most, reason)
   end
   redis.call('XADD', batches, '*', 'b', bid, 't', table.concat(ids, ','), 'r', reason,
     'at', ARGV[2])
-  redis.call('INCRBY', KEYS[6], #ids)
+  backlog = redis.call('INCRBY', KEYS[6], #ids)
   redis.call('HINCRBY', KEYS[9], 'batches_' .. reason, 1)
   redis.call('HINCRBY', KEYS[9], 'batched_tasks', #ids)
   flushed = flushed + 1
@@ -195,7 +197,6 @@ local function spare_capacity()
   end
   if room then free = math.min(free, room) end
   if free <= 0 then return 0 end
-  local backlog = tonumber(redis.call('GET', KEYS[6]) or '0')
   if backlog >= free then
     -- The counter can drift up if a processor died between reading a batch and counting it;
     -- the group's lag is the truth when it says nothing is waiting.
@@ -260,13 +261,16 @@ end
 for _, id in ipairs(fresh_ids) do
   if fresh[id] then redis.call('HSET', tprefix .. id, 'open', '1') end
 end
-if counted or count ~= count0 then redis.call('SET', count_key, count) end
-if deadline ~= deadline0 then
-  if deadline > 0 then
-    redis.call('SET', deadline_key, deadline)
+local write_count = counted or count ~= count0
+if deadline ~= deadline0 and deadline > 0 then
+  if write_count then
+    redis.call('MSET', count_key, count, deadline_key, deadline)
   else
-    redis.call('DEL', deadline_key)
+    redis.call('SET', deadline_key, deadline)
   end
+else
+  if write_count then redis.call('SET', count_key, count) end
+  if deadline ~= deadline0 then redis.call('DEL', deadline_key) end
 end
 if v ~= v0 and seq ~= seq0 then
   redis.call('HSET', fair, 'v', num(v), 'seq', seq)
