@@ -53,7 +53,6 @@ local lined = {}    -- tenant -> true while known to be in the waiting tenants s
 -- 'open' mark is written at the end, only for those still waiting (a task placed and flushed
 -- in the same call never needs it); fresh_ids keeps their order.
 local fresh, fresh_ids = {}, {}
-local sizes = {}    -- tenant -> tasks in its waiting line, once counted (then followed here)
 
 -- Scores are written with exact digits: Lua's default number format keeps only 14.
 local function num(x)
@@ -75,9 +74,7 @@ local function enqueue(id, f)
   local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
   -- Ties (the same millisecond) keep their arrival order.
   seq = seq + 1
-  local added = redis.call('ZADD', wprefix .. tenant,
-    string.format('%.0f', rank * 1000 + seq % 1000), id)
-  if sizes[tenant] then sizes[tenant] = sizes[tenant] + added end
+  redis.call('ZADD', wprefix .. tenant, string.format('%.0f', rank * 1000 + seq % 1000), id)
   if not lined[tenant] and not redis.call('ZSCORE', tenants, tenant) then
     -- A tenant with nothing waiting until now may go up to one batch of its own ahead of the
     -- tenants being served (so a few tasks never wait behind another's burst), never more:
@@ -111,7 +108,7 @@ local function pick()
   local popped = redis.call('ZPOPMIN', line)
   if #popped == 0 then  -- cannot happen while scripts are atomic; never loop on it
     redis.call('ZREM', tenants, tenant)
-    lined[tenant], sizes[tenant] = nil, 0
+    lined[tenant] = nil
     return pick()
   end
   local id = popped[1]
@@ -124,10 +121,7 @@ local function pick()
   local cost = math.max(tonumber(t[1] or '1') or 1, 1)
   local finish = start + cost / weight_of(tenant)
   if start > v then v = start end
-  local left = sizes[tenant]
-  if left then left = left - 1 else left = redis.call('ZCARD', line) end
-  sizes[tenant] = left
-  if left > 0 then
+  if redis.call('ZCARD', line) > 0 then
     redis.call('ZADD', tenants, num(finish), tenant)
   else
     redis.call('ZREM', tenants, tenant)
