@@ -49,10 +49,6 @@ local count0, deadline0, v0, seq0 = count, deadline, v, seq
 local counted = false  -- the waiting count was written to (it is then kept, even at 0)
 local weight = {}   -- tenant -> its share weight, once read
 local lined = {}    -- tenant -> true while known to be in the waiting tenants set
--- Tasks placed by this call: id -> {cost, status} while waiting, false once flushed. Their
--- 'open' mark is written at the end, only for those still waiting (a task placed and flushed
--- in the same call never needs it); fresh_ids keeps their order.
-local fresh, fresh_ids = {}, {}
 
 -- Scores are written with exact digits: Lua's default number format keeps only 14.
 local function num(x)
@@ -68,8 +64,8 @@ local function weight_of(tenant)
   return w
 end
 
--- f: the task's tenant, priority, created_at, cost and status (HMGET, in that order).
-local function enqueue(id, f)
+-- f: the task's tenant, priority, created_at and cost (HMGET, in that order).
+local function enqueue(id, tkey, f)
   local tenant = f[1] or ''
   local rank = (tonumber(f[3]) or now) + (tonumber(f[2]) or 0) * aging
   -- Ties (the same millisecond) keep their arrival order.
@@ -89,8 +85,7 @@ local function enqueue(id, f)
     redis.call('ZADD', tenants, num(start), tenant)
   end
   lined[tenant] = true
-  fresh[id] = {f[4], f[5]}
-  fresh_ids[#fresh_ids + 1] = id
+  redis.call('HSET', tkey, 'open', '1')
   count, counted = count + 1, true
   if count == 1 then
     deadline = now + tonumber(ARGV[4])
@@ -98,8 +93,8 @@ local function enqueue(id, f)
   end
 end
 
--- The next task by fair share, then priority and age within its tenant, its status and
--- whether its 'open' mark was written; nil when none waits.
+-- The next task by fair share, then priority and age within its tenant, and its status;
+-- nil when none waits.
 local function pick()
   local head = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
   if #head == 0 then return nil end
@@ -112,12 +107,7 @@ local function pick()
     return pick()
   end
   local id = popped[1]
-  local t, marked = fresh[id], false
-  if t then
-    fresh[id] = false
-  else
-    t, marked = redis.call('HMGET', tprefix .. id, 'cost', 'status'), true
-  end
+  local t = redis.call('HMGET', tprefix .. id, 'cost', 'status')
   local cost = math.max(tonumber(t[1] or '1') or 1, 1)
   local finish = start + cost / weight_of(tenant)
   if start > v then v = start end
@@ -129,16 +119,16 @@ local function pick()
     redis.call('HSET', fair, 'f:' .. tenant, num(finish))
   end
   count, counted = count - 1, true
-  return id, t[2], marked
+  return id, t[2]
 end
 
 local function flush(most, reason)
-  local ids, statuses, marked = {}, {}, {}
+  local ids, statuses = {}, {}
   while #ids < most do
-    local id, status, mark = pick()
+    local id, status = pick()
     if not id then break end
     ids[#ids + 1] = id
-    statuses[#ids], marked[#ids] = status, mark
+    statuses[#ids] = status
   end
   if #ids == 0 then
     -- Nothing waits after all: a counter or timer left behind must not make a coordinator
@@ -153,7 +143,7 @@ local function flush(most, reason)
   local event = '{"status":"' .. BATCHED .. '","batch_id":"' .. bid .. '"}'
   for i, id in ipairs(ids) do
     local tkey = tprefix .. id
-    if marked[i] then redis.call('HDEL', tkey, 'open') end
+    redis.call('HDEL', tkey, 'open')
     if statuses[i] == QUEUED then
       redis.call('HSET', tkey, 'status', BATCHED, 'batch_id', bid)
       redis.call('XADD', ARGV[8] .. id, '*', 'e', EV_STATUS, 'd', event)
@@ -213,8 +203,8 @@ end
 if redis.call('EXISTS', KEYS[14]) == 1 then
   for _, id in ipairs(redis.call('LRANGE', KEYS[14], 0, -1)) do
     redis.call('HDEL', tprefix .. id, 'open')
-    enqueue(id, redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost',
-      'status'))
+    enqueue(id, tprefix .. id,
+      redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost'))
   end
   redis.call('DEL', KEYS[14])
 end
@@ -224,12 +214,13 @@ if mode == 'add' then
   local acks = {'XACK', KEYS[4], ARGV[6]}
   for i = 13, #ARGV, 2 do
     local id = ARGV[i + 1]
-    local f = redis.call('HMGET', tprefix .. id, 'tenant', 'priority', 'created_at', 'cost', 'status',
+    local tkey = tprefix .. id
+    local f = redis.call('HMGET', tkey, 'tenant', 'priority', 'created_at', 'cost', 'status',
       'batch_id', 'open')
     -- A reclaimed entry may name a task already placed: place each task once. (A task's hash
     -- always has its status: none, and the task is gone.)
-    if f[5] and not f[6] and not f[7] and fresh[id] == nil then
-      enqueue(id, f)
+    if f[5] and not f[6] and not f[7] then
+      enqueue(id, tkey, f)
     end
     acks[#acks + 1] = ARGV[i]
   end
@@ -251,9 +242,6 @@ if adaptive and count > 0 then
     if n == 0 then break end
     spare = spare - n
   end
-end
-for _, id in ipairs(fresh_ids) do
-  if fresh[id] then redis.call('HSET', tprefix .. id, 'open', '1') end
 end
 local write_count = counted or count ~= count0
 if deadline ~= deadline0 and deadline > 0 then
