@@ -48,10 +48,16 @@ if pause > now then return wait('paused', pause) end
 local known = {}
 local function quota(rem_f, reset_f, rem, reset, lim, need, reason)
   rem, reset = tonumber(rem), tonumber(reset)
+  if reset == 0 then reset = nil end  -- a window admit opened: its reset is not known yet
   if rem and reset and reset <= now then
     rem, reset = tonumber(lim), nil
-    if rem then redis.call('HSET', state, rem_f, rem) else redis.call('HDEL', state, rem_f) end
-    redis.call('HDEL', state, reset_f)
+    -- A new window, its reset not known yet: 'rolled' tells settle that the count kept from
+    -- here on is this window's, so an answer cannot raise it (see settle.lua).
+    if rem then
+      redis.call('HSET', state, rem_f, rem, reset_f, 0)
+    else
+      redis.call('HDEL', state, rem_f, reset_f)
+    end
   end
   known[rem_f] = rem
   if rem and rem < need then

@@ -51,12 +51,19 @@ local function headers(h)
   for _, f in ipairs({{'rr', 'rs', 'rl', 'req'}, {'tr', 'ts', 'tl', 'tok'}}) do
     local rem, reset, lim = tonumber(h[f[1]]), tonumber(h[f[2]]), tonumber(h[f[3]])
     if lim then redis.call('HSET', state, f[4] .. '_limit', lim) end
+    if rem and reset and reset <= now then
+      rem = nil  -- an answer from a window that has ended says nothing about this one
+    end
     if rem then
       local c = redis.call('HMGET', state, f[4] .. '_rem', f[4] .. '_reset')
       local cur = tonumber(c[1])
-      local cur_reset = tonumber(c[2] or '0')
-      -- Calls admitted since this answer was sent already took from what it reports.
-      if cur and cur_reset > now and cur < rem then rem = cur end
+      local cur_reset = tonumber(c[2])
+      -- Calls admitted since this answer was sent already took from what it reports: in
+      -- the window we know (its reset ahead), or in one admit.lua just opened (reset 0,
+      -- not known yet; the provider counted this answer's call before the others).
+      if cur and cur_reset and (cur_reset > now or cur_reset == 0) and cur < rem then
+        rem = cur
+      end
       redis.call('HSET', state, f[4] .. '_rem', rem, f[4] .. '_seen_at', now)
       if reset then redis.call('HSET', state, f[4] .. '_reset', reset) end
     end

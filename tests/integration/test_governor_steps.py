@@ -190,6 +190,27 @@ async def test_rate_limit_headers_pace_calls_before_a_429(redis: RedisClient) ->
     assert isinstance(last, Wait) and (last.reason, last.until) == ("requests", 0)
 
 
+async def test_the_first_answer_after_a_reset_does_not_undo_the_calls_admitted_since(
+        redis: RedisClient) -> None:
+    # The e2e pacing test's flake: after the reset the announced 3 calls go at once; the
+    # first one's answer says 2 left (it was counted before the other two), which must not
+    # let a fourth call go before the other answers (or the next reset) say so.
+    steps = steps_for(redis, initial_window=10)
+    await steps.settle(P, T0, [{"h": {"rr": 0, "rs": T0 + 1000, "rl": 3}}])
+    admitted = [await admit(steps, T0 + 1000 + i) for i in range(3)]
+    assert all(isinstance(r, Admitted) for r, _ in admitted)
+    await steps.settle(P, T0 + 1010, [{"h": {"rr": 2, "rs": T0 + 3000, "rl": 3}}])
+    reply, _ = await admit(steps, T0 + 1011)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("requests", T0 + 3000)
+    # An answer from before the reset says nothing about the new window.
+    await steps.settle(P, T0 + 1012, [{"h": {"rr": 1, "rs": T0 + 1000}}])
+    reply, _ = await admit(steps, T0 + 1013)
+    assert isinstance(reply, Wait) and reply.reason == "requests"
+    # At the next reset the announced limit is back.
+    reply, _ = await admit(steps, T0 + 3000)
+    assert isinstance(reply, Admitted)
+
+
 async def test_token_headers_wait_for_their_reset(redis: RedisClient) -> None:
     steps = steps_for(redis, initial_window=10)
     await steps.settle(P, T0, [{"h": {"tr": 100, "ts": T0 + 500}}])
