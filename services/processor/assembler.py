@@ -46,6 +46,7 @@ __all__ = [
     "StreamAssembler",
     "ToolCall",
     "Usage",
+    "add_fragment",
     "assemble_completion",
     "parse_error_body",
     "parse_retry_after",
@@ -367,22 +368,9 @@ class StreamAssembler:
         delta = choice.get("delta")
         if isinstance(delta, dict) and delta:
             live = deltas if index == 0 else None
-            text = _reasoning_of(delta) if len(delta) > 1 or "content" not in delta else None
-            if isinstance(text, str) and text:
-                parts = state.reasoning
-                parts.append(text)
-                if len(parts) >= COMPACT_AT:
-                    _collapse(parts)
-                if live is not None:
-                    live.append(Delta("reasoning", text))
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                parts = state.content
-                parts.append(text)
-                if len(parts) >= COMPACT_AT:
-                    _collapse(parts)
-                if live is not None:
-                    live.append(Delta("content", text))
+            if len(delta) > 1 or "content" not in delta:
+                _append(state.reasoning, _reasoning_of(delta), "reasoning", live)
+            _append(state.content, delta.get("content"), "content", live)
             if "refusal" in delta:
                 _append(state.refusal, delta["refusal"], "refusal", live)
             tool_calls = delta.get("tool_calls")
@@ -403,11 +391,16 @@ def _append(parts: list[str], text: object, kind: DeltaKind, live: list[Delta] |
     # null and "" are both common ("content": null next to reasoning, "reasoning_content": ""
     # in a role chunk) and must not produce empty deltas.
     if isinstance(text, str) and text:
-        parts.append(text)
-        if len(parts) >= COMPACT_AT:
-            _collapse(parts)
+        add_fragment(parts, text)
         if live is not None:
             live.append(Delta(kind, text))
+
+
+def add_fragment(parts: list[str], text: str) -> None:
+    """Keep ``text`` in a text's fragments, joined every COMPACT_AT of them (see there)."""
+    parts.append(text)
+    if len(parts) >= COMPACT_AT:
+        _collapse(parts)
 
 
 def _reasoning_of(obj: dict[str, Any]) -> object:

@@ -26,7 +26,7 @@ import orjson
 
 from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
-from services.processor.assembler import COMPACT_AT, Delta, ProviderError, Usage
+from services.processor.assembler import Delta, ProviderError, Usage, add_fragment
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
@@ -128,11 +128,8 @@ class Partial:
     def add(self, deltas: list[Delta]) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        for d in deltas:
-            parts: list[str] = getattr(self, d.kind)
-            parts.append(d.text)
-            if len(parts) >= COMPACT_AT:  # a long answer's text, not its thousand pieces
-                parts[:] = ["".join(parts)]
+        for d in deltas:  # a long answer's text, not its thousand pieces
+            add_fragment(getattr(self, d.kind), d.text)
 
 
 class TaskRun:

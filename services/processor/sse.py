@@ -110,18 +110,12 @@ class SSEDecoder:
 
         Raises :class:`SSELineTooLong` once a line passes ``max_line_bytes``.
         """
-        block = self._block(chunk)
-        if block is None:
-            return []
-        if self._fast:
-            values = self._fast_values(block)
-            if values is not None:
-                last_id = self.last_event_id
-                # Per event rather than the block at once: the same text, as an event
-                # boundary is ASCII and never inside a UTF-8 sequence.
-                return [SSEEvent(v.decode("utf-8", "replace"), "message", last_id)
-                        for v in values]
-        return self._process_block(block)
+        got = self.feed_data(chunk)
+        last_id = self.last_event_id  # the fast path's events change no field but data
+        # Per event rather than the block at once: the same text, as an event boundary is
+        # ASCII and never inside a UTF-8 sequence.
+        return [e if isinstance(e, SSEEvent)
+                else SSEEvent(e.decode("utf-8", "replace"), "message", last_id) for e in got]
 
     def feed_data(self, chunk: bytes) -> Sequence[SSEEvent | bytes]:
         """:meth:`feed`, but an event of the common shape (one ``data`` line, nothing else)

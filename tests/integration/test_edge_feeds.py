@@ -57,6 +57,20 @@ async def add(redis: RedisClient, key: str, kind: str, data: str = "{}") -> str:
     return str(await redis.xadd(key, {"e": kind, "d": data}))
 
 
+async def started(redis: RedisClient, keys: Keys, name: str, n: int) -> list[str]:
+    """``n`` task event streams, each with its first status event."""
+    streams = [keys.events(f"{name}-{i}") for i in range(n)]
+    for key in streams:
+        await add(redis, key, "status")
+    return streams
+
+
+async def until_a_read_blocks(redis: RedisClient) -> None:
+    async def read_blocks() -> bool:
+        return await blocked(redis) > 0
+    await until(read_blocks)
+
+
 async def test_many_feeds_share_one_blocking_read_and_each_gets_its_own_events_in_order(
         redis: RedisClient, keys: Keys, hub: Feeds) -> None:
     streams = [keys.events(f"many-{n}") for n in range(40)]
@@ -136,15 +150,10 @@ async def test_a_gone_stream_ends_its_feed_gone_and_its_neighbours_read_on(
 
 async def test_a_redis_error_ends_the_feeds_of_the_read_failed_and_a_new_watch_reads_again(
         redis: RedisClient, keys: Keys, hub: Feeds) -> None:
-    streams = [keys.events(f"err-{n}") for n in range(3)]
-    for key in streams:
-        await add(redis, key, "status")
+    streams = await started(redis, keys, "err", 3)
     async with contextlib.AsyncExitStack() as stack:
         feeds = [await stack.enter_async_context(watching(hub, key)) for key in streams]
-
-        async def read_blocks() -> bool:
-            return await blocked(redis) > 0
-        await until(read_blocks)
+        await until_a_read_blocks(redis)
         clients = await redis.client_list()
         [reading] = [c for c in clients if c["cmd"] == "xread" and "b" in c["flags"]]
         await redis.client_kill_filter(_id=reading["id"])
@@ -160,9 +169,7 @@ async def test_a_redis_error_ends_the_feeds_of_the_read_failed_and_a_new_watch_r
 
 async def test_close_ends_every_feed_and_removes_the_wake_streams(
         redis: RedisClient, keys: Keys, hub: Feeds) -> None:
-    streams = [keys.events(f"close-{n}") for n in range(3)]
-    for key in streams:
-        await add(redis, key, "status")
+    streams = await started(redis, keys, "close", 3)
     async with watching(hub, streams[0]) as feed, contextlib.AsyncExitStack() as stack:
         reader = feed.reader
         assert reader is not None
