@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from services.edge import queue
 from services.edge.auth import tenant_of
@@ -76,25 +77,36 @@ async def follow(feeds: Feeds, key: str, after: str | None, tick: float,
     event; ``None`` after each ``tick`` seconds without one. Stops early, without a terminal
     event, when the edge shuts down or Redis fails: the client reconnects and resumes."""
     async with feeds.watch(key) as feed:
-        pos = 0
-        while True:
-            changed = feed.changed
-            # The feed may be younger than this client and not yet hold its Last-Event-ID.
-            pos = max(pos, feed.position_after(after))
-            while pos < len(feed.events):
-                event = feed.events[pos]
-                pos += 1
+        cursor, dropped = feed.join(after)
+        try:
+            history: list[Event] | None = []
+            if dropped is not None:  # the feed let go of events this client has not seen
+                try:
+                    history = await feeds.history(key, after, dropped)
+                except (*UNAVAILABLE, RedisError):
+                    return
+                after = dropped
+            for event in history or ():
                 yield event
                 if event.type in TERMINAL_EVENTS:
                     return
-            if feed.ended is not None:
-                break
-            try:
-                async with asyncio.timeout(tick):
-                    await changed.wait()
-            except TimeoutError:
-                yield None
-        gone = feed.ended == GONE
+            gone = history is None
+            while not gone:
+                changed = feed.changed
+                for event in feed.take(cursor, after):
+                    yield event
+                    if event.type in TERMINAL_EVENTS:
+                        return
+                if feed.ended is not None:
+                    gone = feed.ended == GONE
+                    break
+                try:
+                    async with asyncio.timeout(tick):
+                        await changed.wait()
+                except TimeoutError:
+                    yield None
+        finally:
+            feed.leave(cursor)
     if gone:
         view = await final_view()
         final = terminal_from_view(view) if view is not None else None

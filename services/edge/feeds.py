@@ -48,6 +48,7 @@ READ_COUNT = 1000  # entries per stream and read
 STREAMS_PER_READER = 100  # more per read: fewer connections, but each read costs more
 WAKE_TTL_MS = 60_000  # a wake stream left by an edge that died goes away by itself
 QUIET_SCAN_S = 0.25  # how often a busy reader looks for feeds quiet for a whole block
+TRIM_EVERY = 64  # a feed with several watchers drops what all took once one is this far on
 
 # Why a feed stopped reading.
 TERMINAL, GONE, FAILED, CLOSED = "terminal", "gone", "failed", "closed"
@@ -74,15 +75,31 @@ def _event_order(event: Event) -> tuple[int, int]:
     return parse_id(event.id)
 
 
-class Feed:
-    """What has been read of one task's events, from the first entry on."""
+class Cursor:
+    """One watcher's place in a feed: the absolute index of the next event it takes."""
 
-    __slots__ = ("_changed", "ended", "events", "key", "last", "quiet_since", "reader",
-                 "starter", "stopping", "watchers")
+    __slots__ = ("pos",)
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos
+
+
+class Feed:
+    """What has been read of one task's events and not yet taken by all its watchers.
+
+    Events every watcher has taken are dropped (a long answer is thousands of events; a feed
+    that kept them all held most of the memory of a watched stream). A watcher that joins
+    after some were dropped reads those from Redis (``Feeds.history``) up to ``trimmed``."""
+
+    __slots__ = ("_changed", "base", "cursors", "ended", "events", "key", "last",
+                 "quiet_since", "reader", "starter", "stopping", "trimmed", "watchers")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.events: list[Event] = []
+        self.base = 0  # absolute index of events[0]
+        self.trimmed: str | None = None  # id of the last event dropped
+        self.cursors: list[Cursor] = []
         self.ended: str | None = None
         self.watchers = 0
         self.last = "0-0"  # id of the last entry read
@@ -99,10 +116,50 @@ class Feed:
         return self._changed
 
     def position_after(self, entry_id: str | None) -> int:
-        """Index of the first event after ``entry_id`` (all of them when it is None)."""
+        """Absolute index of the first held event after ``entry_id`` (the first held when
+        None)."""
         if entry_id is None:
-            return 0
-        return bisect.bisect_right(self.events, parse_id(entry_id), key=_event_order)
+            return self.base
+        return self.base + bisect.bisect_right(self.events, parse_id(entry_id),
+                                               key=_event_order)
+
+    def join(self, after: str | None) -> tuple[Cursor, str | None]:
+        """A cursor for a new watcher that has seen up to ``after`` (nothing when None), and
+        the id up to which it must first read from Redis: what was dropped and it has not seen
+        (None when nothing)."""
+        cursor = Cursor(self.position_after(after))
+        self.cursors.append(cursor)
+        dropped = self.trimmed
+        if dropped is not None and (after is None or parse_id(after) < parse_id(dropped)):
+            return cursor, dropped
+        return cursor, None
+
+    def take(self, cursor: Cursor, after: str | None = None) -> list[Event]:
+        """The held events ``cursor`` has not taken (only those after ``after`` when given: a
+        feed may be younger than its watcher and not yet hold its Last-Event-ID)."""
+        if after is not None:
+            cursor.pos = max(cursor.pos, self.position_after(after))
+        start = cursor.pos - self.base
+        if start >= len(self.events):
+            return []
+        taken = self.events[start:]
+        cursor.pos = self.base + len(self.events)
+        # A lone watcher drops at once; many look for their slowest now and then.
+        if len(self.cursors) == 1 or start >= TRIM_EVERY:
+            self._trim()
+        return taken
+
+    def leave(self, cursor: Cursor) -> None:
+        self.cursors.remove(cursor)
+
+    def _trim(self) -> None:
+        if len(self.cursors) < self.watchers:
+            return  # a watcher that walks ``events`` itself, without a cursor (tests)
+        done = min(c.pos for c in self.cursors) - self.base
+        if done > 0:
+            self.trimmed = self.events[done - 1].id
+            del self.events[:done]
+            self.base += done
 
     def append(self, events: list[Event]) -> None:
         self.events.extend(events)
@@ -115,8 +172,7 @@ class Feed:
 
     def deliver(self, entries: list[Entry]) -> bool:
         """Append what was read; True when it held the terminal event (the feed is ended)."""
-        # Interned: every event of a stream has one of a handful of types, kept once.
-        events = [Event(i, sys.intern(f.get("e", "")), f.get("d", "{}")) for i, f in entries]
+        events = to_events(entries)
         self.last = events[-1].id
         terminal = next((n for n, e in enumerate(events) if e.type in TERMINAL_EVENTS), None)
         if terminal is None:
@@ -129,6 +185,11 @@ class Feed:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def to_events(entries: list[Entry]) -> list[Event]:
+    # Interned: every event of a stream has one of a handful of types, kept once.
+    return [Event(i, sys.intern(f.get("e", "")), f.get("d", "{}")) for i, f in entries]
 
 
 class _Reader:
@@ -247,6 +308,16 @@ class Feeds:
                 if self._feeds.get(key) is feed:
                     del self._feeds[key]
                 await _stop(feed)
+
+    async def history(self, key: str, after: str | None, upto: str) -> list[Event] | None:
+        """The events of ``key`` after ``after`` (from the first when None) up to and
+        including ``upto``, from Redis; None when the stream no longer holds ``upto`` (gone).
+        Raises what Redis raises."""
+        entries: list[Entry] = await self.redis.xrange(  # type: ignore[assignment]
+            key, min="-" if after is None else "(" + after, max=upto)
+        if not entries or entries[-1][0] != upto:
+            return None
+        return to_events(entries)
 
     async def _start(self, feed: Feed) -> None:
         """Catch up without blocking (or see the stream gone), then join a reader."""

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.edge.feeds import CLOSED, FAILED, GONE, READ_BLOCK_MS, TERMINAL, Feed, Feeds
+from services.edge.events import follow
+from services.edge.feeds import CLOSED, FAILED, GONE, READ_BLOCK_MS, TERMINAL, Event, Feed, Feeds
 from shared.keys import Keys
 from shared.redis_conn import RedisClient, connect, connect_blocking
 from tests.integration.kit import until
@@ -219,3 +220,31 @@ async def test_on_a_redis_cluster_one_read_serves_many_streams_and_a_late_one_is
         await blocking.aclose()
         await cluster.delete(*streams)
         await cluster.aclose()
+
+
+async def _no_view() -> None:
+    return None
+
+
+async def test_a_feed_keeps_only_what_a_watcher_has_not_taken_and_a_later_one_reads_the_rest(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """A long answer's events are not all held in the edge's memory: what every watcher took is
+    dropped, and a client that comes later still gets every event once, in order (the dropped
+    ones read back from Redis), or from its Last-Event-ID on."""
+    key = keys.events("trimmed")
+    ids = [await add(redis, key, "status")]
+    ids += [await add(redis, key, "content", f'{{"delta":"{i}"}}') for i in range(5)]
+    first = follow(hub, key, None, 0.05, _no_view)
+    seen = [await anext(first) for _ in ids]
+    assert [e.id for e in seen if e is not None] == ids
+    feed = hub._feeds[key]
+    assert feed.events == [] and feed.trimmed == ids[-1]
+    late = follow(hub, key, None, 0.05, _no_view)
+    resumed = follow(hub, key, ids[2], 0.05, _no_view)
+    ids += [await add(redis, key, "content", '{"delta":"more"}'), await add(redis, key, "done")]
+
+    async def rest(events: AsyncIterator[Event | None]) -> list[str]:
+        return [e.id async for e in events if e is not None]
+    got = await asyncio.gather(rest(first), rest(late), rest(resumed))
+    assert got == [ids[6:], ids, ids[3:]]
+    assert key not in hub._feeds  # the last watcher gone, the feed went with it
