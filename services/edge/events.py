@@ -140,13 +140,15 @@ async def _caught_up(edge: Edge, key: str, after: str) -> bool:
 
 async def task_events(request: web.Request) -> web.StreamResponse:
     edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
-    view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
+    # 404 for unknown ids and other tenants. Only its status is kept: the view is the task's
+    # whole hash, not worth holding for the minutes a stream can last.
+    ended = (await queue.read(edge, tenant, task_id))["status"] in tasks.TERMINAL
     after = last_event_id(request)
-    if after == FINAL_ID and view["status"] not in tasks.TERMINAL:
+    if after == FINAL_ID and not ended:
         after = None  # "final" came from an earlier run of a task since retried: start over
     request[TASK_ID_KEY] = task_id
     key = edge.keys.events(task_id)
-    if after is not None and view["status"] in tasks.TERMINAL and await _caught_up(
+    if after is not None and ended and await _caught_up(
             edge, key, after):
         # Nothing more will ever come; 204 is what stops an EventSource from reconnecting.
         return web.Response(status=204)

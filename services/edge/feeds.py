@@ -161,6 +161,11 @@ class Feed:
             del self.events[:done]
             self.base += done
 
+    def started(self, task: asyncio.Task[None]) -> None:
+        """The catch-up is over: let its task go (the feed lives as long as its watchers)."""
+        if self.starter is task:
+            self.starter = None
+
     def append(self, events: list[Event]) -> None:
         self.events.extend(events)
         self._wake()
@@ -299,6 +304,7 @@ class Feeds:
                 # Owned: it handles its own errors and is cancelled and awaited by the last
                 # watcher to leave or by close().
                 feed.starter = asyncio.create_task(self._start(feed), name=f"feed {key}")
+                feed.starter.add_done_callback(feed.started)
         feed.watchers += 1
         try:
             yield feed
