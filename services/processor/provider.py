@@ -114,8 +114,11 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
     url = f"{settings.ai_base_url.get()}/chat/completions"
     try:
         async with asyncio.timeout(settings.ai_timeout_s):
-            async with client.session().post(url, data=request_body(payload, settings),
-                                             allow_redirects=False) as resp:
+            # The response, not post()'s context manager: that one keeps the finished request
+            # coroutine (its frame, ~0.9 KB) for as long as the answer streams.
+            resp = await client.session().post(url, data=request_body(payload, settings),
+                                               allow_redirects=False)
+            async with resp:
                 if on_headers is not None:
                     on_headers(resp.headers)
                 if resp.status >= 400:
