@@ -36,7 +36,7 @@ import orjson
 from services.processor.sse import SSEEvent
 
 __all__ = [
-    "COMPACT_AT",
+    "LEAF",
     "MAX_FINISH_REASON_CHARS",
     "MAX_TOKEN_COUNT",
     "NO_STATUS",
@@ -44,9 +44,9 @@ __all__ = [
     "Delta",
     "ProviderError",
     "StreamAssembler",
+    "Text",
     "ToolCall",
     "Usage",
-    "add_fragment",
     "assemble_completion",
     "parse_error_body",
     "parse_retry_after",
@@ -91,11 +91,9 @@ _CONTEXT_LENGTH = re.compile(
 )
 
 # A stream's text arrives a token at a time, and each token is a string object of its own
-# (~56 bytes for 4 characters): an answer's fragments are joined every COMPACT_AT of them, so a
-# long stream in flight holds its text, not thousands of small objects (a 500-token stream
-# halfway: 13.6 KiB of fragments -> ~2 KiB). Joining all each time copies the text so far,
-# n**2 / (2 * COMPACT_AT) characters in all: 4 MB for a 32,000-token answer.
-COMPACT_AT = 64
+# (~56 bytes for 4 characters): see :class:`Text` for how an answer in flight holds its text, not
+# one object per token.
+LEAF = 8
 
 DeltaKind = Literal["reasoning", "content", "refusal"]
 
@@ -177,7 +175,7 @@ class _ToolState:
         self.id: str | None = None
         self.type: str | None = None
         self.name = ""
-        self.args: list[str] = []
+        self.args = Text()
 
 
 class _ChoiceState:
@@ -186,20 +184,20 @@ class _ChoiceState:
     __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tools")
 
     def __init__(self) -> None:
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.refusal: list[str] = []
+        self.content = Text()
+        self.reasoning = Text()
+        self.refusal = Text()
         self.tools: dict[int, _ToolState] = {}
         self.finish_reason: str | None = None
 
     def snapshot(self, index: int) -> ChoiceResult:
         return ChoiceResult(
             index=index,
-            content=_collapse(self.content),
-            reasoning=_collapse(self.reasoning),
-            refusal=_collapse(self.refusal),
+            content=self.content.value(),
+            reasoning=self.reasoning.value(),
+            refusal=self.refusal.value(),
             tool_calls=[
-                ToolCall(id=t.id, type=t.type, name=t.name, arguments=_collapse(t.args))
+                ToolCall(id=t.id, type=t.type, name=t.name, arguments=t.args.value())
                 for _, t in sorted(self.tools.items())
             ],
             finish_reason=self.finish_reason,
@@ -387,20 +385,57 @@ class StreamAssembler:
                 self.finished = True
 
 
-def _append(parts: list[str], text: object, kind: DeltaKind, live: list[Delta] | None) -> None:
+def _append(parts: Text, text: object, kind: DeltaKind, live: list[Delta] | None) -> None:
     # null and "" are both common ("content": null next to reasoning, "reasoning_content": ""
     # in a role chunk) and must not produce empty deltas.
     if isinstance(text, str) and text:
-        add_fragment(parts, text)
+        parts.add(text)
         if live is not None:
             live.append(Delta(kind, text))
 
 
-def add_fragment(parts: list[str], text: str) -> None:
-    """Keep ``text`` in a text's fragments, joined every COMPACT_AT of them (see there)."""
-    parts.append(text)
-    if len(parts) >= COMPACT_AT:
-        _collapse(parts)
+class Text:
+    """An append-only text that arrives in small pieces, held in few strings.
+
+    Pieces are joined LEAF at a time into a block, and a block is merged into the one before
+    it while that one is not longer (a binary counter over lengths): a text of n pieces is held
+    in at most LEAF + log2(n) strings, and each character is copied about log2(n / LEAF) times.
+    Joining everything every 64 pieces (what this replaced) held 32 token-sized strings (~56
+    bytes each) per text on average and copied the text so far each time: quadratic in a long
+    answer.
+    """
+
+    __slots__ = ("_loose", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._loose = 0  # pieces at the end of _parts not joined into a block yet
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, piece: str) -> None:
+        self._parts.append(piece)
+        self._loose += 1
+        if self._loose >= LEAF:
+            self._join_loose()
+
+    def _join_loose(self) -> None:
+        parts, n = self._parts, self._loose
+        block = "".join(parts[-n:])
+        del parts[-n:]
+        while parts and len(parts[-1]) <= len(block):
+            block = parts.pop() + block
+        parts.append(block)
+        self._loose = 0
+
+    def value(self) -> str:
+        """The text so far, joined once and kept joined: repeated reads stay linear."""
+        parts = self._parts
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+            self._loose = 0
+        return parts[0] if parts else ""
 
 
 def _reasoning_of(obj: dict[str, Any]) -> object:
@@ -432,9 +467,9 @@ def _apply_tool_fragment(tools: dict[int, _ToolState], fragment: dict[str, Any],
         args = function.get("arguments")
         if isinstance(args, str):
             if args:
-                tool.args.append(args)
+                tool.args.add(args)
         elif args is not None:  # a server that sends an object instead of a JSON string
-            tool.args.append(orjson.dumps(args).decode())
+            tool.args.add(orjson.dumps(args).decode())
 
 
 def _tool_index(tools: dict[int, _ToolState], raw: object, call_id: str | None, pos: int) -> int:
@@ -724,13 +759,6 @@ def _str_or_none(value: object) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     return value if isinstance(value, str) else str(value)
-
-
-def _collapse(parts: list[str]) -> str:
-    # Join once and keep the joined string, so repeated snapshots stay linear.
-    if len(parts) > 1:
-        parts[:] = ["".join(parts)]
-    return parts[0] if parts else ""
 
 
 def _cap(text: str) -> str:

@@ -26,7 +26,7 @@ import orjson
 
 from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
-from services.processor.assembler import Delta, ProviderError, Usage, add_fragment
+from services.processor.assembler import Delta, ProviderError, Text, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
@@ -115,9 +115,9 @@ class BatchEntry:
 
 @dataclass(slots=True)
 class Partial:
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    refusal: list[str] = field(default_factory=list)
+    content: Text = field(default_factory=Text)
+    reasoning: Text = field(default_factory=Text)
+    refusal: Text = field(default_factory=Text)
     first_token_at: float | None = None
 
     @property
@@ -129,7 +129,7 @@ class Partial:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         for d in deltas:  # a long answer's text, not its thousand pieces
-            add_fragment(getattr(self, d.kind), d.text)
+            getattr(self, d.kind).add(d.text)
 
 
 class TaskRun:
@@ -287,7 +287,7 @@ class TaskRun:
         if self._resync:
             p = self.partial
             events = [(tasks.EV_RESET, orjson.dumps({"attempt": self.attempts}).decode())]
-            events += [(kind, orjson.dumps({"delta": "".join(parts)}).decode())
+            events += [(kind, orjson.dumps({"delta": parts.value()}).decode())
                        for kind, parts in (("reasoning", p.reasoning), ("content", p.content),
                                            ("refusal", p.refusal)) if parts]
         else:
@@ -384,9 +384,9 @@ class TaskRun:
                       error: dict[str, Any] | None, attempts: int) -> Outcome:
         lease, partial = self.lease, self.partial
         assert lease is not None
-        content = done.result.content if done else "".join(partial.content)
-        reasoning = done.result.reasoning if done else "".join(partial.reasoning)
-        refusal = done.result.refusal if done else "".join(partial.refusal)
+        content = done.result.content if done else partial.content.value()
+        reasoning = done.result.reasoning if done else partial.reasoning.value()
+        refusal = done.result.refusal if done else partial.refusal.value()
         finish = done.result.finish_reason if done else None
         usage = self.usage = _usage_dict(done.usage if done else None)
         if status == tasks.CANCELLED:
