@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -93,6 +94,23 @@ def run_service(service: str, main: Coroutine[Any, Any, None]) -> None:
         log.critical("service_exiting", service=service, error=repr(exc), exc_info=exc)
         exit_soon(f"{service} failed: {exc!r}")
         sys.exit(1)
+
+
+# The young generation's threshold: ten times CPython's 700. A service allocates container
+# objects by the thousand per second (requests, replies, frames of coroutines), almost all
+# freed by reference counting; at 700 the collector ran every few tasks and, with the older
+# generations' thresholds, walked the whole heap often. Measured on the e2e bench: 4-5% less
+# CPU per task in every service together, the same with 2,000 or 100,000 (noise).
+GC_YOUNG = 7000
+GC_OLDER = 20
+
+
+def tune_gc() -> None:
+    """Once the service has imported everything: what exists now lives as long as the
+    process, so the collector stops walking it (``gc.freeze``), and it runs less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, GC_OLDER, GC_OLDER)
 
 
 def install_uvloop() -> None:

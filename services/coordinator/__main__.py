@@ -13,6 +13,7 @@ from shared.runtime import (
     on_stop_signals,
     run_service,
     settings_or_exit,
+    tune_gc,
 )
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))
     install_uvloop()
+    tune_gc()
     tracing.setup("coordinator")
     try:
         run_service("coordinator", serve(settings))

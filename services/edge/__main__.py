@@ -8,7 +8,7 @@ from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared import logs, tracing
 from shared.config import describe
-from shared.runtime import Refusal, install_uvloop, refuse, settings_or_exit
+from shared.runtime import Refusal, install_uvloop, refuse, settings_or_exit, tune_gc
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
         log.warning("open_access", detail="EDGE_API_KEYS is not set: anyone who can reach this "
                     "port can submit tasks and read results")
     install_uvloop()
+    tune_gc()
     tracing.setup("edge")
     try:
         web.run_app(create_app(settings), host=settings.host, port=settings.port,

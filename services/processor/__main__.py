@@ -14,6 +14,7 @@ from shared.runtime import (
     on_stop_signals,
     run_service,
     settings_or_exit,
+    tune_gc,
 )
 from shared.store import make_store
 from shared.store_check import check_identity
@@ -53,6 +54,7 @@ def main() -> None:
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)
     install_uvloop()
+    tune_gc()
     tracing.setup("processor")
     try:
         run_service("processor", serve(settings))
