@@ -74,7 +74,12 @@ class EdgeSettings:
             store_check_interval_s=env.number("STORE_CHECK_INTERVAL_S", 30.0, min_value=0),
             body_timeout_s=env.number("EDGE_BODY_TIMEOUT_S", 30.0, min_value=0.01),
             allow_compressed_bodies=env.flag("EDGE_ALLOW_COMPRESSED_BODIES", False),
-            redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 256, min_value=1),
+            # Few: the main pool only carries short commands (submits go together, live
+            # streams read on a pool of their own), and a connection costs ~14 KiB in the edge
+            # and ~22 KiB in redis-server. At 256, 200 clients opening event streams at once
+            # grew it to 200 connections, kept: a third of the edge's memory per watched stream
+            # and half of redis-server's (bench long_stream).
+            redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 16, min_value=1),
             redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
             models=_models(env, provider.ai_model),
             metrics=MetricsSettings.from_env(env),
