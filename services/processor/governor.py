@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import random
-import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +98,8 @@ class Governor:
         self._ids: dict[str, str] = {}
         self.default = self.provider_for(model)
         self.held: dict[str, str] = {}  # slot -> provider
+        # Slot ids are unique by this process's name and a count: no random bytes per call.
+        self._slots = itertools.count()
         self.rooms: dict[str, Room] = {}
         self.waiting = 0  # tasks of this processor waiting for admission
         self._told_open = False  # what on_change said last (room() is 0 until the first look)
@@ -174,7 +176,7 @@ class Governor:
                 now = now_ms()
                 if deadline_at is not None and now >= deadline_at:
                     raise DeadlineExceeded
-                slot = f"{now}:{self.name}:{task_id}:{secrets.token_hex(4)}"
+                slot = f"{now}:{self.name}:{task_id}:{next(self._slots)}"
                 reply = await self.steps.admit(provider, task_id, slot, now, self.lease_ms,
                                                tokens)
                 if isinstance(reply, Admitted):
