@@ -41,6 +41,7 @@ __all__ = [
     "MAX_TOKEN_COUNT",
     "NO_STATUS",
     "ChoiceResult",
+    "ChoiceText",
     "Delta",
     "ProviderError",
     "StreamAssembler",
@@ -178,15 +179,28 @@ class _ToolState:
         self.args = Text()
 
 
-class _ChoiceState:
-    """Text kept as lists of fragments: ``str +=`` on attributes is quadratic in CPython."""
+class ChoiceText:
+    """A choice's text by kind, as it streams in. Whoever relays a stream may hand its own to
+    the assembler for choice 0 (``StreamAssembler(answer)``): the answer in flight is then held
+    once, not once by the assembler and again by the relay."""
 
-    __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tools")
+    __slots__ = ("content", "reasoning", "refusal")
 
     def __init__(self) -> None:
         self.content = Text()
         self.reasoning = Text()
         self.refusal = Text()
+
+
+class _ChoiceState:
+    """Text kept as lists of fragments: ``str +=`` on attributes is quadratic in CPython."""
+
+    __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tools")
+
+    def __init__(self, text: ChoiceText) -> None:
+        self.content = text.content
+        self.reasoning = text.reasoning
+        self.refusal = text.refusal
         self.tools: dict[int, _ToolState] = {}
         self.finish_reason: str | None = None
 
@@ -213,10 +227,11 @@ class StreamAssembler:
     payloads processed).
     """
 
-    __slots__ = ("_choices", "_first", "bad_events", "chunks", "done", "finished", "model",
-                 "usage")
+    __slots__ = ("_answer", "_choices", "_first", "bad_events", "chunks", "done", "finished",
+                 "model", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, answer: ChoiceText | None = None) -> None:
+        self._answer = answer  # where choice 0's text goes (see ChoiceText); else a new one
         self._first: str | None = None  # the first event's data, quoted when it was no answer
         self.done = False
         self.finished = False
@@ -362,7 +377,8 @@ class StreamAssembler:
         # the rare ones (refusal, tool calls) only when present.
         state = self._choices.get(index)
         if state is None:
-            state = self._choices[index] = _ChoiceState()
+            given = self._answer if index == 0 else None
+            state = self._choices[index] = _ChoiceState(given or ChoiceText())
         delta = choice.get("delta")
         if isinstance(delta, dict) and delta:
             live = deltas if index == 0 else None

@@ -29,6 +29,7 @@ from multidict import CIMultiDictProxy
 from services.processor.assembler import (
     NO_STATUS,
     ChoiceResult,
+    ChoiceText,
     Delta,
     ProviderError,
     StreamAssembler,
@@ -108,9 +109,12 @@ def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
 
 
 async def complete(client: ProviderClient, settings: Provider, payload: dict[str, Any],
-                   on_deltas: OnDeltas, on_headers: OnHeaders | None = None) -> Completion:
+                   on_deltas: OnDeltas, on_headers: OnHeaders | None = None,
+                   answer: ChoiceText | None = None) -> Completion:
     """One attempt. Raises ProviderError for anything the provider did wrong. ``on_headers``
-    sees the answer's headers as soon as they arrive (rate-limit headers pace other calls)."""
+    sees the answer's headers as soon as they arrive (rate-limit headers pace other calls).
+    ``answer`` gets choice 0's text before its deltas are handed on (the caller's copy of the
+    answer so far, kept once: see ChoiceText)."""
     url = f"{settings.ai_base_url.get()}/chat/completions"
     try:
         async with asyncio.timeout(settings.ai_timeout_s):
@@ -131,8 +135,8 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
                         raise ProviderError(f"a JSON answer exceeded {limit} bytes",
                                             status=NO_STATUS, code="body_too_large",
                                             retryable=True)
-                    return await _from_json(body, on_deltas)
-                return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes)
+                    return await _from_json(body, on_deltas, answer)
+                return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes, answer)
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
         # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
@@ -155,8 +159,8 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
 
 
 async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
-                       max_line_bytes: int) -> Completion:
-    decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler()
+                       max_line_bytes: int, answer: ChoiceText | None) -> Completion:
+    decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler(answer)
     chunks = resp.content.iter_any()
     async for raw in chunks:
         deltas: list[Delta] = []
@@ -201,11 +205,15 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
 
 
-async def _from_json(body: bytes, on_deltas: OnDeltas) -> Completion:
+async def _from_json(body: bytes, on_deltas: OnDeltas, answer: ChoiceText | None
+                     ) -> Completion:
     choices, usage = assemble_completion(body)  # raises unless choice 0 is an answer
     result = choices[0]
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
+    if answer is not None:
+        for d in deltas:
+            getattr(answer, d.kind).add(d.text)
     if deltas:
         await on_deltas(deltas, True)
     return Completion(result, usage, streamed=False)

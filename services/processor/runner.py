@@ -26,7 +26,7 @@ import orjson
 
 from services.processor import telemetry
 from services.processor.ai_status import ProviderStatus
-from services.processor.assembler import Delta, ProviderError, Text, Usage
+from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
@@ -48,7 +48,8 @@ from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
-CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders], Awaitable[Completion]]
+CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
+                        Awaitable[Completion]]
 
 
 class Outcome(Enum):
@@ -113,11 +114,19 @@ class BatchEntry:
         return self.entry_id if self.finished == self.size - 1 else ""
 
 
+_KINDS = ("reasoning", "content", "refusal")  # the order a reset resends them in
+_SLOT = {kind: n for n, kind in enumerate(_KINDS)}
+
+
 @dataclass(slots=True)
 class Partial:
-    content: Text = field(default_factory=Text)
-    reasoning: Text = field(default_factory=Text)
-    refusal: Text = field(default_factory=Text)
+    """What this attempt has handed on. The text itself is ``answer``, which the provider call
+    fills with choice 0's text as it parses it: an answer in flight is held once, not by the
+    assembler and again here. ``sent`` counts the characters handed on, by kind: a read that
+    fails midway has put text in ``answer`` that no client saw, and that is no part of what
+    the attempt stores or resends."""
+    answer: ChoiceText = field(default_factory=ChoiceText)
+    sent: list[int] = field(default_factory=lambda: [0] * len(_KINDS))
     first_token_at: float | None = None
 
     @property
@@ -128,8 +137,14 @@ class Partial:
     def add(self, deltas: list[Delta]) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        for d in deltas:  # a long answer's text, not its thousand pieces
-            getattr(self, d.kind).add(d.text)
+        sent = self.sent
+        for d in deltas:
+            sent[_SLOT[d.kind]] += len(d.text)
+
+    def text(self, kind: str) -> str:
+        """The text of ``kind`` handed on so far."""
+        whole, n = getattr(self.answer, kind).value(), self.sent[_SLOT[kind]]
+        return whole if len(whole) == n else whole[:n]
 
 
 class TaskRun:
@@ -272,7 +287,7 @@ class TaskRun:
                 await self._send_events()
 
         async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
-            completion = await self.deps.call(request, on_deltas, call.observe)
+            completion = await self.deps.call(request, on_deltas, call.observe, partial.answer)
             call.used(completion.usage)
         await self.deps.status.note(streamed=completion.streamed)
         return completion
@@ -287,9 +302,8 @@ class TaskRun:
         if self._resync:
             p = self.partial
             events = [(tasks.EV_RESET, orjson.dumps({"attempt": self.attempts}).decode())]
-            events += [(kind, orjson.dumps({"delta": parts.value()}).decode())
-                       for kind, parts in (("reasoning", p.reasoning), ("content", p.content),
-                                           ("refusal", p.refusal)) if parts]
+            events += [(kind, orjson.dumps({"delta": text}).decode())
+                       for kind in _KINDS if (text := p.text(kind))]
         else:
             events = self._unsent
         if not events:
@@ -384,9 +398,9 @@ class TaskRun:
                       error: dict[str, Any] | None, attempts: int) -> Outcome:
         lease, partial = self.lease, self.partial
         assert lease is not None
-        content = done.result.content if done else partial.content.value()
-        reasoning = done.result.reasoning if done else partial.reasoning.value()
-        refusal = done.result.refusal if done else partial.refusal.value()
+        content = done.result.content if done else partial.text("content")
+        reasoning = done.result.reasoning if done else partial.text("reasoning")
+        refusal = done.result.refusal if done else partial.text("refusal")
         finish = done.result.finish_reason if done else None
         usage = self.usage = _usage_dict(done.usage if done else None)
         if status == tasks.CANCELLED:

@@ -12,13 +12,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from services.processor.assembler import Delta, ProviderError, Usage
+from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas, OnHeaders
 from shared import metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
-CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders], Awaitable[Completion]]
+CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
+                        Awaitable[Completion]]
 
 
 @dataclass(slots=True)
@@ -68,8 +69,8 @@ def finished(status: str | None) -> None:
 def observed(call: CallProvider) -> CallProvider:
     """``call`` with its figures: status code, first token, gaps between pieces, tokens."""
 
-    async def run(request: dict[str, Any], on_deltas: OnDeltas,
-                  on_headers: OnHeaders) -> Completion:
+    async def run(request: dict[str, Any], on_deltas: OnDeltas, on_headers: OnHeaders,
+                  answer: ChoiceText) -> Completion:
         facts = _facts.get()
         if facts is not None:
             if facts.calls or facts.attempted_before:
@@ -93,7 +94,7 @@ def observed(call: CallProvider) -> CallProvider:
         span = _genai_span(request, facts) if tracing.enabled() else None
         metrics.provider_in_flight.inc()
         try:
-            completion = await call(request, timed, on_headers)
+            completion = await call(request, timed, on_headers, answer)
         except ProviderError as err:
             _count_error(err)
             tracing.end(span, err.code or (f"http_{err.status}" if err.status else "error"))

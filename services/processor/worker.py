@@ -60,8 +60,9 @@ class Processor:
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
             steps=self.steps, store=store,
-            call=telemetry.observed(lambda request, on_deltas, on_headers: provider.complete(
-                http, settings.provider, request, on_deltas, on_headers)),
+            call=telemetry.observed(lambda request, on_deltas, on_headers, answer: (
+                provider.complete(http, settings.provider, request, on_deltas, on_headers,
+                                  answer))),
             leases=self.leases, status=ProviderStatus(redis, self.keys),
             policy=RunPolicy(max_attempts=settings.max_attempts,
                              retry_base_s=settings.retry_base_s,

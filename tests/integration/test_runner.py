@@ -181,6 +181,22 @@ async def test_a_diverging_retry_stores_the_new_answer_and_tells_clients_to_rese
     assert evs[-1][0] == "done" and evs[-1][1]["result"]["content"] == second["content"]
 
 
+async def test_an_answer_that_fails_midway_stores_what_clients_were_sent(core: Core) -> None:
+    # Unpaced, the mock sends its whole body in one write, so the tokens before the error come
+    # in the error's own read: the assembler has their text, no client was sent it, and the
+    # failed task's row must not have it either.
+    tid = await core.submit({**QUIET, "content_tokens": 8, "tokens_per_s": 0,
+                             "fault": {"error_in_stream_after": 3}})
+    assert await run_task(core, tid, core.processor(MAX_ATTEMPTS="1")) is Outcome.DONE
+    [call] = await core.mock_requests()
+    assert call["content_tokens_sent"] == 3
+    row = await core.store.get_task(tid)
+    assert row is not None and row["status"] == "failed"
+    evs = await events(core.redis, core.keys, tid)
+    assert evs[-1][0] == "error"
+    assert (row["content"] or "") == deltas(evs)
+
+
 async def test_a_task_whose_deadline_passes_while_waiting_fails_with_its_row_at_once(
         core: Core) -> None:
     tid = await core.submit({**QUIET, "content_tokens": 3})
