@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +67,31 @@ def is_rate_limit(err: ProviderError) -> bool:
 
 @dataclass(slots=True)
 class Call:
-    """One admitted provider call; ``observe`` is handed the response headers."""
+    """One provider call, used as ``async with governor.call(...) as call``: admitted on entry
+    (waiting while the provider has no room), settled on exit however it ends. A class, not an
+    ``@asynccontextmanager``: that one keeps a suspended generator frame and its manager for
+    the whole answer, ~0.5 KB per stream in flight. ``observe`` is handed the response
+    headers."""
 
-    governor: Governor | None
+    governor: Governor | None  # None: the governor is off, nothing to admit or settle
+    task_id: str
+    request: dict[str, Any]
+    deadline_at: int | None
     provider: str = ""
     slot: str = ""
     tokens: int = 0
     usage: Usage | None = None
+
+    async def __aenter__(self) -> Call:
+        """Raises DeadlineExceeded when the deadline comes before the provider has room."""
+        if self.governor is not None:
+            await self.governor._acquire(self)
+        return self
+
+    async def __aexit__(self, _type: type[BaseException] | None, exc: BaseException | None,
+                        _tb: object) -> None:
+        if self.governor is not None:
+            await self.governor._settle(self, exc)
 
     def observe(self, headers: Any) -> None:
         if self.governor is not None:
@@ -135,37 +153,29 @@ class Governor:
             self.on_change(is_open)
 
     # --- one call -------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def call(self, task_id: str, request: dict[str, Any],
-                   deadline_at: int | None) -> AsyncIterator[Call]:
-        """Admit the call (waiting while the provider has no room), then settle it however it
-        ends. Raises DeadlineExceeded when the deadline comes first."""
-        if not self.enabled:
-            yield Call(None)
-            return
-        call = await self._acquire(task_id, request, deadline_at)
-        outcome = "other"
-        retry_after: float | None = None
-        try:
-            yield call
-            outcome = "ok"
-        except ProviderError as err:
-            if is_rate_limit(err):
-                outcome = "limited"
-                if err.retry_after is not None:
-                    retry_after = min(err.retry_after, self.retry_after_cap_s)
-            raise
-        finally:
-            entry = self._release(call, outcome, retry_after)
-            if outcome == "limited":
-                # Applied before this task asks again: the pause and the smaller window must
-                # hold for its own next admission too. Refusals are rare; one round trip each.
-                await self._settle_now(call.provider, entry)
-            else:
-                self._queue(call.provider, entry)
+    def call(self, task_id: str, request: dict[str, Any], deadline_at: int | None) -> Call:
+        """The call to make under ``async with``: see :class:`Call`."""
+        return Call(self if self.enabled else None, task_id, request, deadline_at)
 
-    async def _acquire(self, task_id: str, request: dict[str, Any],
-                       deadline_at: int | None) -> Call:
+    async def _settle(self, call: Call, exc: BaseException | None) -> None:
+        """The end of an admitted call: "ok" when its body finished, "limited" when the
+        provider refused it for a wait, "other" for any other error or a cancellation."""
+        outcome = "ok" if exc is None else "other"
+        retry_after: float | None = None
+        if isinstance(exc, ProviderError) and is_rate_limit(exc):
+            outcome = "limited"
+            if exc.retry_after is not None:
+                retry_after = min(exc.retry_after, self.retry_after_cap_s)
+        entry = self._release(call, outcome, retry_after)
+        if outcome == "limited":
+            # Applied before this task asks again: the pause and the smaller window must hold
+            # for its own next admission too. Refusals are rare; one round trip each.
+            await self._settle_now(call.provider, entry)
+        else:
+            self._queue(call.provider, entry)
+
+    async def _acquire(self, call: Call) -> None:
+        task_id, request, deadline_at = call.task_id, call.request, call.deadline_at
         provider = self.provider_for(str(request.get("model") or self._model))
         tokens = estimate_tokens(request)
         backoff = 0.01
@@ -184,7 +194,8 @@ class Governor:
                     self.waiting -= 1  # before _seen, so room() counts this call once
                     admitted = True
                     self._seen(provider, Room(reply.limit, reply.in_flight, 0))
-                    return Call(self, provider, slot, tokens)
+                    call.provider, call.slot, call.tokens = provider, slot, tokens
+                    return
                 self._seen(provider, Room(reply.limit, max(reply.in_flight, reply.limit),
                                           reply.until))
                 if reply.until > now:
