@@ -167,15 +167,19 @@ class TaskRun:
         self.request: dict[str, Any] | None = None  # parsed once, for the call and the view
 
     # --- entry point --------------------------------------------------------------------------
+    # The calls from here to the provider's read are the frames every answer in flight holds
+    # (~250 B each): begin is its own call, done before the answer starts, not a level more.
     async def run(self) -> Outcome:
         outcome: Outcome | None = None
         try:
-            outcome = await self._run()
+            begun = await self._begin()
+            outcome = begun if isinstance(begun, Outcome) else await self._owned(begun)
             return outcome
         finally:
             self._log_summary(outcome)
 
-    async def _run(self) -> Outcome:
+    async def _begin(self) -> Begun | Outcome:
+        """Take the task's lease, or say why this run ends without it."""
         d = self.deps
         begun = await d.steps.begin(task_id=self.task_id, token=self.token,
                                     ttl_ms=d.policy.lock_ttl_ms, now=now_ms(),
@@ -189,24 +193,25 @@ class TaskRun:
             return Outcome.TERMINAL
         if isinstance(begun, HeldElsewhere):
             return Outcome.BUSY
+        return begun
+
+    async def _owned(self, begun: Begun) -> Outcome:
+        d = self.deps
         self.lease = Lease(self.task_id, self.token, begun.fence,
                            on_lost=lambda: self.interrupt(Outcome.LOST))
         d.leases.hold(self.lease)
         try:
-            return await self._owned(begun)
+            telemetry.begun(begun)
+            self.attempts = begun.attempts
+            if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
+                return Outcome.ADOPTED
+            outcome = await self._work(begun.task, begun.attempts, begun.counted,
+                                       cancelled=begun.cancel_requested)
+            if outcome is Outcome.HANDOFF:
+                await d.steps.release_lease(self.task_id, self.token)
+            return outcome
         finally:
             d.leases.drop(self.task_id)
-
-    async def _owned(self, begun: Begun) -> Outcome:
-        telemetry.begun(begun)
-        self.attempts = begun.attempts
-        if not begun.counted and begun.attempts > 0 and await self._adopt_stored_result():
-            return Outcome.ADOPTED
-        outcome = await self._work(begun.task, begun.attempts, begun.counted,
-                                   cancelled=begun.cancel_requested)
-        if outcome is Outcome.HANDOFF:
-            await self.deps.steps.release_lease(self.task_id, self.token)
-        return outcome
 
     async def _adopt_stored_result(self) -> bool:
         """A holder that died after writing the store but before marking Redis finished the
