@@ -79,7 +79,8 @@ def observed(call: CallProvider) -> CallProvider:
         started = time.perf_counter()
         previous: float | None = None
 
-        async def timed(deltas: list[Delta], last: bool) -> None:
+        def timed(deltas: list[Delta], last: bool) -> Awaitable[None]:
+            # Not a coroutine: it hands back on_deltas' own, no frame of its own per read.
             nonlocal previous
             now = time.perf_counter()
             if previous is None:
@@ -89,7 +90,7 @@ def observed(call: CallProvider) -> CallProvider:
             else:
                 metrics.itl.observe(now - previous)
             previous = now
-            await on_deltas(deltas, last)
+            return on_deltas(deltas, last)
 
         span = _genai_span(request, facts) if tracing.enabled() else None
         metrics.provider_in_flight.inc()
