@@ -148,6 +148,11 @@ class Partial:
 
 
 class TaskRun:
+    # One per task in flight: slots, not a __dict__ (~200 B less each).
+    __slots__ = ("_job", "_resync", "_unsent", "attempts", "batch_id", "deadline_at", "deps",
+                 "entry", "lease", "partial", "request", "started", "status", "stop_reason",
+                 "task_id", "token", "usage")
+
     def __init__(self, deps: RunDeps, task_id: str, batch_id: str,
                  entry: BatchEntry | None = None) -> None:
         self.deps, self.task_id, self.batch_id, self.entry = deps, task_id, batch_id, entry
