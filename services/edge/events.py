@@ -9,7 +9,6 @@ terminal event. A comment line every ``SSE_KEEPALIVE_S`` keeps idle connections 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -31,8 +30,6 @@ from shared.redis_conn import UNAVAILABLE
 # The id of a terminal event rebuilt from the store: nothing can follow it.
 FINAL_ID = "final"
 KEEPALIVE = b": keepalive\n\n"
-# Idle streams look at their client this often, so a vanished one is let go within a second.
-POLL_S = 1.0
 _STREAM_ID = re.compile(r"[0-9]{1,19}(-[0-9]{1,19})?")
 
 ViewLoader = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -71,11 +68,12 @@ def terminal_from_view(view: dict[str, Any]) -> Event | None:
     return None if kind is None else Event(FINAL_ID, kind, orjson.dumps(view).decode())
 
 
-async def follow(feeds: Feeds, key: str, after: str | None, tick: float,
+async def follow(feeds: Feeds, key: str, after: str | None,
                  final_view: ViewLoader) -> AsyncGenerator[Event | None, None]:
     """The task's events after ``after`` (all when None), up to and including its terminal
-    event; ``None`` after each ``tick`` seconds without one. Stops early, without a terminal
-    event, when the edge shuts down or Redis fails: the client reconnects and resumes."""
+    event; ``None`` at each tick of the hub (``feeds.tick``) that brought none. Stops early,
+    without a terminal event, when the edge shuts down or Redis fails: the client reconnects
+    and resumes."""
     async with feeds.watch(key) as feed:
         cursor, dropped = feed.join(after)
         try:
@@ -91,20 +89,20 @@ async def follow(feeds: Feeds, key: str, after: str | None, tick: float,
                 if event.type in TERMINAL_EVENTS:
                     return
             gone = history is None
+            woken = False
             while not gone:
-                changed = feed.changed
-                for event in feed.take(cursor, after):
+                events = feed.take(cursor, after)
+                for event in events:
                     yield event
                     if event.type in TERMINAL_EVENTS:
                         return
                 if feed.ended is not None:
                     gone = feed.ended == GONE
                     break
-                try:
-                    async with asyncio.timeout(tick):
-                        await changed.wait()
-                except TimeoutError:
-                    yield None
+                if woken and not events:
+                    yield None  # a tick: nothing came
+                await feed.wait()
+                woken = True
         finally:
             feed.leave(cursor)
     if gone:
@@ -155,8 +153,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     resp = sse_response()
     await resp.prepare(request)
     keepalive = edge.settings.keepalive_s
-    events = follow(request.app[FEEDS], key, after, min(keepalive, POLL_S),
-                    view_loader(edge, tenant, task_id))
+    events = follow(request.app[FEEDS], key, after, view_loader(edge, tenant, task_id))
     async with contextlib.aclosing(events), metrics.sse_client():
         last_write = time.monotonic()
         async for event in events:

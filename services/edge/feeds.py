@@ -47,6 +47,9 @@ READ_BLOCK_MS = 2000
 READ_COUNT = 1000  # entries per stream and read
 STREAMS_PER_READER = 100  # more per read: fewer connections, but each read costs more
 WAKE_TTL_MS = 60_000  # a wake stream left by an edge that died goes away by itself
+# Idle streams look at their client this often (a tick of the hub wakes every watcher), so a
+# vanished one is let go within a second; SSE_KEEPALIVE_S when shorter.
+POLL_S = 1.0
 QUIET_SCAN_S = 0.25  # how often a busy reader looks for feeds quiet for a whole block
 TRIM_EVERY = 64  # a feed with several watchers drops what all took once one is this far on
 
@@ -91,7 +94,7 @@ class Feed:
     that kept them all held most of the memory of a watched stream). A watcher that joins
     after some were dropped reads those from Redis (``Feeds.history``) up to ``trimmed``."""
 
-    __slots__ = ("_changed", "base", "cursors", "ended", "events", "key", "last",
+    __slots__ = ("_waiters", "base", "cursors", "ended", "events", "key", "last",
                  "quiet_since", "reader", "starter", "stopping", "trimmed", "watchers")
 
     def __init__(self, key: str) -> None:
@@ -107,13 +110,28 @@ class Feed:
         self.starter: asyncio.Task[None] | None = None  # the catch-up read, then joining
         self.reader: _Reader | None = None
         self.stopping = False
-        self._changed = asyncio.Event()
+        # One future per watcher waiting, not an asyncio.Event (whose deque alone is ~600 B):
+        # a feed lives as long as its stream is watched.
+        self._waiters: list[asyncio.Future[None]] = []
 
-    @property
-    def changed(self) -> asyncio.Event:
-        """Set at the next append or end. Take it *before* looking at ``events``/``ended``, so
-        nothing that happens between the look and the wait can be missed."""
-        return self._changed
+    async def wait(self) -> None:
+        """Until the next append, end or tick of the hub (every ``Feeds.tick`` seconds). The
+        waiter is registered before the first suspension: what a watcher looked at just before
+        calling this cannot change unseen."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:  # cancelled: leave no stale waiter behind
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            raise
+
+    def wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def position_after(self, entry_id: str | None) -> int:
         """Absolute index of the first held event after ``entry_id`` (the first held when
@@ -168,12 +186,12 @@ class Feed:
 
     def append(self, events: list[Event]) -> None:
         self.events.extend(events)
-        self._wake()
+        self.wake()
 
     def end(self, reason: str) -> None:
         if self.ended is None:
             self.ended = reason
-            self._wake()
+            self.wake()
 
     def deliver(self, entries: list[Entry]) -> bool:
         """Append what was read; True when it held the terminal event (the feed is ended)."""
@@ -186,10 +204,6 @@ class Feed:
         self.append(events[:terminal + 1])  # one terminal event ends a stream
         self.end(TERMINAL)
         return True
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
 
 def to_events(entries: list[Entry]) -> list[Event]:
@@ -285,11 +299,16 @@ class _Reader:
 class Feeds:
     """The per-process hub: at most one feed per watched task, read by a few readers."""
 
-    def __init__(self, redis: RedisClient, blocking: RedisClient, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, blocking: RedisClient, keys: Keys,
+                 tick: float = POLL_S) -> None:
         self.redis, self.blocking, self._keys = redis, blocking, keys
+        self.tick = tick
         self._feeds: dict[str, Feed] = {}
         self._readers: list[_Reader] = []
         self._closed = False
+        # One timer for every watcher of the process, not one per watcher and wait: owned,
+        # started by the first watch, cancelled and awaited by close().
+        self._ticker: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def watch(self, key: str) -> AsyncIterator[Feed]:
@@ -305,6 +324,8 @@ class Feeds:
                 # watcher to leave or by close().
                 feed.starter = asyncio.create_task(self._start(feed), name=f"feed {key}")
                 feed.starter.add_done_callback(feed.started)
+                if self._ticker is None:
+                    self._ticker = asyncio.create_task(self._tick(), name="feeds tick")
         feed.watchers += 1
         try:
             yield feed
@@ -314,6 +335,12 @@ class Feeds:
                 if self._feeds.get(key) is feed:
                     del self._feeds[key]
                 await _stop(feed)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            for feed in list(self._feeds.values()):
+                feed.wake()
 
     async def history(self, key: str, after: str | None, upto: str) -> list[Event] | None:
         """The events of ``key`` after ``after`` (from the first when None) up to and
@@ -369,7 +396,7 @@ class Feeds:
         readers, self._readers = self._readers, []
         for reader in readers:
             reader.stopping = True
-        await asyncio.gather(*(_cancel(r.task) for r in readers))
+        await asyncio.gather(_cancel(self._ticker), *(_cancel(r.task) for r in readers))
         if readers:
             with contextlib.suppress(*UNAVAILABLE, RedisError):  # else their TTL removes them
                 await self.redis.delete(*(r.wake_key for r in readers))
@@ -415,7 +442,7 @@ async def feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     blocking = connect_blocking(settings.common.redis_url,
                                 max_connections=settings.stream_readers,
                                 socket_timeout=READ_BLOCK_MS / 1000 + 5)
-    feeds = Feeds(edge.redis, blocking, edge.keys)
+    feeds = Feeds(edge.redis, blocking, edge.keys, tick=min(settings.keepalive_s, POLL_S))
     app[FEEDS] = feeds
     try:
         yield

@@ -23,7 +23,6 @@ from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.errors import ApiError
 from services.edge.events import (
     KEEPALIVE,
-    POLL_S,
     client_gone,
     follow,
     sse_response,
@@ -171,7 +170,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
     headers = {TASK_HEADER: sub.id, **sub.headers}
     events = follow(request.app[FEEDS], edge.keys.events(sub.id), None,
-                    min(edge.settings.keepalive_s, POLL_S), view_loader(edge, tenant, sub.id))
+                    view_loader(edge, tenant, sub.id))
     async with contextlib.aclosing(events):
         if stream:
             return await _relay(request, events, completion, headers, include_usage)

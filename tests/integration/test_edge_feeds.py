@@ -38,10 +38,9 @@ async def to_the_end(feeds: Feeds, key: str, within_s: float = 8.0) -> Feed:
     """Watch ``key`` until its feed ends; the feed, with what it read."""
     async with feeds.watch(key) as feed, asyncio.timeout(within_s):
         while True:
-            changed = feed.changed
             if feed.ended is not None:
                 return feed
-            await changed.wait()
+            await feed.wait()
 
 
 @contextlib.asynccontextmanager
@@ -234,13 +233,13 @@ async def test_a_feed_keeps_only_what_a_watcher_has_not_taken_and_a_later_one_re
     key = keys.events("trimmed")
     ids = [await add(redis, key, "status")]
     ids += [await add(redis, key, "content", f'{{"delta":"{i}"}}') for i in range(5)]
-    first = follow(hub, key, None, 0.05, _no_view)
+    first = follow(hub, key, None, _no_view)
     seen = [await anext(first) for _ in ids]
     assert [e.id for e in seen if e is not None] == ids
     feed = hub._feeds[key]
     assert feed.events == [] and feed.trimmed == ids[-1]
-    late = follow(hub, key, None, 0.05, _no_view)
-    resumed = follow(hub, key, ids[2], 0.05, _no_view)
+    late = follow(hub, key, None, _no_view)
+    resumed = follow(hub, key, ids[2], _no_view)
     ids += [await add(redis, key, "content", '{"delta":"more"}'), await add(redis, key, "done")]
 
     async def rest(events: AsyncIterator[Event | None]) -> list[str]:
@@ -248,3 +247,35 @@ async def test_a_feed_keeps_only_what_a_watcher_has_not_taken_and_a_later_one_re
     got = await asyncio.gather(rest(first), rest(late), rest(resumed))
     assert got == [ids[6:], ids, ids[3:]]
     assert key not in hub._feeds  # the last watcher gone, the feed went with it
+
+
+async def test_an_idle_watcher_is_woken_by_the_hubs_tick_and_a_cancelled_one_leaves_nothing(
+        redis: RedisClient, redis_url: str, keys: Keys) -> None:
+    """One timer for the whole process: every tick of the hub wakes the idle watchers (the
+    events endpoint then looks at its client and sends keep-alives), and a watcher cancelled
+    mid-wait leaves no waiter on its feed."""
+    blocking = connect_blocking(redis_url, max_connections=2, socket_timeout=BLOCK_S + 5)
+    hub = Feeds(redis, blocking, keys, tick=0.05)
+    try:
+        key = keys.events("ticked")
+        first = await add(redis, key, "status")
+        events = follow(hub, key, None, _no_view)
+        async with asyncio.timeout(5):
+            assert (e := await anext(events)) is not None and e.id == first
+            assert await anext(events) is None
+            hub.tick = 60  # from the tick after the next on: nothing wakes the watcher by chance
+            assert await anext(events) is None
+        feed = hub._feeds[key]
+        waiting = asyncio.create_task(anext(events))
+
+        async def parked() -> bool:
+            return len(feed._waiters) == 1
+        await until(parked)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        assert feed._waiters == []
+        assert key not in hub._feeds
+    finally:
+        await hub.close()
+        await blocking.aclose()
