@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import DataError
 
 from shared import redis_conn
 from shared.redis_conn import UNAVAILABLE
@@ -93,4 +94,38 @@ async def test_a_command_takes_and_gives_back_its_connection_without_records(
         assert not pool._in_use_connections and not pool.holding
         assert not pool._turns.locked()
     finally:
+        await client.aclose()
+
+
+PACKED = [("SET", "k", "v"), ("XINFO GROUPS", "stream"), (b"GET", b"k"),
+          ("EVALSHA", "abc", 2, "k1", "k2", "é ü", -5, 2**70, 0.1, 1 / 3, 1e-7, b"\x00\xff"),
+          ("ZADD", "z", float("inf"), "m"), ("SET", "k", bytearray(b"ba"))]
+
+
+async def test_commands_are_packed_by_hiredis_alone_and_as_redis_py_packs_them(
+        redis_url: str) -> None:
+    client = redis_conn.connect(redis_url)
+    assert isinstance(client, Redis)
+    try:
+        conn = await client.connection_pool.get_connection()
+        expected = [b"".join(conn._pack_command_python(*args)) for args in PACKED]
+        assert [b"".join(conn.pack_command(*args)) for args in PACKED] == expected
+        # The same packer, counting what it hands to redis-py's Encoder.encode: nothing but for
+        # the one argument hiredis does not take (a bytearray), whose command it falls back on.
+        encoded: list[Any] = []
+        packer = type(conn._command_packer)(
+            conn._pack_command_python, lambda v: encoded.append(v) or conn.encoder.encode(v))
+        assert [b"".join(packer.pack(*args)) for args in PACKED[:-1]] == expected[:-1]
+        assert encoded == []
+        assert b"".join(packer.pack(*PACKED[-1])) == expected[-1]
+        assert encoded == [b"SET", "k"]
+        with pytest.raises(DataError):
+            conn.pack_command("SET", "k", True)  # as redis-py refuses it
+        await client.connection_pool.release(conn)
+        async with client.pipeline(transaction=False) as p:
+            p.set("packed", "é")
+            p.get("packed")
+            assert await p.execute() == [True, "é"]
+    finally:
+        await client.delete("packed")
         await client.aclose()
