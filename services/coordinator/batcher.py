@@ -137,7 +137,7 @@ class Coordinator:
         the room as it is, so replicas answering the same capacity report flush no task twice
         and no more than there is room for; the lock cost two round trips a report."""
         if mode == "idle":
-            return (await self.steps.batch(mode, now=now_ms(), policy=self.policy)).flushed
+            return (await self.flush_idle()).flushed
         token = secrets.token_hex(8)
         lock = self.keys.flush_lock
         if not await self.redis.set(lock, token, nx=True, px=FLUSH_LOCK_MS):
@@ -148,34 +148,47 @@ class Coordinator:
         finally:
             await self.steps.release_lock(lock, token)
 
+    async def flush_idle(self) -> BatchState:
+        return await self.steps.batch("idle", now=now_ms(), policy=self.policy)
+
     async def _timer_loop(self) -> None:
         pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.batch_channel)
         try:
+            known: int | None = None
             while not self.stopping.is_set():
-                await self._timer_step(pubsub)
+                known = await self._timer_step(pubsub, known)
         finally:
             await pubsub.aclose()
 
-    async def _timer_step(self, pubsub: PubSub) -> None:
-        deadline = int(await self.redis.get(self.keys.batch_deadline) or 0)
-        now = now_ms()
+    async def _timer_step(self, pubsub: PubSub, known: int | None = None) -> int | None:
+        """One wait for the timer or a message. ``known``: the deadline as the last step left
+        it (None: read it). Returns the deadline when this step learned it, else None."""
+        if known is None:
+            known = int(await self.redis.get(self.keys.batch_deadline) or 0)
+        deadline, now = known, now_ms()
         if deadline and deadline <= now:
             if not await self.flush("timer"):
                 await asyncio.sleep(0.005)  # another replica holds the lock and is flushing
-            return
+            return None
         wait = MAX_TIMER_WAIT_S if not deadline else min(MAX_TIMER_WAIT_S, (deadline - now) / 1000)
         message = await pubsub.get_message(timeout=wait)
         if message is None:
-            return
-        capacity = message.get("data") == "capacity"
+            return None
+        kinds = {message.get("data")}
         # Under load every processor reports capacity after each task: one flush answers all
         # the reports already waiting (it reads the state as it is now), instead of one flush,
         # three round trips, per report.
         while (more := await pubsub.get_message(timeout=0)) is not None:
-            capacity = capacity or more.get("data") == "capacity"
-        if capacity and self.settings.batching.batch_adaptive:
-            await self.flush("idle")
+            kinds.add(more.get("data"))
+        if "capacity" in kinds and self.settings.batching.batch_adaptive:
+            state = await self.flush_idle()
+            # The flush read and left the deadline: the next step needs no GET of its own,
+            # unless a 'timer' message said another step changed it. A change after the flush
+            # publishes 'timer' too, which wakes the next step.
+            if kinds == {"capacity"}:
+                return state.deadline_ms
+        return None
 
     # --- liveness and housekeeping ------------------------------------------------------------
     async def _heartbeat_once(self) -> None:
