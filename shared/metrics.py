@@ -21,6 +21,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
@@ -95,6 +96,20 @@ def configure(settings: MetricsSettings) -> None:
 
 def tenant(name: str) -> str:
     return tenant_label(name)
+
+
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, kept: the series a task updates once each (submitted,
+    finished) without labels()'s lock and checks every time. As many as the labels allow
+    (tenants are capped, see TenantLabels)."""
+    key = (metric, values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
 
 
 # --- edge -------------------------------------------------------------------------------------
@@ -205,10 +220,17 @@ async def sse_client() -> AsyncIterator[None]:
         sse_clients.dec()
 
 
+_governor_seen: tuple[int, int] | None = None
+
+
 def set_governor(window: int, in_flight: int) -> None:
-    """The hook for the provider governor (issue 11)."""
-    governor_window.set(window)
-    governor_in_flight.set(in_flight)
+    """The hook for the provider governor (issue 11); called at every admission and settle,
+    mostly with what it said last time."""
+    global _governor_seen
+    if _governor_seen != (window, in_flight):
+        _governor_seen = (window, in_flight)
+        governor_window.set(window)
+        governor_in_flight.set(in_flight)
 
 
 def exposition() -> bytes:

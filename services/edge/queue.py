@@ -96,7 +96,7 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         # tasks that set a deadline. Lost if the edge dies right here: the processor that takes
         # the task still checks the deadline before calling the provider.
         await edge.redis.zadd(edge.keys.deadlines, {task_id: req.deadline_at})
-    metrics.tasks_submitted.labels(metrics.tenant(tenant)).inc()
+    metrics.child(metrics.tasks_submitted, metrics.tenant(tenant)).inc()
     rollup.add("submitted")
     if idem_key:
         try:

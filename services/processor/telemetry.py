@@ -57,7 +57,7 @@ def finished(status: str | None) -> None:
     facts = _facts.get()
     if status is None or facts is None:
         return
-    metrics.tasks_finished.labels(status, metrics.tenant(facts.tenant)).inc()
+    metrics.child(metrics.tasks_finished, status, metrics.tenant(facts.tenant)).inc()
     rollup.add("finished")
     if status == tasks.FAILED:
         metrics.tasks_dead_lettered.inc()
