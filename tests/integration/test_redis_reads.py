@@ -35,8 +35,8 @@ async def test_replies_take_no_timer_each(redis_url: str, monkeypatch: pytest.Mo
         monkeypatch.undo()
         assert await client.get(key) == "200"
         # redis-py's asyncio.timeout scheduled one per reply (200); the watch looks every
-        # quarter second while replies are awaited.
-        assert len(timers) <= 5
+        # quarter second while replies are awaited (a handful, more on a slow machine).
+        assert len(timers) <= 20
     finally:
         await client.delete(key)
         await client.aclose()
