@@ -146,8 +146,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
         after = None  # "final" came from an earlier run of a task since retried: start over
     request[TASK_ID_KEY] = task_id
     key = edge.keys.events(task_id)
-    if after is not None and ended and await _caught_up(
-            edge, key, after):
+    if after is not None and ended and await _caught_up(edge, key, after):
         # Nothing more will ever come; 204 is what stops an EventSource from reconnecting.
         return web.Response(status=204)
     resp = sse_response()

@@ -172,7 +172,7 @@ class Feed:
 
     def _trim(self) -> None:
         if len(self.cursors) < self.watchers:
-            return  # a watcher that walks ``events`` itself, without a cursor (tests)
+            return  # a watcher of watch() alone walks ``events`` itself: keep them all
         done = min(c.pos for c in self.cursors) - self.base
         if done > 0:
             self.trimmed = self.events[done - 1].id

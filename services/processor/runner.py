@@ -17,7 +17,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
 from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
-from services.processor.provider import Completion, OnDeltas, OnHeaders
+from services.processor.provider import Completion
 from shared import deadlines, logs, metrics, tasks
 from shared.loops import until_redis_answers
 from shared.redis_conn import WAIT_OUT
@@ -48,8 +48,6 @@ from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
 T = TypeVar("T")
-CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
-                        Awaitable[Completion]]
 
 
 class Outcome(Enum):
@@ -92,7 +90,7 @@ class RunDeps:
     """What a task run uses, and nothing more."""
     steps: Steps
     store: Store
-    call: CallProvider
+    call: telemetry.CallProvider
     leases: LeaseKeeper
     status: ProviderStatus
     policy: RunPolicy

@@ -18,6 +18,7 @@ from shared import metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
+# One provider call: request, deltas' handler, headers' handler, where choice 0's text goes.
 CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
                         Awaitable[Completion]]
 

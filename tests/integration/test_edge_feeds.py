@@ -249,6 +249,49 @@ async def test_a_feed_keeps_only_what_a_watcher_has_not_taken_and_a_later_one_re
     assert key not in hub._feeds  # the last watcher gone, the feed went with it
 
 
+async def _trimmed(redis: RedisClient, hub: Feeds, key: str) -> AsyncIterator[Event | None]:
+    """A watcher that has taken (so the feed dropped) the two events of ``key``."""
+    await add(redis, key, "status")
+    await add(redis, key, "content", '{"delta":"a"}')
+    first = follow(hub, key, None, _no_view)
+    assert [(await anext(first)) is not None for _ in range(2)] == [True, True]
+    assert hub._feeds[key].events == []
+    return first
+
+
+async def test_a_late_watcher_whose_dropped_events_are_gone_from_redis_gets_the_stored_end(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """What the feed dropped is read back from Redis; a stream Redis no longer holds ends the
+    late client's stream with the stored terminal event, as an expired stream does."""
+    key = keys.events("trimmed-gone")
+    first = await _trimmed(redis, hub, key)
+    await redis.delete(key)  # retention ran out between the two clients
+
+    async def stored() -> dict[str, object]:
+        return {"id": "t", "status": "succeeded", "result": {"content": "a"}}
+    async with asyncio.timeout(BLOCK_S / 2):  # at once, not when the reader finds it gone
+        late = [e async for e in follow(hub, key, None, stored)]
+    assert [(e.id, e.type) for e in late if e is not None] == [("final", "done")]
+    await first.aclose()
+
+
+async def test_a_late_watcher_whose_read_back_fails_ends_without_a_terminal_event(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """Redis failing on the read back ends the late client's stream early (it reconnects and
+    resumes); the watcher already following carries on."""
+    key = keys.events("trimmed-failed")
+    first = await _trimmed(redis, hub, key)
+    working, hub.redis = hub.redis, connect("redis://127.0.0.1:1")  # nothing listens there
+    try:
+        assert [e async for e in follow(hub, key, None, _no_view)] == []
+    finally:
+        await hub.redis.aclose()
+        hub.redis = working
+    done = await add(redis, key, "done")
+    async with asyncio.timeout(5):
+        assert [e.id async for e in first if e is not None] == [done]
+
+
 async def test_an_idle_watcher_is_woken_by_the_hubs_tick_and_a_cancelled_one_leaves_nothing(
         redis: RedisClient, redis_url: str, keys: Keys) -> None:
     """One timer for the whole process: every tick of the hub wakes the idle watchers (the
