@@ -77,10 +77,10 @@ async def run_json(args: list[str], env: dict[str, str] | None = None,
 
 
 async def loadgen(url: str, n: int, conns: int = 50, warmup: int = 0,
-                  metadata: Any = None) -> dict[str, Any]:
+                  metadata: Any = None, client: str = "aiohttp") -> dict[str, Any]:
     """``bench.loadgen`` as a separate process; fails unless every request got a 202."""
     args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--n", str(n),
-            "--conns", str(conns), "--warmup", str(warmup)]
+            "--conns", str(conns), "--warmup", str(warmup), "--client", client]
     if metadata is not None:
         args += ["--metadata", orjson.dumps(metadata).decode()]
     out = await run_json(args)

@@ -18,10 +18,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench import rawclient
 from bench.stats import summary
 
 
-async def _run(url: str, n: int, conns: int, warmup: int, metadata: Any) -> dict[str, Any]:
+async def _run(url: str, n: int, conns: int, warmup: int, metadata: Any,
+               raw: bool) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=conns, force_close=False)
     headers = {"Content-Type": "application/json"}
     statuses: dict[str, int] = {}
@@ -48,6 +50,11 @@ async def _run(url: str, n: int, conns: int, warmup: int, metadata: Any) -> dict
                 await one(todo.pop(), record)
 
         async def phase(count: int, offset: int, record: bool) -> None:
+            if raw:
+                bodies = [body(i) for i in range(offset, offset + count)]
+                await rawclient.post_all(url, bodies, conns, latencies if record else None,
+                                         statuses if record else {})
+                return
             todo = list(range(offset + count - 1, offset - 1, -1))
             await asyncio.gather(*(worker(todo, record) for _ in range(conns)))
 
@@ -77,11 +84,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--client", choices=("aiohttp", "raw"), default="aiohttp",
+                    help="raw: bench.rawclient, for a figure of the server, not the client")
     ap.add_argument("--metadata", default=None, help="JSON object sent as the task's metadata")
     a = ap.parse_args()
     meta = orjson.loads(a.metadata) if a.metadata else None
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        out = runner.run(_run(a.url, a.n, a.conns, a.warmup, meta))
+        out = runner.run(_run(a.url, a.n, a.conns, a.warmup, meta, a.client == "raw"))
     sys.stdout.write(orjson.dumps(out).decode() + "\n")
 
 
