@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -13,5 +14,12 @@ def now_ms() -> int:
 def iso(ms: int | str | None) -> str | None:
     if ms is None or ms == "":
         return None
-    stamp = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, millis = divmod(int(ms), 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    """The second's part, kept: every answer to a submit carries one, and neighbouring
+    answers share it (datetime's formatting was 3% of the edge's CPU per submit)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
