@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from shared.redis_conn import RedisClient
+from shared.redis_conn import RedisClient, evalsha_all
 
 
 @dataclass(slots=True)
@@ -99,10 +100,14 @@ class Coalescer:
         # EXISTS first, a second round trip every time. A script Redis has lost (a restart, a
         # SCRIPT FLUSH) is sent again by itself below, which loads it.
         sha = self._script.sha
-        async with self._redis.pipeline(transaction=False) as p:
-            for call in calls:
-                p.evalsha(sha, len(call.keys), *call.keys, *call.args)
-            replies: list[Any] = await p.execute(raise_on_error=False)
+        replies: list[Any]
+        if isinstance(self._redis, Redis):
+            replies = await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
+        else:  # a cluster: its pipeline sends each call to its node
+            async with self._redis.pipeline(transaction=False) as p:
+                for call in calls:
+                    p.evalsha(sha, len(call.keys), *call.keys, *call.args)
+                replies = await p.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 try:

@@ -15,7 +15,7 @@ import contextlib
 import math
 import random
 import weakref
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -33,6 +33,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -361,6 +362,36 @@ class WaitingPool(ConnectionPool):
             if connection in self.holding:
                 self.holding.discard(connection)
                 self._turns.release()
+
+
+async def evalsha_all(redis: Redis, sha: str,
+                      calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """EVALSHA of one script for each ``(keys, args)`` of ``calls`` in one round trip: each
+    call's reply, or its error (a ResponseError such as NoScriptError), in its place.
+
+    What ``pipeline(transaction=False).execute(raise_on_error=False)`` sends and answers,
+    without redis-py 8's per-pipeline work that a script call never needs (HIMPORT fieldsets,
+    observability records, the retry wrapper: retries are off) or its per-command
+    bookkeeping: 2.4 of its 6.5 us per call, an edge's submits coming 50 at a time (measured
+    in process). A failure while the replies are read drops the connection, as redis-py's
+    pipeline does: the rest of them would still be on its socket."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(
+            [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]))
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
 
 
 def connect(redis_url: Url, *, max_connections: int = 256,
