@@ -3,8 +3,9 @@
 While one pipeline is on its way, the calls that arrive wait and go out together as the next,
 as the store's group commit does: under load one round trip carries many tasks' calls (200
 streams relaying 50 tokens/s each are 10,000 emits a second), alone a call goes out at once.
-A call waits at most for the round trip in flight, and calls go out in the order they came, so
-one task's calls, each awaited before the next, keep their order.
+A call waits at most for the round trip in flight; when ``GROUP`` calls have gathered meanwhile
+they go out at once on a connection of their own (``Lane``). One task's calls, each awaited
+before the next, keep their order.
 
 Each caller gets its own reply, or its own exception. A pipeline that fails as a whole (Redis
 unreachable) fails every call in it, any of which may have run: callers already treat one failed
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from shared.redis_conn import RedisClient, evalsha_all
+from shared.redis_conn import Lane, RedisClient, evalsha_all
 
 
 @dataclass(slots=True)
@@ -32,11 +33,23 @@ class _Call:
     future: asyncio.Future[Any]
 
 
+# Calls that, waiting for the round trip in flight, go out at once as a group when this many
+# have gathered. With an edge at 50 connections, submits came back and went out together, 48
+# at a time, and the edge sat idle (a fifth of its time) while Redis ran them; in groups of
+# 24, written as they form, Redis runs one while the edge reads the next: 20% more submits/s
+# at the same CPU per submit (10 alternating runs each).
+GROUP = 24
+
+
 class Coalescer:
     """``await coalescer(keys, args)``: the script's reply, as ``script(keys, args)`` gives."""
 
-    def __init__(self, redis: RedisClient, script: AsyncScript) -> None:
+    def __init__(self, redis: RedisClient, script: AsyncScript, group: int = GROUP) -> None:
         self._redis, self._script = redis, script
+        self._group = group
+        # a cluster's calls go to their nodes: they wait for the round trip in flight
+        self._lane = Lane(redis) if isinstance(redis, Redis) else None
+        self._finishers: set[asyncio.Task[None]] = set()  # kept till done
         self._pending: list[_Call] = []
         self._busy = False  # a round trip is on its way (a lone call's or the flusher's)
         # Kept, so it is not collected mid-flight; it settles every call it takes, whatever
@@ -56,6 +69,8 @@ class Coalescer:
                 self._hand_over()
         call = _Call(keys, args, asyncio.get_running_loop().create_future())
         self._pending.append(call)
+        if len(self._pending) >= self._group and self._lane is not None and self._lane.ready():
+            self._send_now()
         return await call.future
 
     def _hand_over(self) -> None:
@@ -78,15 +93,33 @@ class Coalescer:
                     raise
                 except Exception as exc:
                     replies = [exc] * len(calls)
-                for call, reply in zip(calls, replies, strict=True):
-                    if call.future.done():  # its caller was cancelled
-                        continue
-                    if isinstance(reply, Exception):
-                        call.future.set_exception(reply)
-                    else:
-                        call.future.set_result(reply)
+                _settle(calls, replies)
         finally:
             self._busy = False
+
+    def _send_now(self) -> None:
+        """The pending calls, a full group, written on the lane at once (see :class:`Lane`):
+        a burst of calls goes out in groups while the rest of it is still being read."""
+        calls, self._pending = self._pending, []
+        self.round_trips += 1
+        sha = self._script.sha
+        assert self._lane is not None
+        reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+                                  for c in calls])
+        finisher = asyncio.get_running_loop().create_task(self._finish(calls, reader))
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finishers.discard)
+
+    async def _finish(self, calls: list[_Call], reader: asyncio.Task[list[Any]]) -> None:
+        try:
+            replies = await self._reload_lost(calls, await reader)
+        except asyncio.CancelledError:  # the loop is closing: nobody waits any more
+            for call in calls:
+                call.future.cancel()
+            raise
+        except Exception as exc:
+            replies = [exc] * len(calls)
+        _settle(calls, replies)
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         self.round_trips += 1
@@ -108,6 +141,11 @@ class Coalescer:
                 for call in calls:
                     p.evalsha(sha, len(call.keys), *call.keys, *call.args)
                 replies = await p.execute(raise_on_error=False)
+        return await self._reload_lost(calls, replies)
+
+    async def _reload_lost(self, calls: list[_Call], replies: list[Any]) -> list[Any]:
+        """A script Redis has lost (a restart, a SCRIPT FLUSH) sent again by itself, which
+        loads it."""
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 try:
@@ -115,3 +153,13 @@ class Coalescer:
                 except Exception as exc:
                     replies[i] = exc
         return replies
+
+
+def _settle(calls: list[_Call], replies: list[Any]) -> None:
+    for call, reply in zip(calls, replies, strict=True):
+        if call.future.done():  # its caller was cancelled
+            continue
+        if isinstance(reply, Exception):
+            call.future.set_exception(reply)
+        else:
+            call.future.set_result(reply)

@@ -380,18 +380,91 @@ async def evalsha_all(redis: Redis, sha: str,
     try:
         await conn.send_packed_command(conn.pack_commands(
             [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]))
-        replies: list[Any] = []
-        for _ in calls:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        return await _replies(conn, len(calls))
     except BaseException:
         await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
+
+
+async def _replies(conn: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on ``conn``, an error reply as its ResponseError."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+class Lane:
+    """A pooled connection held for groups of calls that go out the moment they are formed.
+
+    ``send`` writes at once, from the caller's own step: nothing awaits between forming a
+    group and writing it, so Redis runs it while this process goes on with the work that
+    came in with it. (A task or a pool wait would first let that work run, and the group
+    would go out after it, with Redis and the process taking turns instead of working
+    together.) Groups on the lane are answered in the order written; each reader takes its
+    group's replies once the group before it has taken its own.
+
+    The lane is held from the pool once first needed. It is not ready while it connects,
+    while a write is still buffered (Redis not reading: callers take the path that waits), or
+    once its connection failed; then it gets a fresh one. A failed read drops the connection,
+    so the groups written behind it fail too (as a failed pipeline's calls do, any of which
+    may have run), and none reads another's replies."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._pool = redis.connection_pool
+        self._conn: Any = None
+        self._opening: asyncio.Task[None] | None = None
+        self._last: asyncio.Future[None] | None = None  # the last group's replies taken
+        self._readers: set[asyncio.Task[list[Any]]] = set()  # kept till done
+
+    def ready(self) -> bool:
+        """Whether ``send`` may write now; if the lane has no live connection, it gets one."""
+        conn = self._conn
+        if conn is not None and conn.is_connected and conn._writer is not None:
+            transport = conn._writer.transport
+            return not transport.is_closing() and transport.get_write_buffer_size() == 0
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+        return False
+
+    async def _open(self) -> None:
+        old, self._conn = self._conn, None
+        try:
+            if old is not None:
+                await self._pool.release(old)
+            self._conn = await self._pool.get_connection()
+        except Exception as exc:  # Redis is down: the callers' own path reports it
+            log.debug("lane_not_opened", error=repr(exc))
+
+    def send(self, commands: list[tuple[Any, ...]]) -> asyncio.Task[list[Any]]:
+        """Write ``commands`` now (only when :meth:`ready`); the task gives each one's reply,
+        or its error (a ResponseError), in its place."""
+        conn = self._conn
+        conn._writer.writelines(conn.pack_commands(commands))
+        loop = asyncio.get_running_loop()
+        before, mine = self._last, loop.create_future()
+        self._last = mine
+        reader = loop.create_task(self._read(conn, len(commands), before, mine))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        return reader
+
+    async def _read(self, conn: Any, count: int, before: asyncio.Future[None] | None,
+                    mine: asyncio.Future[None]) -> list[Any]:
+        try:
+            if before is not None:
+                await asyncio.wait((before,))  # not cancelled with this reader, if it is
+            return await _replies(conn, count)
+        except BaseException:
+            conn._force_disconnect()  # its other replies are unread: nobody may take them
+            raise
+        finally:
+            mine.set_result(None)
 
 
 def connect(redis_url: Url, *, max_connections: int = 256,

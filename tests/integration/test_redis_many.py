@@ -1,27 +1,38 @@
-"""Many calls of one script in one round trip (shared/redis_conn.py, evalsha_all), against a
-real Redis: each call's reply or error in its place, nothing left on the connection for the
-next command, and a read cut short drops its connection."""
+"""Many calls of one script in one round trip, against a real Redis.
+
+evalsha_all (shared/redis_conn.py): each call's reply or error in its place, nothing left on the
+connection for the next command, and a read cut short drops its connection.
+
+Lane (shared/redis_conn.py; used by shared/coalesce.py), groups written the moment they form:
+each reply in its place across groups written back to back, a group that forms while a round
+trip is on its way going out before that returns, and a lost connection failing the groups
+written on it, then replaced."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared import redis_conn
+from shared.coalesce import Coalescer
+from tests.integration.kit import until
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
 return redis.call('INCRBY', KEYS[1], ARGV[2])"""
 
-# Busy for ~0.2 s, then adds: long enough to be cancelled while its reply is awaited.
+# Busy for ~0.15 s, then adds: long enough to be cancelled while its reply is awaited, or for
+# a group to form behind it.
 SLOW_ADD = """local t = redis.call('TIME')
 local start = t[1] * 1000000 + t[2]
-repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 200000
-return redis.call('INCRBY', KEYS[1], ARGV[1])"""
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 150000
+return redis.call('INCRBY', KEYS[1], ARGV[#ARGV])"""
 
 
 @pytest.fixture
@@ -68,4 +79,69 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     assert not conn.is_connected and not pool.holding
     # The scripts still ran; the next command gets its own reply, not one of theirs.
     assert await client.incrby(key, 10) == 13
+    await client.delete(key)
+
+
+async def ready(lane: redis_conn.Lane) -> None:
+    async def check() -> bool:
+        return lane.ready()
+    await until(check)
+
+
+def adds(sha: str, key: str, amounts: list[Any]) -> list[tuple[Any, ...]]:
+    return [("EVALSHA", sha, 1, key, "bad" if a == "bad" else "ok", a) for a in amounts]
+
+
+async def test_groups_written_back_to_back_each_get_their_own_replies(client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    sha = await client.script_load(ADD)
+    lane = redis_conn.Lane(client)
+    await ready(lane)
+    first = lane.send(adds(sha, key, [1, 2, "bad"]))
+    second = lane.send(adds(sha, key, [10, 20]))
+    third = lane.send(adds(sha, key, [100]))
+    one, two, three = await asyncio.gather(first, second, third)
+    assert one[:2] == [1, 3] and isinstance(one[2], ResponseError)
+    assert (two, three) == ([13, 33], [133])
+    assert lane.ready()  # nothing left unread: the lane takes the next group
+    await client.delete(key)
+
+
+async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_another(
+        client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    sha = await client.script_load(ADD)
+    lane = redis_conn.Lane(client)
+    await ready(lane)
+    first = lane.send(adds(sha, key, [1]))
+    second = lane.send(adds(sha, key, [2]))
+    lane._conn._writer.transport.abort()  # the connection is lost before any reply is read
+    for group in (first, second):
+        with pytest.raises(RedisConnectionError):
+            await group
+    assert not lane.ready()  # and it starts getting a fresh connection
+    await ready(lane)
+    assert await lane.send(adds(sha, key, [5])) == [int(await client.get(key) or 0)]
+    await client.delete(key)
+
+
+async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns(
+        client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    script = client.register_script(SLOW_ADD)
+    await client.script_load(SLOW_ADD)
+    coalescer = Coalescer(client, script, group=3)
+    assert coalescer._lane is not None
+    await ready(coalescer._lane)
+    await client.ping()  # a pooled connection is open: the lone call below is written at once
+    in_flight = asyncio.create_task(coalescer([key], ["ok", 1]))  # Redis busy ~0.15 s with it
+    while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
+        await asyncio.sleep(0)
+    group = [asyncio.create_task(coalescer([key], ["ok", n])) for n in (10, 100, 1000)]
+    while coalescer.round_trips < 2:  # noqa: ASYNC110 (the group's tasks take their first step)
+        await asyncio.sleep(0)
+    assert not in_flight.done()  # the group went out while the round trip was on its way
+    results = await asyncio.gather(in_flight, *group)
+    assert sorted(results) == [1, 11, 111, 1111]
+    assert coalescer.round_trips == 2  # the lone call, then the group on the lane
     await client.delete(key)
