@@ -410,8 +410,9 @@ class Lane:
     group's replies once the group before it has taken its own.
 
     The lane is held from the pool once first needed. It is not ready while it connects,
-    while a write is still buffered (Redis not reading: callers take the path that waits), or
-    once its connection failed; then it gets a fresh one. A failed read drops the connection,
+    while a write is still buffered (Redis not reading: callers take the path that waits),
+    once its connection failed, or after lying idle longer than the health-check interval;
+    then it gets a connection the pool has checked. A failed read drops the connection,
     so the groups written behind it fail too (as a failed pipeline's calls do, any of which
     may have run), and none reads another's replies."""
 
@@ -421,15 +422,20 @@ class Lane:
         self._opening: asyncio.Task[None] | None = None
         self._last: asyncio.Future[None] | None = None  # the last group's replies taken
         self._readers: set[asyncio.Task[list[Any]]] = set()  # kept till done
+        self._used_at = 0.0  # loop time of the last write (or of getting the connection)
 
     def ready(self) -> bool:
         """Whether ``send`` may write now; if the lane has no live connection, it gets one."""
         conn = self._conn
-        if conn is not None and conn.is_connected and conn._writer is not None:
+        loop = asyncio.get_running_loop()
+        # Idle past HEALTH_CHECK_INTERVAL: Redis may have closed it unseen (its ``timeout``,
+        # a restart); the pool checks a connection before handing it out, as for a command.
+        if (conn is not None and conn.is_connected and conn._writer is not None
+                and loop.time() - self._used_at < conn.health_check_interval):
             transport = conn._writer.transport
             return not transport.is_closing() and transport.get_write_buffer_size() == 0
         if self._opening is None or self._opening.done():
-            self._opening = asyncio.get_running_loop().create_task(self._open())
+            self._opening = loop.create_task(self._open())
         return False
 
     async def _open(self) -> None:
@@ -438,6 +444,7 @@ class Lane:
             if old is not None:
                 await self._pool.release(old)
             self._conn = await self._pool.get_connection()
+            self._used_at = asyncio.get_running_loop().time()
         except Exception as exc:  # Redis is down: the callers' own path reports it
             log.debug("lane_not_opened", error=repr(exc))
 
@@ -447,6 +454,7 @@ class Lane:
         conn = self._conn
         conn._writer.writelines(conn.pack_commands(commands))
         loop = asyncio.get_running_loop()
+        self._used_at = loop.time()
         before, mine = self._last, loop.create_future()
         self._last = mine
         reader = loop.create_task(self._read(conn, len(commands), before, mine))

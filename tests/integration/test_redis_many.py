@@ -145,3 +145,23 @@ async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns
     assert sorted(results) == [1, 11, 111, 1111]
     assert coalescer.round_trips == 2  # the lone call, then the group on the lane
     await client.delete(key)
+
+
+async def test_a_lane_idle_past_the_health_check_interval_takes_a_checked_connection(
+        client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    sha = await client.script_load(ADD)
+    lane = redis_conn.Lane(client)
+    await ready(lane)
+    first = lane._conn
+    await client.client_kill_filter(_id=await _client_id(lane))  # Redis closes it, unseen
+    lane._used_at -= first.health_check_interval  # and it has been idle that long
+    assert not lane.ready()
+    await ready(lane)
+    assert await lane.send(adds(sha, key, [7])) == [7]
+    await client.delete(key)
+
+
+async def _client_id(lane: redis_conn.Lane) -> int:
+    (reply,) = await lane.send([("CLIENT", "ID")])
+    return int(reply)
