@@ -442,6 +442,10 @@ class Lane:
         old, self._conn = self._conn, None
         try:
             if old is not None:
+                if self._last is not None:
+                    # Not back to the pool while a group written on it is unread: the next
+                    # user would read that group's replies as its own.
+                    await asyncio.wait((self._last,))
                 await self._pool.release(old)
             self._conn = await self._pool.get_connection()
             self._used_at = asyncio.get_running_loop().time()

@@ -165,3 +165,25 @@ async def test_a_lane_idle_past_the_health_check_interval_takes_a_checked_connec
 async def _client_id(lane: redis_conn.Lane) -> int:
     (reply,) = await lane.send([("CLIENT", "ID")])
     return int(reply)
+
+
+async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
+        client: Redis, redis_url: str) -> None:
+    small = redis_conn.connect(redis_url, max_connections=1)  # the lane will hold the one
+    assert isinstance(small, Redis)
+    key = "l" + uuid.uuid4().hex[:8]
+    sha = await client.script_load(SLOW_ADD)
+    try:
+        lane = redis_conn.Lane(small)
+        await ready(lane)
+        group = lane.send(adds(sha, key, [3]))  # Redis busy ~0.15 s before this reply comes
+        waiting = asyncio.create_task(small.incrby(key + "x", 5))  # for the pool's turn
+        lane._used_at -= lane._conn.health_check_interval  # the lane swaps its connection now
+        assert not lane.ready()
+        # The command waiting for a turn gets the connection the lane gives back: its own
+        # reply, never the group's, and the group its own.
+        assert await waiting == 5
+        assert await group == [3]
+    finally:
+        await small.aclose()
+        await client.delete(key, key + "x")
