@@ -39,6 +39,7 @@ class _Call:
 # 24, written as they form, Redis runs one while the edge reads the next: 20% more submits/s
 # at the same CPU per submit (10 alternating runs each).
 GROUP = 24
+LANE_MIN_POOL = 4  # connections a pool needs for one to be held by a coalescer's lane
 
 
 class Coalescer:
@@ -48,7 +49,9 @@ class Coalescer:
         self._redis, self._script = redis, script
         self._group = group
         # a cluster's calls go to their nodes: they wait for the round trip in flight
-        self._lane = Lane(redis) if isinstance(redis, Redis) else None
+        # (and a pool too small to spare a connection keeps every one for commands)
+        self._lane = (Lane(redis) if isinstance(redis, Redis)
+                      and redis.connection_pool.max_connections >= LANE_MIN_POOL else None)
         self._finishers: set[asyncio.Task[None]] = set()  # kept till done
         self._pending: list[_Call] = []
         self._busy = False  # a round trip is on its way (a lone call's or the flusher's)
@@ -104,8 +107,12 @@ class Coalescer:
         self.round_trips += 1
         sha = self._script.sha
         assert self._lane is not None
-        reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
-                                  for c in calls])
+        try:
+            reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+                                      for c in calls])
+        except Exception as exc:  # an argument Redis cannot take: nothing was written
+            _settle(calls, [exc] * len(calls))
+            return
         finisher = asyncio.get_running_loop().create_task(self._finish(calls, reader))
         self._finishers.add(finisher)
         finisher.add_done_callback(self._finishers.discard)

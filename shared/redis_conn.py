@@ -471,6 +471,8 @@ class Lane:
         try:
             if before is not None:
                 await asyncio.wait((before,))  # not cancelled with this reader, if it is
+            if not conn.is_connected:  # a group before this one failed and dropped it
+                raise RedisConnectionError("the lane's connection was lost")
             return await _replies(conn, count)
         except BaseException:
             conn._force_disconnect()  # its other replies are unread: nobody may take them

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from shared import redis_conn
-from shared.coalesce import Coalescer
+from shared.coalesce import LANE_MIN_POOL, Coalescer
 from tests.integration.kit import until
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
@@ -70,8 +70,9 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     pool = client.connection_pool
     assert isinstance(pool, redis_conn.WaitingPool)
     call = asyncio.create_task(redis_conn.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
-    while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its read)
-        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its read)
+            await asyncio.sleep(0)
     conn = next(iter(pool.holding))
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -135,11 +136,12 @@ async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns
     await ready(coalescer._lane)
     await client.ping()  # a pooled connection is open: the lone call below is written at once
     in_flight = asyncio.create_task(coalescer([key], ["ok", 1]))  # Redis busy ~0.15 s with it
-    while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
-        await asyncio.sleep(0)
-    group = [asyncio.create_task(coalescer([key], ["ok", n])) for n in (10, 100, 1000)]
-    while coalescer.round_trips < 2:  # noqa: ASYNC110 (the group's tasks take their first step)
-        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
+            await asyncio.sleep(0)
+        group = [asyncio.create_task(coalescer([key], ["ok", n])) for n in (10, 100, 1000)]
+        while coalescer.round_trips < 2:  # noqa: ASYNC110 (the group's first steps)
+            await asyncio.sleep(0)
     assert not in_flight.done()  # the group went out while the round trip was on its way
     results = await asyncio.gather(in_flight, *group)
     assert sorted(results) == [1, 11, 111, 1111]
@@ -187,3 +189,31 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
     finally:
         await small.aclose()
         await client.delete(key, key + "x")
+
+
+async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    script = client.register_script(SLOW_ADD)
+    await client.script_load(SLOW_ADD)
+    coalescer = Coalescer(client, script, group=3)
+    assert coalescer._lane is not None
+    await ready(coalescer._lane)
+    await client.ping()
+    in_flight = asyncio.create_task(coalescer([key], ["ok", 1]))  # Redis busy ~0.15 s with it
+    async with asyncio.timeout(5):  # a call left unsettled would hang here
+        while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
+            await asyncio.sleep(0)
+        group = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
+                                     coalescer([key], ["ok", 100]), return_exceptions=True)
+        assert [type(r) for r in group] == [DataError] * 3  # nothing of the group was written
+        assert await in_flight == 1
+    assert coalescer._lane.ready()  # and the lane is as it was
+    await client.delete(key)
+
+
+async def test_a_pool_too_small_to_spare_a_connection_has_no_lane(redis_url: str) -> None:
+    small = redis_conn.connect(redis_url, max_connections=LANE_MIN_POOL - 1)
+    try:
+        assert Coalescer(small, small.register_script(ADD))._lane is None
+    finally:
+        await small.aclose()
