@@ -126,16 +126,22 @@ async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_anothe
     await client.delete(key)
 
 
-async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns(
-        client: Redis) -> None:
-    key = "l" + uuid.uuid4().hex[:8]
+async def slow_call_in_flight(client: Redis, key: str) -> tuple[Coalescer, asyncio.Task[Any]]:
+    """A coalescer of SLOW_ADD in groups of 3, its lane ready, and a lone call on its way
+    (Redis busy ~0.15 s with it)."""
     script = client.register_script(SLOW_ADD)
     await client.script_load(SLOW_ADD)
     coalescer = Coalescer(client, script, group=3)
     assert coalescer._lane is not None
     await ready(coalescer._lane)
-    await client.ping()  # a pooled connection is open: the lone call below is written at once
-    in_flight = asyncio.create_task(coalescer([key], ["ok", 1]))  # Redis busy ~0.15 s with it
+    await client.ping()  # a pooled connection is open: the lone call is written at once
+    return coalescer, asyncio.create_task(coalescer([key], ["ok", 1]))
+
+
+async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns(
+        client: Redis) -> None:
+    key = "l" + uuid.uuid4().hex[:8]
+    coalescer, in_flight = await slow_call_in_flight(client, key)
     async with asyncio.timeout(5):
         while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
             await asyncio.sleep(0)
@@ -193,13 +199,7 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
 
 async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    script = client.register_script(SLOW_ADD)
-    await client.script_load(SLOW_ADD)
-    coalescer = Coalescer(client, script, group=3)
-    assert coalescer._lane is not None
-    await ready(coalescer._lane)
-    await client.ping()
-    in_flight = asyncio.create_task(coalescer([key], ["ok", 1]))  # Redis busy ~0.15 s with it
+    coalescer, in_flight = await slow_call_in_flight(client, key)
     async with asyncio.timeout(5):  # a call left unsettled would hang here
         while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
             await asyncio.sleep(0)
@@ -207,7 +207,7 @@ async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis
                                      coalescer([key], ["ok", 100]), return_exceptions=True)
         assert [type(r) for r in group] == [DataError] * 3  # nothing of the group was written
         assert await in_flight == 1
-    assert coalescer._lane.ready()  # and the lane is as it was
+    assert coalescer._lane is not None and coalescer._lane.ready()  # as it was
     await client.delete(key)
 
 
