@@ -15,7 +15,7 @@ call so (see ``shared/redis_conn.py``, why the client never re-sends).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,15 +88,12 @@ class Coalescer:
             while self._pending:
                 calls, self._pending = self._pending, []
                 try:
-                    replies = await self._send(calls)
+                    await self._answer(calls, self._reload_lost(calls, self._send(calls)))
                 except asyncio.CancelledError:  # the loop is closing: nobody waits any more
-                    for call in calls + self._pending:
+                    for call in self._pending:
                         call.future.cancel()
                     self._pending = []
                     raise
-                except Exception as exc:
-                    replies = [exc] * len(calls)
-                _settle(calls, replies)
         finally:
             self._busy = False
 
@@ -118,15 +115,20 @@ class Coalescer:
         finisher.add_done_callback(self._finishers.discard)
 
     async def _finish(self, calls: list[_Call], reader: asyncio.Task[list[Any]]) -> None:
+        await self._answer(calls, self._reload_lost(calls, reader))
+
+    @staticmethod
+    async def _answer(calls: list[_Call], replies: Awaitable[list[Any]]) -> None:
+        """Each call its reply; every call the error of a round trip that failed whole."""
         try:
-            replies = await self._reload_lost(calls, await reader)
+            got = await replies
         except asyncio.CancelledError:  # the loop is closing: nobody waits any more
             for call in calls:
                 call.future.cancel()
             raise
         except Exception as exc:
-            replies = [exc] * len(calls)
-        _settle(calls, replies)
+            got = [exc] * len(calls)
+        _settle(calls, got)
 
     async def _send(self, calls: list[_Call]) -> list[Any]:
         self.round_trips += 1
@@ -137,22 +139,20 @@ class Coalescer:
             except Exception as exc:
                 return [exc]
         # EVALSHA itself: a script registered with the pipeline would make it ask SCRIPT
-        # EXISTS first, a second round trip every time. A script Redis has lost (a restart, a
-        # SCRIPT FLUSH) is sent again by itself below, which loads it.
+        # EXISTS first, a second round trip every time (a lost script: see _reload_lost).
         sha = self._script.sha
-        replies: list[Any]
         if isinstance(self._redis, Redis):
-            replies = await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
-        else:  # a cluster: its pipeline sends each call to its node
-            async with self._redis.pipeline(transaction=False) as p:
-                for call in calls:
-                    p.evalsha(sha, len(call.keys), *call.keys, *call.args)
-                replies = await p.execute(raise_on_error=False)
-        return await self._reload_lost(calls, replies)
+            return await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
+        async with self._redis.pipeline(transaction=False) as p:  # a cluster: call by node
+            for call in calls:
+                p.evalsha(sha, len(call.keys), *call.keys, *call.args)
+            replies: list[Any] = await p.execute(raise_on_error=False)
+        return replies
 
-    async def _reload_lost(self, calls: list[_Call], replies: list[Any]) -> list[Any]:
-        """A script Redis has lost (a restart, a SCRIPT FLUSH) sent again by itself, which
-        loads it."""
+    async def _reload_lost(self, calls: list[_Call], sent: Awaitable[list[Any]]) -> list[Any]:
+        """The replies of ``sent``, where a script Redis had lost (a restart, a SCRIPT FLUSH)
+        is sent again by itself, which loads it."""
+        replies = await sent
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 try:

@@ -89,15 +89,21 @@ async def ready(lane: redis_conn.Lane) -> None:
     await until(check)
 
 
+async def ready_lane(client: Redis) -> tuple[redis_conn.Lane, str]:
+    """A lane with its connection, and ADD's sha."""
+    sha = await client.script_load(ADD)
+    lane = redis_conn.Lane(client)
+    await ready(lane)
+    return lane, sha
+
+
 def adds(sha: str, key: str, amounts: list[Any]) -> list[tuple[Any, ...]]:
     return [("EVALSHA", sha, 1, key, "bad" if a == "bad" else "ok", a) for a in amounts]
 
 
 async def test_groups_written_back_to_back_each_get_their_own_replies(client: Redis) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    lane = redis_conn.Lane(client)
-    await ready(lane)
+    lane, sha = await ready_lane(client)
     first = lane.send(adds(sha, key, [1, 2, "bad"]))
     second = lane.send(adds(sha, key, [10, 20]))
     third = lane.send(adds(sha, key, [100]))
@@ -111,9 +117,7 @@ async def test_groups_written_back_to_back_each_get_their_own_replies(client: Re
 async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_another(
         client: Redis) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    lane = redis_conn.Lane(client)
-    await ready(lane)
+    lane, sha = await ready_lane(client)
     first = lane.send(adds(sha, key, [1]))
     second = lane.send(adds(sha, key, [2]))
     lane._conn._writer.transport.abort()  # the connection is lost before any reply is read
@@ -158,9 +162,7 @@ async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns
 async def test_a_lane_idle_past_the_health_check_interval_takes_a_checked_connection(
         client: Redis) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    lane = redis_conn.Lane(client)
-    await ready(lane)
+    lane, sha = await ready_lane(client)
     first = lane._conn
     await client.client_kill_filter(_id=await _client_id(lane))  # Redis closes it, unseen
     lane._used_at -= first.health_check_interval  # and it has been idle that long
