@@ -260,7 +260,7 @@ class Provider:
 
     ``forward_metadata``: each task's ``metadata`` goes to the provider (the mock reads its
     per-task options from it; real providers may refuse it). It says nothing about which
-    provider this is: ``/api/ai-status`` asks the provider (services/edge/provider_probe.py).
+    provider this is: ``/api/ai-status`` asks the provider (services/edge/ops/provider_probe.py).
     """
 
     ai_base_url: Secret[str]  # may carry credentials

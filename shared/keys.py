@@ -202,7 +202,7 @@ class Keys:
     def edge_wake(self, reader: str) -> str:
         """Stream (MAXLEN 1, short TTL): one entry wakes an edge's multiplexed event reader
         ``reader`` from its blocking XREAD, so a stream just added is read at once
-        (services/edge/feeds.py)."""
+        (services/edge/tasks/feeds.py)."""
         return f"{self._p}:edge:wake:{reader}"
 
     # --- pub/sub ----------------------------------------------------------------------------

@@ -174,7 +174,8 @@ class Store(ABC):
     url: str  # what make_store was given (STORE_URL)
     # A task row's place in commit order (an expression on ``tasks t``), and the condition under
     # which a place is settled: no row can still be committed at or below it. For readers that
-    # follow the tasks table as a log, as the webhook scanner does (shared/webhook_store.py).
+    # follow the tasks table as a log, as the webhook scanner does
+    # (services/edge/webhooks/store.py).
     task_position: str
     settled: str
 

@@ -6,27 +6,22 @@ import time
 
 from aiohttp import web
 
-from services.edge import (
-    batch_api,
-    batch_runner,
-    dashboard,
-    dead_letters,
-    events,
-    feeds,
-    files,
-    metrics_view,
-    openai_api,
-    openapi,
-    provider_probe,
-    views_status,
-    views_tasks,
-)
-from services.edge.auth import authenticate
+from services.edge import openapi
 from services.edge.context import SETTINGS, TASK_ID_KEY, resources
-from services.edge.errors import Handler, error_for
+from services.edge.openai.batch import api as batch_api
+from services.edge.openai.batch import files
+from services.edge.openai.batch import runner as batch_runner
+from services.edge.openai.chat import api as openai_api
+from services.edge.ops import dashboard, provider_probe
+from services.edge.ops import metrics as metrics_view
+from services.edge.ops import status as views_status
+from services.edge.plumbing.auth import authenticate
+from services.edge.plumbing.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
-from services.webhooks import delivery
-from services.webhooks import views as webhooks
+from services.edge.tasks import dead_letters, events, feeds
+from services.edge.tasks import views as views_tasks
+from services.edge.webhooks import delivery
+from services.edge.webhooks import views as webhooks
 from shared import logs, metrics, tracing
 
 log = logs.get("sluice.edge")

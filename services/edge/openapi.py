@@ -17,11 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
-from services.edge import openapi_batches
-from services.edge.bodies import INT_MAX, INT_MIN
 from services.edge.context import SETTINGS
+from services.edge.openai.batch import openapi as openapi_batches
+from services.edge.plumbing.bodies import INT_MAX, INT_MIN
 from services.edge.settings import EdgeSettings
-from services.edge.validation import (
+from services.edge.tasks.validation import (
     FLEX_PRIORITY,
     MAX_ID_CHARS,
     MAX_METADATA_DEPTH,
@@ -32,8 +32,8 @@ from services.edge.validation import (
     PRIORITY_MIN,
     ROLES,
 )
-from services.edge.views_tasks import IDEMPOTENCY_KEY_PATTERN, json_response
-from services.webhooks import openapi as webhooks_openapi
+from services.edge.tasks.views import IDEMPOTENCY_KEY_PATTERN, json_response
+from services.edge.webhooks import openapi as webhooks_openapi
 from shared import deadlines, tasks
 
 Schema = dict[str, Any]

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.edge.batch_settings import BatchApiSettings
-from services.webhooks.settings import WebhookSettings
+from services.edge.openai.batch.settings import BatchApiSettings
+from services.edge.webhooks.settings import WebhookSettings
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 from shared.metrics import MetricsSettings
 

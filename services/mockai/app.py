@@ -22,7 +22,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from shared import http_metrics
+from services.mockai import http_metrics
 from shared.config import MOCK_HEADER, Secret
 
 from .faults import (

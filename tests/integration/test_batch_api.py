@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from services.edge.batch_runner import BATCH_LINE_PRIORITY
+from services.edge.openai.batch.runner import BATCH_LINE_PRIORITY
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
 from tests.integration.kit import Core, until
 

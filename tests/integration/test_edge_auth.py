@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.edge.app import create_app
-from services.edge.auth import find_tenant
+from services.edge.plumbing.auth import find_tenant
 from services.edge.settings import EdgeSettings
 from shared.config import ConfigError, Env
 from tests.integration.edge_client import running_edge

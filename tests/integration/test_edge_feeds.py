@@ -1,4 +1,4 @@
-"""The edge's multiplexed event reader (services/edge/feeds.py) against a real Redis: many
+"""The edge's multiplexed event reader (services/edge/tasks/feeds.py) against a real Redis: many
 watched streams on one blocking read, each feed exactly its own events in order; a stream added
 while the read blocks flows at once; a gone stream, a Redis error and close() each end feeds
 the way their watchers expect."""
@@ -12,8 +12,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.edge.events import follow
-from services.edge.feeds import CLOSED, FAILED, GONE, READ_BLOCK_MS, TERMINAL, Event, Feed, Feeds
+from services.edge.tasks.events import follow
+from services.edge.tasks.feeds import (
+    CLOSED,
+    FAILED,
+    GONE,
+    READ_BLOCK_MS,
+    TERMINAL,
+    Event,
+    Feed,
+    Feeds,
+)
 from shared.keys import Keys
 from shared.redis_conn import RedisClient, connect, connect_blocking
 from tests.integration.kit import until

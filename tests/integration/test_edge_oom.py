@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.edge.app import create_app
-from services.edge.errors import QUEUE_FULL_RETRY_S
+from services.edge.plumbing.errors import QUEUE_FULL_RETRY_S
 from services.edge.settings import EdgeSettings
 from shared.config import Env
 from tests.harness import RedisServer

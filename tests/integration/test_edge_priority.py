@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.edge.validation import FLEX_PRIORITY, PRIORITY_HEADER
+from services.edge.tasks.validation import FLEX_PRIORITY, PRIORITY_HEADER
 from services.processor.provider import request_body
 from shared.config import Env
 from shared.config import Provider as ProviderSettings

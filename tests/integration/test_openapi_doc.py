@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from services.edge.app import create_app
-from services.edge.auth import ADMIN_PREFIX, DASHBOARD_PREFIX, METRICS_PATH
 from services.edge.openapi import document
+from services.edge.plumbing.auth import ADMIN_PREFIX, DASHBOARD_PREFIX, METRICS_PATH
 from services.edge.settings import EdgeSettings
 from shared.config import Env
 from tests.integration.edge_client import running_edge

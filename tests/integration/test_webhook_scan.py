@@ -12,8 +12,8 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
+from services.edge.webhooks.store import WebhookStore
 from shared.store import Store, TaskRow, make_store
-from shared.webhook_store import WebhookStore
 
 ROW = TaskRow(id="", tenant="acme", status="succeeded", model="mock-r1", request="{}",
               content="hi", reasoning_content=None, finish_reason="stop", prompt_tokens=1,

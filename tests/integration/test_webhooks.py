@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from services.webhooks import ssrf
+from services.edge.webhooks import ssrf
 from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
 from tests.integration.kit import Core, submit, until
@@ -206,7 +206,7 @@ async def test_private_targets_are_refused_without_the_setting(
 
 
 def test_delivery_payloads_are_thin() -> None:
-    from services.webhooks.events import deliveries
+    from services.edge.webhooks.events import deliveries
     [d] = deliveries("acme", "task.failed", "tsk_1", {"status": "failed"}, [("we_1", "u")])
     payload = orjson.loads(d.payload)
     assert set(payload) == {"id", "type", "created_at", "data"}

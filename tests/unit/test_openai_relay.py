@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.edge.openai_api import Diverged, Relay
+from services.edge.openai.chat.api import Diverged, Relay
 
 
 def relayed(*steps: str | None) -> str:

@@ -7,7 +7,7 @@ import time
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from services.webhooks import signing, ssrf
+from services.edge.webhooks import signing, ssrf
 
 
 def test_our_signature_verifies_with_the_reference_and_only_with_its_secret() -> None:

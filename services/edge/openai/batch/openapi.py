@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.edge.batches import ACTIVE, CANCELLED, COMPLETED, EXPIRED, FAILED
+from services.edge.openai.batch.batches import ACTIVE, CANCELLED, COMPLETED, EXPIRED, FAILED
 from services.edge.settings import EdgeSettings
 
 Schema = dict[str, Any]

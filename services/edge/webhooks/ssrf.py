@@ -19,7 +19,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from services.webhooks.settings import WebhookSettings
+from services.edge.webhooks.settings import WebhookSettings
 
 # Besides the private, loopback and link-local ranges: the cloud metadata addresses.
 METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.edge.errors import ApiError
+from services.edge.plumbing.errors import ApiError
 from services.edge.settings import EdgeSettings
 
 STEP = 65_536

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.webhooks.events import EVENT_TYPES
-from services.webhooks.views import MAX_URL, URL_PATTERN
+from services.edge.webhooks.events import EVENT_TYPES
+from services.edge.webhooks.views import MAX_URL, URL_PATTERN
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"

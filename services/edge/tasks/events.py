@@ -19,11 +19,11 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from services.edge import queue
-from services.edge.auth import tenant_of
 from services.edge.context import TASK_ID_KEY, Edge, edge_of
-from services.edge.errors import ApiError
-from services.edge.feeds import FEEDS, GONE, TERMINAL_EVENTS, Event, Feeds
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks import service
+from services.edge.tasks.feeds import FEEDS, GONE, TERMINAL_EVENTS, Event, Feeds
 from shared import metrics, tasks
 from shared.redis_conn import UNAVAILABLE
 
@@ -56,7 +56,7 @@ def client_gone(request: web.Request) -> bool:
 def view_loader(edge: Edge, tenant: str, task_id: str) -> ViewLoader:
     async def load() -> dict[str, Any] | None:
         try:
-            return await queue.read(edge, tenant, task_id)
+            return await service.read(edge, tenant, task_id)
         except (ApiError, *UNAVAILABLE):
             return None  # the stream just ends; the client reconnects or reads the task
     return load
@@ -140,7 +140,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     edge, tenant, task_id = edge_of(request), tenant_of(request), request.match_info["id"]
     # 404 for unknown ids and other tenants. Only its status is kept: the view is the task's
     # whole hash, not worth holding for the minutes a stream can last.
-    ended = (await queue.read(edge, tenant, task_id))["status"] in tasks.TERMINAL
+    ended = (await service.read(edge, tenant, task_id))["status"] in tasks.TERMINAL
     after = last_event_id(request)
     if after == FINAL_ID and not ended:
         after = None  # "final" came from an earlier run of a task since retried: start over

@@ -10,11 +10,11 @@ import re
 
 from aiohttp import web
 
-from services.edge import queue
-from services.edge.auth import tenant_of
 from services.edge.context import edge_of
-from services.edge.errors import ApiError
-from services.edge.views_tasks import json_response
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks import service
+from services.edge.tasks.views import json_response
 from shared import metrics, tasks
 from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms
@@ -44,7 +44,7 @@ async def retry_task(request: web.Request) -> web.Response:
 async def retry(request: web.Request, tenant: str, task_id: str) -> web.Response:
     """Re-queue ``tenant``'s failed task (the API, and the dashboard's retry button)."""
     edge = edge_of(request)
-    view = await queue.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
+    view = await service.read(edge, tenant, task_id)  # 404 for unknown ids and other tenants
     if view["status"] != tasks.FAILED:
         raise ApiError(409, "not_failed", "only a failed task can be retried")
     row = await edge.store.get_task(task_id)
@@ -54,7 +54,7 @@ async def retry(request: web.Request, tenant: str, task_id: str) -> web.Response
     result = await edge.steps.retry(task_id=task_id, tenant=tenant, now=now_ms(),
                                     task_ttl_s=edge.settings.task_ttl_s, stored=stored)
     if isinstance(result, Missing):
-        raise queue.not_found()
+        raise service.not_found()
     if isinstance(result, NotFailed):
         raise ApiError(409, "not_failed", "only a failed task can be retried")
     metrics.tasks_requeued.inc()

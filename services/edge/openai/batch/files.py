@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from services.edge.auth import tenant_of
 from services.edge.context import edge_of
-from services.edge.errors import ApiError
-from services.edge.views_tasks import json_response
-from shared.batch_store import BatchStore, FileMeta
+from services.edge.openai.batch.store import BatchStore, FileMeta
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks.views import json_response
 
 INPUT_PURPOSE, OUTPUT_PURPOSE = "batch", "batch_output"
 MAX_LIST = 10_000

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from services.edge.bodies import INT_MAX, INT_MIN
-from services.edge.errors import ApiError
+from services.edge.plumbing.bodies import INT_MAX, INT_MIN
+from services.edge.plumbing.errors import ApiError
 from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_name
 from shared import deadlines
 from shared.timeutil import now_ms

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.edge import dead_letters, events, queue
-from services.edge.auth import TENANT, is_admin, tenant_of
 from services.edge.context import edge_of
-from services.edge.views_tasks import json_response
+from services.edge.plumbing.auth import TENANT, is_admin, tenant_of
+from services.edge.tasks import dead_letters, events, service
+from services.edge.tasks.views import json_response
 from shared import figures, metrics, rollup, tasks
 from shared.governor import read_providers
 from shared.redis_conn import hash_of
@@ -162,14 +162,14 @@ async def _tenant_of_task(request: web.Request, task_id: str) -> str:
         row = await edge.store.get_task(task_id)
         tenant = row["tenant"] if row else None
     if tenant is None or (only is not None and tenant != only):
-        raise queue.not_found()
+        raise service.not_found()
     return str(tenant)
 
 
 async def task(request: web.Request) -> web.Response:
     edge, task_id = edge_of(request), request.match_info["id"]
     tenant = await _tenant_of_task(request, task_id)
-    view = await queue.read(edge, tenant, task_id)
+    view = await service.read(edge, tenant, task_id)
     h = await edge.steps.task_hash(task_id)
     raw: Any = await edge.redis.xrange(edge.keys.events(task_id), count=2000)
     replay = [{"id": i, "type": f.get("e"), "data": tasks.loads_or_none(f.get("d"))}

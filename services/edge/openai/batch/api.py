@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
-from services.edge import batches as b
-from services.edge.auth import tenant_of
-from services.edge.bodies import read_json
 from services.edge.context import edge_of
-from services.edge.errors import ApiError
-from services.edge.files import INPUT_PURPOSE, batch_store, page, page_limit
-from services.edge.views_tasks import json_response
-from shared.batch_store import BatchRecord
+from services.edge.openai.batch import batches as b
+from services.edge.openai.batch.files import INPUT_PURPOSE, batch_store, page, page_limit
+from services.edge.openai.batch.store import BatchRecord
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.bodies import read_json
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks.views import json_response
 
 
 def _bad(param: str, message: str) -> ApiError:

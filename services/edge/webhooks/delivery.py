@@ -23,10 +23,8 @@ from collections.abc import AsyncIterator
 from aiohttp import ClientError, web
 
 from services.edge.context import EDGE, Edge
-from services.webhooks import events, signing, ssrf
-from shared import logs, loops
-from shared.steps import HELD
-from shared.webhook_store import (
+from services.edge.webhooks import events, signing, ssrf
+from services.edge.webhooks.store import (
     DELIVERED,
     FAILED,
     PENDING,
@@ -35,6 +33,8 @@ from shared.webhook_store import (
     cursor_statement,
     delivery_statement,
 )
+from shared import logs, loops
+from shared.steps import HELD
 
 log = logs.get("sluice.webhooks")
 SCAN_PAGE = 500

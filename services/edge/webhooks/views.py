@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.edge.auth import tenant_of
-from services.edge.bodies import read_json
 from services.edge.context import edge_of
-from services.edge.errors import ApiError
-from services.webhooks import events, signing, ssrf
-from shared.webhook_store import Endpoint, WebhookStore, delivery_statement
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.bodies import read_json
+from services.edge.plumbing.errors import ApiError
+from services.edge.webhooks import events, signing, ssrf
+from services.edge.webhooks.store import Endpoint, WebhookStore, delivery_statement
 
 MAX_URL = 2048
 # The shape a webhook URL must have (also the OpenAPI document's pattern); its address is

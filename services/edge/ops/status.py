@@ -8,10 +8,10 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from services.edge.auth import tenant_of
 from services.edge.context import Edge, edge_of
-from services.edge.provider_probe import PROBE
-from services.edge.views_tasks import json_response
+from services.edge.ops.provider_probe import PROBE
+from services.edge.plumbing.auth import tenant_of
+from services.edge.tasks.views import json_response
 from shared import tasks
 from shared.governor import read_providers
 from shared.keys import BATCHES_GROUP, TASKS_GROUP

@@ -16,21 +16,21 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.edge import queue
-from services.edge.auth import tenant_of
-from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
-from services.edge.errors import ApiError
-from services.edge.events import (
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.bodies import read_json
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks import service
+from services.edge.tasks.events import (
     KEEPALIVE,
     client_gone,
     follow,
     sse_response,
     view_loader,
 )
-from services.edge.feeds import FEEDS, TERMINAL_EVENTS, Event
-from services.edge.validation import PRIORITY_HEADER, parse_task
-from services.edge.views_tasks import idempotency_key, json_response
+from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
+from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
+from services.edge.tasks.views import idempotency_key, json_response
 
 EventStream = AsyncGenerator[Event | None, None]
 TASK_HEADER = "X-Sluice-Task-Id"
@@ -165,7 +165,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                      priority_header=request.headers.get(PRIORITY_HEADER))
     stream, include_usage = _stream_options(body)
     tenant = tenant_of(request)
-    sub = await queue.submit(edge, tenant, req, key)
+    sub = await service.submit(edge, tenant, req, key)
     request[TASK_ID_KEY] = sub.id
     completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
     headers = {TASK_HEADER: sub.id, **sub.headers}

@@ -7,13 +7,13 @@ import re
 import orjson
 from aiohttp import web
 
-from services.edge import queue, waiting
-from services.edge.auth import tenant_of
-from services.edge.bodies import read_json
 from services.edge.context import TASK_ID_KEY, edge_of
-from services.edge.errors import ApiError
-from services.edge.validation import parse_task
-from services.webhooks import views as webhooks
+from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.bodies import read_json
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks import service, waiting
+from services.edge.tasks.validation import parse_task
+from services.edge.webhooks import views as webhooks
 from shared import tasks
 
 
@@ -59,10 +59,10 @@ async def create_task(request: web.Request) -> web.Response:
         # the webhook scanner unseen. (A refused or replayed submit leaves a row no task
         # will ever match.)
         await webhooks.remember_task_url(request, task_id, hook_url)
-    sub = await queue.submit(edge, tenant, req, key, task_id)
-    body = queue.accepted_body(sub)
+    sub = await service.submit(edge, tenant, req, key, task_id)
+    body = service.accepted_body(sub)
     if sub.existing:
-        view = await queue.read(edge, tenant, sub.id)
+        view = await service.read(edge, tenant, sub.id)
         body = {"id": sub.id, "status": view["status"], "created_at": view["created_at"]}
     request[TASK_ID_KEY] = sub.id
     return json_response(body, 202, {"Location": f"/api/tasks/{sub.id}", **sub.headers})
@@ -70,10 +70,10 @@ async def create_task(request: web.Request) -> web.Response:
 
 async def get_task(request: web.Request) -> web.Response:
     edge, tenant = edge_of(request), tenant_of(request)
-    view = await queue.read(edge, tenant, request.match_info["id"])
+    view = await service.read(edge, tenant, request.match_info["id"])
     return json_response({**view, **await waiting.explain(edge, tenant, view)})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
-    out = await queue.cancel(edge_of(request), tenant_of(request), request.match_info["id"])
+    out = await service.cancel(edge_of(request), tenant_of(request), request.match_info["id"])
     return json_response(out, 202 if out["status"] == "cancelling" else 200)

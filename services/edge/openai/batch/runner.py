@@ -28,18 +28,24 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.edge import batches as b
 from services.edge.context import EDGE, Edge
-from services.edge.files import OUTPUT_PURPOSE
-from services.edge.validation import FLEX_PRIORITY
-from services.webhooks import events
+from services.edge.openai.batch import batches as b
+from services.edge.openai.batch.files import OUTPUT_PURPOSE
+from services.edge.openai.batch.store import (
+    BatchRecord,
+    BatchStore,
+    FileMeta,
+    Line,
+    save_file_statements,
+)
+from services.edge.tasks.validation import FLEX_PRIORITY
+from services.edge.webhooks import events
+from services.edge.webhooks.store import WebhookStore, delivery_statement
 from shared import logs, loops, tasks
-from shared.batch_store import BatchRecord, BatchStore, FileMeta, Line, save_file_statements
 from shared.governor import estimate_tokens
 from shared.steps import HELD, RateLimited, TenantLimits, TooManyActive
 from shared.store import Statement
 from shared.timeutil import now_ms
-from shared.webhook_store import WebhookStore, delivery_statement
 
 log = logs.get("sluice.batches")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()

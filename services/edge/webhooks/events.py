@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-from shared.webhook_store import Delivery, Endpoint
+from services.edge.webhooks.store import Delivery, Endpoint
 
 TASK_EVENTS = {"succeeded": "task.succeeded", "failed": "task.failed",
                "cancelled": "task.cancelled"}

@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
-from services.edge.errors import ApiError
-from services.edge.openai_api import Completion
+from services.edge.openai.batch.store import Line
+from services.edge.openai.chat.api import Completion
+from services.edge.plumbing.errors import ApiError
 from services.edge.settings import EdgeSettings
-from services.edge.validation import parse_task
+from services.edge.tasks.validation import parse_task
 from shared import tasks
-from shared.batch_store import Line
 
 VALIDATING, FAILED, IN_PROGRESS, FINALIZING = "validating", "failed", "in_progress", "finalizing"
 COMPLETED, EXPIRED, CANCELLING, CANCELLED = "completed", "expired", "cancelling", "cancelled"

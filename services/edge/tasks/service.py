@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 from services.edge.context import Edge
-from services.edge.errors import ApiError
-from services.edge.validation import TaskRequest
+from services.edge.plumbing.errors import ApiError
+from services.edge.tasks.validation import TaskRequest
 from shared import logs, metrics, rollup, tasks, tracing
 from shared.governor import estimate_tokens, format_duration
 from shared.steps import (

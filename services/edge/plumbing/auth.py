@@ -13,7 +13,7 @@ import hmac
 from aiohttp import web
 
 from services.edge.context import SETTINGS
-from services.edge.errors import ApiError
+from services.edge.plumbing.errors import ApiError
 
 OPEN_TENANT = "public"
 TENANT = web.RequestKey("tenant", str)

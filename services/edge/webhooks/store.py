@@ -1,6 +1,6 @@
 """Webhooks' persistence: secrets, endpoints, per-task URLs and the delivery outbox
-(migration 0003). Kept apart from the tasks' store like :mod:`shared.batch_store`, and like it
-written once for both backends."""
+(migration 0003). Kept apart from the tasks' store like
+:mod:`services.edge.openai.batch.store`, and like it written once for both backends."""
 
 from __future__ import annotations
 
