@@ -627,8 +627,13 @@ class GatedCluster(SluiceCluster):
             return await super().execute_command(*args, **kwargs)
 
 
+class RedisUnreachable(RuntimeError):
+    """Redis did not answer a ping in all of :func:`wait_until_ready`'s attempts."""
+
+
 async def wait_until_ready(redis: RedisClient, redis_url: Url, *, attempts: int = 60) -> None:
-    """Ping with capped, jittered backoff; log every attempt; give up after ``attempts``."""
+    """Ping with capped, jittered backoff; log every attempt; raise :class:`RedisUnreachable`
+    after ``attempts``."""
     url, delay = _text(redis_url), 0.1
     for attempt in range(1, attempts + 1):
         try:
@@ -639,7 +644,7 @@ async def wait_until_ready(redis: RedisClient, redis_url: Url, *, attempts: int 
                         retry_in_s=round(delay, 2), error=type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2) * random.uniform(0.8, 1.2)
-    raise RuntimeError(f"redis at {mask_url(url)} unreachable after {attempts} attempts")
+    raise RedisUnreachable(f"redis at {mask_url(url)} unreachable after {attempts} attempts")
 
 
 async def _config(redis: RedisClient, name: str) -> list[str | None]:

@@ -18,7 +18,6 @@ class CoordinatorSettings:
     name: str
     heartbeat_s: float
     reclaim_idle_ms: int
-    drain_s: float
     metrics: MetricsSettings
 
     @classmethod
@@ -31,6 +30,5 @@ class CoordinatorSettings:
             name=env.optional("COORDINATOR_NAME") or default_name("coord"),
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_idle_ms=env.integer("COORDINATOR_RECLAIM_IDLE_MS", 5000, min_value=100),
-            drain_s=env.number("DRAIN_S", 5.0, min_value=0),
             metrics=MetricsSettings.from_env(env),
         )

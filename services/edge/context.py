@@ -52,7 +52,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
             await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
             await redis_conn.warn_if_unsafe(redis)
             await check_identity(store, redis, keys)
-        except (RuntimeError, *WAIT_OUT):
+        except (redis_conn.RedisUnreachable, *WAIT_OUT):
             pass  # the edge still starts: /api/health says Redis is down, submits answer 503
         check = StoreCheck(store, settings.store_check_interval_s)
         app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from services.edge.tasks.events import follow
 from services.edge.tasks.feeds import (
@@ -331,3 +332,26 @@ async def test_an_idle_watcher_is_woken_by_the_hubs_tick_and_a_cancelled_one_lea
     finally:
         await hub.close()
         await blocking.aclose()
+
+
+async def test_an_entry_the_reader_cannot_decode_ends_its_feeds_and_a_new_watch_reads_again(
+        redis: RedisClient, redis_url: str, keys: Keys, hub: Feeds) -> None:
+    """Anything but a Redis error (here bytes that are not UTF-8, which no processor writes but
+    a bug or an operator could) used to end the reader's task in silence: its feeds were left
+    open and their watchers waited for ever."""
+    streams = await started(redis, keys, "undecodable", 2)
+    raw = Redis.from_url(redis_url)  # bytes in, bytes out: writes what ours never would
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            feeds = [await stack.enter_async_context(watching(hub, key)) for key in streams]
+            await until_a_read_blocks(redis)
+            await raw.xadd(streams[0], {b"e": b"content", b"d": b"\xff\xfe"})
+
+            async def all_failed() -> bool:
+                return all(f.ended == FAILED for f in feeds)
+            await until(all_failed)
+    finally:
+        await raw.aclose()
+    await add(redis, streams[1], "done")
+    again = await to_the_end(hub, streams[1])
+    assert again.ended == TERMINAL

@@ -275,9 +275,18 @@ class _Reader:
                     await self._drop_gone(now)
         except (*UNAVAILABLE, RedisError) as exc:
             log.warning("event_feed_failed", streams=len(self.feeds), error=type(exc).__name__)
-            feeds, self.feeds = list(self.feeds.values()), {}
-            for feed in feeds:
-                feed.end(FAILED)
+            self._fail_all()
+        except Exception:
+            # A bug, or a reply we cannot read (bytes that are not UTF-8): this task is the
+            # only one that would ever end these feeds, so end them before dying, or their
+            # watchers wait for ever. Their clients reconnect and read from a new reader.
+            log.exception("event_feed_crashed", streams=len(self.feeds))
+            self._fail_all()
+
+    def _fail_all(self) -> None:
+        feeds, self.feeds = list(self.feeds.values()), {}
+        for feed in feeds:
+            feed.end(FAILED)
 
     async def _drop_gone(self, now: float) -> None:
         """End the feeds whose stream is gone (expired by retention, or never existed): of
