@@ -5,15 +5,40 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean
+.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean lock
 
-$(STAMP): pyproject.toml
+# The venv installs exactly requirements-dev.lock (hash-checked), then the project itself,
+# editable, with no dependencies of its own: what pyproject.toml asks for comes from the lock.
+$(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The lock files, exact versions with hashes for Python 3.11 on Linux, resolved from
+# pyproject.toml by uv (its version pinned here, in a venv of its own):
+#   requirements-dev.lock  run-time + the dev extra: what `make` and .ci/run install
+#   requirements.lock      run-time only: what the Dockerfile installs
+# After changing a dependency in pyproject.toml, run `make lock` and commit pyproject.toml with
+# both lock files. Pins that still satisfy pyproject.toml are kept; `make lock UPGRADE=1` moves
+# every pin to the newest release pyproject.toml allows. The run-time lock is resolved under
+# the dev lock's pins (-c), so the image runs the very versions the tests ran against.
+UV_VERSION := 0.13.10
+LOCK_VENV := .venv-lock
+UV := $(LOCK_VENV)/bin/uv
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+  --generate-hashes --custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade)
+
+$(UV):
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
+	$(UV) pip compile pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
 
 # Debian's redis-server, installed when missing (CI machines start without it).
 redis-server:
@@ -66,4 +91,4 @@ down:
 	docker compose down
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) data .pytest_cache .mypy_cache .ruff_cache
