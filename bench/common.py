@@ -109,7 +109,7 @@ def query(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def _pg_query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     import asyncpg
 
-    from tests.postgres import run_sql
+    from harness.postgres import run_sql
     try:
         return run_sql(url, sql, *params)
     except asyncpg.UndefinedTableError:  # the table is not there yet

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from harness.processes import RedisServer, Stack, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, events, final_text, terminal_events
 from tests.client import rows
-from tests.harness import RedisServer, Stack, running_stack, wait_for
 
 TASKS = 500
 KILL_EVERY_S = (2.0, 4.0)

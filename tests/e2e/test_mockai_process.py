@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.harness import ROOT, free_port
+from harness.processes import ROOT, free_port
 
 BODY = {"model": "mock-r1", "messages": [{"role": "user", "content": "hi"}],
         "stream": True}

@@ -14,8 +14,8 @@ from typing import Any
 import openai
 import orjson
 
+from harness.processes import CLIENT_TLS
 from services.mockai.text import content_tokens, digest_prompt
-from tests.harness import CLIENT_TLS
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.kit import Core
 

@@ -12,6 +12,7 @@ import httpx
 import orjson
 from redis.asyncio.client import PubSub
 
+from harness.processes import CLIENT_TLS
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
 from services.processor.provider import ProviderClient
@@ -24,7 +25,6 @@ from shared.redis_conn import RedisClient
 from shared.steps import Begun, Created, Steps, TenantLimits
 from shared.store import Store
 from shared.timeutil import now_ms
-from tests.harness import CLIENT_TLS
 
 NO_LIMITS = TenantLimits(rate_per_window=0, window_ms=60_000, max_active=0)
 QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()

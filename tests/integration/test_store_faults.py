@@ -11,10 +11,10 @@ from dataclasses import asdict
 import asyncpg
 import pytest
 
+from harness.postgres import PostgresServer, alive
 from shared.store import StoreUnavailable, make_store
 from shared.store_postgres import PostgresStore
 from tests.integration.test_store_contract import task
-from tests.postgres import PostgresServer, alive
 
 
 async def until(predicate: Callable[[], bool], limit_s: float, what: str) -> None:

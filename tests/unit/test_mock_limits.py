@@ -11,10 +11,10 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.processes import CLIENT_TLS
 from services.mockai.app import create_app
 from services.mockai.limits import Limiter, LimitSettings, format_duration
 from services.mockai.settings import ConfigError, MockSettings
-from tests.harness import CLIENT_TLS
 
 
 class Clock:

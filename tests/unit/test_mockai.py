@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from harness.processes import CLIENT_TLS
 from services.mockai.app import create_app
 from services.mockai.settings import ConfigError, MockSettings
 from services.processor.assembler import (
@@ -22,7 +23,6 @@ from services.processor.assembler import (
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
-from tests.harness import CLIENT_TLS
 
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
