@@ -184,8 +184,9 @@ class RedisClusterServers:
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         for port in self.ports:
-            wait_for(lambda port=port: "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO"),
-                     30, f"cluster_state:ok on node {port}", interval=0.1)
+            def ok(port: int = port) -> bool:
+                return "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO")
+            wait_for(ok, 30, f"cluster_state:ok on node {port}", interval=0.1)
         return self
 
     def cli(self, port: int, *args: str) -> str:

@@ -4,7 +4,6 @@ snapshot of every key under a test's prefix, and build the real services in proc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,15 +119,6 @@ async def next_message(pubsub: PubSub, within_s: float = 5.0) -> Any:
         while (message := await pubsub.get_message(timeout=within_s)) is None:
             pass
     return message["data"]
-
-
-async def until(check: Callable[[], Awaitable[Any]], within_s: float = 10.0) -> Any:
-    """Wait until ``check()`` answers something truthy, and return it."""
-    async with asyncio.timeout(within_s):
-        # The mock's records can only be polled: no event to wait on.
-        while not (value := await check()):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    return value
 
 
 @dataclass
