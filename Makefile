@@ -78,8 +78,8 @@ test-fast: $(STAMP) redis-server postgresql
 	$(BIN)/pytest -q -n 3 --dist worksteal -m "not e2e and not chaos" tests/unit tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check services shared tests scripts bench
-	$(BIN)/mypy services shared scripts bench
+	$(BIN)/ruff check services shared tests scripts bench harness
+	$(BIN)/mypy services shared scripts bench harness
 
 bench: $(STAMP) redis-server postgresql
 	$(BIN)/python -m bench

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from bench.procs import BENCH_ENV, ROOT, Stack, wait_for
+from harness.waiting import until
 
 # The fast mock of the end-to-end comparison: no delays, 10 reasoning + 40 content tokens.
 FAST_MOCK = {"MOCKAI_TTFT_MS": "0", "MOCKAI_TOKENS_PER_S": "0", "MOCKAI_CONTENT_TOKENS": "40",
@@ -109,7 +110,7 @@ def query(db: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def _pg_query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     import asyncpg
 
-    from tests.postgres import run_sql
+    from harness.postgres import run_sql
     try:
         return run_sql(url, sql, *params)
     except asyncpg.UndefinedTableError:  # the table is not there yet
@@ -123,15 +124,17 @@ def count_rows(db: Path | str) -> int:
 
 async def wait_rows(db: Path | str, count: int, limit_s: float, what: str) -> None:
     """Poll the store until ``count`` task rows are there (20 ms granularity)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
+    have = 0
+
+    async def stored() -> bool:
+        nonlocal have
         have = await asyncio.to_thread(count_rows, db)
-        if have >= count:
-            return
-        if loop.time() > deadline:
-            raise BenchError(f"{what}: {have} of {count} tasks stored after {limit_s:.0f} s")
-        await asyncio.sleep(0.02)
+        return have >= count
+    try:
+        await until(stored, limit_s, f"{count} task rows ({what})", interval=0.02)
+    except AssertionError as exc:
+        raise BenchError(f"{what}: {have} of {count} tasks stored after {limit_s:.0f} s") \
+            from exc
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ from bench.procs import (
     redis_server,
     stack,
 )
-from tests.postgres import PostgresServer
+from harness.postgres import PostgresServer
 
 CONCURRENCY = 32  # PROCESSOR_CONCURRENCY's default; arq's max_jobs and Taskiq's too
 WARMUP = 100

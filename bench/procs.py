@@ -1,9 +1,9 @@
 """Processes for the benchmarks and what the kernel says about them.
 
 The Sluice stack and redis-server are started exactly as the end-to-end tests start them
-(``tests.harness``): ``python -m services.<name>`` with the environment compose gives it. CPU
-time and memory are read from ``/proc``, so every process is measured the same way, ours, the
-peers' and redis-server's.
+(``harness.processes``, which both import): ``python -m services.<name>`` with the environment
+compose gives it. CPU time and memory are read from ``/proc``, so every process is measured the
+same way, ours, the peers' and redis-server's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness import ROOT, RedisServer, Service, Stack, free_port, wait_for
+from harness.processes import ROOT, RedisServer, Service, Stack, free_port
+from harness.waiting import wait_for
 
 __all__ = ["BENCH_ENV", "ROOT", "CpuMeter", "Proc", "RedisServer", "Service", "Stack",
            "calls_between", "cpu_seconds", "free_port", "machine", "pid_of", "pids",

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.harness import CLIENT_TLS, wait_for
-from tests.postgres import run_sql
+from harness.postgres import run_sql
+from harness.processes import CLIENT_TLS
+from harness.waiting import wait_for
 
 
 class Api:

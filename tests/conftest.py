@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests import harness
+from harness import processes
+from harness.postgres import PostgresServer, memory_dir
+from harness.processes import RedisClusterServers, RedisServer, external_or_own_redis
 from tests.client import Api
-from tests.harness import RedisClusterServers, RedisServer, external_or_own_redis
-from tests.postgres import PostgresServer, memory_dir
 
 # The stores every store-dependent test runs against; TEST_STORES=sqlite (or postgresql)
 # narrows it, e.g. on a machine without PostgreSQL.
@@ -163,8 +163,8 @@ def stack_store(request: pytest.FixtureRequest) -> Iterator[str]:
     session-scoped, so pytest runs every test on one store, then on the next."""
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
-        harness.new_store = lambda _tmp: server.new_database()
+        processes.new_store = lambda _tmp: server.new_database()
     try:
         yield str(request.param)
     finally:
-        harness.new_store = harness.sqlite_store
+        processes.new_store = processes.sqlite_store

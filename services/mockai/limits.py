@@ -1,5 +1,5 @@
 """Provider limit modes: the mock refuses calls the way real providers do when a caller goes
-past its limits (../shared/provider-limits.md).
+past its limits (as the providers' own rate-limit documentation describes them).
 
 - past N calls in flight (a vLLM's batch capacity behind a proxy);
 - past N requests or N tokens in a fixed window (OpenAI's and SiliconFlow's RPM/TPM, with a

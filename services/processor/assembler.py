@@ -5,8 +5,8 @@ Pure logic, no I/O. :class:`StreamAssembler` consumes the events of
 :func:`assemble_completion` reads a non-streaming ``chat.completion`` body and
 :func:`parse_error_body` classifies an error response.
 
-Provider quirks handled here come from real captures (``../shared/sse-corpus`` from the repository
-root, replayed by ``tests/unit/test_sse_corpus.py``): choices keyed
+Provider quirks handled here come from real captures (``tests/fixtures/sse-corpus``, replayed
+by ``tests/unit/test_sse_corpus.py``): choices keyed
 by ``index`` and interleaved (n>1), usage on the finish chunk, on a ``choices: []`` chunk or
 cumulative on every chunk, tool-call fragments that repeat the id with an empty name, a usage
 chunk with an empty delta after the finish chunk, reasoning in ``reasoning_content`` or

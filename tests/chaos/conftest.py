@@ -11,8 +11,9 @@ import orjson
 import pytest
 import redis
 
+from harness.processes import Service, Stack
+from harness.waiting import wait_for
 from shared.keys import Keys
-from tests.harness import Service, Stack, wait_for
 
 
 @pytest.fixture(autouse=True)

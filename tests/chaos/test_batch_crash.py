@@ -12,8 +12,9 @@ import httpx
 import openai
 import orjson
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, RECOVERY_LIMIT_S
-from tests.harness import Stack, running_stack, wait_for
 from tests.integration.batch_kit import line, mock_text
 
 LINES = 60

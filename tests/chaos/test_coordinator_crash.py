@@ -8,10 +8,11 @@ from typing import Any
 
 import redis
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.client import rows
 from tests.e2e.test_pipeline import flush_delay_ms
-from tests.harness import running_stack, wait_for
 
 
 def test_kill_9_coordinator_with_a_pending_timer(

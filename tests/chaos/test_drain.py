@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.processes import running_stack
 from shared.keys import Keys
 from tests.chaos.conftest import (
     CHAOS_ENV,
@@ -20,7 +21,6 @@ from tests.chaos.conftest import (
     task_hash,
 )
 from tests.client import rows
-from tests.harness import running_stack
 
 
 def test_sigterm_finishes_short_tasks_before_exiting(

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.chaos.conftest import CHAOS_ENV, client, mock_records, slow, tag_of
-from tests.harness import running_stack, wait_for
 
 
 @pytest.mark.parametrize("module", ["processor", "coordinator"])

@@ -10,9 +10,10 @@ from typing import Any
 
 import redis
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.chaos.conftest import CHAOS_ENV, LEASE_MS, RECOVERY_LIMIT_S, service_named, slow
-from tests.harness import running_stack, wait_for
 
 
 def test_kill_9_a_processor_holding_governor_slots(tmp_path: Path, redis_url: str,

@@ -11,6 +11,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from harness.processes import RedisServer, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import (
     events,
     final_text,
@@ -20,7 +22,6 @@ from tests.chaos.conftest import (
     terminal_events,
 )
 from tests.client import rows
-from tests.harness import RedisServer, running_stack, wait_for
 
 
 def test_an_answer_finished_during_a_redis_outage_is_kept(

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import running_stack
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of
 from tests.client import rows
-from tests.harness import running_stack
 
 POISON = "poison-marker"
 

@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.postgres import PostgresServer
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, slow
 from tests.client import rows
-from tests.harness import running_stack, wait_for
-from tests.postgres import PostgresServer
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import (
     CHAOS_ENV,
     LEASE_MS,
@@ -23,7 +25,6 @@ from tests.chaos.conftest import (
     terminal_events,
 )
 from tests.e2e.conftest import rows
-from tests.harness import running_stack, wait_for
 
 
 def test_kill_9_processor_mid_stream(tmp_path: Path, redis_url: str, api_factory: Any) -> None:

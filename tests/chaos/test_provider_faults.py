@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import Stack, running_stack
 from tests.chaos.conftest import CHAOS_ENV, events, final_text, mock_records, slow, tag_of
-from tests.harness import Stack, running_stack
 
 
 @pytest.fixture(scope="module")

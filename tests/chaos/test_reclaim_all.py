@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, LEASE_MS, slow, task_hash
-from tests.harness import running_stack, wait_for
 
 BATCHES = 50
 

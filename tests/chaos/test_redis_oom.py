@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import redis
 
+from harness.processes import RedisServer, running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from shared.timeutil import now_ms
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of, task_hash
 from tests.client import rows
-from tests.harness import RedisServer, running_stack, wait_for
 
 HEADROOM = 400_000  # bytes above what Redis uses when the fill starts
 PAD = "x" * 20_000  # per submitted prompt: the fill takes about 20 submits

@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 
+from harness.processes import RedisServer, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, slow, streaming_on
 from tests.client import rows
-from tests.harness import RedisServer, running_stack, wait_for
 
 
 def test_every_accepted_task_survives_a_redis_crash(

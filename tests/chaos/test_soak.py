@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from harness.processes import RedisServer, Stack, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, events, final_text, terminal_events
 from tests.client import rows
-from tests.harness import RedisServer, Stack, running_stack, wait_for
 
 TASKS = 500
 KILL_EVERY_S = (2.0, 4.0)
@@ -30,18 +31,14 @@ def submit_until_accepted(stack: Stack, n: int) -> str:
     key = f"soak-{n}-{uuid.uuid4().hex[:8]}"
     body = {"prompt": f"soak {n}", "metadata": {"mock": {"tokens_per_s": 300,
                                                           "content_tokens": 15}}}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.post(f"{stack.edge_url}/api/tasks", json=body, timeout=10,
-                           headers={"Idempotency-Key": key})
-            if r.status_code == 202:
-                time.sleep(SUBMIT_PAUSE_S)
-                return str(r.json()["id"])
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"task {n} never accepted")
+
+    def accepted() -> str | None:  # an error (the edge is down) is "not yet"
+        r = httpx.post(f"{stack.edge_url}/api/tasks", json=body, timeout=10,
+                       headers={"Idempotency-Key": key})
+        return str(r.json()["id"]) if r.status_code == 202 else None
+    task_id = wait_for(accepted, 120, f"task {n} to be accepted", interval=0.2)
+    time.sleep(SUBMIT_PAUSE_S)  # pacing the submitters, not waiting on anything
+    return task_id
 
 
 class Chaos(threading.Thread):

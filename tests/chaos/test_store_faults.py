@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import Service, Stack, running_stack
+from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, mock_records, slow, tag_of
 from tests.client import rows
-from tests.harness import Service, Stack, running_stack, wait_for
 
 # About the SQLite file itself (a trigger, a lock, its size, its inode): SQLite alone.
 pytestmark = pytest.mark.sqlite_only

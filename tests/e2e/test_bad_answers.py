@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from tests.e2e.conftest import rows
-from tests.harness import Stack, running_stack, wait_for
 
 MAX_ATTEMPTS = 2
 ENV = {"MAX_ATTEMPTS": str(MAX_ATTEMPTS), "RETRY_BASE_S": "0.01", "RETRY_CAP_S": "0.05",

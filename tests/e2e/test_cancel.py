@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from tests.e2e.conftest import rows
 from tests.e2e.sse_client import Sse, deltas, open_events, parse, read_all
-from tests.harness import running_stack, wait_for
 
 
 def mock_records(stack: Any, tag: str) -> list[dict[str, Any]]:

@@ -19,9 +19,10 @@ import pytest
 import tests.e2e.test_cancel as cancel
 import tests.e2e.test_events as events
 import tests.e2e.test_pipeline as pipeline
+from harness.processes import ROOT, RedisClusterServers, running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.e2e.conftest import rows
-from tests.harness import ROOT, RedisClusterServers, running_stack, wait_for
 
 # The store plays no part of its own here: on the first store only (tests/conftest.py).
 pytestmark = pytest.mark.first_store_only

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from tests.client import Api
-from tests.harness import Stack, running_stack, wait_for
 
 TENANT_KEY, OTHER_KEY, ADMIN_KEY = "sk-dash-acme", "sk-dash-other", "sk-dash-admin"
 ENV = {"EDGE_API_KEYS": f"{TENANT_KEY}:acme,{OTHER_KEY}:other", "EDGE_ADMIN_KEYS": ADMIN_KEY,

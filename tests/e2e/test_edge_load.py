@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import running_stack
+from harness.processes import running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,11 @@ import httpx
 import pytest
 import redis
 
+from harness.processes import Stack, json_lines, running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.e2e.conftest import rows
 from tests.e2e.sse_client import TERMINAL, Comment, Sse, deltas, open_events, parse, read_all
-from tests.harness import Stack, json_lines, running_stack, wait_for
 
 
 def slow(content_tokens: int = 60, tokens_per_s: float = 40, **extra: Any) -> dict[str, Any]:

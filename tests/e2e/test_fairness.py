@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from tests.harness import Stack, running_stack, wait_for
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 
 KEYS = "key-a:tenant-a,key-b:tenant-b"
 TASK_S = 2.0  # each call: 2 s to the first token, then a few fast tokens

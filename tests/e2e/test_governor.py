@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 import redis
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from shared.governor import parse_duration
 from shared.keys import Keys
 from tests.client import Api
-from tests.harness import Stack, running_stack, wait_for
 
 
 def tagged(tag: str, **mock: Any) -> dict[str, Any]:

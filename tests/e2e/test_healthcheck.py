@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import ROOT, running_stack, wait_for
+from harness.processes import ROOT, running_stack
+from harness.waiting import wait_for
 
 
 def check(stack_env: dict[str, str], module: str, **env: str) -> int:

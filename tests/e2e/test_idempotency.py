@@ -7,9 +7,9 @@ from typing import Any
 
 import redis
 
+from harness.processes import running_stack
 from shared.keys import Keys
 from tests.client import rows
-from tests.harness import running_stack
 
 
 def test_same_key_same_task_and_conflict_on_a_different_body(

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from shared.timeutil import now_ms
-from tests.harness import running_stack, wait_for
 
 # The store plays no part of its own here: on the first store only (tests/conftest.py).
 pytestmark = pytest.mark.first_store_only

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import ROOT, Stack, free_port
+from harness.waiting import wait_for
 from shared import metrics
 from tests.client import Api
-from tests.harness import ROOT, Stack, free_port, wait_for
 
 TENANT_KEY, ADMIN_KEY, TOKEN = "sk-metrics-tenant", "sk-metrics-admin", "metrics-token-1"
 ENV = {"EDGE_API_KEYS": f"{TENANT_KEY}:acme", "EDGE_ADMIN_KEYS": ADMIN_KEY,

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.harness import ROOT, free_port
+from harness.processes import ROOT, free_port
+from harness.waiting import until
 
 BODY = {"model": "mock-r1", "messages": [{"role": "user", "content": "hi"}],
         "stream": True}
@@ -55,16 +55,12 @@ async def test_main_serves(client: httpx.AsyncClient) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if (await client.get(f"{base}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.returncode is None, "mock exited early"
-            assert time.monotonic() < deadline, "mock did not come up"
-            await asyncio.sleep(0.05)
+        async def up_or_gone() -> bool:  # a refused connection is "not yet"
+            if proc.returncode is not None:
+                return True
+            return (await client.get(f"{base}/health")).status_code == 200
+        await until(up_or_gone, 15, "the mock's /health", interval=0.05)
+        assert proc.returncode is None, "mock exited early"
         r = await client.post(f"{base}/v1/chat/completions", json=BODY)
         assert r.text.rstrip().endswith("data: [DONE]")
     finally:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.harness import running_stack
+from harness.processes import running_stack
 
 
 def canary(kind: str) -> str:

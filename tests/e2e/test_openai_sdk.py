@@ -13,8 +13,9 @@ import openai
 import pytest
 import redis
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
-from tests.harness import Stack, running_stack, wait_for
 
 MESSAGES: Any = [{"role": "user", "content": "Why is the sky blue?"}]
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
+from harness.processes import running_stack
+from harness.waiting import wait_for
 from tests.e2e.conftest import rows
-from tests.harness import running_stack, wait_for
 
 
 def test_a_prompt_is_answered_with_content_and_reasoning(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.harness import RedisServer, make_tls_files, running_stack
+from harness.processes import RedisServer, make_tls_files, running_stack
 
 # The store plays no part of its own here: on the first store only (tests/conftest.py).
 pytestmark = pytest.mark.first_store_only

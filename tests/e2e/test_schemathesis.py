@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import running_stack
+from harness.processes import running_stack
 
 # The store plays no part of its own here: on the first store only (tests/conftest.py). Its
 # run is one long subprocess (bounded at 900 s below), longer than the suite's per-test cap.

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import redis
 
+from harness.processes import running_stack
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared.config import Env
 from shared.keys import Keys
 from tests.e2e.conftest import rows
-from tests.harness import running_stack
 
 KEY_A, KEY_B = "sk-tenant-alpha-61c2f0", "sk-tenant-beta-0e9d4a"
 KEYS = f"{KEY_A}:alpha,{KEY_B}:beta"

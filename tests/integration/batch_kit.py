@@ -14,8 +14,9 @@ from typing import Any
 import openai
 import orjson
 
+from harness.processes import CLIENT_TLS
+from harness.waiting import until
 from services.mockai.text import content_tokens, digest_prompt
-from tests.harness import CLIENT_TLS
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.kit import Core
 
@@ -44,12 +45,11 @@ class BatchRig:
 
     async def wait(self, batch_id: str, statuses: tuple[str, ...] = TERMINAL,
                    within_s: float = 60) -> Any:
-        async with asyncio.timeout(within_s):
-            while True:  # the SDK's own way: retrieve until done
-                batch = await self.client.batches.retrieve(batch_id)
-                if batch.status in statuses:
-                    return batch
-                await asyncio.sleep(0.05)
+        async def reached() -> Any:  # the SDK's own way: retrieve until done
+            batch = await self.client.batches.retrieve(batch_id)
+            return batch if batch.status in statuses else None
+        return await until(reached, within_s, f"batch {batch_id} to be one of {statuses}",
+                           interval=0.05)
 
     async def jsonl(self, file_id: str | None) -> list[dict[str, Any]]:
         if file_id is None:

@@ -4,7 +4,6 @@ snapshot of every key under a test's prefix, and build the real services in proc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 import orjson
 from redis.asyncio.client import PubSub
 
+from harness.processes import CLIENT_TLS
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
 from services.processor.provider import ProviderClient
@@ -24,7 +24,6 @@ from shared.redis_conn import RedisClient
 from shared.steps import Begun, Created, Steps, TenantLimits
 from shared.store import Store
 from shared.timeutil import now_ms
-from tests.harness import CLIENT_TLS
 
 NO_LIMITS = TenantLimits(rate_per_window=0, window_ms=60_000, max_active=0)
 QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
@@ -120,15 +119,6 @@ async def next_message(pubsub: PubSub, within_s: float = 5.0) -> Any:
         while (message := await pubsub.get_message(timeout=within_s)) is None:
             pass
     return message["data"]
-
-
-async def until(check: Callable[[], Awaitable[Any]], within_s: float = 10.0) -> Any:
-    """Wait until ``check()`` answers something truthy, and return it."""
-    async with asyncio.timeout(within_s):
-        # The mock's records can only be polled: no event to wait on.
-        while not (value := await check()):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    return value
 
 
 @dataclass

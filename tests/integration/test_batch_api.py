@@ -11,9 +11,10 @@ import openai
 import orjson
 import pytest
 
+from harness.waiting import until
 from services.edge.openai.batch.runner import BATCH_LINE_PRIORITY
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line, mock_text
-from tests.integration.kit import Core, until
+from tests.integration.kit import Core
 
 
 @pytest.fixture
@@ -169,7 +170,7 @@ async def test_cancel_mid_run_keeps_the_finished_lines(core: Core, tmp_path: Pat
         async def some_done() -> bool:
             b = await rig.client.batches.retrieve(batch.id)
             return b.request_counts is not None and b.request_counts.completed >= 2
-        await until(some_done, within_s=30)
+        await until(some_done, 30, "two of the batch's requests to complete")
         cancelling = await rig.client.batches.cancel(batch.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
         done = await rig.wait(batch.id)

@@ -8,11 +8,12 @@ it is not on main yet.) The numbers are printed for the record."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import statistics
 import time
 from pathlib import Path
 
+from harness.waiting import until
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig, line
 from tests.integration.kit import Core
 
@@ -30,9 +31,8 @@ async def interactive_waits(rig: BatchRig, label: str) -> list[int]:
             "prompt": f"{label} {n}",
             "metadata": {"mock": {"content_tokens": 3, "reasoning_tokens": 0}}})
         task_id = (await r.json())["id"]
-        async with asyncio.timeout(30):
-            while (row := await rig.core.store.get_task(task_id)) is None:  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+        row = await until(functools.partial(rig.core.store.get_task, task_id), 30,
+                          f"task {label} {n} to be stored", interval=0.005)
         assert row["status"] == "succeeded"
         waits.append(int(row["started_at"]) - int(row["created_at"]))
     return waits

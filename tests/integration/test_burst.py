@@ -8,6 +8,7 @@ import asyncio
 import orjson
 import pytest
 
+from harness.waiting import until
 from shared.keys import BATCHES_GROUP
 from shared.steps import CancelledNow, CancelRequested
 from shared.store import TaskRow
@@ -20,7 +21,6 @@ from tests.integration.kit import (
     deltas,
     events,
     mid_stream,
-    until,
 )
 
 
@@ -103,7 +103,8 @@ async def test_a_draining_processor_hands_its_task_off_and_another_finishes_it(
     async def first_closed_second_done() -> bool:
         first, second = await core.mock_requests()
         return bool(first["outcome"] == "disconnected" and second["content"] == row["content"])
-    await until(first_closed_second_done)
+    await until(first_closed_second_done, 10,
+                "the mock to see the first call closed and the second answered")
     evs = await events(core.redis, core.keys, tid)
     assert ("reset", {"attempt": 2}) in evs
 
@@ -151,7 +152,7 @@ async def test_a_queued_task_cancelled_is_never_sent_and_a_running_one_ends_canc
 
     async def upstream_closed() -> bool:
         return [c["outcome"] for c in await core.mock_requests()] == ["disconnected"]
-    await until(upstream_closed)  # only the running task reached the provider
+    await until(upstream_closed, 10, "the running task's call to be closed")  # the only one
     for tid in (queued, running):
         row = await core.store.get_task(tid)
         assert row is not None and row["status"] == "cancelled"

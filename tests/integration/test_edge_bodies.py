@@ -15,6 +15,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from harness.waiting import until
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.test_edge_validation import AUTH, KEY, assert_nothing_stored
 
@@ -194,10 +195,9 @@ async def test_a_client_hanging_up_mid_body_is_logged_as_such(edge: EdgeUnderTes
                   b"Content-Length: 1000\r\n\r\n{\"prompt\": ")
         writer.close()  # 11 bytes of 1000, and gone
         await writer.wait_closed()
-        for _ in range(500):  # the summary line comes when the handler has finished
-            if any(e["event"] == "request" for e in logs):
-                break
-            await asyncio.sleep(0.01)
+        # The summary line comes when the handler has finished.
+        await until(lambda: any(e["event"] == "request" for e in logs), 5,
+                    "the request's summary line")
     events = [e["event"] for e in logs]
     assert "client_disconnected" in events, logs
     assert "redis_unavailable" not in events and "unhandled_error" not in events, logs

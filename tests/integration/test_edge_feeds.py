@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from harness.waiting import until
 from services.edge.tasks.events import follow
 from services.edge.tasks.feeds import (
     CLOSED,
@@ -26,7 +27,6 @@ from services.edge.tasks.feeds import (
 )
 from shared.keys import Keys
 from shared.redis_conn import RedisClient, connect, connect_blocking
-from tests.integration.kit import until
 
 BLOCK_S = READ_BLOCK_MS / 1000
 
@@ -59,7 +59,7 @@ async def watching(feeds: Feeds, key: str) -> AsyncIterator[Feed]:
     async with feeds.watch(key) as feed:
         async def joined() -> bool:
             return feed.reader is not None and key in feed.reader.feeds
-        await until(joined)
+        await until(joined, 10, f"the watch of {key} to join a reader")
         yield feed
 
 
@@ -78,7 +78,7 @@ async def started(redis: RedisClient, keys: Keys, name: str, n: int) -> list[str
 async def until_a_read_blocks(redis: RedisClient) -> None:
     async def read_blocks() -> bool:
         return await blocked(redis) > 0
-    await until(read_blocks)
+    await until(read_blocks, 10, "a blocking read")
 
 
 async def test_many_feeds_share_one_blocking_read_and_each_gets_its_own_events_in_order(
@@ -93,7 +93,7 @@ async def test_many_feeds_share_one_blocking_read_and_each_gets_its_own_events_i
         feeds = [hub._feeds.get(k) for k in streams]
         return all(f is not None and f.reader is not None for f in feeds) and \
             await blocked(redis) > before
-    await until(all_joined)
+    await until(all_joined, 10, "every feed to join the one blocking read")
     most = 0
     for i in range(15):
         for key in streams:
@@ -121,7 +121,7 @@ async def test_a_stream_added_while_the_read_blocks_flows_without_waiting_out_th
 
         async def read_blocks() -> bool:
             return reader.blocked and await blocked(redis) > 0
-        await until(read_blocks)
+        await until(read_blocks, 10, "the reader to block")
         async with watching(hub, second) as late:
             assert late.reader is reader  # joined the same read
             loop = asyncio.get_running_loop()
@@ -130,7 +130,7 @@ async def test_a_stream_added_while_the_read_blocks_flows_without_waiting_out_th
 
             async def arrived() -> bool:
                 return len(late.events) == 2
-            await until(arrived, within_s=BLOCK_S + 3)
+            await until(arrived, BLOCK_S + 3, "the late stream's event")
             assert loop.time() - start < BLOCK_S / 4
             assert late.events[-1].data == '{"delta":"now"}'
 
@@ -147,14 +147,14 @@ async def test_a_gone_stream_ends_its_feed_gone_and_its_neighbours_read_on(
         async def joined() -> bool:
             feed = hub._feeds.get(goes)
             return feed is not None and feed.reader is not None
-        await until(joined)
+        await until(joined, 10, "the feed of the stream that goes to join a reader")
         await redis.delete(goes)  # as retention expires it
         assert (await gone).ended == GONE
         await add(redis, stays, "done")
 
         async def finished() -> bool:
             return neighbour.ended == TERMINAL
-        await until(finished)
+        await until(finished, 10, "the neighbour's feed to end")
         assert [e.type for e in neighbour.events] == ["status", "done"]
 
 
@@ -170,7 +170,7 @@ async def test_a_redis_error_ends_the_feeds_of_the_read_failed_and_a_new_watch_r
 
         async def all_failed() -> bool:
             return all(f.ended == FAILED for f in feeds)
-        await until(all_failed)
+        await until(all_failed, 10, "every feed of the failed read to end FAILED")
     await add(redis, streams[0], "done")
     again = await to_the_end(hub, streams[0])
     assert again.ended == TERMINAL
@@ -186,7 +186,7 @@ async def test_close_ends_every_feed_and_removes_the_wake_streams(
 
         async def read_blocks() -> bool:
             return reader.blocked and await blocked(redis) > 0
-        await until(read_blocks)
+        await until(read_blocks, 10, "the reader to block")
         rest = [await stack.enter_async_context(watching(hub, key)) for key in streams[1:]]
         assert await redis.exists(reader.wake_key)  # a watch joined the blocked read
         await hub.close()
@@ -212,12 +212,12 @@ async def test_on_a_redis_cluster_one_read_serves_many_streams_and_a_late_one_is
 
             async def read_blocks() -> bool:
                 return reader.blocked
-            await until(read_blocks)
+            await until(read_blocks, 10, "the cluster reader to block")
             readers = [asyncio.create_task(to_the_end(hub, key)) for key in streams[1:]]
 
             async def all_joined() -> bool:
                 return all(k in reader.feeds for k in streams[1:])
-            await until(all_joined)
+            await until(all_joined, 10, "the other streams to join the blocked read")
             for key in streams[1:]:
                 await add(cluster, key, "content", '{"delta":"x"}')
                 await add(cluster, key, "done")
@@ -323,7 +323,7 @@ async def test_an_idle_watcher_is_woken_by_the_hubs_tick_and_a_cancelled_one_lea
 
         async def parked() -> bool:
             return len(feed._waiters) == 1
-        await until(parked)
+        await until(parked, 10, "the waiter to park on the feed")
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
@@ -349,7 +349,7 @@ async def test_an_entry_the_reader_cannot_decode_ends_its_feeds_and_a_new_watch_
 
             async def all_failed() -> bool:
                 return all(f.ended == FAILED for f in feeds)
-            await until(all_failed)
+            await until(all_failed, 10, "every feed of the read ended as failed")
     finally:
         await raw.aclose()
     await add(redis, streams[1], "done")

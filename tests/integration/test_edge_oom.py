@@ -8,11 +8,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from harness.processes import RedisServer
 from services.edge.app import create_app
 from services.edge.plumbing.errors import QUEUE_FULL_RETRY_S
 from services.edge.settings import EdgeSettings
 from shared.config import Env
-from tests.harness import RedisServer
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 
 READS = {"GET", "HEAD"}

@@ -17,12 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
+from harness.processes import RedisServer
 from shared import governor
 from shared.governor import GovernorSteps, Limits
 from shared.keys import Keys
 from shared.scripts import DIR, NAMES, source
 from shared.steps import HELD, BatchPolicy, Steps, TenantLimits
-from tests.harness import RedisServer
 
 K = Keys("oom")
 T, TENANT, TOKEN, NOW = "tsk_1", "acme", "tok", 1_700_000_000_000

@@ -12,12 +12,12 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import OutOfMemoryError, ResponseError
 from structlog.testing import capture_logs
 
+from harness.processes import RedisClusterServers
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
 from shared.steps import HELD, Steps
-from tests.harness import RedisClusterServers
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
+from harness.waiting import until
 from shared import redis_conn
 from shared.coalesce import LANE_MIN_POOL, Coalescer
-from tests.integration.kit import until
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
 return redis.call('INCRBY', KEYS[1], ARGV[2])"""
@@ -70,9 +70,8 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     pool = client.connection_pool
     assert isinstance(pool, redis_conn.WaitingPool)
     call = asyncio.create_task(redis_conn.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
-    async with asyncio.timeout(5):
-        while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its read)
-            await asyncio.sleep(0)
+    # One loop turn at a time: the call is on its read.
+    await until(lambda: pool.holding, 5, "the call to hold a connection", interval=0)
     conn = next(iter(pool.holding))
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -86,7 +85,7 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
 async def ready(lane: redis_conn.Lane) -> None:
     async def check() -> bool:
         return lane.ready()
-    await until(check)
+    await until(check, 10, "the lane to be ready")
 
 
 async def ready_lane(client: Redis) -> tuple[redis_conn.Lane, str]:
@@ -146,12 +145,10 @@ async def test_a_group_that_forms_during_a_round_trip_goes_out_before_it_returns
         client: Redis) -> None:
     key = "l" + uuid.uuid4().hex[:8]
     coalescer, in_flight = await slow_call_in_flight(client, key)
-    async with asyncio.timeout(5):
-        while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
-            await asyncio.sleep(0)
-        group = [asyncio.create_task(coalescer([key], ["ok", n])) for n in (10, 100, 1000)]
-        while coalescer.round_trips < 2:  # noqa: ASYNC110 (the group's first steps)
-            await asyncio.sleep(0)
+    # One loop turn at a time: the lone call is on its way, then the group's first steps.
+    await until(lambda: coalescer._busy, 5, "the lone call to be on its way", interval=0)
+    group = [asyncio.create_task(coalescer([key], ["ok", n])) for n in (10, 100, 1000)]
+    await until(lambda: coalescer.round_trips >= 2, 5, "the group's round trip", interval=0)
     assert not in_flight.done()  # the group went out while the round trip was on its way
     results = await asyncio.gather(in_flight, *group)
     assert sorted(results) == [1, 11, 111, 1111]
@@ -203,8 +200,8 @@ async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis
     key = "l" + uuid.uuid4().hex[:8]
     coalescer, in_flight = await slow_call_in_flight(client, key)
     async with asyncio.timeout(5):  # a call left unsettled would hang here
-        while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
-            await asyncio.sleep(0)
+        # One loop turn at a time: the lone call is on its way.
+        await until(lambda: coalescer._busy, 5, "the lone call to be on its way", interval=0)
         group = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
                                      coalescer([key], ["ok", 100]), return_exceptions=True)
         assert [type(r) for r in group] == [DataError] * 3  # nothing of the group was written

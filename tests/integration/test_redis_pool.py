@@ -14,12 +14,12 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from harness.waiting import until
 from services.edge.context import EDGE
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, GatedCluster, PoolExhausted, RedisClient
 from tests.integration.edge_client import running_edge
-from tests.integration.kit import until
 
 
 @pytest.fixture(params=["plain", "cluster"])
@@ -114,7 +114,7 @@ async def test_a_cancelled_command_gives_its_turn_back(redis_url: str) -> None:
         async def taken() -> bool:  # the one connection, by the read waiting on Redis
             return bool(pool.holding)
 
-        await until(taken)
+        await until(taken, 10, "the blocked read to hold the pool's one connection")
         blocked.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await blocked

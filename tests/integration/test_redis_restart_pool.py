@@ -11,8 +11,8 @@ import signal
 
 import pytest
 
+from harness.processes import RedisServer
 from shared import redis_conn
-from tests.harness import RedisServer
 
 CONNECTIONS = 10
 

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import DataError
 
+from harness.waiting import until
 from shared import redis_conn
 from shared.redis_conn import UNAVAILABLE
 
@@ -84,9 +85,18 @@ async def test_a_command_takes_and_gives_back_its_connection_without_records(
         calls.clear()
         await asyncio.gather(*(client.ping() for _ in range(20)))
         assert calls == []
-        slow = [asyncio.ensure_future(client.blpop(["w" + uuid.uuid4().hex], 5))
-                for _ in range(4)]
-        await asyncio.sleep(0.05)
+        async with Redis.from_url(redis_url, decode_responses=True) as watcher:
+            async def blocked_blpops() -> set[str]:
+                return {c["id"] for c in await watcher.client_list()
+                        if c["cmd"] == "blpop" and "b" in c["flags"]}
+
+            before = await blocked_blpops()
+            slow = [asyncio.ensure_future(client.blpop(["w" + uuid.uuid4().hex], 5))
+                    for _ in range(4)]
+
+            async def all_blocked() -> bool:  # every command sent, each on its read
+                return len(await blocked_blpops() - before) == len(slow)
+            await until(all_blocked, 10, f"Redis to hold the {len(slow)} BLPOPs blocked")
         for task in slow:
             task.cancel()
         await asyncio.gather(*slow, return_exceptions=True)

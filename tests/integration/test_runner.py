@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.waiting import until
 from services.processor.assembler import ProviderError
 from services.processor.runner import Outcome, TaskRun
 from services.processor.worker import Processor
@@ -24,7 +25,6 @@ from tests.integration.kit import (
     deltas,
     events,
     mid_stream,
-    until,
 )
 
 
@@ -66,12 +66,12 @@ async def test_the_last_piece_of_a_streamed_answer_is_relayed_before_the_row_is_
         async def sent() -> list[dict[str, Any]]:  # by the mock, to its end
             return [c for c in await core.mock_requests() if c["outcome"] == "completed"]
 
-        [call] = await until(sent)
+        [call] = await until(sent, 10, "the mock to complete the call")
 
         async def relayed() -> bool:
             return deltas(await events(core.redis, core.keys, tid)) == call["content"]
 
-        await until(relayed)
+        await until(relayed, 10, "every delta of the call to be relayed")
         assert [k for k, _d in await events(core.redis, core.keys, tid)][-1] == "content"
     finally:
         lock.execute("ROLLBACK")
@@ -120,7 +120,8 @@ async def test_a_stolen_lease_ends_the_run_lost_and_it_writes_nothing(
     async def upstream_closed() -> bool:
         [call] = await core.mock_requests()
         return bool(call["outcome"] == "disconnected")
-    await until(upstream_closed)  # the upstream call was closed, not left to run
+    # The upstream call was closed, not left to run.
+    await until(upstream_closed, 10, "the upstream call to be closed")
 
 
 async def test_backoff_honours_retry_after_capped_by_its_setting(core: Core) -> None:

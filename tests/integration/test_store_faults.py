@@ -4,25 +4,16 @@ connection cut in the middle of a transaction."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 
 import asyncpg
 import pytest
 
+from harness.postgres import PostgresServer, alive
+from harness.waiting import until
 from shared.store import StoreUnavailable, make_store
 from shared.store_postgres import PostgresStore
 from tests.integration.test_store_contract import task
-from tests.postgres import PostgresServer, alive
-
-
-async def until(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def opened(url: str, patience_s: float | None) -> PostgresStore:
@@ -93,10 +84,7 @@ async def test_a_connection_cut_mid_transaction_reruns_the_whole_step(pg_url: st
         group = [task(f"tsk_g{i}", fence=2) for i in range(5)] + [task("tsk_locked", fence=2)]
         saving = asyncio.gather(*(store.save_task(r) for r in group))
         waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        deadline = time.monotonic() + 20
-        while not (pids := await holder.fetch(waiting)):
-            assert time.monotonic() < deadline, "the group never reached the locked row"
-            await asyncio.sleep(0.02)
+        pids = await until(lambda: holder.fetch(waiting), 20, "the group to reach the locked row")
         # Half the group is written inside the open transaction; nobody else sees it.
         assert await holder.fetchval("SELECT COUNT(*) FROM tasks WHERE fence = 2") == 0
         await holder.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])

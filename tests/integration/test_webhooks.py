@@ -4,7 +4,6 @@ refused; a rotated secret's predecessor verifies during the grace period only.""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from harness.waiting import until
 from services.edge.webhooks import ssrf
 from tests.integration.batch_kit import KEY_A, KEY_B, BatchRig, batch_rig, line
 from tests.integration.edge_client import running_edge
-from tests.integration.kit import Core, submit, until
+from tests.integration.kit import Core, submit
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 HOOK_ENV = {"BATCH_API": "true", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TICK_S": "0.02",
@@ -92,7 +92,7 @@ async def test_a_task_event_is_signed_and_verifies_with_the_reference_package(
         assert r.status == 202, await r.text()
         task_id = (await r.json())["id"]
         # the first endpoint (task.succeeded), the second (every event), the task's own URL
-        await until(lambda: asyncio.sleep(0, len(receiver.got) >= 3))
+        await until(lambda: len(receiver.got) >= 3, 10, "three deliveries")
         payloads = receiver.events(secret)
         assert {p["type"] for p in payloads} == {"task.succeeded"}
         assert {p["data"]["id"] for p in payloads} == {task_id}
@@ -112,7 +112,7 @@ async def test_a_batch_event_follows_the_batch(
         secret = (await register(rig, receiver.url, ["batch.completed"]))["secret"]
         batch = await rig.run([line("a", "one"), line("b", "two")])
         await rig.wait(batch.id)
-        await until(lambda: asyncio.sleep(0, receiver.got))
+        await until(lambda: receiver.got, 10, "the batch.completed delivery")
         [event] = receiver.events(secret)
         assert event["type"] == "batch.completed"
         assert event["data"] == {"id": batch.id, "status": "completed"}
@@ -132,7 +132,7 @@ async def test_a_receiver_that_fails_three_times_gets_the_same_webhook_id(
                                              headers=AUTH)
             data = (await resp.json())["data"]
             return data if data and data[0]["state"] == "delivered" else None
-        [d] = await until(delivered)
+        [d] = await until(delivered, 10, "the test event to be delivered")
         assert d["id"] == delivery_id and d["attempts"] == 4
         assert [a["status"] for a in d["attempt_log"]] == [500, 500, 500, 200]
         assert [h["webhook-id"] for h, _b in receiver.got] == [delivery_id] * 4
@@ -151,7 +151,7 @@ async def test_a_redirect_is_not_followed(core: Core, tmp_path: Path,
     async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
         endpoint = await register(rig, receiver.url)
         await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
-        await until(lambda: asyncio.sleep(0, len(receiver.got) >= 2))
+        await until(lambda: len(receiver.got) >= 2, 10, "two delivery attempts")
         resp = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
                                          headers=AUTH)
         log = (await resp.json())["data"][0]["attempt_log"]
@@ -171,7 +171,7 @@ async def test_rotation_keeps_the_old_secret_valid_during_the_grace_period(
         async def test_event() -> tuple[dict[str, str], bytes]:
             before = len(receiver.got)
             await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
-            await until(lambda: asyncio.sleep(0, len(receiver.got) > before))
+            await until(lambda: len(receiver.got) > before, 10, "the test event")
             return receiver.got[-1]
 
         headers, body = await test_event()
@@ -179,7 +179,7 @@ async def test_rotation_keeps_the_old_secret_valid_during_the_grace_period(
         Webhook(old).verify(body, headers)
         Webhook(new).verify(body, headers)
         # The sender drops the old secret once int(time.time()) reaches previous_valid_until.
-        await until(lambda: asyncio.sleep(0, time.time() >= until_s), within_s=10)
+        await until(lambda: time.time() >= until_s, 10, "the old secret's validity to end")
         headers, body = await test_event()
         Webhook(new).verify(body, headers)
         with pytest.raises(WebhookVerificationError):
@@ -225,12 +225,12 @@ async def test_a_task_that_finishes_while_no_edge_runs_still_gets_its_event(
 
         async def scanned() -> bool:  # the edge has read the tasks table once
             return bool(await core.store.fetch("SELECT 1 FROM webhook_cursor"))
-        await until(scanned)
+        await until(scanned, 10, "the edge's first scan of the tasks table")
     task_id = await submit(core.steps, tenant="alpha")
     await core.burst()  # the task runs and ends while no edge is up
     assert receiver.got == []
     async with running_edge(core.redis_url, tmp_path, **env):
-        await until(lambda: asyncio.sleep(0, receiver.got))
+        await until(lambda: receiver.got, 10, "the delivery of the task that ended meanwhile")
     [event] = receiver.events(secret)
     assert event["type"] == "task.succeeded" and event["data"]["id"] == task_id
 
@@ -242,14 +242,14 @@ async def test_deleting_an_endpoint_ends_its_pending_deliveries(
     async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
         endpoint = await register(rig, receiver.url)
         await rig.edge.client.post(f"/api/webhooks/{endpoint['id']}/test", headers=AUTH)
-        await until(lambda: asyncio.sleep(0, receiver.got))
+        await until(lambda: receiver.got, 10, "a first delivery attempt")
         r = await rig.edge.client.delete(f"/api/webhooks/{endpoint['id']}", headers=AUTH)
         assert r.status == 200
 
         async def state() -> str:
             [row] = await core.store.fetch("SELECT state FROM webhook_deliveries")
             return str(row["state"])
-        await until(lambda: _equals(state(), "failed"))
+        await until(lambda: _equals(state(), "failed"), 10, "the pending delivery to fail")
         r = await rig.edge.client.get(f"/api/webhooks/{endpoint['id']}/deliveries",
                                       headers=AUTH)
         assert r.status == 404

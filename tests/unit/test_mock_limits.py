@@ -11,10 +11,11 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.processes import CLIENT_TLS
+from harness.waiting import until
 from services.mockai.app import create_app
 from services.mockai.limits import Limiter, LimitSettings, format_duration
 from services.mockai.settings import ConfigError, MockSettings
-from tests.harness import CLIENT_TLS
 
 
 class Clock:
@@ -106,10 +107,7 @@ async def test_over_http_the_third_concurrent_call_is_refused(slow_mock: str) ->
             recs = (await c.get(f"{slow_mock}/mock/requests")).json()["requests"]
             return sum(r["outcome"] == "in_progress" for r in recs) == 2
 
-        for _ in range(500):  # wait on the condition (no fixed sleep), 5 s at most
-            if await both_in_flight():
-                break
-            await asyncio.sleep(0.01)
+        await until(both_in_flight, 5, "both calls to be in flight at the mock")
         third = await c.post(f"{slow_mock}/v1/chat/completions", json=req)
         assert third.status_code == 429 and third.headers["retry-after"] == "1"
         assert third.json()["error"]["code"] == "rate_limit_exceeded"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -13,6 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from harness.processes import CLIENT_TLS
+from harness.waiting import until
 from services.mockai.app import create_app
 from services.mockai.settings import ConfigError, MockSettings
 from services.processor.assembler import (
@@ -22,7 +23,6 @@ from services.processor.assembler import (
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
-from tests.harness import CLIENT_TLS
 
 FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
@@ -596,15 +596,15 @@ async def test_invalid_answer_faults_rejected(
 
 
 async def wait_for_disconnect(client: httpx.AsyncClient, base: str, tag: str) -> Any:
-    deadline = time.monotonic() + 5
-    while True:
+    """The mock's record of the call tagged ``tag``, once it has seen the client go."""
+    async def disconnected() -> Any:
         (rec,) = await records(client, base, tag=tag)
-        if rec["disconnected"]:
-            assert rec["outcome"] == "disconnected"
-            assert rec["finished_at"] == rec["disconnected_at"]
-            return rec
-        assert time.monotonic() < deadline, rec
-        await asyncio.sleep(0.02)
+        return rec if rec["disconnected"] else None
+    rec = await until(disconnected, 5, f"the mock to record call {tag!r} as disconnected",
+                      interval=0.02)
+    assert rec["outcome"] == "disconnected"
+    assert rec["finished_at"] == rec["disconnected_at"]
+    return rec
 
 
 async def read_then_close(base: str, req: dict[str, Any], n_events: int) -> float:

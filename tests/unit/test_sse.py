@@ -621,7 +621,9 @@ def test_error_body_with_bom_and_whitespace() -> None:
 def test_provider_error_str() -> None:
     err = parse_error_body(400, b'{"error": {"message": "Model Not Exist"}}')
     assert str(err) == "provider error (HTTP 400): Model Not Exist"
-    assert isinstance(err, Exception)
+    # Without an HTTP status (a stall, a failed connection) the text must not invent one.
+    stalled = ProviderError("provider stalled: ReadTimeout", code="idle_timeout")
+    assert str(stalled) == "provider error (mid-stream): provider stalled: ReadTimeout"
 
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -1,9 +1,10 @@
-"""Every file of the shared provider corpus must decode to exactly what SOURCES.md says.
+"""Every file of the provider corpus must decode to exactly what SOURCES.md says.
 
-The corpus lives next to the repository (``../shared/sse-corpus``; override with
-``SLUICE_SSE_CORPUS``). A missing folder is a failure, not a skip: these captures are the only
-evidence that the parser copes with real providers. ``EXPECTED`` has one entry per file, and a
-guard test fails when a file appears without expectations (or an entry loses its file).
+The corpus is kept in the repository, byte for byte as captured (``tests/fixtures/sse-corpus``;
+override with ``SLUICE_SSE_CORPUS``). A missing folder is a failure, not a skip: these captures
+are the only evidence that the parser copes with real providers. ``EXPECTED`` has one entry per
+file, and a guard test fails when a file appears without expectations (or an entry loses its
+file).
 
 Each ``.sse`` body is fed whole, in random small chunks (fixed seed) and byte by byte, and file
 13 also in the network reads it was captured with; every way must give the same events and the
@@ -35,7 +36,7 @@ from services.processor.assembler import (
 from services.processor.sse import SSEDecoder, SSEEvent
 
 CORPUS_ENV = "SLUICE_SSE_CORPUS"
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "sse-corpus"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "sse-corpus"
 SEED = 20240926
 
 Kind = Literal["stream", "events", "reads", "completion", "error", "doc"]

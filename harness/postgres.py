@@ -23,7 +23,8 @@ from typing import Any
 
 import asyncpg
 
-from tests.harness import free_port, wait_for
+from harness.processes import free_port
+from harness.waiting import wait_for
 
 SUPERUSER = "sluice"
 

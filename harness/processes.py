@@ -1,5 +1,5 @@
-"""Real processes for integration and end-to-end tests: redis-server on a free loopback port,
-and every Sluice service started as ``python -m services.<name>`` with the same environment
+"""Real processes for the tests and the benchmarks: redis-server on a free loopback port, and
+every Sluice service started as ``python -m services.<name>`` with the same environment
 variables compose gives it. Nothing here replaces our own code with a fake."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from urllib.parse import quote
 
 import certifi
 import httpx
+
+from harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # The TLS context of the tests' own HTTP clients, made once: a client made without one loads
@@ -35,22 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # reported if the wait fails
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
 @dataclass(frozen=True)
@@ -199,8 +184,9 @@ class RedisClusterServers:
                         "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         for port in self.ports:
-            wait_for(lambda port=port: "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO"),
-                     30, f"cluster_state:ok on node {port}", interval=0.1)
+            def ok(port: int = port) -> bool:
+                return "cluster_state:ok" in self.cli(port, "CLUSTER", "INFO")
+            wait_for(ok, 30, f"cluster_state:ok on node {port}", interval=0.1)
         return self
 
     def cli(self, port: int, *args: str) -> str:
@@ -418,7 +404,7 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
 def running_stack(tmp: Path, redis_url: str, **kw: object) -> Iterator[Stack]:
     env = {k: str(v) for k, v in kw.pop("env", {}).items()}  # type: ignore[attr-defined]
     prefix = kw.pop("prefix", None)  # REDIS_PREFIX; a fresh one by default
-    store_url = str(kw.pop("store_url", ""))  # STORE_URL; harness.new_store's by default
+    store_url = str(kw.pop("store_url", ""))  # STORE_URL; new_store's by default
     stack = Stack(tmp, redis_url, env, store_url=store_url) if prefix is None else \
         Stack(tmp, redis_url, env, prefix=str(prefix), store_url=store_url)
     try:
