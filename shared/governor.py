@@ -166,6 +166,8 @@ class Limits:
     tpm: int = 0
     initial_window: int = 16
     max_backoff_ms: int = 30_000
+    # RETRY_AFTER_CAP_S: no pause or x-ratelimit reset a provider announces holds longer.
+    reset_cap_ms: int = 60_000
 
 
 class GovernorSteps:
@@ -205,7 +207,7 @@ class GovernorSteps:
     async def settle(self, provider: str, now: int, entries: list[dict[str, Any]]) -> Room:
         """settle.lua. KEYS: state, slots, tokens (this window), limited answers (this
         minute). ARGV: now, max concurrency, initial window, max backoff, '1' when a TPM limit
-        is set, entries (JSON).
+        is set, the cap on what a provider says to wait for, entries (JSON).
         Reply {limit, in flight, pause until}."""
         k, lim = self.keys, self.limits
         reply = await self._settle(
@@ -213,7 +215,8 @@ class GovernorSteps:
                   k.governor_count(provider, "tokens", now // RATE_WINDOW_MS),
                   k.governor_count(provider, "limited", now // LIMITED_WINDOW_MS)],
             args=[now, lim.max_concurrency, lim.initial_window, lim.max_backoff_ms,
-                  "1" if lim.tpm else "0", *(orjson.dumps(e) for e in entries)])
+                  "1" if lim.tpm else "0", lim.reset_cap_ms,
+                  *(orjson.dumps(e) for e in entries)])
         return Room(int(reply[0]), int(reply[1]), int(reply[2]))
 
     async def peek(self, provider: str, now: int) -> Room:
@@ -270,8 +273,9 @@ def provider_state(state: dict[str, str], in_flight: int, now: int) -> dict[str,
         limit, rem, reset = (_num(state.get(f"{kind}_{f}")) for f in ("limit", "rem", "reset"))
         if limit is None and rem is None:
             return None
+        reset = abs(reset or 0)  # negative: a reset settle.lua capped
         return {"limit": limit, "remaining": rem,
-                "reset_at": int(reset) if reset and reset > now else None}
+                "reset_at": int(reset) if reset > now else None}
 
     refused_at = _num(state.get("refused_at"))
     return {

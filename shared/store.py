@@ -31,6 +31,12 @@ class StoreUnavailable(Exception):
     """The networked store could not be reached within the caller's patience."""
 
 
+class StoreMoved(StoreUnavailable):
+    """The SQLite file at STORE_PATH is no longer the one this process opened (deleted or
+    replaced): nothing is written until it is back. Its connections would write on into the
+    file they opened, where no one would read the rows again."""
+
+
 @dataclass(slots=True)
 class TaskRow:
     id: str
@@ -192,6 +198,11 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Finish pending writes, then disconnect."""
+
+    def moved(self) -> str | None:
+        """What happened to the store's file since it was opened (``deleted: ...``,
+        ``replaced: ...``), or None while it is in place. A networked store has no file."""
+        return None
 
     # --- writes ------------------------------------------------------------------------------
     async def save_task(self, row: TaskRow) -> bool:

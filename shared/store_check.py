@@ -12,16 +12,16 @@ the Redis key ``{prefix}:deployment``). A service checks them before it starts:
   (finished tasks would answer 404, and new rows would be split across two files).
 
 **Health.** :class:`StoreCheck` says what is wrong with the store, for ``/api/health``: the
-file at ``STORE_PATH`` is no longer the one opened (deleted or replaced: writes go to an
-unlinked file), it takes no writes (full disk, read-only), or it is corrupt
-(``PRAGMA quick_check`` on a fresh connection, which does not trust cached pages). The write
+file at ``STORE_PATH`` is no longer the one opened (deleted or replaced: the store refuses
+every write until it is back, see ``SqliteStore.moved``), it takes no writes (full disk,
+read-only), or it is corrupt (``PRAGMA quick_check`` on a fresh connection, which does not
+trust cached pages). The write
 and the check run at most once per interval; the file's identity is looked at every time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sqlite3
 import time
@@ -72,11 +72,6 @@ def _where(store: Store) -> str:
     return str(getattr(store, "path", None) or "STORE_URL")
 
 
-def file_id(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
 def _quick_check(path: str) -> str | None:
     """None when sound, else what is wrong. A connection of its own: a long-lived one keeps
     pages in its cache and would not see the file change beneath it."""
@@ -99,19 +94,15 @@ class StoreCheck:
         self.store, self.interval_s = store, interval_s
         # A SQLite file can be deleted or replaced beneath us; a networked store cannot.
         self.path: str | None = getattr(store, "path", None)
-        self.opened = file_id(self.path) if self.path else None
         self._checked_at = -float("inf")
         self._verdict: str | None = None
         self._lock = asyncio.Lock()
 
     async def problem(self) -> str | None:
         if self.path is not None:
-            try:
-                now_id = file_id(self.path)
-            except FileNotFoundError:
-                return f"deleted: {self.path} is gone (writes go to an unlinked file)"
-            if now_id != self.opened:
-                return f"replaced: {self.path} is not the file this process opened"
+            moved = self.store.moved()  # the check every write of the store makes first
+            if moved is not None:
+                return f"{moved} (no write goes to it until it is back)"
         else:
             try:
                 await self.store.ping()  # a networked store: is it reachable right now?

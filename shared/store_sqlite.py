@@ -7,6 +7,7 @@ timeout, ``BEGIN IMMEDIATE`` and a retry loop keep "database is locked" away fro
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from shared.store import (
     MIGRATIONS_DIR,
     Statement,
     Store,
+    StoreMoved,
     Write,
     check_table,
     write_statements,
@@ -38,6 +40,13 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def file_id(path: str) -> tuple[int, int]:
+    """The file's identity: device and inode. A file deleted, or replaced by another (a
+    restored copy, a new empty database), changes it; one renamed back is itself again."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _retry_locked(fn: Callable[[], T], attempts: int = 50) -> T:
@@ -111,10 +120,12 @@ class SqliteStore(Store):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self.opened: tuple[int, int] | None = None  # the file's identity when opened
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self._wconn = await loop.run_in_executor(self._writer, connect, self.path)
+        self.opened = file_id(self.path)
         applied = await loop.run_in_executor(self._writer, apply_migrations, self._wconn)
         if applied:
             log.info("store_migrated", backend=self.backend, applied=applied)
@@ -129,6 +140,24 @@ class SqliteStore(Store):
                 await loop.run_in_executor(pool, conn.close)
             pool.shutdown(wait=True)
 
+    def moved(self) -> str | None:
+        try:
+            now_id = file_id(self.path)
+        except FileNotFoundError:
+            return f"deleted: {self.path} is gone"
+        return None if now_id == self.opened else (
+            f"replaced: {self.path} is not the file this process opened")
+
+    def _in_place(self) -> None:
+        """Before each write transaction (a group commit of many rows, or one of
+        write_together): one stat. A file deleted or replaced under a running process took
+        its rows, unread for good (issue 25); now they wait, retried by their writers, until
+        the file is back. A change between this stat and the commit (microseconds) is not
+        seen."""
+        problem = self.moved()
+        if problem is not None:
+            raise StoreMoved(f"{problem}: nothing is written until it is back")
+
     async def _commit(self, items: list[Write]) -> list[bool]:
         return await asyncio.get_running_loop().run_in_executor(
             self._writer, self._write_many, items)
@@ -136,6 +165,7 @@ class SqliteStore(Store):
     def _write_many(self, items: list[Write]) -> list[bool]:
         conn = self._wconn
         assert conn is not None, "store not opened"
+        self._in_place()
         return _transaction(
             conn, lambda: [conn.execute(_SQL[i.op], i.params).rowcount > 0 for i in items])
 
@@ -147,6 +177,7 @@ class SqliteStore(Store):
         batch = list(statements)
 
         def body() -> list[bool]:
+            self._in_place()
             out: list[bool] = []
             for sql, params in batch:
                 if guarded and out and not out[0]:

@@ -249,6 +249,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     plan = _plan(settings, req, cid)
     if fault is not None and fault.kind is FaultKind.USAGE:
         plan = dataclasses.replace(plan, usage=fault.usage or {})
+    if fault is not None and fault.kind is FaultKind.HEADERS:
+        headers.update(fault.headers or {})
     limiter = state.limiter
     if not limiter.settings.active:
         return await _answer(request, settings, req, rec, plan, fault, headers)
@@ -488,6 +490,8 @@ class _SseStream:
         resp = self.resp
         resp.headers.update(headers)
         resp.headers["Content-Type"] = "text/event-stream"
+        if fault is not None and fault.kind is FaultKind.CONTENT_TYPE:
+            resp.headers["Content-Type"] = fault.content_type or ""
         resp.headers["Cache-Control"] = "no-cache"
         total = self.n_reasoning + len(plan.content)
         stop = total

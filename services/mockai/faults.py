@@ -24,6 +24,8 @@ class FaultKind(StrEnum):
     STREAM_ERROR = "stream_error"  # N content tokens, then an SSE error event, then end
     ANSWER = "answer"  # a 200 that is no answer, in one of the shapes of AnswerShape
     USAGE = "usage"  # a normal answer whose usage object is the one given (poison numbers)
+    HEADERS = "headers"  # a normal answer with these extra response headers (x-ratelimit-*)
+    CONTENT_TYPE = "content_type"  # a normal stream sent under this Content-Type (text/plain)
 
 
 class AnswerShape(StrEnum):
@@ -54,6 +56,8 @@ _KIND_KEYS: dict[str, tuple[FaultKind, frozenset[str]]] = {
     "error_in_stream_after": (FaultKind.STREAM_ERROR, frozenset({"message"})),
     "answer": (FaultKind.ANSWER, frozenset({"message", "code"})),
     "usage": (FaultKind.USAGE, frozenset()),
+    "headers": (FaultKind.HEADERS, frozenset()),
+    "content_type": (FaultKind.CONTENT_TYPE, frozenset()),
 }
 _COMMON_KEYS = frozenset({"times", "key"})
 DEFAULT_STALL_S = 3600.0
@@ -74,6 +78,8 @@ class Fault:
     stall_s: float = DEFAULT_STALL_S
     answer: AnswerShape | None = None
     usage: dict[str, Any] | None = None  # the usage object a USAGE fault answers with
+    headers: dict[str, str] | None = None  # what a HEADERS fault adds to the answer's headers
+    content_type: str | None = None  # what a CONTENT_TYPE fault's stream is labelled
 
 
 def _count(spec: dict[str, Any], name: str) -> int:
@@ -145,6 +151,16 @@ def parse_fault(spec: object) -> Fault:
         if not isinstance(spec["usage"], dict):
             raise FaultSpecError("fault.usage must be an object (sent as the answer's usage)")
         fields["usage"] = spec["usage"]
+    elif kind is FaultKind.HEADERS:
+        headers = spec["headers"]
+        if not isinstance(headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise FaultSpecError("fault.headers must be an object of strings")
+        fields["headers"] = headers
+    elif kind is FaultKind.CONTENT_TYPE:
+        if not isinstance(spec["content_type"], str) or not spec["content_type"]:
+            raise FaultSpecError("fault.content_type must be a non-empty string")
+        fields["content_type"] = spec["content_type"]
     else:
         fields["after"] = _count(spec, kind_key)
         if kind is FaultKind.STALL and spec.get("stall_s") is not None:

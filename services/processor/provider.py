@@ -128,15 +128,21 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
                 if resp.status >= 400:
                     body, _ = await read_capped(resp.content.iter_any(), MAX_ERROR_BODY_BYTES)
                     raise parse_error_body(resp.status, body, resp.headers.get("retry-after"))
-                if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    limit = settings.ai_max_line_bytes * JSON_BODY_LINES
-                    body, whole = await read_capped(resp.content.iter_any(), limit)
-                    if not whole:
-                        raise ProviderError(f"a JSON answer exceeded {limit} bytes",
-                                            status=NO_STATUS, code="body_too_large",
-                                            retryable=True)
-                    return await _from_json(body, on_deltas, answer)
-                return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes, answer)
+                content_type = resp.headers.get("content-type", "")
+                if "text/event-stream" in content_type:
+                    return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes,
+                                              answer)
+                head = b"" if "json" in content_type else await _sniff(resp.content.readany)
+                if is_sse(head):
+                    return await _from_stream(resp, on_deltas, settings.ai_max_line_bytes,
+                                              answer, _chain(head, resp.content.iter_any()))
+                limit = settings.ai_max_line_bytes * JSON_BODY_LINES
+                body, whole = await read_capped(_chain(head, resp.content.iter_any()), limit)
+                if not whole:
+                    raise ProviderError(f"a JSON answer exceeded {limit} bytes",
+                                        status=NO_STATUS, code="body_too_large",
+                                        retryable=True)
+                return await _from_json(body, on_deltas, answer)
     except ProviderError as err:
         # Its message reaches clients and /api/ai-status as the provider wrote it, and a
         # provider may quote what it was sent (OpenAI echoes a wrong key): never our key.
@@ -158,10 +164,44 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
                             code="connection_error", retryable=True) from None
 
 
+# A body under another content type is a stream when it starts as one: the fields of SSE, or
+# a comment (a keep-alive). The OpenAI SDKs (Python's Stream, Node's) parse a streamed answer
+# as SSE whatever its content type, and proxies label streams text/plain or
+# application/octet-stream (a default_type, a gateway that does not know SSE): read as JSON,
+# such a stream failed as invalid_answer after MAX_ATTEMPTS full calls.
+_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+SNIFF_BYTES = 4096  # read at most this much to find the body's first bytes past blank space
+
+
+async def _sniff(read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """The body's first reads (``read``: the next one, b"" at its end): enough to see how it
+    starts, or all of it when shorter."""
+    head = b""
+    while len(head.lstrip()) < len(b"event:") and len(head) < SNIFF_BYTES:
+        chunk = await read()
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def is_sse(head: bytes) -> bool:
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(_SSE_STARTS)
+
+
+async def _chain(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
 async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
-                       max_line_bytes: int, answer: ChoiceText | None) -> Completion:
+                       max_line_bytes: int, answer: ChoiceText | None,
+                       chunks: AsyncIterator[bytes] | None = None) -> Completion:
+    """``chunks``: the body's reads when some were taken already (by :func:`_sniff`)."""
     decoder, assembler = SSEDecoder(max_line_bytes), StreamAssembler(answer)
-    chunks = resp.content.iter_any()
+    chunks = resp.content.iter_any() if chunks is None else chunks
     async for raw in chunks:
         deltas: list[Delta] = []
         for event in decoder.feed_data(raw):

@@ -34,6 +34,7 @@ class ProcessorSettings:
     def from_env(cls, env: Env | None = None) -> ProcessorSettings:
         env = env or Env()
         batching = Batching.from_env(env)
+        retry_after_cap_s = env.number("RETRY_AFTER_CAP_S", 60.0, min_value=0)
         return cls(
             common=Common.from_env(env),
             batching=batching,
@@ -43,7 +44,7 @@ class ProcessorSettings:
             max_attempts=env.integer("MAX_ATTEMPTS", 3, min_value=1, max_value=100),
             retry_base_s=env.number("RETRY_BASE_S", 1.0, min_value=0),
             retry_cap_s=env.number("RETRY_CAP_S", 30.0, min_value=0),
-            retry_after_cap_s=env.number("RETRY_AFTER_CAP_S", 60.0, min_value=0),
+            retry_after_cap_s=retry_after_cap_s,
             retention_s=env.integer("EVENTS_RETENTION_S", 3600, min_value=1),
             drain_s=env.number("DRAIN_S", 20.0, min_value=0),
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
@@ -57,7 +58,8 @@ class ProcessorSettings:
                 initial_window=env.integer("GOVERNOR_INITIAL_WINDOW", 16, min_value=1,
                                            max_value=100_000),
                 max_backoff_ms=int(1000 * env.number("GOVERNOR_MAX_BACKOFF_S", 30.0,
-                                                     min_value=0.1))),
+                                                     min_value=0.1)),
+                reset_cap_ms=int(1000 * retry_after_cap_s)),
             task_deadline_s=env.number("TASK_DEADLINE_S", 86_400.0, min_value=1),
             metrics=MetricsSettings.from_env(env),
         )

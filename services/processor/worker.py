@@ -32,7 +32,7 @@ from shared.loops import cancel_if_asked, forever, sleep_unless, until_redis_ans
 from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient
 from shared.runtime import ServiceGroup
 from shared.steps import Steps
-from shared.store import BatchRow, Store, store_broken
+from shared.store import BatchRow, Store, store_broken, store_unavailable
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.processor")
@@ -84,6 +84,7 @@ class Processor:
         self._taken = 0
         self._burst = False
         self._poll_s = POLL_S
+        self.store_moved: str | None = None  # what happened to the SQLite file, while it lasts
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -100,7 +101,7 @@ class Processor:
         async with ServiceGroup() as tg:
             self._tg = tg
             tg.create_task(self.leases.run(self.stopping, self.drained))
-            tg.create_task(self._forever(self._safe_report, "heartbeat",
+            tg.create_task(self._forever(self._heartbeat, "heartbeat",
                                          self.settings.heartbeat_s))
             tg.create_task(self._forever(self._report_when_due, "capacity"))
             tg.create_task(self._forever(self._listen_cancels, "cancels"))
@@ -152,14 +153,44 @@ class Processor:
 
     async def _row_for_expired(self, task_id: str) -> None:
         """A task whose deadline passed while it waited gets its row now, not once a batch
-        brings it to a processor (while the provider is paused, that may be long)."""
-        await TaskRun(self.deps, task_id, "").ensure_row_for_terminal()
+        brings it to a processor (while the provider is paused, that may be long). A store
+        that takes no writes now (its file moved, a full disk) leaves that to the batch."""
+        try:
+            await TaskRun(self.deps, task_id, "").ensure_row_for_terminal()
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            log.warning("expired_row_not_saved", task_id=task_id, error=str(exc))
+
+    # --- the store's file -------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        await self._watch_store()
+        await self._safe_report()
+
+    async def _watch_store(self) -> None:
+        """Is the SQLite file at STORE_PATH still the one we opened? The store refuses every
+        write while it is not (shared/store_sqlite.py); here the processor stops taking work
+        and leaves the pool (no heartbeat: its healthcheck fails, /api/async-status no longer
+        counts it). Its tasks are not given up: a finished answer is kept, its write retried
+        while the lease holds, and goes in once the file is back (renamed back, the same
+        file). Not handed off: every processor on the host sees the same file. A restarted
+        processor opens what is there then, if it is this deployment's."""
+        moved = self.store.moved()
+        if moved == self.store_moved:
+            return
+        self.store_moved = moved
+        self._set_inflight(0)  # claim again, or not
+        if moved is None:
+            log.info("store_back")
+            return
+        log.error("store_moved", problem=moved, in_flight=self.inflight)
+        await self._retire()
 
     # --- capacity -----------------------------------------------------------------------------
     @property
     def free(self) -> int:
         """Slots we offer: our own, and no more than the provider's governor has room for."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self.store_moved is not None:
             return 0
         return max(0, min(self.settings.concurrency - self.inflight, self._provider_room()))
 
@@ -181,6 +212,8 @@ class Processor:
             self._report_due.set()
 
     async def _report_capacity(self, taken: int = 0) -> None:
+        if self.store_moved is not None:
+            return  # out of the pool until the store's file is back
         expiry = now_ms() + int(self.settings.heartbeat_s * 3000)
         await self.steps.report_capacity(name=self.name, free=self.free, expiry_ms=expiry,
                                          taken=taken, inflight=self.inflight,

@@ -5,7 +5,8 @@
 -- and the lease it takes, so however many processors ask at once, the provider never gets
 -- more than its room: calls in flight under the window, requests and tokens under the
 -- operator's per-window limits, and nothing while the provider asked for a pause or its own
--- x-ratelimit headers said its quota is spent until a reset.
+-- x-ratelimit headers said its quota is spent until a reset (never past RETRY_AFTER_CAP_S:
+-- a reset settle.lua capped is stored negative, see quota()).
 -- A slot is a lease (a member of the slots zset scored by its expiry): a processor that dies
 -- stops renewing it, and the next admission drops it.
 -- KEYS[1] provider state hash, KEYS[2] slots zset, KEYS[3] requests counter of this window,
@@ -49,6 +50,13 @@ local known = {}
 local function quota(rem_f, reset_f, rem, reset, lim, need, reason)
   rem, reset = tonumber(rem), tonumber(reset)
   if reset == 0 then reset = nil end  -- a window admit opened: its reset is not known yet
+  if reset and reset < 0 then
+    -- A reset settle.lua capped (RETRY_AFTER_CAP_S): waited for until the cap; past it,
+    -- not a reset at all (the quota does not come back): unknown, so with nothing in flight
+    -- one call goes as a probe below, and its answer decides (settle.lua).
+    reset = -reset
+    if reset <= now then reset = nil end
+  end
   if rem and reset and reset <= now then
     rem, reset = tonumber(lim), nil
     -- A new window, its reset not known yet: 'rolled' tells settle that the count kept from

@@ -15,7 +15,7 @@ local blocked = 0
 local pause = tonumber(s[2]) or 0
 if pause > now then blocked = pause end
 for _, p in ipairs({{s[3], s[4]}, {s[5], s[6]}}) do
-  local rem, reset = tonumber(p[1]), tonumber(p[2]) or 0
+  local rem, reset = tonumber(p[1]), math.abs(tonumber(p[2]) or 0)  -- negative: capped
   if rem and rem <= 0 and reset > now and reset > blocked then blocked = reset end
 end
 return {limit, redis.call('ZCARD', KEYS[2]), blocked}

@@ -18,18 +18,25 @@
 -- ARGV[1] now (ms), ARGV[2] operator's max concurrency (0: none), ARGV[3] initial window,
 -- ARGV[4] max backoff pause (ms) for repeated rate limits without Retry-After,
 -- ARGV[5] '1' when a tokens-per-minute limit is set (token corrections count only then),
--- ARGV[6..] entries, each a JSON object:
+-- ARGV[6] the cap (ms) on anything the provider says to wait for (RETRY_AFTER_CAP_S),
+-- ARGV[7..] entries, each a JSON object:
 --   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
 --    "pause_until": ms from Retry-After (0: none)}
 --   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
 --                 "tr": remaining tokens, "ts": their reset (ms), "tl": token limit}}
 -- Returns {limit, in flight, pause until (ms, 0: none)}
+-- Nothing a provider sends stops calls for longer than the cap: a Retry-After pause ends by
+-- now + cap, and a reset further than that is kept as minus (now + cap). Past it, admit.lua
+-- lets one call go as a probe, and that call's answer decides: its headers replace the
+-- capped reset, and a success that says nothing about the quota forgets it (see probing()).
+-- A proxy's bug (x-ratelimit-reset-requests: 999999h) cost 114 years of silence before.
 local state, slots = KEYS[1], KEYS[2]
 local now, opmax = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cap_until = now + tonumber(ARGV[6])
 -- The state is read once (one HMGET) and written back once, with the slots counted once and
 -- then followed as entries free them: each redis.call costs more than its command.
 local s = redis.call('HMGET', state, 'window', 'slow_start', 'decreased_at', 'pause_until',
-  'refused_at', 'streak')
+  'refused_at', 'streak', 'req_reset', 'tok_reset')
 local window = tonumber(s[1] or ARGV[3])
 local slow = s[2] ~= '0'
 local dec_at = tonumber(s[3] or '0')
@@ -39,6 +46,7 @@ local w_max = tonumber(s[5] or '0')
 local streak, streak_set = tonumber(s[6] or '0'), false
 local inflight = redis.call('ZCARD', slots)
 local PROBE_ROUNDS = 50
+local resets = {req = tonumber(s[7]), tok = tonumber(s[8])}  -- followed as headers set them
 
 local function grow()
   if slow then return window + 1 end
@@ -54,6 +62,7 @@ local function headers(h)
     if rem and reset and reset <= now then
       rem = nil  -- an answer from a window that has ended says nothing about this one
     end
+    if reset and reset > cap_until then reset = -cap_until end  -- capped: a probe decides
     if rem then
       local c = redis.call('HMGET', state, f[4] .. '_rem', f[4] .. '_reset')
       local cur = tonumber(c[1])
@@ -65,13 +74,31 @@ local function headers(h)
         rem = cur
       end
       redis.call('HSET', state, f[4] .. '_rem', rem, f[4] .. '_seen_at', now)
-      if reset then redis.call('HSET', state, f[4] .. '_reset', reset) end
+      if reset then
+        redis.call('HSET', state, f[4] .. '_reset', reset)
+        resets[f[4]] = reset
+      elseif cur_reset and cur_reset < 0 then
+        -- What is left, with no word on when: the capped reset is not this answer's.
+        redis.call('HDEL', state, f[4] .. '_reset')
+        resets[f[4]] = nil
+      end
+    end
+  end
+end
+
+-- A success while a capped reset has passed (the probe's, or a call's from before) that
+-- said nothing about that quota: the provider serves, so the quota is unknown again.
+local function probing()
+  for kind, reset in pairs(resets) do
+    if reset < 0 and -reset <= now then
+      redis.call('HDEL', state, kind .. '_rem', kind .. '_reset')
+      resets[kind] = nil
     end
   end
 end
 
 local succeeded = false
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local e = cjson.decode(ARGV[i])
   if e.h then headers(e.h) end
   if e.slot then
@@ -84,6 +111,7 @@ for i = 6, #ARGV do
     if e.outcome == 'ok' then
       succeeded = true
       streak, streak_set = 0, true
+      probing()
       if full then window = grow() end
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
@@ -101,7 +129,7 @@ for i = 6, #ARGV do
       elseif w_max > took then
         w_max = took
       end
-      local untl = tonumber(e.pause_until) or 0
+      local untl = math.min(tonumber(e.pause_until) or 0, cap_until)
       if untl <= now and streak >= 2 then
         -- Refused again with no word on how long to wait: back off, for every processor.
         untl = now + math.min(tonumber(ARGV[4]), 250 * 2 ^ (streak - 2))

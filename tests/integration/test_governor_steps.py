@@ -220,6 +220,63 @@ async def test_token_headers_wait_for_their_reset(redis: RedisClient) -> None:
     assert isinstance(reply, Admitted)
 
 
+FAR = 999_999 * 3_600_000  # x-ratelimit-reset-requests: 999999h, in ms
+
+
+async def test_a_far_reset_waits_for_the_cap_then_one_probe_decides(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10, reset_cap_ms=2000)
+    await steps.settle(P, T0, [{"h": {"rr": 0, "rs": T0 + FAR, "rl": 100}}])
+    reply, _ = await admit(steps, T0 + 1)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("requests", T0 + 2000)
+    assert (await steps.peek(P, T0 + 1)).blocked_until == T0 + 2000
+    # Past the cap: one call goes, the next waits for its answer (not for the limit of 100).
+    probe, slot = await admit(steps, T0 + 2000)
+    assert isinstance(probe, Admitted)
+    reply, _ = await admit(steps, T0 + 2001)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("requests", 0)
+    # Its answer says the same again: the cap again, from now.
+    await steps.settle(P, T0 + 2100, [{"h": {"rr": 0, "rs": T0 + FAR}},
+                                      {"slot": slot, "outcome": "ok"}])
+    reply, _ = await admit(steps, T0 + 2101)
+    assert isinstance(reply, Wait) and (reply.reason, reply.until) == ("requests", T0 + 4100)
+    # The next probe's answer says 50 left: calls go.
+    probe, slot = await admit(steps, T0 + 4100)
+    assert isinstance(probe, Admitted)
+    await steps.settle(P, T0 + 4200, [{"h": {"rr": 50, "rs": T0 + 5000}},
+                                      {"slot": slot, "outcome": "ok"}])
+    admitted = [await admit(steps, T0 + 4201) for _ in range(3)]
+    assert all(isinstance(r, Admitted) for r, _ in admitted)
+
+
+async def test_a_probe_answered_without_rate_headers_forgets_the_capped_quota(
+        redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=10, reset_cap_ms=1000)
+    await steps.settle(P, T0, [{"h": {"rr": 0, "rs": T0 + FAR, "tr": 0, "ts": T0 + FAR}}])
+    probe, slot = await admit(steps, T0 + 1000)
+    assert isinstance(probe, Admitted)
+    # Refused without a word on the quota: still one probe at a time.
+    await steps.settle(P, T0 + 1100, [{"slot": slot, "outcome": "other"}])
+    probe, slot = await admit(steps, T0 + 1101)
+    assert isinstance(probe, Admitted)
+    reply, _ = await admit(steps, T0 + 1102)
+    assert isinstance(reply, Wait) and reply.until == 0
+    # A success that says nothing about either quota: the provider serves, calls go.
+    await steps.settle(P, T0 + 1200, [{"slot": slot, "outcome": "ok"}])
+    admitted = [await admit(steps, T0 + 1201) for _ in range(5)]
+    assert all(isinstance(r, Admitted) for r, _ in admitted)
+    state = await redis.hgetall(steps.keys.governor(P))
+    assert not {"req_rem", "req_reset", "tok_rem", "tok_reset"} & set(state)
+
+
+async def test_a_retry_after_past_the_cap_pauses_for_the_cap(redis: RedisClient) -> None:
+    steps = steps_for(redis, reset_cap_ms=3000)
+    _, slot = await admit(steps, T0)
+    room = await steps.settle(P, T0 + 5, [{"slot": slot, "outcome": "limited",
+                                           "pause_until": T0 + 86_400_000}])
+    assert room.blocked_until == T0 + 3005
+    assert isinstance((await admit(steps, T0 + 3005))[0], Admitted)
+
+
 async def test_expire_fails_a_waiting_task_but_leaves_a_running_one(redis: RedisClient) -> None:
     steps = steps_for(redis)
     k = steps.keys

@@ -1,20 +1,25 @@
 """The store and Redis carry one deployment id; a service refuses a store that is not its
-deployment's, and never starts an empty database beside a live deployment (issue 10)."""
+deployment's, and never starts an empty database beside a live deployment (issue 10); a
+running processor writes nothing into a SQLite file that is no longer at STORE_PATH
+(issue 25)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.store import Store, make_store
 from shared.store_check import DEPLOYMENT, StoreCheck, StoreRefused, check_identity
+from tests.integration.kit import BURST_TIMEOUT_S, QUIET, Core, mid_stream, until
 
 
 @pytest.fixture
@@ -106,3 +111,68 @@ async def test_health_names_a_deleted_replaced_or_corrupt_store(tmp_path: Path) 
         assert (await check.problem() or "").startswith("replaced")
     finally:
         await store.close()
+
+
+@pytest.mark.sqlite_only  # a networked store cannot be deleted beneath a process
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in_place(
+        core: Core, store_url: str, how: str) -> None:
+    """The file at STORE_PATH goes away (the probe's rm) or is replaced by another database
+    while a task streams: its answer is not written into
+    the old file, the processor stops taking work and leaves the pool, and once the file is
+    back, the row is written and the task succeeds."""
+    path = Path(store_url)
+    away = path.with_name("away.db")
+    tid = await core.submit({"content_tokens": 30, "tokens_per_s": 60, **QUIET})
+    await core.coordinator().run_burst()
+    processor = core.processor()
+    running = asyncio.create_task(processor.run(burst=True))
+    try:
+        await mid_stream(core, tid)
+        refused = store_errors()
+        move(path, away)  # the connections keep the file they opened (its inode)
+        if how == "replaced":  # by a database made elsewhere: SQLite never opens it here,
+            # where it would take the old file's -wal as its own
+            other = path.parent / "elsewhere" / "store.db"
+            empty = make_store(str(other))
+            await empty.open()
+            await empty.close()
+            move(other, path)
+
+        async def settled_or_refused() -> bool:
+            status = await core.redis.hget(core.keys.task(tid), "status")
+            return status == "succeeded" or store_errors() > refused
+
+        await until(settled_or_refused)
+        # Before: "succeeded", its row in the file no one would open again.
+        assert await core.redis.hget(core.keys.task(tid), "status") == "running"
+        assert await core.store.get_task(tid) is None  # nothing in the old file either
+
+        async def out_of_the_pool() -> bool:
+            alive = await core.redis.zscore(core.keys.processors_alive, processor.name)
+            return processor.free == 0 and alive is None
+
+        await until(out_of_the_pool)
+        if how == "replaced":
+            move(path, path.with_name("replacement.db"))
+        move(away, path)
+
+        async def succeeded() -> bool:
+            return await core.redis.hget(core.keys.task(tid), "status") == "succeeded"
+
+        await until(succeeded, within_s=20)  # the next of the write's retries, 5 s apart
+        row = await core.store.get_task(tid)
+        assert row is not None and row["status"] == "succeeded"
+        await until(lambda: core.redis.zscore(core.keys.processors_alive, processor.name))
+    finally:
+        processor.stop()
+        async with asyncio.timeout(BURST_TIMEOUT_S):
+            await running
+
+
+def move(src: Path, dst: Path) -> None:
+    src.rename(dst)
+
+
+def store_errors() -> float:
+    return REGISTRY.get_sample_value("sluice_store_errors_total") or 0.0

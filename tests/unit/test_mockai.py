@@ -407,6 +407,8 @@ async def test_fault_header_wins(base: str, client: httpx.AsyncClient) -> None:
         {"cut_after": -1},
         {"json": True, "cut_after": 1},
         {"stall_after": 1, "x": 1},
+        {"headers": {"x-ratelimit-remaining-requests": 0}},
+        {"content_type": ""},
     ],
 )
 async def test_invalid_fault_rejected(
@@ -420,6 +422,28 @@ async def test_json_fault(base: str, client: httpx.AsyncClient) -> None:
     r = await client.post(f"{base}/v1/chat/completions", json=body(**mock(fault={"json": True})))
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_headers_fault_adds_headers_to_a_normal_answer(
+    base: str, client: httpx.AsyncClient, stream: bool
+) -> None:
+    far = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "999999h"}
+    r = await client.post(f"{base}/v1/chat/completions",
+                          json=body(stream=stream, **mock(fault={"headers": far})))
+    assert r.status_code == 200
+    assert {k: r.headers[k] for k in far} == far
+    done = sse_events(r.text)[-1] == "[DONE]" if stream else r.json()["choices"]
+    assert done
+
+
+async def test_content_type_fault_labels_a_normal_stream(
+    base: str, client: httpx.AsyncClient
+) -> None:
+    r = await client.post(f"{base}/v1/chat/completions",
+                          json=body(**mock(fault={"content_type": "text/plain"})))
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain"
+    assert sse_events(r.text)[-1] == "[DONE]"
 
 
 async def test_cut_after_breaks_stream(base: str, client: httpx.AsyncClient) -> None:

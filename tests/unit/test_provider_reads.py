@@ -1,5 +1,6 @@
 """Bounded reads of provider bodies: an endless error page or JSON answer costs a fixed amount;
-the deltas of one read go on joined."""
+the deltas of one read go on joined; a body under another content type is known for a stream
+by how it starts, whatever the pieces it arrives in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.processor.assembler import Delta
-from services.processor.provider import _merge, read_capped
+from services.processor.provider import _merge, _sniff, is_sse, read_capped
 
 
 class Endless:
@@ -50,3 +51,45 @@ def test_the_deltas_of_one_read_are_joined_per_run_of_a_kind() -> None:
     assert got == [Delta("reasoning", "ab"), Delta("content", "cde"), Delta("reasoning", "f")]
     assert _merge([Delta("content", "x")]) == [Delta("content", "x")]
     assert _merge([]) == []
+
+
+@pytest.mark.parametrize(("head", "sse"), [
+    (b"data: {\"choices\": []}\n\n", True),
+    (b"\xef\xbb\xbf\r\n  event: message\ndata: x\n\n", True),
+    (b": keep-alive\n\n", True),
+    (b"id: 1\n", True),
+    (b"retry: 100\n", True),
+    (b'  {"choices": []}', False),
+    (b"<html>upstream ok</html>", False),
+    (b"", False),
+    (b"   \n", False),
+])
+def test_a_stream_is_known_by_how_it_starts(head: bytes, sse: bool) -> None:
+    assert is_sse(head) is sse
+
+
+async def sniffed(*pieces: bytes) -> tuple[bytes, bytes]:
+    """(what _sniff took, what it left) of a body that arrives in these pieces, one a read."""
+    reads = iter(pieces)
+
+    async def read() -> bytes:
+        return next(reads, b"")
+
+    head = await _sniff(read)
+    return head, b"".join(reads)
+
+
+async def test_sniffing_reads_past_blank_space_and_tiny_pieces_only_as_far_as_it_needs() -> None:
+    body = b"\n\n data: {}\n\n" + b"data: [DONE]\n\n"
+    head, rest = await sniffed(*(body[i:i + 1] for i in range(len(body))))
+    assert is_sse(head) and head == b"\n\n data: "  # six bytes past the blank space
+    assert head + rest == body
+
+
+async def test_sniffing_a_body_of_blank_space_stops_at_its_cap() -> None:
+    head, rest = await sniffed(*[b" " * 1000] * 10)
+    assert not is_sse(head) and len(head) == 5000 and len(rest) == 5000
+
+
+async def test_sniffing_a_short_body_takes_all_of_it() -> None:
+    assert await sniffed(b"{}") == (b"{}", b"")
