@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from harness.waiting import until
 from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.store import Store, make_store
 from shared.store_check import DEPLOYMENT, StoreCheck, StoreRefused, check_identity
-from tests.integration.kit import BURST_TIMEOUT_S, QUIET, Core, mid_stream, until
+from tests.integration.kit import BURST_TIMEOUT_S, QUIET, Core, mid_stream
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in
             status = await core.redis.hget(core.keys.task(tid), "status")
             return status == "succeeded" or store_errors() > refused
 
-        await until(settled_or_refused)
+        await until(settled_or_refused, 10, "the write to land or be refused")
         # Before: "succeeded", its row in the file no one would open again.
         assert await core.redis.hget(core.keys.task(tid), "status") == "running"
         assert await core.store.get_task(tid) is None  # nothing in the old file either
@@ -152,7 +153,7 @@ async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in
             alive = await core.redis.zscore(core.keys.processors_alive, processor.name)
             return processor.free == 0 and alive is None
 
-        await until(out_of_the_pool)
+        await until(out_of_the_pool, 10, "the processor to leave the pool")
         if how == "replaced":
             move(path, path.with_name("replacement.db"))
         move(away, path)
@@ -160,10 +161,12 @@ async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in
         async def succeeded() -> bool:
             return await core.redis.hget(core.keys.task(tid), "status") == "succeeded"
 
-        await until(succeeded, within_s=20)  # the next of the write's retries, 5 s apart
+        # the next of the write's retries, 5 s apart
+        await until(succeeded, 20, "the task to succeed")
         row = await core.store.get_task(tid)
         assert row is not None and row["status"] == "succeeded"
-        await until(lambda: core.redis.zscore(core.keys.processors_alive, processor.name))
+        await until(lambda: core.redis.zscore(core.keys.processors_alive, processor.name), 10,
+                    "the processor back in the pool")
     finally:
         processor.stop()
         async with asyncio.timeout(BURST_TIMEOUT_S):
