@@ -213,12 +213,14 @@ class BatchStore:
             batch_id)
         return Progress(*(int(v) for v in row.values()))  # PostgreSQL's sums are numeric
 
-    async def unfinished_task_ids(self, batch_id: str, below: int) -> list[str]:
-        """Tasks of lines < ``below`` (the queued ones) with no final row yet."""
+    async def unfinished_lines(self, batch_id: str, below: int) -> list[Line]:
+        """Lines < ``below`` (the queued ones) whose task has no final row yet."""
         rows = await self.store.fetch(
-            "SELECT l.task_id FROM batch_lines l LEFT JOIN tasks t ON t.id = l.task_id "
-            "WHERE l.batch_id = ? AND l.line < ? AND t.id IS NULL", batch_id, below)
-        return [r["task_id"] for r in rows]
+            "SELECT l.line, l.custom_id, l.task_id, l.request FROM batch_lines l "
+            "LEFT JOIN tasks t ON t.id = l.task_id "
+            "WHERE l.batch_id = ? AND l.line < ? AND t.id IS NULL ORDER BY l.line",
+            batch_id, below)
+        return [Line(r["line"], r["custom_id"], r["task_id"], r["request"]) for r in rows]
 
     async def results(self, batch_id: str) -> list[tuple[Line, dict[str, Any] | None]]:
         """Every line with its task's final row (None: never ran), in line order."""
