@@ -84,6 +84,7 @@ RUNNER_ERRORS = {
           "before it finished.",
 }
 LOST_CHECK_TICKS = 20  # how often (in ticks) running batches are checked for lost tasks
+SWEEP_S = 60.0         # how often this edge deletes the uploads whose edge died mid-way
 _QUEUED, _WAIT = "queued", "wait"
 
 
@@ -146,6 +147,7 @@ class BatchRunner:
         self.token = secrets.token_hex(16)
         self.holding = False
         self.ticks = 0
+        self.swept_at = 0.0
 
     # --- the lease -----------------------------------------------------------------------------
     async def hold(self) -> bool:
@@ -163,6 +165,7 @@ class BatchRunner:
 
     # --- one tick ------------------------------------------------------------------------------
     async def tick(self) -> None:
+        await self.sweep_uploads()
         active = await self.store.active_batch_ids(b.ACTIVE)
         if not active:  # an idle edge leaves nothing in Redis
             await self.release()
@@ -186,6 +189,17 @@ class BatchRunner:
                 await self.finish(record, b.COMPLETED)
         if running:
             await self.run(running)
+
+    async def sweep_uploads(self) -> None:
+        """Now and then, delete the uploads whose edge died mid-way (older than any upload
+        may last): every edge does, its deletes are idempotent."""
+        now = time.monotonic()
+        if now - self.swept_at < SWEEP_S:
+            return
+        self.swept_at = now
+        limit = self.settings.upload_timeout_s + SWEEP_S
+        if swept := await self.store.sweep_uploads(int(time.time() - limit)):
+            log.info("uploads_swept", files=swept)
 
     async def run(self, running: Sequence[tuple[BatchRecord, Progress]]) -> None:
         """Queue the running batches' next lines: BATCH_LINES_IN_FLIGHT in all, whatever the

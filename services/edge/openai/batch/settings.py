@@ -16,10 +16,14 @@ class BatchApiSettings:
     tenant_lines_in_flight: int  # one tenant's batch lines queued or running at once
     tick_s: float             # how often the runner looks at the active batches
     runner_lease_ms: int      # the runner's lease: one edge replica runs the batches
+    uploads_per_edge: int     # uploads in progress at once on one edge replica
+    uploads_per_tenant: int   # one tenant's uploads in progress at once on one edge replica
+    upload_timeout_s: float   # an upload must have arrived whole within this (else 408)
 
     @classmethod
     def from_env(cls, env: Env) -> BatchApiSettings:
         in_flight = env.integer("BATCH_LINES_IN_FLIGHT", 16, min_value=1)
+        per_edge = env.integer("BATCH_UPLOADS_PER_EDGE", 16, min_value=1)
         return cls(
             max_file_bytes=env.integer("BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024, min_value=1),
             max_file_lines=env.integer("BATCH_MAX_FILE_LINES", 50_000, min_value=1),
@@ -29,4 +33,8 @@ class BatchApiSettings:
                                                min_value=1),
             tick_s=env.number("BATCH_TICK_S", 0.5, min_value=0.01),
             runner_lease_ms=env.integer("BATCH_RUNNER_LEASE_MS", 10_000, min_value=100),
+            uploads_per_edge=per_edge,
+            uploads_per_tenant=env.integer("BATCH_UPLOADS_PER_TENANT", min(4, per_edge),
+                                           min_value=1),
+            upload_timeout_s=env.number("BATCH_UPLOAD_TIMEOUT_S", 900.0, min_value=0.01),
         )
