@@ -98,6 +98,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
 
 def _add_batch_api(app: web.Application) -> None:
     """BATCH_API: the routes, the batch runner and the webhook sender."""
+    app[files.UPLOADS] = files.upload_slots(app[SETTINGS].batch_api)
     app.cleanup_ctx.append(batch_runner.runner_ctx)
     app.cleanup_ctx.append(delivery.webhooks_ctx)
     r = app.router

@@ -31,30 +31,35 @@ class BatchRig:
     other: openai.AsyncOpenAI  # a key of another tenant
     core: Core
 
-    async def upload(self, lines: list[bytes] | bytes) -> str:
+    async def upload(self, lines: list[bytes] | bytes,
+                     client: openai.AsyncOpenAI | None = None) -> str:
         data = lines if isinstance(lines, bytes) else b"\n".join(lines) + b"\n"
-        f = await self.client.files.create(file=("requests.jsonl", data), purpose="batch")
+        f = await (client or self.client).files.create(file=("requests.jsonl", data),
+                                                       purpose="batch")
         return f.id
 
-    async def run(self, lines: list[bytes] | bytes, **create: Any) -> Any:
-        file_id = await self.upload(lines)
-        batch = await self.client.batches.create(
+    async def run(self, lines: list[bytes] | bytes, client: openai.AsyncOpenAI | None = None,
+                  **create: Any) -> Any:
+        """A batch of ``lines``, of the tenant of ``client`` (the first key's by default)."""
+        file_id = await self.upload(lines, client)
+        batch = await (client or self.client).batches.create(
             input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
             **create)
         return batch
 
     async def wait(self, batch_id: str, statuses: tuple[str, ...] = TERMINAL,
-                   within_s: float = 60) -> Any:
+                   within_s: float = 60, client: openai.AsyncOpenAI | None = None) -> Any:
         async def reached() -> Any:  # the SDK's own way: retrieve until done
-            batch = await self.client.batches.retrieve(batch_id)
+            batch = await (client or self.client).batches.retrieve(batch_id)
             return batch if batch.status in statuses else None
         return await until(reached, within_s, f"batch {batch_id} to be one of {statuses}",
                            interval=0.05)
 
-    async def jsonl(self, file_id: str | None) -> list[dict[str, Any]]:
+    async def jsonl(self, file_id: str | None,
+                    client: openai.AsyncOpenAI | None = None) -> list[dict[str, Any]]:
         if file_id is None:
             return []
-        content = await self.client.files.content(file_id)
+        content = await (client or self.client).files.content(file_id)
         return [orjson.loads(line) for line in content.text.splitlines() if line.strip()]
 
 
@@ -112,3 +117,15 @@ async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
         finally:
             await client.close()
             await other.close()
+
+
+@contextlib.asynccontextmanager
+async def runner_paused(rig: BatchRig) -> AsyncIterator[None]:
+    """Another replica holds the batch runner's lease meanwhile, so the runner does nothing:
+    what a test does in between happens before any line of its batches is queued."""
+    lock = rig.core.keys.batch_runner_lock
+    await rig.core.redis.set(lock, "another-edge", px=60_000)
+    try:
+        yield
+    finally:
+        await rig.core.redis.delete(lock)

@@ -29,6 +29,10 @@ from shared.timeutil import iso, now_ms
 log = logs.get("sluice.edge")
 _QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 RATE_WINDOW_MS = 60_000  # TENANT_RATE_PER_MINUTE counts submissions per fixed minute
+# Idempotency keys Sluice gives its own tasks (the batch runner's lines) start with this; a
+# client's key never does (views.idempotency_key refuses it with 422), so no client can take
+# one before Sluice uses it: the two share the tenant's key space, never a key.
+INTERNAL_KEY_PREFIX = "~"
 
 
 @dataclass(frozen=True, slots=True)

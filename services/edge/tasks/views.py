@@ -27,6 +27,10 @@ def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
+    if key.startswith(service.INTERNAL_KEY_PREFIX):
+        raise ApiError(422, "invalid_request",
+                       f"Idempotency-Key: keys starting with {service.INTERNAL_KEY_PREFIX!r} are "
+                       "reserved for Sluice's own tasks", param="Idempotency-Key")
     if not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(422, "invalid_request",
                        "Idempotency-Key: 1 to 255 visible ASCII characters (inner spaces allowed)",
@@ -35,8 +39,9 @@ def idempotency_key(request: web.Request) -> str | None:
 
 
 # HTTP strips a header value's outer spaces, so what arrives never starts or ends with one; the
-# same pattern is in the OpenAPI document.
-IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]{0,253}[!-~])?$"
+# first character is never "~" (service.INTERNAL_KEY_PREFIX, the batch runner's keys). The same
+# pattern is in the OpenAPI document.
+IDEMPOTENCY_KEY_PATTERN = "^[!-}]([ -~]{0,253}[!-~])?$"
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 

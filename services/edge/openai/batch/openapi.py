@@ -14,9 +14,13 @@ STR_OR_NULL, INT_OR_NULL = {"type": ["string", "null"]}, {"type": ["integer", "n
 _WHY = {400: "a parameter or the body is invalid: the message and `param` name it",
         401: "no valid API key (Authorization: Bearer <key>)",
         404: "no such file or batch for this key",
+        408: "the file did not arrive within BATCH_UPLOAD_TIMEOUT_S",
         409: "the batch has already ended or is ending",
         413: "the file or body is larger than the limit",
         415: "the body is not of the expected type",
+        429: "`too_many_uploads`: this key (BATCH_UPLOADS_PER_TENANT) or this server "
+             "(BATCH_UPLOADS_PER_EDGE) has as many uploads in progress as it takes; "
+             "retry after Retry-After",
         503: "Redis is unreachable: retry shortly"}
 
 
@@ -60,7 +64,7 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
             "post": {"operationId": "uploadFile", "summary": "Upload a batch input file",
                      "requestBody": upload,
                      "responses": {"200": _ok("OpenAI's file object", "File"),
-                                   **_errors(400, 401, 413, 415, 503)}},
+                                   **_errors(400, 401, 408, 413, 415, 429, 503)}},
             "get": {"operationId": "listFiles", "summary": "This key's files, newest first",
                     "parameters": [*_paging(10_000), {"name": "purpose", "in": "query",
                                                       "required": False, "schema": STR}],

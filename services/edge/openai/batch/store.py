@@ -8,7 +8,7 @@ one transaction (a finished batch's files with its new status: all or nothing).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 from shared.store import TASK_COLUMNS, Statement, Store
 
 PART_BYTES = 1 << 20  # a D1 row stays well under its 2 MB limit
+UPLOADING = "~uploading"  # the purpose of a file still arriving (no client purpose is)
 CANCELLABLE = ("validating", "in_progress")
 _TASK_FIELDS = ", ".join(f"t.{c}" for c in TASK_COLUMNS)
 
@@ -96,14 +97,66 @@ class BatchStore:
         await self.store.write_together(save_file_statements(meta, content))
 
     async def get_file(self, tenant: str, file_id: str) -> FileMeta | None:
-        rows = await self.store.fetch("SELECT * FROM files WHERE id = ? AND tenant = ?",
-                                      file_id, tenant)
+        rows = await self.store.fetch(
+            "SELECT * FROM files WHERE id = ? AND tenant = ? AND purpose <> ?",
+            file_id, tenant, UPLOADING)
         return _file_meta(rows[0]) if rows else None
+
+    # An upload is written as it arrives, a part at a time, so the edge holds one part of it,
+    # not the file: its row is written first with the purpose UPLOADING (no read, list or
+    # batch sees such a file), its parts as they fill, and the row gets its real purpose,
+    # size and line count last. An upload that fails is deleted at once; one whose edge died
+    # is deleted by ``sweep_uploads`` once it is older than any upload may last.
+    async def begin_upload(self, meta: FileMeta) -> None:
+        await self.store.write_together(save_file_statements(
+            FileMeta(meta.id, meta.tenant, UPLOADING, meta.filename, 0, 0, meta.created_at,
+                     None), b"")[:1])
+
+    async def save_part(self, file_id: str, part: int, data: bytes) -> None:
+        await self.store.write_together([(
+            "INSERT INTO file_parts (file_id, part, data) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING", (file_id, part, data))])
+
+    async def end_upload(self, meta: FileMeta, parts: int) -> None:
+        """The file whole: its row says so (and an empty file gets its one empty part)."""
+        statements: list[Statement] = [(
+            "UPDATE files SET purpose = ?, bytes = ?, lines = ? WHERE id = ? AND purpose = ?",
+            (meta.purpose, meta.bytes, meta.lines, meta.id, UPLOADING))]
+        if parts == 0:
+            statements += save_file_statements(meta, b"")[1:]
+        [ok, *_] = await self.store.write_together(statements, guarded=True)
+        if not ok:  # swept meanwhile: only an upload slower than any may be
+            raise LookupError(meta.id)
+
+    async def abandon_upload(self, file_id: str) -> None:
+        await self.store.write_together([
+            ("DELETE FROM file_parts WHERE file_id = ?", (file_id,)),
+            ("DELETE FROM files WHERE id = ? AND purpose = ?", (file_id, UPLOADING))])
+
+    async def sweep_uploads(self, started_before_s: int) -> int:
+        """Delete the uploads started before ``started_before_s`` that never ended (their
+        edge died mid-upload); how many."""
+        rows = await self.store.fetch(
+            "SELECT id FROM files WHERE purpose = ? AND created_at < ?", UPLOADING,
+            started_before_s)
+        for row in rows:
+            await self.abandon_upload(row["id"])
+        return len(rows)
+
+    async def file_parts(self, file_id: str) -> AsyncIterator[bytes]:
+        """A file's content, one part at a time (a reader holds one part, not the file)."""
+        [row] = await self.store.fetch(
+            "SELECT COUNT(*) AS n FROM file_parts WHERE file_id = ?", file_id)
+        for part in range(int(row["n"])):
+            rows = await self.store.fetch(
+                "SELECT data FROM file_parts WHERE file_id = ? AND part = ?", file_id, part)
+            if rows:
+                yield bytes(rows[0]["data"])
 
     async def list_files(self, tenant: str, purpose: str | None, after: str | None,
                          limit: int) -> list[FileMeta]:
         """Newest first; ``after`` is the id of the last file of the previous page."""
-        sql, args = "SELECT * FROM files WHERE tenant = ?", [tenant]
+        sql, args = "SELECT * FROM files WHERE tenant = ? AND purpose <> ?", [tenant, UPLOADING]
         if purpose:
             sql += " AND purpose = ?"
             args.append(purpose)
@@ -213,12 +266,14 @@ class BatchStore:
             batch_id)
         return Progress(*(int(v) for v in row.values()))  # PostgreSQL's sums are numeric
 
-    async def unfinished_task_ids(self, batch_id: str, below: int) -> list[str]:
-        """Tasks of lines < ``below`` (the queued ones) with no final row yet."""
+    async def unfinished_lines(self, batch_id: str, below: int) -> list[Line]:
+        """Lines < ``below`` (the queued ones) whose task has no final row yet."""
         rows = await self.store.fetch(
-            "SELECT l.task_id FROM batch_lines l LEFT JOIN tasks t ON t.id = l.task_id "
-            "WHERE l.batch_id = ? AND l.line < ? AND t.id IS NULL", batch_id, below)
-        return [r["task_id"] for r in rows]
+            "SELECT l.line, l.custom_id, l.task_id, l.request FROM batch_lines l "
+            "LEFT JOIN tasks t ON t.id = l.task_id "
+            "WHERE l.batch_id = ? AND l.line < ? AND t.id IS NULL ORDER BY l.line",
+            batch_id, below)
+        return [Line(r["line"], r["custom_id"], r["task_id"], r["request"]) for r in rows]
 
     async def results(self, batch_id: str) -> list[tuple[Line, dict[str, Any] | None]]:
         """Every line with its task's final row (None: never ran), in line order."""
