@@ -14,10 +14,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-MOCK_BASE_URL = "http://127.0.0.1:8090/v1"
+MOCK_PORT = 8090  # MOCKAI_PORT's default: where the mock listens, and so where it is called
 # The mock provider names itself with this header on every answer (services/mockai), so the
 # edge can tell it apart from a real provider wherever it runs (``mockai:8090`` in compose).
 MOCK_HEADER = "X-Sluice-Mock"
+
+# A variable whose name says it holds a key is never shown by ``--help``, even if its read
+# forgot to say ``secret=True``.
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -62,25 +66,54 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One variable a settings object read: its name, its default as text ('' when it has
+    none), and whether its value is a secret (``--help`` shows it as ``***``)."""
+
+    name: str
+    default: str
+    secret: bool
+
+
 class Env:
-    """Typed access to one snapshot of the environment."""
+    """Typed access to one snapshot of the environment.
+
+    Every variable asked for is noted in ``reads``, in order, with its default: a service's
+    ``--help`` lists exactly what its settings read (shared/runtime.py: help_if_asked)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._env = dict(os.environ if environ is None else environ)
+        self.reads: dict[str, Read] = {}
+
+    def note(self, name: str, default: object, secret: bool = False) -> None:
+        if name not in self.reads:
+            shown = "" if default is None else str(default).lower() if isinstance(
+                default, bool) else str(default)
+            self.reads[name] = Read(name, shown, secret or any(
+                w in name for w in _SECRET_WORDS))
 
     def raw(self, name: str) -> str | None:
         value = self._env.get(name)
         return None if value is None or value.strip() == "" else value.strip()
 
     def text(self, name: str, default: str) -> str:
+        self.note(name, default)
         value = self.raw(name)
         return default if value is None else value
 
-    def optional(self, name: str) -> str | None:
+    def optional(self, name: str, *, secret: bool = False) -> str | None:
+        self.note(name, None, secret)
         return self.raw(name)
+
+    def exact(self, name: str, *, secret: bool = False) -> str | None:
+        """The value as set, not stripped (a key compared byte for byte); None when empty."""
+        self.note(name, None, secret)
+        return self._env.get(name) or None
 
     def integer(self, name: str, default: int, *, min_value: int | None = None,
                 max_value: int | None = None) -> int:
+        self.note(name, default)
         value = self.raw(name)
         if value is None:
             return default
@@ -93,6 +126,7 @@ class Env:
 
     def number(self, name: str, default: float, *, min_value: float | None = None,
                max_value: float | None = None) -> float:
+        self.note(name, default)
         value = self.raw(name)
         if value is None:
             return default
@@ -106,6 +140,7 @@ class Env:
         return number
 
     def flag(self, name: str, default: bool) -> bool:
+        self.note(name, default)
         value = self.raw(name)
         if value is None:
             return default
@@ -182,27 +217,36 @@ class Common:
     @classmethod
     def from_env(cls, env: Env) -> Common:
         url = _redis_url(env)
+        log_format, log_level = logging_from_env(env)
         return cls(
             redis_url=Secret.url(url),
             store_url=Secret.url(_store_url(env)),
-            log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
-            log_level=env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=log_format,
+            log_level=log_level,
             redis_prefix=env.text("REDIS_PREFIX", "sluice"),
             redis_cluster=url.split("://", 1)[0].endswith("+cluster"),
             store_pool_size=env.integer("STORE_POOL_SIZE", 10, min_value=1, max_value=1000),
         )
 
 
+def logging_from_env(env: Env) -> tuple[str, str]:
+    """LOG_FORMAT and LOG_LEVEL (the mock reads only these of the common settings)."""
+    return (env.choice("LOG_FORMAT", "json", ("json", "console")),
+            env.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")))
+
+
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+DEFAULT_STORE = "./data/sluice.db"
 
 
 def _store_url(env: Env) -> str:
     """STORE_URL, or STORE_PATH (the older name, a SQLite path) when only that is set."""
+    env.note("STORE_URL", DEFAULT_STORE)
     url, path = env.optional("STORE_URL"), env.optional("STORE_PATH")
     if url is not None and path is not None and url != path:
         raise ConfigError("STORE_URL and STORE_PATH are both set and differ: set only "
                           "STORE_URL (STORE_PATH is its older name)")
-    value = url or path or "./data/sluice.db"
+    value = url or path or DEFAULT_STORE
     name = "STORE_URL" if url is not None else "STORE_PATH"
     if "://" in value:
         scheme, rest = value.split("://", 1)
@@ -273,15 +317,34 @@ class Provider:
 
     @classmethod
     def from_env(cls, env: Env) -> Provider:
+        env.note("AI_BASE_URL", "the mock: http://127.0.0.1:<MOCKAI_PORT>/v1")
+        env.note("AI_MODEL", f"{MOCK_MODEL}; required with AI_BASE_URL")
         base = env.optional("AI_BASE_URL")
-        key = env.optional("AI_API_KEY")
+        key = env.optional("AI_API_KEY", secret=True)
+        model = env.optional("AI_MODEL")
+        if base is not None and model is None:
+            # No default fits every provider: a guessed one fails every task at a provider
+            # that does not serve it, which is found only once the first task has failed.
+            raise ConfigError("AI_MODEL: required when AI_BASE_URL is set (the model your "
+                              "provider serves, e.g. deepseek-chat); unset AI_BASE_URL to use "
+                              "the mock provider")
         return cls(
-            ai_base_url=Secret.url((base or MOCK_BASE_URL).rstrip("/")),
+            ai_base_url=Secret.url((base or mock_base_url(env)).rstrip("/")),
             ai_api_key=None if key is None else Secret(key),
-            ai_model=env.text("AI_MODEL", "mock-r1" if base is None else "deepseek-reasoner"),
+            ai_model=model or MOCK_MODEL,
             ai_timeout_s=env.number("AI_TIMEOUT_S", 300.0, min_value=0.1),
             ai_idle_timeout_s=env.number("AI_IDLE_TIMEOUT_S", 120.0, min_value=0.1),
             # 1 MiB: see services.processor.sse.MAX_LINE_BYTES.
             ai_max_line_bytes=env.integer("AI_MAX_LINE_BYTES", 1 << 20, min_value=1024),
             forward_metadata=env.flag("AI_FORWARD_METADATA", base is None),
         )
+
+
+MOCK_MODEL = "mock-r1"  # the mock provider's model, AI_MODEL's default when AI_BASE_URL is unset
+
+
+def mock_base_url(env: Env) -> str:
+    """Where the mock provider is called when AI_BASE_URL is unset: on this host, at the port
+    it listens on (MOCKAI_PORT, the same variable the mock reads)."""
+    port = env.integer("MOCKAI_PORT", MOCK_PORT, min_value=1, max_value=65535)
+    return f"http://127.0.0.1:{port}/v1"

@@ -11,8 +11,8 @@ templates, and the tenant label is empty (Prometheus drops an empty label, so th
 tenant at all) unless ``METRICS_TENANT_LABEL=true``, and then holds at most
 ``METRICS_MAX_TENANTS`` tenants, the rest counted as ``other``.
 
-Each process registers into prometheus-client's default registry, which also carries the
-process collector (CPU seconds, memory, open fds).
+Every family is in prometheus-client's default registry; each process serves only its own
+(``ROLE_FAMILIES``, ``registry(role)``), with the process collector (CPU seconds, memory, fds).
 """
 
 from __future__ import annotations
@@ -23,7 +23,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -60,7 +70,7 @@ class MetricsSettings:
             host=env.text("METRICS_HOST", "0.0.0.0"),
             tenant_label=env.flag("METRICS_TENANT_LABEL", False),
             max_tenants=env.integer("METRICS_MAX_TENANTS", 100, min_value=1, max_value=10_000),
-            token=Secret(env.optional("METRICS_TOKEN") or ""),
+            token=Secret(env.optional("METRICS_TOKEN", secret=True) or ""),
         )
 
 
@@ -233,8 +243,53 @@ def set_governor(window: int, in_flight: int) -> None:
         governor_in_flight.set(in_flight)
 
 
-def exposition() -> bytes:
-    return _generate_latest(REGISTRY)
+# --- which process exports which families -----------------------------------------------------
+# Every family is defined once above and lives in the default registry (so one process can
+# hold them all, as the tests' burst mode does); each service serves a registry of its own
+# holding only the families it updates, plus the process collectors. Without it the edge
+# exported the processor's TTFT as a count of 0 and every query without a `job` filter
+# summed placeholders.
+_SHARED_REDIS = (redis_errors,)
+ROLE_FAMILIES: dict[str, tuple[Collector, ...]] = {
+    "edge": (tasks_submitted, tasks_requeued, http_requests, http_duration, sse_clients,
+             events_relayed, queue_depth, processors_alive, processor_free_slots,
+             coordinators_alive, store_errors, *_SHARED_REDIS),
+    "coordinator": (tasks_placed, reclaims, *_SHARED_REDIS),
+    "processor": (tasks_finished, task_retries, tasks_dead_lettered, queue_wait, e2e_latency,
+                  ttft, itl, tokens, prompt_tokens, generation_tokens, provider_requests,
+                  provider_rate_limited, provider_pauses, provider_pause_seconds,
+                  provider_in_flight, governor_window, governor_in_flight, batches_taken,
+                  batch_size, lease_renewals, leases_lost, fence_rejections, reclaims,
+                  store_errors, *_SHARED_REDIS),
+    "mockai": (http_requests, http_duration),
+}
+_registries: dict[str, CollectorRegistry] = {}
+_registries_lock = threading.Lock()
+
+
+def registry(role: str) -> CollectorRegistry:
+    """The registry ``role``'s process serves: its own families and the process collectors
+    (CPU, memory, fds, GC, Python's version). A collector may sit in several registries."""
+    with _registries_lock:
+        found = _registries.get(role)
+        if found is None:
+            found = _registries[role] = CollectorRegistry()
+            for collector in (*ROLE_FAMILIES[role], PROCESS_COLLECTOR, PLATFORM_COLLECTOR,
+                              GC_COLLECTOR):
+                found.register(collector)
+        return found
+
+
+def register(role: str, collector: Collector) -> None:
+    """A scrape-time collector of ``role`` (the coordinator's batch counters): in its
+    registry, and the default one."""
+    REGISTRY.register(collector)
+    registry(role).register(collector)
+
+
+def exposition(role: str | None = None) -> bytes:
+    """The text a scrape of ``role``'s process gets; None: every family (in one process)."""
+    return _generate_latest(REGISTRY if role is None else registry(role))
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
@@ -258,7 +313,7 @@ async def serving(settings: MetricsSettings, service: str,
                 await refresh()
             except Exception as exc:  # a scrape still answers what the process knows
                 log.warning("metrics_refresh_failed", error=type(exc).__name__)
-        return web.Response(body=exposition(), content_type=CONTENT_TYPE,
+        return web.Response(body=exposition(service), content_type=CONTENT_TYPE,
                             charset="utf-8")
 
     app = web.Application()

@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Coroutine
 from contextvars import Context
@@ -14,7 +15,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from shared import healthcheck, logs
-from shared.config import Common, ConfigError, Env
+from shared.config import Common, ConfigError, Env, mask_url
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -135,6 +136,43 @@ def settings_or_exit(service: str, load: Callable[[], S]) -> S:
     except ConfigError as exc:
         print(f"sluice {service}: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def help_if_asked(command: str, summary: str, load: Callable[[Env], object],
+                  argv: list[str] | None = None) -> None:
+    """``--help`` (or ``-h``): print the settings ``load`` reads, each variable with its default
+    and its value now (a secret as ``***``, a URL without its password), and exit 0 before
+    anything starts. The list is what ``load`` asked the environment for, not a copy of it."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" not in args and "-h" not in args:
+        return
+    print(settings_help(command, summary, load))
+    sys.exit(0)
+
+
+def settings_help(command: str, summary: str, load: Callable[[Env], object]) -> str:
+    defaults = Env({})
+    load(defaults)  # every variable, with its default (nothing is set in an empty environment)
+    now, problem = Env(), None
+    try:
+        load(now)
+    except ConfigError as exc:
+        problem = str(exc)
+    names = list(dict.fromkeys([*defaults.reads, *now.reads]))
+    rows = []
+    for name in names:
+        read, value = defaults.reads.get(name) or now.reads[name], now.raw(name)
+        shown = "" if value is None else "***" if read.secret else mask_url(value)
+        rows.append((name, read.default or "-", shown))
+    width = max(len(n) for n, _d, _v in rows) + 2
+    dwidth = min(max(len(d) for _n, d, _v in rows), 40) + 2
+    lines = [f"usage: python -m {command} [--help]", "", textwrap.fill(summary, 88), "",
+             "Settings, read once from the environment at start-up (secrets show as ***):", "",
+             f"  {'VARIABLE':<{width}}{'DEFAULT':<{dwidth}}SET NOW"]
+    lines += [f"  {n:<{width}}{d:<{dwidth}}{v}".rstrip() for n, d, v in rows]
+    if problem is not None:
+        lines += ["", f"As set now, it would refuse to start: {problem}"]
+    return "\n".join(lines)
 
 
 def healthcheck_if_asked(common: Common, heartbeats: str, role: str, name_variable: str) -> None:

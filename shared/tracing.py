@@ -28,10 +28,15 @@ _propagator: Any = None
 incoming: ContextVar[str | None] = ContextVar("sluice_incoming_traceparent", default=None)
 
 
+def endpoint_of(env: Env) -> str | None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT: where spans go; unset, no tracing."""
+    return env.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
 def setup(service: str, env: Env | None = None) -> bool:
     """Start exporting spans as ``sluice-<service>`` when an OTLP endpoint is configured."""
     global _tracer, _provider, _propagator
-    endpoint = (env or Env()).optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint = endpoint_of(env or Env())
     if not endpoint or _tracer is not None:
         return _tracer is not None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -5,16 +5,26 @@ from __future__ import annotations
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
 from shared import logs, metrics, redis_conn, tracing
-from shared.config import describe
+from shared.config import Env, describe
 from shared.keys import Keys
 from shared.runtime import (
     healthcheck_if_asked,
+    help_if_asked,
     install_uvloop,
     on_stop_signals,
     run_service,
     settings_or_exit,
     tune_gc,
 )
+
+SUMMARY = ("A coordinator: reads new tasks, places them in the fair waiting room and flushes "
+           "them as batches for the processors; /metrics on METRICS_PORT (0: off).")
+
+
+def load(env: Env) -> CoordinatorSettings:
+    """Everything the coordinator reads from the environment (its --help lists it)."""
+    tracing.endpoint_of(env)
+    return CoordinatorSettings.from_env(env)
 
 
 async def serve(settings: CoordinatorSettings) -> None:
@@ -32,6 +42,7 @@ async def serve(settings: CoordinatorSettings) -> None:
 
 
 def main() -> None:
+    help_if_asked("services.coordinator", SUMMARY, load)
     settings = settings_or_exit("coordinator", CoordinatorSettings.from_env)
     heartbeats = Keys(settings.common.redis_prefix).coordinators_alive
     healthcheck_if_asked(settings.common, heartbeats, "coord", "COORDINATOR_NAME")

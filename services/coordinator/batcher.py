@@ -71,7 +71,7 @@ class Coordinator:
     def refresh_metrics(self) -> Callable[[], Awaitable[None]]:
         """What /metrics reads from Redis at scrape time: the cluster's batch counters."""
         collector = metrics.BatchesFlushed()
-        metrics.REGISTRY.register(collector)
+        metrics.register("coordinator", collector)
         return lambda: figures.refresh_batches(self.redis, self.keys, collector)
 
     async def _forever(self, step: Any, what: str, pause: float = 0.0) -> None:

@@ -125,7 +125,7 @@ def valid_model_name(model: str) -> bool:
 
 
 def _api_keys(env: Env) -> dict[str, str]:
-    text = env.optional("EDGE_API_KEYS") or ""
+    text = env.optional("EDGE_API_KEYS", secret=True) or ""
     path = env.optional("EDGE_API_KEYS_FILE")
     if path:
         try:
@@ -151,7 +151,8 @@ def _api_keys(env: Env) -> dict[str, str]:
 
 
 def _admin_keys(env: Env) -> dict[str, str]:
-    keys = [k.strip() for k in (env.optional("EDGE_ADMIN_KEYS") or "").split(",") if k.strip()]
+    raw = env.optional("EDGE_ADMIN_KEYS", secret=True) or ""
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
     for key in keys:
         if not _KEY.fullmatch(key):  # the message never repeats the key
             raise ConfigError("EDGE_ADMIN_KEYS: a key must be visible ASCII with no spaces")

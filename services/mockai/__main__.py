@@ -11,8 +11,9 @@ import structlog
 from aiohttp import web
 
 from shared import logs, metrics
-from shared.config import Common, Env
+from shared.config import Env, logging_from_env
 from shared.metrics import MetricsSettings
+from shared.runtime import help_if_asked
 
 from .app import create_app
 from .settings import ConfigError, MockSettings
@@ -23,8 +24,18 @@ log = structlog.get_logger("mockai")
 SHUTDOWN_TIMEOUT_S = 1.0
 
 
-async def serve(settings: MockSettings) -> None:
-    async with metrics.serving(MetricsSettings.from_env(Env()), "mockai"):
+SUMMARY = ("The mock OpenAI-compatible provider (tests, benchmarks, `make run`): "
+           "/v1/chat/completions on MOCKAI_PORT; /metrics on METRICS_PORT (0: off). A task's "
+           "metadata.mock overrides these per task.")
+
+
+def load(env: Env) -> tuple[MockSettings, MetricsSettings, tuple[str, str]]:
+    """Everything the mock reads from the environment (its --help lists it)."""
+    return MockSettings.from_env(env), MetricsSettings.from_env(env), logging_from_env(env)
+
+
+async def serve(settings: MockSettings, metrics_settings: MetricsSettings) -> None:
+    async with metrics.serving(metrics_settings, "mockai"):
         await _serve(settings)
 
 
@@ -76,16 +87,16 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main() -> int:
+    help_if_asked("services.mockai", SUMMARY, load)
     try:
-        settings = MockSettings.from_env()
+        settings, metrics_settings, (log_format, log_level) = load(Env())
     except ConfigError as exc:
         print(f"mockai: {exc}", file=sys.stderr)
         return 2
-    common = Common.from_env(Env())
-    logs.configure(common.log_format, common.log_level)
+    logs.configure(log_format, log_level)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, metrics_settings))
     except OSError as exc:  # typically the port is already taken
         print(f"mockai: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1

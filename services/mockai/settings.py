@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.config import ConfigError, Env, Secret
+from shared.config import MOCK_MODEL, MOCK_PORT, ConfigError, Env, Secret
 
 from .limits import LimitSettings
 
@@ -24,7 +24,7 @@ MAX_TOKENS_PER_PART = 100_000
 @dataclass(frozen=True, slots=True)
 class MockSettings:
     host: str = "127.0.0.1"
-    port: int = 8090
+    port: int = MOCK_PORT
     ttft_ms: float = 20.0
     # 0 disables inter-token pacing entirely (benchmarks rely on this).
     tokens_per_s: float = 200.0
@@ -32,17 +32,17 @@ class MockSettings:
     reasoning_tokens: int = 12
     # Simulates a provider that cannot stream: stream:true still gets a JSON body.
     no_stream: bool = False
-    model: str = "mock-r1"
+    model: str = MOCK_MODEL
     # None = no auth; the mock is the default provider and must work without a key.
     api_key: Secret[str] | None = None
     # Provider limit modes (off by default): see limits.py.
     limits: LimitSettings = field(default_factory=LimitSettings)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> MockSettings:
+    def from_env(cls, env: Mapping[str, str] | Env | None = None) -> MockSettings:
         """Build settings from `env` (default: os.environ); raises ConfigError on bad values."""
-        environ = os.environ if env is None else env
-        e, d = Env(environ), cls()
+        e = env if isinstance(env, Env) else Env(os.environ if env is None else env)
+        d = cls()
         tokens = {"min_value": 0, "max_value": MAX_TOKENS_PER_PART}
         return cls(
             host=e.text("MOCKAI_HOST", d.host),
@@ -54,9 +54,13 @@ class MockSettings:
             no_stream=e.flag("MOCKAI_NO_STREAM", d.no_stream),
             model=e.text("MOCKAI_MODEL", d.model),
             # Not stripped like the others: a key is compared byte for byte.
-            api_key=Secret(environ["MOCKAI_API_KEY"]) if environ.get("MOCKAI_API_KEY") else None,
+            api_key=_key(e.exact("MOCKAI_API_KEY", secret=True)),
             limits=_limits(e),
         )
+
+
+def _key(value: str | None) -> Secret[str] | None:
+    return None if value is None else Secret(value)
 
 
 def _limits(e: Env) -> LimitSettings:

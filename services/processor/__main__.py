@@ -5,11 +5,12 @@ from __future__ import annotations
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import logs, metrics, redis_conn, rollup, tracing
-from shared.config import describe
+from shared.config import Env, describe
 from shared.keys import Keys
 from shared.loops import until_redis_answers
 from shared.runtime import (
     healthcheck_if_asked,
+    help_if_asked,
     install_uvloop,
     on_stop_signals,
     run_service,
@@ -18,6 +19,15 @@ from shared.runtime import (
 )
 from shared.store import make_store
 from shared.store_check import check_identity
+
+SUMMARY = ("A processor: takes batches, calls the provider (AI_BASE_URL; the mock provider on "
+           "this host when unset) and stores each result; /metrics on METRICS_PORT (0: off).")
+
+
+def load(env: Env) -> ProcessorSettings:
+    """Everything the processor reads from the environment (its --help lists it)."""
+    tracing.endpoint_of(env)
+    return ProcessorSettings.from_env(env)
 
 
 async def serve(settings: ProcessorSettings) -> None:
@@ -46,6 +56,7 @@ async def serve(settings: ProcessorSettings) -> None:
 
 
 def main() -> None:
+    help_if_asked("services.processor", SUMMARY, load)
     settings = settings_or_exit("processor", ProcessorSettings.from_env)
     heartbeats = Keys(settings.common.redis_prefix).processors_alive
     healthcheck_if_asked(settings.common, heartbeats, "proc", "PROCESSOR_NAME")

@@ -136,7 +136,7 @@ class Core:
     def env(self, **extra: str) -> Env:
         return Env({
             "REDIS_URL": self.redis_url, "REDIS_PREFIX": self.keys.prefix,
-            "STORE_URL": self.store.url, "AI_BASE_URL": self.mock_url,
+            "STORE_URL": self.store.url, "AI_BASE_URL": self.mock_url, "AI_MODEL": "mock-r1",
             "AI_FORWARD_METADATA": "true",  # the mock's faults ride in metadata.mock
             "BATCH_SIZE": "3", "BATCH_ADAPTIVE": "false", "RETRY_BASE_S": "0.01",
             "HEARTBEAT_S": "0.05", **extra})

@@ -29,6 +29,7 @@ async def mock_provider(**settings: Any) -> AsyncIterator[str]:
 
 
 async def ai_status(redis_url: str, tmp: Path, **env: str) -> dict[str, Any]:
+    env.setdefault("AI_MODEL", "mock-r1")  # required with AI_BASE_URL
     async with running_edge(redis_url, tmp, **env) as edge:
         r = await edge.client.get("/api/ai-status")
         assert r.status == 200

@@ -27,7 +27,8 @@ async def mock_url() -> AsyncIterator[str]:
 
 
 async def call(url: str, *, idle_s: float, total_s: float, **mock: Any) -> provider.Completion:
-    settings = replace(Provider.from_env(Env({"AI_BASE_URL": url})), ai_timeout_s=total_s,
+    env = Env({"AI_BASE_URL": url, "AI_MODEL": "mock-r1"})
+    settings = replace(Provider.from_env(env), ai_timeout_s=total_s,
                        ai_idle_timeout_s=idle_s, forward_metadata=True)
     got: list[Delta] = []
 

@@ -20,6 +20,7 @@ ENV = {"EDGE_API_KEYS": f"{SECRETS['edge API key']}:alpha",
        "AI_API_KEY": SECRETS["provider key"],
        "REDIS_URL": f"redis://sluice:{SECRETS['Redis password']}@redis.example:6379/0",
        "AI_BASE_URL": f"https://user:{SECRETS['provider URL password']}@ai.example/v1",
+       "AI_MODEL": "deepseek-chat",
        "MOCKAI_API_KEY": SECRETS["mock provider key"]}
 SERVICES: dict[str, Any] = {
     "edge": lambda: EdgeSettings.from_env(Env(ENV)),

@@ -20,7 +20,7 @@ async def serve(request: web.Request) -> web.Response:
         await figures.refresh_queue(edge.redis, edge.keys)
     except UNAVAILABLE:
         metrics.redis_errors.labels("scrape").inc()  # the rest of the page is still true
-    return web.Response(body=metrics.exposition(), content_type=metrics.CONTENT_TYPE,
+    return web.Response(body=metrics.exposition("edge"), content_type=metrics.CONTENT_TYPE,
                         charset="utf-8")
 
 

@@ -319,6 +319,11 @@ class Feeds:
         # started by the first watch, cancelled and awaited by close().
         self._ticker: asyncio.Task[None] | None = None
 
+    @property
+    def closed(self) -> bool:
+        """The edge is shutting down: long streams end, their clients reconnect elsewhere."""
+        return self._closed
+
     @contextlib.asynccontextmanager
     async def watch(self, key: str) -> AsyncIterator[Feed]:
         feed = self._feeds.get(key)

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from services.edge.context import edge_of
+from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
 from services.edge.plumbing.auth import TENANT, is_admin, tenant_of
 from services.edge.tasks import dead_letters, events, service
 from services.edge.tasks.views import json_response
@@ -120,7 +121,18 @@ async def _active(request: web.Request) -> dict[str, list[str]]:
 
 
 async def _waiting_by_tenant(request: web.Request) -> dict[str, int]:
-    return {t: len(ids) for t, ids in (await _active(request)).items()}
+    """Tasks not yet finished per tenant: the size of its active set (not the at most
+    LIVE_LIMIT ids _active reads of it)."""
+    edge, only = edge_of(request), scope(request)
+    k, r = edge.keys, edge.redis
+    names = [k.tenant_active(only)] if only is not None else [
+        n async for n in r.scan_iter(match=k.tenant_active_pattern(), count=500)][:1000]
+    async with r.pipeline(transaction=False) as p:
+        for name in names:
+            p.zcard(name)
+        sizes = await p.execute()
+    prefix = k.tenant_active("")
+    return {name[len(prefix):]: int(n) for name, n in zip(names, sizes, strict=True) if n}
 
 
 async def live(request: web.Request) -> web.Response:
@@ -138,19 +150,26 @@ async def live(request: web.Request) -> web.Response:
         if s is not None]})
 
 
+DEAD_LIMIT = 200
+_DEAD_SQL = ("SELECT id, tenant, status, error, attempts, completed_at FROM tasks "
+             "WHERE status = 'failed' ORDER BY completed_at DESC LIMIT ?")
+
+
 async def dead(request: web.Request) -> web.Response:
+    """The newest dead letters, from the store (the durable list: Redis forgets a finished
+    task after its retention, and a Redis restored from an older file may never have seen it);
+    each with its status in Redis when Redis still has the task (a retried one runs again)."""
     edge, only = edge_of(request), scope(request)
-    ids: Any = await edge.redis.zrevrange(edge.keys.dead_letters, 0, 199)
+    rows = (await edge.store.list_failed(only, DEAD_LIMIT) if only is not None
+            else await edge.store.fetch(_DEAD_SQL, DEAD_LIMIT))
     async with edge.redis.pipeline(transaction=False) as p:
-        for task_id in ids:
-            p.hmget(edge.keys.task(task_id), "tenant", "status", "error", "attempts",
-                    "completed_at")
-        rows = await p.execute()
+        for row in rows:
+            p.hget(edge.keys.task(row["id"]), "status")
+        now = await p.execute()
     return json_response({"data": [
-        {"id": i, "tenant": t, "status": s, "error": tasks.loads_or_none(e),
-         "attempts": int(a or 0), "failed_at": iso(c)}
-        for i, (t, s, e, a, c) in zip(ids, rows, strict=True)
-        if t is not None and (only is None or t == only)]})
+        {"id": r["id"], "tenant": r["tenant"], "status": s or r["status"],
+         "error": tasks.loads_or_none(r["error"]), "attempts": int(r["attempts"] or 0),
+         "failed_at": iso(r["completed_at"])} for r, s in zip(rows, now, strict=True)]})
 
 
 async def _tenant_of_task(request: web.Request, task_id: str) -> str:
@@ -198,6 +217,7 @@ def add_routes(app: web.Application) -> None:
     r.add_static("/dashboard/static", STATIC)
     r.add_get("/api/admin/overview", overview)
     r.add_get("/api/admin/live", live)
+    r.add_get("/api/admin/live/events", live_stream.live_events)
     r.add_get("/api/admin/dead-letters", dead)
     r.add_get("/api/admin/tasks/{id}", task)
     r.add_get("/api/admin/tasks/{id}/events", task_events)

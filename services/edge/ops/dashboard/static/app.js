@@ -1,19 +1,35 @@
 // Sluice dashboard: plain JS, no build step, nothing loaded from the internet.
 // Reads /api/admin/* with the key typed in the page (kept in this tab's sessionStorage).
+//
+// Nothing here can freeze the page: every request has a timeout (REQUEST_MS), each kind of
+// data is fetched on its own (a slow one never holds up another, or the switch of a tab),
+// and the Live view is one stream (/api/admin/live/events) that closes when you leave it.
+// Browsers open six connections to one host; the page keeps at most three busy.
 "use strict";
 
 const KEY_ITEM = "sluice-dashboard-key";
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const REQUEST_MS = 8000;       // any request: given up after this, retried on the next tick
+const STREAM_IDLE_MS = 10000;  // the live stream sends every second; silence this long: reopen
+const DEAD_EVERY_MS = 5000;    // the dead letters come from the store: read them less often
+const LINGER_MS = 10000;       // a task that stopped running stays on Live this long
 const $ = (id) => document.getElementById(id);
 let overview = null;
-const followed = new Map();  // task id -> {el, controller}
+// What each state of the queue is, in the words the page uses.
+const STATES = {
+  queued: ["new", "not yet read by a coordinator"],
+  open_batch: ["waiting", "in the fair waiting room"],
+  batched: ["batched", "flushed, waiting for a processor"],
+  running: ["running", "on a processor"],
+};
 
 function key() { return sessionStorage.getItem(KEY_ITEM) || ""; }
 
+// fetch with the key and a timeout (or the caller's own signal, for the live stream).
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (key()) headers.Authorization = "Bearer " + key();
-  const r = await fetch(path, Object.assign({}, options, { headers }));
+  const signal = options.signal || AbortSignal.timeout(REQUEST_MS);
+  const r = await fetch(path, Object.assign({}, options, { headers, signal }));
   if (r.status === 401 || r.status === 403) {
     const body = await r.json().catch(() => ({}));
     showAuthError((body.error && body.error.message) || "refused");
@@ -55,6 +71,12 @@ function taskLink(id) {
   const a = el("a", id);
   a.href = "#task/" + id;
   return a;
+}
+
+// A view has shown data fetched for it: the time, for whoever watches (the browser tests).
+function rendered(view) {
+  const section = $("view-" + view);
+  if (section) section.dataset.renderedAt = String(Date.now());
 }
 
 // --- charts: lines on a canvas ------------------------------------------------------------
@@ -118,7 +140,7 @@ function drawHistory(history) {
     { name: "finished", color: "#15803d", values: v("finished") },
     { name: "failed", color: "#b42318", values: v("failed") }]);
   drawChart($("chart-depth"), times, [
-    { name: "waiting", color: "#b54708", values: history.map((m) => m.depth || 0) }]);
+    { name: "not yet running", color: "#b54708", values: history.map((m) => m.depth || 0) }]);
   drawChart($("chart-wait"), times, [
     { name: "queue wait (s)", color: "#7c3aed", values: mean("queue_wait_s", "queue_wait_n") }]);
   drawChart($("chart-ttft"), times, [
@@ -135,18 +157,21 @@ function renderOverview(o) {
       : "Tenant key: only tenant " + o.tenant + "'s tasks are shown.";
   $("auth-error").hidden = true;
   document.querySelector("main").hidden = false;
-  const cards = Object.entries(o.depth).map(([state, n]) => {
+  const cards = Object.entries(STATES).map(([state, [name, what]]) => {
     const c = el("div", null, "card");
-    c.append(el("b", n), el("span", state.replace("_", " ")));
+    c.id = "card-" + state;
+    c.title = what;
+    c.append(el("b", Math.round(o.depth[state] || 0)), el("span", name), el("small", what));
     return c;
   });
   $("depth-cards").replaceChildren(...cards);
-  drawHistory(o.history);
+  if (isShown("overview")) drawHistory(o.history);
   $("why").replaceChildren(...o.why_waiting.map((w) => el("li", w)));
   const b = o.open_batch;
-  $("open-batch").textContent = `${b.size} task(s) open; flushes at ${b.batch_size} tasks, ` +
-    `after ${b.timeout_ms} ms${b.flush_at ? " (due " + b.flush_at + ")" : ""}` +
-    `${b.adaptive ? ", or at once when a processor has room" : ""}.`;
+  $("open-batch").textContent = `${Math.round(b.size)} task(s) waiting. They leave in fair ` +
+    `order, in batches of up to ${b.batch_size}` +
+    `${b.adaptive ? ", as soon as a processor and the provider have room, or" : ","} ` +
+    `every ${b.timeout_ms} ms at the latest${b.flush_at ? " (next: " + b.flush_at + ")" : ""}.`;
   fill($("tenants"), Object.entries(o.waiting_by_tenant).map(([t, n]) => row([t, n])));
   fill($("processors"), o.processors.map((p) =>
     row([p.name, p.alive ? "yes" : "no", p.busy, p.free, p.heartbeat_expires_at])));
@@ -165,101 +190,78 @@ function renderOverview(o) {
       `, 429s in the last minute ${g.rate_limited_last_minute}`).join("; ")
       : "no governor state"]];
   $("provider").replaceChildren(...items.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
+  for (const view of ["overview", "queue", "processors", "provider"]) rendered(view);
 }
 
 function sum(history, field) {
   return history.reduce((n, m) => n + (m[field] || 0), 0);
 }
 
-async function refreshOverview() {
+function isShown(view) {
+  const section = $("view-" + view);
+  return section !== null && section.classList.contains("active");
+}
+
+// One loader per kind of data, each with its own "in flight" flag: a slow one waits for its
+// own next turn, never holds up another.
+function loader(load) {
+  let busy = false;
+  return async (...args) => {
+    if (busy) return;
+    busy = true;
+    try {
+      await load(...args);
+    } catch (e) {
+      if (e.message !== "unauthorized") console.warn("dashboard:", e.name, e.message);
+    } finally {
+      busy = false;
+    }
+  };
+}
+
+const refreshOverview = loader(async () => {
   const r = await api("/api/admin/overview");
+  if (!r.ok) throw new Error("overview: " + r.status);
   overview = await r.json();
   renderOverview(overview);
-}
+});
 
-async function refreshLive() {
-  const r = await api("/api/admin/live");
-  const { data } = await r.json();
-  for (const t of data) if (!followed.has(t.id)) follow(t);
-  if (!followed.size) $("live-list").replaceChildren(el("p", "No task in flight.", "hint"));
-}
-
-function follow(task) {
-  const box = el("div", null, "live-task");
-  box.id = "live-" + task.id;
-  const head = el("div");
-  const status = el("b", task.status, "status status-" + task.status);
-  head.append(taskLink(task.id), " ", el("span", task.tenant, "hint"), " ", status);
-  const reasoning = el("div", "", "tokens reasoning");
-  const content = el("div", "", "tokens content");
-  box.append(head, reasoning, content);
-  const list = $("live-list");
-  if (!followed.size) list.replaceChildren();
-  list.prepend(box);
-  const controller = new AbortController();
-  followed.set(task.id, { box, controller });
-  stream(task.id, controller, (type, data) => {
-    if (type === "content") content.textContent += data.delta;
-    else if (type === "reasoning") reasoning.textContent += data.delta;
-    else if (type === "reset") { content.textContent = ""; reasoning.textContent = ""; }
-    else if (type === "status" && data.status) setStatus(status, data.status);
-    else if (data && data.status) setStatus(status, data.status);
-  });
-}
-
-function setStatus(node, s) {
-  node.textContent = s;
-  node.className = "status status-" + s;
-}
-
-async function stream(id, controller, onEvent) {
-  // fetch, not EventSource: EventSource cannot send the Authorization header.
-  const r = await api(`/api/admin/tasks/${id}/events`, { signal: controller.signal });
-  if (!r.ok || !r.body) return;
-  const reader = r.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let type = "message"; const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event: ")) type = line.slice(7);
-        else if (line.startsWith("data: ")) data.push(line.slice(6));
-      }
-      if (data.length) {
-        try { onEvent(type, JSON.parse(data.join("\n"))); } catch (e) { /* keep-alive */ }
-      }
-    }
-  }
-}
-
-async function refreshDead() {
+let deadAt = 0;
+const refreshDead = loader(async () => {
   const r = await api("/api/admin/dead-letters");
+  if (!r.ok) throw new Error("dead letters: " + r.status);
   const { data } = await r.json();
+  deadAt = Date.now();
+  $("dead-count").textContent = data.length
+    ? `${data.length} task(s) failed for good (newest first, from the store).`
+    : "No dead letters.";
   fill($("dead"), data.map((t) => {
     const button = el("button", "Retry");
     button.id = "retry-" + t.id;
     button.disabled = t.status !== "failed";
     button.onclick = async () => {
       button.disabled = true;
-      const res = await api(`/api/admin/tasks/${t.id}/retry`, { method: "POST" });
-      if (res.ok) location.hash = "#task/" + t.id;
-      else button.textContent = "Retry refused: " + res.status;
+      try {
+        const res = await api(`/api/admin/tasks/${t.id}/retry`, { method: "POST" });
+        if (res.ok) location.hash = "#task/" + t.id;
+        else button.textContent = "Retry refused: " + res.status;
+      } catch (e) {
+        button.textContent = "Retry failed: " + e.message;
+      }
     };
     const err = t.error ? `${t.error.code || ""} ${t.error.message || ""}` : "";
     return row([taskLink(t.id), t.tenant, t.status, t.attempts, err, t.failed_at, button]);
   }));
-}
+  rendered("dead");
+});
 
-async function refreshTask(id) {
+const refreshTask = loader(async (id) => {
   const r = await api("/api/admin/tasks/" + id);
-  if (!r.ok) { $("task-meta").replaceChildren(el("dt", "error"), el("dd", r.status)); return; }
+  if (!r.ok) {
+    $("task-meta").replaceChildren(el("dt", "error"), el("dd", r.status));
+    rendered("task");
+    return;
+  }
   const t = await r.json();
   $("task-id").textContent = t.id;
   const meta = [["status", t.status], ["tenant", t.tenant], ["model", t.model],
@@ -277,46 +279,141 @@ async function refreshTask(id) {
   $("task-result").textContent = t.result ? (t.result.content || "") : "(no result yet)";
   $("task-events").replaceChildren(...t.events.map((e) =>
     el("li", `${e.type}: ${JSON.stringify(e.data)}`)));
+  rendered("task");
+});
+
+// --- Live: one stream for the running tasks ------------------------------------------------
+const boxes = new Map();  // task id -> {box, status, reasoning, content, seenAt}
+let live = null;          // the open stream: {controller}
+
+function startLive() {
+  if (live) return;
+  const controller = new AbortController();
+  live = { controller };
+  readLive(controller).catch((e) => {
+    if (e.message !== "unauthorized" && e.name !== "AbortError") {
+      console.warn("dashboard: live stream", e.name, e.message);
+    }
+  }).finally(() => {
+    if (live && live.controller === controller) live = null;  // the next tick reopens it
+  });
+}
+
+function stopLive() {
+  if (live) live.controller.abort();
+  live = null;
+}
+
+async function readLive(controller) {
+  let idle = setTimeout(() => controller.abort(), STREAM_IDLE_MS);
+  try {
+    const r = await api("/api/admin/live/events", { signal: controller.signal });
+    if (!r.ok || !r.body) return;
+    // A new stream replays each task from its start: boxes are drawn afresh from it.
+    for (const b of boxes.values()) b.box.remove();
+    boxes.clear();
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      clearTimeout(idle);
+      idle = setTimeout(() => controller.abort(), STREAM_IDLE_MS);
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let type = "message"; const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) type = line.slice(7);
+          else if (line.startsWith("data: ")) data.push(line.slice(6));
+        }
+        if (!data.length) continue;  // a comment: keep-alive
+        const payload = JSON.parse(data.join("\n"));
+        if (type === "tasks") showFollowing(payload); else onTaskEvent(type, payload);
+      }
+    }
+  } finally {
+    clearTimeout(idle);
+  }
+}
+
+function showFollowing({ following, running, cap }) {
+  const now = Date.now();
+  for (const t of following) {
+    const known = boxes.get(t.id) || follow(t);
+    known.seenAt = now;
+  }
+  for (const [id, b] of boxes) {
+    if (now - b.seenAt > LINGER_MS) { b.box.remove(); boxes.delete(id); }
+  }
+  $("live-count").textContent = running
+    ? `${running} task(s) running; following ${following.length}` +
+      `${running > following.length ? ` (at most ${cap} at once, the oldest first)` : ""}.`
+    : "No task running.";
+  rendered("live");
+}
+
+function follow(task) {
+  const box = el("div", null, "live-task");
+  box.id = "live-" + task.id;
+  const head = el("div");
+  const status = el("b", task.status, "status status-" + task.status);
+  head.append(taskLink(task.id), " ", el("span", task.tenant, "hint"), " ", status);
+  const reasoning = el("div", "", "tokens reasoning");
+  const content = el("div", "", "tokens content");
+  box.append(head, reasoning, content);
+  $("live-list").prepend(box);
+  const entry = { box, status, reasoning, content, seenAt: Date.now() };
+  boxes.set(task.id, entry);
+  return entry;
+}
+
+function onTaskEvent(type, { task, data }) {
+  const b = boxes.get(task);
+  if (!b) return;
+  if (type === "content") b.content.textContent += data.delta;
+  else if (type === "reasoning") b.reasoning.textContent += data.delta;
+  else if (type === "reset") { b.content.textContent = ""; b.reasoning.textContent = ""; }
+  else if (data && data.status) setStatus(b.status, data.status);
+}
+
+function setStatus(node, s) {
+  node.textContent = s;
+  node.className = "status status-" + s;
 }
 
 // --- routing and refresh ------------------------------------------------------------------
 function route() {
   const hash = location.hash.slice(1) || "overview";
   const [view, arg] = hash.split("/");
-  document.querySelectorAll(".view").forEach((v) => v.classList.remove("active"));
   const section = $("view-" + view) || $("view-overview");
-  section.classList.add("active");
+  document.querySelectorAll(".view").forEach((v) => v.classList.toggle("active", v === section));
   document.querySelectorAll("#tabs a").forEach((a) =>
     a.classList.toggle("active", a.getAttribute("href") === "#" + view));
-  return { view, arg };
+  return { view: section.id.slice(5), arg };
 }
 
-let busy = false;
-async function tick() {
-  if (busy) return;
-  busy = true;
-  try {
-    const { view, arg } = route();
-    await refreshOverview();
-    if (view === "live") await refreshLive();
-    if (view === "dead") await refreshDead();
-    if (view === "task" && arg) await refreshTask(arg);
-    if (view === "overview" && overview) drawHistory(overview.history);
-  } catch (e) {
-    if (e.message !== "unauthorized") console.error(e);
-  } finally {
-    busy = false;
-  }
+function tick(entered = false) {
+  const { view, arg } = route();
+  if (view === "live") startLive(); else stopLive();
+  refreshOverview();  // the access line and the overview's four views
+  if (view === "overview" && entered && overview) drawHistory(overview.history);
+  if (view === "dead" && (entered || Date.now() - deadAt >= DEAD_EVERY_MS)) refreshDead();
+  if (view === "task" && arg) refreshTask(arg);
 }
 
 $("key-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   sessionStorage.setItem(KEY_ITEM, $("key").value.trim());
   $("key").value = "";
-  for (const f of followed.values()) f.controller.abort();
-  followed.clear();
-  tick();
+  stopLive();
+  for (const b of boxes.values()) b.box.remove();
+  boxes.clear();
+  tick(true);
 });
-window.addEventListener("hashchange", tick);
-tick();
+window.addEventListener("hashchange", () => tick(true));
+tick(true);
 setInterval(tick, 1000);
