@@ -16,6 +16,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import Stack, running_stack
+from harness.waiting import wait_for
 from shared.keys import Keys
 from tests.client import Api
 from tests.e2e.test_dashboard_browser import (
@@ -28,7 +30,6 @@ from tests.e2e.test_dashboard_browser import (
     text_of,
     use_key,
 )
-from tests.harness import Stack, running_stack, wait_for
 
 ENV = {"EDGE_API_KEYS": f"{TENANT_KEY}:acme,{OTHER_KEY}:other", "EDGE_ADMIN_KEYS": ADMIN_KEY,
        "BATCH_TIMEOUT_MS": "50", "MAX_ATTEMPTS": "1"}

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.processes import ROOT, free_port
+from harness.waiting import wait_for
 from tests.client import Api
-from tests.harness import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.first_store_only  # the script starts its own Redis; SQLite is enough
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, free_port
+from harness.processes import ROOT, free_port
 
 SERVICES = ("edge", "coordinator", "processor", "mockai")
 CANARIES = {"EDGE_API_KEYS": "sk-help-canary-1:acme", "EDGE_ADMIN_KEYS": "sk-help-canary-2",
