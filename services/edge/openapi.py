@@ -86,8 +86,9 @@ _ERRORS = {
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
     502: "the model provider failed the task (its own error message is passed on)",
-    503: "`unavailable`: Redis is unreachable; `queue_full`: Redis is out of memory and nothing "
-         "was written. Retry after Retry-After",
+    503: "`unavailable`: Redis is unreachable (on a submit, `outcome` says whether the task "
+         "may have been stored: `unknown`, or `not_stored`); `queue_full`: Redis is out of "
+         "memory and nothing was written. Retry after Retry-After",
 }
 
 
@@ -228,10 +229,15 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
         "reason": {"enum": ["coordinator", "batch_timer", "processor", "provider_capacity",
                             "provider_pause", "provider_quota"]},
         "detail": STR, "until": TIME_OR_NULL}))})
+_OUTCOME = {"enum": ["unknown", "not_stored"],
+            "description": "a submit's 503: whether the task may have been stored (`unknown`: "
+                           "retry with the same Idempotency-Key) or surely was not"}
 _ERROR = obj(["error"], {"error": obj(["code", "message"], {
-    "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"}})})
+    "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"},
+    "outcome": _OUTCOME})})
 _OPENAI_ERROR = obj(["error"], {"error": obj(["message", "type", "code", "param"], {
-    "message": STR, "type": STR, "code": nullable(STR), "param": nullable(STR)})})
+    "message": STR, "type": STR, "code": nullable(STR), "param": nullable(STR),
+    "outcome": _OUTCOME})})
 _CHAT = obj(["id", "object", "created", "model", "choices", "usage"], {
     "id": STR, "object": {"const": "chat.completion"}, "created": INT, "model": STR,
     "choices": {"type": "array", "items": obj(["index", "message", "finish_reason"], {
