@@ -113,8 +113,9 @@ async def check_resolved(url: str, settings: WebhookSettings) -> None:
 
 
 def session(settings: WebhookSettings) -> ClientSession:
+    # As many connections as deliveries may be in flight (lanes.py): none waits for one.
     connector = TCPConnector(resolver=SafeResolver(settings.allow_private), use_dns_cache=False,
-                             limit=100)
+                             limit=settings.max_in_flight)
     return ClientSession(connector=connector, timeout=ClientTimeout(
         total=settings.total_timeout_s, connect=settings.connect_timeout_s))
 
