@@ -149,12 +149,17 @@ async def test_a_target_that_keeps_timing_out_is_slowed_alone(
         await until(lambda: asyncio.sleep(0, len(failed_attempts()) >= 2), within_s=20)
         await until(lambda: asyncio.sleep(0, len(got) >= 10), within_s=20)
         second_failure = int(str(failed_attempts()[1][0]))
+
+        def untried() -> list[int]:
+            return [int(str(n)) for (n,) in _rows(
+                edge, "SELECT next_at FROM webhook_deliveries WHERE endpoint_id = ? "
+                "AND attempts = 0", pit)]
         # Its deliveries not yet tried wait with it: moved back past the second failure
-        # (by WEBHOOK_RETRY_BASE_S, 30 s), not tried one after another every 0.3 s.
-        untried = _rows(edge, "SELECT next_at FROM webhook_deliveries WHERE endpoint_id = ? "
-                        "AND attempts = 0", pit)
-        assert len(untried) >= 17
-        assert all(int(str(n)) >= second_failure + 29_000 for (n,) in untried), untried
+        # (by WEBHOOK_RETRY_BASE_S, 30 s; the sender does it right after recording that
+        # attempt), not tried one after another every 0.3 s.
+        await until(lambda: asyncio.sleep(0, all(n >= second_failure + 29_000
+                                                 for n in untried())), within_s=20)
+        assert len(untried()) >= 17, untried()
         # The other tenant's endpoint was not slowed: everything delivered.
         assert _rows(edge, "SELECT DISTINCT state FROM webhook_deliveries "
                      "WHERE endpoint_id = ?", healthy) == [("delivered",)]
