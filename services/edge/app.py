@@ -44,7 +44,12 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
         except ConnectionResetError:
             status = CLIENT_GONE
             log.info("client_disconnected", method=request.method, path=request.path)
-            raise  # nobody to answer; aiohttp drops the connection quietly
+            # Nobody to answer. Raised on, aiohttp would log it at error level with a
+            # traceback (any exception out of a handler is a 500 to it); an answer it fails to
+            # write to the closed socket is dropped quietly.
+            gone = web.Response(status=CLIENT_GONE)
+            gone.force_close()
+            return gone
         except Exception as exc:
             response = error_for(request, exc)
         status = response.status

@@ -86,8 +86,9 @@ _ERRORS = {
     422: "a field is invalid: the message and `field` name it",
     429: "a limit of this key's tenant: submissions per minute or tasks active at once",
     502: "the model provider failed the task (its own error message is passed on)",
-    503: "`unavailable`: Redis is unreachable; `queue_full`: Redis is out of memory and nothing "
-         "was written. Retry after Retry-After",
+    503: "`unavailable`: Redis is unreachable (on a submit, `outcome` says whether the task "
+         "may have been stored: `unknown`, or `not_stored`); `queue_full`: Redis is out of "
+         "memory and nothing was written. Retry after Retry-After",
 }
 
 
@@ -228,10 +229,15 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
         "reason": {"enum": ["coordinator", "batch_timer", "processor", "provider_capacity",
                             "provider_pause", "provider_quota"]},
         "detail": STR, "until": TIME_OR_NULL}))})
+_OUTCOME = {"enum": ["unknown", "not_stored"],
+            "description": "a submit's 503: whether the task may have been stored (`unknown`: "
+                           "retry with the same Idempotency-Key) or surely was not"}
 _ERROR = obj(["error"], {"error": obj(["code", "message"], {
-    "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"}})})
+    "code": STR, "message": STR, "field": {"type": "string", "description": "the bad field"},
+    "outcome": _OUTCOME})})
 _OPENAI_ERROR = obj(["error"], {"error": obj(["message", "type", "code", "param"], {
-    "message": STR, "type": STR, "code": nullable(STR), "param": nullable(STR)})})
+    "message": STR, "type": STR, "code": nullable(STR), "param": nullable(STR),
+    "outcome": _OUTCOME})})
 _CHAT = obj(["id", "object", "created", "model", "choices", "usage"], {
     "id": STR, "object": {"const": "chat.completion"}, "created": INT, "model": STR,
     "choices": {"type": "array", "items": obj(["index", "message", "finish_reason"], {
@@ -258,13 +264,16 @@ _HEALTH = obj(["status", "checks", "auth"], {
 _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "batches",
               "settings", "stats", "timestamp"], {
     "status": STR,
+    "scope": {"enum": ["all", "tenant"],
+              "description": "an admin key sees every tenant's figures; a tenant's key its own "
+                             "tenant's, and null for the deployment's (free capacity, batches)"},
     "coordinators": obj(["alive", "count"], {"alive": BOOL, "count": INT}),
     "processors": obj(["alive", "count", "free_capacity", "tasks_in_flight"], {
-        "alive": BOOL, "count": INT, "free_capacity": INT, "tasks_in_flight": INT}),
+        "alive": BOOL, "count": INT, "free_capacity": nullable(INT), "tasks_in_flight": INT}),
     "queue": obj(["depth"], {"depth": INT}),
     "open_batch": obj(["size", "flush_at"], {"size": INT, "flush_at": TIME_OR_NULL}),
     "batches": obj(["waiting", "in_flight", "tasks_waiting"], {
-        "waiting": INT, "in_flight": INT, "tasks_waiting": INT}),
+        "waiting": nullable(INT), "in_flight": nullable(INT), "tasks_waiting": INT}),
     "settings": {"type": "object"},
     "stats": {"type": "object", "additionalProperties": INT},
     "tenants": {"type": "object", "description": "tasks queued and running per tenant",
@@ -283,8 +292,8 @@ _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last
                   "(base URL, key fingerprint, model)", "items": obj(
         ["id", "window", "limit", "in_flight", "paused_until", "rate_limited_last_minute"], {
             "id": STR, "base_url": STR, "model": STR, "key": STR,
-            "window": nullable({"type": "number"}), "limit": INT, "in_flight": INT,
-            "paused_until": TIME_OR_NULL, "rate_limited_last_minute": INT,
+            "window": nullable({"type": "number"}), "limit": INT, "in_flight": nullable(INT),
+            "paused_until": TIME_OR_NULL, "rate_limited_last_minute": nullable(INT),
             "learned": {"type": "object", "description": "what x-ratelimit-* headers said"}})}})
 _DEAD = obj(["data"], {"data": {"type": "array", "items": obj(
     ["id", "model", "attempts", "error", "created_at", "failed_at"], {
@@ -403,10 +412,14 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
                                          ref("Health"))}}},
         "/api/async-status": {"get": {
             "operationId": "asyncStatus", "summary": "Queue, batch and replica figures",
+            "description": "A tenant's key sees its own tenant's figures; an admin key "
+                           "(EDGE_ADMIN_KEYS) every tenant's.",
             "responses": {"200": json_ok("live figures", ref("AsyncStatus")),
                           **errors(401, 503)}}},
         "/api/ai-status": {"get": {
             "operationId": "aiStatus", "summary": "The model provider as processors see it",
+            "description": "A tenant's key sees its own last error and no call counts; an "
+                           "admin key (EDGE_ADMIN_KEYS) all of them.",
             "responses": {"200": json_ok("provider URL, model, streaming, last error",
                                          ref("AiStatus")),
                           **errors(401, 503)}}},

@@ -257,3 +257,51 @@ async def test_deleting_an_endpoint_ends_its_pending_deliveries(
 
 async def _equals(value: Any, expected: str) -> bool:
     return bool(await value == expected)
+
+
+# Loopback spelled as a name: each is what the resolver (getaddrinfo, inet_aton's forms)
+# turns into 127.0.0.1, so every delivery would be refused; registration refuses them first.
+LOOPBACK_NAMES = ["2130706433", "0x7f000001", "127.1", "localhost.", "0177.0.0.1",
+                  "0x7f.1", "LOCALHOST.", "api.localhost", "017700000001"]
+
+
+@pytest.mark.first_store_only
+@pytest.mark.parametrize("host", LOOPBACK_NAMES)
+async def test_names_of_a_blocked_address_are_refused_at_registration(
+        redis_url: str, tmp_path: Path, host: str) -> None:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
+        url = f"http://{host}:8080/hook"
+        r = await edge.client.post("/api/webhooks", json={"url": url}, headers=AUTH)
+        assert r.status == 422, (url, await r.text())
+        assert (await r.json())["error"]["code"] == "invalid_webhook_url"
+        r = await edge.client.post("/api/tasks", headers=AUTH,
+                                   json={"prompt": "x", "webhook_url": url})
+        assert r.status == 422, (url, await r.text())
+        assert await edge.redis_keys() == [], "nothing queued"
+        assert edge.store_rows("webhook_endpoints") == 0
+
+
+def _loopback_names_in_hosts_file() -> list[str]:
+    """Names other than localhost that /etc/hosts maps to a loopback address."""
+    names = []
+    for entry in Path("/etc/hosts").read_text().splitlines():
+        ip, *aliases = entry.split("#", 1)[0].split() or [""]
+        if ip.startswith("127.") or ip == "::1":
+            names += [a for a in aliases if "localhost" not in a]
+    return names
+
+
+@pytest.mark.first_store_only
+async def test_a_name_the_resolver_maps_to_loopback_is_refused_at_registration(
+        redis_url: str, tmp_path: Path) -> None:
+    names = _loopback_names_in_hosts_file()
+    if not names:
+        pytest.skip("no name other than localhost maps to loopback in /etc/hosts")
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
+        r = await edge.client.post("/api/webhooks", json={"url": f"http://{names[0]}/hook"},
+                                   headers=AUTH)
+        assert r.status == 422, (names[0], await r.text())
+        assert "resolves to a blocked address" in (await r.json())["error"]["message"]
+        assert edge.store_rows("webhook_endpoints") == 0

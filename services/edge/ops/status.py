@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from redis.exceptions import RedisError
 
 from services.edge.context import Edge, edge_of
 from services.edge.ops.provider_probe import PROBE
-from services.edge.plumbing.auth import tenant_of
+from services.edge.plumbing.auth import scope
 from services.edge.tasks.views import json_response
 from shared import tasks
 from shared.governor import read_providers
@@ -75,7 +76,10 @@ async def _group(redis: Any, stream: str, group: str) -> dict[str, int]:
 
 
 async def async_status(request: web.Request) -> web.Response:
-    edge = edge_of(request)
+    """Queue, batch and replica figures: every tenant's for an admin key; for a tenant's key
+    its own tenant's (figures that only exist for the whole deployment, which would show other
+    tenants' work, are null; the processes' health and the settings are shown to all)."""
+    edge, only = edge_of(request), scope(request)
     k, r, now = edge.keys, edge.redis, now_ms()
     async with r.pipeline(transaction=False) as p:
         p.zrangebyscore(k.processors_alive, now, "+inf")
@@ -87,41 +91,93 @@ async def async_status(request: web.Request) -> web.Response:
         p.get(k.batch_backlog)
         p.hgetall(k.stats)
         procs, coords, free, inflight, open_len, deadline, backlog, stats = await p.execute()
-    tasks_q = await _group(r, k.tasks_stream, TASKS_GROUP)
-    batches_q = await _group(r, k.batches_stream, BATCHES_GROUP)
     b = edge.settings.batching
-    return json_response({
+    body: dict[str, Any] = {
         "status": "ok",
+        "scope": "all" if only is None else "tenant",
         "coordinators": {"alive": coords > 0, "count": coords},
-        "processors": {
-            "alive": len(procs) > 0, "count": len(procs),
-            "free_capacity": sum(int(free.get(p, 0)) for p in procs),
-            "tasks_in_flight": sum(int(inflight.get(p, 0)) for p in procs),
-        },
-        "queue": {"depth": tasks_q["lag"] + tasks_q["pending"]},
-        "open_batch": {"size": int(open_len or 0),
-                       "flush_at": iso(deadline) if deadline else None},
-        "batches": {"waiting": batches_q["lag"], "in_flight": batches_q["pending"],
-                    "tasks_waiting": int(backlog or 0)},
+        "processors": {"alive": len(procs) > 0, "count": len(procs)},
         "settings": {"batchSize": b.batch_size, "batchTimeoutMs": b.batch_timeout_ms,
                      "batchAdaptive": b.batch_adaptive, "lockTtlMs": b.lock_ttl_ms,
                      "aiTimeoutS": edge.settings.provider.ai_timeout_s},
-        "stats": {key: int(v) for key, v in stats.items()},
-        "tenants": await _tenants(edge),
         "batchProcessing": True,
         "streamingSupport": True,
         "fallbackSupport": True,
         "timestamp": iso(now),
-    })
+    }
+    if only is not None:
+        mine = await tenant_counts(edge, only)
+        body["processors"].update(free_capacity=None, tasks_in_flight=mine.running)
+        body.update(
+            queue={"depth": mine.queued},
+            open_batch={"size": mine.waiting,
+                        "flush_at": iso(deadline) if deadline and mine.waiting else None},
+            batches={"waiting": None, "in_flight": None, "tasks_waiting": mine.batched},
+            stats={},
+            tenants={only: mine.seed_view()} if mine.total else {})
+        return json_response(body)
+    tasks_q = await _group(r, k.tasks_stream, TASKS_GROUP)
+    batches_q = await _group(r, k.batches_stream, BATCHES_GROUP)
+    body["processors"].update(free_capacity=sum(int(free.get(p, 0)) for p in procs),
+                              tasks_in_flight=sum(int(inflight.get(p, 0)) for p in procs))
+    body.update(
+        queue={"depth": tasks_q["lag"] + tasks_q["pending"]},
+        open_batch={"size": int(open_len or 0), "flush_at": iso(deadline) if deadline else None},
+        batches={"waiting": batches_q["lag"], "in_flight": batches_q["pending"],
+                 "tasks_waiting": int(backlog or 0)},
+        stats={key: int(v) for key, v in stats.items()},
+        tenants=await _tenants(edge))
+    return json_response(body)
 
 
 MAX_TENANTS, MAX_TASKS_LOOKED_AT = 100, 5000
 
 
-async def _tenants(edge: Any) -> dict[str, dict[str, int]]:
-    """Tasks queued (not yet sent to the provider) and running, per tenant, from the tenants'
-    active sets; statuses are read one by one up to MAX_TASKS_LOOKED_AT in all (past that, the
-    rest count as queued)."""
+@dataclass(frozen=True, slots=True)
+class TenantCounts:
+    """One tenant's queued or running tasks (its active set), by where they are."""
+    queued: int   # not yet placed by a coordinator (and any past MAX_TASKS_LOOKED_AT)
+    waiting: int  # in the waiting room, not yet flushed into a batch
+    batched: int  # in a flushed batch, or held by a processor waiting for the provider
+    running: int  # calling the provider
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.waiting + self.batched + self.running
+
+    def seed_view(self) -> dict[str, int]:
+        """As ``tenants`` has always shown a tenant: queued (all but running) and running."""
+        return {"queued": self.total - self.running, "running": self.running}
+
+
+async def tenant_counts(edge: Edge, tenant: str,
+                        budget: int = MAX_TASKS_LOOKED_AT) -> TenantCounts:
+    """The tenant's tasks by where they are, from its active set and its line in the waiting
+    room; statuses are read one by one up to ``budget`` (past that, the rest count as
+    queued)."""
+    r, k = edge.redis, edge.keys
+    async with r.pipeline(transaction=False) as p:
+        p.zcard(k.tenant_active(tenant))
+        p.zcard(k.waiting_line(tenant))
+        total, in_room = await p.execute()
+    ids: Any = (await r.zrange(k.tenant_active(tenant), 0, budget - 1)
+                if budget > 0 and total else [])
+    async with r.pipeline(transaction=False) as p:
+        for t in ids:
+            p.hmget(k.task(t), ["status", "waiting_for"])
+        states = await p.execute() if ids else []
+    running = sum(1 for st, wf in states if st == tasks.RUNNING and not wf)
+    batched = sum(1 for st, wf in states if st == tasks.BATCHED
+                  or (st == tasks.RUNNING and wf))
+    rest = max(0, int(total) - running - batched)
+    waiting = min(int(in_room), rest)
+    return TenantCounts(rest - waiting, waiting, batched, running)
+
+
+async def _tenants(edge: Edge) -> dict[str, dict[str, int]]:
+    """Tasks queued (not yet sent to the provider) and running, per tenant with any, for an
+    admin: the tenants of the first MAX_TENANTS active sets found, MAX_TASKS_LOOKED_AT
+    statuses read in all."""
     r, prefix = edge.redis, edge.keys.tenant_active("")
     names: list[str] = []
     async for key in r.scan_iter(match=prefix + "*", count=500):
@@ -131,21 +187,46 @@ async def _tenants(edge: Any) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     budget = MAX_TASKS_LOOKED_AT
     for name in sorted(names):
-        ids = await r.zrange(prefix + name, 0, budget - 1) if budget > 0 else []
-        total = int(await r.zcard(prefix + name))
-        budget -= len(ids)
-        async with r.pipeline(transaction=False) as p:
-            for t in ids:
-                p.hmget(edge.keys.task(t), ["status", "waiting_for"])
-            states = await p.execute()
-        running = sum(1 for st, wf in states if st == tasks.RUNNING and not wf)
-        if total:
-            out[name] = {"queued": total - running, "running": running}
+        counts = await tenant_counts(edge, name, budget)
+        budget -= min(budget, counts.total)
+        if counts.total:
+            out[name] = counts.seed_view()
     return out
 
 
+# A provider's figures that count every tenant's calls: left out (null) for a tenant's key.
+_CALL_COUNTS = ("in_flight", "rate_limited_last_minute", "rate_limited_total",
+                "last_rate_limited_at")
+
+
+def provider_view(v: dict[str, Any], only: str | None) -> dict[str, Any]:
+    """One governed provider as /api/ai-status and the dashboard show it to this key: its
+    label, window, limits and pause to all (they say why tasks wait); the figures that count
+    the calls of every tenant, and how much of the announced quota they left, to an admin."""
+    out = {**v, "paused_until": iso(v["paused_until"]),
+           "last_rate_limited_at": iso(v["last_rate_limited_at"]),
+           "learned": {kind: None if x is None else {**x, "reset_at": iso(x["reset_at"])}
+                       for kind, x in v["learned"].items()}}
+    if only is not None:
+        out.update(dict.fromkeys(_CALL_COUNTS))
+        out["learned"] = {kind: None if x is None else {**x, "remaining": None}
+                          for kind, x in out["learned"].items()}
+    return out
+
+
+def last_error(ai: dict[str, str], only: str | None) -> dict[str, Any]:
+    """The provider's last error this key may see: errors are kept per tenant (a message may
+    quote the request that caused it), an admin sees the latest of any tenant's."""
+    tenants = [only] if only is not None else [
+        k.removeprefix("error_at:") for k in ai if k.startswith("error_at:")]
+    latest = max(tenants, key=lambda t: int(ai.get(f"error_at:{t}") or 0), default=None)
+    if latest is None or f"error:{latest}" not in ai:
+        return {"last_error": None, "last_error_at": None}
+    return {"last_error": ai[f"error:{latest}"], "last_error_at": iso(ai[f"error_at:{latest}"])}
+
+
 async def ai_status(request: web.Request) -> web.Response:
-    edge = edge_of(request)
+    edge, only = edge_of(request), scope(request)
     p = edge.settings.provider
     h = await hash_of(edge.redis, edge.keys.ai_status)
     streaming = h.get("streaming")
@@ -157,15 +238,11 @@ async def ai_status(request: web.Request) -> web.Response:
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),
         "last_success_at": iso(h.get("success_at")),
-        # Only the caller's own tenant's: a provider's message may quote the request.
-        "last_error": h.get(f"error:{tenant_of(request)}"),
-        "last_error_at": iso(h.get(f"error_at:{tenant_of(request)}")),
+        # Only the caller's own tenant's (an admin: the latest of any): a provider's message
+        # may quote the request.
+        **last_error(h, only),
         "timeout_s": p.ai_timeout_s,
         # The governor's view of each provider (base URL, key fingerprint, model).
-        "providers": [{**v, "paused_until": iso(v["paused_until"]),
-                       "last_rate_limited_at": iso(v["last_rate_limited_at"]),
-                       "learned": {kind: None if x is None else
-                                   {**x, "reset_at": iso(x["reset_at"])}
-                                   for kind, x in v["learned"].items()}}
+        "providers": [provider_view(v, only)
                       for v in await read_providers(edge.redis, edge.keys, now_ms())],
     })

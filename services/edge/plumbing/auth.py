@@ -1,9 +1,10 @@
 """Bearer API keys mapped to tenants, and admin keys. With no keys configured the edge runs
 open (one tenant, ``public``) and says so in its log and in /api/health.
 
-Admin keys (``EDGE_ADMIN_KEYS``) are good only on the admin paths (``/metrics`` and the
-dashboard's ``/api/admin/*``), where they see every tenant; a tenant's key there sees only its
-own tasks, and ``METRICS_TOKEN`` opens ``/metrics`` alone."""
+Admin keys (``EDGE_ADMIN_KEYS``) are good only on the admin and status paths (``/metrics``,
+the dashboard's ``/api/admin/*``, ``/api/async-status`` and ``/api/ai-status``), where they see
+every tenant; a tenant's key there sees only its own tenant's tasks and figures (``scope``),
+and ``METRICS_TOKEN`` opens ``/metrics`` alone."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ ADMIN = web.RequestKey("admin", bool)
 PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json"})
 METRICS_PATH = "/metrics"
 ADMIN_PREFIX = "/api/admin/"
+STATUS_PATHS = frozenset({"/api/async-status", "/api/ai-status"})  # a tenant's, or an admin's
 DASHBOARD_PREFIX = "/dashboard"  # the page and its files: no data, the page asks for a key
 
 
@@ -53,6 +55,10 @@ def authenticate(request: web.Request) -> None:
     presented = presented.strip() if scheme.lower() == "bearer" else ""
     if path == METRICS_PATH or path.startswith(ADMIN_PREFIX):
         _authenticate_admin(request, presented)
+        return
+    if path in STATUS_PATHS and presented and find_tenant(settings.admin_keys.get(), presented):
+        request[ADMIN] = True
+        request[TENANT] = ""
         return
     if not settings.api_keys.get():
         request[TENANT] = OPEN_TENANT
@@ -94,3 +100,8 @@ def is_admin(request: web.Request) -> bool:
     """Sees every tenant: an admin key, or an edge with no keys at all."""
     return request.get(ADMIN, False) or request.app[SETTINGS].open_admin
 
+
+def scope(request: web.Request) -> str | None:
+    """Whose figures this request may see: None for every tenant's (an admin key, or an edge
+    with no keys at all), else its own tenant's."""
+    return None if is_admin(request) else tenant_of(request)

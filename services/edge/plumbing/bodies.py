@@ -1,5 +1,6 @@
 """Reading a request body into JSON, or a clear 4xx: too slow (408), too large (413), compressed
-when that is not allowed (415), not JSON (400), or JSON the rest of Sluice cannot carry (422).
+when that is not allowed (415), empty or not JSON (400), or JSON the rest of Sluice cannot carry
+(422: nested deeper than ``MAX_JSON_DEPTH`` anywhere, or a wide integer in ``metadata``).
 
 Compressed bodies: aiohttp's own inflation is off (``create_app``), because it runs as the bytes
 arrive, on the event loop, before any handler: a 1 MB gzip bomb unpacks to 1 GB there whether or
@@ -24,6 +25,11 @@ from services.edge.plumbing.errors import ApiError
 from services.edge.settings import EdgeSettings
 
 STEP = 65_536
+# Any value of a client's JSON nests at most this deep. orjson reads 1,024 levels but writes
+# only 254 back, and Sluice writes a request back as JSON (to Redis, the store, the provider),
+# a few levels deeper than the client sent it (a batch line wraps its body): past 254 that
+# write failed, a 500 after the body was accepted. Checked once here, for every route.
+MAX_JSON_DEPTH = 128
 # orjson reads a wider integer as a float, silently changing it: such metadata is refused.
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 _LONG_DIGITS = re.compile(rb"[0-9]{19,}")  # shorter integers always fit in 64 bits
@@ -79,6 +85,8 @@ async def _read(request: web.Request, max_bytes: int) -> bytes:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
+    if length == 0:
+        raise _empty()
     if length is not None:  # known and within the limit: one read, the common case
         try:
             return await request.content.readexactly(length)
@@ -129,22 +137,72 @@ async def _inflate(request: web.Request, wbits: int, max_bytes: int) -> bytes:
     return b"".join(out)
 
 
+def _empty() -> ApiError:
+    return ApiError(400, "empty_body", "the body is empty: send a JSON object")
+
+
 def _bad_coding(message: str) -> ApiError:
     return ApiError(400, "invalid_content_encoding", message)
 
 
 def loads(body: bytes) -> Any:
-    """The body as JSON. ``metadata`` is the one free-form member Sluice keeps: an integer
-    beyond 64 bits there is refused (orjson would read it as a float, silently changing it,
-    and cannot write it back). Members that are dropped are not looked at."""
+    """The body as JSON, nested at most ``MAX_JSON_DEPTH`` deep anywhere. ``metadata`` is the
+    one free-form member Sluice keeps: an integer beyond 64 bits there is refused (orjson
+    would read it as a float, silently changing it, and cannot write it back). Members that
+    are dropped are not looked at for wide integers."""
+    if not body:
+        raise _empty()
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         _refuse_wide_ints(body)  # orjson refuses an integer beyond a double's range outright
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    # Nesting needs an opening bracket per level: a body with few of them (nearly every one)
+    # is not walked at all.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+        _refuse_deep(value)
     if isinstance(value, dict) and isinstance(value.get("metadata"), dict | list):
         _refuse_wide_ints(body)
     return value
+
+
+def _refuse_deep(value: Any) -> None:
+    """422 naming the member under which ``value`` nests deeper than ``MAX_JSON_DEPTH``."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = (node.values() if isinstance(node, dict)
+                    else node if isinstance(node, list) else ())
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_JSON_DEPTH:
+                    where = _deep_path(value)
+                    raise ApiError(422, "invalid_request", f"{where}: nested deeper than "
+                                   f"{MAX_JSON_DEPTH} levels", param=where)
+                stack.append((child, depth + 1))
+
+
+def _deep_path(value: Any) -> str:
+    """The path (``messages[0].content[0].extra``) of the last named member on the way to a
+    value nested deeper than ``MAX_JSON_DEPTH``; the indices that follow it are left out,
+    and a long path is cut. Walked again only once a body is known to be refused."""
+    stack: list[tuple[Any, int, tuple[str, ...]]] = [(value, 1, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            named = max((i for i, part in enumerate(path) if not part.startswith("[")),
+                        default=-1)
+            kept = path[:named + 1] if named >= 0 else path[:1]
+            text = "".join(p if p.startswith("[") or i == 0 else "." + p
+                           for i, p in enumerate(kept[:12]))
+            return (text + ("..." if len(kept) > 12 else "")) or "body"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, (*path, str(k))) for k, v in node.items()
+                         if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, (*path, f"[{i}]")) for i, v in enumerate(node)
+                         if isinstance(v, dict | list))
+    return "body"
 
 
 def _refuse_wide_ints(body: bytes) -> None:

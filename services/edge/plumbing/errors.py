@@ -7,10 +7,16 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from redis.exceptions import MaxConnectionsError, OutOfMemoryError
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    OutOfMemoryError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from shared import logs
-from shared.redis_conn import UNAVAILABLE
+from shared.redis_conn import UNAVAILABLE, ClusterUnreachable
 from shared.store import StoreUnavailable
 
 log = logs.get("sluice.edge")
@@ -26,12 +32,13 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, *,
                  headers: dict[str, str] | None = None, param: str | None = None,
-                 openai_type: str | None = None) -> None:
+                 openai_type: str | None = None, outcome: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
         self.param = param
         self.openai_type = openai_type  # when OpenAI's differs from the status's usual one
+        self.outcome = outcome  # a write that failed: "unknown" or "not_stored" (a 503)
 
 
 def error_response(request: web.Request, err: ApiError) -> web.Response:
@@ -42,6 +49,8 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
         body = {"error": {"code": err.code, "message": err.message}}
         if err.param:
             body["error"]["field"] = err.param
+    if err.outcome:
+        body["error"]["outcome"] = err.outcome
     response = web.Response(status=err.status, body=orjson.dumps(body),
                             content_type="application/json", headers=err.headers)
     if err.status == 408:
@@ -55,6 +64,47 @@ QUEUE_FULL_RETRY_S = 5
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
                400: "bad_request", 415: "unsupported_media_type"}
+
+
+# redis-py's words for a connection that never got to send anything: the connect failed or
+# timed out, or the server had closed it before the write. Anything else (a timed-out read, a
+# connection cut mid-reply) came after the command may have been sent.
+_BEFORE_SENDING = ("Timeout connecting to server", "Connection closed by the server before write")
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a Redis error of :data:`UNAVAILABLE` is known to have come before the command
+    was sent, so that it did not run. Unsure means no: a wrong "nothing was stored" invites a
+    retry that runs the command twice."""
+    if isinstance(exc, MaxConnectionsError | ClusterUnreachable | ClusterDownError
+                  | TryAgainError | SlotNotCoveredError):
+        # No connection was handed out (PoolExhausted among them), or the cluster refused
+        # the command before running it (shared/redis_conn.py, UNAVAILABLE).
+        return True
+    message = str(exc)
+    if message.startswith(_BEFORE_SENDING):
+        return True
+    # A refused or unreachable connect: "Error 111 connecting to 127.0.0.1:6379. ..."
+    return isinstance(exc.__cause__, OSError) and " connecting to " in message
+
+
+def unavailable_event(exc: BaseException) -> str:
+    """Which one: every connection of the pool stayed busy (Redis answers, but not fast
+    enough for this load), or Redis itself did not answer."""
+    return ("redis_pool_exhausted" if isinstance(exc, MaxConnectionsError)
+            else "redis_unavailable")
+
+
+def unavailable_write(exc: BaseException, *, idempotency_key: bool) -> ApiError:
+    """The 503 of a write Redis did not take or did not confirm, saying which it was."""
+    if never_sent(exc):
+        return ApiError(503, "unavailable", "the queue is unavailable: nothing was stored, "
+                        "retry shortly", headers={"Retry-After": "1"}, outcome="not_stored")
+    safe = ("Retrying with the same Idempotency-Key is safe: it answers with the task if it "
+            "was stored." if idempotency_key else
+            "A retry may create a second task: send an Idempotency-Key to make retries safe.")
+    return ApiError(503, "unavailable", "the queue did not answer in time: the task may have "
+                    f"been stored. {safe}", headers={"Retry-After": "1"}, outcome="unknown")
 
 
 def error_for(request: web.Request, exc: Exception) -> web.Response:
@@ -80,14 +130,10 @@ def error_for(request: web.Request, exc: Exception) -> web.Response:
             503, "queue_full", "the queue is full (Redis is out of memory), retry later",
             headers={"Retry-After": str(QUEUE_FULL_RETRY_S)}))
     if isinstance(exc, UNAVAILABLE):
-        # Which one: every connection of the pool stayed busy (Redis answers, but not fast
-        # enough for this load), or Redis itself did not answer.
-        event = ("redis_pool_exhausted" if isinstance(exc, MaxConnectionsError)
-                 else "redis_unavailable")
-        log.warning(event, path=request.path, error=type(exc).__name__)
+        log.warning(unavailable_event(exc), path=request.path, error=type(exc).__name__)
         return error_response(request, ApiError(
             503, "unavailable", "the queue is unavailable, retry shortly",
-            headers={"Retry-After": "1"}))
+            headers={"Retry-After": "1"}))  # a read; a submit says more (unavailable_write)
     if isinstance(exc, StoreUnavailable):
         log.warning("store_unavailable", path=request.path)
         return error_response(request, ApiError(

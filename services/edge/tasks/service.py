@@ -9,10 +9,16 @@ from typing import Any
 import orjson
 
 from services.edge.context import Edge
-from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.errors import (
+    ApiError,
+    never_sent,
+    unavailable_event,
+    unavailable_write,
+)
 from services.edge.tasks.validation import TaskRequest
 from shared import logs, metrics, rollup, tasks, tracing
 from shared.governor import estimate_tokens, format_duration
+from shared.redis_conn import UNAVAILABLE
 from shared.steps import (
     AlreadyTerminal,
     CancelledNow,
@@ -68,14 +74,22 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
     task_id, created = task_id or tasks.new_task_id(), now_ms()
     s = edge.settings
     span = tracing.submit_span(task_id, tenant)
-    result = await edge.steps.submit(
-        task_id=task_id, tenant=tenant, request_json=orjson.dumps(req.payload), model=req.model,
-        now=created, idem_key=idem_key, body_hash=digest,
-        idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
-        task_ttl_s=s.task_ttl_s,
-        limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
-        traceparent=tracing.traceparent(span), priority=req.priority,
-        cost=estimate_tokens(req.payload))
+    try:
+        result = await edge.steps.submit(
+            task_id=task_id, tenant=tenant, request_json=orjson.dumps(req.payload),
+            model=req.model, now=created, idem_key=idem_key, body_hash=digest,
+            idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
+            task_ttl_s=s.task_ttl_s,
+            limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
+            traceparent=tracing.traceparent(span), priority=req.priority,
+            cost=estimate_tokens(req.payload))
+    except UNAVAILABLE as exc:
+        # The script may have run though its answer never came (a read timed out after the
+        # send): the 503 says whether the task may exist, so a client does not retry blindly.
+        tracing.end(span, type(exc).__name__)
+        log.warning(unavailable_event(exc), path="submit", error=type(exc).__name__,
+                    sent=not never_sent(exc))
+        raise unavailable_write(exc, idempotency_key=bool(idem_key)) from exc
     tracing.end(span, None if isinstance(result, Created) else type(result).__name__)
     match result:
         case RateLimited(retry_after_s=wait):
@@ -98,8 +112,13 @@ async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None
         # The index processors sweep, so a task that waits past its deadline fails even if no
         # processor ever takes it (the provider stays paused); one more round trip, only for
         # tasks that set a deadline. Lost if the edge dies right here: the processor that takes
-        # the task still checks the deadline before calling the provider.
-        await edge.redis.zadd(edge.keys.deadlines, {task_id: req.deadline_at})
+        # the task still checks the deadline before calling the provider. Lost too if Redis
+        # fails right here: the task exists, so it is accepted (a 503 would invite a retry
+        # that makes a second task).
+        try:
+            await edge.redis.zadd(edge.keys.deadlines, {task_id: req.deadline_at})
+        except UNAVAILABLE as exc:
+            log.warning("deadline_not_indexed", task_id=task_id, error=type(exc).__name__)
     metrics.child(metrics.tasks_submitted, metrics.tenant(tenant)).inc()
     rollup.add("submitted")
     if idem_key:

@@ -19,6 +19,9 @@ class WebhookSettings:
     rotation_grace_s: int     # the old secret still signs this long after a rotation
     tick_s: float
     lease_ms: int
+    endpoint_concurrency: int  # deliveries in flight to one endpoint (or one task URL)
+    tenant_concurrency: int    # deliveries in flight to one tenant's targets, all together
+    max_in_flight: int         # deliveries in flight from this edge, all tenants together
 
     @classmethod
     def from_env(cls, env: Env) -> WebhookSettings:
@@ -33,4 +36,10 @@ class WebhookSettings:
             rotation_grace_s=env.integer("WEBHOOK_ROTATION_GRACE_S", 86_400, min_value=0),
             tick_s=env.number("WEBHOOK_TICK_S", 0.5, min_value=0.01),
             lease_ms=env.integer("WEBHOOK_LEASE_MS", 10_000, min_value=100),
+            endpoint_concurrency=env.integer("WEBHOOK_ENDPOINT_CONCURRENCY", 2, min_value=1,
+                                             max_value=100),
+            tenant_concurrency=env.integer("WEBHOOK_TENANT_CONCURRENCY", 10, min_value=1,
+                                           max_value=1000),
+            max_in_flight=env.integer("WEBHOOK_MAX_IN_FLIGHT", 100, min_value=1,
+                                      max_value=1000),
         )

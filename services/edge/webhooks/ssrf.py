@@ -10,6 +10,7 @@ the answer is read up to a small cap.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from typing import Any
@@ -58,25 +59,63 @@ class SafeResolver(AbstractResolver):
         await self._inner.close()
 
 
+def numeric_host(host: str) -> str | None:
+    """The IPv4 address a host spelled as a number stands for, as the resolver reads it:
+    ``inet_aton``'s forms, which ``ipaddress`` does not take (``127.1``, ``0x7f000001``,
+    ``2130706433``, ``0177.0.0.1``); None for a name."""
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _loopback_name(host: str) -> bool:
+    """``localhost`` and the names under it (RFC 6761), which resolvers keep on loopback."""
+    return host in ("localhost", "localhost.localdomain") or host.endswith(".localhost")
+
+
 def check_url(url: str, allow_private: bool) -> None:
-    """Refuse what is wrong before any connection: the scheme, and a literal blocked IP."""
+    """Refuse what is wrong before any connection, without I/O: the scheme, a literal blocked
+    IP, a blocked IP spelled as a number, and localhost's names (a final dot included: to the
+    resolver ``localhost.`` is ``localhost``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BlockedAddress("the URL must be http(s)://host/...")
+    host = parts.hostname.lower()
     try:
-        ipaddress.ip_address(parts.hostname)
+        ip = str(ipaddress.ip_address(host))
     except ValueError:
-        if parts.hostname.lower() in ("localhost", "localhost.localdomain") \
-                and not allow_private:
-            raise BlockedAddress("localhost is not allowed") from None
+        ip = numeric_host(host.rstrip(".")) or ""
+    if not ip:
+        if _loopback_name(host.rstrip(".")) and not allow_private:
+            raise BlockedAddress("localhost is not allowed")
         return
-    if not allowed_ip(parts.hostname, allow_private):
-        raise BlockedAddress(f"{parts.hostname} is a blocked address")
+    if not allowed_ip(ip, allow_private):
+        raise BlockedAddress(f"{parts.hostname} is a blocked address ({ip})")
+
+
+async def check_resolved(url: str, settings: WebhookSettings) -> None:
+    """Refuse a name that resolves, now, to a blocked address, asking the resolver deliveries
+    ask (so what it refuses is refused at registration, not at every delivery for a day). A
+    name that does not resolve, or not in time, passes: each delivery resolves it again, and
+    the connect is checked then."""
+    host = urlsplit(url).hostname
+    if settings.allow_private or not host or numeric_host(host) is not None:
+        return
+    resolver = SafeResolver(allow_private=False)
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            await resolver.resolve(host, 0, socket.AF_UNSPEC)
+    except (OSError, TimeoutError):
+        return
+    finally:
+        await resolver.close()
 
 
 def session(settings: WebhookSettings) -> ClientSession:
+    # As many connections as deliveries may be in flight (lanes.py): none waits for one.
     connector = TCPConnector(resolver=SafeResolver(settings.allow_private), use_dns_cache=False,
-                             limit=100)
+                             limit=settings.max_in_flight)
     return ClientSession(connector=connector, timeout=ClientTimeout(
         total=settings.total_timeout_s, connect=settings.connect_timeout_s))
 

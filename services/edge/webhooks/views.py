@@ -58,6 +58,10 @@ async def create_endpoint(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     url = checked_url(request, body.get("url"))
+    try:
+        await ssrf.check_resolved(url, edge_of(request).settings.webhooks)
+    except ssrf.BlockedAddress as exc:
+        raise ApiError(422, "invalid_webhook_url", f"url: {exc}", param="url") from None
     kinds = body.get("events", list(events.EVENT_TYPES))
     if (not isinstance(kinds, list) or not kinds
             or not all(k in events.EVENT_TYPES for k in kinds)):

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from services.edge.context import edge_of
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
-from services.edge.plumbing.auth import TENANT, is_admin, tenant_of
+from services.edge.ops.status import last_error, provider_view, tenant_counts
+from services.edge.plumbing.auth import TENANT, is_admin, scope
 from services.edge.tasks import dead_letters, events, service
 from services.edge.tasks.views import json_response
 from shared import figures, metrics, rollup, tasks
@@ -24,19 +25,18 @@ STATIC = Path(__file__).parent / "static"
 LIVE_LIMIT = 200
 
 
-def scope(request: web.Request) -> str | None:
-    """None: every tenant (an admin); else the one tenant whose tasks this key may see."""
-    return None if is_admin(request) else tenant_of(request)
-
-
 async def page(_request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
 async def overview(request: web.Request) -> web.Response:
-    edge = edge_of(request)
+    """The overview: every tenant's figures, the processes and the history for an admin key;
+    for a tenant's key its own tasks by state, its own waiting room and its own last error
+    (the processes, the history and the calls of every tenant are the operator's)."""
+    edge, only = edge_of(request), scope(request)
     k, r, now = edge.keys, edge.redis, now_ms()
-    await figures.refresh_queue(r, k)
+    if only is None:
+        await figures.refresh_queue(r, k)  # the gauges the admin's depth is read from
     async with r.pipeline(transaction=False) as p:
         p.zrange(k.processors_alive, 0, -1, withscores=True)
         p.hgetall(k.processors_free)
@@ -46,45 +46,44 @@ async def overview(request: web.Request) -> web.Response:
         procs, free, inflight, coords, deadline = await p.execute()
     ai = await hash_of(r, k.ai_status)
     hb = edge.settings.batching
-    depth = {s: metrics.queue_depth.labels(s)._value.get()
-             for s in ("queued", "open_batch", "batched", "running", "dead")}
-    waiting = await _waiting_by_tenant(request)
+    admin = only is None
+    if only is None:
+        depth = {s: metrics.queue_depth.labels(s)._value.get()
+                 for s in ("queued", "open_batch", "batched", "running", "dead")}
+    else:
+        mine = await tenant_counts(edge, only)
+        depth = {"queued": mine.queued, "open_batch": mine.waiting, "batched": mine.batched,
+                 "running": mine.running, "dead": len(await _dead_letters(request))}
     return json_response({
         "access": "open" if edge.settings.open_admin else ("admin" if is_admin(request)
                                                            else "tenant"),
-        "tenant": scope(request),
+        "tenant": only,
         "depth": depth,
         "why_waiting": _why(depth, sum(int(free.get(n, 0)) for n, exp in procs if exp > now),
                             hb.batch_size, deadline, now),
-        "open_batch": {"size": depth["open_batch"], "flush_at": iso(deadline) if deadline
-                       else None, "batch_size": hb.batch_size,
-                       "timeout_ms": hb.batch_timeout_ms, "adaptive": hb.batch_adaptive},
-        "waiting_by_tenant": waiting,
+        "open_batch": {"size": depth["open_batch"],
+                       "flush_at": iso(deadline) if deadline and depth["open_batch"] else None,
+                       "batch_size": hb.batch_size, "timeout_ms": hb.batch_timeout_ms,
+                       "adaptive": hb.batch_adaptive},
+        "waiting_by_tenant": await _waiting_by_tenant(request),
+        # The processes are the operator's: a tenant's key sees none of their names.
         "processors": [{"name": n, "alive": exp > now, "free": int(free.get(n, 0)),
                         "busy": int(inflight.get(n, 0)),
-                        "heartbeat_expires_at": iso(int(exp))} for n, exp in procs],
+                        "heartbeat_expires_at": iso(int(exp))}
+                       for n, exp in procs] if admin else [],
         "coordinators": [{"name": n, "alive": exp > now, "heartbeat_expires_at": iso(int(exp))}
-                         for n, exp in coords],
+                         for n, exp in coords] if admin else [],
         "provider": {"model": edge.settings.provider.ai_model,
                      "streaming": None if "streaming" not in ai else ai["streaming"] == "1",
                      "last_success_at": iso(ai.get("success_at")),
-                     **_last_error(ai, scope(request)),
+                     **last_error(ai, only),
                      # The provider governor's state: window, calls in flight, pause, 429s.
-                     "pacing": await read_providers(r, k, now)},
-        "history": await rollup.history(r, k, 60),
+                     "pacing": [provider_view(v, only)
+                                for v in await read_providers(r, k, now)]},
+        # The per-minute rollup counts every tenant's work: an admin's alone.
+        "history": await rollup.history(r, k, 60) if admin else [],
         "timestamp": iso(now),
     })
-
-
-def _last_error(ai: dict[str, str], only: str | None) -> dict[str, Any]:
-    """The provider's last error this key may see: errors are kept per tenant (a message may
-    quote the request that caused it), an admin sees the latest of any tenant's."""
-    tenants = [only] if only is not None else [
-        k.removeprefix("error_at:") for k in ai if k.startswith("error_at:")]
-    latest = max(tenants, key=lambda t: int(ai.get(f"error_at:{t}") or 0), default=None)
-    if latest is None or f"error:{latest}" not in ai:
-        return {"last_error": None, "last_error_at": None}
-    return {"last_error": ai[f"error:{latest}"], "last_error_at": iso(ai[f"error_at:{latest}"])}
 
 
 def _why(depth: dict[str, float], free: int, size: int, deadline: Any, now: int) -> list[str]:
@@ -137,7 +136,7 @@ async def _waiting_by_tenant(request: web.Request) -> dict[str, int]:
 
 async def live(request: web.Request) -> web.Response:
     """Tasks queued or running, with their state: the live view follows their events."""
-    edge = edge_of(request)
+    edge, admin = edge_of(request), scope(request) is None
     active = await _active(request)
     pairs = [(t, i) for t, ids in active.items() for i in ids][-LIVE_LIMIT:]
     async with edge.redis.pipeline(transaction=False) as p:
@@ -146,7 +145,8 @@ async def live(request: web.Request) -> web.Response:
         rows = await p.execute()
     return json_response({"data": [
         {"id": i, "tenant": t, "status": s, "created_at": iso(c), "attempts": int(a or 0),
-         "processor": proc} for (t, i), (s, c, a, proc) in zip(pairs, rows, strict=True)
+         "processor": proc if admin else None}  # process names: the operator's
+        for (t, i), (s, c, a, proc) in zip(pairs, rows, strict=True)
         if s is not None]})
 
 
@@ -155,10 +155,11 @@ _DEAD_SQL = ("SELECT id, tenant, status, error, attempts, completed_at FROM task
              "WHERE status = 'failed' ORDER BY completed_at DESC LIMIT ?")
 
 
-async def dead(request: web.Request) -> web.Response:
-    """The newest dead letters, from the store (the durable list: Redis forgets a finished
-    task after its retention, and a Redis restored from an older file may never have seen it);
-    each with its status in Redis when Redis still has the task (a retried one runs again)."""
+async def _dead_letters(request: web.Request) -> list[dict[str, Any]]:
+    """The newest dead letters of the key's tenant (an admin: all), from the store (the durable
+    list: Redis forgets a finished task after its retention, and a Redis restored from an older
+    file may never have seen it); each with its status in Redis when Redis still has the task
+    (a retried one runs again)."""
     edge, only = edge_of(request), scope(request)
     rows = (await edge.store.list_failed(only, DEAD_LIMIT) if only is not None
             else await edge.store.fetch(_DEAD_SQL, DEAD_LIMIT))
@@ -166,10 +167,13 @@ async def dead(request: web.Request) -> web.Response:
         for row in rows:
             p.hget(edge.keys.task(row["id"]), "status")
         now = await p.execute()
-    return json_response({"data": [
-        {"id": r["id"], "tenant": r["tenant"], "status": s or r["status"],
-         "error": tasks.loads_or_none(r["error"]), "attempts": int(r["attempts"] or 0),
-         "failed_at": iso(r["completed_at"])} for r, s in zip(rows, now, strict=True)]})
+    return [{"id": r["id"], "tenant": r["tenant"], "status": s or r["status"],
+             "error": tasks.loads_or_none(r["error"]), "attempts": int(r["attempts"] or 0),
+             "failed_at": iso(r["completed_at"])} for r, s in zip(rows, now, strict=True)]
+
+
+async def dead(request: web.Request) -> web.Response:
+    return json_response({"data": await _dead_letters(request)})
 
 
 async def _tenant_of_task(request: web.Request, task_id: str) -> str:
@@ -193,7 +197,8 @@ async def task(request: web.Request) -> web.Response:
     raw: Any = await edge.redis.xrange(edge.keys.events(task_id), count=2000)
     replay = [{"id": i, "type": f.get("e"), "data": tasks.loads_or_none(f.get("d"))}
               for i, f in raw]
-    body: dict[str, Any] = {**view, "tenant": tenant, "processor": h.get("processor"),
+    processor = h.get("processor") if scope(request) is None else None
+    body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
                             "events": replay}
     if edge.settings.dashboard_show_prompts and h.get("request"):
         body["request"] = orjson.loads(h["request"])

@@ -185,9 +185,11 @@ function renderOverview(o) {
     ["429s (last hour)", sum(o.history, "rate_limited")],
     ["pauses for Retry-After (last hour)", sum(o.history, "pauses")],
     ["pacing (governor)", p.pacing.length ? p.pacing.map((g) =>
-      `${g.model || g.id}: window ${g.window ?? g.limit}, in flight ${g.in_flight}` +
+      `${g.model || g.id}: window ${g.window ?? g.limit}` +
+      `${g.in_flight === null ? "" : ", in flight " + g.in_flight}` +
       `${g.paused_until ? ", paused until " + g.paused_until : ""}` +
-      `, 429s in the last minute ${g.rate_limited_last_minute}`).join("; ")
+      `${g.rate_limited_last_minute === null ? ""
+        : ", 429s in the last minute " + g.rate_limited_last_minute}`).join("; ")
       : "no governor state"]];
   $("provider").replaceChildren(...items.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
   for (const view of ["overview", "queue", "processors", "provider"]) rendered(view);
