@@ -411,8 +411,9 @@ class Lane:
 
     The lane is held from the pool once first needed. It is not ready while it connects,
     while a write is still buffered (Redis not reading: callers take the path that waits),
-    once its connection failed, or after lying idle longer than the health-check interval;
-    then it gets a connection the pool has checked. A failed read drops the connection,
+    once its connection failed, closes or has seen EOF (Redis closed it: a restart), or after
+    lying idle longer than the health-check interval; then, at once, it gets a connection the
+    pool has checked. A failed read drops the connection,
     so the groups written behind it fail too (as a failed pipeline's calls do, any of which
     may have run), and none reads another's replies."""
 
@@ -428,15 +429,29 @@ class Lane:
         """Whether ``send`` may write now; if the lane has no live connection, it gets one."""
         conn = self._conn
         loop = asyncio.get_running_loop()
-        # Idle past HEALTH_CHECK_INTERVAL: Redis may have closed it unseen (its ``timeout``,
-        # a restart); the pool checks a connection before handing it out, as for a command.
-        if (conn is not None and conn.is_connected and conn._writer is not None
-                and loop.time() - self._used_at < conn.health_check_interval):
-            transport = conn._writer.transport
-            return not transport.is_closing() and transport.get_write_buffer_size() == 0
+        if self._live(conn, loop.time()):
+            # Redis not reading: the callers take the path that waits, on this connection.
+            return bool(conn._writer.transport.get_write_buffer_size() == 0)
         if self._opening is None or self._opening.done():
             self._opening = loop.create_task(self._open())
         return False
+
+    def _live(self, conn: Any, now: float) -> bool:
+        """Whether a group written on ``conn`` now can be answered. Not when Redis closed it:
+        after a restart (or its ``timeout``) the socket has seen EOF, yet its transport is not
+        closing (a half-closed TCP connection: asyncio's streams keep the writing side open),
+        so a group written there fails whole with "Connection closed by server", Redis
+        already back. Nor when its transport is closing, or it was cut. Nor after idling past
+        HEALTH_CHECK_INTERVAL: Redis may have closed it unseen (the EOF still on its way); the
+        pool checks a connection before handing it out, as for a command."""
+        if conn is None or not conn.is_connected:
+            return False
+        writer, reader = conn._writer, conn._reader
+        if writer is None or reader is None or writer.transport.is_closing():
+            return False
+        if reader.at_eof() or reader.exception() is not None:
+            return False
+        return bool(now - self._used_at < conn.health_check_interval)
 
     async def _open(self) -> None:
         old, self._conn = self._conn, None
