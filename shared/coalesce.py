@@ -9,7 +9,8 @@ before the next, keep their order.
 
 Each caller gets its own reply, or its own exception. A pipeline that fails as a whole (Redis
 unreachable) fails every call in it, any of which may have run: callers already treat one failed
-call so (see ``shared/redis_conn.py``, why the client never re-sends).
+call so (see ``shared/redis_conn.py``, why the client never re-sends). A call with an argument
+Redis cannot take (None, a bool: a DataError) fails alone; the others of its group are sent.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
 from shared.redis_conn import Lane, RedisClient, evalsha_all
 
@@ -104,12 +105,9 @@ class Coalescer:
         self.round_trips += 1
         sha = self._script.sha
         assert self._lane is not None
-        try:
-            reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
-                                      for c in calls])
-        except Exception as exc:  # an argument Redis cannot take: nothing was written
-            _settle(calls, [exc] * len(calls))
-            return
+        # a call with an argument Redis cannot take gets its DataError; the others are sent
+        reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+                                  for c in calls])
         finisher = asyncio.get_running_loop().create_task(self._finish(calls, reader))
         self._finishers.add(finisher)
         finisher.add_done_callback(self._finishers.discard)
@@ -143,10 +141,24 @@ class Coalescer:
         sha = self._script.sha
         if isinstance(self._redis, Redis):
             return await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
-        async with self._redis.pipeline(transaction=False) as p:  # a cluster: call by node
-            for call in calls:
+        # a cluster: call by node. A pipeline packs its commands together, so one argument
+        # Redis cannot take would fail them all: such a call fails alone, before.
+        encode = self._redis.get_encoder().encode
+        replies: list[Any] = [None] * len(calls)
+        sent: list[int] = []
+        async with self._redis.pipeline(transaction=False) as p:
+            for i, call in enumerate(calls):
+                try:
+                    for arg in (*call.keys, *call.args):
+                        encode(arg)
+                except DataError as exc:
+                    replies[i] = exc
+                    continue
                 p.evalsha(sha, len(call.keys), *call.keys, *call.args)
-            replies: list[Any] = await p.execute(raise_on_error=False)
+                sent.append(i)
+            if sent:
+                for i, reply in zip(sent, await p.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
         return replies
 
     async def _reload_lost(self, calls: list[_Call], sent: Awaitable[list[Any]]) -> list[Any]:

@@ -29,6 +29,7 @@ from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     ClusterDownError,
+    DataError,
     MaxConnectionsError,
     OutOfMemoryError,
     RedisClusterException,
@@ -378,14 +379,41 @@ async def evalsha_all(redis: Redis, sha: str,
     pool = redis.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(conn.pack_commands(
-            [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]))
-        return await _replies(conn, len(calls))
+        packed, unsent = _pack_each(
+            conn, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
+        if not packed:
+            return [unsent[i] for i in range(len(calls))]
+        await conn.send_packed_command(packed)
+        return _in_place(await _replies(conn, len(calls) - len(unsent)), unsent)
     except BaseException:
         await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
+
+
+def _pack_each(conn: Any, commands: Sequence[tuple[Any, ...]]
+               ) -> tuple[list[bytes], dict[int, Exception]]:
+    """The commands packed one by one: one that cannot be (an argument Redis cannot take,
+    such as None or a bool: redis-py's DataError) is left out with its error, by its index,
+    so it fails alone and the others of its group are still sent."""
+    packed: list[bytes] = []
+    unsent: dict[int, Exception] = {}
+    for i, command in enumerate(commands):
+        try:
+            packed.extend(conn.pack_command(*command))
+        except DataError as exc:
+            unsent[i] = exc
+    return packed, unsent
+
+
+def _in_place(replies: list[Any], unsent: dict[int, Exception]) -> list[Any]:
+    """The replies of the commands sent, with each unsent command's error in its place."""
+    if not unsent:
+        return replies
+    sent = iter(replies)
+    return [unsent[i] if i in unsent else next(sent)
+            for i in range(len(replies) + len(unsent))]
 
 
 async def _replies(conn: Any, count: int) -> list[Any]:
@@ -396,6 +424,10 @@ async def _replies(conn: Any, count: int) -> list[Any]:
             replies.append(await conn.read_response())
         except ResponseError as exc:
             replies.append(exc)
+    return replies
+
+
+async def _as_is(replies: list[Any]) -> list[Any]:
     return replies
 
 
@@ -469,26 +501,32 @@ class Lane:
 
     def send(self, commands: list[tuple[Any, ...]]) -> asyncio.Task[list[Any]]:
         """Write ``commands`` now (only when :meth:`ready`); the task gives each one's reply,
-        or its error (a ResponseError), in its place."""
+        or its error (a ResponseError; a DataError for one that could not be packed, which
+        alone is not written), in its place."""
         conn = self._conn
-        conn._writer.writelines(conn.pack_commands(commands))
         loop = asyncio.get_running_loop()
+        packed, unsent = _pack_each(conn, commands)
+        if not packed:  # nothing to write, nothing to read
+            return loop.create_task(_as_is([unsent[i] for i in range(len(commands))]))
+        conn._writer.writelines(packed)
         self._used_at = loop.time()
         before, mine = self._last, loop.create_future()
         self._last = mine
-        reader = loop.create_task(self._read(conn, len(commands), before, mine))
+        reader = loop.create_task(self._read(conn, len(commands) - len(unsent), unsent,
+                                             before, mine))
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         return reader
 
-    async def _read(self, conn: Any, count: int, before: asyncio.Future[None] | None,
+    async def _read(self, conn: Any, count: int, unsent: dict[int, Exception],
+                    before: asyncio.Future[None] | None,
                     mine: asyncio.Future[None]) -> list[Any]:
         try:
             if before is not None:
                 await asyncio.wait((before,))  # not cancelled with this reader, if it is
             if not conn.is_connected:  # a group before this one failed and dropped it
                 raise RedisConnectionError("the lane's connection was lost")
-            return await _replies(conn, count)
+            return _in_place(await _replies(conn, count), unsent)
         except BaseException:
             conn._force_disconnect()  # its other replies are unread: nobody may take them
             raise

@@ -130,12 +130,13 @@ async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_anothe
     await client.delete(key)
 
 
-async def slow_call_in_flight(client: Redis, key: str) -> tuple[Coalescer, asyncio.Task[Any]]:
-    """A coalescer of SLOW_ADD in groups of 3, its lane ready, and a lone call on its way
-    (Redis busy ~0.15 s with it)."""
+async def slow_call_in_flight(client: Redis, key: str,
+                              group: int = 3) -> tuple[Coalescer, asyncio.Task[Any]]:
+    """A coalescer of SLOW_ADD in groups of ``group``, its lane ready, and a lone call on its
+    way (Redis busy ~0.15 s with it)."""
     script = client.register_script(SLOW_ADD)
     await client.script_load(SLOW_ADD)
-    coalescer = Coalescer(client, script, group=3)
+    coalescer = Coalescer(client, script, group=group)
     assert coalescer._lane is not None
     await ready(coalescer._lane)
     await client.ping()  # a pooled connection is open: the lone call is written at once
@@ -199,17 +200,36 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
         await client.delete(key, key + "x")
 
 
-async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis) -> None:
+@pytest.mark.parametrize("group", [3, 100], ids=["on-the-lane", "after-the-round-trip"])
+async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redis,
+                                                                    group: int) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    coalescer, in_flight = await slow_call_in_flight(client, key)
+    coalescer, in_flight = await slow_call_in_flight(client, key, group)
     async with asyncio.timeout(5):  # a call left unsettled would hang here
         while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
             await asyncio.sleep(0)
-        group = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
-                                     coalescer([key], ["ok", 100]), return_exceptions=True)
-        assert [type(r) for r in group] == [DataError] * 3  # nothing of the group was written
+        replies = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
+                                       coalescer([key], ["ok", 100]), return_exceptions=True)
         assert await in_flight == 1
-    assert coalescer._lane is not None and coalescer._lane.ready()  # as it was
+    # None: nothing Redis can be sent; the two others are
+    assert [type(r) for r in replies] == [int, DataError, int], replies
+    assert sorted([replies[0], replies[2]]) == [11, 111]  # type: ignore[type-var]
+    assert coalescer.round_trips == 2  # the lone call, then the group of the other two
+    assert coalescer._lane is not None and coalescer._lane.ready()  # nothing left unread
+    assert int(await client.get(key) or 0) == 111
+    await client.delete(key)
+
+
+async def test_evalsha_all_fails_only_the_calls_it_cannot_send(client: Redis) -> None:
+    key = "m" + uuid.uuid4().hex[:8]
+    sha = await client.script_load(ADD)
+    replies = await redis_conn.evalsha_all(
+        client, sha, [([key], ["ok", 1]), ([key], ["ok", None]), ([key], ["ok", 2])])
+    assert [type(r) for r in replies] == [int, DataError, int], replies
+    assert replies[0] == 1 and replies[2] == 3
+    replies = await redis_conn.evalsha_all(client, sha, [([key], [None, 1])])  # none sent
+    assert isinstance(replies[0], DataError)
+    assert await client.incrby(key, 10) == 13  # nothing left on the connection
     await client.delete(key)
 
 
