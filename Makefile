@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean
+.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean \
+	test-redis-switches
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +52,16 @@ test: $(STAMP) redis-server postgresql test-tools
 # Each worker has a redis-server and PostgreSQL of its own (session fixtures are per worker).
 test-fast: $(STAMP) redis-server postgresql
 	$(BIN)/pytest -q -n 3 --dist worksteal -m "not e2e and not chaos" tests/unit tests/integration
+
+# The Redis tests with each override of redis-py switched off in turn (REDIS_OVERRIDES,
+# shared/redis_conn.py): the plain redis-py path must pass them too.
+REDIS_TESTS := tests/integration/test_redis_*.py tests/integration/test_coalesce.py
+test-redis-switches: $(STAMP) redis-server
+	@set -e; for name in $$($(BIN)/python -c \
+	    'from shared.config import REDIS_OVERRIDES; print(*REDIS_OVERRIDES)'); do \
+	  echo "REDIS_OVERRIDES=-$$name"; \
+	  REDIS_OVERRIDES=-$$name $(BIN)/pytest -q $(REDIS_TESTS); \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests scripts bench

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError
 
-from shared.redis_conn import Lane, RedisClient, evalsha_all
+from shared.redis_conn import Lane, RedisClient, evalsha_all, overrides_of
 
 
 @dataclass(slots=True)
@@ -51,7 +51,9 @@ class Coalescer:
         self._group = group
         # a cluster's calls go to their nodes: they wait for the round trip in flight
         # (and a pool too small to spare a connection keeps every one for commands)
-        self._lane = (Lane(redis) if isinstance(redis, Redis)
+        overrides = overrides_of(redis)
+        self._many = isinstance(redis, Redis) and "evalsha_all" in overrides
+        self._lane = (Lane(redis) if isinstance(redis, Redis) and "lane" in overrides
                       and redis.connection_pool.max_connections >= LANE_MIN_POOL else None)
         self._finishers: set[asyncio.Task[None]] = set()  # kept till done
         self._pending: list[_Call] = []
@@ -139,10 +141,11 @@ class Coalescer:
         # EVALSHA itself: a script registered with the pipeline would make it ask SCRIPT
         # EXISTS first, a second round trip every time (a lost script: see _reload_lost).
         sha = self._script.sha
-        if isinstance(self._redis, Redis):
+        if self._many:
+            assert isinstance(self._redis, Redis)
             return await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
-        # a cluster: call by node. A pipeline packs its commands together, so one argument
-        # Redis cannot take would fail them all: such a call fails alone, before.
+        # redis-py's pipeline (on a cluster: call by node). It packs its commands together,
+        # so one argument Redis cannot take would fail them all: such a call fails alone.
         encode = self._redis.get_encoder().encode
         replies: list[Any] = [None] * len(calls)
         sent: list[int] = []

@@ -5,6 +5,20 @@ A plain Redis or a Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` i
 :class:`redis.asyncio.RedisCluster`. Every key of one deployment carries the hash tag
 ``{REDIS_PREFIX}`` (see :mod:`shared.keys`), so every script and multi-key command is
 single-slot and works unchanged on a cluster; what still differs is kept here.
+
+Where redis-py is overridden for speed, each override has a switch, ``REDIS_OVERRIDES``
+(read once by :func:`shared.config.redis_overrides`): a comma-separated list where ``-name``
+turns one off (``REDIS_OVERRIDES=-lane,-watch``), ``none`` turns all off; unset, all are on.
+Off, redis-py's own path is used:
+
+- ``pool``: :class:`WaitingPool` takes and gives back a connection without redis-py's lock
+  and records (off: its ``get_connection`` and ``release``; the waiting turns stay).
+- ``pack``: :class:`_QuickPacker`, commands packed by hiredis alone.
+- ``write``: :class:`_QuickWrite`, a write without a task and a timer.
+- ``watch``: :class:`_QuickRead`, replies awaited under one timer per loop (:class:`_ReadWatch`).
+- ``evalsha_all``: :func:`evalsha_all` for a coalescer's calls (off: a redis-py pipeline).
+- ``lane``: :class:`Lane`, a coalescer's groups written the moment they form (off: they wait
+  for the round trip in flight).
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import math
 import random
 import weakref
@@ -42,8 +57,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from shared import logs
-from shared.config import Secret, mask_url
+from shared import config, logs
+from shared.config import RedisOverrides, Secret, mask_url
 
 # A Redis URL as settings hold it (its password hidden from repr), or as tests write it.
 Url = str | Secret[str]
@@ -259,21 +274,32 @@ class _QuickPack:
             conn._command_packer = _QuickPacker(conn._pack_command_python, enc.encode)
 
 
-class QuickConnection(_QuickPack, _QuickRead, _QuickWrite, Connection):
-    pass
+_MIXINS = (("pack", _QuickPack), ("watch", _QuickRead), ("write", _QuickWrite))
 
 
-class QuickSSLConnection(_QuickPack, _QuickRead, _QuickWrite, SSLConnection):
-    pass
+@functools.cache
+def _connection_class(base: type[Connection], on: frozenset[str]) -> type[Connection]:
+    """``base`` with the connection overrides switched on in ``on``."""
+    mixins = tuple(mixin for name, mixin in _MIXINS if name in on)
+    if not mixins:
+        return base
+    return type(f"Quick{base.__name__}", (*mixins, base), {})
 
 
-def _quick_pool(pool: ConnectionPool) -> ConnectionPool:
+QuickConnection = _connection_class(Connection, RedisOverrides().on)  # every one on
+
+
+def _quick_pool(pool: ConnectionPool, overrides: RedisOverrides) -> ConnectionPool:
     """``pool`` with our connection class, for TCP and TLS (a Unix socket keeps its own)."""
-    if pool.connection_class is Connection:
-        pool.connection_class = QuickConnection
-    elif pool.connection_class is SSLConnection:
-        pool.connection_class = QuickSSLConnection
+    if pool.connection_class in (Connection, SSLConnection):
+        pool.connection_class = _connection_class(pool.connection_class, overrides.on)
     return pool
+
+
+def overrides_of(redis: RedisClient) -> RedisOverrides:
+    """The overrides a client of :func:`connect` was made with (a cluster's: the process's)."""
+    pool = getattr(redis, "connection_pool", None)
+    return pool.overrides if isinstance(pool, WaitingPool) else config.redis_overrides()
 
 
 # How long a command waits for a free connection of its pool before giving up.
@@ -298,9 +324,12 @@ class WaitingPool(ConnectionPool):
     a semaphore, which hands them out first come, first served and costs nothing until the
     pool is really full."""
 
-    def __init__(self, *, timeout: float | None, max_connections: int, **kwargs: Any) -> None:
+    def __init__(self, *, timeout: float | None, max_connections: int,
+                 overrides: RedisOverrides | None = None, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
+        self.overrides = config.redis_overrides() if overrides is None else overrides
+        self._quick = "pool" in self.overrides  # else redis-py's own get_connection, release
         self._turns = asyncio.Semaphore(max_connections)
         self.holding: set[Any] = set()  # connections handed out with a turn
 
@@ -315,12 +344,15 @@ class WaitingPool(ConnectionPool):
         else:
             await self._turns.acquire()  # free: returns at once
         try:
-            connection = await self._take()
-            try:
-                await self.ensure_connection(connection)
-            except BaseException:
-                await self._give_back(connection)
-                raise
+            if not self._quick:
+                connection = await super().get_connection(*args, **kwargs)
+            else:
+                connection = await self._take()
+                try:
+                    await self.ensure_connection(connection)
+                except BaseException:
+                    await self._give_back(connection)
+                    raise
         except BaseException:
             # Not handed out: a failed connect gave the connection back (but not its turn).
             self._turns.release()
@@ -356,7 +388,10 @@ class WaitingPool(ConnectionPool):
 
     async def release(self, connection: Any) -> None:
         try:
-            await self._give_back(connection)
+            if self._quick:
+                await self._give_back(connection)
+            else:
+                await super().release(connection)
         finally:
             # Once per hand-out: redis-py may call release again (in the background, after a
             # cancelled one), or for a connection whose connect failed in get_connection.
@@ -535,7 +570,8 @@ class Lane:
 
 
 def connect(redis_url: Url, *, max_connections: int = 256,
-            wait_s: float | None = POOL_WAIT_S) -> RedisClient:
+            wait_s: float | None = POOL_WAIT_S,
+            overrides: RedisOverrides | None = None) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -552,13 +588,16 @@ def connect(redis_url: Url, *, max_connections: int = 256,
     then :class:`PoolExhausted`; ``None`` waits as long as it takes. The processor waits so to
     keep a small pool however many streams it runs: each connection costs about 20 KiB, and
     1,000 in-flight tasks need far fewer than 1,000 at any moment.
+
+    ``overrides``: which of our overrides of redis-py it uses (default: REDIS_OVERRIDES).
     """
     options = _options(max_connections, 10)
     url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)
-    return Redis.from_pool(_quick_pool(WaitingPool.from_url(url, timeout=wait_s,
-                                                             **options)))
+    overrides = config.redis_overrides() if overrides is None else overrides
+    return Redis.from_pool(_quick_pool(WaitingPool.from_url(
+        url, timeout=wait_s, overrides=overrides, **options), overrides))
 
 
 def connect_blocking(redis_url: Url, *, max_connections: int,
@@ -572,7 +611,9 @@ def connect_blocking(redis_url: Url, *, max_connections: int,
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=None, **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
-    return Redis.from_pool(_quick_pool(WaitingPool.from_url(url, timeout=None, **options)))
+    overrides = config.redis_overrides()
+    return Redis.from_pool(_quick_pool(WaitingPool.from_url(
+        url, timeout=None, overrides=overrides, **options), overrides))
 
 
 class ClusterUnreachable(RedisConnectionError):

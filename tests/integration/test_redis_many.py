@@ -23,6 +23,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from shared import redis_conn
 from shared.coalesce import LANE_MIN_POOL, Coalescer
 from tests.integration.kit import until
+from tests.integration.redis_switches import CASES
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
 return redis.call('INCRBY', KEYS[1], ARGV[2])"""
@@ -35,9 +36,9 @@ repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 150000
 return redis.call('INCRBY', KEYS[1], ARGV[#ARGV])"""
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    c = redis_conn.connect(redis_url)
+@pytest.fixture(params=CASES)
+async def client(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    c = redis_conn.connect(redis_url, overrides=request.param)
     assert isinstance(c, Redis)
     yield c
     await c.aclose()
@@ -71,8 +72,9 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     assert isinstance(pool, redis_conn.WaitingPool)
     call = asyncio.create_task(redis_conn.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
     async with asyncio.timeout(5):
-        while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its read)
+        while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its way)
             await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # written (by redis-py's own write too), Redis busy: on its read
     conn = next(iter(pool.holding))
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -130,15 +132,17 @@ async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_anothe
     await client.delete(key)
 
 
-async def slow_call_in_flight(client: Redis, key: str,
-                              group: int = 3) -> tuple[Coalescer, asyncio.Task[Any]]:
+async def slow_call_in_flight(client: Redis, key: str, group: int = 3,
+                              needs_lane: bool = True) -> tuple[Coalescer, asyncio.Task[Any]]:
     """A coalescer of SLOW_ADD in groups of ``group``, its lane ready, and a lone call on its
     way (Redis busy ~0.15 s with it)."""
     script = client.register_script(SLOW_ADD)
     await client.script_load(SLOW_ADD)
     coalescer = Coalescer(client, script, group=group)
-    assert coalescer._lane is not None
-    await ready(coalescer._lane)
+    if coalescer._lane is not None:
+        await ready(coalescer._lane)
+    elif needs_lane:
+        pytest.skip("the lane is off")
     await client.ping()  # a pooled connection is open: the lone call is written at once
     return coalescer, asyncio.create_task(coalescer([key], ["ok", 1]))
 
@@ -204,7 +208,7 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
 async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redis,
                                                                     group: int) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    coalescer, in_flight = await slow_call_in_flight(client, key, group)
+    coalescer, in_flight = await slow_call_in_flight(client, key, group, needs_lane=group < 100)
     async with asyncio.timeout(5):  # a call left unsettled would hang here
         while not coalescer._busy:  # noqa: ASYNC110 (one step: the lone call is on its way)
             await asyncio.sleep(0)
@@ -215,7 +219,7 @@ async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redi
     assert [type(r) for r in replies] == [int, DataError, int], replies
     assert sorted([replies[0], replies[2]]) == [11, 111]  # type: ignore[type-var]
     assert coalescer.round_trips == 2  # the lone call, then the group of the other two
-    assert coalescer._lane is not None and coalescer._lane.ready()  # nothing left unread
+    assert coalescer._lane is None or coalescer._lane.ready()  # nothing left unread
     assert int(await client.get(key) or 0) == 111
     await client.delete(key)
 

@@ -13,11 +13,12 @@ import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import redis_conn
+from shared.config import RedisOverrides
 from shared.redis_conn import QuickConnection
 
 
 async def test_replies_take_no_timer_each(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=RedisOverrides())  # the watch on
     key = "r" + uuid.uuid4().hex[:8]
     loop = asyncio.get_running_loop()
     timers: list[float] = []

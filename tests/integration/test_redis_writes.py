@@ -13,11 +13,14 @@ from redis.asyncio import Redis
 from redis.exceptions import DataError
 
 from shared import redis_conn
+from shared.config import RedisOverrides
 from shared.redis_conn import UNAVAILABLE
+
+ALL_ON = RedisOverrides()  # what these tests are about: the overrides of REDIS_OVERRIDES on
 
 
 async def test_a_command_takes_no_task_of_its_own(redis_url: str) -> None:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=ALL_ON)
     key = "w" + uuid.uuid4().hex[:8]
     loop = asyncio.get_running_loop()
     made: list[Any] = []
@@ -75,7 +78,7 @@ async def test_a_command_takes_and_gives_back_its_connection_without_records(
         calls.append(kw)
 
     monkeypatch.setattr(rc, "record_connection_count", record)
-    client = redis_conn.connect(redis_url, max_connections=4)
+    client = redis_conn.connect(redis_url, max_connections=4, overrides=ALL_ON)
     assert isinstance(client, Redis)
     pool = client.connection_pool
     assert isinstance(pool, redis_conn.WaitingPool)
@@ -104,7 +107,7 @@ PACKED = [("SET", "k", "v"), ("XINFO GROUPS", "stream"), (b"GET", b"k"),
 
 async def test_commands_are_packed_by_hiredis_alone_and_as_redis_py_packs_them(
         redis_url: str) -> None:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=ALL_ON)
     assert isinstance(client, Redis)
     try:
         conn = await client.connection_pool.get_connection()
