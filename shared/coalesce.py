@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError
 
-from shared.redis_conn import Lane, RedisClient, evalsha_all, overrides_of
+from shared.redis_conn import RedisClient, overrides_of
+from shared.redis_fence import Lane, evalsha_all
 
 
 @dataclass(slots=True)

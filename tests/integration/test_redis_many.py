@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from shared import redis_conn
+from shared import redis_conn, redis_fence
 from shared.coalesce import LANE_MIN_POOL, Coalescer
 from tests.integration.kit import until
 from tests.integration.redis_switches import CASES
@@ -49,7 +49,7 @@ async def test_each_call_gets_its_reply_or_its_error_in_place(client: Redis) -> 
     sha = await client.script_load(ADD)
     calls = [([key], ["ok", n]) for n in (1, 2, 3, 4, 5)]
     calls[2] = ([key], ["bad", "third"])
-    replies = await redis_conn.evalsha_all(client, sha, calls)
+    replies = await redis_fence.evalsha_all(client, sha, calls)
     assert replies[:2] == [1, 3] and replies[3:] == [7, 12]
     assert isinstance(replies[2], ResponseError) and "refused: third" in str(replies[2])
     # nothing of the batch is left on the pooled connection for the next command
@@ -59,7 +59,7 @@ async def test_each_call_gets_its_reply_or_its_error_in_place(client: Redis) -> 
 
 async def test_a_script_redis_does_not_know_is_a_noscript_error_for_each_call(
         client: Redis) -> None:
-    replies = await redis_conn.evalsha_all(client, "0" * 40, [(["a"], [1]), (["b"], [2])])
+    replies = await redis_fence.evalsha_all(client, "0" * 40, [(["a"], [1]), (["b"], [2])])
     assert [type(r) for r in replies] == [NoScriptError, NoScriptError]
     assert await client.ping()
 
@@ -70,7 +70,7 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     await client.ping()  # connected, so the call below goes straight to its read
     pool = client.connection_pool
     assert isinstance(pool, redis_conn.WaitingPool)
-    call = asyncio.create_task(redis_conn.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
+    call = asyncio.create_task(redis_fence.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
     async with asyncio.timeout(5):
         while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its way)
             await asyncio.sleep(0)
@@ -85,16 +85,16 @@ async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
     await client.delete(key)
 
 
-async def ready(lane: redis_conn.Lane) -> None:
+async def ready(lane: redis_fence.Lane) -> None:
     async def check() -> bool:
         return lane.ready()
     await until(check)
 
 
-async def ready_lane(client: Redis) -> tuple[redis_conn.Lane, str]:
+async def ready_lane(client: Redis) -> tuple[redis_fence.Lane, str]:
     """A lane with its connection, and ADD's sha."""
     sha = await client.script_load(ADD)
-    lane = redis_conn.Lane(client)
+    lane = redis_fence.Lane(client)
     await ready(lane)
     return lane, sha
 
@@ -177,7 +177,7 @@ async def test_a_lane_idle_past_the_health_check_interval_takes_a_checked_connec
     await client.delete(key)
 
 
-async def _client_id(lane: redis_conn.Lane) -> int:
+async def _client_id(lane: redis_fence.Lane) -> int:
     (reply,) = await lane.send([("CLIENT", "ID")])
     return int(reply)
 
@@ -189,7 +189,7 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
     key = "l" + uuid.uuid4().hex[:8]
     sha = await client.script_load(SLOW_ADD)
     try:
-        lane = redis_conn.Lane(small)
+        lane = redis_fence.Lane(small)
         await ready(lane)
         group = lane.send(adds(sha, key, [3]))  # Redis busy ~0.15 s before this reply comes
         waiting = asyncio.create_task(small.incrby(key + "x", 5))  # for the pool's turn
@@ -227,11 +227,11 @@ async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redi
 async def test_evalsha_all_fails_only_the_calls_it_cannot_send(client: Redis) -> None:
     key = "m" + uuid.uuid4().hex[:8]
     sha = await client.script_load(ADD)
-    replies = await redis_conn.evalsha_all(
+    replies = await redis_fence.evalsha_all(
         client, sha, [([key], ["ok", 1]), ([key], ["ok", None]), ([key], ["ok", 2])])
     assert [type(r) for r in replies] == [int, DataError, int], replies
     assert replies[0] == 1 and replies[2] == 3
-    replies = await redis_conn.evalsha_all(client, sha, [([key], [None, 1])])  # none sent
+    replies = await redis_fence.evalsha_all(client, sha, [([key], [None, 1])])  # none sent
     assert isinstance(replies[0], DataError)
     assert await client.incrby(key, 10) == 13  # nothing left on the connection
     await client.delete(key)

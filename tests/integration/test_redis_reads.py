@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import redis_conn
 from shared.config import RedisOverrides
-from shared.redis_conn import QuickConnection
+from shared.redis_fence import QuickConnection
 
 
 async def test_replies_take_no_timer_each(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from shared import redis_conn
+from shared import redis_conn, redis_fence
 from shared.coalesce import GROUP, Coalescer
 from shared.config import RedisOverrides
 from tests.harness import RedisServer
@@ -22,7 +22,7 @@ from tests.integration.redis_switches import CASES
 ADD = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
-async def ready(lane: redis_conn.Lane, within_s: float = 10.0) -> None:
+async def ready(lane: redis_fence.Lane, within_s: float = 10.0) -> None:
     async def check() -> bool:
         return lane.ready()
     await until(check, within_s)
@@ -58,7 +58,7 @@ async def test_a_lane_whose_transport_is_closing_reopens_at_once(own_redis: Redi
     client = redis_conn.connect(own_redis.url)
     assert isinstance(client, Redis)
     try:
-        lane = redis_conn.Lane(client)
+        lane = redis_fence.Lane(client)
         await ready(lane)
         first = lane._conn
         first._writer.transport.close()
