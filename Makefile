@@ -67,10 +67,11 @@ test-redis-switches: $(STAMP) redis-server
 # pyproject.toml moves (shared/redis_fence.py lists what of redis-py's internals we touch).
 REDIS_NEXT ?= 8.3
 test-redis-next: redis-server
-	@set -e; venv=$$(mktemp -d)/venv; trap 'rm -rf "$$(dirname $$venv)"' EXIT; \
+	@set -e; tmp=$$(mktemp -d); venv=$$tmp/venv; trap 'rm -rf "$$tmp"' EXIT; \
 	$(PY) -m venv $$venv; \
+	$$venv/bin/pip download -q --no-deps -d $$tmp/next 'redis==$(REDIS_NEXT).*'; \
 	$$venv/bin/pip install -q -e '.[dev]'; \
-	$$venv/bin/pip install -q --no-deps 'redis==$(REDIS_NEXT).*'; \
+	$$venv/bin/pip install -q --no-deps $$tmp/next/redis-*; \
 	$$venv/bin/python -c 'import redis; print("redis-py", redis.__version__)'; \
 	$$venv/bin/pytest -q $(REDIS_TESTS)
 

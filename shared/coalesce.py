@@ -25,7 +25,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import DataError, NoScriptError
 
 from shared.redis_conn import RedisClient, overrides_of
-from shared.redis_fence import Lane, evalsha_all
+from shared.redis_fence import Lane
 
 
 @dataclass(slots=True)
@@ -53,7 +53,6 @@ class Coalescer:
         # a cluster's calls go to their nodes: they wait for the round trip in flight
         # (and a pool too small to spare a connection keeps every one for commands)
         overrides = overrides_of(redis)
-        self._many = isinstance(redis, Redis) and "evalsha_all" in overrides
         self._lane = (Lane(redis) if isinstance(redis, Redis) and "lane" in overrides
                       and redis.connection_pool.max_connections >= LANE_MIN_POOL else None)
         self._finishers: set[asyncio.Task[None]] = set()  # kept till done
@@ -141,12 +140,9 @@ class Coalescer:
                 return [exc]
         # EVALSHA itself: a script registered with the pipeline would make it ask SCRIPT
         # EXISTS first, a second round trip every time (a lost script: see _reload_lost).
+        # On a cluster the pipeline calls by node. It packs its commands together, so one
+        # argument Redis cannot take would fail them all: such a call fails alone.
         sha = self._script.sha
-        if self._many:
-            assert isinstance(self._redis, Redis)
-            return await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
-        # redis-py's pipeline (on a cluster: call by node). It packs its commands together,
-        # so one argument Redis cannot take would fail them all: such a call fails alone.
         encode = self._redis.get_encoder().encode
         replies: list[Any] = [None] * len(calls)
         sent: list[int] = []

@@ -288,8 +288,8 @@ class Provider:
 
 
 # Where Sluice overrides redis-py for speed (shared/redis_conn.py), each with its switch:
-# REDIS_OVERRIDES=-lane,-watch turns those two off; "none" all of them; unset, all are on.
-REDIS_OVERRIDES = ("pool", "pack", "write", "watch", "evalsha_all", "lane")
+# REDIS_OVERRIDES=-lane,-pack turns those two off; "none" all of them; unset, all are on.
+REDIS_OVERRIDES = ("pool", "pack", "lane")
 
 
 @dataclass(frozen=True, slots=True)

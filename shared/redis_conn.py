@@ -8,17 +8,13 @@ single-slot and works unchanged on a cluster; what still differs is kept here.
 
 Where redis-py is overridden for speed, each override has a switch, ``REDIS_OVERRIDES``
 (read once by :func:`shared.config.redis_overrides`): a comma-separated list where ``-name``
-turns one off (``REDIS_OVERRIDES=-lane,-watch``), ``none`` turns all off; unset, all are on.
+turns one off (``REDIS_OVERRIDES=-lane,-pack``), ``none`` turns all off; unset, all are on.
 Off, redis-py's own path is used:
 
 - ``pool``: :class:`WaitingPool` takes and gives back a connection without redis-py's lock
   and records (:class:`shared.redis_fence.QuickPool`; off: redis-py's ``get_connection`` and
   ``release``; the waiting turns stay, they use its public methods only).
 - ``pack``: commands packed by hiredis alone (in shared/redis_fence.py: ``_QuickPacker``).
-- ``write``: a write without a task and a timer (``_QuickWrite``).
-- ``watch``: replies awaited under one timer per loop (``_QuickRead``, ``_ReadWatch``).
-- ``evalsha_all``: a coalescer's calls sent by :func:`shared.redis_fence.evalsha_all` (off: a
-  redis-py pipeline).
 - ``lane``: a coalescer's groups written the moment they form on a held connection
   (:class:`shared.redis_fence.Lane`; off: they wait for the round trip in flight).
 """

@@ -8,18 +8,27 @@ tests/integration/test_redis_*.py against the next one before the pin moves.
 
 Private members of redis-py (8.2) this module touches, and behaviour it relies on:
 
-- ``redis.asyncio.connection.AbstractConnection``: ``_writer`` (the asyncio StreamWriter),
-  ``_reader`` (the StreamReader), ``_command_packer``, ``_pack_command_python``,
-  ``_host_error()``, ``_force_disconnect()``; and, public but relied on in detail:
-  ``read_response(disable_decoding, timeout, *, disconnect_on_error, push_request)`` taking
-  ``timeout=math.inf`` as "no timer", ``send_packed_command(command, check_health)``,
-  ``check_health()``, ``disconnect(nowait=True)``, ``is_connected``, ``socket_timeout``,
-  ``health_check_interval``, ``encoder``, ``pack_command``.
+- ``redis.asyncio.connection.AbstractConnection``: ``_writer`` (the asyncio StreamWriter the
+  lane writes on and whose transport it checks), ``_reader`` (the StreamReader, checked for
+  EOF), ``_command_packer`` and ``_pack_command_python`` (the packer swapped),
+  ``_force_disconnect()``; and, public but relied on in detail: ``read_response()`` (the
+  lane's replies, in order, an error reply raised as ``ResponseError``), ``is_connected``,
+  ``health_check_interval``, ``encoder`` (``encoding``, ``encoding_errors``, ``encode``),
+  ``pack_command``.
 - ``redis.connection.HiredisRespSerializer`` (not exported): its constructor
   ``(pack_command_python, encode)`` and ``pack``.
 - ``redis.asyncio.connection.ConnectionPool``: ``_lock``, ``_in_use_connections``,
   ``_available_connections``; ``get_available_connection()``, ``ensure_connection()`` and a
-  connection's ``should_reconnect()``.
+  connection's ``should_reconnect()`` and ``disconnect()``.
+
+What stays, measured on vs off (``python -m bench.overrides``, runs alternating on and off,
+on a shared and busy 2-core machine; medians of CPU ms per e2e task and of submits/s):
+``pool`` (11 pairs: CPU per task -4%, submits/s +24%), ``pack`` (3 pairs: CPU per task -12%,
+submits/s +28%), ``lane`` (6 pairs: CPU per task -6%, submits/s +30%). Measured and removed,
+no gain of 3% on either figure: replies awaited under one timer per loop instead of one each
+(``watch``, 9 pairs: CPU per task -2.6%, submits/s -4.9%), a write without
+``asyncio.wait_for`` (``write``, 9 pairs: +1.1%, -5.0%) and ``evalsha_all`` (a coalescer's
+calls sent without redis-py's pipeline, 9 pairs: -2.1%, -17%).
 """
 
 from __future__ import annotations
@@ -27,8 +36,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import functools
-import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,135 +45,10 @@ from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import logs
-from shared.config import RedisOverrides
 
 log = logs.get("sluice.redis")
-
-
-class _QuickWrite:
-    """A connection that writes a command without a timer or a task when it need not wait.
-
-    redis-py bounds every write with ``asyncio.wait_for`` (SOCKET_TIMEOUT), which on Python
-    3.11 wraps the write in a new task and a timer: two more loop turns per command, every
-    command of every service (5 of a GET's 38 us of client CPU, measured with uvloop). A
-    write only waits when the socket's
-    buffer is backed up (Redis not reading); the bound is kept for exactly that case. Anything
-    unusual (not connected, a closing transport) goes through redis-py's own path."""
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        conn: Any = self
-        if not conn.is_connected or conn._writer is None:
-            return await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        if check_health:
-            await conn.check_health()  # a ping only when HEALTH_CHECK_INTERVAL is due
-        writer = conn._writer
-        if writer is None or writer.transport.is_closing():
-            return await super().send_packed_command(command, False)  # type: ignore[misc]
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size() == 0:
-                await writer.drain()  # all sent: returns at once (nothing paused)
-            else:
-                async with asyncio.timeout(conn.socket_timeout):
-                    await writer.drain()
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        except OSError as e:
-            await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error {e.errno or 'UNKNOWN'} while writing to socket. "
-                                       f"{e.strerror or e}.") from e
-        except BaseException:
-            # A write cut midway leaves the connection unusable, as redis-py says.
-            await conn.disconnect(nowait=True)
-            raise
-
-
-class _ReadWatch:
-    """The replies awaited on one event loop, each with the loop time it is due by; one timer
-    looks every CHECK_S while any is awaited, and cuts the connection of one that is late."""
-
-    CHECK_S = 0.25
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.due: dict[Any, float] = {}  # connection -> loop time its reply is due by
-        self.handle: asyncio.TimerHandle | None = None
-
-    def start(self, conn: Any, seconds: float) -> None:
-        self.due[conn] = self.loop.time() + seconds
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.CHECK_S, self._check)
-
-    def _check(self) -> None:
-        self.handle, now = None, self.loop.time()
-        late = [conn for conn, due in self.due.items() if due <= now]
-        for conn in late:
-            del self.due[conn]
-            conn.read_cut = True
-            if conn._writer is not None:
-                conn._writer.transport.abort()  # the read under way fails at once
-        if self.due:
-            self.handle = self.loop.call_later(self.CHECK_S, self._check)
-
-
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadWatch] = (
-    weakref.WeakKeyDictionary())
-
-
-def _read_watch() -> _ReadWatch:
-    loop = asyncio.get_running_loop()
-    watch = _watches.get(loop)
-    if watch is None:
-        watch = _watches[loop] = _ReadWatch(loop)
-    return watch
-
-
-class _QuickRead:
-    """A connection that awaits a reply without a timer of its own.
-
-    redis-py bounds every read with ``asyncio.timeout`` (SOCKET_TIMEOUT): a Timeout object and
-    a timer scheduled and cancelled per reply, 3-7% of each service's CPU in the e2e bench's
-    profiles. The bound is kept by :class:`_ReadWatch`, one timer per loop: a reply later than
-    SOCKET_TIMEOUT (at most CHECK_S more) cuts the connection, and the read fails as redis-py's
-    would, with a TimeoutError and the connection dropped. Reads with a timeout of their own
-    (pub/sub) go through redis-py's own path."""
-
-    read_cut = False  # set by the watch when it cut this connection's read for being late
-
-    async def read_response(self, disable_decoding: bool = False,
-                            timeout: float | None = None,  # noqa: ASYNC109 (redis-py's own)
-                            *, disconnect_on_error: bool = True,
-                            push_request: bool | None = False) -> Any:
-        conn: Any = self
-        base: Any = super()
-        if timeout is not None or conn.socket_timeout is None:
-            return await base.read_response(disable_decoding, timeout,
-                                            disconnect_on_error=disconnect_on_error,
-                                            push_request=push_request)
-        watch = _read_watch()
-        self.read_cut = False
-        watch.start(self, conn.socket_timeout)
-        try:
-            # math.inf: redis-py's "no timer" (its errors, health check and replies as ever)
-            return await base.read_response(disable_decoding, math.inf,
-                                            disconnect_on_error=disconnect_on_error,
-                                            push_request=push_request)
-        except Exception as exc:
-            if self.read_cut:
-                self.read_cut = False
-                await conn.disconnect(nowait=True)
-                raise RedisTimeoutError(f"Timeout reading from {conn._host_error()}") from exc
-            raise
-        finally:
-            watch.due.pop(self, None)
 
 
 class _QuickPacker(HiredisRespSerializer):
@@ -205,19 +87,12 @@ class _QuickPack:
             conn._command_packer = _QuickPacker(conn._pack_command_python, enc.encode)
 
 
-_MIXINS = (("pack", _QuickPack), ("watch", _QuickRead), ("write", _QuickWrite))
-
-
 @functools.cache
 def connection_class(base: type[Connection], on: frozenset[str]) -> type[Connection]:
-    """``base`` with the connection overrides switched on in ``on``."""
-    mixins = tuple(mixin for name, mixin in _MIXINS if name in on)
-    if not mixins:
+    """``base``, with :class:`_QuickPacker` when ``pack`` is in ``on``."""
+    if "pack" not in on:
         return base
-    return type(f"Quick{base.__name__}", (*mixins, base), {})
-
-
-QuickConnection = connection_class(Connection, RedisOverrides().on)  # every one on
+    return type(f"Quick{base.__name__}", (_QuickPack, base), {})
 
 
 class QuickPool(ConnectionPool):
@@ -262,33 +137,6 @@ class QuickPool(ConnectionPool):
             raise
         finally:
             self._available_connections.append(connection)  # even if cancelled meanwhile
-
-
-async def evalsha_all(redis: Redis, sha: str,
-                      calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
-    """EVALSHA of one script for each ``(keys, args)`` of ``calls`` in one round trip: each
-    call's reply, or its error (a ResponseError such as NoScriptError), in its place.
-
-    What ``pipeline(transaction=False).execute(raise_on_error=False)`` sends and answers,
-    without redis-py 8's per-pipeline work that a script call never needs (HIMPORT fieldsets,
-    observability records, the retry wrapper: retries are off) or its per-command
-    bookkeeping: 2.4 of its 6.5 us per call, an edge's submits coming 50 at a time (measured
-    in process). A failure while the replies are read drops the connection, as redis-py's
-    pipeline does: the rest of them would still be on its socket."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()
-    try:
-        packed, unsent = _pack_each(
-            conn, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
-        if not packed:
-            return [unsent[i] for i in range(len(calls))]
-        await conn.send_packed_command(packed)
-        return _in_place(await _replies(conn, len(calls) - len(unsent)), unsent)
-    except BaseException:
-        await conn.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(conn)
 
 
 def _pack_each(conn: Any, commands: Sequence[tuple[Any, ...]]

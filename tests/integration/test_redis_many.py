@@ -1,12 +1,10 @@
 """Many calls of one script in one round trip, against a real Redis.
 
-evalsha_all (shared/redis_conn.py): each call's reply or error in its place, nothing left on the
-connection for the next command, and a read cut short drops its connection.
-
-Lane (shared/redis_conn.py; used by shared/coalesce.py), groups written the moment they form:
+Lane (shared/redis_fence.py; used by shared/coalesce.py), groups written the moment they form:
 each reply in its place across groups written back to back, a group that forms while a round
 trip is on its way going out before that returns, and a lost connection failing the groups
-written on it, then replaced."""
+written on it, then replaced. A call Redis cannot be sent fails alone in its group, on the
+lane and in the pipeline that follows a round trip."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from shared import redis_conn, redis_fence
 from shared.coalesce import LANE_MIN_POOL, Coalescer
@@ -42,47 +40,6 @@ async def client(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterato
     assert isinstance(c, Redis)
     yield c
     await c.aclose()
-
-
-async def test_each_call_gets_its_reply_or_its_error_in_place(client: Redis) -> None:
-    key = "m" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    calls = [([key], ["ok", n]) for n in (1, 2, 3, 4, 5)]
-    calls[2] = ([key], ["bad", "third"])
-    replies = await redis_fence.evalsha_all(client, sha, calls)
-    assert replies[:2] == [1, 3] and replies[3:] == [7, 12]
-    assert isinstance(replies[2], ResponseError) and "refused: third" in str(replies[2])
-    # nothing of the batch is left on the pooled connection for the next command
-    assert await client.incrby(key, 100) == 112
-    await client.delete(key)
-
-
-async def test_a_script_redis_does_not_know_is_a_noscript_error_for_each_call(
-        client: Redis) -> None:
-    replies = await redis_fence.evalsha_all(client, "0" * 40, [(["a"], [1]), (["b"], [2])])
-    assert [type(r) for r in replies] == [NoScriptError, NoScriptError]
-    assert await client.ping()
-
-
-async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
-    key = "m" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(SLOW_ADD)
-    await client.ping()  # connected, so the call below goes straight to its read
-    pool = client.connection_pool
-    assert isinstance(pool, redis_conn.WaitingPool)
-    call = asyncio.create_task(redis_fence.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
-    async with asyncio.timeout(5):
-        while not pool.holding:  # noqa: ASYNC110 (one loop turn: the call is on its way)
-            await asyncio.sleep(0)
-    await asyncio.sleep(0.05)  # written (by redis-py's own write too), Redis busy: on its read
-    conn = next(iter(pool.holding))
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    assert not conn.is_connected and not pool.holding
-    # The scripts still ran; the next command gets its own reply, not one of theirs.
-    assert await client.incrby(key, 10) == 13
-    await client.delete(key)
 
 
 async def ready(lane: redis_fence.Lane) -> None:
@@ -221,19 +178,6 @@ async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redi
     assert coalescer.round_trips == 2  # the lone call, then the group of the other two
     assert coalescer._lane is None or coalescer._lane.ready()  # nothing left unread
     assert int(await client.get(key) or 0) == 111
-    await client.delete(key)
-
-
-async def test_evalsha_all_fails_only_the_calls_it_cannot_send(client: Redis) -> None:
-    key = "m" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    replies = await redis_fence.evalsha_all(
-        client, sha, [([key], ["ok", 1]), ([key], ["ok", None]), ([key], ["ok", 2])])
-    assert [type(r) for r in replies] == [int, DataError, int], replies
-    assert replies[0] == 1 and replies[2] == 3
-    replies = await redis_fence.evalsha_all(client, sha, [([key], [None, 1])])  # none sent
-    assert isinstance(replies[0], DataError)
-    assert await client.incrby(key, 10) == 13  # nothing left on the connection
     await client.delete(key)
 
 

@@ -1,6 +1,6 @@
-"""A command is written without a task or a timer of its own when the socket takes it at once,
-and a write that cannot go out (the connection closed under it) still fails as redis-py's
-does: a connection error, the step to be run again."""
+"""A write that cannot go out (the connection closed under it) fails as a connection error, the
+step to be run again; the pool takes and gives back connections without redis-py's records
+(shared/redis_fence.py, QuickPool); commands are packed by hiredis alone (_QuickPacker)."""
 
 from __future__ import annotations
 
@@ -17,36 +17,6 @@ from shared.config import RedisOverrides
 from shared.redis_conn import UNAVAILABLE
 
 ALL_ON = RedisOverrides()  # what these tests are about: the overrides of REDIS_OVERRIDES on
-
-
-async def test_a_command_takes_no_task_of_its_own(redis_url: str) -> None:
-    client = redis_conn.connect(redis_url, overrides=ALL_ON)
-    key = "w" + uuid.uuid4().hex[:8]
-    loop = asyncio.get_running_loop()
-    made: list[Any] = []
-    default = loop.get_task_factory()
-
-    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:
-        made.append(coro)
-        return (default(lp, coro, **kw) if default is not None
-                else asyncio.Task(coro, loop=lp, **kw))
-
-    try:
-        await client.set(key, "1")  # connected: the first command's connect is not counted
-        loop.set_task_factory(factory)
-        try:
-            for _ in range(5):
-                assert await client.incr(key) > 1
-            async with client.pipeline(transaction=False) as p:
-                p.get(key)
-                p.get(key)
-                assert await p.execute() == ["6", "6"]
-        finally:
-            loop.set_task_factory(default)
-        assert made == []  # redis-py's asyncio.wait_for made one per command
-    finally:
-        await client.delete(key)
-        await client.aclose()
 
 
 async def test_a_write_on_a_dead_connection_is_a_connection_error(redis_url: str) -> None:

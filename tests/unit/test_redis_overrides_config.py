@@ -11,7 +11,7 @@ from shared.config import REDIS_OVERRIDES, ConfigError, Env, RedisOverrides
 @pytest.mark.parametrize(("raw", "on"), [
     (None, set(REDIS_OVERRIDES)),
     ("", set(REDIS_OVERRIDES)),
-    ("-lane, -watch", set(REDIS_OVERRIDES) - {"lane", "watch"}),
+    ("-lane, -pack", set(REDIS_OVERRIDES) - {"lane", "pack"}),
     ("none", set()),
     ("none,lane", {"lane"}),
     ("all,-pool", set(REDIS_OVERRIDES) - {"pool"}),
