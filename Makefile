@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean lock
+.PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean lock \
+	test-redis-switches test-redis-next
 
 # The venv installs exactly requirements-dev.lock (hash-checked), then the project itself,
 # editable, with no dependencies of its own: what pyproject.toml asks for comes from the lock.
@@ -76,6 +77,28 @@ test: $(STAMP) redis-server postgresql test-tools
 # Each worker has a redis-server and PostgreSQL of its own (session fixtures are per worker).
 test-fast: $(STAMP) redis-server postgresql
 	$(BIN)/pytest -q -n 3 --dist worksteal -m "not e2e and not chaos" tests/unit tests/integration
+
+# The Redis tests with each override of redis-py switched off in turn (REDIS_OVERRIDES,
+# shared/redis_conn.py): the plain redis-py path must pass them too.
+REDIS_TESTS := tests/integration/test_redis_*.py tests/integration/test_coalesce.py
+test-redis-switches: $(STAMP) redis-server
+	@set -e; for name in $$($(BIN)/python -c \
+	    'from shared.config import REDIS_OVERRIDES; print(*REDIS_OVERRIDES)'); do \
+	  echo "REDIS_OVERRIDES=-$$name"; \
+	  REDIS_OVERRIDES=-$$name $(BIN)/pytest -q $(REDIS_TESTS); \
+	done
+
+# The Redis tests against the next minor of redis-py, in a throwaway venv, before the pin in
+# pyproject.toml moves (shared/redis_fence.py lists what of redis-py's internals we touch).
+REDIS_NEXT ?= 8.3
+test-redis-next: redis-server
+	@set -e; tmp=$$(mktemp -d); venv=$$tmp/venv; trap 'rm -rf "$$tmp"' EXIT; \
+	$(PY) -m venv $$venv; \
+	$$venv/bin/pip download -q --no-deps -d $$tmp/next 'redis==$(REDIS_NEXT).*'; \
+	$$venv/bin/pip install -q -e '.[dev]'; \
+	$$venv/bin/pip install -q --no-deps $$tmp/next/redis-*; \
+	$$venv/bin/python -c 'import redis; print("redis-py", redis.__version__)'; \
+	$$venv/bin/pytest -q $(REDIS_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests scripts bench harness

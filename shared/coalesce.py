@@ -9,7 +9,8 @@ before the next, keep their order.
 
 Each caller gets its own reply, or its own exception. A pipeline that fails as a whole (Redis
 unreachable) fails every call in it, any of which may have run: callers already treat one failed
-call so (see ``shared/redis_conn.py``, why the client never re-sends).
+call so (see ``shared/redis_conn.py``, why the client never re-sends). A call with an argument
+Redis cannot take (None, a bool: a DataError) fails alone; the others of its group are sent.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
-from shared.redis_conn import Lane, RedisClient, evalsha_all
+from shared.redis_conn import RedisClient, overrides_of
+from shared.redis_fence import Lane
 
 
 @dataclass(slots=True)
@@ -50,7 +52,8 @@ class Coalescer:
         self._group = group
         # a cluster's calls go to their nodes: they wait for the round trip in flight
         # (and a pool too small to spare a connection keeps every one for commands)
-        self._lane = (Lane(redis) if isinstance(redis, Redis)
+        overrides = overrides_of(redis)
+        self._lane = (Lane(redis) if isinstance(redis, Redis) and "lane" in overrides
                       and redis.connection_pool.max_connections >= LANE_MIN_POOL else None)
         self._finishers: set[asyncio.Task[None]] = set()  # kept till done
         self._pending: list[_Call] = []
@@ -104,12 +107,9 @@ class Coalescer:
         self.round_trips += 1
         sha = self._script.sha
         assert self._lane is not None
-        try:
-            reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
-                                      for c in calls])
-        except Exception as exc:  # an argument Redis cannot take: nothing was written
-            _settle(calls, [exc] * len(calls))
-            return
+        # a call with an argument Redis cannot take gets its DataError; the others are sent
+        reader = self._lane.send([("EVALSHA", sha, len(c.keys), *c.keys, *c.args)
+                                  for c in calls])
         finisher = asyncio.get_running_loop().create_task(self._finish(calls, reader))
         self._finishers.add(finisher)
         finisher.add_done_callback(self._finishers.discard)
@@ -140,13 +140,25 @@ class Coalescer:
                 return [exc]
         # EVALSHA itself: a script registered with the pipeline would make it ask SCRIPT
         # EXISTS first, a second round trip every time (a lost script: see _reload_lost).
+        # On a cluster the pipeline calls by node. It packs its commands together, so one
+        # argument Redis cannot take would fail them all: such a call fails alone.
         sha = self._script.sha
-        if isinstance(self._redis, Redis):
-            return await evalsha_all(self._redis, sha, [(c.keys, c.args) for c in calls])
-        async with self._redis.pipeline(transaction=False) as p:  # a cluster: call by node
-            for call in calls:
+        encode = self._redis.get_encoder().encode
+        replies: list[Any] = [None] * len(calls)
+        sent: list[int] = []
+        async with self._redis.pipeline(transaction=False) as p:
+            for i, call in enumerate(calls):
+                try:
+                    for arg in (*call.keys, *call.args):
+                        encode(arg)
+                except DataError as exc:
+                    replies[i] = exc
+                    continue
                 p.evalsha(sha, len(call.keys), *call.keys, *call.args)
-            replies: list[Any] = await p.execute(raise_on_error=False)
+                sent.append(i)
+            if sent:
+                for i, reply in zip(sent, await p.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
         return replies
 
     async def _reload_lost(self, calls: list[_Call], sent: Awaitable[list[Any]]) -> list[Any]:

@@ -348,3 +348,57 @@ def mock_base_url(env: Env) -> str:
     it listens on (MOCKAI_PORT, the same variable the mock reads)."""
     port = env.integer("MOCKAI_PORT", MOCK_PORT, min_value=1, max_value=65535)
     return f"http://127.0.0.1:{port}/v1"
+
+
+# Where Sluice overrides redis-py for speed (shared/redis_conn.py), each with its switch:
+# REDIS_OVERRIDES=-lane,-pack turns those two off; "none" all of them; unset, all are on.
+REDIS_OVERRIDES = ("pool", "pack", "lane")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOverrides:
+    """The overrides of redis-py in use (see ``shared/redis_conn.py``); the others take
+    redis-py's own path."""
+
+    on: frozenset[str] = frozenset(REDIS_OVERRIDES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.on
+
+    @classmethod
+    def without(cls, *names: str) -> RedisOverrides:
+        unknown = sorted(set(names) - set(REDIS_OVERRIDES))
+        if unknown:
+            raise ValueError(f"no such override: {', '.join(unknown)}")
+        return cls(frozenset(REDIS_OVERRIDES) - set(names))
+
+    @classmethod
+    def from_env(cls, env: Env) -> RedisOverrides:
+        raw = env.raw("REDIS_OVERRIDES")
+        if raw is None:
+            return cls()
+        on = set(REDIS_OVERRIDES)
+        for item in (i.strip().lower() for i in raw.split(",")):
+            name = item.lstrip("+-")
+            if item == "":
+                continue
+            if item in ("all", "none"):
+                on = set(REDIS_OVERRIDES) if item == "all" else set()
+            elif name in REDIS_OVERRIDES:
+                (on.discard if item.startswith("-") else on.add)(name)
+            else:
+                raise ConfigError(f"REDIS_OVERRIDES: expected a comma-separated list of "
+                                  f"{', '.join(REDIS_OVERRIDES)} (each may start with - to "
+                                  f"turn it off), all or none; got {raw!r}")
+        return cls(frozenset(on))
+
+
+_redis_overrides: RedisOverrides | None = None
+
+
+def redis_overrides() -> RedisOverrides:
+    """This process's :class:`RedisOverrides`, read from the environment once."""
+    global _redis_overrides
+    if _redis_overrides is None:
+        _redis_overrides = RedisOverrides.from_env(Env())
+    return _redis_overrides

@@ -5,35 +5,42 @@ A plain Redis or a Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` i
 :class:`redis.asyncio.RedisCluster`. Every key of one deployment carries the hash tag
 ``{REDIS_PREFIX}`` (see :mod:`shared.keys`), so every script and multi-key command is
 single-slot and works unchanged on a cluster; what still differs is kept here.
+
+Where redis-py is overridden for speed, each override has a switch, ``REDIS_OVERRIDES``
+(read once by :func:`shared.config.redis_overrides`): a comma-separated list where ``-name``
+turns one off (``REDIS_OVERRIDES=-lane,-pack``), ``none`` turns all off; unset, all are on.
+Off, redis-py's own path is used:
+
+- ``pool``: :class:`WaitingPool` takes and gives back a connection without redis-py's lock
+  and records (:class:`shared.redis_fence.QuickPool`; off: redis-py's ``get_connection`` and
+  ``release``; the waiting turns stay, they use its public methods only).
+- ``pack``: commands packed by hiredis alone (in shared/redis_fence.py: ``_QuickPacker``).
+- ``lane``: a coalescer's groups written the moment they form on a held connection
+  (:class:`shared.redis_fence.Lane`; off: they wait for the round trip in flight).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import math
+import functools
 import random
-import weakref
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-import hiredis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
     OutOfMemoryError,
     RedisClusterException,
     RedisError,
-    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -41,8 +48,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from shared import logs
-from shared.config import Secret, mask_url
+from shared import config, logs
+from shared.config import RedisOverrides, Secret, mask_url
+from shared.redis_fence import QuickPool, connection_class
 
 # A Redis URL as settings hold it (its password hidden from repr), or as tests write it.
 Url = str | Secret[str]
@@ -99,180 +107,19 @@ def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
             "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
-class _QuickWrite:
-    """A connection that writes a command without a timer or a task when it need not wait.
-
-    redis-py bounds every write with ``asyncio.wait_for`` (SOCKET_TIMEOUT), which on Python
-    3.11 wraps the write in a new task and a timer: two more loop turns per command, every
-    command of every service (5 of a GET's 38 us of client CPU, measured with uvloop). A
-    write only waits when the socket's
-    buffer is backed up (Redis not reading); the bound is kept for exactly that case. Anything
-    unusual (not connected, a closing transport) goes through redis-py's own path."""
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        conn: Any = self
-        if not conn.is_connected or conn._writer is None:
-            return await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        if check_health:
-            await conn.check_health()  # a ping only when HEALTH_CHECK_INTERVAL is due
-        writer = conn._writer
-        if writer is None or writer.transport.is_closing():
-            return await super().send_packed_command(command, False)  # type: ignore[misc]
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size() == 0:
-                await writer.drain()  # all sent: returns at once (nothing paused)
-            else:
-                async with asyncio.timeout(conn.socket_timeout):
-                    await writer.drain()
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        except OSError as e:
-            await conn.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error {e.errno or 'UNKNOWN'} while writing to socket. "
-                                       f"{e.strerror or e}.") from e
-        except BaseException:
-            # A write cut midway leaves the connection unusable, as redis-py says.
-            await conn.disconnect(nowait=True)
-            raise
-
-
-class _ReadWatch:
-    """The replies awaited on one event loop, each with the loop time it is due by; one timer
-    looks every CHECK_S while any is awaited, and cuts the connection of one that is late."""
-
-    CHECK_S = 0.25
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.due: dict[Any, float] = {}  # connection -> loop time its reply is due by
-        self.handle: asyncio.TimerHandle | None = None
-
-    def start(self, conn: Any, seconds: float) -> None:
-        self.due[conn] = self.loop.time() + seconds
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.CHECK_S, self._check)
-
-    def _check(self) -> None:
-        self.handle, now = None, self.loop.time()
-        late = [conn for conn, due in self.due.items() if due <= now]
-        for conn in late:
-            del self.due[conn]
-            conn.read_cut = True
-            if conn._writer is not None:
-                conn._writer.transport.abort()  # the read under way fails at once
-        if self.due:
-            self.handle = self.loop.call_later(self.CHECK_S, self._check)
-
-
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadWatch] = (
-    weakref.WeakKeyDictionary())
-
-
-def _read_watch() -> _ReadWatch:
-    loop = asyncio.get_running_loop()
-    watch = _watches.get(loop)
-    if watch is None:
-        watch = _watches[loop] = _ReadWatch(loop)
-    return watch
-
-
-class _QuickRead:
-    """A connection that awaits a reply without a timer of its own.
-
-    redis-py bounds every read with ``asyncio.timeout`` (SOCKET_TIMEOUT): a Timeout object and
-    a timer scheduled and cancelled per reply, 3-7% of each service's CPU in the e2e bench's
-    profiles. The bound is kept by :class:`_ReadWatch`, one timer per loop: a reply later than
-    SOCKET_TIMEOUT (at most CHECK_S more) cuts the connection, and the read fails as redis-py's
-    would, with a TimeoutError and the connection dropped. Reads with a timeout of their own
-    (pub/sub) go through redis-py's own path."""
-
-    read_cut = False  # set by the watch when it cut this connection's read for being late
-
-    async def read_response(self, disable_decoding: bool = False,
-                            timeout: float | None = None,  # noqa: ASYNC109 (redis-py's own)
-                            *, disconnect_on_error: bool = True,
-                            push_request: bool | None = False) -> Any:
-        conn: Any = self
-        base: Any = super()
-        if timeout is not None or conn.socket_timeout is None:
-            return await base.read_response(disable_decoding, timeout,
-                                            disconnect_on_error=disconnect_on_error,
-                                            push_request=push_request)
-        watch = _read_watch()
-        self.read_cut = False
-        watch.start(self, conn.socket_timeout)
-        try:
-            # math.inf: redis-py's "no timer" (its errors, health check and replies as ever)
-            return await base.read_response(disable_decoding, math.inf,
-                                            disconnect_on_error=disconnect_on_error,
-                                            push_request=push_request)
-        except Exception as exc:
-            if self.read_cut:
-                self.read_cut = False
-                await conn.disconnect(nowait=True)
-                raise RedisTimeoutError(f"Timeout reading from {conn._host_error()}") from exc
-            raise
-        finally:
-            watch.due.pop(self, None)
-
-
-class _QuickPacker(HiredisRespSerializer):
-    """Commands packed by hiredis alone.
-
-    redis-py's packer looks through the arguments for memoryviews, then encodes each in Python
-    (``Encoder.encode``) before hiredis packs them: 5-7% of the processor's CPU in the e2e
-    bench's profile, most of it for arguments hiredis takes as they are (str as UTF-8, int,
-    float as repr, bytes). Anything else (bool, None, bytearray: a TypeError from hiredis)
-    goes through redis-py's own packer, which packs it or raises its DataError."""
-
-    def pack(self, *args: Any) -> list[bytes]:
-        first = args[0]
-        # As redis-py does: a command name with a space ('XINFO GROUPS') is several arguments.
-        if isinstance(first, str):
-            args = (*first.encode().split(), *args[1:])
-        elif b" " in first:
-            args = (*first.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            return super().pack(*args)  # type: ignore[no-any-return]
-
-
-class _QuickPack:
-    """A connection with :class:`_QuickPacker`, when redis-py would use hiredis and strings
-    are UTF-8 (strict), as hiredis encodes them."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        conn: Any = self
-        enc = conn.encoder
-        if (isinstance(conn._command_packer, HiredisRespSerializer)
-                and codecs.lookup(enc.encoding).name == "utf-8"
-                and enc.encoding_errors == "strict"):
-            conn._command_packer = _QuickPacker(conn._pack_command_python, enc.encode)
-
-
-class QuickConnection(_QuickPack, _QuickRead, _QuickWrite, Connection):
-    pass
-
-
-class QuickSSLConnection(_QuickPack, _QuickRead, _QuickWrite, SSLConnection):
-    pass
-
-
-def _quick_pool(pool: ConnectionPool) -> ConnectionPool:
-    """``pool`` with our connection class, for TCP and TLS (a Unix socket keeps its own)."""
-    if pool.connection_class is Connection:
-        pool.connection_class = QuickConnection
-    elif pool.connection_class is SSLConnection:
-        pool.connection_class = QuickSSLConnection
+def _pool(url: str, overrides: RedisOverrides, **options: Any) -> WaitingPool:
+    """A :class:`WaitingPool` for ``url`` with the overrides of ``overrides`` on: the pool's
+    own, and the connection class's for TCP and TLS (a Unix socket keeps its own)."""
+    pool = _pool_class(overrides.on).from_url(url, overrides=overrides, **options)
+    if pool.connection_class in (Connection, SSLConnection):
+        pool.connection_class = connection_class(pool.connection_class, overrides.on)
     return pool
+
+
+def overrides_of(redis: RedisClient) -> RedisOverrides:
+    """The overrides a client of :func:`connect` was made with (a cluster's: the process's)."""
+    pool = getattr(redis, "connection_pool", None)
+    return pool.overrides if isinstance(pool, WaitingPool) else config.redis_overrides()
 
 
 # How long a command waits for a free connection of its pool before giving up.
@@ -297,9 +144,11 @@ class WaitingPool(ConnectionPool):
     a semaphore, which hands them out first come, first served and costs nothing until the
     pool is really full."""
 
-    def __init__(self, *, timeout: float | None, max_connections: int, **kwargs: Any) -> None:
+    def __init__(self, *, timeout: float | None, max_connections: int,
+                 overrides: RedisOverrides | None = None, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
+        self.overrides = config.redis_overrides() if overrides is None else overrides
         self._turns = asyncio.Semaphore(max_connections)
         self.holding: set[Any] = set()  # connections handed out with a turn
 
@@ -314,12 +163,7 @@ class WaitingPool(ConnectionPool):
         else:
             await self._turns.acquire()  # free: returns at once
         try:
-            connection = await self._take()
-            try:
-                await self.ensure_connection(connection)
-            except BaseException:
-                await self._give_back(connection)
-                raise
+            connection = await super().get_connection(*args, **kwargs)
         except BaseException:
             # Not handed out: a failed connect gave the connection back (but not its turn).
             self._turns.release()
@@ -327,35 +171,9 @@ class WaitingPool(ConnectionPool):
         self.holding.add(connection)
         return connection
 
-    # redis-py's own get_connection and release take its lock and await four observability
-    # records (no-ops unless its OpenTelemetry export is on: it is not) and an event dispatch
-    # (for credential providers: none here) per command, 8 of a GET's 33 us of client CPU. On
-    # one event loop nothing awaits between taking a connection and marking it in use, so the
-    # lock is only waited for while someone holds it (the pool's disconnect, across awaits).
-    async def _take(self) -> Any:
-        if self._lock.locked():
-            async with self._lock:
-                return self.get_available_connection()
-        return self.get_available_connection()
-
-    async def _give_back(self, connection: Any) -> None:
-        if self._lock.locked():
-            async with self._lock:
-                self._in_use_connections.remove(connection)
-        else:
-            self._in_use_connections.remove(connection)
-        try:
-            if connection.should_reconnect():
-                await connection.disconnect()
-        except BaseException:
-            connection._force_disconnect()  # not known to be closed: reuse reconnects
-            raise
-        finally:
-            self._available_connections.append(connection)  # even if cancelled meanwhile
-
     async def release(self, connection: Any) -> None:
         try:
-            await self._give_back(connection)
+            await super().release(connection)
         finally:
             # Once per hand-out: redis-py may call release again (in the background, after a
             # cancelled one), or for a connection whose connect failed in get_connection.
@@ -364,125 +182,9 @@ class WaitingPool(ConnectionPool):
                 self._turns.release()
 
 
-async def evalsha_all(redis: Redis, sha: str,
-                      calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
-    """EVALSHA of one script for each ``(keys, args)`` of ``calls`` in one round trip: each
-    call's reply, or its error (a ResponseError such as NoScriptError), in its place.
-
-    What ``pipeline(transaction=False).execute(raise_on_error=False)`` sends and answers,
-    without redis-py 8's per-pipeline work that a script call never needs (HIMPORT fieldsets,
-    observability records, the retry wrapper: retries are off) or its per-command
-    bookkeeping: 2.4 of its 6.5 us per call, an edge's submits coming 50 at a time (measured
-    in process). A failure while the replies are read drops the connection, as redis-py's
-    pipeline does: the rest of them would still be on its socket."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(conn.pack_commands(
-            [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]))
-        return await _replies(conn, len(calls))
-    except BaseException:
-        await conn.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(conn)
-
-
-async def _replies(conn: Any, count: int) -> list[Any]:
-    """The next ``count`` replies on ``conn``, an error reply as its ResponseError."""
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies
-
-
-class Lane:
-    """A pooled connection held for groups of calls that go out the moment they are formed.
-
-    ``send`` writes at once, from the caller's own step: nothing awaits between forming a
-    group and writing it, so Redis runs it while this process goes on with the work that
-    came in with it. (A task or a pool wait would first let that work run, and the group
-    would go out after it, with Redis and the process taking turns instead of working
-    together.) Groups on the lane are answered in the order written; each reader takes its
-    group's replies once the group before it has taken its own.
-
-    The lane is held from the pool once first needed. It is not ready while it connects,
-    while a write is still buffered (Redis not reading: callers take the path that waits),
-    once its connection failed, or after lying idle longer than the health-check interval;
-    then it gets a connection the pool has checked. A failed read drops the connection,
-    so the groups written behind it fail too (as a failed pipeline's calls do, any of which
-    may have run), and none reads another's replies."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._pool = redis.connection_pool
-        self._conn: Any = None
-        self._opening: asyncio.Task[None] | None = None
-        self._last: asyncio.Future[None] | None = None  # the last group's replies taken
-        self._readers: set[asyncio.Task[list[Any]]] = set()  # kept till done
-        self._used_at = 0.0  # loop time of the last write (or of getting the connection)
-
-    def ready(self) -> bool:
-        """Whether ``send`` may write now; if the lane has no live connection, it gets one."""
-        conn = self._conn
-        loop = asyncio.get_running_loop()
-        # Idle past HEALTH_CHECK_INTERVAL: Redis may have closed it unseen (its ``timeout``,
-        # a restart); the pool checks a connection before handing it out, as for a command.
-        if (conn is not None and conn.is_connected and conn._writer is not None
-                and loop.time() - self._used_at < conn.health_check_interval):
-            transport = conn._writer.transport
-            return not transport.is_closing() and transport.get_write_buffer_size() == 0
-        if self._opening is None or self._opening.done():
-            self._opening = loop.create_task(self._open())
-        return False
-
-    async def _open(self) -> None:
-        old, self._conn = self._conn, None
-        try:
-            if old is not None:
-                if self._last is not None:
-                    # Not back to the pool while a group written on it is unread: the next
-                    # user would read that group's replies as its own.
-                    await asyncio.wait((self._last,))
-                await self._pool.release(old)
-            self._conn = await self._pool.get_connection()
-            self._used_at = asyncio.get_running_loop().time()
-        except Exception as exc:  # Redis is down: the callers' own path reports it
-            log.debug("lane_not_opened", error=repr(exc))
-
-    def send(self, commands: list[tuple[Any, ...]]) -> asyncio.Task[list[Any]]:
-        """Write ``commands`` now (only when :meth:`ready`); the task gives each one's reply,
-        or its error (a ResponseError), in its place."""
-        conn = self._conn
-        conn._writer.writelines(conn.pack_commands(commands))
-        loop = asyncio.get_running_loop()
-        self._used_at = loop.time()
-        before, mine = self._last, loop.create_future()
-        self._last = mine
-        reader = loop.create_task(self._read(conn, len(commands), before, mine))
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
-        return reader
-
-    async def _read(self, conn: Any, count: int, before: asyncio.Future[None] | None,
-                    mine: asyncio.Future[None]) -> list[Any]:
-        try:
-            if before is not None:
-                await asyncio.wait((before,))  # not cancelled with this reader, if it is
-            if not conn.is_connected:  # a group before this one failed and dropped it
-                raise RedisConnectionError("the lane's connection was lost")
-            return await _replies(conn, count)
-        except BaseException:
-            conn._force_disconnect()  # its other replies are unread: nobody may take them
-            raise
-        finally:
-            mine.set_result(None)
-
-
 def connect(redis_url: Url, *, max_connections: int = 256,
-            wait_s: float | None = POOL_WAIT_S) -> RedisClient:
+            wait_s: float | None = POOL_WAIT_S,
+            overrides: RedisOverrides | None = None) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -499,13 +201,15 @@ def connect(redis_url: Url, *, max_connections: int = 256,
     then :class:`PoolExhausted`; ``None`` waits as long as it takes. The processor waits so to
     keep a small pool however many streams it runs: each connection costs about 20 KiB, and
     1,000 in-flight tasks need far fewer than 1,000 at any moment.
+
+    ``overrides``: which of our overrides of redis-py it uses (default: REDIS_OVERRIDES).
     """
     options = _options(max_connections, 10)
     url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)
-    return Redis.from_pool(_quick_pool(WaitingPool.from_url(url, timeout=wait_s,
-                                                             **options)))
+    overrides = config.redis_overrides() if overrides is None else overrides
+    return Redis.from_pool(_pool(url, overrides, timeout=wait_s, **options))
 
 
 def connect_blocking(redis_url: Url, *, max_connections: int,
@@ -519,7 +223,8 @@ def connect_blocking(redis_url: Url, *, max_connections: int,
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=None, **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
-    return Redis.from_pool(_quick_pool(WaitingPool.from_url(url, timeout=None, **options)))
+    overrides = config.redis_overrides()
+    return Redis.from_pool(_pool(url, overrides, timeout=None, **options))
 
 
 class ClusterUnreachable(RedisConnectionError):
@@ -625,6 +330,15 @@ class GatedCluster(SluiceCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.turn():
             return await super().execute_command(*args, **kwargs)
+
+
+@functools.cache
+def _pool_class(on: frozenset[str]) -> type[WaitingPool]:
+    """:class:`WaitingPool`, its turns before redis-py's pool or (``pool`` on) before
+    :class:`shared.redis_fence.QuickPool`."""
+    if "pool" not in on:
+        return WaitingPool
+    return type("QuickWaitingPool", (WaitingPool, QuickPool), {})
 
 
 class RedisUnreachable(RuntimeError):

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import DataError, OutOfMemoryError, ResponseError
 from structlog.testing import capture_logs
 
 from harness.processes import RedisClusterServers
 from shared import redis_conn
+from shared.coalesce import Coalescer
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, RedisClient
 from shared.scripts import Scripts
@@ -66,6 +67,21 @@ async def test_coalesced_emits_run_in_one_pipeline_on_a_cluster(cluster: RedisCl
     for n in range(8):
         [(_id, fields)] = await cluster.xrange(k.events(str(n)))
         assert fields == {"e": "content", "d": f'"{n}"'}
+
+
+async def test_a_coalesced_call_redis_cannot_be_sent_fails_alone_on_a_cluster(
+        cluster: RedisClient) -> None:
+    key = "{c" + uuid.uuid4().hex[:8] + "}"
+    coalescer = Coalescer(cluster, cluster.register_script(
+        "return redis.call('INCRBY', KEYS[1], ARGV[1])"))
+    # the first goes alone; the three that arrive meanwhile go in one pipeline
+    replies = await asyncio.gather(coalescer([key], [1]), coalescer([key], [10]),
+                                   coalescer([key], [None]), coalescer([key], [100]),
+                                   return_exceptions=True)
+    assert [type(r) for r in replies] == [int, int, DataError, int], replies
+    assert coalescer.round_trips == 2
+    assert int(await cluster.get(key) or 0) == 111
+    await cluster.delete(key)
 
 
 @pytest.mark.parametrize("shebang", ["", "#!lua\n", "#!lua flags=allow-oom\n"],

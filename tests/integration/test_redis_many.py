@@ -1,12 +1,10 @@
 """Many calls of one script in one round trip, against a real Redis.
 
-evalsha_all (shared/redis_conn.py): each call's reply or error in its place, nothing left on the
-connection for the next command, and a read cut short drops its connection.
-
-Lane (shared/redis_conn.py; used by shared/coalesce.py), groups written the moment they form:
+Lane (shared/redis_fence.py; used by shared/coalesce.py), groups written the moment they form:
 each reply in its place across groups written back to back, a group that forms while a round
 trip is on its way going out before that returns, and a lost connection failing the groups
-written on it, then replaced."""
+written on it, then replaced. A call Redis cannot be sent fails alone in its group, on the
+lane and in the pipeline that follows a round trip."""
 
 from __future__ import annotations
 
@@ -18,11 +16,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from harness.waiting import until
-from shared import redis_conn
+from shared import redis_conn, redis_fence
 from shared.coalesce import LANE_MIN_POOL, Coalescer
+from tests.integration.redis_switches import CASES
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
 return redis.call('INCRBY', KEYS[1], ARGV[2])"""
@@ -35,63 +34,24 @@ repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 150000
 return redis.call('INCRBY', KEYS[1], ARGV[#ARGV])"""
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    c = redis_conn.connect(redis_url)
+@pytest.fixture(params=CASES)
+async def client(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    c = redis_conn.connect(redis_url, overrides=request.param)
     assert isinstance(c, Redis)
     yield c
     await c.aclose()
 
 
-async def test_each_call_gets_its_reply_or_its_error_in_place(client: Redis) -> None:
-    key = "m" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(ADD)
-    calls = [([key], ["ok", n]) for n in (1, 2, 3, 4, 5)]
-    calls[2] = ([key], ["bad", "third"])
-    replies = await redis_conn.evalsha_all(client, sha, calls)
-    assert replies[:2] == [1, 3] and replies[3:] == [7, 12]
-    assert isinstance(replies[2], ResponseError) and "refused: third" in str(replies[2])
-    # nothing of the batch is left on the pooled connection for the next command
-    assert await client.incrby(key, 100) == 112
-    await client.delete(key)
-
-
-async def test_a_script_redis_does_not_know_is_a_noscript_error_for_each_call(
-        client: Redis) -> None:
-    replies = await redis_conn.evalsha_all(client, "0" * 40, [(["a"], [1]), (["b"], [2])])
-    assert [type(r) for r in replies] == [NoScriptError, NoScriptError]
-    assert await client.ping()
-
-
-async def test_a_read_cut_short_drops_its_connection(client: Redis) -> None:
-    key = "m" + uuid.uuid4().hex[:8]
-    sha = await client.script_load(SLOW_ADD)
-    await client.ping()  # connected, so the call below goes straight to its read
-    pool = client.connection_pool
-    assert isinstance(pool, redis_conn.WaitingPool)
-    call = asyncio.create_task(redis_conn.evalsha_all(client, sha, [([key], [1]), ([key], [2])]))
-    # One loop turn at a time: the call is on its read.
-    await until(lambda: pool.holding, 5, "the call to hold a connection", interval=0)
-    conn = next(iter(pool.holding))
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    assert not conn.is_connected and not pool.holding
-    # The scripts still ran; the next command gets its own reply, not one of theirs.
-    assert await client.incrby(key, 10) == 13
-    await client.delete(key)
-
-
-async def ready(lane: redis_conn.Lane) -> None:
+async def ready(lane: redis_fence.Lane) -> None:
     async def check() -> bool:
         return lane.ready()
     await until(check, 10, "the lane to be ready")
 
 
-async def ready_lane(client: Redis) -> tuple[redis_conn.Lane, str]:
+async def ready_lane(client: Redis) -> tuple[redis_fence.Lane, str]:
     """A lane with its connection, and ADD's sha."""
     sha = await client.script_load(ADD)
-    lane = redis_conn.Lane(client)
+    lane = redis_fence.Lane(client)
     await ready(lane)
     return lane, sha
 
@@ -129,14 +89,17 @@ async def test_a_lost_connection_fails_the_groups_on_it_and_the_lane_gets_anothe
     await client.delete(key)
 
 
-async def slow_call_in_flight(client: Redis, key: str) -> tuple[Coalescer, asyncio.Task[Any]]:
-    """A coalescer of SLOW_ADD in groups of 3, its lane ready, and a lone call on its way
-    (Redis busy ~0.15 s with it)."""
+async def slow_call_in_flight(client: Redis, key: str, group: int = 3,
+                              needs_lane: bool = True) -> tuple[Coalescer, asyncio.Task[Any]]:
+    """A coalescer of SLOW_ADD in groups of ``group``, its lane ready, and a lone call on its
+    way (Redis busy ~0.15 s with it)."""
     script = client.register_script(SLOW_ADD)
     await client.script_load(SLOW_ADD)
-    coalescer = Coalescer(client, script, group=3)
-    assert coalescer._lane is not None
-    await ready(coalescer._lane)
+    coalescer = Coalescer(client, script, group=group)
+    if coalescer._lane is not None:
+        await ready(coalescer._lane)
+    elif needs_lane:
+        pytest.skip("the lane is off")
     await client.ping()  # a pooled connection is open: the lone call is written at once
     return coalescer, asyncio.create_task(coalescer([key], ["ok", 1]))
 
@@ -169,7 +132,7 @@ async def test_a_lane_idle_past_the_health_check_interval_takes_a_checked_connec
     await client.delete(key)
 
 
-async def _client_id(lane: redis_conn.Lane) -> int:
+async def _client_id(lane: redis_fence.Lane) -> int:
     (reply,) = await lane.send([("CLIENT", "ID")])
     return int(reply)
 
@@ -181,7 +144,7 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
     key = "l" + uuid.uuid4().hex[:8]
     sha = await client.script_load(SLOW_ADD)
     try:
-        lane = redis_conn.Lane(small)
+        lane = redis_fence.Lane(small)
         await ready(lane)
         group = lane.send(adds(sha, key, [3]))  # Redis busy ~0.15 s before this reply comes
         waiting = asyncio.create_task(small.incrby(key + "x", 5))  # for the pool's turn
@@ -196,17 +159,23 @@ async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
         await client.delete(key, key + "x")
 
 
-async def test_a_group_redis_cannot_be_sent_fails_every_call_in_it(client: Redis) -> None:
+@pytest.mark.parametrize("group", [3, 100], ids=["on-the-lane", "after-the-round-trip"])
+async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redis,
+                                                                    group: int) -> None:
     key = "l" + uuid.uuid4().hex[:8]
-    coalescer, in_flight = await slow_call_in_flight(client, key)
+    coalescer, in_flight = await slow_call_in_flight(client, key, group, needs_lane=group < 100)
     async with asyncio.timeout(5):  # a call left unsettled would hang here
         # One loop turn at a time: the lone call is on its way.
         await until(lambda: coalescer._busy, 5, "the lone call to be on its way", interval=0)
-        group = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
-                                     coalescer([key], ["ok", 100]), return_exceptions=True)
-        assert [type(r) for r in group] == [DataError] * 3  # nothing of the group was written
+        replies = await asyncio.gather(coalescer([key], ["ok", 10]), coalescer([key], [None]),
+                                       coalescer([key], ["ok", 100]), return_exceptions=True)
         assert await in_flight == 1
-    assert coalescer._lane is not None and coalescer._lane.ready()  # as it was
+    # None: nothing Redis can be sent; the two others are
+    assert [type(r) for r in replies] == [int, DataError, int], replies
+    assert sorted([replies[0], replies[2]]) == [11, 111]  # type: ignore[type-var]
+    assert coalescer.round_trips == 2  # the lone call, then the group of the other two
+    assert coalescer._lane is None or coalescer._lane.ready()  # nothing left unread
+    assert int(await client.get(key) or 0) == 111
     await client.delete(key)
 
 

@@ -13,15 +13,20 @@ import pytest
 
 from harness.processes import RedisServer
 from shared import redis_conn
+from shared.config import RedisOverrides
+from tests.integration.redis_switches import CASES
 
 CONNECTIONS = 10
 
 
 # the processor's pool (waits as long as it takes) and everyone else's (a bounded wait)
 @pytest.mark.parametrize("wait_s", [None, redis_conn.POOL_WAIT_S])
+@pytest.mark.parametrize("overrides", CASES)
 async def test_no_command_fails_once_redis_is_back(own_redis: RedisServer,
-                                                  wait_s: float | None) -> None:
-    client = redis_conn.connect(own_redis.url, wait_s=wait_s, max_connections=64)
+                                                  wait_s: float | None,
+                                                  overrides: RedisOverrides) -> None:
+    client = redis_conn.connect(own_redis.url, wait_s=wait_s, max_connections=64,
+                                overrides=overrides)
     try:
         # Fill the pool: CONNECTIONS connections, each held by a blocking command at once.
         await asyncio.gather(*(client.blpop([f"nothing-{i}"], timeout=0.1)

@@ -1,6 +1,6 @@
-"""A command is written without a task or a timer of its own when the socket takes it at once,
-and a write that cannot go out (the connection closed under it) still fails as redis-py's
-does: a connection error, the step to be run again."""
+"""A write that cannot go out (the connection closed under it) fails as a connection error, the
+step to be run again; the pool takes and gives back connections without redis-py's records
+(shared/redis_fence.py, QuickPool); commands are packed by hiredis alone (_QuickPacker)."""
 
 from __future__ import annotations
 
@@ -14,37 +14,10 @@ from redis.exceptions import DataError
 
 from harness.waiting import until
 from shared import redis_conn
+from shared.config import RedisOverrides
 from shared.redis_conn import UNAVAILABLE
 
-
-async def test_a_command_takes_no_task_of_its_own(redis_url: str) -> None:
-    client = redis_conn.connect(redis_url)
-    key = "w" + uuid.uuid4().hex[:8]
-    loop = asyncio.get_running_loop()
-    made: list[Any] = []
-    default = loop.get_task_factory()
-
-    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Future[Any]:
-        made.append(coro)
-        return (default(lp, coro, **kw) if default is not None
-                else asyncio.Task(coro, loop=lp, **kw))
-
-    try:
-        await client.set(key, "1")  # connected: the first command's connect is not counted
-        loop.set_task_factory(factory)
-        try:
-            for _ in range(5):
-                assert await client.incr(key) > 1
-            async with client.pipeline(transaction=False) as p:
-                p.get(key)
-                p.get(key)
-                assert await p.execute() == ["6", "6"]
-        finally:
-            loop.set_task_factory(default)
-        assert made == []  # redis-py's asyncio.wait_for made one per command
-    finally:
-        await client.delete(key)
-        await client.aclose()
+ALL_ON = RedisOverrides()  # what these tests are about: the overrides of REDIS_OVERRIDES on
 
 
 async def test_a_write_on_a_dead_connection_is_a_connection_error(redis_url: str) -> None:
@@ -76,7 +49,7 @@ async def test_a_command_takes_and_gives_back_its_connection_without_records(
         calls.append(kw)
 
     monkeypatch.setattr(rc, "record_connection_count", record)
-    client = redis_conn.connect(redis_url, max_connections=4)
+    client = redis_conn.connect(redis_url, max_connections=4, overrides=ALL_ON)
     assert isinstance(client, Redis)
     pool = client.connection_pool
     assert isinstance(pool, redis_conn.WaitingPool)
@@ -114,7 +87,7 @@ PACKED = [("SET", "k", "v"), ("XINFO GROUPS", "stream"), (b"GET", b"k"),
 
 async def test_commands_are_packed_by_hiredis_alone_and_as_redis_py_packs_them(
         redis_url: str) -> None:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=ALL_ON)
     assert isinstance(client, Redis)
     try:
         conn = await client.connection_pool.get_connection()
