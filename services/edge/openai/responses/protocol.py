@@ -68,7 +68,7 @@ class Echo:
 
     model: str | None = None
     instructions: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None
     tools: list[Any] = field(default_factory=list)
     tool_choice: Any = "auto"
     parallel_tool_calls: bool = True
@@ -185,3 +185,37 @@ def function_call_item(iid: str, call_id: str, name: str, namespace: str | None,
     if namespace is not None:
         item["namespace"] = namespace
     return item
+
+
+# --- input items as listed (GET /v1/responses/{id}/input_items) ------------------------------
+
+def listed_input(items: list[dict[str, Any]], resp_id: str) -> list[dict[str, Any]]:
+    """A response's input items as OpenAI lists them: each with an id (its own, or one derived
+    from its place), a message's string content as one text part, a status."""
+    listed = []
+    for n, item in enumerate(items):
+        kind = item.get("type") or "message"
+        out = {**item, "type": kind}
+        out.setdefault("id", input_item_id(kind, resp_id, n))
+        if kind == "message":
+            if isinstance(out.get("content"), str):
+                part = "output_text" if out.get("role") == "assistant" else "input_text"
+                out["content"] = [{"type": part, "text": out["content"]}
+                                  | ({"annotations": []} if part == "output_text" else {})]
+        out.setdefault("status", COMPLETED)
+        listed.append(out)
+    return listed
+
+
+def page(items: list[dict[str, Any]], *, limit: int, order: str,
+         after: str | None) -> dict[str, Any]:
+    """One page of a list, as OpenAI pages lists (``after`` an item id, ``has_more``)."""
+    ordered = items if order == "asc" else items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+    data = ordered[:limit]
+    return {"object": "list", "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(ordered) > limit}
