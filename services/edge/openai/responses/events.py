@@ -104,13 +104,13 @@ class ResponseEvents:
                 for relay in (*self._relays.values(), *(r for _, r in self._calls.values())):
                     relay.reset()
             elif kind == "done":
-                self._done(data.get("result") or {}, _seconds(data.get("completed_at")), out)
+                self._done(data.get("result") or {}, seconds(data.get("completed_at")), out)
             elif kind == "error":
                 self._end(protocol.FAILED, out, error=protocol.error_object(data.get("error")),
-                          completed_at=_seconds(data.get("completed_at")))
+                          completed_at=seconds(data.get("completed_at")))
             elif kind == "cancelled":
                 self._end(protocol.CANCELLED, out,
-                          completed_at=_seconds(data.get("completed_at")))
+                          completed_at=seconds(data.get("completed_at")))
             # Other kinds (a later version's) change nothing a Responses client sees.
         except Diverged:
             out.append(self._error_event(
@@ -343,7 +343,7 @@ def _copy(obj: dict[str, Any]) -> dict[str, Any]:
     return copied
 
 
-def _seconds(iso: Any) -> int | None:
+def seconds(iso: Any) -> int | None:
     """An ISO 8601 time (a task view's ``completed_at``) in epoch seconds."""
     if not isinstance(iso, str) or not iso:
         return None
