@@ -430,7 +430,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
-        **openapi_responses.paths(s),
+        **openapi_responses.paths(s, _sampling(s), [_idempotency_param(), priority_header]),
         **(openapi_batches.paths(s) | webhooks_openapi.paths() if s.batch_api_on else {}),
     }
 

@@ -248,6 +248,14 @@ async def test_hosted_tools_are_left_out_and_named(rig: BatchRig) -> None:
     assert raw.headers[OMITTED_HEADER] == "web_search"
     assert raw.headers[IGNORED_HEADER] == "include:reasoning.encrypted_content"
     assert raw.parse().status == "completed"
+    # Names from the client cannot break a header (a control character closed the
+    # connection before they were made safe).
+    raw = await rig.client.responses.with_raw_response.create(
+        model="mock-r1", input="x", metadata=mock(),
+        tools=[{"type": "evil\r\nX-Injected: 1"}], include=["\u001f"])
+    assert raw.headers[OMITTED_HEADER] == "evil??X-Injected: 1"
+    assert raw.headers[IGNORED_HEADER] == "include:?"
+    assert "X-Injected" not in raw.headers
 
 
 @pytest.mark.first_store_only

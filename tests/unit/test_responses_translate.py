@@ -158,6 +158,7 @@ def test_calls_after_a_finished_turn_start_a_new_one() -> None:
     ({"type": "item_reference", "id": "msg_1"}, "input[0].type"),
     ({"type": "web_search_call", "id": "ws_1"}, "input[0].type"),
     ({"role": "tool", "content": "x"}, "input[0].role"),
+    ({"role": {}, "content": "x"}, "input[0].role"),  # was a 500
     ({"type": "function_call", "call_id": "c", "name": "f", "arguments": {}},
      "input[0].arguments"),
     ({"type": "function_call", "name": "f", "arguments": "{}"}, "input[0].call_id"),
@@ -174,6 +175,7 @@ def test_an_item_that_cannot_be_served_is_refused_by_name(item: dict[str, Any],
 @pytest.mark.parametrize(("body", "param"), [
     ({}, "input"),
     ({"input": ""}, "input"),
+    ({"input": [], "instructions": "i"}, "input"),
     ({"input": 5}, "input"),
     ({"input": [3]}, "input[0]"),
     ({"input": "x", "stream": "yes"}, "stream"),
@@ -185,6 +187,11 @@ def test_an_item_that_cannot_be_served_is_refused_by_name(item: dict[str, Any],
     ({"input": "x", "temperature": "hot"}, "temperature"),
     ({"input": "x", "reasoning": {"effort": "maximal"}}, "reasoning.effort"),
     ({"input": "x", "reasoning": "high"}, "reasoning"),
+    ({"input": "x", "reasoning": {"effort": {}}}, "reasoning.effort"),  # was a 500
+    ({"input": "x", "text": {"format": {"type": {}}}}, "text.format.type"),
+    ({"input": "x", "tool_choice": {"type": "allowed_tools", "mode": {}}}, "tool_choice.mode"),
+    ({"input": "x", "service_tier": {}}, "service_tier"),
+    ({"input": "x", "truncation": []}, "truncation"),
     ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}},
      "text.format.schema"),
@@ -289,7 +296,12 @@ def test_a_long_mangled_name_fits_chat_completions_and_stays_reversible() -> Non
     assert t.tool_names.split(offered) == (ns, name)
 
 
-def test_a_function_offered_twice_is_refused() -> None:
+def test_the_same_function_offered_twice_is_the_clients_business() -> None:
+    t = translate({"input": "x", "tools": [FN, FN]})
+    assert [tool["function"]["name"] for tool in t.chat["tools"]] == ["weather", "weather"]
+
+
+def test_two_functions_under_one_offered_name_are_refused() -> None:
     clash = {"type": "namespace", "name": "a", "description": "",
              "tools": [{"type": "function", "name": "b"}]}
     err = refused({"input": "x", "tools": [{"type": "function", "name": "a__b"}, clash]})

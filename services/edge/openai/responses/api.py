@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ OMITTED_HEADER = "X-Sluice-Omitted-Tools"  # tools left out of the provider's ca
 IGNORED_HEADER = "X-Sluice-Ignored"  # fields and include values Sluice does not serve
 CANCEL_WAIT_S = 5.0  # how long a cancel waits for a running response to stop
 LIST_LIMIT_MAX = 100
+STARTING_AFTER_MAX = 2**62
 _UNAVAILABLE = ("unavailable", "the edge stopped following this response; retrieve it, or "
                 "resume its stream with starting_after")
 _STATUS = {tasks.QUEUED: protocol.QUEUED, tasks.BATCHED: protocol.QUEUED,
@@ -154,12 +156,18 @@ def _as_responses_error(err: ApiError, origins: list[str]) -> ApiError:
                     openai_type=err.openai_type)
 
 
+_UNSAFE = re.compile(r"[^\x20-\x7e]")  # what a header value must not carry
+NOTE_MAX = 1024
+
+
 def _notes(t: Translated) -> dict[str, str]:
+    """The headers naming what was left out. The names come from the client (a tool's type,
+    an include value): anything but printable ASCII becomes ``?``, so no value can break or
+    inject a header."""
     notes = {}
-    if t.omitted_tools:
-        notes[OMITTED_HEADER] = ", ".join(t.omitted_tools)
-    if t.ignored:
-        notes[IGNORED_HEADER] = ", ".join(t.ignored)
+    for header, names in ((OMITTED_HEADER, t.omitted_tools), (IGNORED_HEADER, t.ignored)):
+        if names:
+            notes[header] = _UNSAFE.sub("?", ", ".join(names))[:NOTE_MAX]
     return notes
 
 
@@ -270,9 +278,9 @@ def _feed(machine: ResponseEvents, event: Event) -> list[dict[str, Any]]:
 
 def _flag(request: web.Request, name: str) -> bool:
     raw = request.query.get(name)
-    if raw is None or raw in ("false", "0"):
+    if raw is None or raw == "false":
         return False
-    if raw in ("true", "1"):
+    if raw == "true":
         return True
     raise ApiError(400, "invalid_request", f"{name}: must be true or false", param=name)
 
@@ -292,8 +300,8 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     stored = await load(edge, tenant, request.match_info["id"])
     request[TASK_ID_KEY] = stored.task_id
     model = stored.view.get("model") or edge.settings.provider.ai_model
+    after = _int_query(request, "starting_after", -1, -1, STARTING_AFTER_MAX)
     if _flag(request, "stream"):
-        after = _int_query(request, "starting_after", -1, -1, 2**62)
         machine = ResponseEvents(stored.resp_id, stored.echo, model=model,
                                  created_at=stored.created_at, names=stored.names)
         return await _stream(request, edge, tenant, stored.task_id, machine, after,

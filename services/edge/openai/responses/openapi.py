@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.edge.openai.responses.api import CONTEXT, IGNORED_HEADER, OMITTED_HEADER
-from services.edge.openai.responses.translate import EFFORTS, IGNORED, REFUSED, SERVICE_TIERS
+from services.edge.openai.responses.api import (
+    CONTEXT,
+    IGNORED_HEADER,
+    OMITTED_HEADER,
+    STARTING_AFTER_MAX,
+)
+from services.edge.openai.responses.translate import (
+    CHAT_ONLY,
+    EFFORTS,
+    IGNORED,
+    REFUSED,
+    SERVICE_TIERS,
+)
 from services.edge.settings import EdgeSettings
-from services.edge.tasks.validation import PRIORITY_MAX, PRIORITY_MIN
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -24,6 +34,7 @@ _WHY = {400: "a field is invalid or cannot be served: the message and `param` na
              "had another body",
         413: "the body is larger than MAX_BODY_BYTES",
         415: "the body is not application/json",
+        422: "the Idempotency-Key or X-Sluice-Priority header is malformed",
         429: "a limit of this key's tenant: submissions per minute or tasks active at once",
         503: "Redis or the store is unreachable, or the edge stopped following the response: "
              "retry, or retrieve it by id"}
@@ -54,45 +65,90 @@ _EVENTS = {"text/event-stream": {"schema": _obj(["data"], {
                                                             "type and sequence_number"}})}}
 
 
-def _request(s: EdgeSettings) -> Schema:
-    number = {"type": ["number", "null"]}
-    return {"type": "object", "properties": {
-        "model": STR_OR_NULL,
-        "input": {"description": "a string, or items: message (input_text, input_image, "
-                                 "input_file parts), function_call, function_call_output, "
-                                 "reasoning",
-                  "anyOf": [STR, {"type": "array", "items": {"type": "object"}}]},
-        "instructions": STR_OR_NULL,
-        "tools": {"type": ["array", "null"], "items": {"type": "object"},
+HOSTED = ["web_search", "web_search_preview", "file_search", "code_interpreter",
+          "image_generation", "computer_use_preview", "mcp", "local_shell", "custom"]
+_NAME = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
+
+
+def _request(s: EdgeSettings, sampling: dict[str, Schema]) -> Schema:
+    text = {"type": "string", "maxLength": s.max_text_chars}
+    message = {"type": "object", "required": ["role", "content"], "properties": {
+        "type": {"const": "message"},
+        "role": {"enum": ["user", "system", "developer", "assistant"]}, "content": text}}
+    function = {"type": "object", "required": ["type", "name"], "properties": {
+        "type": {"const": "function"}, "name": _NAME, "description": {"type": "string"},
+        "parameters": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}
+    other = {"type": "string", "minLength": 1, "not": {"enum": ["function", "namespace"]},
+             "description": f"left out of the provider's call: {', '.join(HOSTED)}, ..."}
+    hosted = {"type": "object", "required": ["type"], "properties": {"type": other}}
+    named = {"type": "object", "required": ["type", "name"], "properties": {
+        "type": {"const": "function"}, "name": _NAME}}
+    fmt = {"anyOf": [
+        {"type": "object", "required": ["type"],
+         "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type", "name", "schema"], "properties": {
+            "type": {"const": "json_schema"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 64},
+            "schema": {"type": "object"}, "description": {"type": "string"},
+            "strict": {"type": ["boolean", "null"]}}}]}
+    string_or_null = {"type": ["string", "null"]}
+    refused: Schema = {"not": {}}
+    props: dict[str, Schema] = {
+        name: sampling[name] for name in ("model", "temperature", "top_p", "metadata",
+                                          "deadline", "priority")}
+    props.update({
+        "input": {"description": "a string, or items: message (its content also as "
+                                 "input_text, input_image, input_file parts), function_call, "
+                                 "function_call_output, reasoning",
+                  "anyOf": [{**text, "minLength": 1},
+                            {"type": "array", "minItems": 1, "maxItems": s.max_messages,
+                             "items": message}]},
+        "instructions": {**text, "type": ["string", "null"]},
+        "tools": {"type": ["array", "null"], "items": {"anyOf": [function, hosted]},
                   "description": "function and namespace tools reach the provider (a "
                                  "namespace's functions as <namespace>__<name>); other types "
                                  "are left out (RESPONSES_HOSTED_TOOLS=refuse: a 400)"},
-        "tool_choice": {}, "parallel_tool_calls": {"type": ["boolean", "null"]},
-        "text": {"type": ["object", "null"], "description": "format: text, json_object or "
-                                                           "json_schema (as response_format)"},
+        "tool_choice": {"anyOf": [
+            {"enum": ["auto", "none", "required", None]}, named,
+            {"type": "object", "required": ["type"], "properties": {"type": {
+                "type": "string", "not": {"enum": ["function", "allowed_tools"]}}}},
+            {"type": "object", "required": ["type", "mode", "tools"], "properties": {
+                "type": {"const": "allowed_tools"}, "mode": {"enum": ["auto", "required"]},
+                "tools": {"type": "array", "items": named}}}]},
+        "parallel_tool_calls": {"type": ["boolean", "null"]},
+        "text": {"type": ["object", "null"], "properties": {"format": fmt}},
         "reasoning": {"type": ["object", "null"], "properties": {
             "effort": {"enum": [*sorted(EFFORTS), None]}}},
         "max_output_tokens": {"type": ["integer", "null"], "minimum": 1,
                               "maximum": s.max_tokens_limit},
-        "temperature": number, "top_p": number,
-        "metadata": {"type": ["object", "null"]},
         "store": {"type": ["boolean", "null"], "description": "false: the response cannot be "
                                                               "retrieved or continued"},
         "background": {"type": ["boolean", "null"], "description": "answer at once (queued); "
                                                                    "needs store"},
         "stream": {"type": ["boolean", "null"]},
-        "previous_response_id": STR_OR_NULL,
+        "previous_response_id": string_or_null,
         "service_tier": {"enum": [*sorted(SERVICE_TIERS), None]},
-        "user": STR_OR_NULL, "safety_identifier": STR_OR_NULL, "prompt_cache_key": STR_OR_NULL,
-        "deadline": {"description": "Sluice's: when to give up (seconds from now, or a time)"},
-        "priority": {"type": ["integer", "null"], "minimum": PRIORITY_MIN,
-                     "maximum": PRIORITY_MAX, "description": "Sluice's: lower runs sooner"},
+        "user": string_or_null, "safety_identifier": string_or_null,
+        "prompt_cache_key": string_or_null,
+        "truncation": {"enum": ["auto", "disabled", None]},
         "include": {"type": ["array", "null"], "items": STR,
-                    "description": "accepted; no value is served"}},
-        "description": f"Ignored: {', '.join(sorted(IGNORED))}. Refused: "
-                       f"{', '.join(sorted(REFUSED))}. A field the Responses API does not "
-                       "define goes to the provider as given. Stored with the task under "
-                       f"`{CONTEXT}`, never sent on."}
+                    "description": "accepted; no value is served"},
+        **{name: {"type": "null"} for name in REFUSED},
+        **{name: refused for name in CHAT_ONLY}})
+    return {"type": "object", "properties": props,
+            "anyOf": [{"required": ["input"]},
+                      {"required": ["previous_response_id"],
+                       "properties": {"previous_response_id": {"type": "string"}}}],
+            # instructions take a message of their own
+            "if": {"required": ["instructions"],
+                   "properties": {"instructions": {"type": "string"}}},
+            "then": {"properties": {"input": {"maxItems": s.max_messages - 1}}},
+            "not": {"required": ["background", "store"], "properties": {
+                "background": {"const": True}, "store": {"const": False}}},
+            "description": f"Ignored: {', '.join(sorted(IGNORED))}. Refused: "
+                           f"{', '.join(sorted(REFUSED))}. A field the Responses API does not "
+                           "define goes to the provider as given. Stored with the task under "
+                           f"`{CONTEXT}`, never sent on."}
 
 
 _ITEM = {"type": "object", "required": ["type"], "properties": {"type": STR, "id": STR}}
@@ -111,8 +167,11 @@ _ITEMS = _obj(["object", "data", "first_id", "last_id", "has_more"], {
 SCHEMAS = {"Response": _RESPONSE, "ResponseItemList": _ITEMS}
 
 
-def paths(s: EdgeSettings) -> dict[str, Any]:
-    body = {"required": True, "content": {"application/json": {"schema": _request(s)}}}
+def paths(s: EdgeSettings, sampling: dict[str, Schema],
+          headers: list[Schema]) -> dict[str, Any]:
+    """``sampling``: the shared field schemas (model, temperature, ...); ``headers``: the
+    Idempotency-Key and priority header parameters, as /v1/chat/completions has them."""
+    body = {"required": True, "content": {"application/json": {"schema": _request(s, sampling)}}}
     ok = {"description": "the response object (background: queued at once; else once it "
                          "ended), or its events when stream is true",
           "headers": _HEADERS,
@@ -124,9 +183,9 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
             "operationId": "createResponse",
             "summary": "OpenAI's Responses API, run as a task",
             "requestBody": body,
-            "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": STR}],
-            "responses": {"200": ok, **_errors(400, 401, 404, 408, 409, 413, 415, 429, 503)}}},
+            "parameters": headers,
+            "responses": {"200": ok,
+                          **_errors(400, 401, 404, 408, 409, 413, 415, 422, 429, 503)}}},
         "/v1/responses/{id}": {"get": {
             "operationId": "getResponse", "summary": "A response, or its events",
             "parameters": [_id(),
@@ -135,7 +194,8 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
                            {"name": "starting_after", "in": "query", "required": False,
                             "description": "with stream: the events after this "
                                            "sequence_number",
-                            "schema": {"type": "integer", "minimum": -1}}],
+                            "schema": {"type": "integer", "minimum": -1,
+                                       "maximum": STARTING_AFTER_MAX}}],
             "responses": {"200": {**response, "content": {**as_json, **_EVENTS}},
                           **_errors(400, 401, 404, 503)}}},
         "/v1/responses/{id}/cancel": {"post": {

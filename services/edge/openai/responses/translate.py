@@ -68,7 +68,7 @@ REFUSED = {"conversation": "conversations are not served here; chain turns with 
            "prompt": "stored prompt templates are not served here; send input and "
                      "instructions"}
 # Chat Completions names for what the Responses API spells otherwise.
-_CHAT_ONLY = {"messages": "input", "max_tokens": "max_output_tokens",
+CHAT_ONLY = {"messages": "input", "max_tokens": "max_output_tokens",
               "max_completion_tokens": "max_output_tokens", "response_format": "text.format",
               "reasoning_effort": "reasoning.effort", "functions": "tools",
               "function_call": "tool_choice", "n": None}
@@ -156,7 +156,7 @@ def translate_request(body: Any, *, previous: list[dict[str, Any]] | None = None
     for name, why in REFUSED.items():
         if body.get(name) is not None:
             raise invalid(name, why)
-    for name, instead in _CHAT_ONLY.items():
+    for name, instead in CHAT_ONLY.items():
         if name in body:
             hint = f" (the Responses API's is {instead})" if instead else ""
             raise invalid(name, f"not a Responses API field{hint}")
@@ -272,6 +272,8 @@ def _input_items(raw: Any, *, required: bool) -> list[dict[str, Any]]:
                  "content": [{"type": "input_text", "text": raw}]}]
     if not isinstance(raw, list):
         raise invalid("input", "must be a string or an array of input items")
+    if not raw and required:
+        raise invalid("input", "must not be empty")
     items = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -326,7 +328,7 @@ def items_to_messages(items: Iterable[dict[str, Any]],
         kind = item.get("type")
         if kind == "message":
             role = item.get("role")
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise invalid(f"{at}.role", f"must be one of {', '.join(ROLES)}")
             if role == "assistant":
                 if turn is None or turn.content is not None or turn.calls:
@@ -470,13 +472,17 @@ def _tools(raw: Any, hosted: str) -> tuple[list[dict[str, Any]], ToolNames, list
     out: list[dict[str, Any]] = []
     namespaced: dict[str, tuple[str, str]] = {}
     omitted: list[str] = []
-    seen: dict[str, str] = {}  # offered name -> where it was declared
+    seen: dict[str, tuple[str | None, str, str]] = {}  # offered name -> (ns, name, where)
 
-    def offer(at: str, tool: dict[str, Any], offered: str) -> None:
-        if offered in seen:
-            raise invalid(f"{at}.name", f"offers the function {offered!r} a second time "
-                                        f"(first at {seen[offered]})")
-        seen[offered] = at
+    def offer(at: str, tool: dict[str, Any], offered: str, ns: str | None = None) -> None:
+        """Offered twice as the same function is the client's business (the provider may
+        refuse it); two functions under one offered name could not be told apart on the way
+        back, so that is refused."""
+        name = tool["name"]
+        first = seen.setdefault(offered, (ns, name, at))
+        if first[:2] != (ns, name):
+            raise invalid(f"{at}.name", f"offered as {offered!r}, the name of the function "
+                                        f"at {first[2]} too")
         function: dict[str, Any] = {"name": offered}
         for key in ("description", "parameters", "strict"):
             if tool.get(key) is not None:
@@ -505,7 +511,7 @@ def _tools(raw: Any, hosted: str) -> tuple[list[dict[str, Any]], ToolNames, list
                 name = _str(f"{where}.name", fn.get("name"), most=NAME_MAX)
                 offered = mangle(ns, name)
                 namespaced[offered] = (ns, name)
-                offer(where, fn, offered)
+                offer(where, fn, offered, ns)
         elif isinstance(kind, str) and kind:
             omitted.append(kind)
         else:
@@ -582,7 +588,7 @@ def _reasoning(raw: Any) -> str | None:
     if not isinstance(raw, dict):
         raise invalid("reasoning", "must be an object")
     effort = raw.get("effort")
-    if effort is not None and effort not in EFFORTS:
+    if effort is not None and (not isinstance(effort, str) or effort not in EFFORTS):
         raise invalid("reasoning.effort", f"must be one of {', '.join(sorted(EFFORTS))}")
     return effort
 
