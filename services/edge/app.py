@@ -12,6 +12,7 @@ from services.edge.openai.batch import api as batch_api
 from services.edge.openai.batch import files
 from services.edge.openai.batch import runner as batch_runner
 from services.edge.openai.chat import api as openai_api
+from services.edge.openai.responses import api as responses_api
 from services.edge.ops import dashboard, provider_probe
 from services.edge.ops import metrics as metrics_view
 from services.edge.ops import status as views_status
@@ -96,6 +97,10 @@ def create_app(settings: EdgeSettings) -> web.Application:
     dashboard.add_routes(app)
     r.add_post("/v1/chat/completions", openai_api.chat_completions)
     r.add_get("/v1/models", openai_api.list_models)
+    r.add_post("/v1/responses", responses_api.create)
+    r.add_get("/v1/responses/{id}", responses_api.retrieve)
+    r.add_post("/v1/responses/{id}/cancel", responses_api.cancel)
+    r.add_get("/v1/responses/{id}/input_items", responses_api.input_items)
     if settings.batch_api_on:
         _add_batch_api(app)
     return app

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from services.edge.context import SETTINGS
 from services.edge.openai.batch import openapi as openapi_batches
+from services.edge.openai.responses import openapi as openapi_responses
 from services.edge.plumbing.bodies import INT_MAX, INT_MIN
 from services.edge.settings import EdgeSettings
 from services.edge.tasks.validation import (
@@ -442,6 +443,7 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
+        **openapi_responses.paths(s, _sampling(s), [_idempotency_param(), priority_header]),
         **(openapi_batches.paths(s) | webhooks_openapi.paths() if s.batch_api_on else {}),
     }
 
@@ -461,7 +463,7 @@ def document(settings: EdgeSettings) -> dict[str, Any]:
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),
             "Error": _ERROR, "OpenAIError": _OPENAI_ERROR, "ChatCompletion": _CHAT,
             "ModelList": _MODELS, "Health": _HEALTH, "AsyncStatus": _ASYNC, "AiStatus": _AI,
-            "DeadLetters": _DEAD, **openapi_batches.SCHEMAS}},
+            "DeadLetters": _DEAD, **openapi_batches.SCHEMAS, **openapi_responses.SCHEMAS}},
     }
     if not settings.open_access:
         doc["components"]["securitySchemes"] = {

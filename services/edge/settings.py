@@ -45,6 +45,10 @@ class EdgeSettings:
     batch_api_on: bool  # BATCH_API: /v1/files, /v1/batches and webhooks
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
+    # RESPONSES_HOSTED_TOOLS: /v1/responses leaves out the tools a Chat Completions provider
+    # cannot run (web_search, mcp, ...) and names them in a header ("omit"), or refuses the
+    # request naming them ("refuse").
+    responses_hosted_tools: str = "omit"
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
@@ -87,6 +91,8 @@ class EdgeSettings:
             batch_api_on=env.flag("BATCH_API", True),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),
+            responses_hosted_tools=env.choice("RESPONSES_HOSTED_TOOLS", "omit",
+                                              ("omit", "refuse")),
         )
 
     @property

@@ -101,6 +101,7 @@ def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
     body = dict(payload)
     body.pop("deadline", None)  # ours: when to give up waiting, not the provider's business
     body.pop("priority", None)  # ours: the order tasks leave the queue in
+    body.pop("responses", None)  # ours: a /v1/responses task's context (its items, echo)
     if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
     body["stream"] = True

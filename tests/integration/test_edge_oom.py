@@ -46,6 +46,8 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
         failed = (await (await c.post("/api/tasks", json={"prompt": "b"})).json())["id"]
         await edge.redis.hset(f"{{{edge.prefix}}}:task:{failed}", "status", "failed")
         model = edge.settings.provider.ai_model
+        waiting = (await (await c.post("/v1/responses", json={
+            "model": model, "input": "e", "background": True})).json())["id"]
         bodies: dict[tuple[str, str], tuple[str, Any]] = {
             ("POST", "/api/tasks"): ("/api/tasks", {"prompt": "c"}),
             ("DELETE", "/api/tasks/{id}"): (f"/api/tasks/{queued}", None),
@@ -53,6 +55,8 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
             ("POST", "/api/admin/tasks/{id}/retry"): (f"/api/admin/tasks/{failed}/retry", None),
             ("POST", "/v1/chat/completions"): ("/v1/chat/completions", {
                 "model": model, "messages": [{"role": "user", "content": "d"}]}),
+            ("POST", "/v1/responses"): ("/v1/responses", {"model": model, "input": "f"}),
+            ("POST", "/v1/responses/{id}/cancel"): (f"/v1/responses/{waiting}/cancel", None),
         }
         # a new writing route must be added here
         assert set(bodies) | STORE_ONLY == writing_routes()

@@ -146,17 +146,24 @@ def _idempotency_conflict() -> ApiError:
 
 async def read(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:
     """The task as clients see it: from Redis while it is known there, else from the store."""
+    view, _request = await read_with_request(edge, tenant, task_id)
+    return view
+
+
+async def read_with_request(edge: Edge, tenant: str,
+                            task_id: str) -> tuple[dict[str, Any], str | None]:
+    """The task's view and its request as stored (JSON), from the same read."""
     if not task_id.startswith("tsk_") or len(task_id) > 64:
         raise not_found()
     h = await edge.steps.task_hash(task_id)
     if h:
         if h.get("tenant") != tenant:
             raise not_found()
-        return tasks.view_from_redis(h)
+        return tasks.view_from_redis(h), h.get("request")
     row = await edge.store.get_task(task_id)
     if row is None or row["tenant"] != tenant:
         raise not_found()
-    return tasks.view_from_row(row)
+    return tasks.view_from_row(row), row.get("request")
 
 
 async def cancel(edge: Edge, tenant: str, task_id: str) -> dict[str, Any]:

@@ -1,0 +1,320 @@
+"""OpenAI's Responses API with the official ``openai`` SDK, unchanged, against the real edge,
+coordinator, processor, Redis, store and mock provider: create (plain, streamed, background,
+background and streamed), retrieve, a dropped stream resumed with ``starting_after``, cancel,
+input items, ``previous_response_id``, ``store: false``, and the Codex CLI's request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from services.edge.openai.responses import protocol
+from services.edge.openai.responses.api import IGNORED_HEADER, OMITTED_HEADER
+from services.mockai.text import content_tokens, digest_prompt
+from services.processor.provider import request_body
+from tests.harness import CLIENT_TLS
+from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig
+from tests.integration.kit import Core, until
+
+CODEX = Path(__file__).resolve().parents[1] / "fixtures" / "client-requests" / \
+    "codex-0.169.0-responses-request.json"
+QUIET = {"reasoning_tokens": 0, "content_tokens": 5}
+SLOW = {"reasoning_tokens": 0, "content_tokens": 40, "tokens_per_s": 40}
+
+
+def answer(messages: list[dict[str, str]], tokens: int = 5) -> str:
+    """What the mock answers to these messages: its text is a function of them."""
+    return "".join(content_tokens(digest_prompt(messages).seed, tokens))
+
+
+def mock(**options: Any) -> dict[str, Any]:
+    return {"mock": {**QUIET, **options}}
+
+
+@pytest.fixture
+async def rig(core: Core, tmp_path: Path) -> BatchRig:  # type: ignore[misc]
+    async with batch_rig(core, tmp_path) as r:
+        yield r
+
+
+@pytest.mark.first_store_only
+async def test_create_answers_a_completed_response(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(model="mock-r1", input="What is up?",
+                                                 metadata=mock())
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_")
+    assert response.output_text == answer([{"role": "user", "content": "What is up?"}])
+    assert [item.type for item in response.output] == ["message"]
+    assert response.usage is not None and response.usage.output_tokens == 5
+    assert response.model == "mock-r1" and response.completed_at is not None
+    # One id space: the response is a task.
+    task = await rig.core.store.get_task(protocol.task_id_of(response.id) or "")
+    assert task is not None and task["tenant"] == "alpha" and task["status"] == "succeeded"
+    again = await rig.client.responses.retrieve(response.id)
+    assert again.model_dump() == response.model_dump()
+    # The response's context is stored with its request but never reaches the provider.
+    stored = orjson.loads(task["request"])
+    assert stored["responses"]["input"][0]["content"][0]["text"] == "What is up?"
+    sent = orjson.loads(request_body(stored, rig.edge.settings.provider))
+    assert "responses" not in sent
+    assert sent["messages"] == [{"role": "user", "content": "What is up?"}]
+
+
+@pytest.mark.first_store_only
+async def test_an_r1_answer_has_its_reasoning_item(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Think first", instructions="You think.",
+        metadata={"mock": {"reasoning_tokens": 6, "content_tokens": 3}})
+    kinds = [item.type for item in response.output]
+    assert kinds == ["reasoning", "message"]
+    reasoning = response.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content
+    assert reasoning.content[0].text.strip()
+    assert response.output_text == answer([{"role": "system", "content": "You think."},
+                                           {"role": "user", "content": "Think first"}], 3)
+
+
+@pytest.mark.first_store_only
+async def test_a_streamed_response_parses_in_the_sdk_with_contiguous_numbers(
+        rig: BatchRig) -> None:
+    numbers, kinds = [], []
+    async with rig.client.responses.stream(
+            model="mock-r1", input="Stream it",
+            metadata={"mock": {"reasoning_tokens": 4, "content_tokens": 6}}) as stream:
+        async for event in stream:
+            numbers.append(event.sequence_number)
+            kinds.append(event.type)
+        final = await stream.get_final_response()
+    assert numbers == list(range(len(numbers)))
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert "response.reasoning_text.delta" in kinds and "response.output_text.delta" in kinds
+    assert final.output_text == answer([{"role": "user", "content": "Stream it"}], 6)
+    stored = await rig.client.responses.retrieve(final.id)
+    assert stored.output_text == final.output_text
+    assert [i.id for i in stored.output] == [i.id for i in final.output]
+
+
+@pytest.mark.first_store_only
+async def test_background_returns_at_once_and_is_retrieved_when_done(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(model="mock-r1", input="Later",
+                                                 background=True, metadata=mock())
+    assert response.status == "queued" and response.background is True
+
+    async def done() -> Any:
+        r = await rig.client.responses.retrieve(response.id)
+        return r if r.status == "completed" else None
+
+    finished = await until(done)
+    assert finished.output_text == answer([{"role": "user", "content": "Later"}])
+
+
+@pytest.mark.first_store_only
+async def test_a_dropped_stream_resumes_after_its_last_number(rig: BatchRig) -> None:
+    events: list[Any] = []
+    stream = await rig.client.responses.create(model="mock-r1", input="Long one",
+                                               background=True, stream=True,
+                                               metadata={"mock": SLOW})
+    async for event in stream:
+        events.append(event)
+        if event.type == "response.output_text.delta":
+            break  # the client drops the connection mid-answer
+    await stream.close()
+    response_id = events[0].response.id
+    last = events[-1].sequence_number
+    resumed = await rig.client.responses.retrieve(response_id, stream=True,
+                                                  starting_after=last)
+    async for event in resumed:
+        events.append(event)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == answer([{"role": "user", "content": "Long one"}], 40)
+    # A replay from the start gives the very same events.
+    replay = await rig.client.responses.retrieve(response_id, stream=True)
+    again = [event async for event in replay]
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in events]
+
+
+@pytest.mark.first_store_only
+async def test_cancel_is_terminal_and_cancelling_twice_answers_the_same(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Never mind", background=True,
+        metadata={"mock": {"ttft_ms": 30_000, **QUIET}})
+    cancelled = await rig.client.responses.cancel(response.id)
+    assert cancelled.status == "cancelled"
+    twice = await rig.client.responses.cancel(response.id)
+    assert twice.model_dump() == cancelled.model_dump()
+    assert (await rig.client.responses.retrieve(response.id)).status == "cancelled"
+    finished = await rig.client.responses.create(model="mock-r1", input="done",
+                                                 metadata=mock())
+    with pytest.raises(openai.ConflictError):
+        await rig.client.responses.cancel(finished.id)
+
+
+@pytest.mark.first_store_only
+async def test_input_items_are_listed_as_openai_pages_them(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(
+        model="mock-r1", metadata=mock(),
+        input=[{"role": "user", "content": "one"}, {"role": "user", "content": "two"},
+               {"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "three"}]}])
+    page = await rig.client.responses.input_items.list(response.id, order="asc", limit=2)
+    texts = [item.content[0].text for item in page.data]  # type: ignore[union-attr]
+    assert texts == ["one", "two"] and page.has_more
+    rest = await rig.client.responses.input_items.list(response.id, order="asc",
+                                                       after=page.data[-1].id)
+    assert [item.content[0].text for item in rest.data] == ["three"]  # type: ignore[union-attr]
+    newest = await rig.client.responses.input_items.list(response.id)
+    assert [item.content[0].text for item in newest.data] == [  # type: ignore[union-attr]
+        "three", "two", "one"]
+
+
+@pytest.mark.first_store_only
+async def test_previous_response_id_replays_the_earlier_turn(rig: BatchRig) -> None:
+    first = await rig.client.responses.create(model="mock-r1", input="What is 2+2?",
+                                              metadata=mock())
+    second = await rig.client.responses.create(model="mock-r1", input="And times 3?",
+                                               previous_response_id=first.id, metadata=mock())
+    assert second.previous_response_id == first.id
+    assert second.output_text == answer([
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And times 3?"}])
+    third = await rig.client.responses.create(model="mock-r1", input="Why?",
+                                              previous_response_id=second.id, metadata=mock())
+    assert third.output_text == answer([
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And times 3?"},
+        {"role": "assistant", "content": second.output_text},
+        {"role": "user", "content": "Why?"}])
+    # Another tenant's response is not found, as every task of another tenant is.
+    with pytest.raises(openai.NotFoundError) as caught:
+        await rig.other.responses.create(model="mock-r1", input="x",
+                                         previous_response_id=first.id)
+    assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        await rig.other.responses.retrieve(first.id)
+
+
+@pytest.mark.first_store_only
+async def test_store_false_is_not_retrievable_and_background_needs_it(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(model="mock-r1", input="forget me",
+                                                 store=False, metadata=mock())
+    assert response.status == "completed" and response.store is False
+    with pytest.raises(openai.NotFoundError):
+        await rig.client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await rig.client.responses.create(model="mock-r1", input="x", store=False,
+                                          background=True)
+    assert caught.value.body["param"] == "background"  # type: ignore[index]
+
+
+@pytest.mark.first_store_only
+async def test_bad_requests_name_the_responses_field(rig: BatchRig) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await rig.client.responses.create(model="mock-r1", input="x", max_output_tokens=10**9)
+    assert caught.value.body["param"] == "max_output_tokens"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await rig.client.responses.create(model="mock-r1", input="x", temperature=7)
+    assert caught.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as caught:
+        await rig.client.responses.create(model="no-such-model", input="x")
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    for bad in ("resp_nope", "tsk_" + "0" * 32, "resp_" + "0" * 32):
+        with pytest.raises(openai.NotFoundError):
+            await rig.client.responses.retrieve(bad)
+    # A chat completion is a task but not a response.
+    chat = await rig.client.chat.completions.create(
+        model="mock-r1", messages=[{"role": "user", "content": "x"}],
+        metadata=mock())  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        await rig.client.responses.retrieve("resp_" + chat.id.removeprefix("chatcmpl-tsk_"))
+    assert await rig.core.store.get_task(chat.id.removeprefix("chatcmpl-")) is not None
+
+
+@pytest.mark.first_store_only
+async def test_hosted_tools_are_left_out_and_named(rig: BatchRig) -> None:
+    raw = await rig.client.responses.with_raw_response.create(
+        model="mock-r1", input="search?", metadata=mock(),
+        tools=[{"type": "web_search"}], include=["reasoning.encrypted_content"])
+    assert raw.headers[OMITTED_HEADER] == "web_search"
+    assert raw.headers[IGNORED_HEADER] == "include:reasoning.encrypted_content"
+    assert raw.parse().status == "completed"
+    # Names from the client cannot break a header (a control character closed the
+    # connection before they were made safe).
+    raw = await rig.client.responses.with_raw_response.create(
+        model="mock-r1", input="x", metadata=mock(),
+        tools=[{"type": "evil\r\nX-Injected: 1"}], include=["\u001f"])
+    assert raw.headers[OMITTED_HEADER] == "evil??X-Injected: 1"
+    assert raw.headers[IGNORED_HEADER] == "include:?"
+    assert "X-Injected" not in raw.headers
+
+
+@pytest.mark.first_store_only
+async def test_hosted_tools_can_be_refused(core: Core, tmp_path: Path) -> None:
+    async with batch_rig(core, tmp_path, RESPONSES_HOSTED_TOOLS="refuse") as rig:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await rig.client.responses.create(model="mock-r1", input="x",
+                                              tools=[{"type": "web_search"}])
+        assert caught.value.body["param"] == "tools"  # type: ignore[index]
+        assert "web_search" in caught.value.message
+
+
+@pytest.mark.first_store_only
+async def test_the_codex_cli_request_streams_an_answer(rig: BatchRig) -> None:
+    body = orjson.loads(CODEX.read_bytes())
+    body["model"] = "mock-r1"
+    body["metadata"] = mock()
+    url = str(rig.edge.client.make_url("/v1/responses"))
+    events: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http, http.stream(
+            "POST", url, json=body, headers={"Authorization": f"Bearer {KEY_A}",
+                                             "Accept": "text/event-stream"}) as resp:
+        assert resp.status_code == 200
+        assert resp.headers[OMITTED_HEADER] == "web_search"
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                events.append(orjson.loads(line[6:]))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["store"] is False
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text and text == events[-1]["response"]["output"][-1]["content"][0]["text"]
+    await asyncio.sleep(0)
+
+
+async def test_once_redis_forgot_it_the_store_serves_the_response(rig: BatchRig) -> None:
+    """Retrieve, a stream and a later turn read the response from the store alone (as after
+    EVENTS_RETENTION_S, or a Redis that lost its data): any edge, after restarts."""
+    first = await rig.client.responses.create(
+        model="mock-r1", input="Remember this", metadata={"mock": {"reasoning_tokens": 3,
+                                                                   "content_tokens": 4}})
+    task_id = protocol.task_id_of(first.id) or ""
+    assert await rig.core.redis.delete(rig.core.keys.task(task_id),
+                                       rig.core.keys.events(task_id)) == 2
+    again = await rig.client.responses.retrieve(first.id)
+    assert again.output_text == first.output_text
+    assert [i.id for i in again.output] == [i.id for i in first.output]
+    stream = await rig.client.responses.retrieve(first.id, stream=True)
+    events = [event async for event in stream]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == first.output_text
+    items = await rig.client.responses.input_items.list(first.id)
+    assert [item.content[0].text for item in items.data] == [  # type: ignore[union-attr]
+        "Remember this"]
+    second = await rig.client.responses.create(model="mock-r1", input="What was it?",
+                                               previous_response_id=first.id,
+                                               metadata=mock())
+    assert second.output_text == answer([
+        {"role": "user", "content": "Remember this"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "What was it?"}])
