@@ -14,13 +14,14 @@ import openai
 import orjson
 import pytest
 
+from harness.processes import CLIENT_TLS
+from harness.waiting import until
 from services.edge.openai.responses import protocol
 from services.edge.openai.responses.api import IGNORED_HEADER, OMITTED_HEADER
 from services.mockai.text import content_tokens, digest_prompt
 from services.processor.provider import request_body
-from tests.harness import CLIENT_TLS
 from tests.integration.batch_kit import KEY_A, BatchRig, batch_rig
-from tests.integration.kit import Core, until
+from tests.integration.kit import Core
 
 CODEX = Path(__file__).resolve().parents[1] / "fixtures" / "client-requests" / \
     "codex-0.169.0-responses-request.json"
@@ -111,7 +112,7 @@ async def test_background_returns_at_once_and_is_retrieved_when_done(rig: BatchR
         r = await rig.client.responses.retrieve(response.id)
         return r if r.status == "completed" else None
 
-    finished = await until(done)
+    finished = await until(done, 10, "done")
     assert finished.output_text == answer([{"role": "user", "content": "Later"}])
 
 
