@@ -128,10 +128,8 @@ def from_env(env: Env, provider: Provider, *, need_keys: bool,
                             max_concurrency=max_concurrency, rpm=rpm, tpm=tpm,
                             timeout_s=provider.ai_timeout_s)
         return Routing({DEFAULT: spec}, {}, provider.ai_model)
-    for clash in ("AI_BASE_URL", "AI_MODEL", "AI_MODELS"):
-        if env.raw(clash) is not None:
-            raise ConfigError(f"PROVIDERS_FILE {path}: {clash} is set too; set one or the "
-                              "other (the file names the providers and their models)")
+    # AI_BASE_URL, AI_API_KEY and AI_MODEL(S) are then not used (compose sets AI_BASE_URL to
+    # the mock by default: an error for it would make the file unusable there).
     return load(path, env, need_keys=need_keys)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from redis.asyncio.client import PubSub
 
 from services.processor import provider, routing, telemetry
@@ -157,6 +158,7 @@ class Processor:
                 p.hdel(k.processors_free, self.name)
                 p.hdel(k.processors_inflight, self.name)
                 p.hdel(k.processors_room, self.name)
+                p.hdel(k.providers_seen, self.name)
                 await p.execute()
         except UNAVAILABLE:
             pass
@@ -176,6 +178,29 @@ class Processor:
     async def _heartbeat(self) -> None:
         await self._watch_store()
         await self._safe_report()
+        await self._report_providers()
+
+    async def _report_providers(self) -> None:
+        """Each provider as this processor sees it, for /api/ai-status: what the edge's own
+        environment cannot say (the edge has no provider key, and may have no AI_BASE_URL)."""
+        now, seen = now_ms(), []
+        rooms = self.governor.rooms
+        for target in self.router.governed() or []:
+            spec, breaker = target.spec, self.breakers.seen.get(target.name)
+            room = rooms.get(target.route.governor)
+            error = self.breakers.errors.get(target.name)
+            seen.append({
+                "name": spec.name, "base_url": spec.shown_url,
+                "api_key_configured": spec.api_key is not None,
+                "breaker": None if breaker is None else {
+                    "state": breaker.state, "failures": breaker.failures,
+                    "open_until": breaker.open_until or None},
+                "window": None if room is None else room.limit,
+                "in_flight": None if room is None else room.in_flight,
+                "last_error": error[0] if error else None,
+                "last_error_at": error[1] if error else None})
+        await self.redis.hset(self.keys.providers_seen, self.name,
+                              orjson.dumps({"at": now, "providers": seen}))
 
     async def _watch_store(self) -> None:
         """Is the SQLite file at STORE_PATH still the one we opened? The store refuses every

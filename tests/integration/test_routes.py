@@ -102,10 +102,11 @@ async def test_a_provider_answering_503_is_left_for_the_next(
     assert [v["status"] for v in done] == ["succeeded"] * 60
     assert {v["result"]["provider"] for v in done} == {"b"}
     assert {v["result"]["model"] for v in done} == {"mock-r1"}
-    # A handful of calls, not one per task: the breaker opened after 3 in a row (the calls
-    # already on their way then, at most the provider's window of 4, fail too).
+    # A handful of calls, not one per task: the breaker opened after 3 in a row. The calls on
+    # their way then fail too: at most the window of 4, and those admitted past the breaker's
+    # check while the 3rd failure was being noted (at most another window's worth).
     failed = await calls(a)
-    assert all(c["status"] == 503 for c in failed) and 3 <= len(failed) <= 3 + 4, len(failed)
+    assert all(c["status"] == 503 for c in failed) and 3 <= len(failed) <= 3 + 2 * 4, len(failed)
     assert len(await calls(b)) == 60
     # The tasks that met the outage say so, call by call.
     met = [v for v in done if len(v["tries"]) > 1]
@@ -186,3 +187,44 @@ async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_health_and_status_name_the_failing_provider(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    from harness.processes import free_port
+    from harness.waiting import until
+    from tests.integration.edge_client import running_edge
+
+    port = free_port()  # nothing listens there: every call is refused
+    path = providers_file(tmp_path, f"http://127.0.0.1:{port}/v1",
+                          str(second_mock.make_url("/v1")))
+    ids = [await core.submit() for _ in range(6)]
+    await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
+    assert {v["result"]["provider"] for v in await views(core, ids)} == {"b"}
+    async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
+                            STORE_URL=core.store.url, PROVIDERS_FILE=path) as edge:
+        r = await edge.client.get("/api/health")
+        health = await r.json()
+        assert r.status == 200 and health["status"] == "degraded", health
+        assert health["failing_providers"] == ["a"]
+        a = health["providers"]["a"]
+        assert a["status"] in ("open", "failing"), a  # open after 3 in a row
+        assert a["last_error"] == f"connect to 127.0.0.1:{port} refused"
+        assert health["providers"]["b"]["status"] == "ok"
+        # /api/ai-status: the providers as a live processor sees them, from its heartbeat.
+        live = processor(core, path, "p9")
+        running = asyncio.create_task(live.run())
+        try:
+            async def seen() -> list[dict[str, Any]] | None:
+                got = await (await edge.client.get("/api/ai-status")).json()
+                told = [p for v in got["routes"] for p in v["processors"].values()]
+                return got["routes"] if told and all(p["breaker"] for p in told) else None
+            routes = await until(seen, 10, "the processor's report")
+            by = {v["name"]: v for v in routes}
+            assert set(by) == {"a", "b"}
+            assert by["a"]["processors"]["p9"]["breaker"]["state"] == (
+                "open" if a["status"] == "open" else "closed")
+            assert by["a"]["processors"]["p9"]["api_key_configured"] is False
+        finally:
+            live.stop()
+            await running

@@ -133,7 +133,9 @@ def test_unreadable_invalid_or_clashing_files(tmp_path: Path) -> None:
         ProcessorSettings.from_env(Env({"PROVIDERS_FILE": str(tmp_path / "none.toml")}))
     assert "not valid TOML" in _broken(tmp_path, "[[provider]\n")
     assert "[[model]]: none given" in _broken(tmp_path, GOOD.split("[[model]]")[0])
-    assert "AI_BASE_URL is set too" in _broken(tmp_path, GOOD, AI_BASE_URL="http://x/v1")
+    # The file wins over AI_BASE_URL (compose sets it to the mock by default).
+    s = ProcessorSettings.from_env(env_with(tmp_path, GOOD, AI_BASE_URL="http://x/v1", **KEYS))
+    assert s.routing.model_names == ("deepseek-r1", "deepseek-v3")
 
 
 def test_the_service_stops_at_start_with_one_line(tmp_path: Path) -> None:
