@@ -316,13 +316,14 @@ class Provider:
     forward_metadata: bool
 
     @classmethod
-    def from_env(cls, env: Env) -> Provider:
+    def from_env(cls, env: Env, *, model_required: bool = True) -> Provider:
+        """``model_required``: False where PROVIDERS_FILE names the models instead."""
         env.note("AI_BASE_URL", "the mock: http://127.0.0.1:<MOCKAI_PORT>/v1")
         env.note("AI_MODEL", f"{MOCK_MODEL}; required with AI_BASE_URL")
         base = env.optional("AI_BASE_URL")
         key = env.optional("AI_API_KEY", secret=True)
         model = env.optional("AI_MODEL")
-        if base is not None and model is None:
+        if base is not None and model is None and model_required:
             # No default fits every provider: a guessed one fails every task at a provider
             # that does not serve it, which is found only once the first task has failed.
             raise ConfigError("AI_MODEL: required when AI_BASE_URL is set (the model your "

@@ -23,7 +23,7 @@ from shared.coalesce import Coalescer
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 
-NAMES = ("admit", "settle", "gov_peek", "expire")  # the scripts this module calls
+NAMES = ("admit", "settle", "gov_peek", "expire", "breaker")  # the scripts this module calls
 RATE_WINDOW_MS = 60_000  # PROVIDER_RPM and PROVIDER_TPM count per minute, as providers do
 LIMITED_WINDOW_MS = 60_000  # "429s in the last minute" on /api/ai-status
 DEFAULT_COMPLETION_TOKENS = 1024  # a completion with no max_tokens, for the TPM estimate
@@ -170,6 +170,34 @@ class Limits:
     reset_cap_ms: int = 60_000
 
 
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """A provider's breaker as breaker.lua left it; ``granted``: the call asked for may go."""
+
+    state: str  # closed | open | half_open
+    failures: int
+    open_until: int  # epoch ms
+    granted: bool = False
+
+    def allows(self, now: int) -> str:
+        """'yes' (closed), 'probe' (its cool-down is over: one call may try, once taken) or
+        'no'."""
+        if self.state == "closed":
+            return "yes"
+        return "probe" if now >= self.open_until else "no"
+
+
+CLOSED = Breaker("closed", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int  # in a row, to open (0: never)
+    cooldown_ms: int
+    max_cooldown_ms: int
+    probe_ms: int  # a probe taken but never answered is given up after this
+
+
 class GovernorSteps:
     def __init__(self, redis: RedisClient, keys: Keys, limits: Limits) -> None:
         self.redis, self.keys, self.limits = redis, keys, limits
@@ -178,6 +206,7 @@ class GovernorSteps:
         self._settle = self._load("settle")
         self._peek = self._load("gov_peek")
         self._expire = self._load("expire")
+        self._breaker = self._load("breaker")
 
     def _load(self, name: str) -> AsyncScript:
         return self.redis.register_script(scripts.source(name))  # with the names' prelude
@@ -188,12 +217,12 @@ class GovernorSteps:
                 self.keys.governor_count(provider, what, idx - 1))
 
     async def admit(self, provider: str, task_id: str, slot: str, now: int, lease_ms: int,
-                    tokens: int) -> Admitted | Wait:
+                    tokens: int, limits: Limits | None = None) -> Admitted | Wait:
         """admit.lua. KEYS: state, slots, requests (this, previous window), tokens (this,
         previous window), task hash. ARGV: now, slot, lease, tokens, max concurrency, rpm,
         tpm, window, initial window. Reply {'ok', limit, in flight} or {'wait', reason, until,
-        limit, in flight}."""
-        k, lim = self.keys, self.limits
+        limit, in flight}. ``limits``: this provider's, when not the deployment's."""
+        k, lim = self.keys, limits or self.limits
         reply = await self._admit(
             [k.governor(provider), k.governor_slots(provider),
              *self._counts(provider, "requests", now), *self._counts(provider, "tokens", now),
@@ -204,12 +233,13 @@ class GovernorSteps:
             return Admitted(int(reply[1]), int(reply[2]))
         return Wait(str(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]))
 
-    async def settle(self, provider: str, now: int, entries: list[dict[str, Any]]) -> Room:
+    async def settle(self, provider: str, now: int, entries: list[dict[str, Any]],
+                     limits: Limits | None = None) -> Room:
         """settle.lua. KEYS: state, slots, tokens (this window), limited answers (this
         minute). ARGV: now, max concurrency, initial window, max backoff, '1' when a TPM limit
         is set, the cap on what a provider says to wait for, entries (JSON).
         Reply {limit, in flight, pause until}."""
-        k, lim = self.keys, self.limits
+        k, lim = self.keys, limits or self.limits
         reply = await self._settle(
             keys=[k.governor(provider), k.governor_slots(provider),
                   k.governor_count(provider, "tokens", now // RATE_WINDOW_MS),
@@ -219,13 +249,26 @@ class GovernorSteps:
                   *(orjson.dumps(e) for e in entries)])
         return Room(int(reply[0]), int(reply[1]), int(reply[2]))
 
-    async def peek(self, provider: str, now: int) -> Room:
+    async def peek(self, provider: str, now: int, limits: Limits | None = None) -> Room:
         """gov_peek.lua. KEYS: state, slots. ARGV: now, max concurrency, initial window.
         Reply {limit, in flight, blocked until}."""
-        k, lim = self.keys, self.limits
+        k, lim = self.keys, limits or self.limits
         reply = await self._peek(keys=[k.governor(provider), k.governor_slots(provider)],
                                  args=[now, lim.max_concurrency, lim.initial_window])
         return Room(int(reply[0]), int(reply[1]), int(reply[2]))
+
+    async def breaker(self, provider: str, op: str, now: int, policy: BreakerPolicy,
+                      error: str = "") -> Breaker:
+        """breaker.lua. KEYS: the provider's breaker. ARGV: op (probe, unprobe, ok, fail),
+        now, failures to open, first cool-down, longest cool-down, probe lease, error.
+        Reply {state, failures, open until, granted}."""
+        reply = await self._breaker(
+            keys=[self.keys.breaker(provider)],
+            args=[op, now, policy.failures, policy.cooldown_ms, policy.max_cooldown_ms,
+                  policy.probe_ms, error])
+        state = str(reply[0])
+        # half_open is open to everyone but the probe's caller: its open_until is the probe's
+        return Breaker(state, int(reply[1]), int(reply[2]), reply[3] == 1)
 
     async def expire(self, task_id: str, now: int, retention_s: int, error: dict[str, Any],
                      view: dict[str, Any]) -> str:

@@ -215,3 +215,16 @@ class Keys:
     def cancel_channel(self) -> str:
         """Channel: task ids whose cancellation was asked, for the processor holding them."""
         return f"{self._p}:ch:cancel"
+
+    # --- several providers (services/processor/routing.py) ----------------------------------
+    def breaker(self, provider: str) -> str:
+        """Hash: one provider's breaker (by its name): state (closed, open, half_open),
+        failures in a row, open until, cool-down, probe until, last error and when, last
+        success, times opened. Shared by every processor (shared/lua/breaker.lua)."""
+        return f"{self._p}:breaker:{provider}"
+
+    @property
+    def providers_seen(self) -> str:
+        """Hash: processor name -> JSON of its providers as it sees them (key configured,
+        breaker, governor window, last error), written with its heartbeat; /api/ai-status."""
+        return f"{self._p}:providers:seen"

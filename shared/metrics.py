@@ -182,9 +182,14 @@ provider_in_flight = Gauge("sluice_provider_calls_in_flight",
                            "Provider calls open right now on this processor.")
 # Issue 11's governor: its window and calls in flight. It sets these through set_governor().
 governor_window = Gauge("sluice_governor_window",
-                        "The provider governor's window: calls it lets run at once.")
+                        "The provider governor's window: calls it lets run at once.",
+                        ["provider"])
 governor_in_flight = Gauge("sluice_governor_calls_in_flight",
-                           "Calls the provider governor has let through and not yet seen end.")
+                           "Calls the provider governor has let through and not yet seen end.",
+                           ["provider"])
+breaker_state = Gauge("sluice_provider_breaker_state", "Each provider's breaker as this "
+                      "processor last saw it: 0 closed, 1 half open (a probe is out), 2 open.",
+                      ["provider"])
 batches_taken = Counter("sluice_batches_taken", "Batches a processor took from the stream.")
 batch_size = Histogram("sluice_batch_size", "Tasks per batch, as processors take them.",
                        buckets=_SIZE)
@@ -230,17 +235,17 @@ async def sse_client() -> AsyncIterator[None]:
         sse_clients.dec()
 
 
-_governor_seen: tuple[int, int] | None = None
+_governor_seen: dict[str, tuple[int, int]] = {}
 
 
-def set_governor(window: int, in_flight: int) -> None:
+def set_governor(provider: str, window: int, in_flight: int) -> None:
     """The hook for the provider governor (issue 11); called at every admission and settle,
-    mostly with what it said last time."""
-    global _governor_seen
-    if _governor_seen != (window, in_flight):
-        _governor_seen = (window, in_flight)
-        governor_window.set(window)
-        governor_in_flight.set(in_flight)
+    mostly with what it said last time. ``provider``: its name (``default`` without
+    PROVIDERS_FILE)."""
+    if _governor_seen.get(provider) != (window, in_flight):
+        _governor_seen[provider] = (window, in_flight)
+        governor_window.labels(provider).set(window)
+        governor_in_flight.labels(provider).set(in_flight)
 
 
 # --- which process exports which families -----------------------------------------------------
@@ -258,7 +263,8 @@ ROLE_FAMILIES: dict[str, tuple[Collector, ...]] = {
     "processor": (tasks_finished, task_retries, tasks_dead_lettered, queue_wait, e2e_latency,
                   ttft, itl, tokens, prompt_tokens, generation_tokens, provider_requests,
                   provider_rate_limited, provider_pauses, provider_pause_seconds,
-                  provider_in_flight, governor_window, governor_in_flight, batches_taken,
+                  provider_in_flight, governor_window, governor_in_flight, breaker_state,
+                  batches_taken,
                   batch_size, lease_renewals, leases_lost, fence_rejections, reclaims,
                   store_errors, *_SHARED_REDIS),
     "mockai": (http_requests, http_duration),

@@ -412,7 +412,7 @@ class Steps:
     async def complete(self, *, task_id: str, token: str, status: str, result_json: bytes | str,
                        error_json: bytes | str, now: int, retention_s: int,
                        view_json: bytes, events: Sequence[tuple[str, str]] = (),
-                       ack_entry: str = "") -> Held | LeaseLost:
+                       ack_entry: str = "", tries_json: bytes | str = "") -> Held | LeaseLost:
         """``complete.lua``: mark the task terminal (after its row is stored): ``events`` not
         sent yet (type, JSON data), status, result, terminal event, lease released, retention,
         off its tenant's active set, into or out of the dead letters; then the batches-stream
@@ -421,11 +421,12 @@ class Steps:
         KEYS: task hash, lease, task events, dead letters, stats, batches stream.
         ARGV: token, status, result JSON, error JSON, now (ms), retention (s), terminal event
         type, its data (the task's final view), task id, key prefix of the active sets,
-        processors' group, the entry to acknowledge ('' for none), then pairs of (type, data)."""
+        processors' group, the entry to acknowledge ('' for none), the task's provider calls
+        (``tries_json``, '' to leave them), then pairs of (type, data)."""
         k = self.keys
         args: list[Any] = [token, status, result_json, error_json, now, retention_s,
                            tasks.TERMINAL_EVENT[status], view_json, task_id,
-                           k.tenant_active(""), BATCHES_GROUP, ack_entry]
+                           k.tenant_active(""), BATCHES_GROUP, ack_entry, tries_json]
         for kind, data in events:
             args += [kind, data]
         ok = await self._call(
@@ -447,6 +448,13 @@ class Steps:
                 await self._call("renew", [self.keys.lease(task_id)], [token, ttl_ms], client=p)
             results = await p.execute()
         return [HELD if ok else LEASE_LOST for ok in results]
+
+    async def note_try(self, task_id: str, token: str, call_json: bytes) -> bool:
+        """``tried.lua``: note one ended provider call of the task while our lease holds.
+        KEYS: task hash, lease. ARGV: token, the call (JSON). False: not noted."""
+        k = self.keys
+        return bool(await self._call("tried", [k.task(task_id), k.lease(task_id)],
+                                     [token, call_json]))
 
     async def release_lease(self, task_id: str, token: str) -> Held | LeaseLost:
         """``release.lua`` on a task's lease: compare-and-delete. KEYS: lease. ARGV: token."""

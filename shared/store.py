@@ -58,6 +58,9 @@ class TaskRow:
     created_at: int
     started_at: int | None
     completed_at: int | None
+    provider: str | None = None  # who answered (PROVIDERS_FILE's name; 'default' without)
+    provider_model: str | None = None  # the model it was asked for
+    tries: str | None = None  # every provider call, a JSON array (runner.TaskRoutes.tried)
 
 
 @dataclass(slots=True)

@@ -45,12 +45,14 @@ def view_from_redis(h: dict[str, str]) -> dict[str, Any]:
         "result": loads_or_none(h.get("result")),
         "error": loads_or_none(h.get("error")),
         "metadata": _metadata(h.get("request")),
+        "tries": loads_or_none(h.get("tries")) or [],
     }
 
 
 def terminal_view(h: dict[str, str], *, status: str, attempts: int, result: Any, error: Any,
                   started_at: int, completed_at: int, batch_id: str | None,
-                  request: dict[str, Any] | None = None) -> dict[str, Any]:
+                  request: dict[str, Any] | None = None,
+                  tries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The view of a task its holder just finished (what complete.lua stores), from its hash
     and the run's own facts: :func:`view_from_redis`'s shape, built once. ``request``: the
     task's request, when the run parsed it already (not parsed a second time here)."""
@@ -67,6 +69,7 @@ def terminal_view(h: dict[str, str], *, status: str, attempts: int, result: Any,
         "error": error,
         "metadata": (request.get("metadata") if request is not None
                      else _metadata(h.get("request"))),
+        "tries": tries if tries is not None else loads_or_none(h.get("tries")) or [],
     }
 
 
@@ -76,6 +79,8 @@ def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
     if row["status"] == SUCCEEDED or row.get("content") or row.get("reasoning_content"):
         result = result_dict(row.get("content") or "", row.get("reasoning_content") or "",
                              row.get("finish_reason"), _usage_from_row(row))
+        if row.get("provider"):  # who answered (rows from before have no such column set)
+            result["provider"], result["model"] = row["provider"], row.get("provider_model")
     return {
         "id": row["id"],
         "status": row["status"],
@@ -88,6 +93,7 @@ def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
         "result": result,
         "error": loads_or_none(row.get("error")),
         "metadata": _metadata(row.get("request")),
+        "tries": loads_or_none(row.get("tries")) or [],
     }
 
 

@@ -213,7 +213,16 @@ _USAGE = nullable(obj(["prompt_tokens", "completion_tokens", "total_tokens"],
                       {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT}))
 _RESULT = obj(["content", "reasoning_content", "finish_reason", "usage"], {
     "content": STR, "reasoning_content": STR, "finish_reason": nullable(STR),
-    "usage": _USAGE, "refusal": STR})
+    "usage": _USAGE, "refusal": STR,
+    "provider": {"type": "string", "description": "who answered: the provider's name "
+                 "(PROVIDERS_FILE; 'default' without it)"},
+    "model": {"type": "string", "description": "the model that provider was asked for"}})
+_TRY = obj(["provider", "model", "processor", "started_at", "ended_at", "status", "error"], {
+    "provider": nullable(STR), "model": nullable(STR), "processor": STR,
+    "started_at": TIME_OR_NULL, "ended_at": TIME_OR_NULL,
+    "status": {"enum": ["succeeded", "failed", "rate_limited", "stopped", "error"]},
+    "error": nullable(obj(["code", "message"], {"code": STR, "message": STR,
+                                                "status": nullable(INT)}))})
 _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at", "batch_id",
              "attempts", "result", "error", "metadata"], {
     "id": {"type": "string", "pattern": TASK_ID},
@@ -223,6 +232,8 @@ _TASK = obj(["id", "status", "model", "created_at", "started_at", "completed_at"
     "result": nullable(ref("TaskResult")),
     "error": nullable(obj(["code", "message"], {"code": STR, "message": STR})),
     "metadata": {"description": "the request's metadata, or null"},
+    "tries": {"type": "array", "items": _TRY, "description": "every provider call of the "
+              "task, in order: provider, route model, processor, start, end, status, error"},
     "queue_position": nullable({"type": "integer", "minimum": 1, "description":
                                 "while it waits: 1 + its tenant's tasks submitted before it "
                                 "that have not been sent to the provider yet"}),

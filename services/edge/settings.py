@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.edge.openai.batch.settings import BatchApiSettings
 from services.edge.webhooks.settings import WebhookSettings
+from shared import providers
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 from shared.metrics import MetricsSettings
+from shared.providers import MAX_MODEL_CHARS, Routing, valid_model_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class EdgeSettings:
     redis_connections: int  # the main pool: commands wait for a free one ...
     redis_wait_s: float  # ... this long at most, then 503 (logged as pool exhausted)
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
+    routing: Routing  # PROVIDERS_FILE's providers and models, or the one of AI_BASE_URL
     metrics: MetricsSettings
     dashboard_show_prompts: bool
     batch_api_on: bool  # BATCH_API: /v1/files, /v1/batches and webhooks
@@ -53,7 +57,12 @@ class EdgeSettings:
     @classmethod
     def from_env(cls, env: Env | None = None) -> EdgeSettings:
         env = env or Env()
-        provider = Provider.from_env(env)
+        env.note("PROVIDERS_FILE", None)
+        from_file = env.raw("PROVIDERS_FILE") is not None
+        provider = Provider.from_env(env, model_required=not from_file)
+        routing = providers.from_env(env, provider, need_keys=False)
+        if from_file:  # the file's first model is the default of a request without one
+            provider = dataclasses.replace(provider, ai_model=routing.default_model)
         return cls(
             common=Common.from_env(env),
             batching=Batching.from_env(env),
@@ -85,7 +94,8 @@ class EdgeSettings:
             # and half of redis-server's (bench long_stream).
             redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 16, min_value=1),
             redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
-            models=_models(env, provider.ai_model),
+            models=routing.model_names if from_file else _models(env, provider.ai_model),
+            routing=routing,
             metrics=MetricsSettings.from_env(env),
             dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
             batch_api_on=env.flag("BATCH_API", True),
@@ -118,16 +128,6 @@ def _models(env: Env, default: str) -> tuple[str, ...]:
         raise ConfigError(f"AI_MODELS: must include AI_MODEL ({default!r}), the model a "
                           "request without `model` gets")
     return models
-
-
-MAX_MODEL_CHARS = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def valid_model_name(model: str) -> bool:
-    """1 to 200 characters, none of them a control character (NUL included): a model name
-    goes into logs, the store and the provider's request line of JSON."""
-    return 0 < len(model) <= MAX_MODEL_CHARS and not _CONTROL.search(model)
 
 
 def _api_keys(env: Env) -> dict[str, str]:

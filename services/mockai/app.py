@@ -25,6 +25,7 @@ from aiohttp import web
 from services.mockai import http_metrics
 from shared.config import MOCK_HEADER, Secret
 
+from . import outage
 from .faults import (
     AnswerShape,
     Fault,
@@ -214,6 +215,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if denied is not None:
         rec.finish("rejected", 401)
         return denied
+    down = request.app[outage.OUTAGE_KEY].answer()
+    if down is not None:
+        rec.finish("error_status", down.status)
+        return down
 
     try:
         req = parse_chat_request(await request.read())
@@ -559,4 +564,5 @@ def create_app(settings: MockSettings | None = None) -> web.Application:
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/mock/requests", mock_requests)
     app.router.add_post("/mock/reset", mock_reset)
+    outage.install(app, settings.fail_status)
     return app

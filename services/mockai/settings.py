@@ -37,6 +37,8 @@ class MockSettings:
     api_key: Secret[str] | None = None
     # Provider limit modes (off by default): see limits.py.
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Every chat call answered with this status (0: none), until POST /mock/outage heals it.
+    fail_status: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | Env | None = None) -> MockSettings:
@@ -56,6 +58,8 @@ class MockSettings:
             # Not stripped like the others: a key is compared byte for byte.
             api_key=_key(e.exact("MOCKAI_API_KEY", secret=True)),
             limits=_limits(e),
+            fail_status=e.integer("MOCKAI_FAIL_STATUS", d.fail_status, min_value=0,
+                                  max_value=599),
         )
 
 

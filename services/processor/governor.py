@@ -18,17 +18,20 @@ import contextlib
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from services.processor.assembler import ProviderError, Usage
+from services.processor.breakers import Breakers
+from services.processor.routing import Target, breaks
 from shared import logs, metrics
 from shared.config import mask_url
 from shared.governor import (
     Admitted,
+    BreakerPolicy,
     GovernorSteps,
     Limits,
     RateHeaders,
@@ -38,6 +41,7 @@ from shared.governor import (
     provider_id,
 )
 from shared.keys import Keys
+from shared.providers import DEFAULT
 from shared.redis_conn import WAIT_OUT, RedisClient, wait_event
 from shared.timeutil import now_ms
 
@@ -68,34 +72,43 @@ def is_rate_limit(err: ProviderError) -> bool:
 @dataclass(slots=True)
 class Call:
     """One provider call, used as ``async with governor.call(...) as call``: admitted on entry
-    (waiting while the provider has no room), settled on exit however it ends. A class, not an
-    ``@asynccontextmanager``: that one keeps a suspended generator frame and its manager for
-    the whole answer, ~0.5 KB per stream in flight. ``observe`` is handed the response
-    headers."""
+    on the first of its ``targets`` (a model's routes, in order) whose provider has room and
+    whose breaker lets it (waiting while none does), settled on exit however it ends. A class,
+    not an ``@asynccontextmanager``: that one keeps a suspended generator frame and its manager
+    for the whole answer, ~0.5 KB per stream in flight. ``observe`` is handed the response
+    headers; ``accepted`` is called at the answer's first token."""
 
-    governor: Governor | None  # None: the governor is off, nothing to admit or settle
+    governor: Governor
     task_id: str
     request: dict[str, Any]
     deadline_at: int | None
-    provider: str = ""
+    targets: Sequence[Target] = ()
+    target: Target | None = None  # the route admitted
+    provider: str = ""  # its governor's id
     slot: str = ""
     tokens: int = 0
     usage: Usage | None = None
+    accept_sent: bool = False
+    probe: bool = False  # the call is its provider's breaker probe
 
     async def __aenter__(self) -> Call:
-        """Raises DeadlineExceeded when the deadline comes before the provider has room."""
-        if self.governor is not None:
-            await self.governor._acquire(self)
+        """Raises DeadlineExceeded when the deadline comes before a provider has room."""
+        await self.governor._acquire(self)
         return self
 
     async def __aexit__(self, _type: type[BaseException] | None, exc: BaseException | None,
                         _tb: object) -> None:
-        if self.governor is not None:
-            await self.governor._settle(self, exc)
+        await self.governor._settle(self, exc)
 
     def observe(self, headers: Any) -> None:
-        if self.governor is not None:
+        if self.governor.enabled:
             self.governor.observe(self.provider, headers)
+
+    def accepted(self) -> None:
+        """The answer's first token: the provider took the call (see settle.lua)."""
+        if not self.accept_sent:
+            self.accept_sent = True
+            self.governor._accepted(self)
 
     def used(self, usage: Usage | None) -> None:
         self.usage = usage
@@ -105,7 +118,8 @@ class Governor:
     def __init__(self, redis: RedisClient, keys: Keys, *, name: str, enabled: bool,
                  limits: Limits, lease_ms: int, base_url: str, api_key: str | None,
                  model: str, on_change: Callable[[bool], None],
-                 retry_after_cap_s: float = math.inf) -> None:
+                 retry_after_cap_s: float = math.inf, governed: Sequence[Target] = (),
+                 breakers: Breakers | None = None) -> None:
         self.steps = GovernorSteps(redis, keys, limits)
         self.redis, self.keys, self.name, self.enabled = redis, keys, name, enabled
         self.lease_ms, self.on_change = lease_ms, on_change
@@ -113,8 +127,15 @@ class Governor:
         # at most, then the next call asks again.
         self.retry_after_cap_s = retry_after_cap_s
         self._base_url, self._api_key, self._model = base_url, api_key, model
-        self._ids: dict[str, str] = {}
-        self.default = self.provider_for(model)
+        self.breakers = breakers or Breakers(self.steps, BreakerPolicy(0, 1, 1, 1), ())
+        # The governors whose room this processor claims by (id -> target): each provider's;
+        # without targets, the one provider for the default model, as before.
+        self.governed: dict[str, Target | None] = (
+            {t.route.governor: t for t in governed} if governed
+            else {provider_id(base_url, api_key, model): None})
+        self.default = next(iter(self.governed))
+        self.limits: dict[str, Limits] = {
+            gid: (t.limits if t is not None else limits) for gid, t in self.governed.items()}
         self.held: dict[str, str] = {}  # slot -> provider
         # Slot ids are unique by this process's name and a count: no random bytes per call.
         self._slots = itertools.count()
@@ -124,27 +145,30 @@ class Governor:
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
-
-    def provider_for(self, model: str) -> str:
-        pid = self._ids.get(model)
-        if pid is None:
-            pid = self._ids[model] = provider_id(self._base_url, self._api_key, model)
-        return pid
+        self._notes: set[asyncio.Future[None]] = set()  # breaker notes on their way
 
     # --- what the processor may claim ----------------------------------------------------------
     def room(self) -> int:
-        """Calls the default provider can take now, as last seen, less our own waiting tasks."""
+        """Calls the governed providers can take now, as last seen (a provider whose breaker
+        is open has none), less our own waiting tasks."""
         if not self.enabled:
             return UNLIMITED
-        seen = self.rooms.get(self.default)
-        if seen is None:
-            return 0  # not looked yet: run() looks at once
-        return seen.free(now_ms()) - self.waiting
+        now, free = now_ms(), 0
+        for gid, target in self.governed.items():
+            seen = self.rooms.get(gid)
+            if seen is None:
+                continue  # not looked yet: run() looks at once
+            if target is not None and self.breakers.allows(target.name, now) == "no":
+                continue
+            free += seen.free(now)
+        return free - self.waiting
 
     def _seen(self, provider: str, room: Room) -> None:
         self.rooms[provider] = room
-        if provider == self.default:
-            metrics.set_governor(room.limit, room.in_flight)
+        target = self.governed.get(provider, None)
+        if provider in self.governed:
+            metrics.set_governor(target.name if target is not None else DEFAULT, room.limit,
+                                 room.in_flight)
         # Against what was last told, not the room a moment ago: a pause that ends opens the
         # room by the clock alone, and that opening must still be told.
         is_open = self.room() > 0
@@ -153,13 +177,26 @@ class Governor:
             self.on_change(is_open)
 
     # --- one call -------------------------------------------------------------------------------
-    def call(self, task_id: str, request: dict[str, Any], deadline_at: int | None) -> Call:
+    def call(self, task_id: str, request: dict[str, Any], deadline_at: int | None,
+             targets: Sequence[Target] = ()) -> Call:
         """The call to make under ``async with``: see :class:`Call`."""
-        return Call(self if self.enabled else None, task_id, request, deadline_at)
+        return Call(self, task_id, request, deadline_at, targets)
 
     async def _settle(self, call: Call, exc: BaseException | None) -> None:
         """The end of an admitted call: "ok" when its body finished, "limited" when the
-        provider refused it for a wait, "other" for any other error or a cancellation."""
+        provider refused it for a wait, "other" for any other error or a cancellation. Its
+        provider's breaker hears of a success and of a failure it counts."""
+        target = call.target
+        if target is not None:
+            if exc is None and not call.accept_sent:
+                await self.breakers.succeeded(target.name)
+            elif isinstance(exc, ProviderError) and breaks(exc):
+                await self.breakers.failed(target.name, exc.message)
+            elif call.probe and exc is not None and not call.accept_sent:
+                # Stopped (cancelled) before its answer said anything: not a verdict.
+                await self.breakers.give_back_probe(target.name)
+        if not self.enabled or not call.slot:
+            return
         outcome = "ok" if exc is None else "other"
         retry_after: float | None = None
         if isinstance(exc, ProviderError) and is_rate_limit(exc):
@@ -174,9 +211,21 @@ class Governor:
         else:
             self._queue(call.provider, entry)
 
+    def _accepted(self, call: Call) -> None:
+        if self.enabled and call.slot:
+            self._queue(call.provider, {"accept": call.slot})
+        if call.target is not None:
+            seen = self.breakers.seen.get(call.target.name)
+            if seen is not None and (seen.state != "closed" or seen.failures):
+                # A probe's first token closes the breaker at once, not once a long answer is
+                # whole: the providers' tasks stop waiting now.
+                task = asyncio.ensure_future(self.breakers.succeeded(call.target.name))
+                self._notes.add(task)
+                task.add_done_callback(self._notes.discard)
+
     async def _acquire(self, call: Call) -> None:
-        task_id, request, deadline_at = call.task_id, call.request, call.deadline_at
-        provider = self.provider_for(str(request.get("model") or self._model))
+        request, deadline_at = call.request, call.deadline_at
+        targets: Sequence[Target | None] = call.targets or (None,)
         tokens = estimate_tokens(request)
         backoff = 0.01
         self.waiting += 1
@@ -186,28 +235,58 @@ class Governor:
                 now = now_ms()
                 if deadline_at is not None and now >= deadline_at:
                     raise DeadlineExceeded
-                slot = f"{now}:{self.name}:{task_id}:{next(self._slots)}"
-                reply = await self.steps.admit(provider, task_id, slot, now, self.lease_ms,
-                                               tokens)
-                if isinstance(reply, Admitted):
-                    self.held[slot] = provider
-                    self.waiting -= 1  # before _seen, so room() counts this call once
-                    admitted = True
-                    self._seen(provider, Room(reply.limit, reply.in_flight, 0))
-                    call.provider, call.slot, call.tokens = provider, slot, tokens
-                    return
-                self._seen(provider, Room(reply.limit, max(reply.in_flight, reply.limit),
-                                          reply.until))
-                if reply.until > now:
-                    delay = (reply.until - now) / 1000
+                soonest = math.inf  # when to look again (epoch ms; 0: when a slot frees)
+                for target in targets:
+                    until = await self._try(call, target, tokens, now)
+                    if until is None:
+                        admitted = True  # _try counted it out of the waiting
+                        return
+                    soonest = min(soonest, until)
+                if soonest > now:
+                    delay = (soonest - now) / 1000
                 else:
                     delay, backoff = backoff, min(backoff * 2, POLL_SATURATED_S)
+                delay = min(delay, POLL_IDLE_S)  # a breaker's change elsewhere is seen here
                 if deadline_at is not None:
                     delay = min(delay, max(0.0, (deadline_at - now) / 1000))
                 await self._wait_freed(delay * random.uniform(1.0, 1.2))
         finally:
             if not admitted:
                 self.waiting -= 1
+
+    async def _try(self, call: Call, target: Target | None, tokens: int, now: int
+                   ) -> float | None:
+        """Admit ``call`` on ``target``: None when it was, else when to look again (epoch ms;
+        0: when a slot frees)."""
+        probe = False
+        if target is not None:
+            verdict = self.breakers.allows(target.name, now)
+            if verdict == "no":
+                return self.breakers.until(target.name)
+            if verdict == "probe":
+                granted, probe = await self.breakers.take_probe(target.name)
+                if not granted:
+                    return self.breakers.until(target.name)
+        if not self.enabled:
+            call.target, call.probe = target, probe
+            self.waiting -= 1
+            return None
+        provider = target.route.governor if target is not None else self.default
+        limits = target.limits if target is not None else self.limits[self.default]
+        slot = f"{now}:{self.name}:{call.task_id}:{next(self._slots)}"
+        reply = await self.steps.admit(provider, call.task_id, slot, now, self.lease_ms,
+                                       tokens, limits)
+        if isinstance(reply, Admitted):
+            self.held[slot] = provider
+            call.target, call.probe = target, probe
+            call.provider, call.slot, call.tokens = provider, slot, tokens
+            self.waiting -= 1  # before _seen, so room() counts this call once
+            self._seen(provider, Room(reply.limit, reply.in_flight, 0))
+            return None
+        if probe:
+            await self.breakers.give_back_probe(target.name)  # type: ignore[union-attr]
+        self._seen(provider, Room(reply.limit, max(reply.in_flight, reply.limit), reply.until))
+        return reply.until
 
     async def _wait_freed(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -230,7 +309,8 @@ class Governor:
     async def _settle_now(self, provider: str, entry: dict[str, Any]) -> None:
         entries = [*self._pending.pop(provider, []), entry]  # what the headers said, first
         try:
-            self._seen(provider, await self.steps.settle(provider, now_ms(), entries))
+            self._seen(provider, await self.steps.settle(provider, now_ms(), entries,
+                                                         self._limits_of(provider)))
         except WAIT_OUT:
             self._pending.setdefault(provider, []).extend(entries)
             self._due.set()
@@ -257,11 +337,19 @@ class Governor:
             tg.create_task(self._renew_loop(drained))
             tg.create_task(self._poll_loop(stopping))
 
+    def _limits_of(self, provider: str) -> Limits:
+        return self.limits.get(provider) or self.limits[self.default]
+
     async def _register(self) -> None:
-        label = {"base_url": mask_url(self._base_url), "model": self._model,
-                 "key": key_fingerprint(self._api_key)}
-        with contextlib.suppress(*WAIT_OUT):
-            await self.redis.hset(self.keys.governors, self.default, orjson.dumps(label))
+        for gid, target in self.governed.items():
+            if target is None:
+                label = {"base_url": mask_url(self._base_url), "model": self._model,
+                         "key": key_fingerprint(self._api_key)}
+            else:
+                label = {"provider": target.name, "base_url": target.spec.shown_url,
+                         "model": target.route.model, "key": key_fingerprint(target.spec.key())}
+            with contextlib.suppress(*WAIT_OUT):
+                await self.redis.hset(self.keys.governors, gid, orjson.dumps(label))
 
     async def _settle_loop(self, drained: asyncio.Event) -> None:
         """Send what ended while the last settle was on its way, in one step per provider."""
@@ -272,7 +360,8 @@ class Governor:
             batch, self._pending = self._pending, {}
             for provider, entries in batch.items():
                 try:
-                    room = await self.steps.settle(provider, now_ms(), entries)
+                    room = await self.steps.settle(provider, now_ms(), entries,
+                                                   self._limits_of(provider))
                 except WAIT_OUT as exc:
                     # The slots expire with their leases (no longer renewed); what the headers
                     # said is lost, and the next answers say it again.
@@ -308,11 +397,13 @@ class Governor:
                 await asyncio.wait_for(drained.wait(), timeout=interval)
 
     async def _poll_loop(self, stopping: asyncio.Event) -> None:
-        """Keep the room we claim by fresh: often while the provider is full or paused (room
-        freed by other processors shows up here), seldom otherwise."""
+        """Keep the room we claim by fresh: often while the providers are full or paused (room
+        freed by other processors shows up here), seldom otherwise; and the breakers."""
         while not stopping.is_set():
             try:
-                self._seen(self.default, await self.steps.peek(self.default, now_ms()))
+                await self.breakers.refresh()
+                for gid in self.governed:
+                    self._seen(gid, await self.steps.peek(gid, now_ms(), self.limits[gid]))
             except WAIT_OUT as exc:
                 log.warning("governor_peek_failed", cause=wait_event(exc),
                             error=type(exc).__name__)

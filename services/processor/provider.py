@@ -37,6 +37,7 @@ from services.processor.assembler import (
     assemble_completion,
     parse_error_body,
 )
+from services.processor.netfail import connection_failure
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import Provider, redact
 
@@ -63,12 +64,13 @@ class ProviderClient:
     reads (AI_IDLE_TIMEOUT_S); waiting for a pooled connection is not bounded (the call's
     overall AI_TIMEOUT_S is)."""
 
-    def __init__(self, settings: Provider, max_connections: int, connect_s: float = 10.0
-                 ) -> None:
+    def __init__(self, settings: Provider, max_connections: int, connect_s: float = 10.0,
+                 headers: dict[str, str] | None = None) -> None:
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_s,
                                               sock_read=settings.ai_idle_timeout_s)
-        self._headers = {"Accept": "text/event-stream, application/json",
+        self._headers = {**(headers or {}),  # a provider's own (PROVIDERS_FILE)
+                         "Accept": "text/event-stream, application/json",
                          "Content-Type": "application/json"}
         if settings.ai_api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.ai_api_key.get()}"
@@ -161,8 +163,8 @@ async def complete(client: ProviderClient, settings: Provider, payload: dict[str
         raise ProviderError(f"no complete answer within {settings.ai_timeout_s:g} s",
                             code="timeout", retryable=True) from None
     except aiohttp.ClientError as exc:
-        raise ProviderError(f"connection to the provider failed: {type(exc).__name__}",
-                            code="connection_error", retryable=True) from None
+        raise ProviderError(connection_failure(exc, url), code="connection_error",
+                            retryable=True) from None
 
 
 # A body under another content type is a stream when it starts as one: the fields of SSE, or

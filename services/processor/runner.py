@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from services.processor import telemetry
+from services.processor import routing, telemetry
 from services.processor.ai_status import ProviderStatus
 from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.deadlines import deadline_error
-from services.processor.governor import DeadlineExceeded, Governor, is_rate_limit
+from services.processor.governor import Call, DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion
 from shared import deadlines, logs, metrics, tasks
@@ -90,12 +90,13 @@ class RunDeps:
     """What a task run uses, and nothing more."""
     steps: Steps
     store: Store
-    call: telemetry.CallProvider
+    call: routing.CallRoute
     leases: LeaseKeeper
     status: ProviderStatus
     policy: RunPolicy
     processor: str
     governor: Governor
+    router: routing.Router
 
 
 @dataclass(slots=True)
@@ -148,8 +149,8 @@ class Partial:
 class TaskRun:
     # One per task in flight: slots, not a __dict__ (~200 B less each).
     __slots__ = ("_job", "_resync", "_unsent", "attempts", "batch_id", "deadline_at", "deps",
-                 "entry", "lease", "partial", "request", "started", "status", "stop_reason",
-                 "task_id", "token", "usage")
+                 "entry", "lease", "partial", "request", "routes", "started", "status",
+                 "stop_reason", "task_id", "token", "usage")
 
     def __init__(self, deps: RunDeps, task_id: str, batch_id: str,
                  entry: BatchEntry | None = None) -> None:
@@ -168,6 +169,7 @@ class TaskRun:
         self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
         self.request: dict[str, Any] | None = None  # parsed once, for the call and the view
+        self.routes = routing.TaskRoutes()  # where its calls went, and where the next goes
 
     # --- entry point --------------------------------------------------------------------------
     # The calls from here to the provider's read are the frames every answer in flight holds
@@ -268,11 +270,14 @@ class TaskRun:
                     # refusal just paced, has room; it keeps its place in its tenant's line.
                     log.info("rate_limited", task_id=self.task_id, status=err.status)
                     return await self._requeue()
-                if not err.retryable:
+                # Another route may not share the failure: the next attempt goes there at once.
+                moved = self.routes.move_on(err)
+                if not err.retryable and not moved:
                     break
                 log.info("attempt_failed", task_id=self.task_id, attempt=attempts,
-                         status=err.status, code=err.code)
-                if attempts < policy.max_attempts:
+                         status=err.status, code=err.code, provider=self.routes.last_provider,
+                         next_route=moved)
+                if attempts < policy.max_attempts and not moved:
                     try:
                         await self._interruptible(asyncio.sleep(self.backoff(attempts, err)))
                     except _Stop:
@@ -294,11 +299,32 @@ class TaskRun:
             if not hold:
                 await self._send_events()
 
-        async with self.deps.governor.call(self.task_id, request, self.deadline_at) as call:
-            completion = await self.deps.call(request, on_deltas, call.observe, partial.answer)
+        targets = self.routes.choose(self.deps.router, request)
+        async with self.deps.governor.call(self.task_id, request, self.deadline_at,
+                                           targets) as call:
+            began = now_ms()
+            try:
+                completion = await self.deps.call(call, request, on_deltas, partial.answer)
+            except BaseException as exc:
+                await self._tried(call, began, exc)
+                raise
+            await self._tried(call, began, None)
             call.used(completion.usage)
         await self.deps.status.note(streamed=completion.streamed)
         return completion
+
+    async def _tried(self, call: Call, began: int, exc: BaseException | None) -> None:
+        """Note the call (provider, route model, processor, times, status, error); one that
+        failed goes to the task's hash at once, for whoever runs the task next."""
+        entry = self.routes.tried(call.target, self.deps.processor, began, now_ms(), exc)
+        if exc is None or self.lease is None or isinstance(exc, asyncio.CancelledError):
+            return
+        try:
+            await self.deps.steps.note_try(self.task_id, self.lease.token, orjson.dumps(entry))
+        except WAIT_OUT:
+            pass  # a note: the task goes on without it
+        else:
+            self.routes.noted = True
 
     async def _send_events(self, *, wait: bool = False) -> None:
         """Append the deltas Redis has not taken yet. While Redis is unreachable the answer
@@ -417,6 +443,8 @@ class TaskRun:
             log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
         completed = now_ms()
+        tries = await self._all_tries(h)
+        answered = self.routes.answered if done else None
         row = TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=status, model=h.get("model"),
             request=h["request"], content=content, reasoning_content=reasoning,
@@ -426,7 +454,10 @@ class TaskRun:
             error=orjson.dumps(error).decode() if error else None,
             batch_id=h.get("batch_id") or self.batch_id, processor=self.deps.processor,
             fence=lease.fence, created_at=int(h["created_at"]),
-            started_at=int(h.get("started_at") or completed), completed_at=completed)
+            started_at=int(h.get("started_at") or completed), completed_at=completed,
+            provider=answered.name if answered else None,
+            provider_model=answered.route.model if answered else None,
+            tries=orjson.dumps(tries).decode() if tries else None)
         saved = await self._save(row, h)
         if not saved:
             log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
@@ -442,14 +473,27 @@ class TaskRun:
             result = tasks.result_dict(content, reasoning, finish, usage)
             if refusal:
                 result["refusal"] = refusal
+            routing.answered_by(result, self.routes.answered)
         view = tasks.terminal_view(h, status=status, attempts=attempts, result=result,
                                    error=error, started_at=row.started_at or completed,
                                    completed_at=completed, batch_id=row.batch_id,
-                                   request=self.request)
-        if not await self._complete(status, result, error, view, completed):
+                                   request=self.request, tries=tries)
+        if not await self._complete(status, result, error, view, completed, tries):
             return Outcome.LOST
         self.status = status
         return Outcome.DONE
+
+    async def _all_tries(self, h: dict[str, str]) -> list[dict[str, Any]]:
+        """Every provider call of the task: those noted in its hash (earlier runs', and this
+        one's failures) and this run's last. Read only when there may be earlier ones."""
+        earlier: list[dict[str, Any]] = []
+        if self.routes.noted or self.attempts > 1 or h.get("requeues"):
+            steps = self.deps.steps
+            raw = await until_redis_answers(
+                lambda: steps.redis.hget(steps.keys.task(self.task_id), "tries"),  # type: ignore[arg-type, return-value]
+                "tries", task_id=self.task_id)
+            earlier = orjson.loads(raw) if raw else []
+        return routing.merge_tries(earlier, self.routes.log)
 
     async def _save(self, row: TaskRow, h: dict[str, str]) -> bool | None:
         """Store the row (and the task's Idempotency-Key, should the edge have failed to),
@@ -507,7 +551,7 @@ class TaskRun:
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
                         error: dict[str, Any] | None, view: dict[str, Any],
-                        completed: int) -> bool:
+                        completed: int, tries: list[dict[str, Any]] | None = None) -> bool:
         lease = self.lease
         assert lease is not None
         # Deltas not sent yet (the answer's last piece) go first, in the same step.
@@ -519,7 +563,8 @@ class TaskRun:
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
             retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view),
-            events=unsent, ack_entry=ack), "complete", task_id=self.task_id)
+            events=unsent, ack_entry=ack, tries_json=orjson.dumps(tries) if tries else ""),
+            "complete", task_id=self.task_id)
         if isinstance(done, LeaseLost):
             return False
         if entry is not None and ack:

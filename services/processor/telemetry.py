@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas, OnHeaders
@@ -18,8 +18,12 @@ from shared import metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
-# One provider call: request, deltas' handler, headers' handler, where choice 0's text goes.
-CallProvider = Callable[[dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
+if TYPE_CHECKING:
+    from services.processor.routing import Target
+
+# One provider call: its route, request, deltas' handler, headers' handler, where choice 0's
+# text goes.
+CallProvider = Callable[["Target", dict[str, Any], OnDeltas, OnHeaders, ChoiceText],
                         Awaitable[Completion]]
 
 
@@ -70,8 +74,8 @@ def finished(status: str | None) -> None:
 def observed(call: CallProvider) -> CallProvider:
     """``call`` with its figures: status code, first token, gaps between pieces, tokens."""
 
-    async def run(request: dict[str, Any], on_deltas: OnDeltas, on_headers: OnHeaders,
-                  answer: ChoiceText) -> Completion:
+    async def run(target: Target, request: dict[str, Any], on_deltas: OnDeltas,
+                  on_headers: OnHeaders, answer: ChoiceText) -> Completion:
         facts = _facts.get()
         if facts is not None:
             if facts.calls or facts.attempted_before:
@@ -96,7 +100,7 @@ def observed(call: CallProvider) -> CallProvider:
         span = _genai_span(request, facts) if tracing.enabled() else None
         metrics.provider_in_flight.inc()
         try:
-            completion = await call(request, timed, on_headers, answer)
+            completion = await call(target, request, timed, on_headers, answer)
         except ProviderError as err:
             _count_error(err)
             tracing.end(span, err.code or (f"http_{err.status}" if err.status else "error"))

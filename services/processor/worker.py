@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from redis.asyncio.client import PubSub
 
-from services.processor import provider, telemetry
+from services.processor import provider, routing, telemetry
 from services.processor.ai_status import ProviderStatus
+from services.processor.breakers import Breakers
 from services.processor.deadlines import SWEEP_S, DeadlineSweeper
 from services.processor.governor import Governor
 from services.processor.leases import LeaseKeeper
@@ -27,6 +29,7 @@ from services.processor.runner import (
 )
 from services.processor.settings import ProcessorSettings
 from shared import groups, logs, metrics
+from shared.governor import BreakerPolicy, GovernorSteps
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import cancel_if_asked, forever, sleep_unless, until_redis_answers
 from shared.redis_conn import UNAVAILABLE, WAIT_OUT, RedisClient
@@ -42,27 +45,35 @@ BURST_POLL_S = 0.01  # in burst mode: the run ends a few ms after its work does
 
 class Processor:
     def __init__(self, settings: ProcessorSettings, redis: RedisClient, store: Store,
-                 http: provider.ProviderClient) -> None:
+                 http: routing.Router) -> None:
         self.settings, self.redis, self.store, self.http = settings, redis, store, http
         self.name = settings.name
         self.keys = Keys(settings.common.redis_prefix)
         self.steps = Steps(redis, self.keys)
         pv = settings.provider
+        self.router = http
+        b = settings.breaker
+        self.breakers = Breakers(
+            GovernorSteps(redis, self.keys, settings.limits),
+            BreakerPolicy(b.failures, int(b.cooldown_s * 1000), int(b.max_cooldown_s * 1000),
+                          probe_ms=int(min(pv.ai_timeout_s, 60.0) * 1000)),
+            http.names)
         self.governor = Governor(
             redis, self.keys, name=self.name, enabled=settings.governor, limits=settings.limits,
             lease_ms=settings.batching.lock_ttl_ms, base_url=pv.ai_base_url.get(),
             api_key=pv.ai_api_key.get() if pv.ai_api_key else None, model=pv.ai_model,
             on_change=self._room_changed,
-            retry_after_cap_s=settings.retry_after_cap_s)
+            retry_after_cap_s=settings.retry_after_cap_s, governed=http.governed(),
+            breakers=self.breakers)
         self.sweeper = DeadlineSweeper(redis, self.keys, self.governor.steps,
                                        settings.retention_s, on_expired=self._row_for_expired)
         self.leases = LeaseKeeper(redis, self.steps, self.keys, self.name,
                                   settings.batching.lock_ttl_ms)
         self.deps = RunDeps(
             steps=self.steps, store=store,
-            call=telemetry.observed(lambda request, on_deltas, on_headers, answer: (
-                provider.complete(http, settings.provider, request, on_deltas, on_headers,
-                                  answer))),
+            call=routing.route_caller(telemetry.observed(
+                lambda target, request, on_deltas, on_headers, answer: provider.complete(
+                    target.client, target.settings, request, on_deltas, on_headers, answer))),
             leases=self.leases, status=ProviderStatus(redis, self.keys),
             policy=RunPolicy(max_attempts=settings.max_attempts,
                              retry_base_s=settings.retry_base_s,
@@ -71,7 +82,7 @@ class Processor:
                              lock_ttl_ms=settings.batching.lock_ttl_ms,
                              retention_s=settings.retention_s,
                              task_deadline_s=settings.task_deadline_s),
-            processor=self.name, governor=self.governor)
+            processor=self.name, governor=self.governor, router=http)
         self.runs: dict[str, TaskRun] = {}
         self.inflight = 0
         self.room = asyncio.Event()
@@ -147,6 +158,7 @@ class Processor:
                 p.hdel(k.processors_free, self.name)
                 p.hdel(k.processors_inflight, self.name)
                 p.hdel(k.processors_room, self.name)
+                p.hdel(k.providers_seen, self.name)
                 await p.execute()
         except UNAVAILABLE:
             pass
@@ -166,6 +178,29 @@ class Processor:
     async def _heartbeat(self) -> None:
         await self._watch_store()
         await self._safe_report()
+        await self._report_providers()
+
+    async def _report_providers(self) -> None:
+        """Each provider as this processor sees it, for /api/ai-status: what the edge's own
+        environment cannot say (the edge has no provider key, and may have no AI_BASE_URL)."""
+        now, seen = now_ms(), []
+        rooms = self.governor.rooms
+        for target in self.router.governed() or []:
+            spec, breaker = target.spec, self.breakers.seen.get(target.name)
+            room = rooms.get(target.route.governor)
+            error = self.breakers.errors.get(target.name)
+            seen.append({
+                "name": spec.name, "base_url": spec.shown_url,
+                "api_key_configured": spec.api_key is not None,
+                "breaker": None if breaker is None else {
+                    "state": breaker.state, "failures": breaker.failures,
+                    "open_until": breaker.open_until or None},
+                "window": None if room is None else room.limit,
+                "in_flight": None if room is None else room.in_flight,
+                "last_error": error[0] if error else None,
+                "last_error_at": error[1] if error else None})
+        await self.redis.hset(self.keys.providers_seen, self.name,
+                              orjson.dumps({"at": now, "providers": seen}))
 
     async def _watch_store(self) -> None:
         """Is the SQLite file at STORE_PATH still the one we opened? The store refuses every
@@ -399,5 +434,7 @@ class Processor:
             await pubsub.aclose()
 
 
-def make_http(settings: ProcessorSettings) -> provider.ProviderClient:
-    return provider.make_client(settings.provider, settings.concurrency + 16)
+def make_http(settings: ProcessorSettings) -> routing.Router:
+    """The process's provider clients: one per provider (PROVIDERS_FILE), each pooled."""
+    return routing.Router(settings.routing, settings.provider, settings.limits,
+                          settings.concurrency + 16)

@@ -13,18 +13,20 @@
 -- ARGV[10] key prefix of the tenants' active sets (Keys.tenant_active(""); the tenant is read
 -- from the task hash, as batch.lua builds task keys from a prefix), ARGV[11] processors' group,
 -- ARGV[12] the batch entry to acknowledge ('' unless every other task of the batch finished),
--- ARGV[13..] pairs of (event type, JSON data): the last deltas, not sent yet, appended before
+-- ARGV[13] the task's provider calls, a JSON array ('' to leave the hash's as they are),
+-- ARGV[14..] pairs of (event type, JSON data): the last deltas, not sent yet, appended before
 -- the terminal event (what emit.lua would have done one round trip earlier, under the same
 -- lease check)
 -- Returns 1, or 0 when the lease is lost.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[i], 'd', ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'result', ARGV[3], 'error', ARGV[4],
   'completed_at', ARGV[5])
 redis.call('HDEL', KEYS[1], 'cancel')
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'tries', ARGV[13]) end
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[7], 'd', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])

@@ -21,7 +21,8 @@
 -- ARGV[6] the cap (ms) on anything the provider says to wait for (RETRY_AFTER_CAP_S),
 -- ARGV[7..] entries, each a JSON object:
 --   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
---    "pause_until": ms from Retry-After (0: none)}
+--    "pause_until": ms from Retry-After (0: none), "accepted": 1 when its accept was sent}
+--   and/or {"accept": id} (the call's first token arrived: it counts as a success now)
 --   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
 --                 "tr": remaining tokens, "ts": their reset (ms), "tl": token limit}}
 -- Returns {limit, in flight, pause until (ms, 0: none)}
@@ -101,6 +102,15 @@ local succeeded = false
 for i = 7, #ARGV do
   local e = cjson.decode(ARGV[i])
   if e.h then headers(e.h) end
+  if e.accept then
+    -- The call's first token (or byte of an answer) arrived: the provider took it, and a rate
+    -- limit comes before that. The window grows here, per time to first token, not once the
+    -- whole answer is in (a round of 5-minute answers held the window still for 5 minutes).
+    succeeded = true
+    streak, streak_set = 0, true
+    probing()
+    if inflight >= math.floor(window) then window = grow() end
+  end
   if e.slot then
     local full = inflight >= math.floor(window)
     inflight = inflight - redis.call('ZREM', slots, e.slot)
@@ -112,7 +122,7 @@ for i = 7, #ARGV do
       succeeded = true
       streak, streak_set = 0, true
       probing()
-      if full then window = grow() end
+      if full and not e.accepted then window = grow() end  -- grown at its first token
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])

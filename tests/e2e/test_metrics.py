@@ -135,8 +135,8 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
     assert value(proc, "sluice_provider_calls_in_flight") == 0
     # The provider governor (on by default) as this processor last saw it: a window, nothing
     # in flight once the work is done.
-    assert value(proc, "sluice_governor_window") >= 1
-    assert value(proc, "sluice_governor_calls_in_flight") == 0
+    assert value(proc, "sluice_governor_window", provider="default") >= 1
+    assert value(proc, "sluice_governor_calls_in_flight", provider="default") == 0
     # Histograms: one queue wait and one e2e latency per task, one first token per answer.
     assert value(proc, "sluice_queue_wait_seconds_count") == 7
     assert value(proc, "sluice_e2e_request_latency_seconds_count") == 7

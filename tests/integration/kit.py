@@ -14,7 +14,7 @@ from redis.asyncio.client import PubSub
 from harness.processes import CLIENT_TLS
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from services.processor.provider import ProviderClient
+from services.processor.routing import Router
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import groups, tasks
@@ -131,7 +131,7 @@ class Core:
     steps: Steps
     store: Store
     mock_url: str
-    _http: list[ProviderClient] = field(default_factory=list)
+    _http: list[Router] = field(default_factory=list)
 
     def env(self, **extra: str) -> Env:
         return Env({

@@ -19,7 +19,7 @@ from redis.exceptions import OutOfMemoryError
 
 from harness.processes import RedisServer
 from shared import governor
-from shared.governor import GovernorSteps, Limits
+from shared.governor import BreakerPolicy, GovernorSteps, Limits
 from shared.keys import Keys
 from shared.scripts import DIR, NAMES, source
 from shared.steps import HELD, BatchPolicy, Steps, TenantLimits
@@ -113,6 +113,7 @@ CASES = {
     "trace": Case(lambda r: queued(r, traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
                   lambda s: s.hand_on_traces({T: "00-" + "1" * 32 + "-" + "3" * 16 + "-01"}),
                   True),
+    "tried": Case(leased, lambda s: s.note_try(T, TOKEN, b'{"provider":"a"}'), False),
     # The provider governor's steps (shared/governor.py).
     "admit": Case(queued, lambda s: gov(s).admit("p", T, SLOT, NOW, 30_000, 10), False),
     "settle": Case(slot_held, lambda s: gov(s).settle(
@@ -120,6 +121,8 @@ CASES = {
     "gov_peek": Case(slot_expired, lambda s: gov(s).peek("p", NOW), True),
     "expire": Case(due, lambda s: gov(s).expire(
         T, NOW, 3600, {"code": "deadline_exceeded"}, {}), True),
+    "breaker": Case(nothing, lambda s: gov(s).breaker(
+        "p", "fail", NOW, BreakerPolicy(1, 1000, 8000, 1000), "boom"), True),
 }
 
 

@@ -62,6 +62,7 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     await begun(steps, a, "tok")
     await begun(steps, b, "tok")
     await steps.count_attempt(a, "tok")
+    await steps.note_try(a, "tok", b'{"provider":"p"}')
     await steps.emit(a, "tok", [("content", '{"delta":"x"}')])
     await steps.renew(a, "tok", 5000)
     await steps.renew_many([(a, "tok"), (b, "tok")], 5000)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -48,10 +49,13 @@ async def health(request: web.Request) -> web.Response:
             checks[name] = f"down: {type(exc).__name__}"
     failing = [n for n, v in checks.items() if v != "ok"]
     mem = await redis_memory(edge) if checks["redis"] == "ok" else {"state": "unknown"}
+    providers = await provider_health(edge) if checks["redis"] == "ok" else {}
     # A full Redis is not a down edge: reads, event streams and running tasks go on, so the
     # answer stays 200 (a 503 would make orchestrators pull or restart healthy edges, which
     # frees no memory); "degraded" and redis_memory.state say why submits get 503 queue_full.
-    degraded = mem["state"] in ("high", "full")
+    # A failing provider is not a down edge either: tasks wait for it, or go to another.
+    sick = [name for name, p in providers.items() if p["status"] != "ok"]
+    degraded = mem["state"] in ("high", "full") or bool(sick)
     body: dict[str, Any] = {
         "status": "unavailable" if failing else "degraded" if degraded else "ok",
         "checks": checks,
@@ -59,9 +63,42 @@ async def health(request: web.Request) -> web.Response:
         "auth": "open (no EDGE_API_KEYS: anyone can submit)" if edge.settings.open_access
         else "api-keys",
     }
+    if providers:
+        body["providers"] = providers
+    if sick:
+        body["failing_providers"] = sick
     if failing:
         body["failing"] = failing
     return json_response(body, 200 if not failing else 503)
+
+
+RECENT_FAILURE_MS = 60_000  # a provider whose last call failed within this is 'failing'
+
+
+async def provider_health(edge: Edge) -> dict[str, dict[str, Any]]:
+    """Each provider's breaker, as every processor shares it: ``open`` (its calls are
+    skipped), ``probing``, ``failing`` (its last calls failed, within the last minute), or
+    ``ok``; with its last error."""
+    names = list(edge.settings.routing.providers)
+    now = now_ms()
+    try:
+        async with edge.redis.pipeline(transaction=False) as p:
+            for name in names:
+                p.hmget(edge.keys.breaker(name), ["state", "failures", "error", "error_at",
+                                                  "open_until"])
+            rows = await asyncio.wait_for(p.execute(), timeout=2)
+    except Exception:  # a probe: we cannot tell
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, (state, failures, error, error_at, open_until) in zip(names, rows, strict=True):
+        recent = bool(error_at) and now - int(error_at) < RECENT_FAILURE_MS
+        status = ("open" if state == "open" else "probing" if state == "half_open"
+                  else "failing" if int(failures or 0) > 0 and recent else "ok")
+        out[name] = {"status": status, "failures_in_a_row": int(failures or 0),
+                     "open_until": iso(open_until) if state == "open" else None,
+                     "last_error": error if status != "ok" else None,
+                     "last_error_at": iso(error_at) if status != "ok" else None}
+    return out
 
 
 async def _group(redis: Any, stream: str, group: str) -> dict[str, int]:
@@ -234,7 +271,8 @@ async def ai_status(request: web.Request) -> web.Response:
         "base_url": str(p.ai_base_url),  # without a password it may carry
         "model": p.ai_model,
         "mock": await request.app[PROBE].is_mock(),
-        "api_key_configured": p.ai_api_key is not None,
+        # From the processors, which call the provider (None while none is alive).
+        "api_key_configured": await _key_configured(edge),
         "streaming": None if streaming is None else streaming == "1",
         "streaming_checked_at": iso(h.get("streaming_at")),
         "last_success_at": iso(h.get("success_at")),
@@ -242,7 +280,40 @@ async def ai_status(request: web.Request) -> web.Response:
         # may quote the request.
         **last_error(h, only),
         "timeout_s": p.ai_timeout_s,
+        # Each provider as the live processors see it (their heartbeats), never this edge's
+        # environment: the key they hold, the breaker, the window, their last error.
+        "routes": await _providers_seen(edge),
         # The governor's view of each provider (base URL, key fingerprint, model).
         "providers": [provider_view(v, only)
                       for v in await read_providers(edge.redis, edge.keys, now_ms())],
     })
+
+
+async def _providers_seen(edge: Edge) -> list[dict[str, Any]]:
+    """Each provider as the live processors last reported it, one entry per provider: the
+    processors' reports side by side (a processor started with another key says so)."""
+    now = now_ms()
+    async with edge.redis.pipeline(transaction=False) as p:
+        p.zrangebyscore(edge.keys.processors_alive, now, "+inf")
+        p.hgetall(edge.keys.providers_seen)
+        alive, seen = await p.execute()
+    out: dict[str, dict[str, Any]] = {}
+    for proc in alive:
+        raw = seen.get(proc)
+        if not raw:
+            continue
+        for entry in orjson.loads(raw)["providers"]:
+            view = out.setdefault(entry["name"], {"name": entry["name"],
+                                                  "base_url": entry["base_url"],
+                                                  "processors": {}})
+            view["processors"][proc] = {
+                **{k: v for k, v in entry.items() if k not in ("name", "base_url")},
+                "last_error_at": iso(entry.get("last_error_at"))}
+    return list(out.values())
+
+
+async def _key_configured(edge: Edge) -> bool | None:
+    """Do the live processors hold a key for every provider? None while none reports."""
+    views = await _providers_seen(edge)
+    flags = [p["api_key_configured"] for v in views for p in v["processors"].values()]
+    return all(flags) if flags else None

@@ -16,8 +16,9 @@ import orjson
 
 from services.edge.plumbing.bodies import INT_MAX, INT_MIN
 from services.edge.plumbing.errors import ApiError
-from services.edge.settings import MAX_MODEL_CHARS, EdgeSettings, valid_model_name
+from services.edge.settings import EdgeSettings
 from shared import deadlines
+from shared.providers import MAX_MODEL_CHARS, valid_model_name
 from shared.timeutil import now_ms
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})

@@ -1,0 +1,230 @@
+"""Several providers per model, in process: two real mock providers over HTTP, PROVIDERS_FILE
+routing the model to both, the real coordinator and processors in burst mode on a real Redis
+and store. A provider that fails every call is left for the next (and, once its breaker opens,
+left alone but for a probe); a provider that is full spills its work over to the next."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from services.mockai.app import create_app
+from services.mockai.limits import LimitSettings
+from services.mockai.settings import MockSettings
+from services.processor.settings import ProcessorSettings
+from services.processor.worker import Processor, make_http
+from shared import tasks
+from shared.config import Env
+from tests.integration.kit import Core
+
+pytestmark = pytest.mark.usefixtures("core")
+
+
+async def _mock(**settings: Any) -> TestServer:
+    server = TestServer(create_app(MockSettings(**{"ttft_ms": 0, "tokens_per_s": 0,
+                                                   **settings})))
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def second_mock() -> AsyncIterator[TestServer]:
+    server = await _mock()
+    yield server
+    await server.close()
+
+
+def providers_file(tmp_path: Path, a: str, b: str, *, limit: int = 0) -> str:
+    extra = f"max_concurrency = {limit}\n" if limit else ""
+    path = tmp_path / "providers.toml"
+    path.write_text(f"""
+[[provider]]
+name = "a"
+base_url = "{a}"
+{extra}
+[[provider]]
+name = "b"
+base_url = "{b}"
+{extra}
+[[model]]
+name = "mock-r1"
+routes = [{{ provider = "a", model = "mock-r1" }}, {{ provider = "b", model = "mock-r1" }}]
+""")
+    return str(path)
+
+
+def processor(core: Core, path: str, name: str = "p1", **extra: str) -> Processor:
+    env = {k: v for k, v in core.env(PROCESSOR_NAME=name, PROVIDERS_FILE=path,
+                                     BREAKER_FAILURES="3", BREAKER_COOLDOWN_S="0.2",
+                                     **extra)._env.items()
+           if k not in ("AI_BASE_URL", "AI_MODEL")}
+    settings = ProcessorSettings.from_env(Env(env))
+    http = make_http(settings)
+    core._http.append(http)
+    return Processor(settings, core.redis, core.store, http)
+
+
+async def outage(url: str, status: int) -> None:
+    async with httpx.AsyncClient() as http:
+        r = await http.post(url.removesuffix("/v1") + "/mock/outage", json={"status": status})
+        assert r.status_code == 200, r.text
+
+
+async def calls(url: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(url.removesuffix("/v1") + "/mock/requests")
+    return list(r.json()["requests"])
+
+
+async def views(core: Core, ids: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for t in ids:
+        h = await core.steps.task_hash(t)
+        out.append(orjson.loads(h["view"]) if h.get("view") else tasks.view_from_redis(h))
+    return out
+
+
+async def test_a_provider_answering_503_is_left_for_the_next(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    a, b = core.mock_url, str(second_mock.make_url("/v1"))
+    await outage(a, 503)
+    path = providers_file(tmp_path, a, b)
+    ids = [await core.submit() for _ in range(60)]
+    await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="4"))
+    done = await views(core, ids)
+    assert [v["status"] for v in done] == ["succeeded"] * 60
+    assert {v["result"]["provider"] for v in done} == {"b"}
+    assert {v["result"]["model"] for v in done} == {"mock-r1"}
+    # A handful of calls, not one per task: the breaker opened after 3 in a row. The calls on
+    # their way then fail too: at most the window of 4, and those admitted past the breaker's
+    # check while the 3rd failure was being noted (at most another window's worth).
+    failed = await calls(a)
+    assert all(c["status"] == 503 for c in failed) and 3 <= len(failed) <= 3 + 2 * 4, len(failed)
+    assert len(await calls(b)) == 60
+    # The tasks that met the outage say so, call by call.
+    met = [v for v in done if len(v["tries"]) > 1]
+    assert len(met) == len(failed)
+    for v in met:
+        first, last = v["tries"]
+        assert (first["provider"], first["status"], first["error"]["status"]) == (
+            "a", "failed", 503)
+        assert (last["provider"], last["status"], last["error"]) == ("b", "succeeded", None)
+        assert first["processor"] == last["processor"] == "p1"
+        assert v["attempts"] == 2
+    # The row says the same, once Redis has forgotten the task.
+    row = await core.store.get_task(met[0]["id"])
+    assert row is not None
+    stored = tasks.view_from_row(row)
+    assert stored["result"]["provider"] == "b" and stored["tries"] == met[0]["tries"]
+    breaker = await core.redis.hgetall(core.keys.breaker("a"))
+    assert breaker["state"] == "open" and "503" in breaker["error"]
+
+
+async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    a, b = core.mock_url, str(second_mock.make_url("/v1"))
+    await outage(a, 500)
+    path = providers_file(tmp_path, a, b)
+    first = [await core.submit() for _ in range(12)]
+    await core.burst(processor(core, path))
+    assert (await core.redis.hgetall(core.keys.breaker("a")))["state"] == "open"
+    before = len(await calls(a))
+    # Still down when its cool-down ends: one probe, refused, and a longer cool-down.
+    breaker = await core.redis.hgetall(core.keys.breaker("a"))
+    await asyncio.sleep(max(0.0, (int(breaker["open_until"]) - tasks_now()) / 1000))
+    more = [await core.submit() for _ in range(6)]
+    await core.burst(processor(core, path, "p2"))
+    assert len(await calls(a)) == before + 1  # the probe alone
+    again = await core.redis.hgetall(core.keys.breaker("a"))
+    assert again["state"] == "open" and int(again["cooldown"]) > int(breaker["cooldown"])
+    # Healed: the next probe succeeds, the breaker closes and work goes back to the first route.
+    await outage(a, 0)
+    await asyncio.sleep(max(0.0, (int(again["open_until"]) - tasks_now()) / 1000))
+    last = [await core.submit() for _ in range(6)]
+    await core.burst(processor(core, path, "p3"))
+    closed = await core.redis.hgetall(core.keys.breaker("a"))
+    assert closed["state"] == "closed" and closed["failures"] == "0"
+    # While the probe was out the others went on to b; from now on a takes them all.
+    after = [await core.submit() for _ in range(6)]
+    await core.burst(processor(core, path, "p4"))
+    done = await views(core, first + more + last + after)
+    assert all(v["status"] == "succeeded" for v in done)
+    assert "a" in {v["result"]["provider"] for v in done[-12:-6]}
+    assert {v["result"]["provider"] for v in done[-6:]} == {"a"}
+
+
+def tasks_now() -> int:
+    from shared.timeutil import now_ms
+    return now_ms()
+
+
+async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
+        core: Core, tmp_path: Path) -> None:
+    slow = {"ttft_ms": 30, "tokens_per_s": 400,
+            "limits": LimitSettings(max_concurrency=4)}  # a 5th call at once gets a 429
+    one, two = await _mock(**slow), await _mock(**slow)
+    try:
+        a, b = str(one.make_url("/v1")), str(two.make_url("/v1"))
+        path = providers_file(tmp_path, a, b, limit=4)
+        ids = [await core.submit() for _ in range(80)]
+        await core.burst(processor(core, path, PROCESSOR_CONCURRENCY="32"),
+                         processor(core, path, "p2", PROCESSOR_CONCURRENCY="32"))
+        done = await views(core, ids)
+        assert [v["status"] for v in done] == ["succeeded"] * 80
+        by = {"a": 0, "b": 0}
+        for v in done:
+            by[v["result"]["provider"]] += 1
+        assert by["a"] >= 20 and by["b"] >= 20, by  # both took a real share
+        for url in (a, b):
+            assert [c for c in await calls(url) if c["status"] == 429] == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_health_and_status_name_the_failing_provider(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    from harness.processes import free_port
+    from harness.waiting import until
+    from tests.integration.edge_client import running_edge
+
+    port = free_port()  # nothing listens there: every call is refused
+    path = providers_file(tmp_path, f"http://127.0.0.1:{port}/v1",
+                          str(second_mock.make_url("/v1")))
+    ids = [await core.submit() for _ in range(6)]
+    await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
+    assert {v["result"]["provider"] for v in await views(core, ids)} == {"b"}
+    async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
+                            STORE_URL=core.store.url, PROVIDERS_FILE=path) as edge:
+        r = await edge.client.get("/api/health")
+        health = await r.json()
+        assert r.status == 200 and health["status"] == "degraded", health
+        assert health["failing_providers"] == ["a"]
+        a = health["providers"]["a"]
+        assert a["status"] in ("open", "failing"), a  # open after 3 in a row
+        assert a["last_error"] == f"connect to 127.0.0.1:{port} refused"
+        assert health["providers"]["b"]["status"] == "ok"
+        # /api/ai-status: the providers as a live processor sees them, from its heartbeat.
+        live = processor(core, path, "p9")
+        running = asyncio.create_task(live.run())
+        try:
+            async def seen() -> list[dict[str, Any]] | None:
+                got = await (await edge.client.get("/api/ai-status")).json()
+                told = [p for v in got["routes"] for p in v["processors"].values()]
+                return got["routes"] if told and all(p["breaker"] for p in told) else None
+            routes = await until(seen, 10, "the processor's report")
+            by = {v["name"]: v for v in routes}
+            assert set(by) == {"a", "b"}
+            assert by["a"]["processors"]["p9"]["breaker"]["state"] == (
+                "open" if a["status"] == "open" else "closed")
+            assert by["a"]["processors"]["p9"]["api_key_configured"] is False
+        finally:
+            live.stop()
+            await running
