@@ -35,6 +35,11 @@ class MockSettings:
     model: str = "mock-r1"
     # None = no auth; the mock is the default provider and must work without a key.
     api_key: Secret[str] | None = None
+    # MOCKAI_RECORD_BODIES: keep every request's body in its record (GET /mock/requests).
+    record_bodies: bool = False
+    # MOCKAI_REJECT_PARAMS: top-level fields answered with a 400 naming the field, as a provider
+    # answers a parameter it does not support.
+    reject_params: tuple[str, ...] = ()
     # Provider limit modes (off by default): see limits.py.
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -55,6 +60,9 @@ class MockSettings:
             model=e.text("MOCKAI_MODEL", d.model),
             # Not stripped like the others: a key is compared byte for byte.
             api_key=Secret(environ["MOCKAI_API_KEY"]) if environ.get("MOCKAI_API_KEY") else None,
+            record_bodies=e.flag("MOCKAI_RECORD_BODIES", d.record_bodies),
+            reject_params=tuple(p.strip() for p in e.text("MOCKAI_REJECT_PARAMS", "").split(",")
+                                if p.strip()),
             limits=_limits(e),
         )
 
