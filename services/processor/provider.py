@@ -97,14 +97,31 @@ def make_client(settings: Provider, max_connections: int) -> ProviderClient:
     return ProviderClient(settings, max_connections)
 
 
+# The request's members Sluice keeps to itself; ``stream`` and ``stream_options`` are set anew.
+OWNED = frozenset({"deadline", "priority", "provider_options", "stream", "stream_options",
+                   "prompt"})
+
+
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
-    body = dict(payload)
-    body.pop("deadline", None)  # ours: when to give up waiting, not the provider's business
-    body.pop("priority", None)  # ours: the order tasks leave the queue in
+    """The provider's request: the client's, less what Sluice owns, every other member as the
+    client sent it; then ``provider_options``, AI_EXTRA_BODY's members the request did not
+    set, AI_DROP_PARAMS removed. Always streamed, with usage asked for (a provider that still
+    reports none leaves it null: see the runner)."""
+    body = {k: v for k, v in payload.items() if k not in OWNED}
+    options = payload.get("provider_options")
+    if options:
+        body.update(options)
+    if settings.extra_body is not None:
+        for key, value in settings.extra_body.get().items():
+            body.setdefault(key, value)
     if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
+    given = payload.get("stream_options")
     body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    body["stream_options"] = ({**given, "include_usage": True} if isinstance(given, dict)
+                              else {"include_usage": True})
+    for name in settings.drop_params:
+        body.pop(name, None)
     return orjson.dumps(body)
 
 

@@ -105,12 +105,23 @@ async def test_integers_are_kept_exactly_or_refused(edge: EdgeUnderTest, path: s
     r = await post(edge, path, b'{"messages": [{"role": "user", "content": "x"}], '
                                b'"max_tokens": 100000000000000000000}')
     assert r.status == 422
-    # A member that is dropped is not looked at (the /v1 route ignores unknown members).
-    r = await post(edge, "/v1/chat/completions",
-                   b'{"messages": [{"role": "user", "content": "x", "extra": '
-                   b'99999999999999999999}], "stream": true, "seed": 99999999999999999999}')
-    assert r.status == 200
+    # Every member is forwarded, so every member is held to the same rule: kept exactly...
+    r = await post(edge, path, b'{"messages": [{"role": "user", "content": "x", "extra": '
+                               b'18446744073709551615}], "seed": -9223372036854775808, '
+                               b'"stream": true}')
+    assert r.status in (200, 202)
+    task_id = r.headers.get("X-Sluice-Task-Id") or (await r.json())["id"]
     r.close()
+    stored = await stored_request(edge, task_id)
+    assert (stored["seed"], stored["messages"][0]["extra"]) == (-(1 << 63), (1 << 64) - 1)
+    # ... or refused, naming where.
+    for data, field in ((b'{"messages": [{"role": "user", "content": "x", "extra": '
+                         b'99999999999999999999}]}', "messages[0].extra"),
+                        (b'{"messages": [{"role": "user", "content": "x"}], '
+                         b'"seed": 99999999999999999999}', "seed")):
+        r = await post(edge, path, data)
+        err = (await r.json())["error"]
+        assert r.status == 422 and (err.get("field") or err.get("param")) == field, err
 
 
 TOOL_CONVERSATION = [

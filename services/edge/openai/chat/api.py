@@ -142,28 +142,13 @@ def _error_event(code: str, message: str) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise ApiError(422, "invalid_request", "stream: must be a boolean", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(422, "invalid_request", "stream_options: must be an object",
-                       param="stream_options")
-    include_usage = (options or {}).get("include_usage")
-    if include_usage is not None and not isinstance(include_usage, bool):
-        raise ApiError(422, "invalid_request", "stream_options.include_usage: must be a "
-                       "boolean", param="stream_options.include_usage")
-    return bool(stream), bool(include_usage)
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     edge = edge_of(request)
     key = idempotency_key(request)
     body = await read_json(request, edge.settings)
     req = parse_task(body, edge.settings, openai=True,
                      priority_header=request.headers.get(PRIORITY_HEADER))
-    stream, include_usage = _stream_options(body)
+    stream, include_usage = req.stream, req.include_usage
     tenant = tenant_of(request)
     sub = await service.submit(edge, tenant, req, key)
     request[TASK_ID_KEY] = sub.id
