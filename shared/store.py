@@ -52,6 +52,9 @@ class TaskRow:
     created_at: int
     started_at: int | None
     completed_at: int | None
+    # JSON: what the result holds beyond the columns above (tool calls, logprobs, refusal,
+    # system fingerprint, every choice when n > 1, usage details): tasks.stored_extras.
+    result_extra: str | None = None
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -241,6 +242,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "message": f"Unrecognized request argument supplied: {refused}",
             "type": "invalid_request_error", "param": refused, "code": None}}), 400, headers)
 
+    if req.mock.replay is not None:
+        return _replay(settings, rec, req.mock.replay, headers)
+
     try:
         header = request.headers.get("X-Mock-Fault")
         fault: Fault | None = None
@@ -302,6 +306,21 @@ async def _answer(
     if stream:
         return await _SseStream(request, rec, plan, fault).run(headers)
     return await _respond_json(request, rec, plan, fault, headers)
+
+
+def _replay(settings: MockSettings, rec: RequestRecord, name: str,
+            headers: dict[str, str]) -> web.Response:
+    """A captured answer, byte for byte: ``.sse`` files as a stream, others as JSON."""
+    folder = settings.replay_dir
+    path = Path(folder, name) if folder else None
+    if path is None or "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+        rec.finish("rejected", 400)
+        return _json(error_body(f"metadata.mock.replay: no file {name!r} in MOCKAI_REPLAY_DIR"),
+                     400, headers)
+    rec.stream = name.endswith(".sse")
+    rec.finish("completed")
+    return web.Response(body=path.read_bytes(), headers=headers, content_type=(
+        "text/event-stream" if rec.stream else "application/json"))
 
 
 def _limit_refusal(

@@ -61,7 +61,7 @@ def status_error_defaults(status: int) -> tuple[str, str | None]:
 _MOCK_KEYS = frozenset(
     {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag", "vary",
      "keepalive_s", "record", "tool_arguments", "tool_calls", "split", "refusal", "usage",
-     "reject"}
+     "reject", "replay"}
 )
 MAX_N = 128  # OpenAI's own bound on `n`
 MAX_TOP_LOGPROBS = 20
@@ -95,6 +95,9 @@ class MockOptions:
     # Refuse a request that carries any of these top-level fields with a 400 naming it, as a
     # provider answers a parameter it does not support.
     reject: tuple[str, ...] = ()
+    # A file of MOCKAI_REPLAY_DIR (a captured provider stream, e.g. the SSE corpus) answered
+    # byte for byte instead of a made-up answer.
+    replay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,7 @@ def _parse_mock(metadata: object) -> MockOptions:
     for flag in ("record", "usage"):
         if not isinstance(mock.get(flag, True), bool):
             raise RequestError(f"metadata.mock.{flag} must be a boolean")
-    for text in ("tool_arguments", "refusal"):
+    for text in ("tool_arguments", "refusal", "replay"):
         if mock.get(text) is not None and not isinstance(mock[text], str):
             raise RequestError(f"metadata.mock.{text} must be a string")
     reject = mock.get("reject") or []
@@ -189,6 +192,7 @@ def _parse_mock(metadata: object) -> MockOptions:
         refusal=mock.get("refusal"),
         usage=mock.get("usage") is not False,
         reject=tuple(reject),
+        replay=mock.get("replay"),
     )
 
 

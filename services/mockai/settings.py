@@ -40,6 +40,8 @@ class MockSettings:
     # MOCKAI_REJECT_PARAMS: top-level fields answered with a 400 naming the field, as a provider
     # answers a parameter it does not support.
     reject_params: tuple[str, ...] = ()
+    # MOCKAI_REPLAY_DIR: the folder metadata.mock.replay names files of (none: replay is off).
+    replay_dir: str | None = None
     # Provider limit modes (off by default): see limits.py.
     limits: LimitSettings = field(default_factory=LimitSettings)
 
@@ -63,6 +65,7 @@ class MockSettings:
             record_bodies=e.flag("MOCKAI_RECORD_BODIES", d.record_bodies),
             reject_params=tuple(p.strip() for p in e.text("MOCKAI_REJECT_PARAMS", "").split(",")
                                 if p.strip()),
+            replay_dir=e.optional("MOCKAI_REPLAY_DIR"),
             limits=_limits(e),
         )
 
