@@ -363,3 +363,31 @@ async def test_the_corpus_tool_calls_reach_the_sdk_as_captured(replaying: BatchR
                   for c in final.choices[0].message.tool_calls or [])
     assert calls == EXPECTED[name].tools
     assert final.choices[0].finish_reason == EXPECTED[name].finish
+
+
+# --- privacy -------------------------------------------------------------------------------------
+SECRET_ARGS = '{"api_key": "sk-live-in-tool-args-31337"}'
+SECRET_IMAGE = "data:image/png;base64,U0VDUkVUSU1BR0VEQVRBLTQ0NA=="
+
+
+@pytest.mark.first_store_only
+async def test_logs_hold_no_tool_arguments_images_or_extras_and_the_dashboard_hides_them(
+        rig: BatchRig, capsys: pytest.CaptureFixture[str]) -> None:
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": SECRET_IMAGE}}]}]
+    final, task_id = await answer(rig, True, model="mock-r1", messages=messages, tools=TOOLS,
+                                  metadata=tagged("private", tool_arguments=SECRET_ARGS),
+                                  extra_body={"provider_secret": "extra-secret-5150"})
+    assert (final.choices[0].message.tool_calls or [])[0].function.arguments == SECRET_ARGS
+    await _settle(rig, task_id)
+    async with await http(rig) as client:
+        page = (await client.get(f"/api/admin/tasks/{task_id}")).json()
+    assert page["result"]["tool_calls"][0]["function"]["arguments"] != SECRET_ARGS
+    assert SECRET_ARGS.encode() not in orjson.dumps(page)
+    assert "request" not in page
+    out = capsys.readouterr()
+    assert task_id in out.out + out.err  # the logs are captured here: their task lines
+    for secret in (SECRET_ARGS, "sk-live-in-tool-args", "U0VDUkVUSU1BR0VEQVRB",
+                   "extra-secret-5150"):
+        assert secret not in out.out + out.err

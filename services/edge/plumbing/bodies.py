@@ -134,15 +134,15 @@ def _bad_coding(message: str) -> ApiError:
 
 
 def loads(body: bytes) -> Any:
-    """The body as JSON. Every member is kept and forwarded, so an integer beyond 64 bits
-    anywhere in it is refused (orjson would read it as a float, silently changing it, and
-    cannot write it back)."""
+    """The body as JSON. ``metadata`` is the one free-form member Sluice keeps: an integer
+    beyond 64 bits there is refused (orjson would read it as a float, silently changing it,
+    and cannot write it back). Members that are dropped are not looked at."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         _refuse_wide_ints(body)  # orjson refuses an integer beyond a double's range outright
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-    if isinstance(value, dict):
+    if isinstance(value, dict) and isinstance(value.get("metadata"), dict | list):
         _refuse_wide_ints(body)
     return value
 
@@ -154,10 +154,7 @@ def _refuse_wide_ints(body: bytes) -> None:
         exact = json.loads(body, parse_int=_exact_int)
     except (ValueError, RecursionError):
         return  # not JSON to the standard library either: the caller's answer stands
-    wide = None
-    if isinstance(exact, dict):
-        wide = next((w for key, member in exact.items()
-                     if (w := _wide_int(member, key)) is not None), None)
+    wide = _wide_int(exact.get("metadata"), "metadata") if isinstance(exact, dict) else None
     if wide is not None:
         raise ApiError(422, "invalid_request", f"{wide}: an integer beyond 64 bits (from "
                        f"{INT_MIN} to {INT_MAX}) would not be kept exactly", param=wide)
