@@ -7,6 +7,7 @@ one-line message and exit status 2 (Starlette's ``Config`` does the same).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -314,6 +315,11 @@ class Provider:
     ai_idle_timeout_s: float
     ai_max_line_bytes: int
     forward_metadata: bool
+    # AI_DROP_PARAMS: members removed from every call, for a provider that refuses them.
+    drop_params: frozenset[str] = frozenset()
+    # AI_EXTRA_BODY: members every call gets unless the request sets them itself (a secret: an
+    # extra may carry a credential).
+    extra_body: Secret[dict[str, Any]] | None = None
 
     @classmethod
     def from_env(cls, env: Env, *, model_required: bool = True) -> Provider:
@@ -338,6 +344,9 @@ class Provider:
             # 1 MiB: see services.processor.sse.MAX_LINE_BYTES.
             ai_max_line_bytes=env.integer("AI_MAX_LINE_BYTES", 1 << 20, min_value=1024),
             forward_metadata=env.flag("AI_FORWARD_METADATA", base is None),
+            drop_params=frozenset(p.strip() for p in env.text("AI_DROP_PARAMS", "").split(",")
+                                  if p.strip()),
+            extra_body=_extra_body(env.optional("AI_EXTRA_BODY")),
         )
 
 
@@ -403,3 +412,22 @@ def redis_overrides() -> RedisOverrides:
     if _redis_overrides is None:
         _redis_overrides = RedisOverrides.from_env(Env())
     return _redis_overrides
+
+
+# What AI_EXTRA_BODY may not set: what Sluice decides for every call.
+RESERVED_BODY = frozenset({"model", "messages", "stream", "stream_options"})
+
+
+def _extra_body(raw: str | None) -> Secret[dict[str, Any]] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:  # the value is not quoted: it may hold a credential
+        raise ConfigError("AI_EXTRA_BODY: must be a JSON object (it is not JSON)") from None
+    if not isinstance(value, dict):
+        raise ConfigError("AI_EXTRA_BODY: must be a JSON object")
+    reserved = sorted(RESERVED_BODY.intersection(value))
+    if reserved:
+        raise ConfigError(f"AI_EXTRA_BODY: {reserved[0]!r} is Sluice's to set")
+    return Secret(value) if value else None

@@ -61,6 +61,9 @@ class TaskRow:
     provider: str | None = None  # who answered (PROVIDERS_FILE's name; 'default' without)
     provider_model: str | None = None  # the model it was asked for
     tries: str | None = None  # every provider call, a JSON array (runner.TaskRoutes.tried)
+    # JSON: what the result holds beyond the columns above (tool calls, logprobs, refusal,
+    # system fingerprint, every choice when n > 1, usage details): tasks.stored_extras.
+    result_extra: str | None = None
 
 
 @dataclass(slots=True)

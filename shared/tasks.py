@@ -79,6 +79,8 @@ def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
     if row["status"] == SUCCEEDED or row.get("content") or row.get("reasoning_content"):
         result = result_dict(row.get("content") or "", row.get("reasoning_content") or "",
                              row.get("finish_reason"), _usage_from_row(row))
+        if row.get("result_extra"):  # tool calls, logprobs, choices, usage details...
+            result.update(orjson.loads(row["result_extra"]))
         if row.get("provider"):  # who answered (rows from before have no such column set)
             result["provider"], result["model"] = row["provider"], row.get("provider_model")
     return {
@@ -98,13 +100,28 @@ def view_from_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_dict(content: str, reasoning: str, finish_reason: str | None,
-                usage: dict[str, int] | None) -> dict[str, Any]:
+                usage: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "content": content,
         "reasoning_content": reasoning,
         "finish_reason": finish_reason,
         "usage": usage,
     }
+
+
+# The result's members its store row keeps in columns of their own.
+_RESULT_COLUMNS = frozenset({"content", "reasoning_content", "finish_reason"})
+_USAGE_COUNTS = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
+
+
+def stored_extras(result: dict[str, Any]) -> str | None:
+    """The JSON a store row keeps of ``result`` beyond its columns (``result_extra``): tool
+    calls, logprobs, refusal, fingerprint, every choice, and usage when it has details."""
+    extras = {k: v for k, v in result.items() if k not in _RESULT_COLUMNS and k != "usage"}
+    usage = result.get("usage")
+    if isinstance(usage, dict) and not _USAGE_COUNTS.issuperset(usage):
+        extras["usage"] = usage
+    return orjson.dumps(extras).decode() if extras else None
 
 
 def _usage_from_row(row: dict[str, Any]) -> dict[str, int] | None:

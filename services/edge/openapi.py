@@ -23,14 +23,17 @@ from services.edge.openai.responses import openapi as openapi_responses
 from services.edge.plumbing.bodies import INT_MAX, INT_MIN
 from services.edge.settings import EdgeSettings
 from services.edge.tasks.validation import (
+    CHAT_FIELDS,
     FLEX_PRIORITY,
     MAX_ID_CHARS,
     MAX_METADATA_DEPTH,
+    MAX_N,
     MAX_TOOL_CALLS,
     PRIORITY_HEADER,
     PRIORITY_HEADER_PATTERN,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    PROVIDER_OPTIONS_RESERVED,
     ROLES,
 )
 from services.edge.tasks.views import IDEMPOTENCY_KEY_PATTERN, json_response
@@ -108,18 +111,21 @@ def json_ok(description: str, schema: Schema, headers: dict[str, Any] | None = N
 # --- request bodies -------------------------------------------------------------------------
 def _message(s: EdgeSettings) -> Schema:
     text = {"type": "string", "maxLength": s.max_text_chars}
-    part = obj(["type", "text"], {"type": {"const": "text"}, "text": text})
+    # Parts of any type (text, image_url, input_audio, file, ...), forwarded as given.
+    part = {"anyOf": [obj(["type", "text"], {"type": {"const": "text"}, "text": STR}),
+                      obj(["type"], {"type": {"type": "string", "not": {"const": "text"}}})]}
     content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": part}]}
     name64 = {"type": "string", "minLength": 1, "maxLength": 64}
     call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
     calls = {"type": "array", "minItems": 1, "maxItems": MAX_TOOL_CALLS,
-             "items": obj(["id", "type", "function"], {
+             "items": {"anyOf": [obj(["id", "type", "function"], {
                  "id": call_id, "type": {"const": "function"},
                  "function": obj(["name", "arguments"], {
                      "name": name64,
-                     "arguments": {"type": "string", "description": "JSON text"}})})}
+                     "arguments": {"type": "string", "description": "JSON text"}})}),
+                 obj(["id", "type"], {"id": call_id, "type": {"const": "custom"}})]}}
     null = {"type": "null"}
-    others = sorted(ROLES - {"tool"})
+    others = sorted(ROLES - {"tool", "assistant"})
     # One branch per kind of message: a tool's answer names its call; an assistant's message
     # may carry tool calls (then its content may be null); any other has content.
     return {**obj(["role"], {
@@ -128,14 +134,16 @@ def _message(s: EdgeSettings) -> Schema:
         "name": nullable(name64),
         "tool_calls": nullable(calls),
         "tool_call_id": nullable(call_id),
-    }, description="OpenAI's message: name, tool_calls (assistant) and tool_call_id (tool) "
-                   "are forwarded; other members are accepted and not forwarded."),
+    }, description="OpenAI's message. Every member is forwarded as given (reasoning_content, "
+                   "refusal, DeepSeek's prefix...); these are the ones Sluice checks."),
         "anyOf": [
             obj(["role", "content", "tool_call_id"], {
                 "role": {"const": "tool"}, "content": content, "tool_call_id": call_id,
                 "tool_calls": null}),
             obj(["role", "tool_calls"], {
                 "role": {"const": "assistant"}, "tool_calls": calls, "tool_call_id": null}),
+            obj(["role", "content"], {
+                "role": {"const": "assistant"}, "content": content, "tool_call_id": null}),
             obj(["role", "content"], {
                 "role": {"enum": others}, "content": content, "tool_calls": null,
                 "tool_call_id": null})]}
@@ -173,7 +181,32 @@ def _sampling(s: EdgeSettings) -> dict[str, Schema]:
                            "worth the coordinators' PRIORITY_AGING_S of waiting, so a high "
                            "number delays a task but never starves it. Not sent to the "
                            "provider"}),
+        "max_completion_tokens": nullable({"type": "integer", "minimum": 1,
+                                           "maximum": s.max_tokens_limit}),
+        "n": nullable({"type": "integer", "minimum": 1, "maximum": MAX_N,
+                       "description": "every choice is relayed and stored"}),
+        "stream": nullable(BOOL),
+        "stream_options": nullable({"type": "object",
+                                    "properties": {"include_usage": nullable(BOOL)}}),
+        "service_tier": nullable({"type": "string", "description": f'"flex": priority '
+                                  f"{FLEX_PRIORITY} unless a priority is given (/v1). "
+                                  "Forwarded"}),
+        "provider_options": nullable({
+            "type": "object", "description": "merged into the provider's request: a "
+            "provider's own parameters (top_k, enable_thinking, ...); may not set "
+            + ", ".join(sorted(PROVIDER_OPTIONS_RESERVED)) + ". Not sent as itself",
+            "propertyNames": {"not": {"enum": sorted(PROVIDER_OPTIONS_RESERVED)}}}),
+        # Every other documented Chat Completions field: forwarded as given, checked by the
+        # provider (a refusal comes back as the provider's own 400).
+        **{name: {"description": "forwarded to the provider as given"}
+           for name in sorted(CHAT_FIELDS - _CHECKED)},
     }
+
+
+# The fields whose schema Sluice states above (the rest of CHAT_FIELDS pass through).
+_CHECKED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+                      "top_p", "stop", "metadata", "n", "stream", "stream_options",
+                      "service_tier"})
 
 
 def _task_request(s: EdgeSettings) -> Schema:
@@ -182,22 +215,19 @@ def _task_request(s: EdgeSettings) -> Schema:
                        "description": "shorthand for one user message"}
     return {"type": "object", "properties": props, "additionalProperties": False,
             "oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}],
-            "description": "Give messages or prompt, not both. Unknown fields are refused "
-                           "(422), so a typo never silently changes what is sent."}
+            "description": "Every documented Chat Completions field, forwarded to the provider "
+                           "as given, and Sluice's own (prompt, deadline, priority, "
+                           "provider_options). Other fields are refused (422), so a typo never "
+                           "silently changes what is sent: a provider's own parameters go in "
+                           "provider_options."}
 
 
 def _chat_request(s: EdgeSettings) -> Schema:
     props = _sampling(s)
-    props["max_completion_tokens"] = props["max_tokens"]
-    props["stream"] = nullable(BOOL)
-    props["service_tier"] = nullable({"type": "string", "description": f'"flex": priority '
-                                      f"{FLEX_PRIORITY} unless a priority is given; other "
-                                      "values change nothing. Not sent to the provider"})
-    props["stream_options"] = nullable({"type": "object",
-                                        "properties": {"include_usage": nullable(BOOL)}})
     return {"type": "object", "required": ["messages"], "properties": props,
-            "description": "OpenAI's other fields (n, tools, seed, ...) are accepted and "
-                           "ignored, so unmodified SDKs keep working."}
+            "description": "Forwarded to the provider as given, less deadline, priority and "
+                           "provider_options (merged in); other members (a provider's own, "
+                           "as the SDKs' extra_body sends them) are forwarded too."}
 
 
 # Numbers within 64-bit integers' range: a wider integer would not be kept exactly.

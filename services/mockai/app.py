@@ -16,6 +16,7 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,6 +51,7 @@ from .protocol import (
     usage,
 )
 from .records import RecordStore, RequestRecord
+from .rich import RichAnswer, build
 from .settings import MockSettings
 from .text import content_tokens, reasoning_tokens
 
@@ -103,6 +105,7 @@ class Plan:
     ttft_s: float
     interval_s: float  # 0 = no pacing between tokens
     keepalive_s: float = 0.0  # `: keep-alive` comments only, before the first token
+    rich: RichAnswer | None = None  # tool calls, logprobs, n choices...: see rich.py
 
 
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -139,18 +142,26 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
     seed = req.prompt.seed
     if mock.vary:  # the request id is unique, so every call answers other words
         seed = hashlib.blake2b(seed + cid.encode(), digest_size=16).digest()
+    created, model = int(time.time()), req.model or settings.model
+    use = usage(req.prompt.words, n_reasoning, n_content)
+    rich = None
+    if req.rich:
+        rich = build(req, cid, created, model, seed, mock.content_tokens
+                     if mock.content_tokens is not None else settings.content_tokens,
+                     n_reasoning, use)
     return Plan(
         cid=cid,
-        created=int(time.time()),
-        model=req.model or settings.model,
+        created=created,
+        model=model,
         reasoning=reasoning_tokens(seed, n_reasoning),
         content=content_tokens(seed, n_content),
         finish_reason=finish_reason,
-        usage=usage(req.prompt.words, n_reasoning, n_content),
+        usage=use,
         include_usage=req.include_usage,
         ttft_s=ttft_ms / 1000.0,
         interval_s=1.0 / rate if rate > 0 else 0.0,
         keepalive_s=mock.keepalive_s or 0.0,
+        rich=rich,
     )
 
 
@@ -226,6 +237,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         rec.finish("rejected", 400)
         return _json(error_body(str(exc), code=exc.code), 400, headers)
     rec.tag = req.mock.tag
+    if req.mock.record or settings.record_bodies:
+        rec.body = req.body
+    refused = next((f for f in (*req.mock.reject, *settings.reject_params) if f in req.body),
+                   None)
+    if refused is not None:  # what OpenAI answers a parameter it does not know
+        rec.finish("rejected", 400)
+        return _json(orjson.dumps({"error": {
+            "message": f"Unrecognized request argument supplied: {refused}",
+            "type": "invalid_request_error", "param": refused, "code": None}}), 400, headers)
+
+    if req.mock.replay is not None:
+        return _replay(settings, rec, req.mock.replay, headers)
 
     try:
         header = request.headers.get("X-Mock-Fault")
@@ -290,6 +313,21 @@ async def _answer(
     if stream:
         return await _SseStream(request, rec, plan, fault).run(headers)
     return await _respond_json(request, rec, plan, fault, headers)
+
+
+def _replay(settings: MockSettings, rec: RequestRecord, name: str,
+            headers: dict[str, str]) -> web.Response:
+    """A captured answer, byte for byte: ``.sse`` files as a stream, others as JSON."""
+    folder = settings.replay_dir
+    path = Path(folder, name) if folder else None
+    if path is None or "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+        rec.finish("rejected", 400)
+        return _json(error_body(f"metadata.mock.replay: no file {name!r} in MOCKAI_REPLAY_DIR"),
+                     400, headers)
+    rec.stream = name.endswith(".sse")
+    rec.finish("completed")
+    return web.Response(body=path.read_bytes(), headers=headers, content_type=(
+        "text/event-stream" if rec.stream else "application/json"))
 
 
 def _limit_refusal(
@@ -391,6 +429,10 @@ async def _respond_json(
         rec.finish("error_status", 500)
         return _json(error_body(message, "server_error", 500), 500, headers)
 
+    if plan.rich is not None:
+        rec.finish_reason = plan.finish_reason
+        rec.finish("completed")
+        return _json(plan.rich.body, headers=headers)
     reasoning = "".join(plan.reasoning) if n_reasoning else None
     body = completion_body(
         plan.cid,
@@ -428,11 +470,14 @@ class _SseStream:
         self.enc = ChunkEncoder(plan.cid, plan.created, plan.model)
         self.n_reasoning = len(plan.reasoning)
         self.resp = web.StreamResponse()
-        self.out: list[bytes] = [self.enc.role()]  # encoded but not yet written
+        # Encoded but not yet written (a rich answer's chunks hold their own role chunks).
+        self.out: list[bytes] = [] if plan.rich is not None else [self.enc.role()]
         self.i = 0  # next token index (reasoning tokens first, then content)
         self.t0 = asyncio.get_running_loop().time() + plan.ttft_s  # deadline of token 0
 
     def _chunk(self, i: int) -> bytes:
+        if self.plan.rich is not None:
+            return self.plan.rich.chunks[i]
         if i < self.n_reasoning:
             return self.enc.reasoning(self.plan.reasoning[i])
         return self.enc.content(self.plan.content[i - self.n_reasoning])
@@ -499,6 +544,8 @@ class _SseStream:
             resp.headers["Content-Type"] = fault.content_type or ""
         resp.headers["Cache-Control"] = "no-cache"
         total = self.n_reasoning + len(plan.content)
+        if plan.rich is not None:  # its finish chunks are its last: a cut comes before them
+            total = len(plan.rich.chunks)
         stop = total
         if fault is not None and fault.kind in _POSITIONAL:
             stop = self.n_reasoning + min(fault.after, len(plan.content))
@@ -529,8 +576,9 @@ class _SseStream:
                 # Shift the schedule so the stream resumes at its normal pace.
                 self.t0 += loop.time() - stalled_at
                 await self._emit_until(total)
-            tail = [self.enc.finish(plan.finish_reason, plan.usage)]
-            if plan.include_usage:
+            tail = [] if plan.rich is not None else [self.enc.finish(plan.finish_reason,
+                                                                      plan.usage)]
+            if plan.include_usage and plan.rich is None:
                 tail.append(self.enc.usage(plan.usage))
             tail.append(DONE)
             await self._finish(tail)

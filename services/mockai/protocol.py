@@ -60,8 +60,11 @@ def status_error_defaults(status: int) -> tuple[str, str | None]:
 
 _MOCK_KEYS = frozenset(
     {"ttft_ms", "tokens_per_s", "content_tokens", "reasoning_tokens", "fault", "tag", "vary",
-     "keepalive_s"}
+     "keepalive_s", "record", "tool_arguments", "tool_calls", "split", "refusal", "usage",
+     "reject", "replay"}
 )
+MAX_N = 128  # OpenAI's own bound on `n`
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,22 @@ class MockOptions:
     # DeepSeek under load: the stream opens, then only `: keep-alive` comments for this long
     # before inference starts (on top of the TTFT).
     keepalive_s: float | None = None
+    # Keep the whole request body in its record (GET /mock/requests shows it as `body`).
+    record: bool = False
+    # Tool calls (when the request offers `tools`): the arguments each call answers (JSON text),
+    # how many calls one answer makes (parallel calls, one per tool in turn), and how many
+    # characters of arguments go in each streamed chunk.
+    tool_arguments: str | None = None
+    tool_calls: int | None = None
+    split: int | None = None
+    refusal: str | None = None  # answer this refusal instead of content
+    usage: bool = True  # False: never report usage, as llama.cpp's server does not
+    # Refuse a request that carries any of these top-level fields with a 400 naming it, as a
+    # provider answers a parameter it does not support.
+    reject: tuple[str, ...] = ()
+    # A file of MOCKAI_REPLAY_DIR (a captured provider stream, e.g. the SSE corpus) answered
+    # byte for byte instead of a made-up answer.
+    replay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +108,20 @@ class ChatRequest:
     include_usage: bool
     max_tokens: int | None
     mock: MockOptions
+    body: dict[str, Any]  # the request as received (kept in the record when asked)
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # The tool names the model may call now ([] when it must answer in text): `tools`,
+    # narrowed by `tool_choice`, and none once the last message is a tool's result.
+    tools: tuple[str, ...] = ()
+
+    @property
+    def rich(self) -> bool:
+        """Anything but one plain choice: answered by services.mockai.rich."""
+        mock = self.mock
+        return bool(self.n > 1 or self.logprobs or self.tools or mock.refusal is not None
+                    or not mock.usage)
 
 
 def _nonneg_number(obj: dict[str, Any], name: str) -> float | None:
@@ -134,6 +167,15 @@ def _parse_mock(metadata: object) -> MockOptions:
     vary = mock.get("vary", False)
     if not isinstance(vary, bool):
         raise RequestError("metadata.mock.vary must be a boolean")
+    for flag in ("record", "usage"):
+        if not isinstance(mock.get(flag, True), bool):
+            raise RequestError(f"metadata.mock.{flag} must be a boolean")
+    for text in ("tool_arguments", "refusal", "replay"):
+        if mock.get(text) is not None and not isinstance(mock[text], str):
+            raise RequestError(f"metadata.mock.{text} must be a string")
+    reject = mock.get("reject") or []
+    if not isinstance(reject, list) or not all(isinstance(r, str) for r in reject):
+        raise RequestError("metadata.mock.reject must be an array of field names")
     return MockOptions(
         ttft_ms=_nonneg_number(mock, "ttft_ms"),
         tokens_per_s=_nonneg_number(mock, "tokens_per_s"),
@@ -143,7 +185,52 @@ def _parse_mock(metadata: object) -> MockOptions:
         fault=mock.get("fault"),
         vary=vary,
         keepalive_s=_nonneg_number(mock, "keepalive_s"),
+        record=mock.get("record") is True,
+        tool_arguments=mock.get("tool_arguments"),
+        tool_calls=_count(mock, "tool_calls", 1, 16),
+        split=_count(mock, "split", 1, 1 << 20),
+        refusal=mock.get("refusal"),
+        usage=mock.get("usage") is not False,
+        reject=tuple(reject),
+        replay=mock.get("replay"),
     )
+
+
+def _count(obj: dict[str, Any], name: str, lo: int, hi: int, where: str = "metadata.mock."
+           ) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(f"'{where}{name}' must be an integer in {lo}..{hi}")
+    return value
+
+
+def _tools(body: dict[str, Any]) -> tuple[str, ...]:
+    """The functions the model may call in this answer, by name."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return ()
+    messages = body.get("messages") or []
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return ()  # the tool answered: now the model answers the user
+    names = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise RequestError(f"'tools[{i}].function.name' must be a non-empty string")
+        names.append(name)
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return ()
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if name not in names:
+            raise RequestError("'tool_choice.function.name' names no tool of the request")
+        return (name,)
+    return tuple(names)
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -189,6 +276,9 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     ):
         raise RequestError(f"'{name}' must be a positive integer")
 
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError("'logprobs' must be a boolean")
     return ChatRequest(
         model=model or None,
         prompt=prompt,
@@ -196,6 +286,11 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         include_usage=include_usage,
         max_tokens=max_tokens,
         mock=_parse_mock(body.get("metadata")),
+        body=body,
+        n=_count(body, "n", 1, MAX_N, "") or 1,
+        logprobs=bool(logprobs),
+        top_logprobs=_count(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, "") or 0,
+        tools=_tools(body),
     )
 
 
@@ -208,6 +303,7 @@ def usage(prompt_tokens: int, reasoning: int, content: int) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
 

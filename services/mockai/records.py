@@ -18,6 +18,7 @@ class RequestRecord:
     __slots__ = (
         "_content",
         "_reasoning",
+        "body",
         "content_sent",
         "disconnected",
         "disconnected_at",
@@ -41,6 +42,7 @@ class RequestRecord:
     def __init__(self, request_id: str) -> None:
         self.id = request_id
         self.tag: str | None = None
+        self.body: Any = None  # the request body, when recording was asked for
         self.fault_key: str | None = None
         self.fault: str | None = None  # kind of the fault that actually fired
         self.limit: str | None = None  # the limit that refused it (limits.py), if one did
@@ -109,6 +111,7 @@ class RequestRecord:
             "content_tokens_sent": self.content_sent,
             "reasoning": "".join(self._reasoning[: self.reasoning_sent]),
             "content": "".join(self._content[: self.content_sent]),
+            "body": self.body,
         }
 
 

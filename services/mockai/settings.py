@@ -35,6 +35,13 @@ class MockSettings:
     model: str = MOCK_MODEL
     # None = no auth; the mock is the default provider and must work without a key.
     api_key: Secret[str] | None = None
+    # MOCKAI_RECORD_BODIES: keep every request's body in its record (GET /mock/requests).
+    record_bodies: bool = False
+    # MOCKAI_REJECT_PARAMS: top-level fields answered with a 400 naming the field, as a provider
+    # answers a parameter it does not support.
+    reject_params: tuple[str, ...] = ()
+    # MOCKAI_REPLAY_DIR: the folder metadata.mock.replay names files of (none: replay is off).
+    replay_dir: str | None = None
     # Provider limit modes (off by default): see limits.py.
     limits: LimitSettings = field(default_factory=LimitSettings)
     # Every chat call answered with this status (0: none), until POST /mock/outage heals it.
@@ -57,6 +64,10 @@ class MockSettings:
             model=e.text("MOCKAI_MODEL", d.model),
             # Not stripped like the others: a key is compared byte for byte.
             api_key=_key(e.exact("MOCKAI_API_KEY", secret=True)),
+            record_bodies=e.flag("MOCKAI_RECORD_BODIES", d.record_bodies),
+            reject_params=tuple(p.strip() for p in e.text("MOCKAI_REJECT_PARAMS", "").split(",")
+                                if p.strip()),
+            replay_dir=e.optional("MOCKAI_REPLAY_DIR"),
             limits=_limits(e),
             fail_status=e.integer("MOCKAI_FAIL_STATUS", d.fail_status, min_value=0,
                                   max_value=599),

@@ -48,6 +48,7 @@ __all__ = [
     "Text",
     "ToolCall",
     "Usage",
+    "assemble_answer",
     "assemble_completion",
     "parse_error_body",
     "parse_retry_after",
@@ -96,7 +97,7 @@ _CONTEXT_LENGTH = re.compile(
 # one object per token.
 LEAF = 8
 
-DeltaKind = Literal["reasoning", "content", "refusal"]
+DeltaKind = Literal["reasoning", "content", "refusal", "choice"]
 
 
 # --- public types ------------------------------------------------------------------------------
@@ -116,6 +117,9 @@ class ChoiceResult:
     refusal: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None  # passed through as sent, unknown values included
+    # {"content": [...], "refusal": [...]} as the provider sent them, the lists of every chunk
+    # joined; None when it sent none.
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -130,7 +134,11 @@ class Usage:
 
 @dataclass(slots=True)
 class Delta:
-    """A piece of text to forward live; only for choice 0 and never empty."""
+    """A piece of the answer to forward live, never empty: choice 0's text by kind, or
+    (``choice``) the JSON text of one relayed choice delta, ``{"index", "delta",
+    "logprobs"}``, for whatever else the provider streams: tool calls (each call's ``id``,
+    ``type`` and ``name`` once, then pieces of its ``arguments``), logprobs, and every other
+    choice's text when ``n`` > 1."""
 
     kind: DeltaKind
     text: str
@@ -148,12 +156,14 @@ class ProviderError(Exception):
         type: str | None = None,
         retryable: bool = True,
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.type = type
+        self.param = param  # the request field the provider named (OpenAI's error.param)
         self.retryable = retryable
         self.retry_after = retry_after
 
@@ -178,6 +188,25 @@ class _ToolState:
         self.name = ""
         self.args = Text()
 
+    def fragment(self, index: int, known: tuple[str | None, str | None, str], args: str
+                 ) -> dict[str, Any] | None:
+        """The fragment to relay for what just arrived: the id, type and name each once (the
+        first time they are known: a client joins fragments by concatenating them, so a
+        repeated id would double), and this piece of the arguments."""
+        out: dict[str, Any] = {"index": index}
+        if self.id is not None and known[0] is None:
+            out["id"] = self.id
+        if self.type is not None and known[1] is None:
+            out["type"] = self.type
+        function: dict[str, str] = {}
+        if self.name and not known[2]:
+            function["name"] = self.name
+        if args or function:
+            function["arguments"] = args
+        if function:
+            out["function"] = function
+        return out if len(out) > 1 else None
+
 
 class ChoiceText:
     """A choice's text by kind, as it streams in. Whoever relays a stream may hand its own to
@@ -195,7 +224,7 @@ class ChoiceText:
 class _ChoiceState:
     """Text kept as lists of fragments: ``str +=`` on attributes is quadratic in CPython."""
 
-    __slots__ = ("content", "finish_reason", "reasoning", "refusal", "tools")
+    __slots__ = ("content", "finish_reason", "logprobs", "reasoning", "refusal", "tools")
 
     def __init__(self, text: ChoiceText) -> None:
         self.content = text.content
@@ -203,6 +232,18 @@ class _ChoiceState:
         self.refusal = text.refusal
         self.tools: dict[int, _ToolState] = {}
         self.finish_reason: str | None = None
+        self.logprobs: dict[str, list[Any]] | None = None
+
+    def add_logprobs(self, logprobs: dict[str, Any]) -> bool:
+        """Joins a chunk's logprobs (lists by kind); whether it carried any."""
+        carried = False
+        for kind, items in logprobs.items():
+            if isinstance(items, list) and items:
+                if self.logprobs is None:
+                    self.logprobs = {}
+                self.logprobs.setdefault(kind, []).extend(items)
+                carried = True
+        return carried
 
     def snapshot(self, index: int) -> ChoiceResult:
         return ChoiceResult(
@@ -215,6 +256,7 @@ class _ChoiceState:
                 for _, t in sorted(self.tools.items())
             ],
             finish_reason=self.finish_reason,
+            logprobs=self.logprobs,
         )
 
 
@@ -228,7 +270,7 @@ class StreamAssembler:
     """
 
     __slots__ = ("_answer", "_choices", "_first", "bad_events", "chunks", "done", "finished",
-                 "model", "usage")
+                 "model", "system_fingerprint", "usage")
 
     def __init__(self, answer: ChoiceText | None = None) -> None:
         self._answer = answer  # where choice 0's text goes (see ChoiceText); else a new one
@@ -237,9 +279,14 @@ class StreamAssembler:
         self.finished = False
         self.usage: Usage | None = None
         self.model: str | None = None
+        self.system_fingerprint: str | None = None
         self.bad_events = 0
         self.chunks = 0
         self._choices: dict[int, _ChoiceState] = {}
+
+    @property
+    def choice_count(self) -> int:
+        return len(self._choices)
 
     @property
     def choices(self) -> dict[int, ChoiceResult]:
@@ -356,6 +403,9 @@ class StreamAssembler:
             model = payload.get("model")
             if isinstance(model, str) and model:
                 self.model = model
+            fingerprint = payload.get("system_fingerprint")
+            if isinstance(fingerprint, str) and fingerprint:
+                self.system_fingerprint = fingerprint
         usage = payload.get("usage")
         if isinstance(usage, dict):
             # Last one wins: some servers repeat cumulative totals on every chunk.
@@ -380,18 +430,34 @@ class StreamAssembler:
             given = self._answer if index == 0 else None
             state = self._choices[index] = _ChoiceState(given or ChoiceText())
         delta = choice.get("delta")
+        relay: dict[str, Any] | None = None  # what goes as a "choice" delta, if anything
         if isinstance(delta, dict) and delta:
-            live = deltas if index == 0 else None
-            if len(delta) > 1 or "content" not in delta:
-                _append(state.reasoning, _reasoning_of(delta), "reasoning", live)
-            _append(state.content, delta.get("content"), "content", live)
-            if "refusal" in delta:
-                _append(state.refusal, delta["refusal"], "refusal", live)
+            if index == 0:
+                if len(delta) > 1 or "content" not in delta:
+                    _append(state.reasoning, _reasoning_of(delta), "reasoning", deltas)
+                _append(state.content, delta.get("content"), "content", deltas)
+                if "refusal" in delta:
+                    _append(state.refusal, delta["refusal"], "refusal", deltas)
+            else:  # other choices' text is relayed in their own choice deltas
+                relay = _other_text(state, delta)
             tool_calls = delta.get("tool_calls")
             if isinstance(tool_calls, list):
+                fragments = []
                 for position, fragment in enumerate(tool_calls):
                     if isinstance(fragment, dict):
-                        _apply_tool_fragment(state.tools, fragment, position)
+                        out = _apply_tool_fragment(state.tools, fragment, position)
+                        if out is not None:
+                            fragments.append(out)
+                if fragments:
+                    relay = relay if relay is not None else {}
+                    relay["tool_calls"] = fragments
+        logprobs = choice.get("logprobs")
+        if logprobs is not None and isinstance(logprobs, dict) and state.add_logprobs(logprobs):
+            deltas.append(Delta("choice", orjson.dumps(
+                {"index": index, "delta": relay or {}, "logprobs": logprobs}).decode()))
+        elif relay:
+            deltas.append(Delta("choice", orjson.dumps(
+                {"index": index, "delta": relay, "logprobs": None}).decode()))
         finish = choice.get("finish_reason")
         # Only a real value sets it: a later chunk without one (e.g. a relay's usage chunk with
         # an empty delta) must not clear it.
@@ -399,6 +465,21 @@ class StreamAssembler:
             state.finish_reason = finish[:MAX_FINISH_REASON_CHARS]
             if index == 0:
                 self.finished = True
+
+
+def _other_text(state: _ChoiceState, delta: dict[str, Any]) -> dict[str, Any]:
+    """A choice but the first: its text joined, and the part of ``delta`` to relay."""
+    relay: dict[str, Any] = {}
+    role = delta.get("role")
+    if isinstance(role, str) and role:
+        relay["role"] = role
+    for parts, text, name in ((state.reasoning, _reasoning_of(delta), "reasoning_content"),
+                              (state.content, delta.get("content"), "content"),
+                              (state.refusal, delta.get("refusal"), "refusal")):
+        if isinstance(text, str) and text:
+            parts.add(text)
+            relay[name] = text
+    return relay
 
 
 def _append(parts: Text, text: object, kind: DeltaKind, live: list[Delta] | None) -> None:
@@ -461,13 +542,16 @@ def _reasoning_of(obj: dict[str, Any]) -> object:
     return text if isinstance(text, str) and text else obj.get("reasoning")
 
 
-def _apply_tool_fragment(tools: dict[int, _ToolState], fragment: dict[str, Any], pos: int) -> None:
+def _apply_tool_fragment(tools: dict[int, _ToolState], fragment: dict[str, Any], pos: int
+                         ) -> dict[str, Any] | None:
+    """Joins a fragment into its call; the fragment to relay (None: it added nothing)."""
     call_id = fragment.get("id")
     call_id = call_id if isinstance(call_id, str) and call_id else None
     index = _tool_index(tools, fragment.get("index"), call_id, pos)
     tool = tools.get(index)
     if tool is None:
         tool = tools[index] = _ToolState()
+    known = (tool.id, tool.type, tool.name)
     # The first fragment names the call; later ones may repeat the id or send "name": "" (seen
     # from Hunyuan): never let them rename or reset it.
     if tool.id is None:
@@ -481,11 +565,12 @@ def _apply_tool_fragment(tools: dict[int, _ToolState], fragment: dict[str, Any],
         if not tool.name and isinstance(name, str) and name:
             tool.name = name
         args = function.get("arguments")
-        if isinstance(args, str):
-            if args:
-                tool.args.add(args)
-        elif args is not None:  # a server that sends an object instead of a JSON string
-            tool.args.add(orjson.dumps(args).decode())
+        if not isinstance(args, str):  # a server that sends an object instead of a JSON string
+            args = "" if args is None else orjson.dumps(args).decode()
+        if args:
+            tool.args.add(args)
+        return tool.fragment(index, known, args)
+    return tool.fragment(index, known, "")
 
 
 def _tool_index(tools: dict[int, _ToolState], raw: object, call_id: str | None, pos: int) -> int:
@@ -507,6 +592,12 @@ def _tool_index(tools: dict[int, _ToolState], raw: object, call_id: str | None, 
 
 # --- non-streaming -----------------------------------------------------------------------------
 def assemble_completion(body: bytes) -> tuple[dict[int, ChoiceResult], Usage | None]:
+    """:func:`assemble_answer` without the system fingerprint."""
+    choices, usage, _ = assemble_answer(body)
+    return choices, usage
+
+
+def assemble_answer(body: bytes) -> tuple[dict[int, ChoiceResult], Usage | None, str | None]:
     """Parse a non-streaming ``chat.completion`` body into choices (keyed by index) and usage.
 
     Leading blank lines are tolerated: DeepSeek sends empty lines as keep-alive while a
@@ -530,7 +621,9 @@ def assemble_completion(body: bytes) -> tuple[dict[int, ChoiceResult], Usage | N
     if first is None or not _is_answer(first):
         raise _non_answer("empty_answer", f"body: {_snippet(body)}")
     usage = payload.get("usage")
-    return results, _parse_usage(usage) if isinstance(usage, dict) else None
+    fingerprint = payload.get("system_fingerprint")
+    return (results, _parse_usage(usage) if isinstance(usage, dict) else None,
+            fingerprint if isinstance(fingerprint, str) and fingerprint else None)
 
 
 def _is_answer(result: ChoiceResult) -> bool:
@@ -560,6 +653,7 @@ def _message_result(index: int, choice: dict[str, Any]) -> ChoiceResult:
         ],
         finish_reason=finish[:MAX_FINISH_REASON_CHARS] if isinstance(finish, str) and finish
         else None,
+        logprobs=logprobs if isinstance(logprobs := choice.get("logprobs"), dict) else None,
     )
 
 
@@ -597,12 +691,15 @@ def parse_error_body(
     and SiliconFlow-style ``{"code", "message", "data"}``; anything else becomes a short excerpt
     of the body.
     """
-    message, code, err_type = _error_fields(_loads_object(body), body)
+    payload = _loads_object(body)
+    message, code, err_type = _error_fields(payload, body)
+    error = payload.get("error") if payload is not None else None
     return ProviderError(
         message or f"HTTP {status}",
         status=status,
         code=code,
         type=err_type,
+        param=_label(error.get("param")) if isinstance(error, dict) else None,
         # Nor a quota that is gone (OpenAI's insufficient_quota 429): no wait fixes it.
         retryable=(_retryable(status, err_type) and not _is_context_length(message, code)
                    and "insufficient_quota" not in (err_type, code)),

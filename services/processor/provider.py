@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -34,7 +34,7 @@ from services.processor.assembler import (
     ProviderError,
     StreamAssembler,
     Usage,
-    assemble_completion,
+    assemble_answer,
     parse_error_body,
 )
 from services.processor.netfail import connection_failure
@@ -53,9 +53,11 @@ JSON_BODY_LINES = 32
 
 @dataclass(slots=True)
 class Completion:
-    result: ChoiceResult
+    result: ChoiceResult  # choice 0
     usage: Usage | None
     streamed: bool
+    choices: dict[int, ChoiceResult] = field(default_factory=dict)  # every choice, by index
+    system_fingerprint: str | None = None
 
 
 class ProviderClient:
@@ -99,15 +101,32 @@ def make_client(settings: Provider, max_connections: int) -> ProviderClient:
     return ProviderClient(settings, max_connections)
 
 
+# The request's members Sluice keeps to itself; ``stream`` and ``stream_options`` are set anew.
+# "responses": a /v1/responses task's context (its items, what the response object echoes).
+OWNED = frozenset({"deadline", "priority", "provider_options", "stream", "stream_options",
+                   "prompt", "responses"})
+
+
 def request_body(payload: dict[str, Any], settings: Provider) -> bytes:
-    body = dict(payload)
-    body.pop("deadline", None)  # ours: when to give up waiting, not the provider's business
-    body.pop("priority", None)  # ours: the order tasks leave the queue in
-    body.pop("responses", None)  # ours: a /v1/responses task's context (its items, echo)
+    """The provider's request: the client's, less what Sluice owns, every other member as the
+    client sent it; then ``provider_options``, AI_EXTRA_BODY's members the request did not
+    set, AI_DROP_PARAMS removed. Always streamed, with usage asked for (a provider that still
+    reports none leaves it null: see the runner)."""
+    body = {k: v for k, v in payload.items() if k not in OWNED}
+    options = payload.get("provider_options")
+    if options:
+        body.update(options)
+    if settings.extra_body is not None:
+        for key, value in settings.extra_body.get().items():
+            body.setdefault(key, value)
     if not settings.forward_metadata:
         body.pop("metadata", None)  # ours, not the provider's: real providers may reject it
+    given = payload.get("stream_options")
     body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    body["stream_options"] = ({**given, "include_usage": True} if isinstance(given, dict)
+                              else {"include_usage": True})
+    for name in settings.drop_params:
+        body.pop(name, None)
     return orjson.dumps(body)
 
 
@@ -222,7 +241,10 @@ async def _from_stream(resp: aiohttp.ClientResponse, on_deltas: OnDeltas,
     if not (assembler.done or assembler.finished):
         raise ProviderError("the stream ended before the answer was complete",
                             code="stream_cut", retryable=True)
-    return Completion(assembler.final(), assembler.usage, streamed=True)
+    result = assembler.final()
+    choices = assembler.choices if assembler.choice_count > 1 else {0: result}
+    return Completion(result, assembler.usage, streamed=True, choices=choices,
+                      system_fingerprint=assembler.system_fingerprint)
 
 
 async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> tuple[bytes, bool]:
@@ -250,16 +272,38 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 async def _from_json(body: bytes, on_deltas: OnDeltas, answer: ChoiceText | None
                      ) -> Completion:
-    choices, usage = assemble_completion(body)  # raises unless choice 0 is an answer
+    choices, usage, fingerprint = assemble_answer(body)  # raises unless choice 0 is an answer
     result = choices[0]
     deltas = [d for d in (Delta("reasoning", result.reasoning), Delta("content", result.content),
                           Delta("refusal", result.refusal)) if d.text]
+    deltas += [Delta("choice", orjson.dumps(relay).decode())
+               for c in choices.values() if (relay := whole_delta(c)) is not None]
     if answer is not None:
         for d in deltas:
             getattr(answer, d.kind).add(d.text)
     if deltas:
         await on_deltas(deltas, True)
-    return Completion(result, usage, streamed=False)
+    return Completion(result, usage, streamed=False, choices=choices,
+                      system_fingerprint=fingerprint)
+
+
+def whole_delta(c: ChoiceResult) -> dict[str, Any] | None:
+    """A choice of a JSON answer as one relayed choice delta (see ``Delta``): choice 0's tool
+    calls and logprobs, every other choice whole. None: nothing beyond choice 0's text."""
+    delta: dict[str, Any] = {}
+    if c.index != 0:
+        for name, text in (("reasoning_content", c.reasoning), ("content", c.content),
+                           ("refusal", c.refusal)):
+            if text:
+                delta[name] = text
+    if c.tool_calls:
+        delta["tool_calls"] = [
+            {"index": k, **({"id": t.id} if t.id else {}), "type": t.type or "function",
+             "function": {"name": t.name, "arguments": t.arguments}}
+            for k, t in enumerate(c.tool_calls)]
+    if not delta and c.logprobs is None:
+        return None
+    return {"index": c.index, "delta": delta, "logprobs": c.logprobs}
 
 
 def _merge(deltas: list[Delta]) -> list[Delta]:
@@ -270,7 +314,7 @@ def _merge(deltas: list[Delta]) -> list[Delta]:
     out: list[Delta] = []
     kind, texts = deltas[0].kind, [deltas[0].text]
     for d in deltas[1:]:
-        if d.kind == kind:
+        if d.kind == kind and kind != "choice":  # a choice delta is one JSON value each
             texts.append(d.text)
         else:
             out.append(Delta(kind, "".join(texts)))

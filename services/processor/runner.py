@@ -26,11 +26,12 @@ import orjson
 
 from services.processor import routing, telemetry
 from services.processor.ai_status import ProviderStatus
-from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
+from services.processor.assembler import ChoiceText, Delta, ProviderError
 from services.processor.deadlines import deadline_error
 from services.processor.governor import Call, DeadlineExceeded, Governor, is_rate_limit
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion
+from services.processor.results import answer_extras, counted_usage, usage_dict
 from shared import deadlines, logs, metrics, tasks
 from shared.loops import until_redis_answers
 from shared.redis_conn import WAIT_OUT
@@ -127,6 +128,9 @@ class Partial:
     answer: ChoiceText = field(default_factory=ChoiceText)
     sent: list[int] = field(default_factory=lambda: [0] * len(_KINDS))
     first_token_at: float | None = None
+    # The choice deltas handed on (tool calls, logprobs, other choices), each as its event's
+    # data: a resync after a failed append resends them as they were.
+    extras: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -138,7 +142,10 @@ class Partial:
             self.first_token_at = time.perf_counter()
         sent = self.sent
         for d in deltas:
-            sent[_SLOT[d.kind]] += len(d.text)
+            if d.kind == "choice":
+                self.extras.append(d.text)
+            else:
+                sent[_SLOT[d.kind]] += len(d.text)
 
     def text(self, kind: str) -> str:
         """The text of ``kind`` handed on so far."""
@@ -164,7 +171,7 @@ class TaskRun:
         self.status: str | None = None
         self.attempts = 0
         self.partial = Partial()
-        self.usage: dict[str, int] | None = None
+        self.usage: dict[str, Any] | None = None
         self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
         self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
@@ -295,7 +302,8 @@ class TaskRun:
             # client saw the answer's end late (the relay bench's p99).
             hold = last and partial.empty
             partial.add(deltas)
-            self._unsent += [(d.kind, orjson.dumps({"delta": d.text}).decode()) for d in deltas]
+            self._unsent += [(d.kind, d.text if d.kind == "choice"
+                              else orjson.dumps({"delta": d.text}).decode()) for d in deltas]
             if not hold:
                 await self._send_events()
 
@@ -309,7 +317,9 @@ class TaskRun:
                 await self._tried(call, began, exc)
                 raise
             await self._tried(call, began, None)
-            call.used(completion.usage)
+            # A provider that reports no usage (llama.cpp's server): the governor counts what
+            # it saw, and the result says null, not 0.
+            call.used(completion.usage or counted_usage(request, completion))
         await self.deps.status.note(streamed=completion.streamed)
         return completion
 
@@ -338,6 +348,7 @@ class TaskRun:
             events = [(tasks.EV_RESET, orjson.dumps({"attempt": self.attempts}).decode())]
             events += [(kind, orjson.dumps({"delta": text}).decode())
                        for kind in _KINDS if (text := p.text(kind))]
+            events += [("choice", extra) for extra in p.extras]
         else:
             events = self._unsent
         if not events:
@@ -436,7 +447,10 @@ class TaskRun:
         reasoning = done.result.reasoning if done else partial.text("reasoning")
         refusal = done.result.refusal if done else partial.text("refusal")
         finish = done.result.finish_reason if done else None
-        usage = self.usage = _usage_dict(done.usage if done else None)
+        usage = self.usage = usage_dict(done.usage if done else None)
+        extras = answer_extras(done, usage) if done else {}
+        if refusal:
+            extras["refusal"] = refusal
         if status == tasks.CANCELLED:
             error = dict(tasks.CANCELLED_ERROR)
         if not await until_redis_answers(self._still_ours, "finish", task_id=self.task_id):
@@ -457,7 +471,8 @@ class TaskRun:
             started_at=int(h.get("started_at") or completed), completed_at=completed,
             provider=answered.name if answered else None,
             provider_model=answered.route.model if answered else None,
-            tries=orjson.dumps(tries).decode() if tries else None)
+            tries=orjson.dumps(tries).decode() if tries else None,
+            result_extra=orjson.dumps(extras).decode() if extras else None)
         saved = await self._save(row, h)
         if not saved:
             log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
@@ -471,8 +486,7 @@ class TaskRun:
         result = None
         if status == tasks.SUCCEEDED or content or reasoning:
             result = tasks.result_dict(content, reasoning, finish, usage)
-            if refusal:
-                result["refusal"] = refusal
+            result.update(extras)
             routing.answered_by(result, self.routes.answered)
         view = tasks.terminal_view(h, status=status, attempts=attempts, result=result,
                                    error=error, started_at=row.started_at or completed,
@@ -593,7 +607,8 @@ class TaskRun:
             processor=d.processor, fence=int(h.get("fence") or 0),
             created_at=int(h["created_at"]),
             started_at=int(h["started_at"]) if h.get("started_at") else None,
-            completed_at=int(h.get("completed_at") or now_ms())))
+            completed_at=int(h.get("completed_at") or now_ms()),
+            result_extra=tasks.stored_extras(result)))
         if h["status"] == tasks.CANCELLED:
             await d.steps.keep_for(self.task_id, d.policy.retention_s)
 
@@ -610,13 +625,11 @@ class TaskRun:
                  completion_tokens=self.usage["completion_tokens"] if self.usage else None)
 
 
-def _usage_dict(usage: Usage | None) -> dict[str, int] | None:
-    if usage is None:
-        return None
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-
-
 def _error_dict(err: ProviderError) -> dict[str, Any]:
-    return {"code": err.code or (f"http_{err.status}" if err.status else "provider_error"),
-            "message": err.message, "status": err.status}
+    error = {"code": err.code or (f"http_{err.status}" if err.status else "provider_error"),
+             "message": err.message, "status": err.status}
+    if err.type is not None:  # the provider's own words, relayed to /v1 clients as given
+        error["type"] = err.type
+    if err.param is not None:
+        error["param"] = err.param
+    return error

@@ -184,22 +184,29 @@ def test_an_invalid_request_gets_an_openai_shaped_4xx(client: openai.OpenAI) -> 
 def test_a_failed_task_is_an_openai_error_and_is_not_retried_by_the_sdk(
         stack: Stack, client: openai.OpenAI) -> None:
     tag = uuid.uuid4().hex
-    failing = mock(tag=tag, fault={"status": 400, "message": "mock says no"})
+    # 501 will not change, so it is not retried: a provider failure, 502 to the client.
+    failing = mock(tag=tag, fault={"status": 501, "message": "mock says no"})
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="mock-r1", messages=MESSAGES, extra_body=failing)
     err = caught.value
     assert err.status_code == 502 and err.type == "api_error"
     task = stored(stack, err.response.headers["X-Sluice-Task-Id"])
     assert task["status"] == "failed"
-    assert err.code == task["error"]["code"] == "http_400"
+    assert err.code == task["error"]["code"] == "http_501"
     assert err.body["message"] == task["error"]["message"] == "mock says no"  # type: ignore[index]
+    # A 400 is the provider's word about the request: the client gets it as given.
+    refused = mock(tag=tag, fault={"status": 400, "message": "mock refuses"})
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="mock-r1", messages=MESSAGES, extra_body=refused)
+    assert bad.value.body == {"message": "mock refuses", "type": "invalid_request_error",
+                              "param": None, "code": None}
     with pytest.raises(openai.APIError) as streamed:
         for _ in client.chat.completions.create(model="mock-r1", messages=MESSAGES, stream=True,
                                                 extra_body=failing):
             pass
     assert streamed.value.code == task["error"]["code"]
     records = httpx.get(f"{stack.mock_url}/mock/requests", params={"tag": tag}).json()
-    assert len(records["requests"]) == 2, "one task per request: the SDK did not retry"
+    assert len(records["requests"]) == 3, "one task per request: the SDK did not retry"
 
 
 def test_a_cancelled_task_ends_its_completion_with_a_cancelled_error(

@@ -105,12 +105,18 @@ async def test_integers_are_kept_exactly_or_refused(edge: EdgeUnderTest, path: s
     r = await post(edge, path, b'{"messages": [{"role": "user", "content": "x"}], '
                                b'"max_tokens": 100000000000000000000}')
     assert r.status == 422
-    # A member that is dropped is not looked at (the /v1 route ignores unknown members).
-    r = await post(edge, "/v1/chat/completions",
-                   b'{"messages": [{"role": "user", "content": "x", "extra": '
-                   b'99999999999999999999}], "stream": true, "seed": 99999999999999999999}')
-    assert r.status == 200
+    # Forwarded members are the provider's to check: 64-bit integers are kept exactly, a
+    # wider one goes on as JSON reads it (its float value), not refused (only metadata, which
+    # Sluice keeps, promises integers within 64 bits).
+    r = await post(edge, path, b'{"messages": [{"role": "user", "content": "x", "extra": '
+                               b'18446744073709551615}], "seed": -9223372036854775808, '
+                               b'"logit_bias": {"5": 99999999999999999999}, "stream": true}')
+    assert r.status in (200, 202)
+    task_id = r.headers.get("X-Sluice-Task-Id") or (await r.json())["id"]
     r.close()
+    stored = await stored_request(edge, task_id)
+    assert (stored["seed"], stored["messages"][0]["extra"]) == (-(1 << 63), (1 << 64) - 1)
+    assert stored["logit_bias"] == {"5": 1e20}
 
 
 TOOL_CONVERSATION = [

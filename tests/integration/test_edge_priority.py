@@ -56,7 +56,8 @@ async def test_priority_is_stored_with_the_estimated_tokens_and_kept_from_the_pr
         assert fields["cost"] == str(400 // 4 + 50)  # prompt tokens (4 characters each) + max
         sent = orjson.loads(request_body(orjson.loads(fields["request"]),
                                          ProviderSettings.from_env(Env({}))))
-        assert "priority" not in sent and "service_tier" not in sent
+        assert "priority" not in sent  # Sluice's; service_tier is forwarded as given
+        assert sent.get("service_tier") == body.get("service_tier")
 
 
 @pytest.mark.parametrize(("path", "body", "headers", "param"), [

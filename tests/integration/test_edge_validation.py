@@ -52,8 +52,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": []}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+    ({"messages": [{"role": "user", "content": [{"url": "x"}]}]},
      "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text"),
     ({"messages": [{"role": "user", "content": "x", "name": ""}]}, "messages[0].name"),
     ({"messages": [{"role": "user", "content": "x", "name": 7}]}, "messages[0].name"),
     ({"prompt": "x", "model": ""}, "model"),
@@ -116,7 +118,7 @@ async def test_unknown_top_level_field_is_refused_on_api_tasks(edge: EdgeUnderTe
     await assert_nothing_stored(edge)
 
 
-async def test_unknown_top_level_fields_are_ignored_on_v1(edge: EdgeUnderTest) -> None:
+async def test_unknown_top_level_fields_are_kept_on_v1(edge: EdgeUnderTest) -> None:
     body = {"messages": msgs("hello"), "n": 1, "tools": [], "seed": 7, "whatever": {"a": 1},
             "stream": True}
     async with edge.client.post("/v1/chat/completions", json=body, headers=AUTH) as r:
@@ -125,7 +127,7 @@ async def test_unknown_top_level_fields_are_ignored_on_v1(edge: EdgeUnderTest) -
         assert (await r.content.readline()).startswith(b"data: ")  # the role chunk
         request = orjson.loads(await edge.redis.hget(f"{{{edge.prefix}}}:task:{task_id}",
                                                      "request"))
-        assert set(request) == {"model", "messages"}
+        assert request == {**body, "model": "mock-r1"}  # forwarded as given
         # No processor runs here: cancelling the queued task ends the stream.
         assert (await edge.client.delete(f"/api/tasks/{task_id}", headers=AUTH)).status == 200
         rest = await r.read()

@@ -141,6 +141,7 @@ async def test_stream_shape(base: str, client: httpx.AsyncClient, include_usage:
         "prompt_tokens": PROMPT_WORDS,
         "completion_tokens": 36,
         "total_tokens": PROMPT_WORDS + 36,
+        "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 12},
     }
     assert finish["usage"] == expected_usage
@@ -221,6 +222,7 @@ async def test_non_streaming_shape(base: str, client: httpx.AsyncClient) -> None
         "prompt_tokens": PROMPT_WORDS,
         "completion_tokens": 16,
         "total_tokens": PROMPT_WORDS + 16,
+        "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 12},
     }
     (rec,) = await records(client, base)

@@ -293,7 +293,11 @@ def test_choices_keyed_by_index_not_position() -> None:
         chunk([choice(1, finish="length")]),
     )
     assert {i: c.content for i, c in asm.choices.items()} == {0: "a", 1: "b", 2: "cC"}
-    assert deltas == [Delta("content", "a")]  # live deltas only for choice 0
+    # Choice 0's text goes as text deltas; every other choice's in its own choice deltas.
+    assert [d for d in deltas if d.kind != "choice"] == [Delta("content", "a")]
+    relayed = [orjson.loads(d.text) for d in deltas if d.kind == "choice"]
+    assert {(r["index"], r["delta"]["content"]) for r in relayed} == {(1, "b"), (2, "c"),
+                                                                       (2, "C")}
     assert asm.choices[1].finish_reason == "length"
     assert not asm.finished  # only choice 0 counts
 
@@ -407,7 +411,15 @@ def test_tool_call_fragments_assembled_by_index() -> None:
         ToolCall("call_a", "function", "f", '{"x":1}'),
         ToolCall("call_b", "function", "g", '{"y":2}'),
     ]
-    assert deltas == []
+    # Relayed as choice deltas: each call's id, type and name once, then its arguments.
+    assert [orjson.loads(d.text)["delta"]["tool_calls"] for d in deltas] == [
+        [{"index": 0, "id": "call_a", "type": "function",
+          "function": {"name": "f", "arguments": ""}}],
+        [{"index": 0, "function": {"arguments": '{"x"'}}],
+        [{"index": 1, "id": "call_b", "type": "function",
+          "function": {"name": "g", "arguments": '{"y":'}}],
+        [{"index": 0, "function": {"arguments": ":1}"}},
+         {"index": 1, "function": {"arguments": "2}"}}]]
 
 
 def test_repeated_id_and_empty_name_do_not_start_or_rename_a_call() -> None:

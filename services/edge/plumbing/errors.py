@@ -30,7 +30,7 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *,
+    def __init__(self, status: int, code: str | None, message: str, *,
                  headers: dict[str, str] | None = None, param: str | None = None,
                  openai_type: str | None = None, outcome: str | None = None) -> None:
         super().__init__(message)

@@ -1,8 +1,18 @@
 """Turning a request body into a task request, or a clear 4xx naming what is wrong.
 
-``POST /api/tasks`` is strict: an unknown top-level field is a 422, so a typo never silently
-changes what is sent to the model. ``/v1/chat/completions`` accepts and drops the OpenAI fields
-Sluice does not forward (tools, n, logprobs, ...), so unmodified SDKs keep working.
+Forward by default: what reaches the provider is the client's body, less only what Sluice owns
+(:data:`OWNED`; ``metadata`` unless AI_FORWARD_METADATA), with ``model`` filled in, every other
+member passed through unchanged and in its own name (the processor builds the provider's body:
+``services.processor.provider.request_body``). Sluice checks only what it must understand to do
+its job: the model, the messages (to count, limit and store them), the token bounds, ``n``,
+``stream``/``stream_options``, ``service_tier``, its own fields, and ``temperature``, ``top_p``
+and ``stop`` as OpenAI bounds them.
+
+``POST /api/tasks`` accepts every documented Chat Completions field (:data:`CHAT_FIELDS`) and
+Sluice's own; any other top-level member is a 422 (a typo never silently changes what is sent),
+except inside ``provider_options``, an object merged into the provider's request for a
+provider's extras. ``/v1/chat/completions`` (and Batch API lines) pass unknown members through,
+as the SDKs' ``extra_body`` sends them.
 """
 
 from __future__ import annotations
@@ -21,9 +31,22 @@ from shared import deadlines
 from shared.providers import MAX_MODEL_CHARS, valid_model_name
 from shared.timeutil import now_ms
 
-ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-TASK_FIELDS = frozenset({"messages", "prompt", "model", "max_tokens", "temperature", "top_p",
-                         "stop", "metadata", "deadline", "priority"})
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+# OpenAI's documented request body of POST /v1/chat/completions.
+CHAT_FIELDS = frozenset({
+    "messages", "model", "audio", "frequency_penalty", "function_call", "functions",
+    "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
+    "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+    "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier",
+    "seed", "service_tier", "stop", "store", "stream", "stream_options", "temperature",
+    "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    "web_search_options"})
+# Sluice's own members; the processor keeps them (and ``metadata``, unless forwarded) to itself.
+SLUICE_FIELDS = frozenset({"prompt", "deadline", "priority", "provider_options"})
+TASK_FIELDS = CHAT_FIELDS | SLUICE_FIELDS
+# What provider_options may not set: what Sluice decides for every call.
+PROVIDER_OPTIONS_RESERVED = frozenset({"model", "messages", "stream", "stream_options"})
+MAX_N = 128
 # ``priority``: lower runs sooner (vLLM's and LiteLLM's convention), 0 by default; each step is
 # worth PRIORITY_AGING_S of waiting, so a low priority delays a task but never starves it.
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
@@ -35,13 +58,16 @@ PRIORITY_HEADER_VALUE = re.compile(PRIORITY_HEADER_PATTERN)
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """What is sent to the provider (``payload``, less our own ``deadline`` and, for a real
-    provider, ``metadata``), the model it names, and its explicit deadline (epoch ms)."""
+    """What the task stores as its request (``payload``: the client's body with ``model``
+    filled in, ``prompt`` turned into ``messages`` and the priority a header or service tier
+    gave), the model it names, its explicit deadline (epoch ms), and how /v1 answers it."""
 
     payload: dict[str, Any]
     model: str
     deadline_at: int | None = None
     priority: int = 0
+    stream: bool = False
+    include_usage: bool = False
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -50,26 +76,32 @@ def _invalid(field: str, message: str) -> ApiError:
 
 def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False,
                priority_header: str | None = None) -> TaskRequest:
+    """The task ``body`` asks for. ``body`` becomes the stored request (it is the caller's
+    parsed JSON, used in place: no copy on the submit path)."""
     if not isinstance(body, dict):
         raise ApiError(422, "invalid_request", "the body must be a JSON object")
     if not openai:
-        unknown = sorted(set(body) - TASK_FIELDS)
+        unknown = [f for f in body if f not in TASK_FIELDS]
         if unknown:
-            raise _invalid(unknown[0], "unknown field")
-    messages = _messages(body, settings, openai)
-    model = _model(body.get("model"), settings, openai)
-    payload: dict[str, Any] = {"model": model, "messages": messages}
-    # OpenAI's newer clients send max_completion_tokens; both are checked, max_tokens wins.
-    for field in ("max_completion_tokens", "max_tokens") if openai else ("max_tokens",):
+            raise _invalid(sorted(unknown)[0], "unknown field (a provider's own parameter "
+                           "goes in provider_options)")
+    _messages(body, settings, openai)
+    model = body["model"] = _model(body.get("model"), settings, openai)
+    for field in ("max_completion_tokens", "max_tokens"):
         if body.get(field) is not None:
-            payload["max_tokens"] = _int(field, body[field], 1, settings.max_tokens_limit)
+            _int(field, body[field], 1, settings.max_tokens_limit)
     for name, hi in (("temperature", 2.0), ("top_p", 1.0)):
         if body.get(name) is not None:
-            payload[name] = _number(name, body[name], 0.0, hi)
+            _number(name, body[name], 0.0, hi)
     if body.get("stop") is not None:
-        payload["stop"] = _stop(body["stop"])
+        _stop(body["stop"])
+    if body.get("n") is not None:
+        _int("n", body["n"], 1, MAX_N)
     if body.get("metadata") is not None:
-        payload["metadata"] = _metadata(body["metadata"], settings.max_metadata_bytes)
+        _metadata(body["metadata"], settings.max_metadata_bytes)
+    if body.get("provider_options") is not None:
+        _provider_options(body["provider_options"])
+    stream, include_usage = _stream_options(body)
     deadline_at = None
     if body.get("deadline") is not None:
         try:
@@ -78,12 +110,34 @@ def parse_task(body: Any, settings: EdgeSettings, *, openai: bool = False,
             raise _invalid("deadline", str(exc)) from None
         # Kept as given (seconds count from the submit time the task hash records), so an
         # idempotent replay of the same body hashes the same.
-        payload["deadline"] = body["deadline"]
     priority = _priority(body, openai, priority_header)
     if priority is not None:
-        payload["priority"] = priority  # ours, like deadline: the processor keeps it to itself
-    return TaskRequest(payload=payload, model=model, deadline_at=deadline_at,
-                       priority=priority or 0)
+        body["priority"] = priority  # ours, like deadline: the processor keeps it to itself
+    return TaskRequest(payload=body, model=model, deadline_at=deadline_at,
+                       priority=priority or 0, stream=stream, include_usage=include_usage)
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid("stream", "must be a boolean")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not isinstance(options, dict):
+        raise _invalid("stream_options", "must be an object")
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise _invalid("stream_options.include_usage", "must be a boolean")
+    return bool(stream), bool(include_usage)
+
+
+def _provider_options(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _invalid("provider_options", "must be an object")
+    reserved = sorted(PROVIDER_OPTIONS_RESERVED.intersection(value))
+    if reserved:
+        raise _invalid(f"provider_options.{reserved[0]}", "is Sluice's to set, not an option")
 
 
 def _priority(body: dict[str, Any], openai: bool, header: str | None) -> int | None:
@@ -93,15 +147,15 @@ def _priority(body: dict[str, Any], openai: bool, header: str | None) -> int | N
     if openai and header is not None and not PRIORITY_HEADER_VALUE.match(header.strip()):
         raise ApiError(422, "invalid_request", f"{PRIORITY_HEADER}: must be an integer "
                        f"from {PRIORITY_MIN} to {PRIORITY_MAX}", param=PRIORITY_HEADER)
+    tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise _invalid("service_tier", "must be a string")
     if body.get("priority") is not None:
         return _int("priority", body["priority"], PRIORITY_MIN, PRIORITY_MAX)
     if not openai:
         return None
     if header is not None:
         return int(header)
-    tier = body.get("service_tier")
-    if tier is not None and not isinstance(tier, str):
-        raise _invalid("service_tier", "must be a string")
     return FLEX_PRIORITY if tier == "flex" else None
 
 
@@ -121,7 +175,11 @@ def _model(model: Any, settings: EdgeSettings, openai: bool) -> str:
     return model
 
 
-def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> list[dict[str, Any]]:
+def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> None:
+    """Checks ``messages`` (or turns /api/tasks' ``prompt`` into them) in place. Messages are
+    kept as given, every member of them; what is checked is what Sluice relies on (roles,
+    the shape of tool calls, content a string, null or parts) and the limits: how many, and
+    their characters in all (every string in a message counts: an image's data too)."""
     if "messages" not in body:
         prompt = None if openai else body.get("prompt")
         if prompt is None:
@@ -130,7 +188,8 @@ def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> lis
             raise _invalid("prompt", "must be a non-empty string")
         if len(prompt) > settings.max_text_chars:
             raise _invalid("prompt", f"longer than {settings.max_text_chars} characters")
-        return [{"role": "user", "content": prompt}]
+        body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
+        return
     if "prompt" in body and not openai:
         raise _invalid("prompt", "give either messages or prompt, not both")
     raw = body["messages"]
@@ -139,34 +198,75 @@ def _messages(body: dict[str, Any], settings: EdgeSettings, openai: bool) -> lis
     if len(raw) > settings.max_messages:
         raise _invalid("messages", f"at most {settings.max_messages} messages")
     total = 0
-    out = []
     for i, msg in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _invalid(where, "must be an object")
-        role = msg.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise _invalid(f"{where}.role", f"must be one of {', '.join(sorted(ROLES))}")
-        content = msg.get("content")
-        clean: dict[str, Any] = {"role": role, "content": content}
-        if msg.get("tool_calls") is not None:
-            if role != "assistant":
-                raise _invalid(f"{where}.tool_calls", "only an assistant message has tool_calls")
-            clean["tool_calls"] = _tool_calls(f"{where}.tool_calls", msg["tool_calls"])
-            total += sum(len(c["function"]["arguments"]) for c in clean["tool_calls"])
-        if content is not None or "tool_calls" not in clean:  # null beside tool calls
-            total += _content_length(f"{where}.content", content)
+        if type(msg) is dict and len(msg) == 2 and type(msg.get("content")) is str:
+            # The common message, {"role", "content": "..."}: checked inline.
+            if msg.get("role") not in ROLES or msg["role"] == "tool":
+                _message(f"messages[{i}]", msg)
+            total += len(msg["content"])
+        else:
+            total += _message(f"messages[{i}]", msg)
         if total > settings.max_text_chars:
             raise _invalid("messages", f"more than {settings.max_text_chars} characters in all")
-        tool_call_id = msg.get("tool_call_id")
-        if role == "tool":  # the provider needs it to match the answer to its call
-            clean["tool_call_id"] = _name(f"{where}.tool_call_id", tool_call_id, MAX_ID_CHARS)
-        elif tool_call_id is not None:
-            raise _invalid(f"{where}.tool_call_id", "only a tool message has tool_call_id")
-        if msg.get("name") is not None:
-            clean["name"] = _name(f"{where}.name", msg["name"], 64)
-        out.append(clean)
-    return out
+
+
+def _message(where: str, msg: Any) -> int:
+    """Checks one message; its characters (every string in it, but the role)."""
+    if not isinstance(msg, dict):
+        raise _invalid(where, "must be an object")
+    role = msg.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise _invalid(f"{where}.role", f"must be one of {', '.join(sorted(ROLES))}")
+    content = msg.get("content")
+    calls = msg.get("tool_calls")
+    if calls is not None:
+        if role != "assistant":
+            raise _invalid(f"{where}.tool_calls", "only an assistant message has tool_calls")
+        _tool_calls(f"{where}.tool_calls", calls)
+    if content is None:
+        if role != "assistant" or not any(msg.get(k) is not None for k in (
+                "tool_calls", "function_call", "refusal", "audio")):
+            raise _invalid(f"{where}.content", "must be a string or an array of parts (null "
+                           "only in an assistant message with tool_calls)")
+    elif isinstance(content, list):
+        _parts(f"{where}.content", content)
+    elif not isinstance(content, str):
+        raise _invalid(f"{where}.content", "must be a string or an array of parts")
+    tool_call_id = msg.get("tool_call_id")
+    if role == "tool":  # the provider needs it to match the answer to its call
+        _name(f"{where}.tool_call_id", tool_call_id, MAX_ID_CHARS)
+    elif tool_call_id is not None:
+        raise _invalid(f"{where}.tool_call_id", "only a tool message has tool_call_id")
+    if msg.get("name") is not None:
+        _name(f"{where}.name", msg["name"], 64)
+    return _chars(msg) - len(role)
+
+
+def _parts(field: str, content: list[Any]) -> None:
+    """Content parts of any type (text, image_url, input_audio, file, ...), forwarded as
+    given: each must be an object naming its type."""
+    if not content:
+        raise _invalid(field, "must be a string or a non-empty array of parts")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _invalid(f"{field}[{j}]", "must be an object with a string type")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _invalid(f"{field}[{j}].text", "must be a string")
+
+
+def _chars(value: Any) -> int:
+    """Characters of every string in ``value`` (keys too), iteratively: it may nest deep."""
+    total, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            total += len(node)
+        elif isinstance(node, dict):
+            total += sum(len(k) for k in node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return total
 
 
 MAX_TOOL_CALLS = 128
@@ -179,45 +279,27 @@ def _name(field: str, value: Any, most: int) -> str:
     return value
 
 
-def _tool_calls(field: str, value: Any) -> list[dict[str, Any]]:
-    """An assistant's tool calls in OpenAI's shape, rebuilt member by member: what the
-    provider gets is exactly what was checked."""
+def _tool_calls(field: str, value: Any) -> None:
+    """An assistant's tool calls in OpenAI's shape (``function``, or ``custom`` tools); kept
+    as given, every member."""
     if not isinstance(value, list) or not 0 < len(value) <= MAX_TOOL_CALLS:
         raise _invalid(field, f"must be an array of 1 to {MAX_TOOL_CALLS} tool calls")
-    calls = []
     for k, call in enumerate(value):
         where = f"{field}[{k}]"
         if not isinstance(call, dict):
             raise _invalid(where, "must be an object")
-        call_id = _name(f"{where}.id", call.get("id"), MAX_ID_CHARS)
-        if call.get("type") != "function":
-            raise _invalid(f"{where}.type", "must be \"function\"")
+        _name(f"{where}.id", call.get("id"), MAX_ID_CHARS)
+        kind = call.get("type")
+        if kind == "custom":
+            continue
+        if kind != "function":
+            raise _invalid(f"{where}.type", "must be \"function\" or \"custom\"")
         function = call.get("function")
         if not isinstance(function, dict):
             raise _invalid(f"{where}.function", "must be an object")
-        name = _name(f"{where}.function.name", function.get("name"), 64)
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
+        _name(f"{where}.function.name", function.get("name"), 64)
+        if not isinstance(function.get("arguments"), str):
             raise _invalid(f"{where}.function.arguments", "must be a string (JSON text)")
-        calls.append({"id": call_id, "type": "function",
-                      "function": {"name": name, "arguments": arguments}})
-    return calls
-
-
-def _content_length(field: str, content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list) and content:
-        total = 0
-        for j, part in enumerate(content):
-            if not isinstance(part, dict):
-                raise _invalid(f"{field}[{j}]", "must be an object")
-            text = part.get("text")
-            if part.get("type") != "text" or not isinstance(text, str):
-                raise _invalid(f"{field}[{j}]", "only text parts are supported")
-            total += len(text)
-        return total
-    raise _invalid(field, "must be a string or an array of text parts")
 
 
 def _int(field: str, value: Any, lo: int, hi: int) -> int:

@@ -140,7 +140,7 @@ def _check_line(raw: bytes, number: int, seen: set[str], settings: EdgeSettings
     try:
         req = parse_task(item.get("body"), settings, openai=True)
     except ApiError as err:
-        return _error(err.code, number, err.message,
+        return _error(err.code or "invalid_request", number, err.message,
                       "body" + (f".{err.param}" if err.param else "")), None, None
     return None, req.payload, custom_id
 
@@ -167,8 +167,11 @@ def error_line(line: Line, row: dict[str, Any] | None, final_status: str) -> byt
         error = tasks.loads_or_none(row.get("error")) or {}
         code = str(error.get("code") or "provider_error")
         status = int(code[5:]) if code.startswith("http_") and code[5:].isdigit() else 500
+        if isinstance(error.get("status"), int) and 400 <= error["status"] <= 599:
+            status = error["status"]  # the provider's own answer (400: a field it refused)
         body = {"error": {"message": error.get("message") or "the request failed",
-                          "type": "api_error", "code": code, "param": None}}
+                          "type": error.get("type") or "api_error", "code": code,
+                          "param": error.get("param")}}
         return orjson.dumps({"id": request_id(line.task_id), "custom_id": line.custom_id,
                              "response": {"status_code": status, "request_id": line.task_id,
                                           "body": body}, "error": None})

@@ -86,6 +86,54 @@ class Relay:
             raise Diverged
 
 
+class ChoiceRelay:
+    """The choice deltas (tool calls, logprobs, other choices: ``Delta`` in the processor's
+    assembler) already sent, one event's data each. After a ``reset`` the attempt's deltas are
+    held back while they repeat those, one for one (a resync after a failed append resends
+    them as they were); one that differs raises :class:`Diverged`, as :class:`Relay` does for
+    text (a retry that streams its tool calls in other pieces ends the stream there: its
+    answer is fetchable by id)."""
+
+    __slots__ = ("_pos", "_replaying", "sent")
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self._pos = 0
+        self._replaying = False
+
+    def reset(self) -> None:
+        self._pos, self._replaying = 0, bool(self.sent)
+
+    def feed(self, data: str) -> bool:
+        """Whether to forward this delta; raises Diverged if it contradicts what was sent."""
+        if self._replaying:
+            if self.sent[self._pos] != data:
+                raise Diverged
+            self._pos += 1
+            self._replaying = self._pos < len(self.sent)
+            return False
+        self.sent.append(data)
+        return True
+
+    def check_finished(self) -> None:
+        if self._replaying:
+            raise Diverged
+
+
+def _message(result: dict[str, Any]) -> dict[str, Any]:
+    """A choice of the stored result as OpenAI's assistant message."""
+    calls = result.get("tool_calls")
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": result.get("content") or (None if calls or result.get("refusal") else ""),
+        "refusal": result.get("refusal") or None}
+    if result.get("reasoning_content"):  # DeepSeek's member, as DeepSeek sends it: when any
+        message["reasoning_content"] = result["reasoning_content"]
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 class Completion:
     """The OpenAI shapes of one task's answer."""
 
@@ -99,36 +147,73 @@ class Completion:
                            "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                         "finish_reason": finish_reason}]})
 
-    def usage_chunk(self, usage: dict[str, Any] | None) -> bytes:
+    def choice_chunk(self, data: str) -> bytes:
+        """A relayed choice delta (its event's data, ``{"index", "delta", "logprobs"}``)."""
         return self._data({"id": self.id, "object": "chat.completion.chunk",
-                           "created": self.created, "model": self.model, "choices": [],
-                           "usage": usage})
+                           "created": self.created, "model": self.model,
+                           "choices": [{**orjson.loads(data), "finish_reason": None}]})
+
+    def finish_chunks(self, result: dict[str, Any]) -> bytes:
+        """The last chunk of each choice, with its finish reason (and the fingerprint)."""
+        choices = result.get("choices") or [{"index": 0, **result}]
+        extra = ({"system_fingerprint": result["system_fingerprint"]}
+                 if result.get("system_fingerprint") else {})
+        return b"".join(self._data(
+            {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+             "model": self.model, **extra, "choices": [{
+                 "index": c.get("index", 0), "delta": {}, "logprobs": None,
+                 "finish_reason": c.get("finish_reason") or "stop"}]}) for c in choices)
+
+    def usage_chunk(self, result: dict[str, Any]) -> bytes:
+        # The SDKs take the fingerprint (and the usage) from the stream's last chunk.
+        extra = ({"system_fingerprint": result["system_fingerprint"]}
+                 if result.get("system_fingerprint") else {})
+        return self._data({"id": self.id, "object": "chat.completion.chunk",
+                           "created": self.created, "model": self.model, **extra,
+                           "choices": [], "usage": result.get("usage")})
 
     def whole(self, result: dict[str, Any]) -> dict[str, Any]:
-        message = {"role": "assistant", "content": result.get("content") or "",
-                   "reasoning_content": result.get("reasoning_content") or None,
-                   "refusal": result.get("refusal") or None}
-        return {"id": self.id, "object": "chat.completion", "created": self.created,
+        """The stored result as one ``chat.completion``: every choice, tool calls, logprobs,
+        refusal, fingerprint and usage as the provider gave them."""
+        choices = result.get("choices") or [{"index": 0, **result}]
+        body = {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": result.get("finish_reason") or "stop"}],
+                "choices": [{"index": c.get("index", 0), "message": _message(c),
+                             "logprobs": c.get("logprobs"),
+                             "finish_reason": c.get("finish_reason") or "stop"}
+                            for c in choices],
                 "usage": result.get("usage")}
+        if result.get("system_fingerprint"):
+            body["system_fingerprint"] = result["system_fingerprint"]
+        return body
 
     @staticmethod
     def _data(obj: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def _failure(event: Event) -> tuple[int, str, str]:
-    """(HTTP status, code, message) of a task that ended without an answer."""
+# Provider answers about the request itself (a field it does not support, a model it does not
+# have, a body too large): the client's to fix, so it gets them as the provider gave them.
+PASSED_THROUGH = frozenset({400, 404, 413, 422})
+
+
+def _failure(event: Event) -> ApiError:
+    """The error of a task that ended without an answer (its headers are the caller's)."""
     view = orjson.loads(event.data)
     error = view.get("error") or {}
     if event.type == "cancelled":
-        return 409, "cancelled", error.get("message") or "cancelled by the client"
+        return ApiError(409, "cancelled", error.get("message") or "cancelled by the client")
     if error.get("code") == "deadline_exceeded":  # the client's own limit, not the provider
-        return 408, "deadline_exceeded", error.get("message") or "the deadline passed"
-    return (502, error.get("code") or "provider_error",
-            error.get("message") or "the task failed")
+        return ApiError(408, "deadline_exceeded", error.get("message") or "the deadline passed")
+    code = error.get("code") or "provider_error"
+    message = error.get("message") or "the task failed"
+    status = error.get("status")
+    if status in PASSED_THROUGH:
+        # "http_400" is ours, said when the provider's error had no code: it had none.
+        return ApiError(status, None if code.startswith("http_") else code, message,
+                        param=error.get("param"),
+                        openai_type=error.get("type") or "invalid_request_error")
+    return ApiError(502, code, message)
 
 
 def _diverged(task_id: str) -> tuple[str, str]:
@@ -137,24 +222,10 @@ def _diverged(task_id: str) -> tuple[str, str]:
             f"answer will be at GET /api/tasks/{task_id}")
 
 
-def _error_event(code: str, message: str) -> bytes:
-    body = {"error": {"message": message, "type": "api_error", "code": code, "param": None}}
+def _error_event(code: str | None, message: str, param: str | None = None,
+                 error_type: str = "api_error") -> bytes:
+    body = {"error": {"message": message, "type": error_type, "code": code, "param": param}}
     return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise ApiError(422, "invalid_request", "stream: must be a boolean", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(422, "invalid_request", "stream_options: must be an object",
-                       param="stream_options")
-    include_usage = (options or {}).get("include_usage")
-    if include_usage is not None and not isinstance(include_usage, bool):
-        raise ApiError(422, "invalid_request", "stream_options.include_usage: must be a "
-                       "boolean", param="stream_options.include_usage")
-    return bool(stream), bool(include_usage)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -163,7 +234,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, edge.settings)
     req = parse_task(body, edge.settings, openai=True,
                      priority_header=request.headers.get(PRIORITY_HEADER))
-    stream, include_usage = _stream_options(body)
+    stream, include_usage = req.stream, req.include_usage
     tenant = tenant_of(request)
     sub = await service.submit(edge, tenant, req, key)
     request[TASK_ID_KEY] = sub.id
@@ -188,8 +259,9 @@ async def _wait(request: web.Request, events: EventStream, completion: Completio
             result = orjson.loads(event.data).get("result") or {}
             return json_response(completion.whole(result), headers=headers)
         if event.type in TERMINAL_EVENTS:
-            status, code, message = _failure(event)
-            raise ApiError(status, code, message, headers={**headers, **NO_RETRY})
+            err = _failure(event)
+            err.headers = {**headers, **NO_RETRY}
+            raise err
     raise ApiError(503, *_UNAVAILABLE, headers={**headers, **NO_RETRY})
 
 
@@ -199,8 +271,10 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
     await resp.prepare(request)
     keepalive = edge_of(request).settings.keepalive_s
     relays = {kind: Relay() for kind in DELTA_FIELDS}
+    choices = ChoiceRelay()
     try:
-        await resp.write(completion.chunk({"role": "assistant", "content": ""}))
+        # The role alone: an answer of tool calls or a refusal has no content, not "".
+        await resp.write(completion.chunk({"role": "assistant"}))
         last_write = time.monotonic()
         async for event in events:
             out = b""
@@ -213,21 +287,27 @@ async def _relay(request: web.Request, events: EventStream, completion: Completi
                 text = relays[event.type].feed(orjson.loads(event.data).get("delta") or "")
                 if text:
                     out = completion.chunk({DELTA_FIELDS[event.type]: text})
+            elif event.type == "choice":
+                if choices.feed(event.data):
+                    out = completion.choice_chunk(event.data)
             elif event.type == "reset":
                 for relay in relays.values():
                     relay.reset()
+                choices.reset()
             elif event.type == "done":
                 for relay in relays.values():
                     relay.check_finished()
+                choices.check_finished()
                 result = orjson.loads(event.data).get("result") or {}
-                out = completion.chunk({}, result.get("finish_reason") or "stop")
+                out = completion.finish_chunks(result)
                 if include_usage:
-                    out += completion.usage_chunk(result.get("usage"))
+                    out += completion.usage_chunk(result)
                 await resp.write(out + b"data: [DONE]\n\n")
                 return resp
             elif event.type in TERMINAL_EVENTS:
-                _status, code, message = _failure(event)
-                await resp.write(_error_event(code, message))
+                err = _failure(event)
+                await resp.write(_error_event(err.code, err.message, err.param,
+                                              err.openai_type or "api_error"))
                 return resp
             if out:
                 await resp.write(out)

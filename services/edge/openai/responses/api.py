@@ -31,7 +31,12 @@ from aiohttp import web
 from services.edge.context import TASK_ID_KEY, Edge, edge_of
 from services.edge.openai.chat.api import NO_RETRY, TASK_HEADER
 from services.edge.openai.responses import protocol
-from services.edge.openai.responses.events import ResponseEvents, encode, seconds
+from services.edge.openai.responses.events import (
+    ResponseEvents,
+    ToolCallDelta,
+    encode,
+    seconds,
+)
 from services.edge.openai.responses.protocol import Echo
 from services.edge.openai.responses.translate import (
     ToolNames,
@@ -271,7 +276,24 @@ async def _stream(request: web.Request, edge: Edge, tenant: str, task_id: str,
 
 
 def _feed(machine: ResponseEvents, event: Event) -> list[dict[str, Any]]:
-    return machine.feed(event.type, orjson.loads(event.data))
+    data = orjson.loads(event.data)
+    if event.type == "choice":
+        return _choice(machine, data)
+    return machine.feed(event.type, data)
+
+
+def _choice(machine: ResponseEvents, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A relayed choice delta (``{"index", "delta", "logprobs"}``): its tool-call pieces. A
+    response has one choice (``n`` is not a Responses field), and logprobs are not served."""
+    if data.get("index", 0) != 0:
+        return []
+    out: list[dict[str, Any]] = []
+    for piece in (data.get("delta") or {}).get("tool_calls") or []:
+        function = piece.get("function") or {}
+        out += machine.tool_call(ToolCallDelta(
+            index=int(piece.get("index", 0)), id=piece.get("id"), name=function.get("name"),
+            arguments=function.get("arguments") or ""))
+    return out
 
 
 # --- GET /v1/responses/{id} ---------------------------------------------------------------------

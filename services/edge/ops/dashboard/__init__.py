@@ -200,9 +200,31 @@ async def task(request: web.Request) -> web.Response:
     processor = h.get("processor") if scope(request) is None else None
     body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
                             "events": replay}
-    if edge.settings.dashboard_show_prompts and h.get("request"):
-        body["request"] = orjson.loads(h["request"])
+    if edge.settings.dashboard_show_prompts:
+        if h.get("request"):
+            body["request"] = orjson.loads(h["request"])
+    else:
+        _hide_tool_arguments(body)
     return json_response(body)
+
+
+HIDDEN = "(hidden: DASHBOARD_SHOW_PROMPTS is off)"
+
+
+def _hide_tool_arguments(body: dict[str, Any]) -> None:
+    """Tool calls' arguments (they may carry what the prompt did: names, keys, records) are
+    shown only under DASHBOARD_SHOW_PROMPTS, like the request; the rest of the answer is."""
+    result = body.get("result") or {}
+    calls = [*(result.get("tool_calls") or [])]
+    for choice in result.get("choices") or []:
+        calls += choice.get("tool_calls") or []
+    for event in body.get("events") or []:
+        if event.get("type") == "choice" and isinstance(event.get("data"), dict):
+            calls += (event["data"].get("delta") or {}).get("tool_calls") or []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and function.get("arguments"):
+            function["arguments"] = HIDDEN
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:
