@@ -132,21 +132,23 @@ async def load(edge: Edge, tenant: str, resp_id: str, param: str | None = None) 
     a response, one made with ``store: false``)."""
     task_id = protocol.task_id_of(resp_id)
     if task_id is None:
-        raise _not_found(resp_id, param)
+        raise _not_found(param)
     try:
         view, raw = await service.read_with_request(edge, tenant, task_id)
     except ApiError as err:
         if err.status == 404:
-            raise _not_found(resp_id, param) from None
+            raise _not_found(param) from None
         raise
     ctx = orjson.loads(raw).get(CONTEXT) if raw else None
     if not isinstance(ctx, dict) or (ctx.get("echo") or {}).get("store") is False:
-        raise _not_found(resp_id, param)
+        raise _not_found(param)
     return Stored(resp_id, task_id, view, ctx)
 
 
-def _not_found(resp_id: str, param: str | None) -> ApiError:
-    return ApiError(404, "not_found", f"Response with id '{resp_id}' not found.", param=param)
+def _not_found(param: str | None) -> ApiError:
+    # The id is not echoed, as no route echoes one it did not find: a 404 says the same for an
+    # id that never existed and for another tenant's.
+    return ApiError(404, "not_found", "no response with this id", param=param)
 
 
 def _as_responses_error(err: ApiError, origins: list[str]) -> ApiError:
