@@ -68,23 +68,37 @@ def test_two_tenants_cannot_see_or_touch_each_others_tasks(
                             json={"messages": [{"role": "user", "content": "alpha via v1"}]})
         assert r.status_code == 200, r.text
         via_v1 = r.headers["X-Sluice-Task-Id"]
+        # A response is a task too, named by its resp_ id on the /v1/responses routes.
+        r = alpha.http.post("/v1/responses", json={"input": "alpha via responses"})
+        assert r.status_code == 200, r.text
+        response = r.json()["id"]
+        via_responses = "tsk_" + response.removeprefix("resp_")
         assert alpha.wait_terminal(done)["status"] == "succeeded"
         assert alpha.wait_terminal(failed)["status"] == "failed"
         assert alpha.wait_terminal(via_v1)["status"] == "succeeded"
-        ids = {"done": done, "failed": failed, "via_v1": via_v1}
+        assert alpha.wait_terminal(via_responses)["status"] == "succeeded"
+        ids = {"done": done, "failed": failed, "via_v1": via_v1, "via_responses": via_responses}
         for task_id in ids.values():
             assert re.fullmatch(r"tsk_[0-9a-f]{32}", task_id)  # 128 random bits
+
+        def named(template: str, task_id: str) -> str:
+            """The route's own name for the task: /v1/responses names it by its resp_ id."""
+            if template.startswith("/v1/responses/"):
+                task_id = "resp_" + task_id.removeprefix("tsk_")
+            return template.replace("{id}", task_id)
 
         # Beta first: every route with {id}, every one of alpha's tasks, all 404.
         for method, template in routes:
             for name, task_id in ids.items():
-                status, body = call(beta.http, method, template.replace("{id}", task_id))
+                status, body = call(beta.http, method, named(template, task_id))
                 assert status == 404, (method, template, name, body)
                 assert "alpha" not in body and task_id not in body.replace(
                     f"/api/tasks/{task_id}", "")
+                assert task_id.removeprefix("tsk_") not in body
         # ... and the same requests as alpha are answered: the 404s above were about tenants.
         for method, template in routes:
-            status, body = call(alpha.http, method, template.replace("{id}", done))
+            own = via_responses if template.startswith("/v1/responses/") else done
+            status, body = call(alpha.http, method, named(template, own))
             assert status != 404, (method, template, body)
 
         # Nothing beta did changed alpha's tasks.
