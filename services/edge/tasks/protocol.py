@@ -6,13 +6,15 @@ A limit is written once, here, or in the settings it comes from.
 The two bodies share everything but two points, each said in the model: ``/api/tasks`` also
 takes ``prompt`` (``messages`` then optional) and refuses a member it does not know (a typo
 never silently changes what is sent: ``forbid_unknown_fields``); ``/v1/chat/completions``
-keeps unknown members, as the SDKs' ``extra_body`` sends them. Validation only reads the
-model: the body forwarded and stored is the client's own JSON, every member kept as given.
+keeps unknown members, as the SDKs' ``extra_body`` sends them. Converting a body to the model
+only reads it: what is forwarded and stored is the client's own JSON, every member as given.
 
 Limits that come from the settings (MAX_MESSAGES, MAX_TEXT_CHARS, MAX_TOKENS_LIMIT,
 MAX_METADATA_BYTES, AI_MODELS) cannot live in a static class: :func:`models` builds the
-classes for one edge's settings (once: they are cached), with those values in their
-``Meta``, so the edge's validation and the document it serves state the same numbers.
+classes for one edge's settings (at app creation, then cached), with those values in their
+``Meta``, so the edge's validation and the document it serves state the same numbers. (The
+other way, a static model whose schema is patched with the settings' values afterwards, would
+validate with one number and document another.)
 
 What msgspec cannot say by types (a rule across members: a text part has text; an
 assistant's content may be null only beside tool calls; ``prompt`` or ``messages``; the size
