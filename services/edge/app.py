@@ -19,7 +19,7 @@ from services.edge.ops import status as views_status
 from services.edge.plumbing.auth import authenticate
 from services.edge.plumbing.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
-from services.edge.tasks import dead_letters, events, feeds
+from services.edge.tasks import dead_letters, events, feeds, protocol
 from services.edge.tasks import views as views_tasks
 from services.edge.webhooks import delivery
 from services.edge.webhooks import views as webhooks
@@ -76,6 +76,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
                           handler_args={"auto_decompress": False,
                                         "handler_cancellation": False})
     app[SETTINGS] = settings
+    protocol.models(settings)  # the request models with this edge's limits, built here once
     metrics.configure(settings.metrics)
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(feeds.feeds_ctx)

@@ -6,9 +6,12 @@ configured. The tests keep it true: every route of the app must be documented he
 operation here must exist (tests/integration/test_openapi_doc.py), and schemathesis checks
 every answer against it (tests/e2e/test_schemathesis.py).
 
-The schemas say exactly what the validators accept, because schemathesis sends data both just
-inside and just outside them. Two limits cannot be said in JSON Schema and are only described:
-the total text of all messages, and the size of ``metadata`` as JSON.
+The request bodies of POST /api/tasks and POST /v1/chat/completions (TaskRequest,
+ChatCompletionRequest and what they name) are not written here: they come from the request
+model that validates them (services/edge/tasks/protocol.py, ``components``). The schemas say
+exactly what the validators accept, because schemathesis sends data both just inside and just
+outside them. Two limits cannot be said in JSON Schema and are only described: the total text
+of all messages, and the size of ``metadata`` as JSON.
 """
 
 from __future__ import annotations
@@ -20,25 +23,12 @@ from aiohttp import web
 from services.edge.context import SETTINGS
 from services.edge.openai.batch import openapi as openapi_batches
 from services.edge.openai.responses import openapi as openapi_responses
-from services.edge.plumbing.bodies import INT_MAX, INT_MIN
 from services.edge.settings import EdgeSettings
-from services.edge.tasks.validation import (
-    CHAT_FIELDS,
-    FLEX_PRIORITY,
-    MAX_ID_CHARS,
-    MAX_METADATA_DEPTH,
-    MAX_N,
-    MAX_TOOL_CALLS,
-    PRIORITY_HEADER,
-    PRIORITY_HEADER_PATTERN,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    PROVIDER_OPTIONS_RESERVED,
-    ROLES,
-)
+from services.edge.tasks import protocol
+from services.edge.tasks.validation import PRIORITY_HEADER, PRIORITY_HEADER_PATTERN
 from services.edge.tasks.views import IDEMPOTENCY_KEY_PATTERN, json_response
 from services.edge.webhooks import openapi as webhooks_openapi
-from shared import deadlines, tasks
+from shared import tasks
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -109,133 +99,8 @@ def json_ok(description: str, schema: Schema, headers: dict[str, Any] | None = N
 
 
 # --- request bodies -------------------------------------------------------------------------
-def _message(s: EdgeSettings) -> Schema:
-    text = {"type": "string", "maxLength": s.max_text_chars}
-    # Parts of any type (text, image_url, input_audio, file, ...), forwarded as given.
-    part = {"anyOf": [obj(["type", "text"], {"type": {"const": "text"}, "text": STR}),
-                      obj(["type"], {"type": {"type": "string", "not": {"const": "text"}}})]}
-    content = {"anyOf": [text, {"type": "array", "minItems": 1, "items": part}]}
-    name64 = {"type": "string", "minLength": 1, "maxLength": 64}
-    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
-    calls = {"type": "array", "minItems": 1, "maxItems": MAX_TOOL_CALLS,
-             "items": {"anyOf": [obj(["id", "type", "function"], {
-                 "id": call_id, "type": {"const": "function"},
-                 "function": obj(["name", "arguments"], {
-                     "name": name64,
-                     "arguments": {"type": "string", "description": "JSON text"}})}),
-                 obj(["id", "type"], {"id": call_id, "type": {"const": "custom"}})]}}
-    null = {"type": "null"}
-    others = sorted(ROLES - {"tool", "assistant"})
-    # One branch per kind of message: a tool's answer names its call; an assistant's message
-    # may carry tool calls (then its content may be null); any other has content.
-    return {**obj(["role"], {
-        "role": {"enum": sorted(ROLES)},
-        "content": {"anyOf": [*content["anyOf"], null]},
-        "name": nullable(name64),
-        "tool_calls": nullable(calls),
-        "tool_call_id": nullable(call_id),
-    }, description="OpenAI's message. Every member is forwarded as given (reasoning_content, "
-                   "refusal, DeepSeek's prefix...); these are the ones Sluice checks."),
-        "anyOf": [
-            obj(["role", "content", "tool_call_id"], {
-                "role": {"const": "tool"}, "content": content, "tool_call_id": call_id,
-                "tool_calls": null}),
-            obj(["role", "tool_calls"], {
-                "role": {"const": "assistant"}, "tool_calls": calls, "tool_call_id": null}),
-            obj(["role", "content"], {
-                "role": {"const": "assistant"}, "content": content, "tool_call_id": null}),
-            obj(["role", "content"], {
-                "role": {"enum": others}, "content": content, "tool_calls": null,
-                "tool_call_id": null})]}
-
-
-def _sampling(s: EdgeSettings) -> dict[str, Schema]:
-    stop_text = {"type": "string", "minLength": 1, "maxLength": 256}
-    return {
-        "model": nullable({"enum": list(s.models),
-                           "description": f"one of AI_MODELS; default: {s.provider.ai_model}. "
-                                          "Another: model_not_found (404 on /v1, else 422)"}),
-        "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages,
-                     "items": ref("Message"),
-                     "description": f"at most {s.max_text_chars} characters of text in all"},
-        "max_tokens": nullable({"type": "integer", "minimum": 1,
-                                "maximum": s.max_tokens_limit}),
-        "temperature": nullable({"type": "number", "minimum": 0, "maximum": 2}),
-        "top_p": nullable({"type": "number", "minimum": 0, "maximum": 1}),
-        "stop": nullable({"anyOf": [stop_text, {"type": "array", "minItems": 1, "maxItems": 4,
-                                                "items": stop_text}]}),
-        "metadata": nullable({"type": "object", "additionalProperties": ref("MetadataValue"),
-                              "description":
-                              f"yours, returned with the task; at most "
-                              f"{s.max_metadata_bytes} bytes as JSON, nested at most "
-                              f"{MAX_METADATA_DEPTH} levels, integers within 64 bits"}),
-        "deadline": nullable({"anyOf": [
-            {"type": "number", "exclusiveMinimum": 0, "maximum": deadlines.MAX_DEADLINE_S},
-            {"type": "string", "format": "date-time"}],
-            "description": "seconds from submit, or an RFC 3339 time: a task still waiting "
-                           "then ends failed, deadline_exceeded, never sent to the provider "
-                           "(default: the processors' TASK_DEADLINE_S, 24 h)"}),
-        "priority": nullable({
-            "type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX,
-            "description": "lower runs sooner within your own tasks (default 0); each step is "
-                           "worth the coordinators' PRIORITY_AGING_S of waiting, so a high "
-                           "number delays a task but never starves it. Not sent to the "
-                           "provider"}),
-        "max_completion_tokens": nullable({"type": "integer", "minimum": 1,
-                                           "maximum": s.max_tokens_limit}),
-        "n": nullable({"type": "integer", "minimum": 1, "maximum": MAX_N,
-                       "description": "every choice is relayed and stored"}),
-        "stream": nullable(BOOL),
-        "stream_options": nullable({"type": "object",
-                                    "properties": {"include_usage": nullable(BOOL)}}),
-        "service_tier": nullable({"type": "string", "description": f'"flex": priority '
-                                  f"{FLEX_PRIORITY} unless a priority is given (/v1). "
-                                  "Forwarded"}),
-        "provider_options": nullable({
-            "type": "object", "description": "merged into the provider's request: a "
-            "provider's own parameters (top_k, enable_thinking, ...); may not set "
-            + ", ".join(sorted(PROVIDER_OPTIONS_RESERVED)) + ". Not sent as itself",
-            "propertyNames": {"not": {"enum": sorted(PROVIDER_OPTIONS_RESERVED)}}}),
-        # Every other documented Chat Completions field: forwarded as given, checked by the
-        # provider (a refusal comes back as the provider's own 400).
-        **{name: {"description": "forwarded to the provider as given"}
-           for name in sorted(CHAT_FIELDS - _CHECKED)},
-    }
-
-
-# The fields whose schema Sluice states above (the rest of CHAT_FIELDS pass through).
-_CHECKED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-                      "top_p", "stop", "metadata", "n", "stream", "stream_options",
-                      "service_tier"})
-
-
-def _task_request(s: EdgeSettings) -> Schema:
-    props = _sampling(s)
-    props["prompt"] = {"type": "string", "minLength": 1, "maxLength": s.max_text_chars,
-                       "description": "shorthand for one user message"}
-    return {"type": "object", "properties": props, "additionalProperties": False,
-            "oneOf": [{"required": ["messages"]}, {"required": ["prompt"]}],
-            "description": "Every documented Chat Completions field, forwarded to the provider "
-                           "as given, and Sluice's own (prompt, deadline, priority, "
-                           "provider_options). Other fields are refused (422), so a typo never "
-                           "silently changes what is sent: a provider's own parameters go in "
-                           "provider_options."}
-
-
-def _chat_request(s: EdgeSettings) -> Schema:
-    props = _sampling(s)
-    return {"type": "object", "required": ["messages"], "properties": props,
-            "description": "Forwarded to the provider as given, less deadline, priority and "
-                           "provider_options (merged in); other members (a provider's own, "
-                           "as the SDKs' extra_body sends them) are forwarded too."}
-
-
-# Numbers within 64-bit integers' range: a wider integer would not be kept exactly.
-_METADATA_VALUE = {"anyOf": [
-    {"type": ["string", "boolean", "null"]},
-    {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX},
-    {"type": "array", "items": ref("MetadataValue")},
-    {"type": "object", "additionalProperties": ref("MetadataValue")}]}
+# TaskRequest and ChatCompletionRequest, with every schema they name, come from the request
+# model (services/edge/tasks/protocol.py): the same classes validate the bodies.
 
 
 # --- answers --------------------------------------------------------------------------------
@@ -365,7 +230,7 @@ def _task_links() -> dict[str, Schema]:
         ("TaskEvents", "taskEvents"), ("RetryTask", "retryTask"))}
 
 
-def _paths(s: EdgeSettings) -> dict[str, Any]:
+def _paths(s: EdgeSettings, requests: dict[str, Schema]) -> dict[str, Any]:
     rate = {name: {"description": text, "schema": STR} for name, text in (
         ("x-ratelimit-limit-requests", "tasks this key may submit per minute "
                                        "(TENANT_RATE_PER_MINUTE; absent when unlimited)"),
@@ -484,22 +349,22 @@ def _paths(s: EdgeSettings) -> dict[str, Any]:
             "summary": "The models a request may name (AI_MODELS), the default first",
             "responses": {"200": json_ok("OpenAI's model list", ref("ModelList")),
                           **errors(401, openai=True)}}},
-        **openapi_responses.paths(s, _sampling(s), [_idempotency_param(), priority_header]),
+        **openapi_responses.paths(s, requests["ChatCompletionRequest"]["properties"],
+                                  [_idempotency_param(), priority_header]),
         **(openapi_batches.paths(s) | webhooks_openapi.paths() if s.batch_api_on else {}),
     }
 
 
 def document(settings: EdgeSettings) -> dict[str, Any]:
+    requests = protocol.components(settings)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Sluice edge", "version": "1",
                  "description": "Takes slow LLM calls off the request path: submit, get an id "
                                 "at once, read the answer live or when it is done."},
-        "paths": _paths(settings),
+        "paths": _paths(settings, requests),
         "components": {"schemas": {
-            "TaskRequest": _task_request(settings), "Message": _message(settings),
-            "MetadataValue": _METADATA_VALUE,
-            "ChatCompletionRequest": _chat_request(settings), "Task": _TASK,
+            **requests, "Task": _TASK,
             "TaskResult": _RESULT, "TaskState": obj(["id", "status"], {
                 "id": STR, "status": {"enum": [*tasks.STATUSES, "cancelling"]}}),
             "Error": _ERROR, "OpenAIError": _OPENAI_ERROR, "ChatCompletion": _CHAT,

@@ -15,7 +15,7 @@ from services.edge.plumbing.errors import (
     unavailable_event,
     unavailable_write,
 )
-from services.edge.tasks.validation import TaskRequest
+from services.edge.tasks.validation import Submission
 from shared import logs, metrics, rollup, tasks, tracing
 from shared.governor import estimate_tokens, format_duration
 from shared.redis_conn import UNAVAILABLE
@@ -63,7 +63,7 @@ def body_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-async def submit(edge: Edge, tenant: str, req: TaskRequest, idem_key: str | None,
+async def submit(edge: Edge, tenant: str, req: Submission, idem_key: str | None,
                  task_id: str | None = None) -> Submitted:
     """``task_id``: the id the task gets if it is new (one is made otherwise)."""
     digest = body_hash(req.payload) if idem_key else ""

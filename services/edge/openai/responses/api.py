@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
@@ -196,7 +196,7 @@ async def create(request: web.Request) -> web.StreamResponse:
                          priority_header=request.headers.get(PRIORITY_HEADER))
     except ApiError as err:
         raise _as_responses_error(err, t.origins) from None
-    req = dataclasses.replace(req, payload={**req.payload, CONTEXT: context(t, history)})
+    req = msgspec.structs.replace(req, payload={**req.payload, CONTEXT: context(t, history)})
     sub = await service.submit(edge, tenant, req, key)
     request[TASK_ID_KEY] = sub.id
     if t.omitted_tools or t.ignored:
