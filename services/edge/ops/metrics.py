@@ -31,7 +31,7 @@ async def rollup_ctx(app: web.Application) -> AsyncIterator[None]:
     async def depth() -> dict[str, float]:
         await figures.refresh_queue(edge.redis, edge.keys)
         return {"depth": sum(metrics.queue_depth.labels(s)._value.get()
-                             for s in ("queued", "open_batch", "batched"))}
+                             for s in ("queued", "waiting", "batched"))}
 
     async with rollup.flushing(edge.redis, edge.keys, depth):
         yield

@@ -48,11 +48,12 @@ async def overview(request: web.Request) -> web.Response:
     hb = edge.settings.batching
     admin = only is None
     if only is None:
-        depth = {s: metrics.queue_depth.labels(s)._value.get()
-                 for s in ("queued", "open_batch", "batched", "running", "dead")}
+        depth = {s: int(metrics.queue_depth.labels(s)._value.get())
+                 for s in metrics.DEPTH_STATES}
+        depth["dead"] = int(metrics.dead_letters._value.get())
     else:
         mine = await tenant_counts(edge, only)
-        depth = {"queued": mine.queued, "open_batch": mine.waiting, "batched": mine.batched,
+        depth = {"queued": mine.queued, "waiting": mine.waiting, "batched": mine.batched,
                  "running": mine.running, "dead": len(await _dead_letters(request))}
     return json_response({
         "access": "open" if edge.settings.open_admin else ("admin" if is_admin(request)
@@ -61,10 +62,10 @@ async def overview(request: web.Request) -> web.Response:
         "depth": depth,
         "why_waiting": _why(depth, sum(int(free.get(n, 0)) for n, exp in procs if exp > now),
                             hb.batch_size, deadline, now),
-        "open_batch": {"size": depth["open_batch"],
-                       "flush_at": iso(deadline) if deadline and depth["open_batch"] else None,
-                       "batch_size": hb.batch_size, "timeout_ms": hb.batch_timeout_ms,
-                       "adaptive": hb.batch_adaptive},
+        "waiting_room": {"size": depth["waiting"],
+                         "flush_at": iso(deadline) if deadline and depth["waiting"] else None,
+                         "batch_size": hb.batch_size, "timeout_ms": hb.batch_timeout_ms,
+                         "adaptive": hb.batch_adaptive},
         "waiting_by_tenant": await _waiting_by_tenant(request),
         # The processes are the operator's: a tenant's key sees none of their names.
         "processors": [{"name": n, "alive": exp > now, "free": int(free.get(n, 0)),
@@ -86,12 +87,12 @@ async def overview(request: web.Request) -> web.Response:
     })
 
 
-def _why(depth: dict[str, float], free: int, size: int, deadline: Any, now: int) -> list[str]:
+def _why(depth: dict[str, int], free: int, size: int, deadline: Any, now: int) -> list[str]:
     """Plain words for why tasks wait."""
     out = []
-    if depth["open_batch"]:
+    if depth["waiting"]:
         left = max(0, int(deadline or now) - now)
-        out.append(f"{int(depth['open_batch'])} task(s) in the waiting room: they leave in "
+        out.append(f"{depth['waiting']} task(s) in the waiting room: they leave in "
                    f"fair order, in batches of up to {size}, as soon as a processor and the "
                    f"provider have room (adaptive), or one batch in {left / 1000:.1f} s on the "
                    "timer")

@@ -17,7 +17,7 @@ let overview = null;
 // What each state of the queue is, in the words the page uses.
 const STATES = {
   queued: ["new", "not yet read by a coordinator"],
-  open_batch: ["waiting", "in the fair waiting room"],
+  waiting: ["waiting", "in the fair waiting room"],
   batched: ["batched", "flushed, waiting for a processor"],
   running: ["running", "on a processor"],
 };
@@ -167,7 +167,7 @@ function renderOverview(o) {
   $("depth-cards").replaceChildren(...cards);
   if (isShown("overview")) drawHistory(o.history);
   $("why").replaceChildren(...o.why_waiting.map((w) => el("li", w)));
-  const b = o.open_batch;
+  const b = o.waiting_room;
   $("open-batch").textContent = `${Math.round(b.size)} task(s) waiting. They leave in fair ` +
     `order, in batches of up to ${b.batch_size}` +
     `${b.adaptive ? ", as soon as a processor and the provider have room, or" : ","} ` +
