@@ -205,6 +205,7 @@ def test_a_real_prometheus_scrapes_every_service(workload: Any, tmp_path: Path) 
               .replace("/etc/prometheus/metrics_token", str(token_file)))
     assert "dns_sd_configs" not in config
     (tmp_path / "prometheus.yml").write_text(config)
+    (tmp_path / "alerts.yml").write_text((ROOT / "deploy" / "alerts.yml").read_text())
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -228,6 +229,10 @@ def test_a_real_prometheus_scrapes_every_service(workload: Any, tmp_path: Path) 
         by_status = {s["metric"]["status"]: float(s["value"][1])
                      for s in r.json()["data"]["result"]}
         assert by_status == {"succeeded": 5.0, "failed": 2.0}
+        # deploy/alerts.yml loaded and evaluated against this stack's series.
+        groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) >= 10 and all(r["health"] != "err" for r in rules), rules
     except BaseException:
         log.flush()
         print((tmp_path / "prometheus.log").read_text()[-3000:])
