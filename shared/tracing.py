@@ -184,6 +184,18 @@ def end(span: Any, error: str | None = None, attributes: Mapping[str, Any] | Non
     span.end()
 
 
+def client_traceparent() -> str:
+    """The client's traceparent header, when well formed ('' if not): kept with the task when
+    we do not trace, so every log line of the task names the client's trace."""
+    header = incoming.get()
+    if not header:
+        return ""
+    parts = header.split("-")
+    ok = (len(parts) == 4 and [len(p) for p in parts] == [2, 32, 16, 2]
+          and all(c in "0123456789abcdef" for c in header.replace("-", "")))
+    return header if ok else ""
+
+
 def submit_span(task_id: str, tenant: str) -> Any:
     """The edge's span for one submit, child of the client's traceparent header if any."""
     if _tracer is None:

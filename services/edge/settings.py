@@ -42,6 +42,7 @@ class EdgeSettings:
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
     metrics: MetricsSettings
     dashboard_show_prompts: bool
+    log_polls: bool  # LOG_POLLS: an access line for scrapes and the dashboard's reads too
     batch_api_on: bool  # BATCH_API: /v1/files, /v1/batches and webhooks
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
@@ -88,6 +89,7 @@ class EdgeSettings:
             models=_models(env, provider.ai_model),
             metrics=MetricsSettings.from_env(env),
             dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
+            log_polls=env.flag("LOG_POLLS", False),
             batch_api_on=env.flag("BATCH_API", True),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),

@@ -14,7 +14,7 @@ from typing import Any
 
 from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas, OnHeaders
-from shared import metrics, rollup, tasks, tracing
+from shared import logs, metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
@@ -52,6 +52,7 @@ def begun(b: Begun) -> None:
                       tenant_label=metrics.tenant(h.get("tenant", "")),
                       client_ttft_due=bool(created) and (b.counted or bool(h.get("requeues"))))
     _facts.set(facts)
+    logs.bind_work(tenant=facts.tenant, trace_id=logs.trace_id(facts.traceparent))
     if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
         metrics.child(metrics.queue_wait, facts.model, facts.tenant_label).observe(wait)
