@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from services.edge.context import edge_of
+from services.edge.ops.dashboard import figures as overview_figures
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
 from services.edge.ops.status import last_error, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
@@ -82,9 +83,15 @@ async def overview(request: web.Request) -> web.Response:
                      "pacing": [provider_view(v, only)
                                 for v in await read_providers(r, k, now)]},
         # The per-minute rollup counts every tenant's work: an admin's alone.
-        "history": await rollup.history(r, k, 60) if admin else [],
+        "history": [_minute(m) for m in await rollup.history(r, k, 60)] if admin else [],
         "timestamp": iso(now),
     })
+
+
+def _minute(m: dict[str, float]) -> dict[str, Any]:
+    """One minute of the history: its start as ISO, whole numbers as integers."""
+    return {k: iso(int(v)) if k == "t" else int(v) if float(v).is_integer() else v
+            for k, v in m.items()}
 
 
 def _why(depth: dict[str, int], free: int, size: int, deadline: Any, now: int) -> list[str]:
@@ -222,6 +229,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/dashboard", page)
     r.add_static("/dashboard/static", STATIC)
     r.add_get("/api/admin/overview", overview)
+    r.add_get("/api/admin/figures", overview_figures.figures)
     r.add_get("/api/admin/live", live)
     r.add_get("/api/admin/live/events", live_stream.live_events)
     r.add_get("/api/admin/dead-letters", dead)
