@@ -119,6 +119,17 @@ async def test_the_figures_are_those_of_the_tasks_run(
             if path.startswith(".totals") or (not path.startswith(".series") and path.endswith(
                     (".count", ".finished", ".failed", ".tokens"))):
                 assert isinstance(v, int), (path, v)
+        # The status routes: every time ISO, every count an integer.
+        for path in ("/api/async-status", "/api/ai-status", "/api/admin/overview"):
+            body = await (await edge.client.get(path, headers=auth(ADMIN))).json()
+            for where, v in walk(body):
+                if where.endswith(("_at", ".timestamp", ".t", "flush_at", "until")):
+                    assert v is None or ISO.match(v), (path, where, v)
+                if where.split(".")[-1] in ("count", "depth", "size", "in_flight", "free",
+                                            "busy", "limit", "remaining", "tasks_waiting",
+                                            "queued", "running", "waiting", "batched",
+                                            "dead", "submitted", "finished", "failed"):
+                    assert v is None or isinstance(v, int), (path, where, v)
         mine = await (await edge.client.get("/api/admin/figures?range=24h",
                                             headers=auth(OTHER))).json()
         assert [t["tenant"] for t in mine["tenants"]] == ["globex"]

@@ -13,9 +13,10 @@ from aiohttp import web
 from services.edge.context import edge_of
 from services.edge.ops.dashboard import figures as overview_figures
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
+from services.edge.ops.dashboard import story
 from services.edge.ops.status import last_error, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
-from services.edge.tasks import dead_letters, events, service
+from services.edge.tasks import dead_letters, events, service, waiting
 from services.edge.tasks.views import json_response
 from shared import figures, metrics, rollup, tasks
 from shared.governor import read_providers
@@ -201,13 +202,17 @@ async def task(request: web.Request) -> web.Response:
     edge, task_id = edge_of(request), request.match_info["id"]
     tenant = await _tenant_of_task(request, task_id)
     view = await service.read(edge, tenant, task_id)
+    view.update(await waiting.explain(edge, tenant, view))  # why it waits, its place in line
     h = await edge.steps.task_hash(task_id)
     raw: Any = await edge.redis.xrange(edge.keys.events(task_id), count=2000)
-    replay = [{"id": i, "type": f.get("e"), "data": tasks.loads_or_none(f.get("d"))}
-              for i, f in raw]
-    processor = h.get("processor") if scope(request) is None else None
+    # Each event with its time (a stream entry's id starts with it, in ms).
+    replay = [{"id": i, "at": iso(story.at_ms(i)), "type": f.get("e"),
+               "data": tasks.loads_or_none(f.get("d"))} for i, f in raw]
+    admin = scope(request) is None
+    told = story.timeline(raw, h if admin else {}, view)  # process names: the operator's
+    processor = h.get("processor") if admin else None
     body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
-                            "events": replay}
+                            "events": replay, **told}
     if edge.settings.dashboard_show_prompts and h.get("request"):
         body["request"] = orjson.loads(h["request"])
     return json_response(body)
