@@ -42,13 +42,20 @@ async def submit(client: TestClient, key: str, mock: dict[str, Any]) -> str:
     return str((await r.json())["id"])
 
 
+# The processor observes a task's end just after its complete step stamped completed_at: on a
+# loaded machine some ms later, which may cross a bucket's bound.
+OBSERVED_LATE_S = 0.25
+
+
 def in_true_bucket(reported: float | None, values: list[float], q: float) -> bool:
-    """``reported`` lies in the rollup bucket holding the true ``q`` quantile of ``values``."""
+    """``reported`` lies in the rollup bucket holding the true ``q`` quantile of ``values``
+    (or, for an observation made up to OBSERVED_LATE_S later, in a bucket up to that one)."""
     ordered = sorted(values)
     true = ordered[max(0, math.ceil(q * len(ordered)) - 1)]
     i = rollup.bucket(true)
     lower = rollup.BUCKETS[i - 1] if i else 0.0
-    return reported is not None and lower <= reported <= rollup.BUCKETS[i]
+    upper = rollup.BUCKETS[rollup.bucket(true + OBSERVED_LATE_S)]
+    return reported is not None and lower <= reported <= upper
 
 
 def walk(value: Any, path: str = "") -> list[tuple[str, Any]]:
