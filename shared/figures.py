@@ -27,7 +27,8 @@ async def _group(redis: RedisClient, stream: str, group: str) -> int:
 
 
 async def refresh_queue(redis: RedisClient, keys: Keys) -> None:
-    """The edge's gauges: queue depth by state, live processors and coordinators."""
+    """The edge's gauges: queue depth by state, dead letters, live processors and
+    coordinators."""
     k, now = keys, now_ms()
     async with redis.pipeline(transaction=False) as p:
         p.get(k.waiting_count)
@@ -40,10 +41,10 @@ async def refresh_queue(redis: RedisClient, keys: Keys) -> None:
         open_len, backlog, inflight, free, procs, coords, dead = await p.execute()
     depth = metrics.queue_depth
     depth.labels("queued").set(await _group(redis, k.tasks_stream, TASKS_GROUP))
-    depth.labels("open_batch").set(int(open_len or 0))
+    depth.labels("waiting").set(int(open_len or 0))
     depth.labels("batched").set(int(backlog or 0))
     depth.labels("running").set(sum(int(inflight.get(p, 0)) for p in procs))
-    depth.labels("dead").set(dead)
+    metrics.dead_letters.set(dead)
     metrics.processors_alive.set(len(procs))
     metrics.processor_free_slots.set(sum(int(free.get(p, 0)) for p in procs))
     metrics.coordinators_alive.set(coords)

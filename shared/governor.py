@@ -317,7 +317,8 @@ def provider_state(state: dict[str, str], in_flight: int, now: int) -> dict[str,
         if limit is None and rem is None:
             return None
         reset = abs(reset or 0)  # negative: a reset settle.lua capped
-        return {"limit": limit, "remaining": rem,
+        return {"limit": None if limit is None else int(limit),
+                "remaining": None if rem is None else int(rem),
                 "reset_at": int(reset) if reset > now else None}
 
     refused_at = _num(state.get("refused_at"))

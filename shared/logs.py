@@ -1,21 +1,33 @@
 """structlog set-up, done once by each service's ``__main__``: JSON lines in containers,
 coloured key-value lines on a terminal. aiohttp's and redis's stdlib loggers go through the
-same chain, so every line a service prints has one shape."""
+same chain, so every line a service prints has one shape.
+
+Every line carries ``service``; a line written while one request or one task is handled also
+carries what :func:`bind_work` bound for it (``tenant``, ``trace_id``, ``task_id``), through
+structlog's contextvars."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextvars import Token
 from typing import Any
 
 import orjson
 import structlog
 
 
-def configure(log_format: str = "json", level: str = "info") -> None:
+def configure(log_format: str = "json", level: str = "info", service: str | None = None
+              ) -> None:
+    def add_service(_logger: Any, _name: str, event: structlog.types.EventDict
+                    ) -> structlog.types.EventDict:
+        event.setdefault("service", service)
+        return event
+
     shared: list[structlog.types.Processor] = [
+        *([add_service] if service else []),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -51,6 +63,20 @@ def _dumps(obj: Any, default: Callable[[Any], Any] | None = None, **kw: Any) -> 
         return orjson.dumps(obj, default=default).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(obj, default=default, **{"separators": (",", ":"), **kw})
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def bind_work(**values: str | None) -> Mapping[str, Token[Any]]:
+    """Bind ``values`` (those neither None nor empty) to every line the current asyncio task
+    logs from now on (a task's run has an asyncio task of its own); the tokens reset them."""
+    return structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v})
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

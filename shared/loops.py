@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -46,6 +47,7 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
     the service."""
     delay = 0.1
     regroup = False
+    failing_since: float | None = None
     while not stopping.is_set():
         cancel_if_asked()
         try:
@@ -54,7 +56,12 @@ async def forever(step: Callable[[], Awaitable[object]], what: str, stopping: as
             regroup = False
             await step()
             delay = 0.1
+            if failing_since is not None:
+                _answers_again(what, failing_since)
+                failing_since = None
         except WAIT_OUT as exc:
+            if failing_since is None:
+                failing_since = time.monotonic()
             metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, retry_in_s=round(delay, 2),
                         error=type(exc).__name__)
@@ -76,16 +83,29 @@ async def until_redis_answers(step: Callable[[], Awaitable[T]], what: str, **con
     """Run one idempotent step, retrying while Redis is unreachable (a restart, a failover) or
     full. Used where giving up would strand work: acknowledging a batch, finishing a task."""
     delay = 0.1
+    failing_since: float | None = None
     while True:
         cancel_if_asked()
         try:
-            return await step()
+            result = await step()
         except WAIT_OUT as exc:
+            if failing_since is None:
+                failing_since = time.monotonic()
             metrics.redis_errors.labels(what).inc()
             log.warning(wait_event(exc), loop=what, error=type(exc).__name__,
                         retry_in_s=round(delay, 2), **context)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            continue
+        if failing_since is not None:
+            _answers_again(what, failing_since, **context)
+        return result
+
+
+def _answers_again(what: str, since: float, **context: object) -> None:
+    """The line after the warnings of an outage: Redis answers this loop again."""
+    log.info("redis_answers_again", loop=what, down_s=round(time.monotonic() - since, 2),
+             **context)
 
 
 @contextlib.asynccontextmanager

@@ -7,9 +7,13 @@ help texts, buckets and label rules live here. Names follow Prometheus conventio
 so existing dashboards read them.
 
 Cardinality is bounded by construction: no label ever holds a task id, routes are the router's
-templates, and the tenant label is empty (Prometheus drops an empty label, so the series has no
-tenant at all) unless ``METRICS_TENANT_LABEL=true``, and then holds at most
-``METRICS_MAX_TENANTS`` tenants, the rest counted as ``other``.
+templates, ``model`` holds a model the edge accepted (``AI_MODELS``, at most MAX_MODELS, the rest
+``other``), and ``tenant`` holds at most ``METRICS_MAX_TENANTS`` tenants, the first seen, the rest
+counted as ``other`` (``METRICS_TENANT_LABEL=false``: empty, which Prometheus drops, so the
+series has no tenant at all).
+
+One label name for an HTTP status: ``status`` (``sluice_provider_requests_total`` called it
+``code`` before; a query on ``code`` finds nothing now).
 
 Every family is in prometheus-client's default registry; each process serves only its own
 (``ROLE_FAMILIES``, ``registry(role)``), with the process collector (CPU seconds, memory, fds).
@@ -68,17 +72,19 @@ class MetricsSettings:
         return cls(
             port=env.integer("METRICS_PORT", default_port, min_value=0, max_value=65535),
             host=env.text("METRICS_HOST", "0.0.0.0"),
-            tenant_label=env.flag("METRICS_TENANT_LABEL", False),
-            max_tenants=env.integer("METRICS_MAX_TENANTS", 100, min_value=1, max_value=10_000),
+            tenant_label=env.flag("METRICS_TENANT_LABEL", True),
+            max_tenants=env.integer("METRICS_MAX_TENANTS", 20, min_value=1, max_value=10_000),
             token=Secret(env.optional("METRICS_TOKEN", secret=True) or ""),
         )
 
 
 class TenantLabels:
-    """The tenant label's value: '' when off, the tenant for the first ``cap`` tenants seen,
-    then 'other'. The first come keep their series for the life of the process."""
+    """A capped label's value: '' when off, the value itself for the first ``cap`` values
+    seen, then 'other'. The first come keep their series for the life of the process (a
+    ranking that moved would end one series and start another, and a counter's rate across
+    the move would be wrong)."""
 
-    def __init__(self, enabled: bool = False, cap: int = 100) -> None:
+    def __init__(self, enabled: bool = False, cap: int = 20) -> None:
         self.enabled, self.cap = enabled, cap
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -95,17 +101,28 @@ class TenantLabels:
         return OTHER_TENANT
 
 
-tenant_label = TenantLabels()
+MAX_MODELS = 50
+tenant_label = TenantLabels(True, 20)  # as METRICS_TENANT_LABEL's and METRICS_MAX_TENANTS'
+#                                        defaults, until configure()
+model_label = TenantLabels(True, MAX_MODELS)
 
 
 def configure(settings: MetricsSettings) -> None:
     """Apply the settings that shape labels (once, at start)."""
     global tenant_label
     tenant_label = TenantLabels(settings.tenant_label, settings.max_tenants)
+    from shared import rollup  # it imports this module
+
+    rollup.configure(settings.max_tenants)
 
 
 def tenant(name: str) -> str:
     return tenant_label(name)
+
+
+def model(name: str | None) -> str:
+    """The model label: the model the task named (the edge filled in the default)."""
+    return model_label(name or "")
 
 
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -134,10 +151,13 @@ http_duration = Histogram("sluice_http_request_duration_seconds",
                           ["service", "route"], buckets=_HTTP)
 sse_clients = Gauge("sluice_sse_clients", "Clients connected to a task's event stream.")
 events_relayed = Counter("sluice_events_relayed", "Task events sent to clients over SSE.")
-queue_depth = Gauge("sluice_queue_depth", "Tasks by where they wait, read from Redis at scrape "
-                    "time (queued: not yet placed by a coordinator; open_batch: placed, in the "
-                    "fair waiting room; batched: flushed, not yet taken; running: on a "
-                    "processor; dead: dead letters).", ["state"])
+queue_depth = Gauge("sluice_queue_depth", "Unfinished tasks by where they are, read from Redis at "
+                    "scrape time (queued: not yet placed by a coordinator; waiting: placed, in "
+                    "the fair waiting room; batched: flushed, not yet taken; running: on a "
+                    "processor).", ["state"])
+DEPTH_STATES = ("queued", "waiting", "batched", "running")
+dead_letters = Gauge("sluice_dead_letters", "Tasks in the dead letters (failed for good, not "
+                     "retried), read from Redis at scrape time.")
 processors_alive = Gauge("sluice_processors_alive", "Processors with a live heartbeat.")
 processor_free_slots = Gauge("sluice_processor_free_slots",
                              "Free task slots of the live processors, together.")
@@ -150,36 +170,50 @@ reclaims = Counter("sluice_reclaims", "Stream entries taken over from a dead con
                    ["what"])
 
 # --- processor --------------------------------------------------------------------------------
+# The labels of every provider-call series. Issue 26 (several providers) puts "provider" in
+# front of "model" here and passes it first at the call sites (services/processor/telemetry.py).
+CALL = ["model"]
 tasks_finished = Counter("sluice_tasks_finished", "Tasks this processor made terminal.",
-                         ["status", "tenant"])
+                         ["status", "model", "tenant"])
 task_retries = Counter("sluice_task_retries", "Provider calls made again for a task after a "
                        "retryable failure (or after its previous holder died).")
 tasks_dead_lettered = Counter("sluice_tasks_dead_lettered",
                               "Tasks that failed for good and went to the dead letters.")
 queue_wait = Histogram("sluice_queue_wait_seconds",
-                       "From submit to the task's first provider call.", buckets=_LONG)
+                       "From submit to the task's first provider call.", ["model", "tenant"],
+                       buckets=_LONG)
 e2e_latency = Histogram("sluice_e2e_request_latency_seconds",
-                        "From submit to terminal: the task's whole duration.", buckets=_LONG)
+                        "From submit to terminal: the task's whole duration.",
+                        ["model", "tenant"], buckets=_LONG)
 ttft = Histogram("sluice_time_to_first_token_seconds",
                  "From the provider call to its first token (reasoning or content).",
-                 buckets=_TTFT)
+                 [*CALL, "tenant"], buckets=_TTFT)
+client_ttft = Histogram("sluice_client_time_to_first_token_seconds",
+                        "From submit to the task's first token: what the client waits for "
+                        "(queue wait, retries and the provider's own TTFT).",
+                        ["model", "tenant"], buckets=_LONG)
 itl = Histogram("sluice_inter_token_latency_seconds", "Between two pieces of a streamed answer "
-                "as they arrive (one network read can carry several tokens).", buckets=_ITL)
-tokens = Counter("sluice_tokens", "Tokens by kind, as the provider reported them.", ["kind"])
-prompt_tokens = Counter("sluice_prompt_tokens", "Prompt tokens processed (vLLM's name).")
+                "as they arrive (one network read can carry several tokens).", CALL,
+                buckets=_ITL)
+tokens = Counter("sluice_tokens", "Tokens by kind, as the provider reported them.",
+                 ["kind", *CALL, "tenant"])
+prompt_tokens = Counter("sluice_prompt_tokens", "Prompt tokens processed (vLLM's name).",
+                        [*CALL, "tenant"])
 generation_tokens = Counter("sluice_generation_tokens",
-                            "Generated tokens, reasoning included (vLLM's name).")
+                            "Generated tokens, reasoning included (vLLM's name).",
+                            [*CALL, "tenant"])
 provider_requests = Counter("sluice_provider_requests", "Provider calls by HTTP status "
                             "('error': no status, the connection failed or timed out).",
-                            ["code"])
+                            [*CALL, "status"])
 provider_rate_limited = Counter("sluice_provider_rate_limited",
-                                "Provider answers 429 (rate limited).")
+                                "Provider answers 429 (rate limited).", CALL)
 provider_pauses = Counter("sluice_provider_pauses", "Waits before a retry the provider asked "
-                          "for with Retry-After.")
+                          "for with Retry-After.", CALL)
 provider_pause_seconds = Counter("sluice_provider_pause_seconds",
-                                 "Seconds asked for by the provider's Retry-After, capped.")
+                                 "Seconds asked for by the provider's Retry-After, capped.",
+                                 CALL)
 provider_in_flight = Gauge("sluice_provider_calls_in_flight",
-                           "Provider calls open right now on this processor.")
+                           "Provider calls open right now on this processor.", CALL)
 # Issue 11's governor: its window and calls in flight. It sets these through set_governor().
 governor_window = Gauge("sluice_governor_window",
                         "The provider governor's window: calls it lets run at once.",
@@ -257,12 +291,12 @@ def set_governor(provider: str, window: int, in_flight: int) -> None:
 _SHARED_REDIS = (redis_errors,)
 ROLE_FAMILIES: dict[str, tuple[Collector, ...]] = {
     "edge": (tasks_submitted, tasks_requeued, http_requests, http_duration, sse_clients,
-             events_relayed, queue_depth, processors_alive, processor_free_slots,
+             events_relayed, queue_depth, dead_letters, processors_alive, processor_free_slots,
              coordinators_alive, store_errors, *_SHARED_REDIS),
     "coordinator": (tasks_placed, reclaims, *_SHARED_REDIS),
     "processor": (tasks_finished, task_retries, tasks_dead_lettered, queue_wait, e2e_latency,
-                  ttft, itl, tokens, prompt_tokens, generation_tokens, provider_requests,
-                  provider_rate_limited, provider_pauses, provider_pause_seconds,
+                  ttft, client_ttft, itl, tokens, prompt_tokens, generation_tokens,
+                  provider_requests, provider_rate_limited, provider_pauses, provider_pause_seconds,
                   provider_in_flight, governor_window, governor_in_flight, breaker_state,
                   batches_taken,
                   batch_size, lease_renewals, leases_lost, fence_rejections, reclaims,

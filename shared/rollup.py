@@ -2,9 +2,15 @@
 draws the same charts. Each process adds to its own minute buckets in memory and flushes them
 every few seconds in one pipeline (HINCRBY / HINCRBYFLOAT), so the hot paths never wait on it.
 
-Fields: submitted, finished, failed, queue_wait_s / queue_wait_n, ttft_s / ttft_n,
-rate_limited (429s), pauses (Retry-After waits), and depth (the queue's depth, sampled by the
-edges)."""
+Fields, counted: submitted, finished, failed; calls and call_errors (provider calls that
+answered, and failed), rate_limited (429s), pauses (Retry-After waits); tokens_in, tokens_out;
+for each timing in TIMINGS (queue_wait, client_ttft, e2e: from submit; ttft: from the provider
+call) ``<name>_s`` / ``<name>_n`` (sum, count) and ``h:<name>:<i>``, the count in bucket i of
+BUCKETS, so percentiles can be read over any span of minutes; per tenant ``t:<tenant>:<what>``
+and per model ``m:<model>:<what>`` (what: finished, failed, tokens, e2e_s, e2e_n; at most
+METRICS_MAX_TENANTS tenants and MAX_MODELS models, the rest as ``other``). Sampled by the
+edges: depth (tasks not yet running), window and gov_in_flight (the provider governors'
+windows and calls in flight, summed over providers)."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from shared import logs, metrics
 from shared.keys import Keys
@@ -24,12 +31,63 @@ FLUSH_S = 2.0
 _pending: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
 
 
+# Bucket upper bounds (seconds) of the timings' histograms: the last one catches the rest.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+           1800.0, 3600.0, float("inf"))
+TIMINGS = ("queue_wait", "client_ttft", "ttft", "e2e")
+# Tenants and models with a split of their own (the rest add up under 'other').
+names = metrics.TenantLabels(True, 20)
+models = metrics.TenantLabels(True, metrics.MAX_MODELS)
+
+
+def configure(max_tenants: int) -> None:
+    global names
+    names = metrics.TenantLabels(True, max_tenants)
+
+
 def minute(at_ms: int | None = None) -> int:
     return (now_ms() if at_ms is None else at_ms) // 60_000
 
 
 def add(field: str, amount: float = 1.0) -> None:
     _pending[minute()][field] += amount
+
+
+def bucket(seconds: float) -> int:
+    return next(i for i, upper in enumerate(BUCKETS) if seconds <= upper)
+
+
+def observe(name: str, seconds: float, tenant: str = "", model: str = "") -> None:
+    """One timing: its sum, count and bucket; e2e also by tenant and model."""
+    row = _pending[minute()]
+    row[f"{name}_s"] += seconds
+    row[f"{name}_n"] += 1
+    row[f"h:{name}:{bucket(seconds)}"] += 1
+    if name == "e2e":
+        for split in _splits(tenant, model):
+            row[f"{split}e2e_s"] += seconds
+            row[f"{split}e2e_n"] += 1
+
+
+def finished(status: str, tenant: str, model: str) -> None:
+    row = _pending[minute()]
+    failed = status == "failed"
+    for split in ("", *_splits(tenant, model)):
+        row[f"{split}finished"] += 1
+        if failed:
+            row[f"{split}failed"] += 1
+
+
+def tokens(prompt: int, completion: int, tenant: str, model: str) -> None:
+    row = _pending[minute()]
+    row["tokens_in"] += prompt
+    row["tokens_out"] += completion
+    for split in _splits(tenant, model):
+        row[f"{split}tokens"] += prompt + completion
+
+
+def _splits(tenant: str, model: str) -> tuple[str, str]:
+    return f"t:{names(tenant)}:", f"m:{models(model or '')}:"
 
 
 async def flush(redis: RedisClient, keys: Keys,
@@ -63,15 +121,37 @@ async def flush(redis: RedisClient, keys: Keys,
 
 
 async def history(redis: RedisClient, keys: Keys, minutes: int = 60) -> list[dict[str, float]]:
-    """The last ``minutes`` minutes, oldest first, each with its minute (epoch ms)."""
+    """The last ``minutes`` minutes, oldest first, each with its minute (epoch ms, "t")."""
     last = minute()
     span = range(last - minutes + 1, last + 1)
-    async with redis.pipeline(transaction=False) as p:
-        for m in span:
-            p.hgetall(keys.rollup(m))
-        rows = await p.execute()
+    rows: list[Any] = []
+    for start in range(0, minutes, 240):  # pipelines of a few hundred commands
+        async with redis.pipeline(transaction=False) as p:
+            for m in span[start:start + 240]:
+                p.hgetall(keys.rollup(m))
+            rows.extend(await p.execute())
     return [{"t": m * 60_000, **{k: float(v) for k, v in row.items()}}
             for m, row in zip(span, rows, strict=True)]
+
+
+def percentile(rows: list[dict[str, float]], name: str, q: float) -> float | None:
+    """The ``q`` quantile (0..1) of timing ``name`` over ``rows``, from their bucket counts,
+    interpolated linearly inside the bucket (as Prometheus' histogram_quantile does; past the
+    last finite bound: that bound). None when nothing was observed."""
+    counts = [sum(r.get(f"h:{name}:{i}", 0.0) for r in rows) for i in range(len(BUCKETS))]
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0.0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            lower = BUCKETS[i - 1] if i else 0.0
+            upper = BUCKETS[i]
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - seen) / n
+        seen += n
+    return BUCKETS[-2]
 
 
 @contextlib.asynccontextmanager

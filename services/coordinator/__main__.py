@@ -46,7 +46,7 @@ def main() -> None:
     settings = settings_or_exit("coordinator", CoordinatorSettings.from_env)
     heartbeats = Keys(settings.common.redis_prefix).coordinators_alive
     healthcheck_if_asked(settings.common, heartbeats, "coord", "COORDINATOR_NAME")
-    logs.configure(settings.common.log_format, settings.common.log_level)
+    logs.configure(settings.common.log_format, settings.common.log_level, "coordinator")
     logs.get("sluice.coordinator").info("starting", settings=describe(settings.common),
                                         batching=describe(settings.batching))
     install_uvloop()

@@ -30,7 +30,7 @@ def load(env: Env) -> EdgeSettings:
 def main() -> None:
     help_if_asked("services.edge", SUMMARY, load)
     settings = settings_or_exit("edge", EdgeSettings.from_env)
-    logs.configure(settings.common.log_format, settings.common.log_level)
+    logs.configure(settings.common.log_format, settings.common.log_level, "edge")
     log = logs.get("sluice.edge")
     log.info("starting", port=settings.port, model=settings.provider.ai_model,
              provider=str(settings.provider.ai_base_url), settings=describe(settings.common))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import structlog
 from aiohttp import web
 
 from services.edge import openapi
@@ -16,7 +17,7 @@ from services.edge.openai.responses import api as responses_api
 from services.edge.ops import dashboard, provider_probe
 from services.edge.ops import metrics as metrics_view
 from services.edge.ops import status as views_status
-from services.edge.plumbing.auth import authenticate
+from services.edge.plumbing.auth import TENANT, authenticate
 from services.edge.plumbing.errors import Handler, error_for
 from services.edge.settings import EdgeSettings
 from services.edge.tasks import dead_letters, events, feeds, protocol
@@ -36,11 +37,15 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     prompts."""
     started = time.perf_counter()
     status = 500
+    traceparent = request.headers.get("traceparent")
+    # Lines logged while this request is handled carry its tenant and the client's trace id;
+    # reset at the end (one connection's requests share an asyncio task).
+    bound = dict(logs.bind_work(trace_id=logs.trace_id(traceparent)))
     try:
         try:
-            if tracing.enabled():
-                tracing.incoming.set(request.headers.get("traceparent"))
+            tracing.incoming.set(traceparent)
             authenticate(request)
+            bound.update(logs.bind_work(tenant=request.get(TENANT)))
             response = await handler(request)
         except ConnectionResetError:
             status = CLIENT_GONE
@@ -58,10 +63,23 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     finally:
         elapsed = time.perf_counter() - started
         metrics_view.observe(request, status, elapsed)
-        if request.path != "/api/health":
+        if status >= 400 or not _is_poll(request):
             log.info("request", method=request.method, path=request.path, status=status,
                      ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
+        structlog.contextvars.reset_contextvars(**bound)
+
+
+def _is_poll(request: web.Request) -> bool:
+    """A request that repeats on a timer (health checks, scrapes, the dashboard's reads): no
+    access line unless LOG_POLLS (they were 98% of an edge's lines with one dashboard open).
+    A refused or failed one is logged all the same."""
+    path = request.path
+    if path == "/api/health":
+        return True
+    if request.app[SETTINGS].log_polls or request.method != "GET":
+        return False
+    return path == "/metrics" or path.startswith(("/api/admin/", "/dashboard"))
 
 
 def create_app(settings: EdgeSettings) -> web.Application:

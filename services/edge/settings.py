@@ -46,6 +46,7 @@ class EdgeSettings:
     routing: Routing  # PROVIDERS_FILE's providers and models, or the one of AI_BASE_URL
     metrics: MetricsSettings
     dashboard_show_prompts: bool
+    log_polls: bool  # LOG_POLLS: an access line for scrapes and the dashboard's reads too
     batch_api_on: bool  # BATCH_API: /v1/files, /v1/batches and webhooks
     batch_api: BatchApiSettings
     webhooks: WebhookSettings
@@ -98,6 +99,7 @@ class EdgeSettings:
             routing=routing,
             metrics=MetricsSettings.from_env(env),
             dashboard_show_prompts=env.flag("DASHBOARD_SHOW_PROMPTS", False),
+            log_polls=env.flag("LOG_POLLS", False),
             batch_api_on=env.flag("BATCH_API", True),
             batch_api=BatchApiSettings.from_env(env),
             webhooks=WebhookSettings.from_env(env),

@@ -93,7 +93,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"mockai: {exc}", file=sys.stderr)
         return 2
-    logs.configure(log_format, log_level)
+    logs.configure(log_format, log_level, "mockai")
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings, metrics_settings))

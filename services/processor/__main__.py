@@ -60,7 +60,7 @@ def main() -> None:
     settings = settings_or_exit("processor", ProcessorSettings.from_env)
     heartbeats = Keys(settings.common.redis_prefix).processors_alive
     healthcheck_if_asked(settings.common, heartbeats, "proc", "PROCESSOR_NAME")
-    logs.configure(settings.common.log_format, settings.common.log_level)
+    logs.configure(settings.common.log_format, settings.common.log_level, "processor")
     logs.get("sluice.processor").info(
         "starting", settings=describe(settings.common), provider=describe(settings.provider),
         concurrency=settings.concurrency)

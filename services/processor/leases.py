@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared import logs, metrics
+from shared import logs, metrics, tasks
 from shared.keys import BATCHES_GROUP, Keys
 from shared.loops import cancel_if_asked
 from shared.redis_conn import WAIT_OUT, RedisClient
@@ -30,15 +30,21 @@ class Lease:
     fence: int
     on_lost: Callable[[], None] | None = None
     lost: bool = False
+    done: bool = False  # our complete step finished the task: the lease ended with it
     # When the lease was last (re)set in Redis, on our monotonic clock: it is ours until at
     # least renewed_at + TTL, whatever happens, since only its holder can extend it.
     renewed_at: float = field(default_factory=time.monotonic)
 
-    def mark_lost(self) -> None:
-        if not self.lost:
+    def mark_lost(self, finished: bool = False) -> None:
+        """The lease is gone. ``finished``: because the task is terminal (it ended as the
+        renewal went out, by us or another holder): no warning then."""
+        if not self.lost and not self.done:
             self.lost = True
-            log.warning("lease_lost", task_id=self.task_id, fence=self.fence)
-            metrics.leases_lost.inc()
+            if finished:
+                log.debug("lease_ended_task_finished", task_id=self.task_id, fence=self.fence)
+            else:
+                log.warning("lease_lost", task_id=self.task_id, fence=self.fence)
+                metrics.leases_lost.inc()
             if self.on_lost is not None:
                 self.on_lost()
 
@@ -77,18 +83,34 @@ class LeaseKeeper:
             except TimeoutError:
                 pass
 
+    async def _mark_lost(self, lost: list[Lease]) -> None:
+        """Tell each run its lease is gone, after one read of the tasks' statuses (rare: a
+        lost lease): a terminal task's lease ended with it, which is no cause for a warning."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for lease in lost:
+                p.hget(self.keys.task(lease.task_id), "status")
+            statuses = await p.execute()
+        for lease, status in zip(lost, statuses, strict=True):
+            lease.mark_lost(finished=status in tasks.TERMINAL)
+
     async def renew_all(self) -> None:
         held = list(self.leases.values())
         if held:
             sent = time.monotonic()
             results = await self.steps.renew_many(
                 [(lease.task_id, lease.token) for lease in held], self.ttl_ms)
+            lost: list[Lease] = []
             for lease, renewed in zip(held, results, strict=True):
                 if isinstance(renewed, LeaseLost):
-                    lease.mark_lost()
+                    # A task finished while the renewal was out (its complete step ends the
+                    # lease) is not a lost lease.
+                    if self.leases.get(lease.task_id) is lease and not lease.done:
+                        lost.append(lease)
                 else:
                     lease.renewed_at = sent
                     metrics.lease_renewals.inc()
+            if lost:
+                await self._mark_lost(lost)
         if self.entries:
             await self.redis.xclaim(self.keys.batches_stream, BATCHES_GROUP, self.name, 0,
                                     list(self.entries), justid=True)

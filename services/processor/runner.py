@@ -156,7 +156,7 @@ class Partial:
 class TaskRun:
     # One per task in flight: slots, not a __dict__ (~200 B less each).
     __slots__ = ("_job", "_resync", "_unsent", "attempts", "batch_id", "deadline_at", "deps",
-                 "entry", "lease", "partial", "request", "routes", "started", "status",
+                 "entry", "error", "lease", "partial", "request", "routes", "started", "status",
                  "stop_reason", "task_id", "token", "usage")
 
     def __init__(self, deps: RunDeps, task_id: str, batch_id: str,
@@ -172,6 +172,7 @@ class TaskRun:
         self.attempts = 0
         self.partial = Partial()
         self.usage: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None  # the error the task finished with
         self._unsent: list[tuple[str, str]] = []  # deltas Redis has not taken yet
         self._resync = False  # an emit failed midway: resend all we have, after a reset
         self.deadline_at: int | None = None
@@ -453,6 +454,7 @@ class TaskRun:
             extras["refusal"] = refusal
         if status == tasks.CANCELLED:
             error = dict(tasks.CANCELLED_ERROR)
+        self.error = error
         if not await until_redis_answers(self._still_ours, "finish", task_id=self.task_id):
             log.warning("lease_lost_before_write", task_id=self.task_id, fence=lease.fence)
             return Outcome.LOST
@@ -581,6 +583,7 @@ class TaskRun:
             "complete", task_id=self.task_id)
         if isinstance(done, LeaseLost):
             return False
+        lease.done = True  # the lease ended with the task: a renewal now finds it gone
         if entry is not None and ack:
             entry.acked = True
         return True
@@ -617,12 +620,18 @@ class TaskRun:
         partial = self.partial
         ttft = (None if partial.first_token_at is None
                 else round((partial.first_token_at - self.started) * 1000, 1))
-        log.info("task", task_id=self.task_id, batch_id=self.batch_id,
-                 outcome=outcome.value if outcome else "error", status=self.status,
-                 attempts=self.attempts,
-                 ms=round((time.perf_counter() - self.started) * 1000, 1),
-                 first_token_ms=ttft,
-                 completion_tokens=self.usage["completion_tokens"] if self.usage else None)
+        error = self.error if self.status in tasks.TERMINAL else None
+        # A failure is a warning, and says why (the message is the provider's or ours, cut
+        # short: it may quote the request).
+        failed = outcome is None or self.status == tasks.FAILED
+        (log.warning if failed else log.info)(
+            "task", task_id=self.task_id, batch_id=self.batch_id,
+            outcome=outcome.value if outcome else "error", status=self.status,
+            attempts=self.attempts, ms=round((time.perf_counter() - self.started) * 1000, 1),
+            first_token_ms=ttft,
+            completion_tokens=self.usage["completion_tokens"] if self.usage else None,
+            error_code=error.get("code") if error else None,
+            error_message=str(error.get("message") or "")[:200] if error else None)
 
 
 def _error_dict(err: ProviderError) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.processor.assembler import ChoiceText, Delta, ProviderError, Usage
 from services.processor.provider import Completion, OnDeltas, OnHeaders
-from shared import metrics, rollup, tasks, tracing
+from shared import logs, metrics, rollup, tasks, tracing
 from shared.steps import Begun
 from shared.timeutil import now_ms
 
@@ -34,10 +34,13 @@ class TaskFacts:
     attempted_before: bool  # another run (a dead holder's) called the provider already
     traceparent: str | None = None  # the coordinator's batch span
     calls: int = 0
+    model: str = ""         # the model label's value
+    tenant_label: str = ""  # the tenant label's value (capped)
+    # The client has seen no token of this task yet: its first one here is the client's TTFT.
+    # Not after a dead holder's run, which may have streamed some.
+    client_ttft_due: bool = False
 
 
-_OK = metrics.provider_requests.labels("200")
-_TOKENS = tuple(metrics.tokens.labels(kind) for kind in ("prompt", "reasoning", "completion"))
 _facts: ContextVar[TaskFacts | None] = ContextVar("sluice_task_facts", default=None)
 
 
@@ -48,13 +51,16 @@ def begun(b: Begun) -> None:
     # A task rate-limited back to the queue was called already: its next call is a retry and
     # its queue wait was observed on its first run.
     first_run = b.counted and not h.get("requeues")
-    _facts.set(TaskFacts(created, h.get("tenant", ""), attempted_before=not first_run,
-                         traceparent=h.get("traceparent")))
+    facts = TaskFacts(created, h.get("tenant", ""), attempted_before=not first_run,
+                      traceparent=h.get("traceparent"), model=metrics.model(h.get("model")),
+                      tenant_label=metrics.tenant(h.get("tenant", "")),
+                      client_ttft_due=bool(created) and (b.counted or bool(h.get("requeues"))))
+    _facts.set(facts)
+    logs.bind_work(tenant=facts.tenant, trace_id=logs.trace_id(facts.traceparent))
     if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
-        metrics.queue_wait.observe(wait)
-        rollup.add("queue_wait_s", wait)
-        rollup.add("queue_wait_n")
+        metrics.child(metrics.queue_wait, facts.model, facts.tenant_label).observe(wait)
+        rollup.observe("queue_wait", wait, facts.tenant, facts.model)
 
 
 def finished(status: str | None) -> None:
@@ -62,13 +68,14 @@ def finished(status: str | None) -> None:
     facts = _facts.get()
     if status is None or facts is None:
         return
-    metrics.child(metrics.tasks_finished, status, metrics.tenant(facts.tenant)).inc()
-    rollup.add("finished")
+    metrics.child(metrics.tasks_finished, status, facts.model, facts.tenant_label).inc()
+    rollup.finished(status, facts.tenant, facts.model)
     if status == tasks.FAILED:
         metrics.tasks_dead_lettered.inc()
-        rollup.add("failed")
     if facts.created_at_ms:
-        metrics.e2e_latency.observe(max(0.0, (now_ms() - facts.created_at_ms) / 1000))
+        e2e = max(0.0, (now_ms() - facts.created_at_ms) / 1000)
+        metrics.child(metrics.e2e_latency, facts.model, facts.tenant_label).observe(e2e)
+        rollup.observe("e2e", e2e, facts.tenant, facts.model)
 
 
 def observed(call: CallProvider) -> CallProvider:
@@ -81,41 +88,62 @@ def observed(call: CallProvider) -> CallProvider:
             if facts.calls or facts.attempted_before:
                 metrics.task_retries.inc()
             facts.calls += 1
+        model = facts.model if facts is not None else metrics.model(request.get("model"))
+        tenant = facts.tenant_label if facts is not None else metrics.tenant("")
         started = time.perf_counter()
         previous: float | None = None
+        itl = metrics.child(metrics.itl, model)
 
         def timed(deltas: list[Delta], last: bool) -> Awaitable[None]:
             # Not a coroutine: it hands back on_deltas' own, no frame of its own per read.
             nonlocal previous
             now = time.perf_counter()
             if previous is None:
-                metrics.ttft.observe(now - started)
-                rollup.add("ttft_s", now - started)
-                rollup.add("ttft_n")
+                _first_token(facts, model, tenant, now - started)
             else:
-                metrics.itl.observe(now - previous)
+                itl.observe(now - previous)
             previous = now
             return on_deltas(deltas, last)
 
         span = _genai_span(request, facts) if tracing.enabled() else None
-        metrics.provider_in_flight.inc()
+        in_flight = metrics.child(metrics.provider_in_flight, model)
+        in_flight.inc()
         try:
             completion = await call(target, request, timed, on_headers, answer)
         except ProviderError as err:
-            _count_error(err)
-            tracing.end(span, err.code or (f"http_{err.status}" if err.status else "error"))
+            _count_error(err, model, facts)
+            error = err.code or (f"http_{err.status}" if err.status else "error")
+            tracing.end(span, error)
+            tracing.record_call(model, time.perf_counter() - started, error=error)
             raise
         except BaseException as exc:  # cancelled (the client, a lost lease, a drain)
             tracing.end(span, type(exc).__name__)
             raise
         finally:
-            metrics.provider_in_flight.dec()
-        _OK.inc()
-        _count_tokens(completion.usage)
+            in_flight.dec()
+        metrics.child(metrics.provider_requests, model, "200").inc()
+        _count_tokens(completion.usage, model, tenant, facts)
         tracing.end(span, attributes=_genai_result(completion))
+        usage = completion.usage
+        tracing.record_call(model, time.perf_counter() - started,
+                            input_tokens=usage.prompt_tokens if usage else None,
+                            output_tokens=usage.completion_tokens if usage else None)
         return completion
 
     return run
+
+
+def _first_token(facts: TaskFacts | None, model: str, tenant: str, ttft: float) -> None:
+    """The provider call's first token: its TTFT and, the first time the task has one, the
+    client's (from submit)."""
+    metrics.child(metrics.ttft, model, tenant).observe(ttft)
+    rollup.observe("ttft", ttft)
+    tracing.record_ttft(model, ttft)
+    if facts is not None and facts.client_ttft_due:
+        facts.client_ttft_due = False
+        waited = max(0.0, (now_ms() - facts.created_at_ms) / 1000)
+        metrics.child(metrics.client_ttft, model, tenant).observe(waited)
+        rollup.observe("client_ttft", waited, facts.tenant, facts.model)
 
 
 def _genai_span(request: dict[str, Any], facts: TaskFacts | None) -> Any:
@@ -138,25 +166,32 @@ def _genai_result(completion: Completion) -> dict[str, Any]:
     return out
 
 
-def _count_error(err: ProviderError) -> None:
-    metrics.provider_requests.labels(str(err.status) if err.status else "error").inc()
+def _count_error(err: ProviderError, model: str, facts: TaskFacts | None) -> None:
+    metrics.child(metrics.provider_requests, model,
+                  str(err.status) if err.status else "error").inc()
+    rollup.add("call_errors")
     if err.status == 429:
-        metrics.provider_rate_limited.inc()
+        metrics.child(metrics.provider_rate_limited, model).inc()
         rollup.add("rate_limited")
     if err.retry_after is not None:
-        metrics.provider_pauses.inc()
+        metrics.child(metrics.provider_pauses, model).inc()
         rollup.add("pauses")
-        metrics.provider_pause_seconds.inc(max(0.0, err.retry_after))
+        metrics.child(metrics.provider_pause_seconds, model).inc(max(0.0, err.retry_after))
 
 
-def _count_tokens(usage: Usage | None) -> None:
+def _count_tokens(usage: Usage | None, model: str, tenant: str,
+                  facts: TaskFacts | None) -> None:
+    rollup.add("calls")
     if usage is None:
         return
     details = usage.extra.get("completion_tokens_details") or {}
     reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
-    prompt, thinking, answer = _TOKENS
-    prompt.inc(usage.prompt_tokens)
-    thinking.inc(reasoning)
-    answer.inc(max(0, usage.completion_tokens - reasoning))
-    metrics.prompt_tokens.inc(usage.prompt_tokens)
-    metrics.generation_tokens.inc(usage.completion_tokens)
+    tokens = metrics.tokens
+    metrics.child(tokens, "prompt", model, tenant).inc(usage.prompt_tokens)
+    metrics.child(tokens, "reasoning", model, tenant).inc(reasoning)
+    metrics.child(tokens, "completion", model, tenant).inc(
+        max(0, usage.completion_tokens - reasoning))
+    metrics.child(metrics.prompt_tokens, model, tenant).inc(usage.prompt_tokens)
+    metrics.child(metrics.generation_tokens, model, tenant).inc(usage.completion_tokens)
+    rollup.tokens(usage.prompt_tokens, usage.completion_tokens,
+                  facts.tenant if facts else "", facts.model if facts else model)

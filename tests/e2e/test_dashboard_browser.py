@@ -116,6 +116,16 @@ def test_a_task_appears_live_and_its_tokens_stream_in(stack: Stack, browser: Any
     wait_for(lambda: "succeeded" in text_of(browser, "task-meta"), 20, "the task page")
     assert "secret prompt" not in browser.page_source
     assert "done" in text_of(browser, "task-events")
+    # Its story: each status change with its time, and its attempt on the processor.
+    wait_for(lambda: "status succeeded" in text_of(browser, "task-timeline"), 20, "timeline")
+    for step in ("status queued", "status batched", "status running", "first token"):
+        assert step in text_of(browser, "task-timeline"), step
+    assert "succeeded" in text_of(browser, "task-attempts")
+    # The overview's figures: the bottleneck line, percentiles, this task's tenant.
+    show(browser, "overview")
+    wait_for(lambda: "Bottleneck now:" in text_of(browser, "bottleneck"), 20, "bottleneck")
+    wait_for(lambda: "end to end" in text_of(browser, "latency"), 20, "percentiles")
+    show(browser, f"task/{task_id}")
     browser.save_screenshot(str(shots / "task.png"))
 
 
@@ -131,6 +141,12 @@ def test_a_dead_letter_is_retried_with_its_button(stack: Stack, browser: Any,
     use_key(browser, ADMIN_KEY)
     wait_for(lambda: task_id in text_of(browser, "dead"), 30, "the dead letter to be listed")
     browser.save_screenshot(str(shots / "dead.png"))
+    # Its page: the error stands where a result would.
+    show(browser, f"task/{task_id}")
+    wait_for(lambda: "http_400" in text_of(browser, "task-result"), 20, "the error in place")
+    assert text_of(browser, "task-result-title") == "Error"
+    show(browser, "dead")
+    wait_for(lambda: task_id in text_of(browser, "dead"), 30, "the dead letters again")
     browser.find_element(By.ID, f"retry-{task_id}").click()
     wait_for(lambda: browser.current_url.endswith(f"#task/{task_id}"), 20, "the task page")
     wait_for(lambda: browser.find_element(By.ID, "task-meta").get_attribute("data-status")

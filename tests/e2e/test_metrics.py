@@ -116,39 +116,47 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
     assert value(edge, "sluice_tasks_submitted_total", tenant="acme") == 7
     assert value(edge, "sluice_http_requests_total", service="edge", route="/api/tasks",
                  method="POST", status="202") == 7
-    assert value(edge, "sluice_queue_depth", state="dead") == 2
-    for state in ("queued", "open_batch", "batched", "running"):
+    # Dead letters are a gauge of their own, not a state of the queue's depth; the waiting
+    # room is `waiting`.
+    assert value(edge, "sluice_dead_letters") == 2
+    states = {dict(ls)["state"] for (n, ls) in edge if n == "sluice_queue_depth"}
+    assert states == {"queued", "waiting", "batched", "running"}
+    for state in states:
         assert value(edge, "sluice_queue_depth", state=state) == 0, state
     assert value(edge, "sluice_processors_alive") == 1
     assert value(edge, "sluice_coordinators_alive") == 1
 
     proc = ms.scrape("processor")
-    assert value(proc, "sluice_tasks_finished_total", status="succeeded", tenant="acme") == 5
-    assert value(proc, "sluice_tasks_finished_total", status="failed", tenant="acme") == 2
+    mine = {"model": "mock-r1", "tenant": "acme"}
+    assert value(proc, "sluice_tasks_finished_total", status="succeeded", **mine) == 5
+    assert value(proc, "sluice_tasks_finished_total", status="failed", **mine) == 2
     assert value(proc, "sluice_tasks_dead_lettered_total") == 2
     assert value(proc, "sluice_task_retries_total") == 2
-    for code, n in (("200", 5), ("500", 1), ("429", 1), ("400", 2)):
-        assert value(proc, "sluice_provider_requests_total", code=code) == n, code
+    for status, n in (("200", 5), ("500", 1), ("429", 1), ("400", 2)):
+        assert value(proc, "sluice_provider_requests_total", model="mock-r1",
+                     status=status) == n, status
     assert total(proc, "sluice_provider_requests_total") == 9
-    assert value(proc, "sluice_provider_rate_limited_total") == 1
-    assert value(proc, "sluice_provider_pauses_total") == 1
-    assert value(proc, "sluice_provider_calls_in_flight") == 0
+    assert value(proc, "sluice_provider_rate_limited_total", model="mock-r1") == 1
+    assert value(proc, "sluice_provider_pauses_total", model="mock-r1") == 1
+    assert value(proc, "sluice_provider_calls_in_flight", model="mock-r1") == 0
     # The provider governor (on by default) as this processor last saw it: a window, nothing
     # in flight once the work is done.
     assert value(proc, "sluice_governor_window", provider="default") >= 1
     assert value(proc, "sluice_governor_calls_in_flight", provider="default") == 0
     # Histograms: one queue wait and one e2e latency per task, one first token per answer.
-    assert value(proc, "sluice_queue_wait_seconds_count") == 7
-    assert value(proc, "sluice_e2e_request_latency_seconds_count") == 7
-    assert value(proc, "sluice_time_to_first_token_seconds_count") == 5
+    # Per model and tenant; the client's TTFT (from submit) once per answered task.
+    assert value(proc, "sluice_queue_wait_seconds_count", **mine) == 7
+    assert value(proc, "sluice_e2e_request_latency_seconds_count", **mine) == 7
+    assert value(proc, "sluice_time_to_first_token_seconds_count", **mine) == 5
+    assert value(proc, "sluice_client_time_to_first_token_seconds_count", **mine) == 5
     # Tasks taken in batches: the 7, and once more the one the 429 sent back to the queue.
     assert value(proc, "sluice_batch_size_sum") == 8
     # The mock answers 6 content and 2 reasoning tokens per success.
-    assert value(proc, "sluice_tokens_total", kind="reasoning") == 5 * 2
-    assert value(proc, "sluice_tokens_total", kind="completion") == 5 * 6
-    assert value(proc, "sluice_generation_tokens_total") == 5 * 8
-    assert value(proc, "sluice_prompt_tokens_total") == value(
-        proc, "sluice_tokens_total", kind="prompt") > 0
+    assert value(proc, "sluice_tokens_total", kind="reasoning", **mine) == 5 * 2
+    assert value(proc, "sluice_tokens_total", kind="completion", **mine) == 5 * 6
+    assert value(proc, "sluice_generation_tokens_total", **mine) == 5 * 8
+    assert value(proc, "sluice_prompt_tokens_total", **mine) == value(
+        proc, "sluice_tokens_total", kind="prompt", **mine) > 0
 
     coord = ms.scrape("coordinator")
     assert value(coord, "sluice_tasks_placed_total") == 8  # the 429's task placed twice
@@ -197,6 +205,7 @@ def test_a_real_prometheus_scrapes_every_service(workload: Any, tmp_path: Path) 
               .replace("/etc/prometheus/metrics_token", str(token_file)))
     assert "dns_sd_configs" not in config
     (tmp_path / "prometheus.yml").write_text(config)
+    (tmp_path / "alerts.yml").write_text((ROOT / "deploy" / "alerts.yml").read_text())
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -220,6 +229,10 @@ def test_a_real_prometheus_scrapes_every_service(workload: Any, tmp_path: Path) 
         by_status = {s["metric"]["status"]: float(s["value"][1])
                      for s in r.json()["data"]["result"]}
         assert by_status == {"succeeded": 5.0, "failed": 2.0}
+        # deploy/alerts.yml loaded and evaluated against this stack's series.
+        groups = httpx.get(f"{api}/rules").json()["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) >= 10 and all(r["health"] != "err" for r in rules), rules
     except BaseException:
         log.flush()
         print((tmp_path / "prometheus.log").read_text()[-3000:])

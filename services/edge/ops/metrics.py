@@ -9,7 +9,9 @@ from aiohttp import web
 
 from services.edge.context import EDGE, edge_of
 from shared import figures, metrics, rollup
+from shared.governor import read_providers
 from shared.redis_conn import UNAVAILABLE
+from shared.timeutil import now_ms
 
 
 async def serve(request: web.Request) -> web.Response:
@@ -25,13 +27,17 @@ async def serve(request: web.Request) -> web.Response:
 
 
 async def rollup_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Flush this edge's share of the dashboard's history; sample the queue's depth."""
+    """Flush this edge's share of the dashboard's history; sample the queue's depth and the
+    provider governors' windows and calls in flight (summed over providers)."""
     edge = app[EDGE]
 
     async def depth() -> dict[str, float]:
         await figures.refresh_queue(edge.redis, edge.keys)
+        governed = await read_providers(edge.redis, edge.keys, now_ms())
         return {"depth": sum(metrics.queue_depth.labels(s)._value.get()
-                             for s in ("queued", "open_batch", "batched"))}
+                             for s in ("queued", "waiting", "batched")),
+                "window": sum(float(p.get("window") or p.get("limit") or 0) for p in governed),
+                "gov_in_flight": sum(int(p.get("in_flight") or 0) for p in governed)}
 
     async with rollup.flushing(edge.redis, edge.keys, depth):
         yield

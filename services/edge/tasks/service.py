@@ -81,7 +81,8 @@ async def submit(edge: Edge, tenant: str, req: Submission, idem_key: str | None,
             idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
             task_ttl_s=s.task_ttl_s,
             limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
-            traceparent=tracing.traceparent(span), priority=req.priority,
+            traceparent=tracing.traceparent(span) or tracing.client_traceparent(),
+            priority=req.priority,
             cost=estimate_tokens(req.payload))
     except UNAVAILABLE as exc:
         # The script may have run though its answer never came (a read timed out after the

@@ -11,10 +11,12 @@ import orjson
 from aiohttp import web
 
 from services.edge.context import edge_of
+from services.edge.ops.dashboard import figures as overview_figures
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
+from services.edge.ops.dashboard import story
 from services.edge.ops.status import last_error, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
-from services.edge.tasks import dead_letters, events, service
+from services.edge.tasks import dead_letters, events, service, waiting
 from services.edge.tasks.views import json_response
 from shared import figures, metrics, rollup, tasks
 from shared.governor import read_providers
@@ -48,11 +50,12 @@ async def overview(request: web.Request) -> web.Response:
     hb = edge.settings.batching
     admin = only is None
     if only is None:
-        depth = {s: metrics.queue_depth.labels(s)._value.get()
-                 for s in ("queued", "open_batch", "batched", "running", "dead")}
+        depth = {s: int(metrics.queue_depth.labels(s)._value.get())
+                 for s in metrics.DEPTH_STATES}
+        depth["dead"] = int(metrics.dead_letters._value.get())
     else:
         mine = await tenant_counts(edge, only)
-        depth = {"queued": mine.queued, "open_batch": mine.waiting, "batched": mine.batched,
+        depth = {"queued": mine.queued, "waiting": mine.waiting, "batched": mine.batched,
                  "running": mine.running, "dead": len(await _dead_letters(request))}
     return json_response({
         "access": "open" if edge.settings.open_admin else ("admin" if is_admin(request)
@@ -61,10 +64,10 @@ async def overview(request: web.Request) -> web.Response:
         "depth": depth,
         "why_waiting": _why(depth, sum(int(free.get(n, 0)) for n, exp in procs if exp > now),
                             hb.batch_size, deadline, now),
-        "open_batch": {"size": depth["open_batch"],
-                       "flush_at": iso(deadline) if deadline and depth["open_batch"] else None,
-                       "batch_size": hb.batch_size, "timeout_ms": hb.batch_timeout_ms,
-                       "adaptive": hb.batch_adaptive},
+        "waiting_room": {"size": depth["waiting"],
+                         "flush_at": iso(deadline) if deadline and depth["waiting"] else None,
+                         "batch_size": hb.batch_size, "timeout_ms": hb.batch_timeout_ms,
+                         "adaptive": hb.batch_adaptive},
         "waiting_by_tenant": await _waiting_by_tenant(request),
         # The processes are the operator's: a tenant's key sees none of their names.
         "processors": [{"name": n, "alive": exp > now, "free": int(free.get(n, 0)),
@@ -81,17 +84,23 @@ async def overview(request: web.Request) -> web.Response:
                      "pacing": [provider_view(v, only)
                                 for v in await read_providers(r, k, now)]},
         # The per-minute rollup counts every tenant's work: an admin's alone.
-        "history": await rollup.history(r, k, 60) if admin else [],
+        "history": [_minute(m) for m in await rollup.history(r, k, 60)] if admin else [],
         "timestamp": iso(now),
     })
 
 
-def _why(depth: dict[str, float], free: int, size: int, deadline: Any, now: int) -> list[str]:
+def _minute(m: dict[str, float]) -> dict[str, Any]:
+    """One minute of the history: its start as ISO, whole numbers as integers."""
+    return {k: iso(int(v)) if k == "t" else int(v) if float(v).is_integer() else v
+            for k, v in m.items()}
+
+
+def _why(depth: dict[str, int], free: int, size: int, deadline: Any, now: int) -> list[str]:
     """Plain words for why tasks wait."""
     out = []
-    if depth["open_batch"]:
+    if depth["waiting"]:
         left = max(0, int(deadline or now) - now)
-        out.append(f"{int(depth['open_batch'])} task(s) in the waiting room: they leave in "
+        out.append(f"{depth['waiting']} task(s) in the waiting room: they leave in "
                    f"fair order, in batches of up to {size}, as soon as a processor and the "
                    f"provider have room (adaptive), or one batch in {left / 1000:.1f} s on the "
                    "timer")
@@ -193,13 +202,17 @@ async def task(request: web.Request) -> web.Response:
     edge, task_id = edge_of(request), request.match_info["id"]
     tenant = await _tenant_of_task(request, task_id)
     view = await service.read(edge, tenant, task_id)
+    view.update(await waiting.explain(edge, tenant, view))  # why it waits, its place in line
     h = await edge.steps.task_hash(task_id)
     raw: Any = await edge.redis.xrange(edge.keys.events(task_id), count=2000)
-    replay = [{"id": i, "type": f.get("e"), "data": tasks.loads_or_none(f.get("d"))}
-              for i, f in raw]
-    processor = h.get("processor") if scope(request) is None else None
+    # Each event with its time (a stream entry's id starts with it, in ms).
+    replay = [{"id": i, "at": iso(story.at_ms(i)), "type": f.get("e"),
+               "data": tasks.loads_or_none(f.get("d"))} for i, f in raw]
+    admin = scope(request) is None
+    told = story.timeline(raw, h if admin else {}, view)  # process names: the operator's
+    processor = h.get("processor") if admin else None
     body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
-                            "events": replay}
+                            "events": replay, **told}
     if edge.settings.dashboard_show_prompts:
         if h.get("request"):
             body["request"] = orjson.loads(h["request"])
@@ -243,6 +256,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/dashboard", page)
     r.add_static("/dashboard/static", STATIC)
     r.add_get("/api/admin/overview", overview)
+    r.add_get("/api/admin/figures", overview_figures.figures)
     r.add_get("/api/admin/live", live)
     r.add_get("/api/admin/live/events", live_stream.live_events)
     r.add_get("/api/admin/dead-letters", dead)

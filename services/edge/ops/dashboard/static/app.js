@@ -12,12 +12,16 @@ const REQUEST_MS = 8000;       // any request: given up after this, retried on t
 const STREAM_IDLE_MS = 10000;  // the live stream sends every second; silence this long: reopen
 const DEAD_EVERY_MS = 5000;    // the dead letters come from the store: read them less often
 const LINGER_MS = 10000;       // a task that stopped running stays on Live this long
+const FIGURES_EVERY_MS = 10000;  // the figures cover minutes: read them every 10 s
 const $ = (id) => document.getElementById(id);
 let overview = null;
+let figures = null;
+let range = "1h";
+let figuresAt = 0;
 // What each state of the queue is, in the words the page uses.
 const STATES = {
   queued: ["new", "not yet read by a coordinator"],
-  open_batch: ["waiting", "in the fair waiting room"],
+  waiting: ["waiting", "in the fair waiting room"],
   batched: ["batched", "flushed, waiting for a processor"],
   running: ["running", "on a processor"],
 };
@@ -131,20 +135,53 @@ function niceMax(max) {
   return 40 * step;
 }
 
-function drawHistory(history) {
-  const times = history.map((m) => m.t);
-  const v = (f) => history.map((m) => m[f] || 0);
-  const mean = (s, n) => history.map((m) => (m[n] ? m[s] / m[n] : null));
+// The figures' series: one point per minute (1 h) or per few minutes (6 h, 24 h).
+function drawHistory(series) {
+  if (!series) return;
+  const times = series.map((m) => m.t);
+  const v = (f) => series.map((m) => m[f]);
   drawChart($("chart-throughput"), times, [
     { name: "submitted", color: "#2563eb", values: v("submitted") },
     { name: "finished", color: "#15803d", values: v("finished") },
     { name: "failed", color: "#b42318", values: v("failed") }]);
   drawChart($("chart-depth"), times, [
-    { name: "not yet running", color: "#b54708", values: history.map((m) => m.depth || 0) }]);
+    { name: "not yet running", color: "#b54708", values: v("depth") },
+    { name: "window", color: "#7c3aed", values: v("window") },
+    { name: "in flight", color: "#0891b2", values: v("in_flight") }]);
   drawChart($("chart-wait"), times, [
-    { name: "queue wait (s)", color: "#7c3aed", values: mean("queue_wait_s", "queue_wait_n") }]);
+    { name: "queue wait", color: "#7c3aed", values: v("queue_wait_p95") },
+    { name: "first token", color: "#0891b2", values: v("client_ttft_p95") },
+    { name: "end", color: "#15803d", values: v("e2e_p95") }]);
   drawChart($("chart-ttft"), times, [
-    { name: "TTFT (s)", color: "#0891b2", values: mean("ttft_s", "ttft_n") }]);
+    { name: "tokens/s", color: "#0891b2", values: v("tokens_per_s") }]);
+}
+
+const pct = (x) => (x === null || x === undefined ? "-" : (100 * x).toFixed(1) + "%");
+const num = (x) => (x === null || x === undefined ? "-" : String(x));
+
+function renderFigures(f) {
+  $("bottleneck").textContent = "Bottleneck now: " + f.bottleneck;
+  document.querySelectorAll("[data-range]").forEach((a) =>
+    a.classList.toggle("active", a.dataset.range === f.range));
+  const names = { queue_wait: "queue wait", client_ttft: "first token (client)",
+    ttft: "first token (provider call)", e2e: "end to end" };
+  if (f.latency) {
+    fill($("latency"), Object.entries(names).map(([k, label]) => {
+      const l = f.latency[k];
+      return row([label, num(l.p50), num(l.p95), num(l.p99), l.count]);
+    }));
+    const t = f.totals;
+    $("rates").textContent = `${t.finished} finished, ${t.failed} failed ` +
+      `(error rate ${pct(f.error_rate)}); 429s ${t.rate_limited} of ` +
+      `${t.calls + t.call_errors} provider calls (${pct(f.rate_limited_rate)}); ` +
+      `${f.tokens_per_s} tokens/s (${f.output_tokens_per_s} output)`;
+    drawHistory(f.series);
+    fill($("by-model"), f.models.map((m) =>
+      row([m.model, m.finished, m.failed, m.tokens, num(m.e2e_mean_s)])));
+  }
+  fill($("by-tenant"), f.tenants.map((t) =>
+    row([t.tenant, t.weight, t.unfinished, t.finished, t.failed, t.tokens,
+      num(t.e2e_mean_s)])));
 }
 
 // --- views --------------------------------------------------------------------------------
@@ -161,13 +198,12 @@ function renderOverview(o) {
     const c = el("div", null, "card");
     c.id = "card-" + state;
     c.title = what;
-    c.append(el("b", Math.round(o.depth[state] || 0)), el("span", name), el("small", what));
+    c.append(el("b", o.depth[state] || 0), el("span", name), el("small", what));
     return c;
   });
   $("depth-cards").replaceChildren(...cards);
-  if (isShown("overview")) drawHistory(o.history);
   $("why").replaceChildren(...o.why_waiting.map((w) => el("li", w)));
-  const b = o.open_batch;
+  const b = o.waiting_room;
   $("open-batch").textContent = `${Math.round(b.size)} task(s) waiting. They leave in fair ` +
     `order, in batches of up to ${b.batch_size}` +
     `${b.adaptive ? ", as soon as a processor and the provider have room, or" : ","} ` +
@@ -220,6 +256,14 @@ function loader(load) {
     }
   };
 }
+
+const refreshFigures = loader(async () => {
+  const r = await api("/api/admin/figures?range=" + range);
+  if (!r.ok) throw new Error("figures: " + r.status);
+  figures = await r.json();
+  figuresAt = Date.now();
+  renderFigures(figures);
+});
 
 const refreshOverview = loader(async () => {
   const r = await api("/api/admin/overview");
@@ -278,11 +322,31 @@ const refreshTask = loader(async (id) => {
     return [el("dt", k), dd];
   }));
   $("task-meta").dataset.status = t.status;
-  $("task-result").textContent = t.result ? (t.result.content || "") : "(no result yet)";
+  // A failed task's error stands where its result would.
+  const failed = t.status === "failed" || (t.status === "cancelled" && t.error);
+  $("task-result-title").textContent = failed ? "Error" : "Result";
+  $("task-result").textContent = failed
+    ? `${(t.error && t.error.code) || ""}: ${(t.error && t.error.message) || ""}`
+    : t.result ? (t.result.content || "") : waitingWords(t);
+  fill($("task-timeline"), (t.timeline || []).map((s) => row([s.at, num(s.since_submit_ms),
+    s.event, s.error ? `${s.error.code}: ${s.error.message}` : s.batch_id || ""])));
+  fill($("task-attempts"), (t.attempts || []).map((a) => row([a.number, a.started_at,
+    num(a.latency_ms), num(a.first_token_ms), a.outcome, a.processor || "-",
+    a.error ? `${a.error.code}: ${a.error.message}` : ""])));
   $("task-events").replaceChildren(...t.events.map((e) =>
-    el("li", `${e.type}: ${JSON.stringify(e.data)}`)));
+    el("li", `${e.at} ${e.type}: ${JSON.stringify(e.data)}`)));
   rendered("task");
 });
+
+// Why a task not yet answered waits, and where it stands in line.
+function waitingWords(t) {
+  const w = t.waiting_for;
+  if (!w && !t.queue_position) return "(no result yet)";
+  const why = w ? `waiting for ${w.reason.replace(/_/g, " ")}` +
+    (w.until ? ` until ${w.until}` : "") : "running";
+  const place = t.queue_position ? `; number ${t.queue_position} in its tenant's line` : "";
+  return `(no result yet: ${why}${place})`;
+}
 
 // --- Live: one stream for the running tasks ------------------------------------------------
 const boxes = new Map();  // task id -> {box, status, reasoning, content, seenAt}
@@ -402,7 +466,10 @@ function tick(entered = false) {
   const { view, arg } = route();
   if (view === "live") startLive(); else stopLive();
   refreshOverview();  // the access line and the overview's four views
-  if (view === "overview" && entered && overview) drawHistory(overview.history);
+  if (view === "overview" && (entered || Date.now() - figuresAt >= FIGURES_EVERY_MS)) {
+    if (entered && figures) drawHistory(figures.series);
+    refreshFigures();
+  }
   if (view === "dead" && (entered || Date.now() - deadAt >= DEAD_EVERY_MS)) refreshDead();
   if (view === "task" && arg) refreshTask(arg);
 }
@@ -417,5 +484,11 @@ $("key-form").addEventListener("submit", (ev) => {
   tick(true);
 });
 window.addEventListener("hashchange", () => tick(true));
+document.querySelectorAll("[data-range]").forEach((a) => a.addEventListener("click", (ev) => {
+  ev.preventDefault();
+  range = a.dataset.range;
+  figuresAt = 0;
+  tick(true);
+}));
 tick(true);
 setInterval(tick, 1000);

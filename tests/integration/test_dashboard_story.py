@@ -1,0 +1,92 @@
+"""The dashboard's task page: a timeline of status changes and attempts with their times, the
+processor and latency of each attempt, the failed attempt's error, for tasks run here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.keys import Keys
+from shared.redis_conn import RedisClient
+from shared.steps import Steps
+from shared.store import make_store
+from tests.integration.edge_client import EdgeUnderTest, running_edge
+from tests.integration.kit import Core
+
+KEY, ADMIN = "sk-story-acme", "sk-story-admin"
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+pytestmark = pytest.mark.first_store_only
+
+
+@pytest.fixture
+async def pipeline(redis_url: str, redis: RedisClient, tmp_path: Path, mock_url: str
+                   ) -> AsyncIterator[tuple[EdgeUnderTest, Core]]:
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY}:acme",
+                            EDGE_ADMIN_KEYS=ADMIN) as edge:
+        keys = Keys(edge.prefix)
+        store = make_store(str(edge.store_path))
+        await store.open()
+        core = Core(redis_url=redis_url, redis=redis, keys=keys, steps=Steps(redis, keys),
+                    store=store, mock_url=mock_url)
+        try:
+            yield edge, core
+        finally:
+            await core.close()
+            await store.close()
+
+
+async def page(edge: EdgeUnderTest, task_id: str, key: str = ADMIN) -> dict[str, Any]:
+    r = await edge.client.get(f"/api/admin/tasks/{task_id}",
+                              headers={"Authorization": f"Bearer {key}"})
+    assert r.status == 200, await r.text()
+    return dict(await r.json())
+
+
+async def submit(edge: EdgeUnderTest, mock: dict[str, Any]) -> str:
+    r = await edge.client.post("/api/tasks", headers={"Authorization": f"Bearer {KEY}"},
+                               json={"prompt": "hi", "metadata": {"mock": mock}})
+    assert r.status == 202, await r.text()
+    return str((await r.json())["id"])
+
+
+async def test_a_retried_and_a_failed_task_tell_their_story(
+        pipeline: tuple[EdgeUnderTest, Core]) -> None:
+    edge, core = pipeline
+    retried = await submit(edge, {"content_tokens": 3, "fault": {
+        "key": uuid.uuid4().hex, "status": 500, "times": 1}})
+    failed = await submit(edge, {"fault": {"key": uuid.uuid4().hex, "status": 400}})
+    waiting = await page(edge, retried)
+    assert waiting["queue_position"] == 1 and waiting["waiting_for"]["reason"] == "coordinator"
+    assert [s["event"] for s in waiting["timeline"]] == ["status queued"]
+    await core.burst(core.processor("p-story", MAX_ATTEMPTS="2", RETRY_BASE_S="0.01"))
+
+    told = await page(edge, retried)
+    events = [s["event"] for s in told["timeline"]]
+    assert events == ["status queued", "status batched", "status running",
+                      "attempt 2 started (the previous one failed)", "first token",
+                      "status succeeded"], events
+    assert all(ISO.match(s["at"]) for s in told["timeline"])
+    assert all(ISO.match(e["at"]) for e in told["events"])
+    since = [s["since_submit_ms"] for s in told["timeline"]]
+    assert since == sorted(since) and since[0] >= 0
+    first, second = told["attempts"]
+    assert (first["number"], first["outcome"], first["processor"]) == (1, "failed, retried",
+                                                                         None)
+    assert second["number"] == 2 and second["outcome"] == "succeeded"
+    assert second["processor"] == "p-story" and second["first_token_ms"] is not None
+    assert all(a["latency_ms"] >= 0 for a in told["attempts"])
+    assert "provider" in second  # issue 26 fills it
+
+    gone = await page(edge, failed)
+    assert gone["status"] == "failed" and gone["result"] is None
+    [only] = gone["attempts"]
+    assert only["outcome"] == "failed" and only["error"]["code"] == "http_400"
+    assert gone["timeline"][-1]["error"]["code"] == "http_400"
+    # A tenant's key reads the same story without process names.
+    mine = await page(edge, retried, KEY)
+    assert [a["processor"] for a in mine["attempts"]] == [None, None]
