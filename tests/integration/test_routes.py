@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.waiting import until
 from services.mockai.app import create_app
 from services.mockai.limits import LimitSettings
 from services.mockai.settings import MockSettings
@@ -22,6 +23,7 @@ from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import tasks
 from shared.config import Env
+from shared.timeutil import now_ms
 from tests.integration.kit import Core
 
 pytestmark = pytest.mark.usefixtures("core")
@@ -137,8 +139,7 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert (await core.redis.hgetall(core.keys.breaker("a")))["state"] == "open"
     before = len(await calls(a))
     # Still down when its cool-down ends: one probe, refused, and a longer cool-down.
-    breaker = await core.redis.hgetall(core.keys.breaker("a"))
-    await asyncio.sleep(max(0.0, (int(breaker["open_until"]) - tasks_now()) / 1000))
+    breaker = await cooled_down(core, "a")
     more = [await core.submit() for _ in range(6)]
     await core.burst(processor(core, path, "p2"))
     assert len(await calls(a)) == before + 1  # the probe alone
@@ -146,7 +147,7 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert again["state"] == "open" and int(again["cooldown"]) > int(breaker["cooldown"])
     # Healed: the next probe succeeds, the breaker closes and work goes back to the first route.
     await outage(a, 0)
-    await asyncio.sleep(max(0.0, (int(again["open_until"]) - tasks_now()) / 1000))
+    await cooled_down(core, "a")
     last = [await core.submit() for _ in range(6)]
     await core.burst(processor(core, path, "p3"))
     closed = await core.redis.hgetall(core.keys.breaker("a"))
@@ -160,9 +161,12 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert {v["result"]["provider"] for v in done[-6:]} == {"a"}
 
 
-def tasks_now() -> int:
-    from shared.timeutil import now_ms
-    return now_ms()
+async def cooled_down(core: Core, name: str) -> dict[str, str]:
+    """The breaker of ``name`` once its cool-down is over (its next call may be the probe)."""
+    async def over() -> dict[str, str] | None:
+        breaker: dict[str, str] = await core.redis.hgetall(core.keys.breaker(name))
+        return breaker if now_ms() >= int(breaker["open_until"]) else None
+    return await until(over, 30, f"the cool-down of {name}'s breaker to end")
 
 
 async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
@@ -192,7 +196,6 @@ async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
 async def test_health_and_status_name_the_failing_provider(
         core: Core, second_mock: TestServer, tmp_path: Path) -> None:
     from harness.processes import free_port
-    from harness.waiting import until
     from tests.integration.edge_client import running_edge
 
     port = free_port()  # nothing listens there: every call is refused
