@@ -213,7 +213,9 @@ class Governor:
 
     def _accepted(self, call: Call) -> None:
         if self.enabled and call.slot:
-            self._queue(call.provider, {"accept": call.slot})
+            # Its estimated tokens: a declared tokens-per-minute limit starts the window at
+            # that many calls of this size (settle.lua).
+            self._queue(call.provider, {"accept": call.slot, "te": call.tokens})
         if call.target is not None:
             seen = self.breakers.seen.get(call.target.name)
             if seen is not None and (seen.state != "closed" or seen.failures):

@@ -231,3 +231,25 @@ async def test_health_and_status_name_the_failing_provider(
         finally:
             live.stop()
             await running
+
+
+async def test_a_provider_that_declares_its_limits_starts_the_window_there(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """x-ratelimit-limit-tokens: 1,000,000 a minute, in calls of ~1,030 tokens: the window
+    starts at ~970 once the first call is taken, not at the slow start's 2 (which 30 calls
+    would grow to 32 at most)."""
+    from shared.governor import estimate_tokens, read_providers
+    from tests.integration.kit import request
+
+    declaring = await _mock(limits=LimitSettings(tpm=1_000_000, headers=True))
+    try:
+        path = providers_file(tmp_path, str(declaring.make_url("/v1")),
+                              str(second_mock.make_url("/v1")))
+        ids = [await core.submit() for _ in range(30)]
+        await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
+        assert all(v["status"] == "succeeded" for v in await views(core, ids))
+    finally:
+        await declaring.close()
+    [a] = [p for p in await read_providers(core.redis, core.keys, now_ms())
+           if p.get("provider") == "a"]
+    assert a["window"] == 1_000_000 // estimate_tokens(request()), a
