@@ -253,3 +253,43 @@ async def test_a_provider_that_declares_its_limits_starts_the_window_there(
     [a] = [p for p in await read_providers(core.redis, core.keys, now_ms())
            if p.get("provider") == "a"]
     assert a["window"] == 1_000_000 // estimate_tokens(request()), a
+
+
+async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """The edge holds no provider key, so it finds each provider's governor as the processors
+    registered it: a task whose every route is full waits for provider_capacity, and for a
+    processor as soon as one has room."""
+    from shared.governor import Admitted
+    from tests.integration.edge_client import running_edge
+
+    path = providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")), limit=1)
+    holder = processor(core, path)
+    stopped = asyncio.Event()
+    stopped.set()
+    await holder.governor.run(stopped, stopped)  # registers each provider, as at its start
+    steps, slots = holder.governor.steps, []
+    for target in holder.router.governed():  # a call in flight on each: both are full
+        slot = f"{now_ms()}:elsewhere:{target.name}"
+        admitted = await steps.admit(target.route.governor, "tsk_elsewhere", slot, now_ms(),
+                                     60_000, 1, target.limits)
+        assert isinstance(admitted, Admitted)
+        slots.append((target, slot))
+    task_id = await core.submit()
+    await core.coordinator().run_burst()
+    async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
+                            STORE_URL=core.store.url, PROVIDERS_FILE=path,
+                            EDGE_API_KEYS="key-of-acme:acme") as edge:
+        async def waiting() -> dict[str, Any]:
+            r = await edge.client.get(f"/api/tasks/{task_id}",
+                                      headers={"Authorization": "Bearer key-of-acme"})
+            got: dict[str, Any] = await r.json()
+            assert got.get("status") == "batched", got
+            return dict(got["waiting_for"])
+
+        assert await waiting() == {"reason": "provider_capacity", "until": None}
+        # b's call ends: a processor can take the task to b now.
+        target, slot = slots[1]
+        await steps.settle(target.route.governor, now_ms(), [{"slot": slot, "outcome": "ok"}],
+                           target.limits)
+        assert await waiting() == {"reason": "processor", "until": None}
