@@ -28,7 +28,7 @@ from bench.procs import ROOT, machine, raise_fd_limit
 
 SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "long_stream", "scaleout",
              "memory", "batching", "provider_limited")
-EXTRA = ("transport",)  # diagnostics, run only when named in --only
+EXTRA = ("transport", "waiting_cpu")  # diagnostics, run only when named in --only
 
 
 def parse_args() -> argparse.Namespace:
