@@ -47,6 +47,11 @@ local cap = opmax > 0 and opmax or 100000
 local w_max = tonumber(s[5] or '0')
 local streak, streak_set = tonumber(s[6] or '0'), false
 local inflight = redis.call('ZCARD', slots)
+-- Was the window in use? Judged once, as the step begins: the calls of one round end (or get
+-- their first token) together and are settled in one step; judged per entry, the first one's
+-- growth would make the window look not full to the others, and slow start would grow by one
+-- per step instead of doubling per round.
+local was_full = inflight >= math.floor(window)
 local PROBE_ROUNDS = 50
 local resets = {req = tonumber(s[7]), tok = tonumber(s[8])}  -- followed as headers set them
 local limits = {req = tonumber(s[9]), tok = tonumber(s[10])}  -- what the provider declared
@@ -129,7 +134,7 @@ for i = 7, #ARGV do
     succeeded = true
     streak, streak_set = 0, true
     probing()
-    if inflight >= math.floor(window) then window = grow() end
+    if was_full or inflight >= math.floor(window) then window = grow() end
     declared(tonumber(e.te))
   end
   if e.slot then
@@ -143,7 +148,7 @@ for i = 7, #ARGV do
       succeeded = true
       streak, streak_set = 0, true
       probing()
-      if full and not e.accepted then window = grow() end  -- grown at its first token
+      if (full or was_full) and not e.accepted then window = grow() end  -- else: at its 1st token
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])

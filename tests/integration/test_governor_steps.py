@@ -397,3 +397,18 @@ async def test_declared_limits_do_not_undo_what_a_refusal_taught(redis: RedisCli
     await steps.settle(P, T0 + 1, [{"slot": slots[0], "outcome": "limited"}])
     room = await steps.settle(P, T0 + 2, [{"h": {"rl": 100}}, {"accept": slots[1], "te": 50}])
     assert room.limit == 2
+
+
+async def test_a_round_of_first_tokens_settled_together_doubles_the_window(
+        redis: RedisClient) -> None:
+    """Slow start: each call of a full window taken grows it by one, also when their first
+    tokens are settled in one step (before, only the first of them counted: the window then
+    grew by one per settle step, not per call)."""
+    steps = steps_for(redis, initial_window=16)
+    slots = await fill(steps, T0)
+    room = await steps.settle(P, T0 + 100, [{"accept": s, "te": 10} for s in slots])
+    assert room.limit == 32
+    # Their ends, settled together later, do not count again.
+    room = await steps.settle(P, T0 + 200, [{"slot": s, "outcome": "ok", "accepted": 1}
+                                            for s in slots])
+    assert room.limit == 32
