@@ -120,7 +120,10 @@ local function declared(tokens)
     local by_tokens = math.max(1, math.floor(limits.tok / tokens))
     start = start and math.min(start, by_tokens) or by_tokens
   end
-  if start and start > window then window = start end
+  if start and start > window then
+    window = start
+    was_full = inflight >= math.floor(window)  -- a lifted window is not in use yet
+  end
 end
 
 local succeeded = false
