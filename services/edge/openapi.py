@@ -189,8 +189,8 @@ _ASYNC = obj(["status", "coordinators", "processors", "queue", "open_batch", "ba
     "timestamp": TIME})
 _AI = obj(["base_url", "model", "mock", "api_key_configured", "streaming", "last_error"], {
     "base_url": STR, "model": STR,
-    "mock": {**nullable(BOOL), "description": "whether the provider says it is Sluice's mock; "
-             "null while it cannot be reached"},
+    "mock": {**nullable(BOOL), "description": "whether the providers say they are Sluice's "
+             "mock (true: every one; false: any one is not); null while one cannot be reached"},
     "api_key_configured": {"type": "boolean", "description": "the key itself is never shown"},
     "streaming": nullable(BOOL), "streaming_checked_at": TIME_OR_NULL,
     "last_success_at": TIME_OR_NULL, "last_error": nullable(STR),

@@ -145,6 +145,8 @@ class Governor:
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
+        # The calls waiting for admission, by the routes they wait for, in order of arrival.
+        self._lines: dict[tuple[str, ...], list[tuple[Call, asyncio.Event]]] = {}
         self._notes: set[asyncio.Future[None]] = set()  # breaker notes on their way
 
     # --- what the processor may claim ----------------------------------------------------------
@@ -213,7 +215,9 @@ class Governor:
 
     def _accepted(self, call: Call) -> None:
         if self.enabled and call.slot:
-            self._queue(call.provider, {"accept": call.slot})
+            # Its estimated tokens: a declared tokens-per-minute limit starts the window at
+            # that many calls of this size (settle.lua).
+            self._queue(call.provider, {"accept": call.slot, "te": call.tokens})
         if call.target is not None:
             seen = self.breakers.seen.get(call.target.name)
             if seen is not None and (seen.state != "closed" or seen.failures):
@@ -224,17 +228,35 @@ class Governor:
                 task.add_done_callback(self._notes.discard)
 
     async def _acquire(self, call: Call) -> None:
+        """Admit ``call``, waiting while no target has room. The tasks of this processor that
+        wait for the same routes form a line: each asks once as it joins (so its task says
+        what it waits for), then only the head of the line asks again, by the clock or when a
+        slot of ours frees; the next in line asks as soon as the head is admitted or gone. 200
+        tasks waiting for a window of 1 cost one poll, not 200 (each of them 10 round trips a
+        second, before)."""
         request, deadline_at = call.request, call.deadline_at
         targets: Sequence[Target | None] = call.targets or (None,)
         tokens = estimate_tokens(request)
         backoff = 0.01
+        key = tuple(t.route.governor if t is not None else "" for t in targets)
+        line = self._lines.setdefault(key, [])
+        turn = asyncio.Event()  # set when this call becomes the head of its line
+        line.append((call, turn))
         self.waiting += 1
-        admitted = False
+        admitted, asked = False, False
         try:
             while True:
                 now = now_ms()
                 if deadline_at is not None and now >= deadline_at:
                     raise DeadlineExceeded
+                if asked and line[0][0] is not call:
+                    delay = POLL_IDLE_S  # its deadline is still seen
+                    if deadline_at is not None:
+                        delay = min(delay, max(0.0, (deadline_at - now) / 1000))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(turn.wait(), timeout=delay)
+                    continue
+                asked = True
                 soonest = math.inf  # when to look again (epoch ms; 0: when a slot frees)
                 for target in targets:
                     until = await self._try(call, target, tokens, now)
@@ -253,6 +275,12 @@ class Governor:
         finally:
             if not admitted:
                 self.waiting -= 1
+            head = line[0][0] is call
+            line[:] = [entry for entry in line if entry[0] is not call]
+            if not line:
+                del self._lines[key]
+            elif head:
+                line[0][1].set()  # the next in line asks now
 
     async def _try(self, call: Call, target: Target | None, tokens: int, now: int
                    ) -> float | None:
@@ -399,6 +427,7 @@ class Governor:
     async def _poll_loop(self, stopping: asyncio.Event) -> None:
         """Keep the room we claim by fresh: often while the providers are full or paused (room
         freed by other processors shows up here), seldom otherwise; and the breakers."""
+        pause, last = POLL_SATURATED_S, None
         while not stopping.is_set():
             try:
                 await self.breakers.refresh()
@@ -407,6 +436,15 @@ class Governor:
             except WAIT_OUT as exc:
                 log.warning("governor_peek_failed", cause=wait_event(exc),
                             error=type(exc).__name__)
-            pause = POLL_SATURATED_S if self.room() <= 0 else POLL_IDLE_S
+            # Saturated, every tenth of a second while the room moves; while it stands still
+            # (long calls: nothing ends for minutes), twice as long each time, up to a second.
+            seen = (dict(self.rooms), dict(self.breakers.seen))
+            if self.room() > 0:
+                pause = POLL_IDLE_S
+            elif seen != last:
+                pause = POLL_SATURATED_S
+            else:
+                pause = min(pause * 2, POLL_IDLE_S)
+            last = seen
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=pause)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from services.processor.assembler import ChoiceText, Delta, ProviderError
 from services.processor.provider import Completion, OnDeltas, OnHeaders, ProviderClient
 from shared.config import Provider
-from shared.governor import Limits
+from shared.governor import DEFAULT_COMPLETION_TOKENS, Limits
 from shared.providers import DEFAULT, ProviderSpec, Route, Routing, apply_provider_params
 from shared.timeutil import iso
 
@@ -70,6 +70,17 @@ class Target:
         return apply_provider_params(body, self.spec)
 
 
+def declared_window(spec: ProviderSpec) -> int:
+    """The window the file's limits start a provider at (0: none declared): its
+    max_concurrency; else its rpm, or its tpm in calls of the default completion size,
+    whichever is smaller (as settle.lua starts it from declared x-ratelimit-limit-* headers)."""
+    if spec.max_concurrency:
+        return spec.max_concurrency
+    found = [n for n in (spec.rpm, spec.tpm and max(1, spec.tpm // DEFAULT_COMPLETION_TOKENS))
+             if n]
+    return min(found, default=0)
+
+
 class Router:
     """The process's clients, one per provider, and each model's targets."""
 
@@ -88,9 +99,9 @@ class Router:
                                                  headers=dict(spec.headers))
             self._limits[name] = dataclasses.replace(
                 limits, max_concurrency=spec.max_concurrency, rpm=spec.rpm, tpm=spec.tpm,
-                # A provider that declares its concurrency starts there, not at the slow
-                # start's window.
-                initial_window=spec.max_concurrency or limits.initial_window)
+                # A provider whose limits are declared starts there, not at the slow start's
+                # window.
+                initial_window=declared_window(spec) or limits.initial_window)
         self._targets: dict[str, tuple[Target, ...]] = {}
 
     def targets(self, model: str) -> tuple[Target, ...]:

@@ -22,7 +22,8 @@
 -- ARGV[7..] entries, each a JSON object:
 --   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
 --    "pause_until": ms from Retry-After (0: none), "accepted": 1 when its accept was sent}
---   and/or {"accept": id} (the call's first token arrived: it counts as a success now)
+--   and/or {"accept": id, "te": its estimated tokens} (the call's first token arrived: it
+--   counts as a success now)
 --   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
 --                 "tr": remaining tokens, "ts": their reset (ms), "tl": token limit}}
 -- Returns {limit, in flight, pause until (ms, 0: none)}
@@ -37,7 +38,7 @@ local cap_until = now + tonumber(ARGV[6])
 -- The state is read once (one HMGET) and written back once, with the slots counted once and
 -- then followed as entries free them: each redis.call costs more than its command.
 local s = redis.call('HMGET', state, 'window', 'slow_start', 'decreased_at', 'pause_until',
-  'refused_at', 'streak', 'req_reset', 'tok_reset')
+  'refused_at', 'streak', 'req_reset', 'tok_reset', 'req_limit', 'tok_limit')
 local window = tonumber(s[1] or ARGV[3])
 local slow = s[2] ~= '0'
 local dec_at = tonumber(s[3] or '0')
@@ -46,8 +47,14 @@ local cap = opmax > 0 and opmax or 100000
 local w_max = tonumber(s[5] or '0')
 local streak, streak_set = tonumber(s[6] or '0'), false
 local inflight = redis.call('ZCARD', slots)
+-- Was the window in use? Judged once, as the step begins: the calls of one round end (or get
+-- their first token) together and are settled in one step; judged per entry, the first one's
+-- growth would make the window look not full to the others, and slow start would grow by one
+-- per step instead of doubling per round.
+local was_full = inflight >= math.floor(window)
 local PROBE_ROUNDS = 50
 local resets = {req = tonumber(s[7]), tok = tonumber(s[8])}  -- followed as headers set them
+local limits = {req = tonumber(s[9]), tok = tonumber(s[10])}  -- what the provider declared
 
 local function grow()
   if slow then return window + 1 end
@@ -59,7 +66,10 @@ end
 local function headers(h)
   for _, f in ipairs({{'rr', 'rs', 'rl', 'req'}, {'tr', 'ts', 'tl', 'tok'}}) do
     local rem, reset, lim = tonumber(h[f[1]]), tonumber(h[f[2]]), tonumber(h[f[3]])
-    if lim then redis.call('HSET', state, f[4] .. '_limit', lim) end
+    if lim then
+      redis.call('HSET', state, f[4] .. '_limit', lim)
+      limits[f[4]] = lim
+    end
     if rem and reset and reset <= now then
       rem = nil  -- an answer from a window that has ended says nothing about this one
     end
@@ -98,6 +108,24 @@ local function probing()
   end
 end
 
+-- A provider that declares its limits (x-ratelimit-limit-requests, -tokens) says how much it
+-- takes: once it has taken a call, the window starts there, not at the slow start's guess, as
+-- long as no refusal has taught it better (a refusal ends slow start). Requests per window
+-- bound the calls in flight worth having; tokens per window do too, divided by the call's
+-- estimated tokens. Raised only: below the window, the announced quota holds calls back.
+local function declared(tokens)
+  if not slow then return end
+  local start = limits.req and limits.req > 0 and limits.req or nil
+  if limits.tok and limits.tok > 0 and tokens and tokens > 0 then
+    local by_tokens = math.max(1, math.floor(limits.tok / tokens))
+    start = start and math.min(start, by_tokens) or by_tokens
+  end
+  if start and start > window then
+    window = start
+    was_full = inflight >= math.floor(window)  -- a lifted window is not in use yet
+  end
+end
+
 local succeeded = false
 for i = 7, #ARGV do
   local e = cjson.decode(ARGV[i])
@@ -109,7 +137,8 @@ for i = 7, #ARGV do
     succeeded = true
     streak, streak_set = 0, true
     probing()
-    if inflight >= math.floor(window) then window = grow() end
+    if was_full or inflight >= math.floor(window) then window = grow() end
+    declared(tonumber(e.te))
   end
   if e.slot then
     local full = inflight >= math.floor(window)
@@ -122,7 +151,7 @@ for i = 7, #ARGV do
       succeeded = true
       streak, streak_set = 0, true
       probing()
-      if full and not e.accepted then window = grow() end  -- grown at its first token
+      if (full or was_full) and not e.accepted then window = grow() end  -- else: at its 1st token
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])

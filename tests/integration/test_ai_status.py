@@ -85,3 +85,28 @@ async def test_a_provider_error_is_shown_only_to_the_tenant_whose_task_caused_it
 
         assert await last_error("key-of-acme") == "acme's prompt was too long"
         assert await last_error("key-of-globex") is None
+
+
+async def test_from_providers_file_every_provider_is_asked_not_the_edges_own_url(
+        redis_url: str, tmp_path: Path) -> None:
+    """With PROVIDERS_FILE the processors call its providers: the edge's AI_BASE_URL (compose
+    sets it to the mock) says nothing. The mock only when every provider is."""
+    def providers_file(*urls: str) -> str:
+        path = tmp_path / f"providers-{len(urls)}-{abs(hash(urls))}.toml"
+        path.write_text("".join(f'[[provider]]\nname = "p{i}"\nbase_url = "{u}"\n\n'
+                                for i, u in enumerate(urls))
+                        + '[[model]]\nname = "m"\nroutes = [{ provider = "p0", model = "m" }]\n')
+        return str(path)
+
+    async with mock_provider() as mock, mock_provider() as other_mock, \
+            running_edge(redis_url, tmp_path) as other:
+        not_mock = str(other.client.make_url("/v1"))
+        status = await ai_status(redis_url, tmp_path, AI_BASE_URL=mock,
+                                 PROVIDERS_FILE=providers_file(not_mock))
+        assert status["mock"] is False
+        status = await ai_status(redis_url, tmp_path, AI_BASE_URL=mock,
+                                 PROVIDERS_FILE=providers_file(other_mock, not_mock))
+        assert status["mock"] is False
+        status = await ai_status(redis_url, tmp_path, AI_BASE_URL=not_mock,
+                                 PROVIDERS_FILE=providers_file(mock, other_mock))
+        assert status["mock"] is True

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
+from harness.waiting import until
 from services.processor.governor import Governor
 from shared.governor import GovernorSteps, Limits
 from shared.keys import Keys
@@ -30,6 +32,55 @@ async def test_a_pause_that_ends_by_the_clock_is_told(redis: RedisClient, keys: 
             assert await told.get() is False  # its next poll (every second) sees the pause
             assert await told.get() is True  # and, once the 1.5 s are over, that it is over
         assert governor.room() > 0
+    finally:
+        stopping.set()
+        drained.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
+        redis: RedisClient, keys: Keys) -> None:
+    """20 tasks wait for a window of 1: each asks once as it joins the line (its task then says
+    what it waits for), then only the head of the line asks again; they are admitted in the
+    order they came."""
+    governor = Governor(redis, keys, name="p1", enabled=True,
+                        limits=Limits(max_concurrency=1, initial_window=1), lease_ms=30_000,
+                        base_url="http://provider.test/v1", api_key=None, model="m",
+                        on_change=lambda _open: None)
+    asked: dict[str, int] = {}
+    admit = governor.steps.admit
+
+    async def counted(provider: str, task_id: str, *args: Any, **kw: Any) -> Any:
+        asked[task_id] = asked.get(task_id, 0) + 1
+        return await admit(provider, task_id, *args, **kw)
+
+    governor.steps.admit = counted  # type: ignore[method-assign]  # the real step, counted
+    stopping, drained = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(governor.run(stopping, drained))
+    done = [asyncio.Event() for _ in range(21)]
+    order: list[int] = []
+
+    async def task(i: int) -> None:
+        async with governor.call(f"t{i}", {"messages": []}, None):
+            order.append(i)
+            await done[i].wait()
+
+    try:
+        async with asyncio.timeout(20), asyncio.TaskGroup() as tg:
+            tg.create_task(task(0))
+            await until(lambda: order == [0], 5, "the first call in")
+            for i in range(1, 21):
+                tg.create_task(task(i))
+                await until(lambda i=i: governor.waiting == i, 5, f"task {i} to wait")
+            await until(lambda: asked.get("t1", 0) >= 10, 10, "the head to ask 10 times")
+            assert {t: n for t, n in asked.items() if t not in ("t0", "t1")} == {
+                f"t{i}": 1 for i in range(2, 21)}
+            for i in range(21):
+                done[i].set()
+                if i < 20:
+                    await until(lambda i=i: len(order) == i + 2, 5, f"task {i + 1} in")
+        assert order == list(range(21))
     finally:
         stopping.set()
         drained.set()

@@ -363,3 +363,52 @@ async def test_the_refusals_of_one_overshoot_tell_what_the_provider_took(
         await steps.settle(P, T0 + 1 + i, [{"slot": slot, "outcome": "limited"}])
     state = await redis.hgetall(steps.keys.governor(P))
     assert float(state["window"]) == 8 and float(state["refused_at"]) == 9
+
+
+async def test_declared_limits_start_the_window_once_a_call_is_taken(
+        redis: RedisClient) -> None:
+    """A provider that declares 100 requests a minute need not be ramped up to from 4: its
+    first call taken (its first token) starts the window there."""
+    steps = steps_for(redis, initial_window=4)
+    slots = await fill(steps, T0)
+    assert len(slots) == 4
+    # The headers alone (a 429 carries them too) move nothing.
+    room = await steps.settle(P, T0 + 1, [{"h": {"rl": 100}}])
+    assert room.limit == 4
+    room = await steps.settle(P, T0 + 2, [{"accept": slots[0], "te": 50}])
+    assert room.limit == 100
+    assert len(await fill(steps, T0 + 3)) == 96
+    # Tokens per minute, divided by the call's estimate, bound it too: the smaller wins.
+    steps = steps_for(redis, initial_window=4)
+    slots = await fill(steps, T0)
+    await steps.settle(P, T0 + 1, [{"h": {"rl": 100, "tl": 40_000}},
+                                   {"accept": slots[0], "te": 1000}])
+    assert (await steps.peek(P, T0 + 2)).limit == 40
+    # The operator's max concurrency still caps it.
+    steps = steps_for(redis, initial_window=4, max_concurrency=8)
+    slots = await fill(steps, T0)
+    room = await steps.settle(P, T0 + 1, [{"h": {"tl": 40_000}}, {"accept": slots[0], "te": 10}])
+    assert room.limit == 8
+
+
+async def test_declared_limits_do_not_undo_what_a_refusal_taught(redis: RedisClient) -> None:
+    steps = steps_for(redis, initial_window=4)
+    slots = await fill(steps, T0)
+    await steps.settle(P, T0 + 1, [{"slot": slots[0], "outcome": "limited"}])
+    room = await steps.settle(P, T0 + 2, [{"h": {"rl": 100}}, {"accept": slots[1], "te": 50}])
+    assert room.limit == 2
+
+
+async def test_a_round_of_first_tokens_settled_together_doubles_the_window(
+        redis: RedisClient) -> None:
+    """Slow start: each call of a full window taken grows it by one, also when their first
+    tokens are settled in one step (before, only the first of them counted: the window then
+    grew by one per settle step, not per call)."""
+    steps = steps_for(redis, initial_window=16)
+    slots = await fill(steps, T0)
+    room = await steps.settle(P, T0 + 100, [{"accept": s, "te": 10} for s in slots])
+    assert room.limit == 32
+    # Their ends, settled together later, do not count again.
+    room = await steps.settle(P, T0 + 200, [{"slot": s, "outcome": "ok", "accepted": 1}
+                                            for s in slots])
+    assert room.limit == 32

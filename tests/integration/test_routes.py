@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.waiting import until
 from services.mockai.app import create_app
 from services.mockai.limits import LimitSettings
 from services.mockai.settings import MockSettings
@@ -22,6 +23,7 @@ from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import tasks
 from shared.config import Env
+from shared.timeutil import now_ms
 from tests.integration.kit import Core
 
 pytestmark = pytest.mark.usefixtures("core")
@@ -137,8 +139,7 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert (await core.redis.hgetall(core.keys.breaker("a")))["state"] == "open"
     before = len(await calls(a))
     # Still down when its cool-down ends: one probe, refused, and a longer cool-down.
-    breaker = await core.redis.hgetall(core.keys.breaker("a"))
-    await asyncio.sleep(max(0.0, (int(breaker["open_until"]) - tasks_now()) / 1000))
+    breaker = await cooled_down(core, "a")
     more = [await core.submit() for _ in range(6)]
     await core.burst(processor(core, path, "p2"))
     assert len(await calls(a)) == before + 1  # the probe alone
@@ -146,7 +147,7 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert again["state"] == "open" and int(again["cooldown"]) > int(breaker["cooldown"])
     # Healed: the next probe succeeds, the breaker closes and work goes back to the first route.
     await outage(a, 0)
-    await asyncio.sleep(max(0.0, (int(again["open_until"]) - tasks_now()) / 1000))
+    await cooled_down(core, "a")
     last = [await core.submit() for _ in range(6)]
     await core.burst(processor(core, path, "p3"))
     closed = await core.redis.hgetall(core.keys.breaker("a"))
@@ -160,9 +161,12 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
     assert {v["result"]["provider"] for v in done[-6:]} == {"a"}
 
 
-def tasks_now() -> int:
-    from shared.timeutil import now_ms
-    return now_ms()
+async def cooled_down(core: Core, name: str) -> dict[str, str]:
+    """The breaker of ``name`` once its cool-down is over (its next call may be the probe)."""
+    async def over() -> dict[str, str] | None:
+        breaker: dict[str, str] = await core.redis.hgetall(core.keys.breaker(name))
+        return breaker if now_ms() >= int(breaker["open_until"]) else None
+    return await until(over, 30, f"the cool-down of {name}'s breaker to end")
 
 
 async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
@@ -192,7 +196,6 @@ async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
 async def test_health_and_status_name_the_failing_provider(
         core: Core, second_mock: TestServer, tmp_path: Path) -> None:
     from harness.processes import free_port
-    from harness.waiting import until
     from tests.integration.edge_client import running_edge
 
     port = free_port()  # nothing listens there: every call is refused
@@ -228,3 +231,65 @@ async def test_health_and_status_name_the_failing_provider(
         finally:
             live.stop()
             await running
+
+
+async def test_a_provider_that_declares_its_limits_starts_the_window_there(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """x-ratelimit-limit-tokens: 1,000,000 a minute, in calls of ~1,030 tokens: the window
+    starts at ~970 once the first call is taken, not at the slow start's 2 (which 30 calls
+    would grow to 32 at most)."""
+    from shared.governor import estimate_tokens, read_providers
+    from tests.integration.kit import request
+
+    declaring = await _mock(limits=LimitSettings(tpm=1_000_000, headers=True))
+    try:
+        path = providers_file(tmp_path, str(declaring.make_url("/v1")),
+                              str(second_mock.make_url("/v1")))
+        ids = [await core.submit() for _ in range(30)]
+        await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
+        assert all(v["status"] == "succeeded" for v in await views(core, ids))
+    finally:
+        await declaring.close()
+    [a] = [p for p in await read_providers(core.redis, core.keys, now_ms())
+           if p.get("provider") == "a"]
+    assert a["window"] == 1_000_000 // estimate_tokens(request()), a
+
+
+async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """The edge holds no provider key, so it finds each provider's governor as the processors
+    registered it: a task whose every route is full waits for provider_capacity, and for a
+    processor as soon as one has room."""
+    from shared.governor import Admitted
+    from tests.integration.edge_client import running_edge
+
+    path = providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")), limit=1)
+    holder = processor(core, path)
+    stopped = asyncio.Event()
+    stopped.set()
+    await holder.governor.run(stopped, stopped)  # registers each provider, as at its start
+    steps, slots = holder.governor.steps, []
+    for target in holder.router.governed():  # a call in flight on each: both are full
+        slot = f"{now_ms()}:elsewhere:{target.name}"
+        admitted = await steps.admit(target.route.governor, "tsk_elsewhere", slot, now_ms(),
+                                     60_000, 1, target.limits)
+        assert isinstance(admitted, Admitted)
+        slots.append((target, slot))
+    task_id = await core.submit()
+    await core.coordinator().run_burst()
+    async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
+                            STORE_URL=core.store.url, PROVIDERS_FILE=path,
+                            EDGE_API_KEYS="key-of-acme:acme") as edge:
+        async def waiting() -> dict[str, Any]:
+            r = await edge.client.get(f"/api/tasks/{task_id}",
+                                      headers={"Authorization": "Bearer key-of-acme"})
+            got: dict[str, Any] = await r.json()
+            assert got.get("status") == "batched", got
+            return dict(got["waiting_for"])
+
+        assert await waiting() == {"reason": "provider_capacity", "until": None}
+        # b's call ends: a processor can take the task to b now.
+        target, slot = slots[1]
+        await steps.settle(target.route.governor, now_ms(), [{"slot": slot, "outcome": "ok"}],
+                           target.limits)
+        assert await waiting() == {"reason": "processor", "until": None}

@@ -157,3 +157,18 @@ def test_a_providers_own_fields() -> None:
     assert apply_provider_params(body, spec) == {"model": "m", "messages": [],
                                                  "enable_thinking": True}
     assert body["logprobs"] is True  # the task's own request is not changed
+
+
+def test_declared_limits_start_the_window() -> None:
+    """The file's max_concurrency, else the smaller of its rpm and its tpm in calls of 1,024
+    completion tokens; none declared: the slow start's window (0 here)."""
+    from services.processor.routing import declared_window
+
+    def spec(**limits: int) -> ProviderSpec:
+        return ProviderSpec("p", Secret("http://x"), None, None, **limits)
+
+    assert declared_window(spec()) == 0
+    assert declared_window(spec(max_concurrency=8, rpm=1000, tpm=100_000)) == 8
+    assert declared_window(spec(rpm=1000, tpm=100_000)) == 97
+    assert declared_window(spec(rpm=50, tpm=100_000)) == 50
+    assert declared_window(spec(tpm=500)) == 1

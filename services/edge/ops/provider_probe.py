@@ -1,13 +1,16 @@
 """Is the provider Sluice's own mock? Asked of the provider, not guessed from its address.
 
 The mock marks every answer with :data:`shared.config.MOCK_HEADER`, even a 401, so the edge
-asks ``GET {AI_BASE_URL}/models`` without the provider key (the edge is never given it). A
+asks ``GET {base_url}/models`` of each provider the processors call (PROVIDERS_FILE's, else
+AI_BASE_URL's one; never the edge's AI_BASE_URL when a file names the providers) without the
+provider key (the edge is never given it). A
 definite answer is kept for the life of the process; an unreachable provider is asked again
 next time, and until then nobody knows (``None``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -21,20 +24,32 @@ PROBE_TIMEOUT_S = 2.0
 
 
 class ProviderProbe:
-    __slots__ = ("_known", "_session", "_url")
+    """Asks each of ``base_urls``: the providers the processors call (PROVIDERS_FILE's, else
+    AI_BASE_URL's one)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self._session, self._url = session, f"{base_url}/models"
-        self._known: bool | None = None
+    __slots__ = ("_known", "_session", "_urls")
+
+    def __init__(self, session: aiohttp.ClientSession, base_urls: list[str]) -> None:
+        self._session, self._urls = session, [f"{url}/models" for url in base_urls]
+        self._known: dict[str, bool] = {}
 
     async def is_mock(self) -> bool | None:
-        if self._known is None:
+        """True when every provider is the mock, False when any is not, else None (one that
+        is not known yet, and none known not to be)."""
+        found = await asyncio.gather(*(self._ask(url) for url in self._urls))
+        if False in found:
+            return False
+        return True if found and all(found) else None
+
+    async def _ask(self, url: str) -> bool | None:
+        known = self._known.get(url)
+        if known is None:
             try:
-                async with self._session.get(self._url, allow_redirects=False) as resp:
-                    self._known = MOCK_HEADER in resp.headers
+                async with self._session.get(url, allow_redirects=False) as resp:
+                    known = self._known[url] = MOCK_HEADER in resp.headers
             except (aiohttp.ClientError, TimeoutError):
                 return None
-        return self._known
+        return known
 
 
 PROBE = web.AppKey("provider_probe", ProviderProbe)
@@ -42,6 +57,8 @@ PROBE = web.AppKey("provider_probe", ProviderProbe)
 
 async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+    routing = app[SETTINGS].routing
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        app[PROBE] = ProviderProbe(session, app[SETTINGS].provider.ai_base_url.get())
+        app[PROBE] = ProviderProbe(session, [spec.base_url.get()
+                                             for spec in routing.providers.values()])
         yield

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from services.edge.context import Edge
 from shared import tasks
 from shared.governor import provider_id
@@ -55,18 +57,58 @@ async def _place_in_line(edge: Edge, tenant: str, task_id: str) -> int | None:
 
 
 async def _provider_room(edge: Edge, model: str) -> dict[str, Any]:
-    p, k, now = edge.settings.provider, edge.keys, now_ms()
-    provider = provider_id(p.ai_base_url.get(), p.ai_api_key.get() if p.ai_api_key else None, model)
+    """Why a task no processor holds yet waits, from the providers that serve its model: the
+    first with room (then a processor will take it), else a pause if every one is paused,
+    else their capacity. A provider whose breaker is open has no room."""
+    rooms = [await _room(edge, gid, name) for gid, name in await _governors(edge, model)]
+    if not rooms or any(room is None for room in rooms):
+        return {"reason": "processor", "until": None}
+    paused = [room for room in rooms if room]
+    if len(paused) == len(rooms):
+        return {"reason": "provider_pause", "until": iso(min(paused))}
+    return {"reason": "provider_capacity", "until": None}
+
+
+async def _governors(edge: Edge, model: str) -> list[tuple[str, str | None]]:
+    """(governor id, provider name) of each provider serving ``model``, as the processors
+    registered them (the edge holds no provider key, and a governor's id is made with it).
+    From PROVIDERS_FILE, by the providers of the model's routes; without it, the one
+    provider's governor for the model."""
+    routing = edge.settings.routing
+    if routing.file is not None:
+        names = [route.provider for route in routing.routes(model)]
+        index: dict[str, str] = await edge.redis.hgetall(  # type: ignore[assignment]
+            edge.keys.governors)
+        by_name: dict[str, str] = {}
+        for gid, raw in index.items():
+            name = orjson.loads(raw).get("provider")
+            if name in names:
+                by_name.setdefault(name, gid)
+        # A provider no processor registered yet: nothing known, a processor will tell.
+        return [(by_name[n], n) if n in by_name else ("", n) for n in names]
+    p = edge.settings.provider
+    return [(provider_id(p.ai_base_url.get(), p.ai_api_key.get() if p.ai_api_key else None,
+                         model), None)]
+
+
+async def _room(edge: Edge, gid: str, name: str | None) -> int | None:
+    """None when the provider has room (or nothing is known of it), else 0 while it is full,
+    or the epoch ms its pause (or its open breaker) ends."""
+    if not gid:
+        return None
+    k, now = edge.keys, now_ms()
     async with edge.redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(k.governor(provider), ["pause_until", "limit", "window"])
-        pipe.zcount(k.governor_slots(provider), now, "+inf")
-        (pause, limit, window), in_flight = await pipe.execute()
+        pipe.hmget(k.governor(gid), ["pause_until", "limit", "window"])
+        pipe.zcount(k.governor_slots(gid), now, "+inf")
+        if name is not None:
+            pipe.hmget(k.breaker(name), ["state", "open_until"])
+        (pause, limit, window), in_flight, *breaker = await pipe.execute()
     if pause and int(float(pause)) > now:
-        return {"reason": "provider_pause", "until": iso(int(float(pause)))}
+        return int(float(pause))
+    if breaker and breaker[0][0] == "open" and int(breaker[0][1] or 0) > now:
+        return int(breaker[0][1])
     room = int(limit or float(window or 0) or 0)
-    if room and in_flight >= room:
-        return {"reason": "provider_capacity", "until": None}
-    return {"reason": "processor", "until": None}
+    return 0 if room and in_flight >= room else None
 
 
 async def _position(edge: Edge, tenant: str, task_id: str) -> int | None:
