@@ -19,7 +19,7 @@ from shared.redis_conn import RedisClient
 
 DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "requeue", "retry", "heartbeat", "trace")
+         "release", "cancel", "handoff", "requeue", "retry", "heartbeat", "trace", "forget")
 
 
 def _lua_table(pairs: dict[str, str | bool]) -> str:
@@ -66,6 +66,7 @@ class Scripts:
     retry: AsyncScript
     heartbeat: AsyncScript
     trace: AsyncScript
+    forget: AsyncScript
 
     @classmethod
     def register(cls, redis: RedisClient) -> Scripts:

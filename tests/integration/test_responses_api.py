@@ -319,3 +319,54 @@ async def test_once_redis_forgot_it_the_store_serves_the_response(rig: BatchRig)
         {"role": "user", "content": "Remember this"},
         {"role": "assistant", "content": first.output_text},
         {"role": "user", "content": "What was it?"}])
+
+
+async def test_delete_answers_openais_shape_and_a_deleted_response_is_gone(
+        rig: BatchRig) -> None:
+    """On both stores: the row becomes a tombstone and nothing serves the response again, from
+    Redis or from the store; another tenant's id is a 404 and deletes nothing."""
+    first = await rig.client.responses.create(model="mock-r1", input="Delete me",
+                                              metadata=mock())
+    task_id = protocol.task_id_of(first.id) or ""
+    with pytest.raises(openai.NotFoundError):
+        await rig.other.responses.delete(first.id)
+    assert (await rig.client.responses.retrieve(first.id)).status == "completed"
+    url = str(rig.edge.client.make_url(f"/v1/responses/{first.id}"))
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http:
+        gone = await http.delete(url, headers={"Authorization": f"Bearer {KEY_A}"})
+        assert gone.status_code == 200
+        assert gone.json() == {"id": first.id, "object": "response.deleted", "deleted": True}
+        again = await http.delete(url, headers={"Authorization": f"Bearer {KEY_A}"})
+        assert again.status_code == 404
+    for read in (rig.client.responses.retrieve(first.id),
+                 rig.client.responses.input_items.list(first.id),
+                 rig.client.responses.create(model="mock-r1", input="x",
+                                             previous_response_id=first.id)):
+        with pytest.raises(openai.NotFoundError):
+            await read
+    assert not await rig.core.redis.exists(rig.core.keys.task(task_id))
+    row = await rig.core.store.get_task(task_id)
+    assert row is not None and row["status"] == "deleted" and row["content"] is None
+    tasks_url = str(rig.edge.client.make_url(f"/api/tasks/{task_id}"))
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http:
+        assert (await http.get(tasks_url, headers={"Authorization": f"Bearer {KEY_A}"})
+                ).status_code == 404
+
+
+@pytest.mark.first_store_only
+async def test_deleting_a_running_response_cancels_it_first(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Long one", background=True,
+        metadata={"mock": {"ttft_ms": 30_000, **QUIET}})
+    task_id = protocol.task_id_of(response.id) or ""
+
+    async def running() -> bool:
+        return await rig.core.redis.hget(rig.core.keys.task(task_id), "status") == "running"
+
+    await until(running, 10, "running")
+    deleted = await rig.client.responses.delete(response.id)
+    assert deleted is None  # the SDK's delete answers nothing on success
+    with pytest.raises(openai.NotFoundError):
+        await rig.client.responses.retrieve(response.id)
+    row = await rig.core.store.get_task(task_id)
+    assert row is not None and row["status"] == "deleted"

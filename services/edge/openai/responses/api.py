@@ -50,6 +50,7 @@ from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
 from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
 from services.edge.tasks.views import idempotency_key, json_response
 from shared import logs, tasks
+from shared.steps import StillActive
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.edge")
@@ -339,6 +340,39 @@ async def cancel(request: web.Request) -> web.Response:
                                             stored.names, model=model,
                                             created_at=stored.created_at),
                          headers={TASK_HEADER: stored.task_id})
+
+
+# --- DELETE /v1/responses/{id} ----------------------------------------------------------------
+
+async def delete(request: web.Request) -> web.Response:
+    """Delete a response for good: a later retrieve, stream, input items or
+    ``previous_response_id`` naming it is a 404, on every edge, after restarts too.
+
+    A queued or running response is cancelled first (its holder would otherwise write it
+    again), then deleted once it stopped; one still running CANCEL_WAIT_S later is a 409 and
+    nothing is deleted. Redis forgets it first (:meth:`~shared.steps.Steps.forget`, only once
+    it is terminal), then its row becomes a tombstone (:meth:`~shared.store.Store.forget_task`,
+    the highest fence, so no late write brings it back). A failure between the two leaves it
+    readable from the store, and deleting again finishes the job."""
+    edge, tenant = edge_of(request), tenant_of(request)
+    stored = await load(edge, tenant, request.match_info["id"])
+    task_id = request[TASK_ID_KEY] = stored.task_id
+    forgotten = await edge.steps.forget(task_id=task_id, tenant=tenant)
+    if isinstance(forgotten, StillActive):
+        with contextlib.suppress(ApiError):  # it may have ended meanwhile: forget says so
+            await service.cancel(edge, tenant, task_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await _terminal(request, edge, tenant, task_id)
+        forgotten = await edge.steps.forget(task_id=task_id, tenant=tenant)
+        if isinstance(forgotten, StillActive):
+            raise ApiError(409, "still_running", "this response is still running after its "
+                           "cancellation; delete it again in a moment")
+    if not await edge.store.forget_task(task_id, tenant, tasks.DELETED, now_ms()):
+        raise _not_found(stored.resp_id, None)  # another tenant's row: never ours to delete
+    log.info("response_deleted", task_id=task_id)
+    return json_response({"id": stored.resp_id, "object": "response.deleted", "deleted": True},
+                         headers={TASK_HEADER: task_id})
 
 
 # --- GET /v1/responses/{id}/input_items --------------------------------------------------------
