@@ -370,3 +370,47 @@ async def test_deleting_a_running_response_cancels_it_first(rig: BatchRig) -> No
         await rig.client.responses.retrieve(response.id)
     row = await rig.core.store.get_task(task_id)
     assert row is not None and row["status"] == "deleted"
+
+
+def responses_line(custom_id: str, body: dict[str, Any], url: str = "/v1/responses") -> bytes:
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+
+async def test_a_batch_of_responses_answers_response_objects(rig: BatchRig) -> None:
+    """Batch API lines whose url is /v1/responses: checked by the Responses rules, queued as
+    response tasks, and answered in the output file with whole response objects, which
+    retrieve serves too (one id space)."""
+    bad = await rig.upload([
+        responses_line("x", {"model": "mock-r1", "input": "a", "temperature": 7}),
+        responses_line("y", {"model": "mock-r1", "input": "b",
+                             "previous_response_id": "resp_" + "0" * 32}),
+        responses_line("z", {"model": "mock-r1", "input": "c"}, url="/v1/chat/completions")])
+    failed = await rig.client.batches.create(input_file_id=bad, endpoint="/v1/responses",
+                                             completion_window="24h")
+    failed = await rig.wait(failed.id)
+    assert failed.status == "failed" and failed.errors is not None
+    assert [(e.line, e.param) for e in failed.errors.data or []] == [
+        (1, "body.temperature"), (2, "body.previous_response_id"), (3, "url")]
+    good = await rig.upload([
+        responses_line("one", {"model": "mock-r1", "input": "First", "metadata": mock()}),
+        responses_line("two", {"model": "mock-r1", "input": "Second",
+                               "instructions": "Be brief.", "metadata": mock()})])
+    batch = await rig.client.batches.create(input_file_id=good, endpoint="/v1/responses",
+                                            completion_window="24h")
+    assert batch.endpoint == "/v1/responses"
+    done = await rig.wait(batch.id)
+    assert done.status == "completed" and done.error_file_id is None
+    out = {o["custom_id"]: o for o in await rig.jsonl(done.output_file_id)}
+    assert set(out) == {"one", "two"}
+    for custom_id, messages in (
+            ("one", [{"role": "user", "content": "First"}]),
+            ("two", [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Second"}])):
+        body = out[custom_id]["response"]["body"]
+        assert out[custom_id]["response"]["status_code"] == 200
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["id"].startswith("resp_")
+        text = body["output"][-1]["content"][0]["text"]
+        assert text == answer(messages)
+        again = await rig.client.responses.retrieve(body["id"])
+        assert again.output_text == text

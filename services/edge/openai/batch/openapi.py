@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.edge.openai.batch.batches import ACTIVE, CANCELLED, COMPLETED, EXPIRED, FAILED
+from services.edge.openai.batch.batches import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    ENDPOINTS,
+    EXPIRED,
+    FAILED,
+)
 from services.edge.settings import EdgeSettings
 
 Schema = dict[str, Any]
@@ -54,7 +61,7 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
                                                f"bytes and {s.batch_api.max_file_lines} lines"}}}}}}
     create = {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
-        "properties": {"input_file_id": STR, "endpoint": {"const": "/v1/chat/completions"},
+        "properties": {"input_file_id": STR, "endpoint": {"enum": list(ENDPOINTS)},
                        "completion_window": {"const": "24h"},
                        "metadata": {"type": ["object", "null"], "maxProperties": 16,
                                     "additionalProperties": {"type": "string",

@@ -44,6 +44,7 @@ from services.edge.openai.responses.translate import (
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.settings import EdgeSettings
 from services.edge.tasks import service
 from services.edge.tasks.events import KEEPALIVE, client_gone, follow, sse_response, view_loader
 from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
@@ -170,6 +171,34 @@ def _notes(t: Translated) -> dict[str, str]:
         if names:
             notes[header] = _UNSAFE.sub("?", ", ".join(names))[:NOTE_MAX]
     return notes
+
+
+def batch_payload(body: Any, settings: EdgeSettings) -> dict[str, Any]:
+    """The task request of a Batch API line whose ``url`` is ``/v1/responses``: what
+    ``create`` would submit for ``body``, checked by the same rules (so a line that passes
+    never fails at submit). No I/O: ``previous_response_id`` needs a read of the store and is
+    refused in a line, as ``stream`` is (a batch has no one to stream to)."""
+    if isinstance(body, dict):
+        for name in ("previous_response_id", "stream"):
+            if body.get(name) not in (None, False):
+                raise ApiError(400, "invalid_request",
+                               f"{name}: not supported in a batch line", param=name)
+    t = translate_request(body, hosted_tools=settings.responses_hosted_tools)
+    try:
+        req = parse_task(t.chat, settings, openai=True)
+    except ApiError as err:
+        raise _as_responses_error(err, t.origins) from None
+    return {**req.payload, CONTEXT: context(t, None)}
+
+
+def batch_body(task_id: str, row: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A finished line's response object (its output line's ``body``), from its task's row
+    and the request ``batch_payload`` made."""
+    ctx = request.get(CONTEXT) or {}
+    return response_from_view(
+        protocol.response_id(task_id), tasks.view_from_row(row),
+        Echo.from_json(ctx.get("echo") or {}), ToolNames.from_json(ctx.get("names")),
+        model=row.get("model") or "", created_at=int(row.get("created_at") or 0) // 1000)
 
 
 # --- POST /v1/responses ---------------------------------------------------------------
