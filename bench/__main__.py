@@ -26,8 +26,8 @@ from bench import report
 from bench.common import Ctx
 from bench.procs import ROOT, machine, raise_fd_limit
 
-SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "long_stream", "scaleout",
-             "memory", "batching", "provider_limited")
+SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "responses", "long_stream",
+             "scaleout", "memory", "batching", "provider_limited")
 EXTRA = ("transport",)  # diagnostics, run only when named in --only
 
 
