@@ -386,17 +386,18 @@ async def delete(request: web.Request) -> web.Response:
     edge, tenant = edge_of(request), tenant_of(request)
     stored = await load(edge, tenant, request.match_info["id"])
     task_id = request[TASK_ID_KEY] = stored.task_id
-    forgotten = await edge.steps.forget(task_id=task_id, tenant=tenant)
-    if isinstance(forgotten, StillActive):
-        with contextlib.suppress(ApiError):  # it may have ended meanwhile: forget says so
+    if stored.view.get("status") not in tasks.TERMINAL:
+        try:
             await service.cancel(edge, tenant, task_id)
+        except ApiError as err:
+            if err.code != "already_terminal":
+                raise  # e.g. Redis is full: 503, and nothing changed
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CANCEL_WAIT_S):
                 await _terminal(request, edge, tenant, task_id)
-        forgotten = await edge.steps.forget(task_id=task_id, tenant=tenant)
-        if isinstance(forgotten, StillActive):
-            raise ApiError(409, "still_running", "this response is still running after its "
-                           "cancellation; delete it again in a moment")
+    if isinstance(await edge.steps.forget(task_id=task_id, tenant=tenant), StillActive):
+        raise ApiError(409, "still_running", "this response is still running after its "
+                       "cancellation; delete it again in a moment")
     if not await edge.store.forget_task(task_id, tenant, tasks.DELETED, now_ms()):
         raise _not_found(stored.resp_id, None)  # another tenant's row: never ours to delete
     log.info("response_deleted", task_id=task_id)
