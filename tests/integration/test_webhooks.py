@@ -340,3 +340,17 @@ async def test_a_response_ends_with_openais_webhook_event(
         # An endpoint may subscribe to one of them alone.
         only = await register(rig, receiver.url + "?only=1", ["response.failed"])
         assert only["events"] == ["response.failed"]
+
+
+@pytest.mark.first_store_only
+async def test_a_host_name_no_resolver_takes_is_refused_not_a_500(
+        redis_url: str, tmp_path: Path) -> None:
+    """Found by schemathesis: a label longer than 63 characters fails IDNA encoding in the
+    resolver (UnicodeError), which was answered with a 500."""
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
+        url = f"https://{'a' * 64}.example.com/hook"
+        r = await edge.client.post("/api/webhooks", json={"url": url}, headers=AUTH)
+        assert r.status == 422, await r.text()
+        assert (await r.json())["error"]["code"] == "invalid_webhook_url"
+        assert edge.store_rows("webhook_endpoints") == 0
