@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast lint bench up down redis-server postgresql test-tools clean lock \
-	test-redis-switches test-redis-next
+	test-redis-switches test-redis-next codex-check
 
 # The venv installs exactly requirements-dev.lock (hash-checked), then the project itself,
 # editable, with no dependencies of its own: what pyproject.toml asks for comes from the lock.
@@ -103,6 +103,12 @@ test-redis-next: redis-server
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests scripts bench harness
 	$(BIN)/mypy services shared scripts bench harness
+
+# The Codex CLI (@openai/codex from npm, into .codex-check/) runs `codex exec "say hello"`
+# through Sluice's /v1/responses against the mock, the stack started as processes
+# (scripts/codex_check.py). Needs node and npm (apt-get install nodejs npm).
+codex-check: $(STAMP) redis-server
+	$(BIN)/python -m scripts.codex_check
 
 bench: $(STAMP) redis-server postgresql
 	$(BIN)/python -m bench

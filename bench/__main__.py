@@ -26,8 +26,9 @@ from bench import report
 from bench.common import Ctx
 from bench.procs import ROOT, machine, raise_fd_limit
 
-SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "long_stream", "scaleout",
-             "memory", "batching", "provider_limited", "provider_limited_two", "long_burst")
+SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "responses", "long_stream",
+             "scaleout", "memory", "batching", "provider_limited", "provider_limited_two",
+             "long_burst")
 EXTRA = ("transport", "waiting_cpu")  # diagnostics, run only when named in --only
 
 

@@ -19,7 +19,8 @@ from shared.redis_conn import RedisClient
 
 DIR = Path(__file__).with_name("lua")
 NAMES = ("submit", "batch", "capacity", "begin", "attempt", "emit", "complete", "renew",
-         "release", "cancel", "handoff", "requeue", "retry", "heartbeat", "trace", "tried")
+         "release", "cancel", "handoff", "requeue", "retry", "heartbeat", "trace", "tried",
+         "forget")
 
 
 def _lua_table(pairs: dict[str, str | bool]) -> str:
@@ -67,6 +68,7 @@ class Scripts:
     heartbeat: AsyncScript
     trace: AsyncScript
     tried: AsyncScript
+    forget: AsyncScript
 
     @classmethod
     def register(cls, redis: RedisClient) -> Scripts:

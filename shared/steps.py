@@ -167,6 +167,20 @@ class NotFailed:
 RetryResult = Requeued | NotFailed | Missing
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """The finished task is gone from Redis: hash, events, indexes, its Idempotency-Key."""
+
+
+@dataclass(frozen=True, slots=True)
+class StillActive:
+    """The task is queued or running: nothing was forgotten."""
+    status: str
+
+
+ForgetResult = Forgotten | StillActive | Missing
+
+
 class Steps:
     """The atomic steps of the protocol, bound to one client and one key prefix."""
 
@@ -277,6 +291,25 @@ class Steps:
         if outcome == "missing":
             return MISSING
         raise _unexpected("retry", outcome)
+
+    async def forget(self, *, task_id: str, tenant: str) -> ForgetResult:
+        """``forget.lua``: delete a finished task from Redis for good (its hash, events, dead
+        letter and deadline entries, and its Idempotency-Key while that names it).
+
+        KEYS: task hash, task events, dead letters, deadlines.
+        ARGV: tenant, task id, key prefix of the tenant's Idempotency-Keys."""
+        k = self.keys
+        reply = await self._call(
+            "forget", [k.task(task_id), k.events(task_id), k.dead_letters, k.deadlines],
+            [tenant, task_id, k.idempotency(tenant, "")])
+        tag = reply[0]
+        if tag == "forgotten":
+            return Forgotten()
+        if tag == "active":
+            return StillActive(reply[1])
+        if tag == "missing":
+            return MISSING
+        raise _unexpected("forget", tag)
 
     # --- coordinator ------------------------------------------------------------------------
     async def batch(self, mode: Literal["add", "timer", "idle", "flush"], *, now: int,

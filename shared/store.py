@@ -122,6 +122,18 @@ def write_statements(param: Callable[[int], str]) -> dict[str, str]:
     }
 
 
+# A deleted task's row: a tombstone under the highest fence there is, so that no write of a
+# holder still finishing it (the fenced upsert) and no first write of a row (insert if absent)
+# brings it back; its request and answer are erased, its id, tenant and counts kept.
+TOMBSTONE_FENCE = 2**63 - 1
+_TOMBSTONE = (
+    "INSERT INTO tasks (id, tenant, status, request, attempts, fence, created_at, completed_at) "
+    "VALUES (?, ?, ?, '{}', 0, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
+    "request = excluded.request, content = NULL, reasoning_content = NULL, "
+    "finish_reason = NULL, error = NULL, fence = excluded.fence "
+    "WHERE tasks.tenant = excluded.tenant")
+
+
 # A statement of the modules that own their tables (files, batches, webhooks): SQL written once,
 # in what both backends speak, with ``?`` placeholders (the PostgreSQL store numbers them), and
 # its values.
@@ -229,6 +241,15 @@ class Store(ABC):
     async def put_meta(self, key: str, value: str, *, replace: bool = True) -> bool:
         """Set one fact about the store (``replace=False``: only when it has none)."""
         return await self._write(PUT_META if replace else INSERT_META, (key, value))
+
+    async def forget_task(self, task_id: str, tenant: str, status: str, now: int) -> bool:
+        """Delete ``tenant``'s task for good: its row becomes a tombstone (``status``, which
+        every reader takes as no row) and its Idempotency-Keys go. False: another tenant's."""
+        [kept, _keys] = await self.write_together([
+            (_TOMBSTONE, (task_id, tenant, status, TOMBSTONE_FENCE, now, now)),
+            ("DELETE FROM idempotency_keys WHERE tenant = ? AND task_id = ?",
+             (tenant, task_id))], guarded=True)
+        return kept
 
     async def _write(self, op: str, params: tuple[Any, ...]) -> bool:
         loop = asyncio.get_running_loop()

@@ -13,6 +13,9 @@ QUEUED, BATCHED, RUNNING = "queued", "batched", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 STATUSES = (QUEUED, BATCHED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# A deleted task's store row (a tombstone, ``Store.forget_task``); never in Redis, never shown:
+# every reader answers as for no row.
+DELETED = "deleted"
 
 TERMINAL_EVENT = {SUCCEEDED: "done", FAILED: "error", CANCELLED: "cancelled"}
 # Event types of a task's event stream besides the terminal ones and the deltas.

@@ -118,6 +118,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     r.add_get("/v1/models", openai_api.list_models)
     r.add_post("/v1/responses", responses_api.create)
     r.add_get("/v1/responses/{id}", responses_api.retrieve)
+    r.add_delete("/v1/responses/{id}", responses_api.delete)
     r.add_post("/v1/responses/{id}/cancel", responses_api.cancel)
     r.add_get("/v1/responses/{id}/input_items", responses_api.input_items)
     if settings.batch_api_on:

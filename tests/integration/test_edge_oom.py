@@ -57,6 +57,8 @@ async def test_every_write_gets_503_queue_full_and_changes_nothing(
                 "model": model, "messages": [{"role": "user", "content": "d"}]}),
             ("POST", "/v1/responses"): ("/v1/responses", {"model": model, "input": "f"}),
             ("POST", "/v1/responses/{id}/cancel"): (f"/v1/responses/{waiting}/cancel", None),
+            # queued: forgetting waits for its cancellation, which is refused
+            ("DELETE", "/v1/responses/{id}"): (f"/v1/responses/{waiting}", None),
         }
         # a new writing route must be added here
         assert set(bodies) | STORE_ONLY == writing_routes()

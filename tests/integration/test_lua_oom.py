@@ -114,6 +114,8 @@ CASES = {
                   lambda s: s.hand_on_traces({T: "00-" + "1" * 32 + "-" + "3" * 16 + "-01"}),
                   True),
     "tried": Case(leased, lambda s: s.note_try(T, TOKEN, b'{"provider":"a"}'), False),
+    # It only deletes: a finished task is forgotten over maxmemory too.
+    "forget": Case(failed, lambda s: s.forget(task_id=T, tenant=TENANT), True),
     # The provider governor's steps (shared/governor.py).
     "admit": Case(queued, lambda s: gov(s).admit("p", T, SLOT, NOW, 30_000, 10), False),
     "settle": Case(slot_held, lambda s: gov(s).settle(

@@ -324,3 +324,98 @@ async def test_once_redis_forgot_it_the_store_serves_the_response(rig: BatchRig)
         {"role": "user", "content": "Remember this"},
         {"role": "assistant", "content": first.output_text},
         {"role": "user", "content": "What was it?"}])
+
+
+async def test_delete_answers_openais_shape_and_a_deleted_response_is_gone(
+        rig: BatchRig) -> None:
+    """On both stores: the row becomes a tombstone and nothing serves the response again, from
+    Redis or from the store; another tenant's id is a 404 and deletes nothing."""
+    first = await rig.client.responses.create(model="mock-r1", input="Delete me",
+                                              metadata=mock())
+    task_id = protocol.task_id_of(first.id) or ""
+    with pytest.raises(openai.NotFoundError):
+        await rig.other.responses.delete(first.id)
+    assert (await rig.client.responses.retrieve(first.id)).status == "completed"
+    url = str(rig.edge.client.make_url(f"/v1/responses/{first.id}"))
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http:
+        gone = await http.delete(url, headers={"Authorization": f"Bearer {KEY_A}"})
+        assert gone.status_code == 200
+        assert gone.json() == {"id": first.id, "object": "response.deleted", "deleted": True}
+        again = await http.delete(url, headers={"Authorization": f"Bearer {KEY_A}"})
+        assert again.status_code == 404
+    for read in (rig.client.responses.retrieve(first.id),
+                 rig.client.responses.input_items.list(first.id),
+                 rig.client.responses.create(model="mock-r1", input="x",
+                                             previous_response_id=first.id)):
+        with pytest.raises(openai.NotFoundError):
+            await read
+    assert not await rig.core.redis.exists(rig.core.keys.task(task_id))
+    row = await rig.core.store.get_task(task_id)
+    assert row is not None and row["status"] == "deleted" and row["content"] is None
+    tasks_url = str(rig.edge.client.make_url(f"/api/tasks/{task_id}"))
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http:
+        assert (await http.get(tasks_url, headers={"Authorization": f"Bearer {KEY_A}"})
+                ).status_code == 404
+
+
+@pytest.mark.first_store_only
+async def test_deleting_a_running_response_cancels_it_first(rig: BatchRig) -> None:
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Long one", background=True,
+        metadata={"mock": {"ttft_ms": 30_000, **QUIET}})
+    task_id = protocol.task_id_of(response.id) or ""
+
+    async def running() -> bool:
+        return await rig.core.redis.hget(rig.core.keys.task(task_id), "status") == "running"
+
+    await until(running, 10, "running")
+    deleted = await rig.client.responses.delete(response.id)
+    assert deleted is None  # the SDK's delete answers nothing on success
+    with pytest.raises(openai.NotFoundError):
+        await rig.client.responses.retrieve(response.id)
+    row = await rig.core.store.get_task(task_id)
+    assert row is not None and row["status"] == "deleted"
+
+
+def responses_line(custom_id: str, body: dict[str, Any], url: str = "/v1/responses") -> bytes:
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
+
+
+async def test_a_batch_of_responses_answers_response_objects(rig: BatchRig) -> None:
+    """Batch API lines whose url is /v1/responses: checked by the Responses rules, queued as
+    response tasks, and answered in the output file with whole response objects, which
+    retrieve serves too (one id space)."""
+    bad = await rig.upload([
+        responses_line("x", {"model": "mock-r1", "input": "a", "temperature": 7}),
+        responses_line("y", {"model": "mock-r1", "input": "b",
+                             "previous_response_id": "resp_" + "0" * 32}),
+        responses_line("z", {"model": "mock-r1", "input": "c"}, url="/v1/chat/completions")])
+    failed = await rig.client.batches.create(input_file_id=bad, endpoint="/v1/responses",
+                                             completion_window="24h")
+    failed = await rig.wait(failed.id)
+    assert failed.status == "failed" and failed.errors is not None
+    assert [(e.line, e.param) for e in failed.errors.data or []] == [
+        (1, "body.temperature"), (2, "body.previous_response_id"), (3, "url")]
+    good = await rig.upload([
+        responses_line("one", {"model": "mock-r1", "input": "First", "metadata": mock()}),
+        responses_line("two", {"model": "mock-r1", "input": "Second",
+                               "instructions": "Be brief.", "metadata": mock()})])
+    batch = await rig.client.batches.create(input_file_id=good, endpoint="/v1/responses",
+                                            completion_window="24h")
+    assert batch.endpoint == "/v1/responses"
+    done = await rig.wait(batch.id)
+    assert done.status == "completed" and done.error_file_id is None
+    out = {o["custom_id"]: o for o in await rig.jsonl(done.output_file_id)}
+    assert set(out) == {"one", "two"}
+    for custom_id, messages in (
+            ("one", [{"role": "user", "content": "First"}]),
+            ("two", [{"role": "system", "content": "Be brief."},
+                     {"role": "user", "content": "Second"}])):
+        body = out[custom_id]["response"]["body"]
+        assert out[custom_id]["response"]["status_code"] == 200
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["id"].startswith("resp_")
+        text = body["output"][-1]["content"][0]["text"]
+        assert text == answer(messages)
+        again = await rig.client.responses.retrieve(body["id"])
+        assert again.output_text == text

@@ -74,6 +74,7 @@ async def test_every_script_gets_the_keys_it_declares_and_uses(
     await complete(steps, a, "tok", status=tasks.FAILED)
     await steps.retry(task_id=a, tenant="acme", now=now, task_ttl_s=60,
                       stored=StoredTask("{}", "m", now, 1))
+    await steps.forget(task_id=b, tenant="acme")
     await redis.set(keys.flush_lock, "lock-token")
     await steps.renew_lock(keys.flush_lock, "lock-token", 5000)
     await steps.release_lock(keys.flush_lock, "lock-token")

@@ -20,10 +20,12 @@ from shared.steps import (
     Conflict,
     Created,
     Existing,
+    Forgotten,
     NotFailed,
     RateLimited,
     Requeued,
     Steps,
+    StillActive,
     StoredTask,
     TenantLimits,
     TooManyActive,
@@ -208,3 +210,35 @@ async def test_retry_refuses_a_task_not_failed_and_another_tenants(
     assert await steps.retry(task_id=failed, tenant="other", now=now_ms(), task_ttl_s=600,
                              stored=None) == MISSING
     assert await contents(redis, keys) == before
+
+
+async def test_forget_takes_only_a_finished_task_of_its_tenant_and_leaves_no_key(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    created = await submit_idem(steps, "key-1", "hash-1")
+    assert isinstance(created, Created)
+    task_id = created.id
+    await redis.zadd(keys.deadlines, {task_id: now_ms() + HOUR_MS})
+    assert await steps.forget(task_id=task_id, tenant="acme") == StillActive(tasks.QUEUED)
+    await begun(steps, task_id, "tok")
+    assert await steps.forget(task_id=task_id, tenant="acme") == StillActive(tasks.RUNNING)
+    await complete(steps, task_id, "tok", status=tasks.FAILED)  # a dead letter too
+    assert await steps.forget(task_id=task_id, tenant="other") is MISSING
+    assert await steps.forget(task_id=task_id, tenant="acme") == Forgotten()
+    for key in (keys.task(task_id), keys.events(task_id), keys.idempotency("acme", "key-1")):
+        assert not await redis.exists(key), key
+    assert await redis.zscore(keys.dead_letters, task_id) is None
+    assert await redis.zscore(keys.deadlines, task_id) is None
+    assert await steps.forget(task_id=task_id, tenant="acme") is MISSING
+    # The key is free again: a new request with it is a new task.
+    again = await submit_idem(steps, "key-1", "hash-1")
+    assert isinstance(again, Created) and again.id != task_id
+
+
+async def test_forget_leaves_an_idempotency_key_that_names_another_task(
+        redis: RedisClient, keys: Keys, steps: Steps) -> None:
+    created = await submit_idem(steps, "key-2", "hash-2")
+    assert isinstance(created, Created)
+    await steps.cancel(task_id=created.id, tenant="acme", now=now_ms())
+    await redis.set(keys.idempotency("acme", "key-2"), "tsk_other hash-2")
+    assert await steps.forget(task_id=created.id, tenant="acme") == Forgotten()
+    assert await redis.get(keys.idempotency("acme", "key-2")) == "tsk_other hash-2"

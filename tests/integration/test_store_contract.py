@@ -60,6 +60,27 @@ async def test_save_if_absent_never_replaces(store: Store) -> None:
     assert (await store.get_task("tsk_1"))["content"] == "first"  # type: ignore[index]
 
 
+async def test_a_forgotten_task_is_a_tombstone_no_late_write_brings_back(
+        store: Store) -> None:
+    assert await store.save_task(task(fence=3))
+    assert await store.save_idempotency_key("acme", "k1", "tsk_1", "h")
+    assert await store.forget_task("tsk_1", "other", "deleted", 1) is False  # not its tenant's
+    assert (await store.get_task("tsk_1"))["status"] == "succeeded"  # type: ignore[index]
+    assert await store.get_idempotency_key("acme", "k1") == ("tsk_1", "h")
+    assert await store.forget_task("tsk_1", "acme", "deleted", 1)
+    gone = await store.get_task("tsk_1")
+    assert gone is not None and gone["status"] == "deleted" and gone["request"] == "{}"
+    assert (gone["content"], gone["reasoning_content"], gone["error"]) == (None, None, None)
+    assert await store.get_idempotency_key("acme", "k1") is None
+    # A holder's late write, and a first write, are refused: the tombstone stays.
+    assert await store.save_task(task(fence=10**12)) is False
+    assert await store.save_task_if_absent(task()) is False
+    # A task with no row yet (cancelled before it ran) gets the tombstone as its first row.
+    assert await store.forget_task("tsk_2", "acme", "deleted", 1)
+    assert await store.save_task_if_absent(task("tsk_2")) is False
+    assert (await store.get_task("tsk_2"))["status"] == "deleted"  # type: ignore[index]
+
+
 async def test_batches_keep_the_first_claim_and_take_the_completion(store: Store) -> None:
     b = BatchRow(id="bat_1", size=3, reason="size", processor="proc-a", created_at=10,
                  claimed_at=20, completed_at=None)

@@ -305,3 +305,52 @@ async def test_a_name_the_resolver_maps_to_loopback_is_refused_at_registration(
         assert r.status == 422, (names[0], await r.text())
         assert "resolves to a blocked address" in (await r.json())["error"]["message"]
         assert edge.store_rows("webhook_endpoints") == 0
+
+
+async def test_a_response_ends_with_openais_webhook_event(
+        core: Core, tmp_path: Path, receiver: Receiver) -> None:
+    """A response's task gets response.completed / .incomplete / .failed / .cancelled, about
+    its resp_ id; a chat completion beside it keeps task.succeeded."""
+    quiet = {"reasoning_tokens": 0, "content_tokens": 5}
+    async with batch_rig(core, tmp_path, **HOOK_ENV) as rig:
+        secret = (await register(rig, receiver.url))["secret"]
+        done = await rig.client.responses.create(model="mock-r1", input="a",
+                                                 metadata={"mock": quiet})
+        cut = await rig.client.responses.create(model="mock-r1", input="b",
+                                                max_output_tokens=2, metadata={"mock": quiet})
+        assert cut.status == "incomplete"
+        failed = await rig.client.responses.create(
+            model="mock-r1", input="c", metadata={"mock": {**quiet, "fault": {"status": 400}}})
+        assert failed.status == "failed"
+        slow = await rig.client.responses.create(
+            model="mock-r1", input="d", background=True,
+            metadata={"mock": {**quiet, "ttft_ms": 30_000}})
+        assert (await rig.client.responses.cancel(slow.id)).status == "cancelled"
+        chat = await rig.client.chat.completions.create(
+            model="mock-r1", messages=[{"role": "user", "content": "e"}],
+            metadata={"mock": quiet})  # type: ignore[arg-type]
+        await until(lambda: len(receiver.got) >= 5, 10, "five deliveries")
+        got = {p["data"]["id"]: (p["type"], p["data"]["status"])
+               for p in receiver.events(secret)}
+        assert got == {done.id: ("response.completed", "completed"),
+                       cut.id: ("response.incomplete", "incomplete"),
+                       failed.id: ("response.failed", "failed"),
+                       slow.id: ("response.cancelled", "cancelled"),
+                       chat.id.removeprefix("chatcmpl-"): ("task.succeeded", "succeeded")}
+        # An endpoint may subscribe to one of them alone.
+        only = await register(rig, receiver.url + "?only=1", ["response.failed"])
+        assert only["events"] == ["response.failed"]
+
+
+@pytest.mark.first_store_only
+async def test_a_host_name_no_resolver_takes_is_refused_not_a_500(
+        redis_url: str, tmp_path: Path) -> None:
+    """Found by schemathesis: a label longer than 63 characters fails IDNA encoding in the
+    resolver (UnicodeError), which was answered with a 500."""
+    async with running_edge(redis_url, tmp_path, EDGE_API_KEYS=f"{KEY_A}:alpha",
+                            BATCH_API="1") as edge:
+        url = f"https://{'a' * 64}.example.com/hook"
+        r = await edge.client.post("/api/webhooks", json={"url": url}, headers=AUTH)
+        assert r.status == 422, await r.text()
+        assert (await r.json())["error"]["code"] == "invalid_webhook_url"
+        assert edge.store_rows("webhook_endpoints") == 0

@@ -162,7 +162,7 @@ async def read_with_request(edge: Edge, tenant: str,
             raise not_found()
         return tasks.view_from_redis(h), h.get("request")
     row = await edge.store.get_task(task_id)
-    if row is None or row["tenant"] != tenant:
+    if row is None or row["tenant"] != tenant or row["status"] == tasks.DELETED:
         raise not_found()
     return tasks.view_from_row(row), row.get("request")
 

@@ -129,16 +129,21 @@ class WebhookRunner:
         if page.position == position:
             return
         by_tenant = await self.store.tenants_with_endpoints() if page.tasks else {}
+        # Only tasks someone may hear of are looked at again, to tell responses apart.
+        heard = [t for t in page.tasks
+                 if t.status in events.TASK_EVENTS and (t.url or by_tenant.get(t.tenant))]
+        responses = await self.store.responses_among([t.id for t in heard]) if heard else {}
         rows = []
-        for task in page.tasks:
-            kind = events.TASK_EVENTS.get(task.status)
-            if kind is None:
+        for task in heard:
+            event = (events.response_event(task.id, task.status, responses[task.id])
+                     if task.id in responses else events.task_event(task.id, task.status))
+            if event is None:
                 continue
-            targets = events.subscribed(by_tenant.get(task.tenant, []), kind)
+            targets = events.subscribed(by_tenant.get(task.tenant, []), event.kind)
             if task.url:
                 targets.append((events.TASK_URL_TARGET, task.url))
             rows += [delivery_statement(d) for d in events.deliveries(
-                task.tenant, kind, task.id, {"status": task.status}, targets)]
+                task.tenant, event.kind, event.subject_id, {"status": event.status}, targets)]
         await self.store.enqueue([*rows, cursor_statement(page.position)])
 
     async def send(self, d: Delivery) -> bool:

@@ -106,6 +106,8 @@ async def check_resolved(url: str, settings: WebhookSettings) -> None:
     try:
         async with asyncio.timeout(settings.connect_timeout_s):
             await resolver.resolve(host, 0, socket.AF_UNSPEC)
+    except UnicodeError:  # no resolver takes it (IDNA: a label empty or too long)
+        raise BlockedAddress(f"{host!r} is not a host name that can be resolved") from None
     except (OSError, TimeoutError):
         return
     finally:

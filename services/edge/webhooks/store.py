@@ -14,6 +14,8 @@ from shared.store import Statement, Store
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 TASKS_CURSOR = "tasks"
+SCAN_IDS = 100  # task ids per query when the scanner asks which tasks are responses
+RESPONSE_CONTEXT = "responses"  # the key of a response's context in its task's request
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,14 @@ class Scanned:
     """One page of the tasks table, read in commit order."""
     tasks: list[FinishedTask]  # batch lines left out: their batch has events of its own
     position: int              # where the page ended: the scanner's next cursor
+
+
+def _is_response(request: str | None) -> bool:
+    try:
+        parsed = orjson.loads(request or "{}")
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get(RESPONSE_CONTEXT), dict)
 
 
 def _endpoint(r: dict[str, Any]) -> Endpoint:
@@ -191,6 +201,19 @@ class WebhookStore:
             e = _endpoint(r)
             out.setdefault(e.tenant, []).append(e)
         return out
+
+    async def responses_among(self, task_ids: Sequence[str]) -> dict[str, str | None]:
+        """Which of these tasks are responses (their request carries a response context
+        under ``responses``, as ``/v1/responses`` stores it), with their finish reasons."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(task_ids), SCAN_IDS):
+            chunk = task_ids[start:start + SCAN_IDS]
+            for r in await self.store.fetch(
+                    "SELECT id, request, finish_reason FROM tasks "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})", *chunk):
+                if _is_response(r["request"]):
+                    found[r["id"]] = r["finish_reason"]
+        return found
 
     async def enqueue(self, statements: list[Statement]) -> None:
         if statements:

@@ -39,8 +39,9 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json(request, edge.settings)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
-    if body.get("endpoint") != b.ENDPOINT:
-        raise _bad("endpoint", f"only {b.ENDPOINT} is supported")
+    endpoint = body.get("endpoint")
+    if endpoint not in b.ENDPOINTS:
+        raise _bad("endpoint", "only " + " and ".join(b.ENDPOINTS) + " are supported")
     if body.get("completion_window") != b.WINDOW:
         raise _bad("completion_window", f"only {b.WINDOW!r} is supported")
     metadata = _metadata(body.get("metadata"))
@@ -53,7 +54,7 @@ async def create(request: web.Request) -> web.Response:
                        "input_file_id: no such file of purpose 'batch'", param="input_file_id")
     batch_id = b.new_batch_id()
     doc = b.new_batch(batch_id, meta.id, metadata, int(time.time()),
-                      edge.settings.batch_api.completion_window_s)
+                      edge.settings.batch_api.completion_window_s, str(endpoint))
     await store.create_batch(BatchRecord(batch_id, tenant, b.VALIDATING, 0, doc),
                              time.time_ns() // 1000)
     return json_response(doc)

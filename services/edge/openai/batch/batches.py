@@ -17,6 +17,7 @@ import orjson
 
 from services.edge.openai.batch.store import Line
 from services.edge.openai.chat.api import Completion
+from services.edge.openai.responses import api as responses
 from services.edge.plumbing.errors import ApiError
 from services.edge.settings import EdgeSettings
 from services.edge.tasks.validation import parse_task
@@ -26,7 +27,8 @@ VALIDATING, FAILED, IN_PROGRESS, FINALIZING = "validating", "failed", "in_progre
 COMPLETED, EXPIRED, CANCELLING, CANCELLED = "completed", "expired", "cancelling", "cancelled"
 ACTIVE = (VALIDATING, IN_PROGRESS, FINALIZING, CANCELLING)
 CANCELLABLE = (VALIDATING, IN_PROGRESS)
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT, RESPONSES = "/v1/chat/completions", "/v1/responses"
+ENDPOINTS = (ENDPOINT, RESPONSES)  # a batch's lines all go to its one endpoint
 WINDOW = "24h"
 MAX_ERRORS = 1000  # errors.data entries kept for one failed file
 # Why a line that never ran is in the error file.
@@ -51,8 +53,8 @@ def derived_file_id(batch_id: str, kind: str) -> str:
 
 
 def new_batch(batch_id: str, input_file_id: str, metadata: dict[str, str] | None, now_s: int,
-              window_s: int) -> dict[str, Any]:
-    return {"id": batch_id, "object": "batch", "endpoint": ENDPOINT, "errors": None,
+              window_s: int, endpoint: str = ENDPOINT) -> dict[str, Any]:
+    return {"id": batch_id, "object": "batch", "endpoint": endpoint, "errors": None,
             "input_file_id": input_file_id, "completion_window": WINDOW, "status": VALIDATING,
             "output_file_id": None, "error_file_id": None, "created_at": now_s,
             "in_progress_at": None, "expires_at": now_s + window_s, "finalizing_at": None,
@@ -85,10 +87,11 @@ def _error(code: str, line: int | None, message: str, param: str | None = None
     return {"code": code, "line": line, "message": message, "param": param}
 
 
-def check_file(batch_id: str, content: bytes, settings: EdgeSettings) -> Checked:
+def check_file(batch_id: str, content: bytes, settings: EdgeSettings,
+               endpoint: str = ENDPOINT) -> Checked:
     """Every line must be a JSON request to the batch's endpoint, with a unique ``custom_id``
-    and a body ``/v1/chat/completions`` would accept (the same checks, so a line that passes
-    here never gets a 422 there)."""
+    and a body that endpoint would accept (the same checks, so a line that passes here never
+    gets a 422 there)."""
     lines: list[Line] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -96,7 +99,7 @@ def check_file(batch_id: str, content: bytes, settings: EdgeSettings) -> Checked
     for number, raw in enumerate(content.split(b"\n"), start=1):
         if not raw.strip() or len(errors) >= MAX_ERRORS:
             continue
-        problem, payload, custom_id = _check_line(raw, number, seen, settings)
+        problem, payload, custom_id = _check_line(raw, number, seen, settings, endpoint)
         if problem is not None:
             errors.append(problem)
             continue
@@ -112,8 +115,9 @@ def check_file(batch_id: str, content: bytes, settings: EdgeSettings) -> Checked
     return Checked(lines, errors, model)
 
 
-def _check_line(raw: bytes, number: int, seen: set[str], settings: EdgeSettings
-                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+def _check_line(raw: bytes, number: int, seen: set[str], settings: EdgeSettings,
+                endpoint: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None,
+                                        str | None]:
     try:
         item = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -129,20 +133,23 @@ def _check_line(raw: bytes, number: int, seen: set[str], settings: EdgeSettings
         return _error("invalid_method", number, "method: only POST is supported.",
                       "method"), None, None
     url = item.get("url")
-    if url != ENDPOINT:
+    if url != endpoint:
         return _error("url_mismatch", number, f"The URL {url!r} does not match the batch's "
-                      f"endpoint {ENDPOINT!r}.", "url"), None, None
+                      f"endpoint {endpoint!r}.", "url"), None, None
     if custom_id in seen:
         return _error("duplicate_custom_id", number, "The custom_id for this request is a "
                       "duplicate of another request. The custom_id parameter must be unique "
                       "for each request in a batch.", "custom_id"), None, None
     seen.add(custom_id)
     try:
-        req = parse_task(item.get("body"), settings, openai=True)
+        if endpoint == RESPONSES:
+            payload = responses.batch_payload(item.get("body"), settings)
+        else:
+            payload = parse_task(item.get("body"), settings, openai=True).payload
     except ApiError as err:
         return _error(err.code or "invalid_request", number, err.message,
                       "body" + (f".{err.param}" if err.param else "")), None, None
-    return None, req.payload, custom_id
+    return None, payload, custom_id
 
 
 # --- the output and error files ------------------------------------------------------------------
@@ -150,11 +157,15 @@ def request_id(task_id: str) -> str:
     return "batch_req_" + task_id.removeprefix("tsk_")
 
 
-def output_line(line: Line, row: dict[str, Any]) -> bytes:
-    """A succeeded line: its response body is a whole ``chat.completion``."""
-    result = tasks.view_from_row(row)["result"] or {}
-    body = Completion(line.task_id, row.get("model") or "",
-                      int(row.get("created_at") or 0) // 1000).whole(result)
+def output_line(line: Line, row: dict[str, Any], endpoint: str = ENDPOINT) -> bytes:
+    """A succeeded line: its response body is a whole ``chat.completion``, or the
+    ``response`` object of a line to ``/v1/responses``."""
+    if endpoint == RESPONSES:  # the task's request holds the context the line queued
+        body = responses.batch_body(line.task_id, row, orjson.loads(row["request"]))
+    else:
+        result = tasks.view_from_row(row)["result"] or {}
+        body = Completion(line.task_id, row.get("model") or "",
+                          int(row.get("created_at") or 0) // 1000).whole(result)
     return orjson.dumps({"id": request_id(line.task_id), "custom_id": line.custom_id,
                          "response": {"status_code": 200, "request_id": line.task_id,
                                       "body": body}, "error": None})

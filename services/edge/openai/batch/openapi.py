@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.edge.openai.batch.batches import ACTIVE, CANCELLED, COMPLETED, EXPIRED, FAILED
+from services.edge.openai.batch.batches import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    ENDPOINTS,
+    EXPIRED,
+    FAILED,
+)
 from services.edge.settings import EdgeSettings
 
 Schema = dict[str, Any]
@@ -18,6 +25,8 @@ _WHY = {400: "a parameter or the body is invalid: the message and `param` name i
         409: "the batch has already ended or is ending",
         413: "the file or body is larger than the limit",
         415: "the body is not of the expected type",
+        422: "the JSON body holds what would not be kept as sent (an integer beyond 64 bits, "
+             "nesting too deep)",
         429: "`too_many_uploads`: this key (BATCH_UPLOADS_PER_TENANT) or this server "
              "(BATCH_UPLOADS_PER_EDGE) has as many uploads in progress as it takes; "
              "retry after Retry-After",
@@ -54,7 +63,7 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
                                                f"bytes and {s.batch_api.max_file_lines} lines"}}}}}}
     create = {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["input_file_id", "endpoint", "completion_window"],
-        "properties": {"input_file_id": STR, "endpoint": {"const": "/v1/chat/completions"},
+        "properties": {"input_file_id": STR, "endpoint": {"enum": list(ENDPOINTS)},
                        "completion_window": {"const": "24h"},
                        "metadata": {"type": ["object", "null"], "maxProperties": 16,
                                     "additionalProperties": {"type": "string",
@@ -88,7 +97,7 @@ def paths(s: EdgeSettings) -> dict[str, Any]:
             "post": {"operationId": "createBatch", "summary": "Run a file's requests as a batch",
                      "requestBody": create,
                      "responses": {"200": _ok("the batch, validating", "Batch"),
-                                   **_errors(400, 401, 404, 413, 415, 503)}},
+                                   **_errors(400, 401, 404, 413, 415, 422, 503)}},
             "get": {"operationId": "listBatches", "summary": "This key's batches, newest first",
                     "parameters": _paging(100),
                     "responses": {"200": _ok("a page of batches", "BatchList"),

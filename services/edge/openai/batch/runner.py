@@ -224,7 +224,8 @@ class BatchRunner:
         meta = await self.store.get_file(record.tenant, doc["input_file_id"])
         content = await self.store.file_content(meta.id) if meta else b""
         # Up to 50,000 lines and 200 MB: checked off the event loop, which serves requests.
-        checked = await asyncio.to_thread(b.check_file, record.id, content, self.edge.settings)
+        checked = await asyncio.to_thread(b.check_file, record.id, content, self.edge.settings,
+                                          doc.get("endpoint") or b.ENDPOINT)
         if meta is None:
             checked.errors[:] = [{"code": "file_not_found", "line": None, "param":
                                   "input_file_id", "message": "The input file was deleted."}]
@@ -371,9 +372,10 @@ class BatchRunner:
         out: list[bytes] = []
         errors: list[bytes] = []
         succeeded = failed = prompt = completion = 0
+        endpoint = record.doc.get("endpoint") or b.ENDPOINT
         for line, row in await self.store.results(record.id):
             if row is not None and row["status"] == tasks.SUCCEEDED:
-                out.append(b.output_line(line, row))
+                out.append(b.output_line(line, row, endpoint))
                 succeeded += 1
             else:
                 errors.append(_error_line(line, row, final_status))

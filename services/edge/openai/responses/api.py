@@ -49,12 +49,14 @@ from services.edge.openai.responses.translate import (
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.settings import EdgeSettings
 from services.edge.tasks import service
 from services.edge.tasks.events import KEEPALIVE, client_gone, follow, sse_response, view_loader
 from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
 from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
 from services.edge.tasks.views import idempotency_key, json_response
 from shared import logs, tasks
+from shared.steps import StillActive
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.edge")
@@ -176,6 +178,34 @@ def _notes(t: Translated) -> dict[str, str]:
         if names:
             notes[header] = _UNSAFE.sub("?", ", ".join(names))[:NOTE_MAX]
     return notes
+
+
+def batch_payload(body: Any, settings: EdgeSettings) -> dict[str, Any]:
+    """The task request of a Batch API line whose ``url`` is ``/v1/responses``: what
+    ``create`` would submit for ``body``, checked by the same rules (so a line that passes
+    never fails at submit). No I/O: ``previous_response_id`` needs a read of the store and is
+    refused in a line, as ``stream`` is (a batch has no one to stream to)."""
+    if isinstance(body, dict):
+        for name in ("previous_response_id", "stream"):
+            if body.get(name) not in (None, False):
+                raise ApiError(400, "invalid_request",
+                               f"{name}: not supported in a batch line", param=name)
+    t = translate_request(body, hosted_tools=settings.responses_hosted_tools)
+    try:
+        req = parse_task(t.chat, settings, openai=True)
+    except ApiError as err:
+        raise _as_responses_error(err, t.origins) from None
+    return {**req.payload, CONTEXT: context(t, None)}
+
+
+def batch_body(task_id: str, row: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A finished line's response object (its output line's ``body``), from its task's row
+    and the request ``batch_payload`` made."""
+    ctx = request.get(CONTEXT) or {}
+    return response_from_view(
+        protocol.response_id(task_id), tasks.view_from_row(row),
+        Echo.from_json(ctx.get("echo") or {}), ToolNames.from_json(ctx.get("names")),
+        model=row.get("model") or "", created_at=int(row.get("created_at") or 0) // 1000)
 
 
 # --- POST /v1/responses ---------------------------------------------------------------
@@ -363,6 +393,40 @@ async def cancel(request: web.Request) -> web.Response:
                                             stored.names, model=model,
                                             created_at=stored.created_at),
                          headers={TASK_HEADER: stored.task_id})
+
+
+# --- DELETE /v1/responses/{id} ----------------------------------------------------------------
+
+async def delete(request: web.Request) -> web.Response:
+    """Delete a response for good: a later retrieve, stream, input items or
+    ``previous_response_id`` naming it is a 404, on every edge, after restarts too.
+
+    A queued or running response is cancelled first (its holder would otherwise write it
+    again), then deleted once it stopped; one still running CANCEL_WAIT_S later is a 409 and
+    nothing is deleted. Redis forgets it first (:meth:`~shared.steps.Steps.forget`, only once
+    it is terminal), then its row becomes a tombstone (:meth:`~shared.store.Store.forget_task`,
+    the highest fence, so no late write brings it back). A failure between the two leaves it
+    readable from the store, and deleting again finishes the job."""
+    edge, tenant = edge_of(request), tenant_of(request)
+    stored = await load(edge, tenant, request.match_info["id"])
+    task_id = request[TASK_ID_KEY] = stored.task_id
+    if stored.view.get("status") not in tasks.TERMINAL:
+        try:
+            await service.cancel(edge, tenant, task_id)
+        except ApiError as err:
+            if err.code != "already_terminal":
+                raise  # e.g. Redis is full: 503, and nothing changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await _terminal(request, edge, tenant, task_id)
+    if isinstance(await edge.steps.forget(task_id=task_id, tenant=tenant), StillActive):
+        raise ApiError(409, "still_running", "this response is still running after its "
+                       "cancellation; delete it again in a moment")
+    if not await edge.store.forget_task(task_id, tenant, tasks.DELETED, now_ms()):
+        raise _not_found(None)  # another tenant's row: never ours to delete
+    log.info("response_deleted", task_id=task_id)
+    return json_response({"id": stored.resp_id, "object": "response.deleted", "deleted": True},
+                         headers={TASK_HEADER: task_id})
 
 
 # --- GET /v1/responses/{id}/input_items --------------------------------------------------------

@@ -30,7 +30,8 @@ _WHY = {400: "a field is invalid or cannot be served: the message and `param` na
         404: "no such response for this key (another tenant's, one made with store: false, a "
              "task that is not a response), or the model is not one of AI_MODELS",
         408: "the body did not arrive within EDGE_BODY_TIMEOUT_S, or the deadline passed",
-        409: "the response has already finished, or an earlier use of the Idempotency-Key "
+        409: "the response has already finished (cancel), is still running after its "
+             "cancellation (delete), or an earlier use of the Idempotency-Key "
              "had another body",
         413: "the body is larger than MAX_BODY_BYTES",
         415: "the body is not application/json",
@@ -197,7 +198,17 @@ def paths(s: EdgeSettings, sampling: dict[str, Schema],
                             "schema": {"type": "integer", "minimum": -1,
                                        "maximum": STARTING_AFTER_MAX}}],
             "responses": {"200": {**response, "content": {**as_json, **_EVENTS}},
-                          **_errors(400, 401, 404, 503)}}},
+                          **_errors(400, 401, 404, 503)}},
+            "delete": {
+                "operationId": "deleteResponse",
+                "summary": "Delete a response (a queued or running one is cancelled first)",
+                "parameters": [_id()],
+                "responses": {"200": {"description": "the response is deleted",
+                                      "content": {"application/json": {"schema": _obj(
+                                          ["id", "object", "deleted"],
+                                          {"id": STR, "object": {"const": "response.deleted"},
+                                           "deleted": {"const": True}})}}},
+                              **_errors(401, 404, 409, 503)}}},
         "/v1/responses/{id}/cancel": {"post": {
             "operationId": "cancelResponse", "summary": "Cancel a queued or running response",
             "parameters": [_id()],
