@@ -275,6 +275,70 @@ async def test_a_store_false_response_whose_client_left_is_forgotten_at_its_end(
     await assert_nothing_kept(rig, task_id, "Secret, then gone", text)
 
 
+def tagged(tag: str, **options: Any) -> dict[str, Any]:
+    """Metadata asking the mock to record the request under ``tag``."""
+    return {"mock": {**QUIET, "record": True, "tag": tag, **options}}
+
+
+async def received(rig: BatchRig, tag: str) -> dict[str, Any]:
+    """The one body the mock received under ``tag``."""
+    [record] = [r for r in await rig.core.mock_requests() if r["tag"] == tag]
+    return dict(record["body"])
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"], "additionalProperties": False},
+           "strict": True}
+
+
+async def test_a_function_tool_round_trip(rig: BatchRig) -> None:
+    """On both stores (the second turn reads the first from them): the model calls the tool,
+    the client runs it and sends its output with previous_response_id, the model answers."""
+    first = await rig.client.responses.create(
+        model="mock-r1", input="Weather in Paris?", tools=[WEATHER],  # type: ignore[list-item]
+        metadata=tagged("turn-1", tool_arguments='{"city": "Paris"}'))
+    assert first.status == "completed" and first.output_text == ""
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert orjson.loads(call.arguments) == {"city": "Paris"} and call.call_id
+    sent = await received(rig, "turn-1")
+    assert sent["tools"] == [{"type": "function", "function": {
+        key: WEATHER[key] for key in ("name", "description", "parameters", "strict")}}]
+
+    second = await rig.client.responses.create(
+        model="mock-r1", previous_response_id=first.id, tools=[WEATHER],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id,
+                "output": '{"celsius": 21}'}],
+        metadata=tagged("turn-2"))
+    assert second.status == "completed"
+    assert [item.type for item in second.output] == ["message"]
+    messages = (await received(rig, "turn-2"))["messages"]
+    assert messages == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": call.call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": '{"celsius": 21}'}]
+    assert second.output_text and second.output_text == answer(messages)
+
+
+@pytest.mark.first_store_only
+async def test_a_json_schema_text_format_reaches_the_provider_as_sent(rig: BatchRig) -> None:
+    schema = {"type": "object", "properties": {"temp": {"type": "number"},
+                                               "sky": {"enum": ["clear", "cloudy"]}},
+              "required": ["temp", "sky"], "additionalProperties": False}
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Weather as JSON", metadata=tagged("schema"),
+        text={"format": {"type": "json_schema", "name": "weather", "schema": schema,
+                         "strict": True, "description": "The weather."}})
+    assert response.status == "completed"
+    assert response.text.format.type == "json_schema"  # type: ignore[union-attr]
+    sent = await received(rig, "schema")
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "weather", "schema": schema, "strict": True, "description": "The weather."}}
+
+
 @pytest.mark.first_store_only
 async def test_bad_requests_name_the_responses_field(rig: BatchRig) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
