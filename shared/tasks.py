@@ -17,6 +17,9 @@ STATUSES = (QUEUED, BATCHED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 # every reader answers as for no row.
 DELETED = "deleted"
 
+# A /v1/responses task's context, under this key of its request (never sent to the provider).
+RESPONSES = "responses"
+
 TERMINAL_EVENT = {SUCCEEDED: "done", FAILED: "error", CANCELLED: "cancelled"}
 # Event types of a task's event stream besides the terminal ones and the deltas.
 EV_STATUS, EV_RESET = "status", "reset"
@@ -26,6 +29,14 @@ CANCELLED_ERROR = {"code": "cancelled", "message": "cancelled by the client"}
 def new_task_id() -> str:
     """128 random bits: ids are unguessable, so knowing one proves it was handed out."""
     return "tsk_" + secrets.token_hex(16)
+
+
+def unstored(request: dict[str, Any] | None) -> bool:
+    """A response made with ``store: false``: nothing of it is kept once it ends. Its holder
+    writes a tombstone, never its row, and lets Redis drop it soon; the edge that answers it
+    forgets it at once (``services/edge/openai/responses/api.py``)."""
+    context = (request or {}).get(RESPONSES)
+    return isinstance(context, dict) and (context.get("echo") or {}).get("store") is False
 
 
 def loads_or_none(raw: str | bytes | None) -> Any:

@@ -254,8 +254,8 @@ def _paths(s: EdgeSettings, requests: dict[str, Schema]) -> dict[str, Any]:
     submit_errors = (400, 401, 408, 409, 413, 415, 422, 429, 503)
     # schemathesis reads a text/event-stream answer as events {id, event, data}, one by one
     task_events = {"text/event-stream": {"schema": obj(["data"], {
-        "id": STR, "event": {"enum": ["status", "reasoning", "content", "refusal", "reset",
-                                      "done", "error", "cancelled"]},
+        "id": STR, "event": {"enum": ["status", "reasoning", "content", "refusal", "choice",
+                                      "reset", "done", "error", "cancelled"]},
         "data": {"type": "string", "description": "JSON: {delta}, {status}, or the task"}})}}
     chunks = {"text/event-stream": {"schema": obj(["data"], {"data": {
         "type": "string", "description": "a chat.completion.chunk as JSON, an error object "

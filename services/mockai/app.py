@@ -148,14 +148,14 @@ def _plan(settings: MockSettings, req: ChatRequest, cid: str) -> Plan:
     if req.rich:
         rich = build(req, cid, created, model, seed, mock.content_tokens
                      if mock.content_tokens is not None else settings.content_tokens,
-                     n_reasoning, use)
+                     n_reasoning, use, tool_arguments=settings.tool_arguments)
     return Plan(
         cid=cid,
         created=created,
         model=model,
         reasoning=reasoning_tokens(seed, n_reasoning),
         content=content_tokens(seed, n_content),
-        finish_reason=finish_reason,
+        finish_reason=rich.finish_reason if rich is not None else finish_reason,
         usage=use,
         include_usage=req.include_usage,
         ttft_s=ttft_ms / 1000.0,

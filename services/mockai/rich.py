@@ -31,6 +31,7 @@ class RichAnswer:
     chunks: tuple[bytes, ...]  # SSE events, in order, the finish chunks last
     body: bytes  # the same answer as one chat.completion
     completion_tokens: int
+    finish_reason: str  # the first choice's (what the request's record says)
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ def _token_logprobs(token: str, top: int) -> dict[str, Any]:
 
 
 def _choices(req: ChatRequest, cid: str, seed: bytes, n_content: int, n_reasoning: int,
-             max_tokens: int | None) -> list[_Choice]:
+             max_tokens: int | None, tool_arguments: str | None) -> list[_Choice]:
     mock, out = req.mock, []
     for i in range(req.n):
         choice_seed = seed if i == 0 else hashlib.blake2b(seed + bytes([i % 256]),
@@ -66,7 +67,7 @@ def _choices(req: ChatRequest, cid: str, seed: bytes, n_content: int, n_reasonin
             calls = []
             for k in range(mock.tool_calls or 1):
                 name = req.tools[k % len(req.tools)]
-                arguments = mock.tool_arguments
+                arguments = mock.tool_arguments or tool_arguments
                 if arguments is None:
                     word = content_tokens(choice_seed + bytes([k]), 1)[0]
                     arguments = orjson.dumps({"query": word, "call": k}).decode()
@@ -86,9 +87,12 @@ def _choices(req: ChatRequest, cid: str, seed: bytes, n_content: int, n_reasonin
 
 
 def build(req: ChatRequest, cid: str, created: int, model: str, seed: bytes, n_content: int,
-          n_reasoning: int, usage_obj: dict[str, Any]) -> RichAnswer:
-    """The answer to ``req``; ``usage_obj`` is one choice's usage, scaled here to them all."""
-    choices = _choices(req, cid, seed, n_content, n_reasoning, req.max_tokens)
+          n_reasoning: int, usage_obj: dict[str, Any], *,
+          tool_arguments: str | None = None) -> RichAnswer:
+    """The answer to ``req``; ``usage_obj`` is one choice's usage, scaled here to them all;
+    ``tool_arguments``: the calls' arguments when the request asks for none
+    (MOCKAI_TOOL_ARGUMENTS)."""
+    choices = _choices(req, cid, seed, n_content, n_reasoning, req.max_tokens, tool_arguments)
     split = req.mock.split or DEFAULT_SPLIT
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": FINGERPRINT}
@@ -142,7 +146,8 @@ def build(req: ChatRequest, cid: str, created: int, model: str, seed: bytes, n_c
     body = {"id": cid, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": [_whole(c, req) for c in choices], "usage": usage_all}
-    return RichAnswer(tuple(events), orjson.dumps(body), completion_tokens)
+    return RichAnswer(tuple(events), orjson.dumps(body), completion_tokens,
+                      choices[0].finish_reason)
 
 
 def _whole(c: _Choice, req: ChatRequest) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from shared.config import MOCK_MODEL, MOCK_PORT, ConfigError, Env, Secret
 
 from .limits import LimitSettings
@@ -37,6 +39,10 @@ class MockSettings:
     api_key: Secret[str] | None = None
     # MOCKAI_RECORD_BODIES: keep every request's body in its record (GET /mock/requests).
     record_bodies: bool = False
+    # MOCKAI_TOOL_ARGUMENTS: the arguments (JSON text) of every tool call the mock makes when the
+    # request sets no metadata.mock.tool_arguments (a client such as the Codex CLI sends none):
+    # None makes them up ({"query": <word>, "call": <k>}).
+    tool_arguments: str | None = None
     # MOCKAI_REJECT_PARAMS: top-level fields answered with a 400 naming the field, as a provider
     # answers a parameter it does not support.
     reject_params: tuple[str, ...] = ()
@@ -65,6 +71,8 @@ class MockSettings:
             # Not stripped like the others: a key is compared byte for byte.
             api_key=_key(e.exact("MOCKAI_API_KEY", secret=True)),
             record_bodies=e.flag("MOCKAI_RECORD_BODIES", d.record_bodies),
+            tool_arguments=_json_object("MOCKAI_TOOL_ARGUMENTS",
+                                        e.optional("MOCKAI_TOOL_ARGUMENTS")),
             reject_params=tuple(p.strip() for p in e.text("MOCKAI_REJECT_PARAMS", "").split(",")
                                 if p.strip()),
             replay_dir=e.optional("MOCKAI_REPLAY_DIR"),
@@ -72,6 +80,19 @@ class MockSettings:
             fail_status=e.integer("MOCKAI_FAIL_STATUS", d.fail_status, min_value=0,
                                   max_value=599),
         )
+
+
+def _json_object(name: str, value: str | None) -> str | None:
+    """``value`` when it is a JSON object's text (a function's arguments), else ConfigError."""
+    if value is None:
+        return None
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name}: must be a JSON object, got {value!r}")
+    return value
 
 
 def _key(value: str | None) -> Secret[str] | None:

@@ -41,7 +41,7 @@ class Lease:
         if not self.lost and not self.done:
             self.lost = True
             if finished:
-                log.debug("lease_ended_task_finished", task_id=self.task_id, fence=self.fence)
+                log.info("lease_ended_task_finished", task_id=self.task_id, fence=self.fence)
             else:
                 log.warning("lease_lost", task_id=self.task_id, fence=self.fence)
                 metrics.leases_lost.inc()

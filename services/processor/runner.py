@@ -83,6 +83,9 @@ class RunPolicy:
     retry_after_cap_s: float
     lock_ttl_ms: int
     retention_s: int
+    # How long Redis keeps a store:false response once it ended: time for the edge following
+    # it to read its end (that edge then forgets it at once); the bound when no edge does.
+    unstored_retention_s: int
     task_deadline_s: float
 
 
@@ -475,7 +478,9 @@ class TaskRun:
             provider_model=answered.route.model if answered else None,
             tries=orjson.dumps(tries).decode() if tries else None,
             result_extra=orjson.dumps(extras).decode() if extras else None)
-        saved = await self._save(row, h)
+        unstored = tasks.unstored(self.request if self.request is not None
+                                  else orjson.loads(h["request"]))
+        saved = await self._save(row, h, unstored=unstored)
         if not saved:
             log.warning("stale_write_refused" if saved is False else "lease_lost_before_write",
                         task_id=self.task_id, fence=lease.fence)
@@ -494,7 +499,10 @@ class TaskRun:
                                    error=error, started_at=row.started_at or completed,
                                    completed_at=completed, batch_id=row.batch_id,
                                    request=self.request, tries=tries)
-        if not await self._complete(status, result, error, view, completed, tries):
+        policy = self.deps.policy
+        if not await self._complete(status, result, error, view, completed, tries,
+                                    retention_s=policy.unstored_retention_s if unstored
+                                    else policy.retention_s):
             return Outcome.LOST
         self.status = status
         return Outcome.DONE
@@ -511,14 +519,23 @@ class TaskRun:
             earlier = orjson.loads(raw) if raw else []
         return routing.merge_tries(earlier, self.routes.log)
 
-    async def _save(self, row: TaskRow, h: dict[str, str]) -> bool | None:
+    async def _save(self, row: TaskRow, h: dict[str, str], *, unstored: bool) -> bool | None:
         """Store the row (and the task's Idempotency-Key, should the edge have failed to),
         waiting out a store that cannot take writes now (disk full, an I/O error) while our
         lease holds: the answer is kept, not generated again. False: a row with a higher
-        fence is there; None: our lease was lost while we waited."""
+        fence is there; None: our lease was lost while we waited.
+
+        ``unstored`` (a ``store: false`` response): its tombstone instead, the row a DELETE
+        leaves (:meth:`~shared.store.Store.forget_task`), so the store never holds its request
+        or answer, and the one final row is there even if no edge ever forgets it. The
+        tombstone's fence is the highest: a later holder (this one died before complete.lua)
+        writes the same tombstone again, and no row of any holder replaces it."""
         delay = 0.5
         while True:
             try:
+                if unstored:
+                    return await self.deps.store.forget_task(
+                        self.task_id, h.get("tenant", ""), tasks.DELETED, row.completed_at or 0)
                 await self._save_idempotency_key(h)
                 return await self.deps.store.save_task(row)
             except Exception as exc:
@@ -567,7 +584,8 @@ class TaskRun:
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
                         error: dict[str, Any] | None, view: dict[str, Any],
-                        completed: int, tries: list[dict[str, Any]] | None = None) -> bool:
+                        completed: int, tries: list[dict[str, Any]] | None = None,
+                        retention_s: int | None = None) -> bool:
         lease = self.lease
         assert lease is not None
         # Deltas not sent yet (the answer's last piece) go first, in the same step.
@@ -578,7 +596,8 @@ class TaskRun:
             task_id=self.task_id, token=lease.token, status=status,
             result_json=orjson.dumps(result) if result else "",
             error_json=orjson.dumps(error) if error else "", now=completed,
-            retention_s=self.deps.policy.retention_s, view_json=orjson.dumps(view),
+            retention_s=retention_s or self.deps.policy.retention_s,
+            view_json=orjson.dumps(view),
             events=unsent, ack_entry=ack, tries_json=orjson.dumps(tries) if tries else ""),
             "complete", task_id=self.task_id)
         if isinstance(done, LeaseLost):
@@ -593,6 +612,13 @@ class TaskRun:
         make sure its one row exists, without replacing a row that does."""
         d = self.deps
         h = await d.steps.task_hash(self.task_id)
+        if h and tasks.unstored(orjson.loads(h["request"])):
+            # store:false: its tombstone, never its row; Redis lets it go soon (the edge
+            # answering it forgets it at once).
+            await d.store.forget_task(self.task_id, h.get("tenant", ""), tasks.DELETED,
+                                      int(h.get("completed_at") or now_ms()))
+            await d.steps.keep_for(self.task_id, d.policy.unstored_retention_s)
+            return
         if not h or await d.store.get_task(self.task_id) is not None:
             return
         await self._save_idempotency_key(h)

@@ -25,6 +25,7 @@ class ProcessorSettings:
     retry_cap_s: float
     retry_after_cap_s: float
     retention_s: int
+    unstored_retention_s: int
     drain_s: float
     heartbeat_s: float
     reclaim_interval_s: float
@@ -68,6 +69,8 @@ class ProcessorSettings:
             retry_cap_s=env.number("RETRY_CAP_S", 30.0, min_value=0),
             retry_after_cap_s=retry_after_cap_s,
             retention_s=env.integer("EVENTS_RETENTION_S", 3600, min_value=1),
+            unstored_retention_s=env.integer("RESPONSES_UNSTORED_RETENTION_S", 60,
+                                             min_value=1),
             drain_s=env.number("DRAIN_S", 20.0, min_value=0),
             heartbeat_s=env.number("HEARTBEAT_S", 1.0, min_value=0.05),
             reclaim_interval_s=env.number(

@@ -81,6 +81,7 @@ class Processor:
                              retry_after_cap_s=settings.retry_after_cap_s,
                              lock_ttl_ms=settings.batching.lock_ttl_ms,
                              retention_s=settings.retention_s,
+                             unstored_retention_s=settings.unstored_retention_s,
                              task_deadline_s=settings.task_deadline_s),
             processor=self.name, governor=self.governor, router=http)
         self.runs: dict[str, TaskRun] = {}

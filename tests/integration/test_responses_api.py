@@ -217,6 +217,128 @@ async def test_store_false_is_not_retrievable_and_background_needs_it(rig: Batch
     assert caught.value.body["param"] == "background"  # type: ignore[index]
 
 
+async def forgotten(rig: BatchRig, task_id: str) -> bool:
+    """Nothing serves the task any more: /api/tasks/{id} is a 404."""
+    url = str(rig.edge.client.make_url(f"/api/tasks/{task_id}"))
+    async with httpx.AsyncClient(verify=CLIENT_TLS, timeout=30) as http:
+        got = await http.get(url, headers={"Authorization": f"Bearer {KEY_A}"})
+    assert got.status_code in (200, 404), got.text
+    return got.status_code == 404
+
+
+async def assert_nothing_kept(rig: BatchRig, task_id: str, *texts: str) -> None:
+    """No Redis key of the task, and its one row a tombstone holding none of ``texts``."""
+    assert await forgotten(rig, task_id)
+    assert not await rig.core.redis.exists(rig.core.keys.task(task_id),
+                                           rig.core.keys.events(task_id))
+    row = await rig.core.store.get_task(task_id)
+    assert row is not None and row["status"] == "deleted", row
+    kept = orjson.dumps(row).decode()
+    for text in texts:
+        assert text and text not in kept, (text, row)
+
+
+async def test_a_store_false_response_is_forgotten_once_answered(rig: BatchRig) -> None:
+    """On both stores: once a store:false response is answered (plain or streamed), nothing
+    keeps it: no Redis key, and its row a tombstone without its request or answer."""
+    plain = await rig.client.responses.create(model="mock-r1", input="Secret words",
+                                              store=False, metadata=mock())
+    assert plain.output_text == answer([{"role": "user", "content": "Secret words"}])
+    await assert_nothing_kept(rig, protocol.task_id_of(plain.id) or "", "Secret words",
+                              plain.output_text)
+    async with rig.client.responses.stream(model="mock-r1", input="Streamed secret",
+                                           store=False, metadata=mock()) as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == answer([{"role": "user", "content": "Streamed secret"}])
+    await assert_nothing_kept(rig, protocol.task_id_of(final.id) or "", "Streamed secret",
+                              final.output_text)
+
+
+async def test_a_store_false_response_whose_client_left_is_forgotten_at_its_end(
+        rig: BatchRig) -> None:
+    """The client hangs up mid-stream: the response runs on to its end (a client that leaves
+    does not cancel it), and is forgotten then."""
+    events: list[Any] = []
+    stream = await rig.client.responses.create(model="mock-r1", input="Secret, then gone",
+                                               store=False, stream=True,
+                                               metadata={"mock": SLOW})
+    async for event in stream:
+        events.append(event)
+        if event.type == "response.output_text.delta":
+            break
+    await stream.close()
+    task_id = protocol.task_id_of(events[0].response.id) or ""
+    await until(lambda: forgotten(rig, task_id), 20, "the response forgotten", interval=0.05)
+    # It ran to its end, not cancelled by the client's leaving.
+    assert await rig.core.redis.hget(rig.core.keys.stats, "tasks_succeeded") == "1"
+    text = answer([{"role": "user", "content": "Secret, then gone"}], 40)
+    await assert_nothing_kept(rig, task_id, "Secret, then gone", text)
+
+
+def tagged(tag: str, **options: Any) -> dict[str, Any]:
+    """Metadata asking the mock to record the request under ``tag``."""
+    return {"mock": {**QUIET, "record": True, "tag": tag, **options}}
+
+
+async def received(rig: BatchRig, tag: str) -> dict[str, Any]:
+    """The one body the mock received under ``tag``."""
+    [record] = [r for r in await rig.core.mock_requests() if r["tag"] == tag]
+    return dict(record["body"])
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                          "required": ["city"], "additionalProperties": False},
+           "strict": True}
+
+
+async def test_a_function_tool_round_trip(rig: BatchRig) -> None:
+    """On both stores (the second turn reads the first from them): the model calls the tool,
+    the client runs it and sends its output with previous_response_id, the model answers."""
+    first = await rig.client.responses.create(
+        model="mock-r1", input="Weather in Paris?", tools=[WEATHER],  # type: ignore[list-item]
+        metadata=tagged("turn-1", tool_arguments='{"city": "Paris"}'))
+    assert first.status == "completed" and first.output_text == ""
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert orjson.loads(call.arguments) == {"city": "Paris"} and call.call_id
+    sent = await received(rig, "turn-1")
+    assert sent["tools"] == [{"type": "function", "function": {
+        key: WEATHER[key] for key in ("name", "description", "parameters", "strict")}}]
+
+    second = await rig.client.responses.create(
+        model="mock-r1", previous_response_id=first.id, tools=[WEATHER],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id,
+                "output": '{"celsius": 21}'}],
+        metadata=tagged("turn-2"))
+    assert second.status == "completed"
+    assert [item.type for item in second.output] == ["message"]
+    messages = (await received(rig, "turn-2"))["messages"]
+    assert messages == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": call.call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": '{"celsius": 21}'}]
+    assert second.output_text and second.output_text == answer(messages)
+
+
+@pytest.mark.first_store_only
+async def test_a_json_schema_text_format_reaches_the_provider_as_sent(rig: BatchRig) -> None:
+    schema = {"type": "object", "properties": {"temp": {"type": "number"},
+                                               "sky": {"enum": ["clear", "cloudy"]}},
+              "required": ["temp", "sky"], "additionalProperties": False}
+    response = await rig.client.responses.create(
+        model="mock-r1", input="Weather as JSON", metadata=tagged("schema"),
+        text={"format": {"type": "json_schema", "name": "weather", "schema": schema,
+                         "strict": True, "description": "The weather."}})
+    assert response.status == "completed"
+    assert response.text.format.type == "json_schema"  # type: ignore[union-attr]
+    sent = await received(rig, "schema")
+    assert sent["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "weather", "schema": schema, "strict": True, "description": "The weather."}}
+
+
 @pytest.mark.first_store_only
 async def test_bad_requests_name_the_responses_field(rig: BatchRig) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
@@ -389,13 +511,15 @@ async def test_a_batch_of_responses_answers_response_objects(rig: BatchRig) -> N
         responses_line("x", {"model": "mock-r1", "input": "a", "temperature": 7}),
         responses_line("y", {"model": "mock-r1", "input": "b",
                              "previous_response_id": "resp_" + "0" * 32}),
-        responses_line("z", {"model": "mock-r1", "input": "c"}, url="/v1/chat/completions")])
+        responses_line("z", {"model": "mock-r1", "input": "c"}, url="/v1/chat/completions"),
+        responses_line("w", {"model": "mock-r1", "input": "d", "store": False})])
     failed = await rig.client.batches.create(input_file_id=bad, endpoint="/v1/responses",
                                              completion_window="24h")
     failed = await rig.wait(failed.id)
     assert failed.status == "failed" and failed.errors is not None
     assert [(e.line, e.param) for e in failed.errors.data or []] == [
-        (1, "body.temperature"), (2, "body.previous_response_id"), (3, "url")]
+        (1, "body.temperature"), (2, "body.previous_response_id"), (3, "url"),
+        (4, "body.store")]
     good = await rig.upload([
         responses_line("one", {"model": "mock-r1", "input": "First", "metadata": mock()}),
         responses_line("two", {"model": "mock-r1", "input": "Second",

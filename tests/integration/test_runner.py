@@ -15,6 +15,7 @@ from harness.waiting import until
 from services.processor.assembler import ProviderError
 from services.processor.runner import Outcome, TaskRun
 from services.processor.worker import Processor
+from shared import tasks
 from shared.timeutil import now_ms
 from tests.integration.kit import (
     BURST_TIMEOUT_S,
@@ -25,6 +26,8 @@ from tests.integration.kit import (
     deltas,
     events,
     mid_stream,
+    request,
+    submit,
 )
 
 
@@ -211,3 +214,40 @@ async def test_a_task_whose_deadline_passes_while_waiting_fails_with_its_row_at_
     assert row is not None and row["status"] == "failed"
     assert orjson.loads(row["error"])["code"] == "deadline_exceeded"
     assert await core.mock_requests() == []
+
+
+def unstored(prompt: str, mock: dict[str, Any]) -> dict[str, Any]:
+    """A /v1/responses task's request made with ``store: false`` (its context, as the edge
+    submits it)."""
+    body = request(mock, prompt=prompt)
+    body[tasks.RESPONSES] = {"echo": {"store": False}, "input": [{"text": prompt}]}
+    return body
+
+
+async def assert_tombstone_only(core: Core, task_id: str, retention_s: int,
+                                *texts: str) -> None:
+    row = await core.store.get_task(task_id)
+    assert row is not None and row["status"] == tasks.DELETED, row
+    kept = orjson.dumps(row).decode()
+    assert all(text not in kept for text in texts), row
+    for key in (core.keys.task(task_id), core.keys.events(task_id)):
+        assert 0 < await core.redis.ttl(key) <= retention_s
+
+
+async def test_a_store_false_response_leaves_a_tombstone_and_redis_lets_it_go_soon(
+        core: Core) -> None:
+    """No edge forgets it (one died): the store never held its request or answer, and Redis
+    drops it after RESPONSES_UNSTORED_RETENTION_S, not EVENTS_RETENTION_S. Cancelled before
+    it ran (its row written by the processor that finds it ended), the same."""
+    processor = core.processor(RESPONSES_UNSTORED_RETENTION_S="7")
+    tid = await submit(core.steps, body=unstored("Keep it secret", {"content_tokens": 6,
+                                                                      **QUIET}))
+    assert await run_task(core, tid, processor) is Outcome.DONE
+    [call] = await core.mock_requests()
+    assert (await core.redis.hgetall(core.keys.task(tid)))["status"] == "succeeded"
+    await assert_tombstone_only(core, tid, 7, "Keep it secret", call["content"])
+
+    cancelled = await submit(core.steps, body=unstored("Never run", QUIET))
+    await core.steps.cancel(task_id=cancelled, tenant="acme", now=now_ms())
+    assert await run_task(core, cancelled, processor) is Outcome.TERMINAL
+    await assert_tombstone_only(core, cancelled, 7, "Never run")

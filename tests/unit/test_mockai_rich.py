@@ -4,6 +4,7 @@ official openai SDK, streamed (its own reassembly) and not, and by our assembler
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from harness.processes import CLIENT_TLS
 from services.mockai.app import create_app
 from services.mockai.rich import FINGERPRINT
-from services.mockai.settings import MockSettings
+from services.mockai.settings import ConfigError, MockSettings
 from services.processor.assembler import StreamAssembler, assemble_completion
 from services.processor.sse import SSEDecoder
 from tests.unit.test_mockai import FAST, MESSAGES, Start, body, mock, records
@@ -112,6 +113,23 @@ async def test_a_tool_result_turns_the_answer_into_text(base: str,
     r = await client.post(f"{base}/v1/chat/completions",
                           json={**body(False), "tools": TOOLS, "tool_choice": "none"})
     assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_tool_arguments_default_to_the_setting(start: Start,
+                                                     client: httpx.AsyncClient) -> None:
+    """MOCKAI_TOOL_ARGUMENTS: the arguments of a call when the request asks for none (a client
+    such as the Codex CLI cannot); metadata.mock.tool_arguments still wins. Not JSON: refused."""
+    base = await start(dataclasses.replace(FAST, tool_arguments=ARGS))
+    for extra, expected in (({}, ARGS), (mock(tool_arguments='{"a": 1}'), '{"a": 1}')):
+        r = await client.post(f"{base}/v1/chat/completions",
+                              json=body(False, tools=TOOLS, **extra))
+        [call] = r.json()["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["arguments"] == expected
+    # The records say what was answered: calls, not the plain answer's "stop".
+    assert [r["finish_reason"] for r in await records(client, base)] == ["tool_calls"] * 2
+    assert MockSettings.from_env({"MOCKAI_TOOL_ARGUMENTS": ARGS}).tool_arguments == ARGS
+    with pytest.raises(ConfigError, match="MOCKAI_TOOL_ARGUMENTS"):
+        MockSettings.from_env({"MOCKAI_TOOL_ARGUMENTS": "[1]"})
 
 
 @pytest.mark.parametrize("stream", [True, False])

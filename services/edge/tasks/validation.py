@@ -145,6 +145,9 @@ def _json_words(text: str) -> str:
     return _WHOLE.sub(r"\1", text)
 
 
+_ECHOED = re.compile(r"^(Invalid (?:enum |tag )?value) .*$", re.S)
+
+
 def _named(exc: msgspec.ValidationError, body: dict[str, Any], settings: EdgeSettings,
            openai: bool) -> ApiError:
     """msgspec's error (``Expected `int`, got `str` - at `$.messages[0].role```) as ours,
@@ -153,6 +156,9 @@ def _named(exc: msgspec.ValidationError, body: dict[str, Any], settings: EdgeSet
     if not text:  # at the body itself
         text, at = str(exc), "$`"
     path = at[:-1].removeprefix("$").removeprefix(".")
+    # msgspec quotes the value it refused ("Invalid enum value 'x'"): a client's text (its
+    # prompt, put in the wrong field) never comes back in an error, nor reaches a log through one.
+    text = _ECHOED.sub(r"\1: not one of the values allowed here", text)
     cause = exc.__cause__
     if isinstance(cause, protocol.Invalid):  # a rule of the model (a __post_init__)
         path, text = _join(path, cause.member), cause.message

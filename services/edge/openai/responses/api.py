@@ -13,6 +13,16 @@ serves any of them, after restarts too.
 Streams are rebuilt from the task's events by :class:`~.events.ResponseEvents`, the same
 numbers on every replay: ``?stream=true&starting_after=N`` replays and sends what follows N.
 A client that goes away does not cancel its response.
+
+``store: false``: nothing is kept once the response ends. Its processor writes the tombstone a
+DELETE leaves instead of its row (the store never holds its request or answer), and gives its
+Redis keys ``RESPONSES_UNSTORED_RETENTION_S`` instead of ``EVENTS_RETENTION_S``: time for the
+edge following it to read its end. That edge then forgets it at once, as DELETE does
+(:func:`_let_go`), before the client has its end: a waiting client, a streamed one, and one
+that hung up (its handler follows the response on to its end, writing nothing). An edge that
+dies meanwhile forgets nothing: Redis drops the keys when their retention ends, and the row is
+a tombstone already. A client that hung up never sees the answer: such a response cannot be
+retrieved or resumed (404), as OpenAI answers.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 import msgspec
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from services.edge.context import TASK_ID_KEY, Edge, edge_of
 from services.edge.openai.chat.api import NO_RETRY, TASK_HEADER
@@ -56,12 +67,14 @@ from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
 from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
 from services.edge.tasks.views import idempotency_key, json_response
 from shared import logs, tasks
+from shared.redis_conn import UNAVAILABLE
 from shared.steps import StillActive
+from shared.store import StoreUnavailable
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.edge")
 
-CONTEXT = "responses"  # the task request's key for its response context (never sent on)
+CONTEXT = tasks.RESPONSES  # the task request's key for its response context (never sent on)
 OMITTED_HEADER = "X-Sluice-Omitted-Tools"  # tools left out of the provider's call
 IGNORED_HEADER = "X-Sluice-Ignored"  # fields and include values Sluice does not serve
 CANCEL_WAIT_S = 5.0  # how long a cancel waits for a running response to stop
@@ -184,12 +197,16 @@ def batch_payload(body: Any, settings: EdgeSettings) -> dict[str, Any]:
     """The task request of a Batch API line whose ``url`` is ``/v1/responses``: what
     ``create`` would submit for ``body``, checked by the same rules (so a line that passes
     never fails at submit). No I/O: ``previous_response_id`` needs a read of the store and is
-    refused in a line, as ``stream`` is (a batch has no one to stream to)."""
+    refused in a line, as ``stream`` is (a batch has no one to stream to), and ``store: false``
+    (the output file is made from the stored answer, which such a response never has)."""
     if isinstance(body, dict):
         for name in ("previous_response_id", "stream"):
             if body.get(name) not in (None, False):
                 raise ApiError(400, "invalid_request",
                                f"{name}: not supported in a batch line", param=name)
+        if body.get("store") is False:
+            raise ApiError(400, "invalid_request", "store: false is not supported in a batch "
+                           "line (its output is made from the stored answer)", param="store")
     t = translate_request(body, hosted_tools=settings.responses_hosted_tools)
     try:
         req = parse_task(t.chat, settings, openai=True)
@@ -235,16 +252,20 @@ async def create(request: web.Request) -> web.StreamResponse:
     rid = protocol.response_id(sub.id)
     created_at = (sub.created_at or now_ms()) // 1000
     headers = {TASK_HEADER: sub.id, **sub.headers, **_notes(t)}
+    unstored = not t.echo.store
     if t.stream:
         machine = ResponseEvents(rid, t.echo, model=req.model, created_at=created_at,
                                  names=t.tool_names)
-        return await _stream(request, edge, tenant, sub.id, machine, -1, headers)
+        return await _stream(request, edge, tenant, sub.id, machine, -1, headers,
+                             unstored=unstored)
     if t.background:
         return json_response(protocol.response_object(
             rid, t.echo, model=req.model, created_at=created_at, status=protocol.QUEUED),
             headers=headers)
-    view = await _terminal(request, edge, tenant, sub.id)
-    if view is None:
+    view = await _terminal(request, edge, tenant, sub.id, stay=unstored)
+    if view is not None and unstored:
+        await _let_go(edge, tenant, sub.id, succeeded=view.get("status") == tasks.SUCCEEDED)
+    if view is None or client_gone(request):
         if client_gone(request):
             return web.Response(status=499)  # nobody to answer; the response goes on
         raise ApiError(503, *_UNAVAILABLE, headers={**headers, **NO_RETRY})
@@ -252,15 +273,15 @@ async def create(request: web.Request) -> web.StreamResponse:
                                             created_at=created_at), headers=headers)
 
 
-async def _terminal(request: web.Request, edge: Edge, tenant: str, task_id: str,
-                    ) -> dict[str, Any] | None:
-    """The task's terminal view, once it ends; None if the client left or the edge stopped
-    following it."""
+async def _terminal(request: web.Request, edge: Edge, tenant: str, task_id: str, *,
+                    stay: bool = False) -> dict[str, Any] | None:
+    """The task's terminal view, once it ends; None if the edge stopped following it, or the
+    client left (unless ``stay``: then to the end all the same)."""
     events = follow(request.app[FEEDS], edge.keys.events(task_id), None,
                     view_loader(edge, tenant, task_id))
     async with contextlib.aclosing(events):
         async for event in events:
-            if client_gone(request):
+            if not stay and client_gone(request):
                 return None
             if event is not None and event.type in TERMINAL_EVENTS:
                 return await service.read(edge, tenant, task_id)
@@ -270,41 +291,64 @@ async def _terminal(request: web.Request, edge: Edge, tenant: str, task_id: str,
 # --- streams -----------------------------------------------------------------------------------
 
 async def _stream(request: web.Request, edge: Edge, tenant: str, task_id: str,
-                  machine: ResponseEvents, after: int,
-                  headers: dict[str, str]) -> web.StreamResponse:
+                  machine: ResponseEvents, after: int, headers: dict[str, str], *,
+                  unstored: bool = False) -> web.StreamResponse:
     """The response's events numbered above ``after``: replayed from the task's events, then
-    live, to its end."""
+    live, to its end. A client that leaves does not stop the response; ``unstored``: this
+    handler follows it on to its end all the same, to forget it then."""
     resp = sse_response(headers)
     await resp.prepare(request)
     keepalive = edge.settings.keepalive_s
     events = follow(request.app[FEEDS], edge.keys.events(task_id), None,
                     view_loader(edge, tenant, task_id))
+    gone = False  # the client left: nothing more is written
 
-    async def send(out: list[dict[str, Any]]) -> bool:
-        data = b"".join(encode(e) for e in out if e["sequence_number"] > after)
-        if data:
+    async def send(data: bytes) -> bool:
+        nonlocal gone
+        if gone or not data:
+            return False
+        try:
             await resp.write(data)
-        return bool(data)
+        except ConnectionResetError:
+            gone = True
+        return not gone
 
     async with contextlib.aclosing(events):
-        try:
-            last_write = time.monotonic()
-            async for event in events:
-                if event is None:
-                    if client_gone(request):
-                        return resp  # the response goes on; retrieve it or resume later
-                    if time.monotonic() - last_write >= keepalive:
-                        await resp.write(KEEPALIVE)
-                        last_write = time.monotonic()
-                    continue
-                if await send(_feed(machine, event)):
+        last_write = time.monotonic()
+        async for event in events:
+            if event is None:
+                gone = gone or client_gone(request)
+                if gone and not unstored:
+                    return resp  # the response goes on; retrieve it or resume later
+                if time.monotonic() - last_write >= keepalive and await send(KEEPALIVE):
                     last_write = time.monotonic()
-                if machine.ended:
-                    return resp
-            await send(machine.abort(*_UNAVAILABLE))
-        except ConnectionResetError:
-            pass  # the client left; the response goes on
+                continue
+            out = _feed(machine, event)
+            if machine.ended and unstored:  # forgotten before the client has its end
+                await _let_go(edge, tenant, task_id, succeeded=event.type == "done")
+            if await send(b"".join(encode(e) for e in out if e["sequence_number"] > after)):
+                last_write = time.monotonic()
+            if machine.ended or (gone and not unstored):
+                return resp
+        await send(b"".join(encode(e) for e in machine.abort(*_UNAVAILABLE)))
     return resp
+
+
+async def _let_go(edge: Edge, tenant: str, task_id: str, *, succeeded: bool) -> None:
+    """A ``store: false`` response ended: forget it, as DELETE does. Redis first
+    (:meth:`~shared.steps.Steps.forget`), then the tombstone
+    (:meth:`~shared.store.Store.forget_task`), unless it succeeded: a success is written by its
+    processor, which wrote the tombstone before it marked the task ended. A cancel or a
+    deadline may end it in Redis alone, and once Redis forgot it no processor writes its row.
+    A failure here costs no answer: Redis lets the keys go within
+    RESPONSES_UNSTORED_RETENTION_S, and the row is a tombstone or comes as one."""
+    try:
+        if isinstance(await edge.steps.forget(task_id=task_id, tenant=tenant), StillActive):
+            return  # cannot be after its terminal event; nothing to do but let Redis expire it
+        if not succeeded:
+            await edge.store.forget_task(task_id, tenant, tasks.DELETED, now_ms())
+    except (*UNAVAILABLE, RedisError, StoreUnavailable) as exc:
+        log.warning("unstored_not_forgotten", task_id=task_id, error=str(exc))
 
 
 def _feed(machine: ResponseEvents, event: Event) -> list[dict[str, Any]]:
