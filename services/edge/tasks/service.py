@@ -33,7 +33,7 @@ from shared.steps import (
 from shared.timeutil import iso, now_ms
 
 log = logs.get("sluice.edge")
-_QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
+QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
 RATE_WINDOW_MS = 60_000  # TENANT_RATE_PER_MINUTE counts submissions per fixed minute
 # Idempotency keys Sluice gives its own tasks (the batch runner's lines) start with this; a
 # client's key never does (views.idempotency_key refuses it with 422), so no client can take
@@ -78,7 +78,7 @@ async def submit(edge: Edge, tenant: str, req: Submission, idem_key: str | None,
         result = await edge.steps.submit(
             task_id=task_id, tenant=tenant, request_json=orjson.dumps(req.payload),
             model=req.model, now=created, idem_key=idem_key, body_hash=digest,
-            idempotency_ttl_s=s.idempotency_ttl_s, first_event=_QUEUED_EVENT,
+            idempotency_ttl_s=s.idempotency_ttl_s, first_event=QUEUED_EVENT,
             task_ttl_s=s.task_ttl_s,
             limits=TenantLimits(s.rate_per_minute, RATE_WINDOW_MS, s.max_active_tasks),
             traceparent=tracing.traceparent(span) or tracing.client_traceparent(),

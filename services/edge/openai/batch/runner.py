@@ -50,7 +50,7 @@ from services.edge.openai.batch.store import (
     Progress,
     save_file_statements,
 )
-from services.edge.tasks.service import INTERNAL_KEY_PREFIX
+from services.edge.tasks.service import INTERNAL_KEY_PREFIX, QUEUED_EVENT, RATE_WINDOW_MS
 from services.edge.tasks.validation import FLEX_PRIORITY
 from services.edge.webhooks import events
 from services.edge.webhooks.store import WebhookStore, delivery_statement
@@ -69,8 +69,6 @@ from shared.store import Statement, TaskRow
 from shared.timeutil import now_ms
 
 log = logs.get("sluice.batches")
-_QUEUED_EVENT = orjson.dumps({"status": tasks.QUEUED}).decode()
-RATE_WINDOW_MS = 60_000
 # Batch lines queue behind the tenant's interactive work: the priority /v1's service_tier
 # "flex" gives (lower runs sooner), paced besides by BATCH_LINES_IN_FLIGHT.
 BATCH_LINE_PRIORITY = FLEX_PRIORITY
@@ -305,7 +303,7 @@ class BatchRunner:
             task_id=line.task_id, tenant=record.tenant, request_json=orjson.dumps(payload),
             model=str(payload.get("model") or ""), now=now_ms(),
             idem_key=line_key(record.id, line.line), body_hash="line",
-            idempotency_ttl_s=window_s + 86_400, first_event=_QUEUED_EVENT,
+            idempotency_ttl_s=window_s + 86_400, first_event=QUEUED_EVENT,
             task_ttl_s=s.task_ttl_s,
             # Lines are paced by BATCH_LINES_IN_FLIGHT, not the per-minute rate, but they count
             # towards the tenant's cap of active tasks.
