@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from harness.processes import CLIENT_TLS
 from harness.waiting import until
@@ -23,15 +21,13 @@ from services.processor.assembler import (
 )
 from services.processor.sse import SSEDecoder, SSELineTooLong
 from shared.config import MOCK_HEADER, Secret
+from tests.unit.conftest import FAST, Start
 
-FAST = MockSettings(ttft_ms=0, tokens_per_s=0)
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Explain queues in one line please"},
 ]
 PROMPT_WORDS = 3 + 6
-
-Start = Callable[..., Awaitable[str]]
 
 
 def sse_events(raw: str) -> list[Any]:
@@ -52,33 +48,6 @@ def body(stream: bool = True, **extra: Any) -> dict[str, Any]:
 
 def mock(**opts: Any) -> dict[str, Any]:
     return {"metadata": {"mock": opts}}
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    servers: list[TestServer] = []
-
-    async def _start(settings: MockSettings = FAST) -> str:
-        # TestServer runs with handler_cancellation=True, like `python -m services.mockai`.
-        server = TestServer(create_app(settings))
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield _start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def base(start: Start) -> str:
-    return await start()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
-        yield c
 
 
 async def records(client: httpx.AsyncClient, base: str, tag: str | None = None) -> list[Any]:

@@ -5,53 +5,24 @@ official openai SDK, streamed (its own reassembly) and not, and by our assembler
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 
-from harness.processes import CLIENT_TLS
-from services.mockai.app import create_app
 from services.mockai.rich import FINGERPRINT
 from services.mockai.settings import ConfigError, MockSettings
 from services.processor.assembler import StreamAssembler, assemble_completion
 from services.processor.sse import SSEDecoder
-from tests.unit.test_mockai import FAST, MESSAGES, Start, body, mock, records
+from tests.unit.conftest import FAST, Start
+from tests.unit.test_mockai import MESSAGES, body, mock, records
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}},
          {"type": "function", "function": {"name": "get_time", "parameters": {}}}]
 ARGS = '{"city": "Paris", "units": "celsius"}'
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    servers: list[TestServer] = []
-
-    async def _start(settings: MockSettings = FAST) -> str:
-        server = TestServer(create_app(settings))
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield _start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def base(start: Start) -> str:
-    return await start()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10, verify=CLIENT_TLS) as c:
-        yield c
 
 
 def sdk(base: str) -> openai.AsyncOpenAI:
