@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
+from harness.browser import headless_chromium
 from tests.client import Api, rows
 
 
@@ -11,6 +15,13 @@ from tests.client import Api, rows
 def _on_each_store(stack_store: str) -> str:
     """Every test here runs on each store (tests/conftest.py: stack_store)."""
     return stack_store
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium for the dashboard tests (harness/browser.py)."""
+    with headless_chromium() as driver:
+        yield driver
 
 
 __all__ = ["Api", "rows"]

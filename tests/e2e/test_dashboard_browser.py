@@ -5,7 +5,6 @@ A screenshot of each view is saved under the test's output folder (printed)."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from tests.client import Api
 TENANT_KEY, OTHER_KEY, ADMIN_KEY = "sk-dash-acme", "sk-dash-other", "sk-dash-admin"
 ENV = {"EDGE_API_KEYS": f"{TENANT_KEY}:acme,{OTHER_KEY}:other", "EDGE_ADMIN_KEYS": ADMIN_KEY,
        "BATCH_TIMEOUT_MS": "50", "MAX_ATTEMPTS": "2", "RETRY_BASE_S": "0.01"}
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 # Observability is the services' and Redis's; the store does nothing of its own here.
 pytestmark = pytest.mark.first_store_only
@@ -38,25 +36,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("screenshots")
     print(f"dashboard screenshots: {folder}")
     return folder
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1300,950"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def text_of(driver: Any, element_id: str) -> str:

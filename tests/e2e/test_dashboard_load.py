@@ -24,7 +24,6 @@ from tests.e2e.test_dashboard_browser import (
     ADMIN_KEY,
     OTHER_KEY,
     TENANT_KEY,
-    browser,
     show,
     slow_body,
     text_of,
@@ -40,7 +39,6 @@ CONTENT = {"overview": "depth-cards", "live": "live-count", "queue": "why",
            "processors": "processors", "provider": "provider", "dead": "dead-count"}
 RENDER_S = 2.0  # the acceptance criterion: a tab shows fresh data within this
 
-__all__ = ["browser"]  # the fixture, imported for this module's tests
 pytestmark = pytest.mark.first_store_only
 
 
