@@ -11,38 +11,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.common import Ctx, fmt_rate, loadgen, query, wait_rows
 from bench.procs import BENCH_ENV, Stack, free_port, redis_server, wait_for
+from harness.providers import two_providers_file
 
 LIMIT = 4  # calls in flight, each provider
 TASK_S = 0.5
 IDEAL = 2 * LIMIT / TASK_S
-
-
-def providers_file(folder: Path, a: str, b: str, declared: bool) -> Path:
-    path = folder / "providers.toml"
-    limit = f"max_concurrency = {LIMIT}" if declared else ""
-    path.write_text(f"""
-[[provider]]
-name = "a"
-base_url = "{a}/v1"
-{limit}
-
-[[provider]]
-name = "b"
-base_url = "{b}/v1"
-{limit}
-
-[[model]]
-name = "mock-r1"
-routes = [{{ provider = "a", model = "mock-r1" }}, {{ provider = "b", model = "mock-r1" }}]
-""")
-    return path
 
 
 async def _calls(url: str) -> list[dict[str, Any]]:
@@ -59,7 +38,8 @@ async def one(ctx: Ctx, n: int, declared: bool) -> dict[str, Any]:
     with redis_server(d) as r:
         s = Stack(d, r.url, env)
         b_url = f"http://127.0.0.1:{free_port()}"
-        s.env_overrides["PROVIDERS_FILE"] = str(providers_file(d, s.mock_url, b_url, declared))
+        s.env_overrides["PROVIDERS_FILE"] = str(two_providers_file(
+            d, f"{s.mock_url}/v1", f"{b_url}/v1", max_concurrency=LIMIT if declared else 0))
         try:
             s.start("mockai", MOCKAI_PORT=b_url.rsplit(":", 1)[1])
             wait_for(lambda: httpx.get(f"{b_url}/health").status_code == 200, 20,

@@ -13,29 +13,12 @@ import httpx
 import orjson
 
 from harness.processes import Stack, free_port
+from harness.providers import two_providers_file
 from harness.waiting import wait_for
 from tests.chaos.conftest import CHAOS_ENV, events, final_text, slow, tag_of
 from tests.e2e.conftest import rows
 
 TASKS = 24
-
-
-def providers_file(folder: Path, a: str, b: str) -> Path:
-    path = folder / "providers.toml"
-    path.write_text(f"""
-[[provider]]
-name = "a"
-base_url = "{a}/v1"
-
-[[provider]]
-name = "b"
-base_url = "{b}/v1"
-
-[[model]]
-name = "mock-r1"
-routes = [{{ provider = "a", model = "mock-r1" }}, {{ provider = "b", model = "mock-r1" }}]
-""")
-    return path
 
 
 def streaming_tags(url: str) -> set[str]:
@@ -48,8 +31,8 @@ def test_a_provider_killed_mid_run_leaves_its_tasks_to_the_other(
         tmp_path: Path, redis_url: str, api_factory: Any) -> None:
     b_port = free_port()
     stack = Stack(tmp_path, redis_url, dict(CHAOS_ENV))
-    stack.env_overrides["PROVIDERS_FILE"] = str(providers_file(
-        tmp_path, stack.mock_url, f"http://127.0.0.1:{b_port}"))
+    stack.env_overrides["PROVIDERS_FILE"] = str(two_providers_file(
+        tmp_path, f"{stack.mock_url}/v1", f"http://127.0.0.1:{b_port}/v1"))
     try:
         provider_b = stack.start("mockai", MOCKAI_PORT=str(b_port))
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{b_port}/health").status_code == 200, 20,

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.providers import two_providers_file
 from harness.waiting import until
 from services.mockai.app import create_app
 from services.mockai.limits import LimitSettings
@@ -43,27 +44,8 @@ async def second_mock() -> AsyncIterator[TestServer]:
     await server.close()
 
 
-def providers_file(tmp_path: Path, a: str, b: str, *, limit: int = 0) -> str:
-    extra = f"max_concurrency = {limit}\n" if limit else ""
-    path = tmp_path / "providers.toml"
-    path.write_text(f"""
-[[provider]]
-name = "a"
-base_url = "{a}"
-{extra}
-[[provider]]
-name = "b"
-base_url = "{b}"
-{extra}
-[[model]]
-name = "mock-r1"
-routes = [{{ provider = "a", model = "mock-r1" }}, {{ provider = "b", model = "mock-r1" }}]
-""")
-    return str(path)
-
-
-def processor(core: Core, path: str, name: str = "p1", **extra: str) -> Processor:
-    env = {k: v for k, v in core.env(PROCESSOR_NAME=name, PROVIDERS_FILE=path,
+def processor(core: Core, path: Path, name: str = "p1", **extra: str) -> Processor:
+    env = {k: v for k, v in core.env(PROCESSOR_NAME=name, PROVIDERS_FILE=str(path),
                                      BREAKER_FAILURES="3", BREAKER_COOLDOWN_S="0.2",
                                      **extra)._env.items()
            if k not in ("AI_BASE_URL", "AI_MODEL")}
@@ -97,7 +79,7 @@ async def test_a_provider_answering_503_is_left_for_the_next(
         core: Core, second_mock: TestServer, tmp_path: Path) -> None:
     a, b = core.mock_url, str(second_mock.make_url("/v1"))
     await outage(a, 503)
-    path = providers_file(tmp_path, a, b)
+    path = two_providers_file(tmp_path, a, b)
     ids = [await core.submit() for _ in range(60)]
     await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="4"))
     done = await views(core, ids)
@@ -133,7 +115,7 @@ async def test_the_breaker_opens_probes_and_closes_when_the_provider_heals(
         core: Core, second_mock: TestServer, tmp_path: Path) -> None:
     a, b = core.mock_url, str(second_mock.make_url("/v1"))
     await outage(a, 500)
-    path = providers_file(tmp_path, a, b)
+    path = two_providers_file(tmp_path, a, b)
     first = [await core.submit() for _ in range(12)]
     await core.burst(processor(core, path))
     assert (await core.redis.hgetall(core.keys.breaker("a")))["state"] == "open"
@@ -176,7 +158,7 @@ async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
     one, two = await _mock(**slow), await _mock(**slow)
     try:
         a, b = str(one.make_url("/v1")), str(two.make_url("/v1"))
-        path = providers_file(tmp_path, a, b, limit=4)
+        path = two_providers_file(tmp_path, a, b, max_concurrency=4)
         ids = [await core.submit() for _ in range(80)]
         await core.burst(processor(core, path, PROCESSOR_CONCURRENCY="32"),
                          processor(core, path, "p2", PROCESSOR_CONCURRENCY="32"))
@@ -199,13 +181,13 @@ async def test_health_and_status_name_the_failing_provider(
     from tests.integration.edge_client import running_edge
 
     port = free_port()  # nothing listens there: every call is refused
-    path = providers_file(tmp_path, f"http://127.0.0.1:{port}/v1",
-                          str(second_mock.make_url("/v1")))
+    path = two_providers_file(tmp_path, f"http://127.0.0.1:{port}/v1",
+                              str(second_mock.make_url("/v1")))
     ids = [await core.submit() for _ in range(6)]
     await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
     assert {v["result"]["provider"] for v in await views(core, ids)} == {"b"}
     async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
-                            STORE_URL=core.store.url, PROVIDERS_FILE=path) as edge:
+                            STORE_URL=core.store.url, PROVIDERS_FILE=str(path)) as edge:
         r = await edge.client.get("/api/health")
         health = await r.json()
         assert r.status == 200 and health["status"] == "degraded", health
@@ -243,8 +225,8 @@ async def test_a_provider_that_declares_its_limits_starts_the_window_there(
 
     declaring = await _mock(limits=LimitSettings(tpm=1_000_000, headers=True))
     try:
-        path = providers_file(tmp_path, str(declaring.make_url("/v1")),
-                              str(second_mock.make_url("/v1")))
+        path = two_providers_file(tmp_path, str(declaring.make_url("/v1")),
+                                  str(second_mock.make_url("/v1")))
         ids = [await core.submit() for _ in range(30)]
         await core.burst(processor(core, path, GOVERNOR_INITIAL_WINDOW="2"))
         assert all(v["status"] == "succeeded" for v in await views(core, ids))
@@ -263,7 +245,8 @@ async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
     from shared.governor import Admitted
     from tests.integration.edge_client import running_edge
 
-    path = providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")), limit=1)
+    path = two_providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")),
+                              max_concurrency=1)
     holder = processor(core, path)
     stopped = asyncio.Event()
     stopped.set()
@@ -278,7 +261,7 @@ async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
     task_id = await core.submit()
     await core.coordinator().run_burst()
     async with running_edge(core.redis_url, tmp_path, REDIS_PREFIX=core.keys.prefix,
-                            STORE_URL=core.store.url, PROVIDERS_FILE=path,
+                            STORE_URL=core.store.url, PROVIDERS_FILE=str(path),
                             EDGE_API_KEYS="key-of-acme:acme") as edge:
         async def waiting() -> dict[str, Any]:
             r = await edge.client.get(f"/api/tasks/{task_id}",
