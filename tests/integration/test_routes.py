@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from harness.processes import free_port
 from harness.providers import two_providers_file
 from harness.waiting import until
 from services.mockai.app import create_app
@@ -24,8 +25,10 @@ from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
 from shared import tasks
 from shared.config import Env
+from shared.governor import Admitted, estimate_tokens, read_providers
 from shared.timeutil import now_ms
-from tests.integration.kit import Core
+from tests.integration.edge_client import running_edge
+from tests.integration.kit import Core, request
 
 pytestmark = pytest.mark.usefixtures("core")
 
@@ -177,9 +180,6 @@ async def test_work_spills_over_to_the_second_provider_when_the_first_is_full(
 
 async def test_health_and_status_name_the_failing_provider(
         core: Core, second_mock: TestServer, tmp_path: Path) -> None:
-    from harness.processes import free_port
-    from tests.integration.edge_client import running_edge
-
     port = free_port()  # nothing listens there: every call is refused
     path = two_providers_file(tmp_path, f"http://127.0.0.1:{port}/v1",
                               str(second_mock.make_url("/v1")))
@@ -220,9 +220,6 @@ async def test_a_provider_that_declares_its_limits_starts_the_window_there(
     """x-ratelimit-limit-tokens: 1,000,000 a minute, in calls of ~1,030 tokens: the window
     starts at ~970 once the first call is taken, not at the slow start's 2 (which 30 calls
     would grow to 32 at most)."""
-    from shared.governor import estimate_tokens, read_providers
-    from tests.integration.kit import request
-
     declaring = await _mock(limits=LimitSettings(tpm=1_000_000, headers=True))
     try:
         path = two_providers_file(tmp_path, str(declaring.make_url("/v1")),
@@ -242,9 +239,6 @@ async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
     """The edge holds no provider key, so it finds each provider's governor as the processors
     registered it: a task whose every route is full waits for provider_capacity, and for a
     processor as soon as one has room."""
-    from shared.governor import Admitted
-    from tests.integration.edge_client import running_edge
-
     path = two_providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")),
                               max_concurrency=1)
     holder = processor(core, path)
