@@ -198,7 +198,11 @@ def describe(settings: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        out[f.name] = str(value) if isinstance(value, Secret) else value
+        if isinstance(value, Secret):
+            value = str(value)
+        elif isinstance(value, RedisOverrides):
+            value = sorted(value.on)  # the names, as JSON has no sets
+        out[f.name] = value
     return out
 
 
@@ -212,6 +216,7 @@ class Common:
     log_format: str
     log_level: str
     redis_prefix: str
+    redis_overrides: RedisOverrides  # REDIS_OVERRIDES: which overrides of redis-py are on
     redis_cluster: bool = False
     store_pool_size: int = 10  # PostgreSQL connections per process (SQLite ignores it)
 
@@ -225,6 +230,7 @@ class Common:
             log_format=log_format,
             log_level=log_level,
             redis_prefix=env.text("REDIS_PREFIX", "sluice"),
+            redis_overrides=RedisOverrides.from_env(env),
             redis_cluster=url.split("://", 1)[0].endswith("+cluster"),
             store_pool_size=env.integer("STORE_POOL_SIZE", 10, min_value=1, max_value=1000),
         )
@@ -401,17 +407,6 @@ class RedisOverrides:
                                   f"{', '.join(REDIS_OVERRIDES)} (each may start with - to "
                                   f"turn it off), all or none; got {raw!r}")
         return cls(frozenset(on))
-
-
-_redis_overrides: RedisOverrides | None = None
-
-
-def redis_overrides() -> RedisOverrides:
-    """This process's :class:`RedisOverrides`, read from the environment once."""
-    global _redis_overrides
-    if _redis_overrides is None:
-        _redis_overrides = RedisOverrides.from_env(Env())
-    return _redis_overrides
 
 
 # What AI_EXTRA_BODY may not set: what Sluice decides for every call.

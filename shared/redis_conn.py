@@ -7,9 +7,10 @@ A plain Redis or a Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` i
 single-slot and works unchanged on a cluster; what still differs is kept here.
 
 Where redis-py is overridden for speed, each override has a switch, ``REDIS_OVERRIDES``
-(read once by :func:`shared.config.redis_overrides`): a comma-separated list where ``-name``
-turns one off (``REDIS_OVERRIDES=-lane,-pack``), ``none`` turns all off; unset, all are on.
-Off, redis-py's own path is used:
+(read once into each service's settings, :class:`shared.config.Common`, which hands it to
+:func:`connect`): a comma-separated list where ``-name`` turns one off
+(``REDIS_OVERRIDES=-lane,-pack``), ``none`` turns all off; unset, all are on (as for a client
+made without it). Off, redis-py's own path is used:
 
 - ``pool``: :class:`WaitingPool` takes and gives back a connection without redis-py's lock
   and records (:class:`shared.redis_fence.QuickPool`; off: redis-py's ``get_connection`` and
@@ -48,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from shared import config, logs
+from shared import logs
 from shared.config import RedisOverrides, Secret, mask_url
 from shared.redis_fence import QuickPool, connection_class
 
@@ -117,9 +118,9 @@ def _pool(url: str, overrides: RedisOverrides, **options: Any) -> WaitingPool:
 
 
 def overrides_of(redis: RedisClient) -> RedisOverrides:
-    """The overrides a client of :func:`connect` was made with (a cluster's: the process's)."""
+    """The overrides a client of :func:`connect` was made with (a cluster's: the default)."""
     pool = getattr(redis, "connection_pool", None)
-    return pool.overrides if isinstance(pool, WaitingPool) else config.redis_overrides()
+    return pool.overrides if isinstance(pool, WaitingPool) else RedisOverrides()
 
 
 # How long a command waits for a free connection of its pool before giving up.
@@ -148,7 +149,7 @@ class WaitingPool(ConnectionPool):
                  overrides: RedisOverrides | None = None, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
-        self.overrides = config.redis_overrides() if overrides is None else overrides
+        self.overrides = RedisOverrides() if overrides is None else overrides
         self._turns = asyncio.Semaphore(max_connections)
         self.holding: set[Any] = set()  # connections handed out with a turn
 
@@ -202,28 +203,29 @@ def connect(redis_url: Url, *, max_connections: int = 256,
     keep a small pool however many streams it runs: each connection costs about 20 KiB, and
     1,000 in-flight tasks need far fewer than 1,000 at any moment.
 
-    ``overrides``: which of our overrides of redis-py it uses (default: REDIS_OVERRIDES).
+    ``overrides``: which of our overrides of redis-py it uses (a service's REDIS_OVERRIDES,
+    ``settings.common.redis_overrides``; default: all of them).
     """
     options = _options(max_connections, 10)
     url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)
-    overrides = config.redis_overrides() if overrides is None else overrides
+    overrides = RedisOverrides() if overrides is None else overrides
     return Redis.from_pool(_pool(url, overrides, timeout=wait_s, **options))
 
 
-def connect_blocking(redis_url: Url, *, max_connections: int,
-                     socket_timeout: float) -> RedisClient:
+def connect_blocking(redis_url: Url, *, max_connections: int, socket_timeout: float,
+                     overrides: RedisOverrides | None = None) -> RedisClient:
     """A client for blocking reads (XREAD BLOCK) that waits for a free connection when all
     ``max_connections`` are busy, as long as it takes. A plain Redis gets a waiting pool; a
     cluster client has no such pool (its nodes raise ``MaxConnectionsError``), so its commands
-    queue on a semaphore of the same size."""
+    queue on a semaphore of the same size. ``overrides``: as for :func:`connect`."""
     options = _options(max_connections, socket_timeout)
     url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=None, **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
-    overrides = config.redis_overrides()
+    overrides = RedisOverrides() if overrides is None else overrides
     return Redis.from_pool(_pool(url, overrides, timeout=None, **options))
 
 

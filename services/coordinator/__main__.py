@@ -28,7 +28,8 @@ def load(env: Env) -> CoordinatorSettings:
 
 
 async def serve(settings: CoordinatorSettings) -> None:
-    redis = redis_conn.connect(settings.common.redis_url)
+    redis = redis_conn.connect(settings.common.redis_url,
+                               overrides=settings.common.redis_overrides)
     try:
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)

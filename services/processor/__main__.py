@@ -32,7 +32,8 @@ def load(env: Env) -> ProcessorSettings:
 
 async def serve(settings: ProcessorSettings) -> None:
     redis = redis_conn.connect(settings.common.redis_url, wait_s=None,
-                               max_connections=min(settings.concurrency + 32, 96))
+                               max_connections=min(settings.concurrency + 32, 96),
+                               overrides=settings.common.redis_overrides)
     # patience_s=None: a finished result is retried until the store takes it, never dropped.
     store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
                        patience_s=None)

@@ -18,11 +18,12 @@ from shared.redis_conn import RedisClient
 from shared.steps import Steps
 from shared.store import make_store
 from tests.integration.kit import Core
+from tests.integration.redis_switches import THIS_RUN
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[RedisClient]:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=THIS_RUN)
     yield client
     await client.aclose()
 

@@ -18,6 +18,7 @@ from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from shared.config import Env
 from shared.keys import Keys
+from tests.integration.redis_switches import RAW
 
 
 @dataclass
@@ -50,7 +51,7 @@ class EdgeUnderTest:
 async def running_edge(redis_url: str, tmp: Path, **env: str) -> AsyncIterator[EdgeUnderTest]:
     values = {"REDIS_URL": redis_url, "REDIS_PREFIX": "e" + uuid.uuid4().hex[:10],
               "STORE_URL": str(tmp / f"edge-{uuid.uuid4().hex[:6]}.db"),
-              "SSE_KEEPALIVE_S": "0.2", **env}
+              "SSE_KEEPALIVE_S": "0.2", "REDIS_OVERRIDES": RAW, **env}
     settings = EdgeSettings.from_env(Env(values))
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()

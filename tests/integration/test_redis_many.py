@@ -21,7 +21,7 @@ from redis.exceptions import DataError, ResponseError
 from harness.waiting import until
 from shared import redis_conn, redis_fence
 from shared.coalesce import LANE_MIN_POOL, Coalescer
-from tests.integration.redis_switches import CASES
+from tests.integration.redis_switches import CASES, THIS_RUN
 
 ADD = """if ARGV[1] == 'bad' then return redis.error_reply('ERR refused: ' .. ARGV[2]) end
 return redis.call('INCRBY', KEYS[1], ARGV[2])"""
@@ -139,7 +139,8 @@ async def _client_id(lane: redis_fence.Lane) -> int:
 
 async def test_the_lane_gives_its_connection_back_only_once_its_groups_are_read(
         client: Redis, redis_url: str) -> None:
-    small = redis_conn.connect(redis_url, max_connections=1)  # the lane will hold the one
+    small = redis_conn.connect(redis_url, max_connections=1,  # the lane will hold the one
+                               overrides=THIS_RUN)
     assert isinstance(small, Redis)
     key = "l" + uuid.uuid4().hex[:8]
     sha = await client.script_load(SLOW_ADD)
@@ -180,7 +181,8 @@ async def test_a_call_redis_cannot_be_sent_fails_alone_in_its_group(client: Redi
 
 
 async def test_a_pool_too_small_to_spare_a_connection_has_no_lane(redis_url: str) -> None:
-    small = redis_conn.connect(redis_url, max_connections=LANE_MIN_POOL - 1)
+    small = redis_conn.connect(redis_url, max_connections=LANE_MIN_POOL - 1,
+                               overrides=THIS_RUN)
     try:
         assert Coalescer(small, small.register_script(ADD))._lane is None
     finally:

@@ -20,6 +20,7 @@ from shared import redis_conn
 from shared.keys import Keys
 from shared.redis_conn import UNAVAILABLE, GatedCluster, PoolExhausted, RedisClient
 from tests.integration.edge_client import running_edge
+from tests.integration.redis_switches import THIS_RUN
 
 
 @pytest.fixture(params=["plain", "cluster"])
@@ -45,7 +46,7 @@ async def holding_every_connection(client: RedisClient) -> AsyncIterator[None]:
 
 
 async def test_commands_beyond_the_pool_wait_for_a_connection(any_url: str) -> None:
-    client = redis_conn.connect(any_url, max_connections=2, wait_s=30)
+    client = redis_conn.connect(any_url, max_connections=2, wait_s=30, overrides=THIS_RUN)
     stream = Keys("p" + uuid.uuid4().hex[:8]).events("t")
     try:
         # Each holds its connection for 25 ms: 12 of them on 2 connections must take turns.
@@ -57,7 +58,8 @@ async def test_commands_beyond_the_pool_wait_for_a_connection(any_url: str) -> N
 
 
 async def test_a_wait_that_times_out_is_pool_exhausted(any_url: str) -> None:
-    client = redis_conn.connect(any_url, max_connections=1, wait_s=0.05)
+    client = redis_conn.connect(any_url, max_connections=1, wait_s=0.05,
+                                overrides=THIS_RUN)
     try:
         await client.ping()
         async with holding_every_connection(client):
@@ -93,7 +95,8 @@ async def test_the_edge_says_pool_exhausted_or_unreachable(redis_url: str,
 async def test_a_failed_connect_gives_its_turn_back() -> None:
     # One connection, nothing listening: each command fails to connect. Were the turn kept,
     # the second command would wait out the pool and say "exhausted" instead of "refused".
-    client = redis_conn.connect("redis://127.0.0.1:1/0", max_connections=1, wait_s=0.05)
+    client = redis_conn.connect("redis://127.0.0.1:1/0", max_connections=1, wait_s=0.05,
+                                overrides=THIS_RUN)
     try:
         for _ in range(3):
             with pytest.raises(UNAVAILABLE) as caught:
@@ -104,7 +107,8 @@ async def test_a_failed_connect_gives_its_turn_back() -> None:
 
 
 async def test_a_cancelled_command_gives_its_turn_back(redis_url: str) -> None:
-    client = redis_conn.connect(redis_url, max_connections=1, wait_s=0.05)
+    client = redis_conn.connect(redis_url, max_connections=1, wait_s=0.05,
+                                overrides=THIS_RUN)
     stream = Keys("p" + uuid.uuid4().hex[:8]).events("t")
     try:
         pool = client.connection_pool

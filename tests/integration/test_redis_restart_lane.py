@@ -17,7 +17,7 @@ from harness.waiting import until
 from shared import redis_conn, redis_fence
 from shared.coalesce import GROUP, Coalescer
 from shared.config import RedisOverrides
-from tests.integration.redis_switches import CASES
+from tests.integration.redis_switches import CASES, THIS_RUN
 
 ADD = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -55,7 +55,7 @@ async def test_coalesced_calls_all_succeed_once_redis_is_back(own_redis: RedisSe
 
 
 async def test_a_lane_whose_transport_is_closing_reopens_at_once(own_redis: RedisServer) -> None:
-    client = redis_conn.connect(own_redis.url)
+    client = redis_conn.connect(own_redis.url, overrides=THIS_RUN)
     assert isinstance(client, Redis)
     try:
         lane = redis_fence.Lane(client)

@@ -16,12 +16,13 @@ from harness.waiting import until
 from shared import redis_conn
 from shared.config import RedisOverrides
 from shared.redis_conn import UNAVAILABLE
+from tests.integration.redis_switches import THIS_RUN
 
 ALL_ON = RedisOverrides()  # what these tests are about: the overrides of REDIS_OVERRIDES on
 
 
 async def test_a_write_on_a_dead_connection_is_a_connection_error(redis_url: str) -> None:
-    client = redis_conn.connect(redis_url)
+    client = redis_conn.connect(redis_url, overrides=THIS_RUN)
     assert isinstance(client, Redis)
     try:
         await client.ping()

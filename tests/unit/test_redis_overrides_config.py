@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import REDIS_OVERRIDES, ConfigError, Env, RedisOverrides
+from shared.config import REDIS_OVERRIDES, Common, ConfigError, Env, RedisOverrides, describe
 
 
 @pytest.mark.parametrize(("raw", "on"), [
@@ -25,3 +25,9 @@ def test_the_overrides_on(raw: str | None, on: set[str]) -> None:
 def test_an_unknown_override_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"REDIS_OVERRIDES: .*got '-lanes'"):
         RedisOverrides.from_env(Env({"REDIS_OVERRIDES": "-lanes"}))
+
+
+def test_every_services_common_settings_carry_them() -> None:
+    common = Common.from_env(Env({"REDIS_OVERRIDES": "-lane"}))
+    assert common.redis_overrides == RedisOverrides.without("lane")
+    assert describe(common)["redis_overrides"] == ["pack", "pool"]  # the start-up line

@@ -455,7 +455,8 @@ async def feeds_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, edge = app[SETTINGS], app[EDGE]
     blocking = connect_blocking(settings.common.redis_url,
                                 max_connections=settings.stream_readers,
-                                socket_timeout=READ_BLOCK_MS / 1000 + 5)
+                                socket_timeout=READ_BLOCK_MS / 1000 + 5,
+                                overrides=settings.common.redis_overrides)
     feeds = Feeds(edge.redis, blocking, edge.keys, tick=min(settings.keepalive_s, POLL_S))
     app[FEEDS] = feeds
     try:
