@@ -6,6 +6,7 @@ left alone but for a probe); a provider that is full spills its work over to the
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,8 @@ routes = [{{ provider = "a", model = "mock-r1" }}, {{ provider = "b", model = "m
 
 def processor(core: Core, path: str, name: str = "p1", **extra: str) -> Processor:
     env = {k: v for k, v in core.env(PROCESSOR_NAME=name, PROVIDERS_FILE=path,
-                                     BREAKER_FAILURES="3", BREAKER_COOLDOWN_S="0.2",
-                                     **extra)._env.items()
+                                     **{"BREAKER_FAILURES": "3", "BREAKER_COOLDOWN_S": "0.2",
+                                        **extra})._env.items()
            if k not in ("AI_BASE_URL", "AI_MODEL")}
     settings = ProcessorSettings.from_env(Env(env))
     http = make_http(settings)
@@ -293,3 +294,68 @@ async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
         await steps.settle(target.route.governor, now_ms(), [{"slot": slot, "outcome": "ok"}],
                            target.limits)
         assert await waiting() == {"reason": "processor", "until": None}
+
+
+async def test_each_providers_calls_count_under_its_own_label(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """Issue 26's metrics per provider: calls, tokens and TTFT under `provider` and the route's
+    `model` (the name the provider was asked for), the breaker's state per provider. The
+    names are this test's own (the registry is the process's, shared by every test)."""
+    from shared import metrics
+    from tests.integration import kit
+    from tests.integration.test_metrics_labels import scrape, total
+
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"a-{tag}", f"b-{tag}"
+    path = tmp_path / "two.toml"
+    path.write_text(f"""
+[[provider]]
+name = "{a}"
+base_url = "{core.mock_url}"
+
+[[provider]]
+name = "{b}"
+base_url = "{second_mock.make_url('/v1')}"
+
+[[model]]
+name = "mock-r1"
+routes = [{{ provider = "{a}", model = "r1-at-a" }}, {{ provider = "{b}", model = "r1-at-b" }}]
+
+[[model]]
+name = "mock-b"
+routes = [{{ provider = "{b}", model = "b-only" }}]
+""")
+    quiet = {"content_tokens": 4, "reasoning_tokens": 0}
+    for _ in range(2):
+        await kit.submit(core.steps, body=kit.request(quiet))
+    for _ in range(3):
+        await kit.submit(core.steps, body={**kit.request(quiet), "model": "mock-b"})
+    long_cooldown = {"BREAKER_COOLDOWN_S": "60"}  # a's breaker stays open until the scrape
+    await core.burst(processor(core, str(path), **long_cooldown))
+    # a fails everything now: its breaker opens, its tasks go on to b.
+    await outage(core.mock_url, 503)
+    for _ in range(4):
+        await kit.submit(core.steps, body=kit.request(quiet))
+    await core.burst(processor(core, str(path), "p2", **long_cooldown))
+
+    s = scrape()
+    at_a = {"provider": a, "model": "r1-at-a"}
+    assert total(s, "sluice_provider_requests_total", status="200", **at_a) == 2
+    assert total(s, "sluice_provider_requests_total", status="503", **at_a) >= 3
+    assert total(s, "sluice_tokens_total", kind="completion", **at_a) == 8
+    assert total(s, "sluice_time_to_first_token_seconds_count", **at_a) == 2
+    at_b = {"provider": b, "model": "b-only"}
+    assert total(s, "sluice_provider_requests_total", status="200", **at_b) == 3
+    assert total(s, "sluice_tokens_total", kind="completion", **at_b) == 12
+    assert total(s, "sluice_time_to_first_token_seconds_count", **at_b) == 3
+    fell_back = {"provider": b, "model": "r1-at-b"}
+    assert total(s, "sluice_provider_requests_total", status="200", **fell_back) == 4
+    assert total(s, "sluice_tokens_total", kind="completion", **fell_back) == 16
+    assert total(s, "sluice_time_to_first_token_seconds_count", **fell_back) == 4
+    assert total(s, "sluice_provider_requests_total", provider=b, status="503") == 0
+    # Each provider's breaker under its own name: a's open, b's closed.
+    assert s[("sluice_provider_breaker_state", frozenset({("provider", a)}))] == 2
+    assert s[("sluice_provider_breaker_state", frozenset({("provider", b)}))] == 0
+    for family in (metrics.ttft, metrics.tokens, metrics.provider_requests, metrics.itl,
+                   metrics.provider_rate_limited, metrics.provider_in_flight):
+        assert {"provider", "model"} <= set(family._labelnames), family
