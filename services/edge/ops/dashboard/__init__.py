@@ -209,9 +209,13 @@ async def task(request: web.Request) -> web.Response:
     replay = [{"id": i, "at": iso(story.at_ms(i)), "type": f.get("e"),
                "data": tasks.loads_or_none(f.get("d"))} for i, f in raw]
     admin = scope(request) is None
-    told = story.timeline(raw, h if admin else {}, view)  # process names: the operator's
+    # Process names are the operator's.
+    told = story.timeline(raw, h if admin else {}, view, processors=admin)
     processor = h.get("processor") if admin else None
-    body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
+    tries = view.get("tries") or []
+    if not admin:
+        tries = [{**t, "processor": None} for t in tries if isinstance(t, dict)]
+    body: dict[str, Any] = {**view, "tries": tries, "tenant": tenant, "processor": processor,
                             "events": replay, **told}
     if edge.settings.dashboard_show_prompts:
         if h.get("request"):
