@@ -215,8 +215,9 @@ async def task(request: web.Request) -> web.Response:
     tries = view.get("tries") or []
     if not admin:
         tries = [{**t, "processor": None} for t in tries if isinstance(t, dict)]
+    # ``attempts`` is the story's list of them here; the task's count stays as attempt_count.
     body: dict[str, Any] = {**view, "tries": tries, "tenant": tenant, "processor": processor,
-                            "events": replay, **told}
+                            "attempt_count": view.get("attempts"), "events": replay, **told}
     if edge.settings.dashboard_show_prompts:
         if h.get("request"):
             body["request"] = orjson.loads(h["request"])

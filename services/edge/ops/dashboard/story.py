@@ -147,7 +147,9 @@ def _recorded(tried: list[dict[str, Any]], seen: list[dict[str, Any]], status: A
             first = [f for f in firsts if start - _SLACK_MS <= f
                      and (until is None or f < until)]
             if first:
-                a["first_token_ms"] = max(0, min(first) - start)
+                # An answer that came whole reached the stream after its call ended: its first
+                # token had come by the end (at the latest), which is what is said then.
+                a["first_token_ms"] = max(0, min(min(first), end) - start)
                 taken.add(min(first))
         out.append(a)
     last_end = max((a["_end"] for a in out), default=0)
