@@ -149,3 +149,23 @@ def test_the_timeline_wraps_at_390_px(stack: Stack, moved_on: str, browser: Any,
     # that scrolls sideways, and the page itself does not.
     assert found["steps"] >= 6 and found["wide"] == [] and not found["scrolled"], found
     assert found["scroll"] <= found["inner"], found
+
+
+def test_the_provider_tab_shows_each_providers_breaker(stack: Stack, browser: Any,
+                                                      shots: Path) -> None:
+    """The first provider's failure is on its breaker (failing, or open after enough of them),
+    the second's is ok; each governor is named by its provider."""
+    api = Api(stack.edge_url, TENANT_KEY)  # a failure on the first within the last minute
+    assert api.wait_terminal(api.submit(slow_body(tokens=3, per_s=0)), 60)["status"] == (
+        "succeeded")
+    browser.get(f"{stack.edge_url}/dashboard#provider")
+    use_key(browser, ADMIN_KEY)
+    wait_for(lambda: "breaker" in text_of(browser, "provider"), 20, "the provider tab")
+    lines = text_of(browser, "provider").split("\n")
+    browser.save_screenshot(str(shots / "desktop-provider.png"))
+    first = lines[lines.index("provider first") + 1]
+    assert first.startswith(("breaker failing", "breaker open")), lines
+    assert "mock: outage" in first, first
+    assert lines[lines.index("provider second") + 1].startswith("breaker ok"), lines
+    pacing = lines[lines.index("pacing (governor)") + 1]
+    assert "first: window" in pacing and "second: window" in pacing, pacing

@@ -215,6 +215,10 @@ async def test_health_and_status_name_the_failing_provider(
         assert a["status"] in ("open", "failing"), a  # open after 3 in a row
         assert a["last_error"] == f"connect to 127.0.0.1:{port} refused"
         assert health["providers"]["b"]["status"] == "ok"
+        # The dashboard's provider tab: each provider's breaker, and its governor by name.
+        overview = await (await edge.client.get("/api/admin/overview")).json()
+        breakers = overview["provider"]["breakers"]
+        assert breakers["a"] == a and breakers["b"]["status"] == "ok", breakers
         # /api/ai-status: the providers as a live processor sees them, from its heartbeat.
         live = processor(core, path, "p9")
         running = asyncio.create_task(live.run())

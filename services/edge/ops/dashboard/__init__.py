@@ -14,7 +14,7 @@ from services.edge.context import edge_of
 from services.edge.ops.dashboard import figures as overview_figures
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
 from services.edge.ops.dashboard import story
-from services.edge.ops.status import last_error, provider_view, tenant_counts
+from services.edge.ops.status import last_error, provider_health, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
 from services.edge.tasks import dead_letters, events, service, waiting
 from services.edge.tasks.views import json_response
@@ -82,7 +82,11 @@ async def overview(request: web.Request) -> web.Response:
                      **last_error(ai, only),
                      # The provider governor's state: window, calls in flight, pause, 429s.
                      "pacing": [provider_view(v, only)
-                                for v in await read_providers(r, k, now)]},
+                                for v in await read_providers(r, k, now)],
+                     # Each provider's breaker, as /api/health tells it (its last error is
+                     # the provider's words, which may quote a request: an admin's alone).
+                     "breakers": {name: b if admin else {**b, "last_error": None}
+                                  for name, b in (await provider_health(edge)).items()}},
         # The per-minute rollup counts every tenant's work: an admin's alone.
         "history": [_minute(m) for m in await rollup.history(r, k, 60)] if admin else [],
         "timestamp": iso(now),

@@ -220,8 +220,13 @@ function renderOverview(o) {
     ["last error at", p.last_error_at || "-"],
     ["429s (last hour)", sum(o.history, "rate_limited")],
     ["pauses for Retry-After (last hour)", sum(o.history, "pauses")],
+    ...Object.entries(p.breakers || {}).map(([name, b]) => ["provider " + name,
+      `breaker ${b.status}` +
+      `${b.failures_in_a_row ? ", " + b.failures_in_a_row + " failure(s) in a row" : ""}` +
+      `${b.open_until ? ", open until " + b.open_until : ""}` +
+      `${b.last_error ? "; last error " + b.last_error + " at " + b.last_error_at : ""}`]),
     ["pacing (governor)", p.pacing.length ? p.pacing.map((g) =>
-      `${g.model || g.id}: window ${g.window ?? g.limit}` +
+      `${g.provider || g.model || g.id}: window ${g.window ?? g.limit}` +
       `${g.in_flight === null ? "" : ", in flight " + g.in_flight}` +
       `${g.paused_until ? ", paused until " + g.paused_until : ""}` +
       `${g.rate_limited_last_minute === null ? ""
