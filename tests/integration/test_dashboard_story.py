@@ -147,3 +147,33 @@ async def test_each_attempt_on_the_timeline_names_its_provider_and_error(
     assert {a["processor"] for a in mine["attempts"]} == {None}
     assert {s.get("processor") for s in mine["timeline"]} == {None}
     assert {t.get("processor") for t in mine["tries"]} == {None}
+
+
+async def test_a_running_task_shows_its_recorded_calls_and_the_one_on_its_way(
+        pipeline: tuple[EdgeUnderTest, Core]) -> None:
+    """Mid-answer after a failed call: the failed call is recorded (the hash has it at once),
+    the call streaming now is an attempt `running` on the processor holding the task."""
+    import asyncio
+
+    from tests.integration.kit import mid_stream
+
+    edge, core = pipeline
+    task_id = await submit(edge, {"content_tokens": 30, "tokens_per_s": 15, "fault": {
+        "key": uuid.uuid4().hex, "status": 500, "times": 1}})
+    burst = asyncio.create_task(core.burst(core.processor("p-live", RETRY_BASE_S="0.01")))
+    try:
+        await mid_stream(core, task_id)
+        told = await page(edge, task_id)
+        assert told["status"] == "running", told["status"]
+        first, now = told["attempts"]
+        assert (first["provider"], first["status"], first["error"]["code"]) == (
+            "default", "failed", "http_500")
+        assert first["outcome"] == "failed, retried" and first["processor"] == "p-live"
+        assert (now["number"], now["status"], now["outcome"], now["processor"]) == (
+            2, "running", "running", "p-live")
+        assert now["ended_at"] is None and now["latency_ms"] is None
+        calls = [s["event"] for s in told["timeline"] if s.get("attempt")]
+        assert calls[0] == "attempt 1 on default (mock-r1): failed", calls
+        assert not any("running" in c for c in calls[1:]), calls
+    finally:
+        await burst

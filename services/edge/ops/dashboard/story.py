@@ -92,11 +92,13 @@ def timeline(events: list[tuple[str, dict[str, str]]], h: dict[str, str],
         # written to the stream only after the call ended: its own step would come after).
         steps = [s for s in steps if not (s["event"] == "first token" and s["_ms"] in told)]
         for a in attempts:
-            if a["provider"] is not None:
-                step(a["_end"], f"attempt {a['number']} on {a['provider']} ({a['model']}): "
-                     f"{a['status']}", attempt=a["number"], provider=a["provider"],
-                     model=a["model"], processor=a["processor"], latency_ms=a["latency_ms"],
-                     first_token_ms=a["first_token_ms"], status=a["status"], error=a["error"])
+            if a["status"] == "running":
+                continue  # on its way: "status running" or its reset said it began
+            where = f" on {a['provider']} ({a['model']})" if a["provider"] is not None else ""
+            step(a["_end"], f"attempt {a['number']}{where}: {a['status']}",
+                 attempt=a["number"], provider=a["provider"], model=a["model"],
+                 processor=a["processor"], latency_ms=a["latency_ms"],
+                 first_token_ms=a["first_token_ms"], status=a["status"], error=a["error"])
         steps.sort(key=lambda s: s["_ms"])  # stable: a call's end after what came with it
     for a in attempts:
         a.pop("_start", None)
