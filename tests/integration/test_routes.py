@@ -360,6 +360,10 @@ routes = [{{ provider = "{b}", model = "b-only" }}]
     # Each provider's breaker under its own name: a's open, b's closed.
     assert s[("sluice_provider_breaker_state", frozenset({("provider", a)}))] == 2
     assert s[("sluice_provider_breaker_state", frozenset({("provider", b)}))] == 0
+    # Each provider's governor: its window, nothing in flight once the work is done.
+    for name in (a, b):
+        assert s[("sluice_governor_window", frozenset({("provider", name)}))] >= 1
+        assert s[("sluice_governor_calls_in_flight", frozenset({("provider", name)}))] == 0
     for family in (metrics.ttft, metrics.tokens, metrics.provider_requests, metrics.itl,
                    metrics.provider_rate_limited, metrics.provider_in_flight):
         assert {"provider", "model"} <= set(family._labelnames), family
