@@ -12,6 +12,15 @@ templates, ``model`` holds a model the edge accepted (``AI_MODELS``, at most MAX
 counted as ``other`` (``METRICS_TENANT_LABEL=false``: empty, which Prometheus drops, so the
 series has no tenant at all).
 
+A provider call's series (``CALL``: requests, tokens, TTFT, inter-token latency, calls in
+flight, 429s, pauses) say who was called: ``provider``, a PROVIDERS_FILE entry's name
+(``default`` without the file), and ``model``, the name that provider was asked for (the
+route's model; without the file, the model the task named). A task's own series (finished,
+queue wait, end to end, the client's TTFT) keep ``model`` as the client named it: one task may
+call several providers. Both come from the file (at most MAX_MODELS route models, the rest
+``other``). The governor's gauges and the breaker's state are a provider's, labelled
+``provider`` alone.
+
 One label name for an HTTP status: ``status`` (``sluice_provider_requests_total`` called it
 ``code`` before; a query on ``code`` finds nothing now).
 
@@ -105,6 +114,7 @@ MAX_MODELS = 50
 tenant_label = TenantLabels(True, 20)  # as METRICS_TENANT_LABEL's and METRICS_MAX_TENANTS'
 #                                        defaults, until configure()
 model_label = TenantLabels(True, MAX_MODELS)
+route_model_label = TenantLabels(True, MAX_MODELS)  # the models providers are asked for
 
 
 def configure(settings: MetricsSettings) -> None:
@@ -123,6 +133,13 @@ def tenant(name: str) -> str:
 def model(name: str | None) -> str:
     """The model label: the model the task named (the edge filled in the default)."""
     return model_label(name or "")
+
+
+def call_labels(provider: str, route_model: str) -> tuple[str, str]:
+    """A provider call's ``provider`` and ``model`` labels: the provider's name and the model
+    it is asked for, capped as :func:`model` is (a route is taken once per target, see
+    services/processor/routing.py, so this runs once per model, not per call)."""
+    return provider, route_model_label(route_model)
 
 
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
@@ -170,9 +187,9 @@ reclaims = Counter("sluice_reclaims", "Stream entries taken over from a dead con
                    ["what"])
 
 # --- processor --------------------------------------------------------------------------------
-# The labels of every provider-call series. Issue 26 (several providers) puts "provider" in
-# front of "model" here and passes it first at the call sites (services/processor/telemetry.py).
-CALL = ["model"]
+# The labels of every provider-call series: who was called, asked for which model (see the
+# module's docstring); services/processor/telemetry.py passes them first, from call_labels().
+CALL = ["provider", "model"]
 tasks_finished = Counter("sluice_tasks_finished", "Tasks this processor made terminal.",
                          ["status", "model", "tenant"])
 task_retries = Counter("sluice_task_retries", "Provider calls made again for a task after a "

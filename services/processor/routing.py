@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.processor.assembler import ChoiceText, Delta, ProviderError
 from services.processor.provider import Completion, OnDeltas, OnHeaders, ProviderClient
+from shared import metrics
 from shared.config import Provider
 from shared.governor import DEFAULT_COMPLETION_TOKENS, Limits
 from shared.providers import DEFAULT, ProviderSpec, Route, Routing, apply_provider_params
@@ -58,6 +59,8 @@ class Target:
     settings: Provider  # what provider.complete reads: URL, key, timeouts
     client: ProviderClient
     limits: Limits
+    # Its calls' metric labels, (provider, route model): bound once per route, not per call.
+    labels: tuple[str, str] = ("", "")
 
     @property
     def name(self) -> str:
@@ -115,7 +118,8 @@ class Router:
     def _target(self, route: Route) -> Target:
         name = route.provider
         return Target(route, self.routing.providers[name], self._settings[name],
-                      self._clients[name], self._limits[name])
+                      self._clients[name], self._limits[name],
+                      metrics.call_labels(name, route.model))
 
     def governed(self) -> list[Target]:
         """One target per governor whose room this processor reports: each provider of

@@ -88,30 +88,31 @@ def observed(call: CallProvider) -> CallProvider:
             if facts.calls or facts.attempted_before:
                 metrics.task_retries.inc()
             facts.calls += 1
-        model = facts.model if facts is not None else metrics.model(request.get("model"))
+        # Who is called, for which model: the route's labels, bound when its target was made.
+        provider, model = labels = target.labels
         tenant = facts.tenant_label if facts is not None else metrics.tenant("")
         started = time.perf_counter()
         previous: float | None = None
-        itl = metrics.child(metrics.itl, model)
+        itl = metrics.child(metrics.itl, provider, model)
 
         def timed(deltas: list[Delta], last: bool) -> Awaitable[None]:
             # Not a coroutine: it hands back on_deltas' own, no frame of its own per read.
             nonlocal previous
             now = time.perf_counter()
             if previous is None:
-                _first_token(facts, model, tenant, now - started)
+                _first_token(facts, labels, tenant, now - started)
             else:
                 itl.observe(now - previous)
             previous = now
             return on_deltas(deltas, last)
 
         span = _genai_span(request, facts) if tracing.enabled() else None
-        in_flight = metrics.child(metrics.provider_in_flight, model)
+        in_flight = metrics.child(metrics.provider_in_flight, provider, model)
         in_flight.inc()
         try:
             completion = await call(target, request, timed, on_headers, answer)
         except ProviderError as err:
-            _count_error(err, model, facts)
+            _count_error(err, labels)
             error = err.code or (f"http_{err.status}" if err.status else "error")
             tracing.end(span, error)
             tracing.record_call(model, time.perf_counter() - started, error=error)
@@ -121,8 +122,8 @@ def observed(call: CallProvider) -> CallProvider:
             raise
         finally:
             in_flight.dec()
-        metrics.child(metrics.provider_requests, model, "200").inc()
-        _count_tokens(completion.usage, model, tenant, facts)
+        metrics.child(metrics.provider_requests, provider, model, "200").inc()
+        _count_tokens(completion.usage, labels, tenant, facts)
         tracing.end(span, attributes=_genai_result(completion))
         usage = completion.usage
         tracing.record_call(model, time.perf_counter() - started,
@@ -133,16 +134,17 @@ def observed(call: CallProvider) -> CallProvider:
     return run
 
 
-def _first_token(facts: TaskFacts | None, model: str, tenant: str, ttft: float) -> None:
+def _first_token(facts: TaskFacts | None, labels: tuple[str, str], tenant: str,
+                 ttft: float) -> None:
     """The provider call's first token: its TTFT and, the first time the task has one, the
-    client's (from submit)."""
-    metrics.child(metrics.ttft, model, tenant).observe(ttft)
+    client's (from submit, under the model the task named)."""
+    metrics.child(metrics.ttft, *labels, tenant).observe(ttft)
     rollup.observe("ttft", ttft)
-    tracing.record_ttft(model, ttft)
+    tracing.record_ttft(labels[1], ttft)
     if facts is not None and facts.client_ttft_due:
         facts.client_ttft_due = False
         waited = max(0.0, (now_ms() - facts.created_at_ms) / 1000)
-        metrics.child(metrics.client_ttft, model, tenant).observe(waited)
+        metrics.child(metrics.client_ttft, facts.model, tenant).observe(waited)
         rollup.observe("client_ttft", waited, facts.tenant, facts.model)
 
 
@@ -166,20 +168,20 @@ def _genai_result(completion: Completion) -> dict[str, Any]:
     return out
 
 
-def _count_error(err: ProviderError, model: str, facts: TaskFacts | None) -> None:
-    metrics.child(metrics.provider_requests, model,
+def _count_error(err: ProviderError, labels: tuple[str, str]) -> None:
+    metrics.child(metrics.provider_requests, *labels,
                   str(err.status) if err.status else "error").inc()
     rollup.add("call_errors")
     if err.status == 429:
-        metrics.child(metrics.provider_rate_limited, model).inc()
+        metrics.child(metrics.provider_rate_limited, *labels).inc()
         rollup.add("rate_limited")
     if err.retry_after is not None:
-        metrics.child(metrics.provider_pauses, model).inc()
+        metrics.child(metrics.provider_pauses, *labels).inc()
         rollup.add("pauses")
-        metrics.child(metrics.provider_pause_seconds, model).inc(max(0.0, err.retry_after))
+        metrics.child(metrics.provider_pause_seconds, *labels).inc(max(0.0, err.retry_after))
 
 
-def _count_tokens(usage: Usage | None, model: str, tenant: str,
+def _count_tokens(usage: Usage | None, labels: tuple[str, str], tenant: str,
                   facts: TaskFacts | None) -> None:
     rollup.add("calls")
     if usage is None:
@@ -187,11 +189,12 @@ def _count_tokens(usage: Usage | None, model: str, tenant: str,
     details = usage.extra.get("completion_tokens_details") or {}
     reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
     tokens = metrics.tokens
-    metrics.child(tokens, "prompt", model, tenant).inc(usage.prompt_tokens)
-    metrics.child(tokens, "reasoning", model, tenant).inc(reasoning)
-    metrics.child(tokens, "completion", model, tenant).inc(
+    metrics.child(tokens, "prompt", *labels, tenant).inc(usage.prompt_tokens)
+    metrics.child(tokens, "reasoning", *labels, tenant).inc(reasoning)
+    metrics.child(tokens, "completion", *labels, tenant).inc(
         max(0, usage.completion_tokens - reasoning))
-    metrics.child(metrics.prompt_tokens, model, tenant).inc(usage.prompt_tokens)
-    metrics.child(metrics.generation_tokens, model, tenant).inc(usage.completion_tokens)
+    metrics.child(metrics.prompt_tokens, *labels, tenant).inc(usage.prompt_tokens)
+    metrics.child(metrics.generation_tokens, *labels, tenant).inc(usage.completion_tokens)
+    # The dashboard's per-model split is the task's model (the client's name for it).
     rollup.tokens(usage.prompt_tokens, usage.completion_tokens,
-                  facts.tenant if facts else "", facts.model if facts else model)
+                  facts.tenant if facts else "", facts.model if facts else labels[1])

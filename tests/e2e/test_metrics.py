@@ -132,13 +132,15 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
     assert value(proc, "sluice_tasks_finished_total", status="failed", **mine) == 2
     assert value(proc, "sluice_tasks_dead_lettered_total") == 2
     assert value(proc, "sluice_task_retries_total") == 2
+    # A provider call's series say who was called: without PROVIDERS_FILE, `default`, asked
+    # for the task's model.
+    call = {"provider": "default", "model": "mock-r1"}
     for status, n in (("200", 5), ("500", 1), ("429", 1), ("400", 2)):
-        assert value(proc, "sluice_provider_requests_total", model="mock-r1",
-                     status=status) == n, status
+        assert value(proc, "sluice_provider_requests_total", status=status, **call) == n, status
     assert total(proc, "sluice_provider_requests_total") == 9
-    assert value(proc, "sluice_provider_rate_limited_total", model="mock-r1") == 1
-    assert value(proc, "sluice_provider_pauses_total", model="mock-r1") == 1
-    assert value(proc, "sluice_provider_calls_in_flight", model="mock-r1") == 0
+    assert value(proc, "sluice_provider_rate_limited_total", **call) == 1
+    assert value(proc, "sluice_provider_pauses_total", **call) == 1
+    assert value(proc, "sluice_provider_calls_in_flight", **call) == 0
     # The provider governor (on by default) as this processor last saw it: a window, nothing
     # in flight once the work is done.
     assert value(proc, "sluice_governor_window", provider="default") >= 1
@@ -147,16 +149,17 @@ def test_each_service_counts_the_workload_exactly(workload: Any) -> None:
     # Per model and tenant; the client's TTFT (from submit) once per answered task.
     assert value(proc, "sluice_queue_wait_seconds_count", **mine) == 7
     assert value(proc, "sluice_e2e_request_latency_seconds_count", **mine) == 7
-    assert value(proc, "sluice_time_to_first_token_seconds_count", **mine) == 5
+    assert value(proc, "sluice_time_to_first_token_seconds_count", **call, tenant="acme") == 5
     assert value(proc, "sluice_client_time_to_first_token_seconds_count", **mine) == 5
     # Tasks taken in batches: the 7, and once more the one the 429 sent back to the queue.
     assert value(proc, "sluice_batch_size_sum") == 8
     # The mock answers 6 content and 2 reasoning tokens per success.
-    assert value(proc, "sluice_tokens_total", kind="reasoning", **mine) == 5 * 2
-    assert value(proc, "sluice_tokens_total", kind="completion", **mine) == 5 * 6
-    assert value(proc, "sluice_generation_tokens_total", **mine) == 5 * 8
-    assert value(proc, "sluice_prompt_tokens_total", **mine) == value(
-        proc, "sluice_tokens_total", kind="prompt", **mine) > 0
+    used = {**call, "tenant": "acme"}
+    assert value(proc, "sluice_tokens_total", kind="reasoning", **used) == 5 * 2
+    assert value(proc, "sluice_tokens_total", kind="completion", **used) == 5 * 6
+    assert value(proc, "sluice_generation_tokens_total", **used) == 5 * 8
+    assert value(proc, "sluice_prompt_tokens_total", **used) == value(
+        proc, "sluice_tokens_total", kind="prompt", **used) > 0
 
     coord = ms.scrape("coordinator")
     assert value(coord, "sluice_tasks_placed_total") == 8  # the 429's task placed twice

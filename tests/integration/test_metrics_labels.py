@@ -59,16 +59,19 @@ async def test_tokens_latencies_and_calls_carry_model_and_tenant(core: Core) -> 
                    "sluice_client_time_to_first_token_seconds"):
         assert total(s, f"{family}_count", **mine) == 3, family
     assert total(s, "sluice_time_to_first_token_seconds_count", **mine) == 3
-    assert label_names(s, "sluice_inter_token_latency_seconds_bucket") == {"model"}
+    assert label_names(s, "sluice_inter_token_latency_seconds_bucket") == {"provider", "model"}
     # One label name for an HTTP status, everywhere: provider calls say `status`, as HTTP does.
-    assert label_names(s, "sluice_provider_requests_total") == {"model", "status"}
-    assert total(s, "sluice_provider_requests_total", model="mock-r1", status="500") >= 1
-    assert total(s, "sluice_provider_requests_total", model="mock-r1", status="200") >= 3
-    # The provider's other series are per model too (read from the families: a 429-free run
-    # leaves them without samples).
+    # Without PROVIDERS_FILE the one provider is `default`, asked for the task's model.
+    assert label_names(s, "sluice_provider_requests_total") == {"provider", "model", "status"}
+    call = {"provider": "default", "model": "mock-r1"}
+    assert total(s, "sluice_provider_requests_total", status="500", **call) >= 1
+    assert total(s, "sluice_provider_requests_total", status="200", **call) >= 3
+    assert total(s, "sluice_tokens_total", kind="completion", tenant=tenant, **call) == 15
+    # The provider's other series are per provider and model too (read from the families: a
+    # 429-free run leaves them without samples).
     for family in (metrics.provider_rate_limited, metrics.provider_pauses,
                    metrics.provider_pause_seconds, metrics.provider_in_flight):
-        assert "model" in family._labelnames, family
+        assert family._labelnames == ("provider", "model"), family
 
 
 def test_every_http_status_label_is_named_status() -> None:

@@ -6,6 +6,7 @@ left alone but for a probe); a provider that is full spills its work over to the
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from services.mockai.limits import LimitSettings
 from services.mockai.settings import MockSettings
 from services.processor.settings import ProcessorSettings
 from services.processor.worker import Processor, make_http
-from shared import tasks
+from shared import metrics, tasks
 from shared.config import Env
 from shared.governor import Admitted, estimate_tokens, read_providers
 from shared.timeutil import now_ms
+from tests.integration import kit
 from tests.integration.edge_client import running_edge
 from tests.integration.kit import Core, request
+from tests.integration.test_metrics_labels import scrape, total
 
 pytestmark = pytest.mark.usefixtures("core")
 
@@ -49,8 +52,8 @@ async def second_mock() -> AsyncIterator[TestServer]:
 
 def processor(core: Core, path: Path, name: str = "p1", **extra: str) -> Processor:
     env = {k: v for k, v in core.env(PROCESSOR_NAME=name, PROVIDERS_FILE=str(path),
-                                     BREAKER_FAILURES="3", BREAKER_COOLDOWN_S="0.2",
-                                     **extra)._env.items()
+                                     **{"BREAKER_FAILURES": "3", "BREAKER_COOLDOWN_S": "0.2",
+                                        **extra})._env.items()
            if k not in ("AI_BASE_URL", "AI_MODEL")}
     settings = ProcessorSettings.from_env(Env(env))
     http = make_http(settings)
@@ -196,6 +199,10 @@ async def test_health_and_status_name_the_failing_provider(
         assert a["status"] in ("open", "failing"), a  # open after 3 in a row
         assert a["last_error"] == f"connect to 127.0.0.1:{port} refused"
         assert health["providers"]["b"]["status"] == "ok"
+        # The dashboard's provider tab: each provider's breaker, and its governor by name.
+        overview = await (await edge.client.get("/api/admin/overview")).json()
+        breakers = overview["provider"]["breakers"]
+        assert breakers["a"] == a and breakers["b"]["status"] == "ok", breakers
         # /api/ai-status: the providers as a live processor sees them, from its heartbeat.
         live = processor(core, path, "p9")
         running = asyncio.create_task(live.run())
@@ -270,3 +277,68 @@ async def test_in_file_mode_a_task_says_it_waits_for_its_providers(
         await steps.settle(target.route.governor, now_ms(), [{"slot": slot, "outcome": "ok"}],
                            target.limits)
         assert await waiting() == {"reason": "processor", "until": None}
+
+
+async def test_each_providers_calls_count_under_its_own_label(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """Issue 26's metrics per provider: calls, tokens and TTFT under `provider` and the route's
+    `model` (the name the provider was asked for), the breaker's state per provider. The
+    names are this test's own (the registry is the process's, shared by every test)."""
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"a-{tag}", f"b-{tag}"
+    path = tmp_path / "two.toml"
+    path.write_text(f"""
+[[provider]]
+name = "{a}"
+base_url = "{core.mock_url}"
+
+[[provider]]
+name = "{b}"
+base_url = "{second_mock.make_url('/v1')}"
+
+[[model]]
+name = "mock-r1"
+routes = [{{ provider = "{a}", model = "r1-at-a" }}, {{ provider = "{b}", model = "r1-at-b" }}]
+
+[[model]]
+name = "mock-b"
+routes = [{{ provider = "{b}", model = "b-only" }}]
+""")
+    quiet = {"content_tokens": 4, "reasoning_tokens": 0}
+    for _ in range(2):
+        await kit.submit(core.steps, body=kit.request(quiet))
+    for _ in range(3):
+        await kit.submit(core.steps, body={**kit.request(quiet), "model": "mock-b"})
+    long_cooldown = {"BREAKER_COOLDOWN_S": "60"}  # a's breaker stays open until the scrape
+    await core.burst(processor(core, path, **long_cooldown))
+    # a fails everything now: its breaker opens, its tasks go on to b.
+    await outage(core.mock_url, 503)
+    for _ in range(4):
+        await kit.submit(core.steps, body=kit.request(quiet))
+    await core.burst(processor(core, path, "p2", **long_cooldown))
+
+    s = scrape()
+    at_a = {"provider": a, "model": "r1-at-a"}
+    assert total(s, "sluice_provider_requests_total", status="200", **at_a) == 2
+    assert total(s, "sluice_provider_requests_total", status="503", **at_a) >= 3
+    assert total(s, "sluice_tokens_total", kind="completion", **at_a) == 8
+    assert total(s, "sluice_time_to_first_token_seconds_count", **at_a) == 2
+    at_b = {"provider": b, "model": "b-only"}
+    assert total(s, "sluice_provider_requests_total", status="200", **at_b) == 3
+    assert total(s, "sluice_tokens_total", kind="completion", **at_b) == 12
+    assert total(s, "sluice_time_to_first_token_seconds_count", **at_b) == 3
+    fell_back = {"provider": b, "model": "r1-at-b"}
+    assert total(s, "sluice_provider_requests_total", status="200", **fell_back) == 4
+    assert total(s, "sluice_tokens_total", kind="completion", **fell_back) == 16
+    assert total(s, "sluice_time_to_first_token_seconds_count", **fell_back) == 4
+    assert total(s, "sluice_provider_requests_total", provider=b, status="503") == 0
+    # Each provider's breaker under its own name: a's open, b's closed.
+    assert s[("sluice_provider_breaker_state", frozenset({("provider", a)}))] == 2
+    assert s[("sluice_provider_breaker_state", frozenset({("provider", b)}))] == 0
+    # Each provider's governor: its window, nothing in flight once the work is done.
+    for name in (a, b):
+        assert s[("sluice_governor_window", frozenset({("provider", name)}))] >= 1
+        assert s[("sluice_governor_calls_in_flight", frozenset({("provider", name)}))] == 0
+    for family in (metrics.ttft, metrics.tokens, metrics.provider_requests, metrics.itl,
+                   metrics.provider_rate_limited, metrics.provider_in_flight):
+        assert {"provider", "model"} <= set(family._labelnames), family

@@ -117,3 +117,62 @@ def test_the_dashboard_is_valid_grafana_json() -> None:
     for p in doc["panels"]:
         box = p["gridPos"]
         assert set(box) == {"h", "w", "x", "y"} and box["x"] + box["w"] <= 24
+
+
+def test_an_open_breaker_fires_its_alert_per_provider(tmp_path: Path) -> None:
+    """promtool's rule unit test: provider a's breaker open (2) on two processors for 3
+    minutes fires SluiceProviderBreakerOpen for a alone; b, half open then closed, does not."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (Debian's prometheus package has it)")
+    case = {
+        "rule_files": [str(DEPLOY / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'sluice_provider_breaker_state{job="sluice-processor",'
+                           'instance="p1:9100",provider="a"}', "values": "0 2 2 2 2 2"},
+                {"series": 'sluice_provider_breaker_state{job="sluice-processor",'
+                           'instance="p2:9100",provider="a"}', "values": "0 0 2 2 2 2"},
+                {"series": 'sluice_provider_breaker_state{job="sluice-processor",'
+                           'instance="p1:9100",provider="b"}', "values": "0 1 0 0 0 0"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "SluiceProviderBreakerOpen", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "SluiceProviderBreakerOpen", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "provider": "a"},
+                    "exp_annotations": {"summary": (
+                        "Provider a's breaker is open: its calls fail, its work goes to the "
+                        "next route (or waits, without one)")}}]},
+            ],
+        }],
+    }
+    path = tmp_path / "breaker_test.yml"
+    path.write_text(yaml.safe_dump(case))
+    done = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_provider_series_are_filtered_by_provider_not_by_the_clients_model() -> None:
+    """A provider call's `model` is the route's (what that provider is asked for), not the
+    model a client asks for: the dashboard filters those series by $provider, never $model; and
+    the breaker and the governor have panels per provider."""
+    call_families = {f._name for f in (metrics.ttft, metrics.itl, metrics.tokens,
+                                       metrics.provider_requests, metrics.provider_rate_limited,
+                                       metrics.provider_pauses, metrics.provider_in_flight)}
+    doc = json.loads((DEPLOY / "grafana" / "sluice.json").read_text())
+    assert "provider" in {v["name"] for v in doc["templating"]["list"]}
+    seen = set()
+    for expr in [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]:
+        for name, _labels in queried(expr):
+            family = re.sub(r"_(total|bucket|count|sum)$", "", name)
+            if family in call_families:
+                seen.add(family)
+                assert '"$model"' not in expr and 'provider=~"$provider"' in expr, expr
+    assert seen >= {"sluice_provider_requests", "sluice_tokens",
+                    "sluice_time_to_first_token_seconds"}
+    per_provider = [e for e in dashboard_exprs() if "by (provider)" in e]
+    assert any("sluice_provider_breaker_state" in e for e in per_provider)
+    assert any("sluice_governor_window" in e for e in per_provider)

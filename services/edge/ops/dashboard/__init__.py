@@ -14,7 +14,7 @@ from services.edge.context import edge_of
 from services.edge.ops.dashboard import figures as overview_figures
 from services.edge.ops.dashboard import live as live_stream  # reads scope() at call time
 from services.edge.ops.dashboard import story
-from services.edge.ops.status import last_error, provider_view, tenant_counts
+from services.edge.ops.status import last_error, provider_health, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
 from services.edge.tasks import dead_letters, events, service, waiting
 from services.edge.tasks.views import json_response
@@ -82,7 +82,11 @@ async def overview(request: web.Request) -> web.Response:
                      **last_error(ai, only),
                      # The provider governor's state: window, calls in flight, pause, 429s.
                      "pacing": [provider_view(v, only)
-                                for v in await read_providers(r, k, now)]},
+                                for v in await read_providers(r, k, now)],
+                     # Each provider's breaker, as /api/health tells it (its last error is
+                     # the provider's words, which may quote a request: an admin's alone).
+                     "breakers": {name: b if admin else {**b, "last_error": None}
+                                  for name, b in (await provider_health(edge)).items()}},
         # The per-minute rollup counts every tenant's work: an admin's alone.
         "history": [_minute(m) for m in await rollup.history(r, k, 60)] if admin else [],
         "timestamp": iso(now),
@@ -209,10 +213,15 @@ async def task(request: web.Request) -> web.Response:
     replay = [{"id": i, "at": iso(story.at_ms(i)), "type": f.get("e"),
                "data": tasks.loads_or_none(f.get("d"))} for i, f in raw]
     admin = scope(request) is None
-    told = story.timeline(raw, h if admin else {}, view)  # process names: the operator's
+    # Process names are the operator's.
+    told = story.timeline(raw, h if admin else {}, view, processors=admin)
     processor = h.get("processor") if admin else None
-    body: dict[str, Any] = {**view, "tenant": tenant, "processor": processor,
-                            "events": replay, **told}
+    tries = view.get("tries") or []
+    if not admin:
+        tries = [{**t, "processor": None} for t in tries if isinstance(t, dict)]
+    # ``attempts`` is the story's list of them here; the task's count stays as attempt_count.
+    body: dict[str, Any] = {**view, "tries": tries, "tenant": tenant, "processor": processor,
+                            "attempt_count": view.get("attempts"), "events": replay, **told}
     if edge.settings.dashboard_show_prompts:
         if h.get("request"):
             body["request"] = orjson.loads(h["request"])

@@ -220,8 +220,13 @@ function renderOverview(o) {
     ["last error at", p.last_error_at || "-"],
     ["429s (last hour)", sum(o.history, "rate_limited")],
     ["pauses for Retry-After (last hour)", sum(o.history, "pauses")],
+    ...Object.entries(p.breakers || {}).map(([name, b]) => ["provider " + name,
+      `breaker ${b.status}` +
+      `${b.failures_in_a_row ? ", " + b.failures_in_a_row + " failure(s) in a row" : ""}` +
+      `${b.open_until ? ", open until " + b.open_until : ""}` +
+      `${b.last_error ? "; last error " + b.last_error + " at " + b.last_error_at : ""}`]),
     ["pacing (governor)", p.pacing.length ? p.pacing.map((g) =>
-      `${g.model || g.id}: window ${g.window ?? g.limit}` +
+      `${g.provider || g.model || g.id}: window ${g.window ?? g.limit}` +
       `${g.in_flight === null ? "" : ", in flight " + g.in_flight}` +
       `${g.paused_until ? ", paused until " + g.paused_until : ""}` +
       `${g.rate_limited_last_minute === null ? ""
@@ -311,7 +316,7 @@ const refreshTask = loader(async (id) => {
   const t = await r.json();
   $("task-id").textContent = t.id;
   const meta = [["status", t.status], ["tenant", t.tenant], ["model", t.model],
-    ["attempts", t.attempts], ["batch", t.batch_id], ["processor", t.processor],
+    ["attempts", t.attempt_count], ["batch", t.batch_id], ["processor", t.processor],
     ["created", t.created_at], ["started", t.started_at], ["completed", t.completed_at],
     ["metadata", JSON.stringify(t.metadata)],
     ["error", t.error ? JSON.stringify(t.error) : "-"]];
@@ -328,15 +333,46 @@ const refreshTask = loader(async (id) => {
   $("task-result").textContent = failed
     ? `${(t.error && t.error.code) || ""}: ${(t.error && t.error.message) || ""}`
     : t.result ? (t.result.content || "") : waitingWords(t);
-  fill($("task-timeline"), (t.timeline || []).map((s) => row([s.at, num(s.since_submit_ms),
-    s.event, s.error ? `${s.error.code}: ${s.error.message}` : s.batch_id || ""])));
-  fill($("task-attempts"), (t.attempts || []).map((a) => row([a.number, a.started_at,
-    num(a.latency_ms), num(a.first_token_ms), a.outcome, a.processor || "-",
-    a.error ? `${a.error.code}: ${a.error.message}` : ""])));
+  fill($("task-timeline"), (t.timeline || []).map(timelineStep));
+  fill($("task-attempts"), (t.attempts || []).map((a) => row([a.number, a.provider || "-",
+    a.model || "-", a.started_at, num(a.latency_ms), num(a.first_token_ms), a.outcome,
+    a.processor || "-", errorWords(a.error)])));
   $("task-events").replaceChildren(...t.events.map((e) =>
     el("li", `${e.at} ${e.type}: ${JSON.stringify(e.data)}`)));
   rendered("task");
 });
+
+function errorWords(e) {
+  if (!e) return "";
+  return `${e.code || "error"}${e.status ? " (" + e.status + ")" : ""}: ${e.message || ""}`;
+}
+
+// One step of a task's story: its time, what happened and, for a provider call, who was
+// called for which model, where, how long it took and how it ended. A list, not a table: it
+// wraps to a phone's width instead of running off the side.
+function timelineStep(s) {
+  const li = el("li", null, "step" + (s.status ? " step-" + s.status : ""));
+  const when = el("div", null, "when");
+  const time = el("time", s.at ? s.at.slice(11, 23) : "-");
+  if (s.at) { time.dateTime = s.at; time.title = s.at; }
+  when.append(time);
+  if (s.since_submit_ms !== null && s.since_submit_ms !== undefined) {
+    when.append(" ", el("span", `+${s.since_submit_ms} ms`, "hint"));
+  }
+  li.append(when, el("div", s.event, "what"));
+  const detail = [];
+  if (s.provider) detail.push("provider " + s.provider);
+  if (s.model) detail.push("model " + s.model);
+  if (s.processor) detail.push("processor " + s.processor);
+  if (s.latency_ms !== null && s.latency_ms !== undefined) detail.push(s.latency_ms + " ms");
+  if (s.first_token_ms !== null && s.first_token_ms !== undefined) {
+    detail.push("first token " + s.first_token_ms + " ms");
+  }
+  if (s.batch_id) detail.push("batch " + s.batch_id);
+  if (detail.length) li.append(el("div", detail.join(" · "), "detail"));
+  if (s.error) li.append(el("div", errorWords(s.error), "error"));
+  return li;
+}
 
 // Why a task not yet answered waits, and where it stands in line.
 function waitingWords(t) {
