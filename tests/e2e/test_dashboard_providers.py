@@ -15,40 +15,20 @@ import httpx
 import pytest
 
 from harness.processes import Stack, free_port
+from harness.providers import two_providers_file
 from harness.waiting import wait_for
 from tests.client import Api
 from tests.e2e.test_dashboard_browser import (
     ADMIN_KEY,
     ENV,
     TENANT_KEY,
-    browser,
     show,
     slow_body,
     text_of,
     use_key,
 )
 
-__all__ = ["browser"]  # the fixture, imported for this module's tests
 pytestmark = pytest.mark.first_store_only
-
-
-def providers_file(folder: Path, a: str, b: str) -> Path:
-    path = folder / "providers.toml"
-    path.write_text(f"""
-[[provider]]
-name = "first"
-base_url = "{a}/v1"
-
-[[provider]]
-name = "second"
-base_url = "{b}/v1"
-
-[[model]]
-name = "mock-r1"
-routes = [{{ provider = "first", model = "r1-first" }},
-          {{ provider = "second", model = "r1-second" }}]
-""")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +36,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     folder = tmp_path_factory.mktemp("dashboard-providers")
     second_port = free_port()
     s = Stack(folder, redis_url, dict(ENV))
-    s.env_overrides["PROVIDERS_FILE"] = str(providers_file(
-        folder, s.mock_url, f"http://127.0.0.1:{second_port}"))
+    s.env_overrides["PROVIDERS_FILE"] = str(two_providers_file(
+        folder, f"{s.mock_url}/v1", f"http://127.0.0.1:{second_port}/v1",
+        names=("first", "second"), models=("r1-first", "r1-second")))
     try:
         s.start("mockai", MOCKAI_FAIL_STATUS="503")  # the first provider: an outage
         s.start("mockai", MOCKAI_PORT=str(second_port))

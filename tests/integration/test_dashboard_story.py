@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+from harness.providers import two_providers_file
+from services.mockai.app import create_app
+from services.mockai.settings import MockSettings
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.steps import Steps
 from shared.store import make_store
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 from tests.integration.kit import Core
+from tests.integration.test_routes import outage, processor
 
 KEY, ADMIN = "sk-story-acme", "sk-story-admin"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -104,18 +109,12 @@ async def test_each_attempt_on_the_timeline_names_its_provider_and_error(
     there and succeeds on the second. Its page lists both attempts, each with its provider,
     route model, processor, latency, status and (the first) error, and puts each on the
     timeline in time order."""
-    from aiohttp.test_utils import TestServer
-
-    from services.mockai.app import create_app
-    from services.mockai.settings import MockSettings
-    from tests.integration.test_routes import outage, processor, providers_file
-
     edge, core = pipeline
     second = TestServer(create_app(MockSettings(ttft_ms=0, tokens_per_s=0)))
     await second.start_server()
     try:
         await outage(core.mock_url, 503)
-        path = providers_file(tmp_path, core.mock_url, str(second.make_url("/v1")))
+        path = two_providers_file(tmp_path, core.mock_url, str(second.make_url("/v1")))
         task_id = await submit(edge, {"content_tokens": 3})
         await core.burst(processor(core, path, "p-two"))
     finally:
