@@ -28,7 +28,7 @@ from bench.procs import ROOT, machine, raise_fd_limit
 
 SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "responses", "long_stream",
              "scaleout", "memory", "batching", "provider_limited", "provider_limited_two",
-             "long_burst")
+             "long_burst", "steady")
 EXTRA = ("transport", "waiting_cpu")  # diagnostics, run only when named in --only
 
 
