@@ -11,8 +11,9 @@ ways in turn at each level, so a change in the machine's load hits all three:
 One stack with default settings (batch size, batch timeout, concurrency). For each level and
 way: p50 and p99 of the whole request, requests/s, and CPU per request by process, from before
 the first request to the last task's store row (edge, coordinator, processor, redis-server;
-the mock and the client apart). Targets at c=64: CPU per /v1 request, /v1's requests/s over
-direct's, and the p99 /v1 adds to direct's.
+the mock and the client apart), and read/write system calls per request by process (round
+trips and writes: unlike CPU time, a count the machine's load hardly moves). Targets at c=64:
+CPU per /v1 request, /v1's requests/s over direct's, and the p99 /v1 adds to direct's.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ async def one(s: Stack, redis_url: str, groups: dict[str, list[int]], way: str, 
     return {"way": way, "c": c, "n": n, "rate": out["rate"], "latency_ms": out["latency_ms"],
             "cpu_ms_per_request": round(sum(per[k] for k in SERVICES), 3),
             "cpu_ms_per_request_by_process": per,
+            "syscalls_per_request_by_process": {k: round(v / n, 2)
+                                                for k, v in meter.calls.items()},
             "redis_calls_per_request": calls_between(calls, redis_calls(redis_url), n)}
 
 
@@ -86,9 +89,11 @@ def _row(ctx: Ctx, x: dict[str, Any]) -> None:
     label = {"direct": "direct (mock)", "v1": "/v1 stream", "tasks": "tasks + events"}
     value = f"{fmt_rate(x['rate'])} | p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms"
     if x["way"] != "direct":
+        calls = x["syscalls_per_request_by_process"]
         value += (f" | {x['cpu_ms_per_request']:.2f} ms CPU  ["
                   + ", ".join(f"{k} {by[k]:.2f}" for k in SERVICES)
-                  + f"; mock {by['mock']:.2f}, client {by['client']:.2f}]")
+                  + f"; mock {by['mock']:.2f}, client {by['client']:.2f}] | syscalls ["
+                  + ", ".join(f"{k} {calls[k]:.1f}" for k in SERVICES) + "]")
     else:
         value += f"  [mock {by['mock']:.2f}, client {by['client']:.2f} ms CPU]"
     ctx.row("steady", f"c={x['c']} {label[x['way']]}: req/s | whole request (N={x['n']})",
