@@ -371,3 +371,22 @@ async def test_what_is_read_together_comes_as_one_batch_up_to_the_terminal_event
     await add(redis, key, "status")  # after the terminal event: never relayed
     rest = [b async for b in batches if b is not None]
     assert [[e.id for e in b] for b in rest] in ([later], [later[:1], later[1:]])
+
+
+async def test_a_stream_known_to_exist_is_read_by_the_reader_from_its_first_entry(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """A just-submitted task's stream needs no catch-up read of its own: the feed joins a
+    reader at once and gets every event from the first. Shown with the main client pointing
+    where nothing listens: the catch-up would fail the feed; the reader reads alone."""
+    key = keys.events("known")
+    ids = [await add(redis, key, "status"), await add(redis, key, "content", '{"delta":"a"}')]
+    working, hub.redis = hub.redis, connect("redis://127.0.0.1:1")  # nothing listens there
+    try:
+        batches = follow_batches(hub, key, None, _no_view, exists=True)
+        first = await anext(batches)
+        ids.append(await add(redis, key, "done"))
+        got = [e.id for b in [first] + [b async for b in batches] if b is not None for e in b]
+    finally:
+        await hub.redis.aclose()
+        hub.redis = working
+    assert got == ids

@@ -69,14 +69,16 @@ def terminal_from_view(view: dict[str, Any]) -> Event | None:
 
 
 async def follow_batches(feeds: Feeds, key: str, after: str | None,
-                         final_view: ViewLoader) -> AsyncGenerator[list[Event] | None, None]:
+                         final_view: ViewLoader, exists: bool = False
+                         ) -> AsyncGenerator[list[Event] | None, None]:
     """The task's events after ``after`` (all when None), up to and including its terminal
     event, in the batches they were read in: a relay writes a batch with one write, where one
     write per event cost a syscall each (a short answer's status, delta and done events often
     arrive together). Nothing is held back to make a batch. ``None`` at each tick of the hub
     (``feeds.tick``) that brought none. Stops early, without a terminal event, when the edge
-    shuts down or Redis fails: the client reconnects and resumes."""
-    async with feeds.watch(key) as feed:
+    shuts down or Redis fails: the client reconnects and resumes. ``exists``: the stream is
+    known to be there (``Feeds.watch``)."""
+    async with feeds.watch(key, exists) as feed:
         cursor, dropped = feed.join(after)
         try:
             history: list[Event] | None = []
@@ -178,8 +180,9 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     resp = sse_response()
     await resp.prepare(request)
     keepalive = edge.settings.keepalive_s
+    # A task not finished has its events stream (submit writes its first event).
     batches = follow_batches(request.app[FEEDS], key, after,
-                             view_loader(edge, tenant, task_id))
+                             view_loader(edge, tenant, task_id), exists=not ended)
     async with contextlib.aclosing(batches), metrics.sse_client():
         last_write = time.monotonic()
         async for batch in batches:

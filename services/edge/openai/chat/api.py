@@ -244,7 +244,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     headers = {TASK_HEADER: sub.id, **sub.headers}
     key, view = edge.keys.events(sub.id), view_loader(edge, tenant, sub.id)
     if stream:
-        batches = follow_batches(request.app[FEEDS], key, None, view)
+        # Just submitted (not a replay): its stream holds the queued event already.
+        batches = follow_batches(request.app[FEEDS], key, None, view, exists=not sub.existing)
         async with contextlib.aclosing(batches):
             return await _relay(request, batches, completion, headers, include_usage)
     events = follow(request.app[FEEDS], key, None, view)
