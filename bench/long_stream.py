@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
+from bench import profile
 from bench.common import BenchError, Ctx, loadgen, wait_rows
 from bench.procs import CpuMeter, pid_of, pids, redis_server, rss_bytes, stack
 from bench.relay import _sse
@@ -100,11 +102,18 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pace in PACES:
         out[f"{pace.rate}_tok_s"] = await one_pace(ctx, pace)
+    if ctx.profile is not None:  # the slow pace once more, under py-spy: not counted
+        for pace in PACES[1:]:
+            spy = ctx.profile / f"long-{pace.rate}"
+            spy.mkdir(parents=True, exist_ok=True)
+            await one_pace(ctx, pace, spy=spy, tag="-profiled")
+            out[f"{pace.rate}_tok_s"]["profile"] = profile.summarize_dir(spy)
     return out
 
 
-async def one_pace(ctx: Ctx, pace: Pace) -> dict[str, Any]:
-    d = ctx.dir(f"long-stream-{pace.rate}")
+async def one_pace(ctx: Ctx, pace: Pace, spy: Path | None = None,
+                   tag: str = "") -> dict[str, Any]:
+    d = ctx.dir(f"long-stream-{pace.rate}{tag}")
     env = {**pace.mock(), "PROCESSOR_CONCURRENCY": str(STREAMS),
            "GOVERNOR_INITIAL_WINDOW": str(STREAMS)}
     with redis_server(d) as r, stack(d, r.url, env=env) as s:
@@ -119,12 +128,14 @@ async def one_pace(ctx: Ctx, pace: Pace) -> dict[str, Any]:
         watch = Watch(midway_chars=pace.tokens * 2 // 5)  # about a tenth of the tokens
         t0 = time.monotonic()
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=120)) as http:
-            clients = asyncio.gather(*(one(http, s.edge_url, k, watch) for k in range(STREAMS)))
-            busy = await _rss_midway(watch, {k: groups[k] for k in RELAY}, clients)
-            deltas = await clients
-        cpu = meter.stop()
+        with profile.spying(spy, {m: pids(s, m)[0] for m in ("edge", "processor")}):
+            async with aiohttp.ClientSession(connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=120)) as http:
+                clients = asyncio.gather(*(one(http, s.edge_url, k, watch)
+                                           for k in range(STREAMS)))
+                busy = await _rss_midway(watch, {k: groups[k] for k in RELAY}, clients)
+                deltas = await clients
+            cpu = meter.stop()
         wall = time.monotonic() - t0
     relayed = STREAMS * pace.tokens
     relay_ms = sum(cpu[k] for k in RELAY) * 1000
@@ -133,6 +144,14 @@ async def one_pace(ctx: Ctx, pace: Pace) -> dict[str, Any]:
     events_per_token = sum(deltas) / relayed
     by = {k: round(v * 1000 / (relayed / 1000), 1) for k, v in cpu.items()}
     parts = ", ".join(f"{k} {by[k]:.0f}" for k in RELAY)
+    result = {"streams": STREAMS, "tokens_per_stream": pace.tokens, "rate": pace.rate,
+              "wall_s": round(wall, 2), "delta_events": sum(deltas),
+              "events_per_token": round(events_per_token, 3),
+              "cpu_s": cpu, "cpu_ms_per_1k_tokens": round(per_1k, 1),
+              "cpu_ms_per_1k_tokens_by_process": by, "rss_idle": idle, "rss_busy": busy,
+              "bytes_per_stream": round(per_stream)}
+    if spy is not None:
+        return result
     ctx.row("long", f"CPU per 1,000 relayed tokens ({STREAMS} x {pace.tokens} tok at "
             f"{pace.rate}/s)", f"{per_1k:.0f} ms  [{parts}; coordinator {by['coordinator']:.0f},"
             f" mock {by['mock']:.0f}]", f"<= {pace.target_ms:.0f} ms", per_1k <= pace.target_ms)
@@ -143,12 +162,7 @@ async def one_pace(ctx: Ctx, pace: Pace) -> dict[str, Any]:
                 f"{per_stream / 1024:.1f} KiB  [" + ", ".join(
                     f"{k} {(busy[k] - idle[k]) / 1024 / STREAMS:.1f}" for k in RELAY) + "]",
                 "<= 50 KiB", per_stream <= 50 * 1024)
-    return {"streams": STREAMS, "tokens_per_stream": pace.tokens, "rate": pace.rate,
-            "wall_s": round(wall, 2), "delta_events": sum(deltas),
-            "events_per_token": round(events_per_token, 3),
-            "cpu_s": cpu, "cpu_ms_per_1k_tokens": round(per_1k, 1),
-            "cpu_ms_per_1k_tokens_by_process": by, "rss_idle": idle, "rss_busy": busy,
-            "bytes_per_stream": round(per_stream)}
+    return result
 
 
 async def _rss_midway(watch: Watch, groups: dict[str, list[int]],
