@@ -28,7 +28,7 @@ from bench.procs import ROOT, machine, raise_fd_limit
 
 SCENARIOS = ("submit", "e2e", "metrics_cost", "idle", "relay", "responses", "long_stream",
              "scaleout", "memory", "batching", "provider_limited", "provider_limited_two",
-             "long_burst")
+             "long_burst", "steady")
 EXTRA = ("transport", "waiting_cpu")  # diagnostics, run only when named in --only
 
 
@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smaller N, one round")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="also profile our services with py-spy during e2e; stacks go here")
+                    help="also profile our services with py-spy (e2e, steady, long_stream); "
+                         "stacks go here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     a = ap.parse_args()
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]

@@ -24,7 +24,8 @@ from harness.waiting import wait_for
 
 __all__ = ["BENCH_ENV", "ROOT", "CpuMeter", "Proc", "RedisServer", "Service", "Stack",
            "calls_between", "cpu_seconds", "free_port", "machine", "pid_of", "pids",
-           "raise_fd_limit", "redis_calls", "redis_server", "rss_bytes", "stack", "tree",
+           "raise_fd_limit", "redis_calls", "redis_server", "rss_bytes", "stack", "syscalls",
+           "tree",
            "wait_for"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,6 +72,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / CLK_TCK
 
 
+def syscalls(pid: int) -> int:
+    """Read and write system calls a live process has made (``/proc/<pid>/io``: syscr +
+    syscw; socket reads and writes count, the event loop's polls do not). Unlike CPU time it
+    does not grow with the machine's load: a figure for comparing runs on a busy machine."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            fields = dict(line.split(": ") for line in f.read().splitlines())
+    except OSError:
+        return 0
+    return int(fields["syscr"]) + int(fields["syscw"])
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
@@ -84,17 +97,27 @@ class CpuMeter:
     _before: dict[str, float] = field(default_factory=dict)
     used: dict[str, float] = field(default_factory=dict)
 
+    _calls_before: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # read + write syscalls, by group
+
     def _read(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for root in roots for p in tree(root))
                 for name, roots in self.groups.items()}
 
+    def _read_calls(self) -> dict[str, int]:
+        return {name: sum(syscalls(p) for root in roots for p in tree(root))
+                for name, roots in self.groups.items()}
+
     def start(self) -> CpuMeter:
+        self._calls_before = self._read_calls()
         self._before = self._read()
         return self
 
     def stop(self) -> dict[str, float]:
         after = self._read()
+        calls = self._read_calls()
         self.used = {k: round(after[k] - self._before.get(k, 0.0), 3) for k in after}
+        self.calls = {k: calls[k] - self._calls_before.get(k, 0) for k in calls}
         return self.used
 
 

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from harness.waiting import until
-from services.edge.tasks.events import follow
+from services.edge.tasks.events import follow, follow_batches
 from services.edge.tasks.feeds import (
     CLOSED,
     FAILED,
@@ -355,3 +355,42 @@ async def test_an_entry_the_reader_cannot_decode_ends_its_feeds_and_a_new_watch_
     await add(redis, streams[1], "done")
     again = await to_the_end(hub, streams[1])
     assert again.ended == TERMINAL
+
+
+async def test_what_is_read_together_comes_as_one_batch_up_to_the_terminal_event(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """A relay writes each batch with one write: the events one read brought come together,
+    cut after the first terminal event (one terminal event ends a stream); what comes later
+    comes as a later batch, nothing held back for it."""
+    key = keys.events("batched")
+    ids = [await add(redis, key, "status"), await add(redis, key, "content", '{"delta":"a"}')]
+    batches = follow_batches(hub, key, None, _no_view)
+    first = await anext(batches)
+    assert first is not None and [e.id for e in first] == ids
+    later = [await add(redis, key, "content", '{"delta":"b"}'), await add(redis, key, "done")]
+    await add(redis, key, "status")  # after the terminal event: never relayed
+    rest = [b async for b in batches if b is not None]
+    assert [[e.id for e in b] for b in rest] in ([later], [later[:1], later[1:]])
+
+
+async def test_a_stream_known_to_exist_is_read_by_the_reader_from_its_first_entry(
+        redis: RedisClient, keys: Keys, hub: Feeds) -> None:
+    """A just-submitted task's stream needs no catch-up read of its own: the feed joins a
+    reader at once and gets every event from the first. Shown with the main client pointing
+    where nothing listens: the catch-up would fail the feed; the reader reads alone."""
+    key = keys.events("known")
+    ids = [await add(redis, key, "status"), await add(redis, key, "content", '{"delta":"a"}')]
+    working, hub.redis = hub.redis, connect("redis://127.0.0.1:1")  # nothing listens there
+    try:
+        batches = follow_batches(hub, key, None, _no_view, exists=True)
+        first = await anext(batches)
+        while first is None:  # a tick of the hub on a slow machine
+            first = await anext(batches)
+    finally:
+        # The main client back before anything else: a reader looks at streams quiet for a
+        # whole block through it (a stall of this process that long would fail the feed).
+        await hub.redis.aclose()
+        hub.redis = working
+    ids.append(await add(redis, key, "done"))
+    got = [e.id for b in [first] + [b async for b in batches] if b is not None for e in b]
+    assert got == ids

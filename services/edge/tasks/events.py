@@ -68,13 +68,17 @@ def terminal_from_view(view: dict[str, Any]) -> Event | None:
     return None if kind is None else Event(FINAL_ID, kind, orjson.dumps(view).decode())
 
 
-async def follow(feeds: Feeds, key: str, after: str | None,
-                 final_view: ViewLoader) -> AsyncGenerator[Event | None, None]:
+async def follow_batches(feeds: Feeds, key: str, after: str | None,
+                         final_view: ViewLoader, exists: bool = False
+                         ) -> AsyncGenerator[list[Event] | None, None]:
     """The task's events after ``after`` (all when None), up to and including its terminal
-    event; ``None`` at each tick of the hub (``feeds.tick``) that brought none. Stops early,
-    without a terminal event, when the edge shuts down or Redis fails: the client reconnects
-    and resumes."""
-    async with feeds.watch(key) as feed:
+    event, in the batches they were read in: a relay writes a batch with one write, where one
+    write per event cost a syscall each (a short answer's status, delta and done events often
+    arrive together). Nothing is held back to make a batch. ``None`` at each tick of the hub
+    (``feeds.tick``) that brought none. Stops early, without a terminal event, when the edge
+    shuts down or Redis fails: the client reconnects and resumes. ``exists``: the stream is
+    known to be there (``Feeds.watch``)."""
+    async with feeds.watch(key, exists) as feed:
         cursor, dropped = feed.join(after)
         try:
             history: list[Event] | None = []
@@ -84,17 +88,19 @@ async def follow(feeds: Feeds, key: str, after: str | None,
                 except (*UNAVAILABLE, RedisError):
                     return
                 after = dropped
-            for event in history or ():
-                yield event
-                if event.type in TERMINAL_EVENTS:
+            if history:
+                upto = _upto_terminal(history)
+                yield upto
+                if upto[-1].type in TERMINAL_EVENTS:
                     return
             gone = history is None
             woken = False
             while not gone:
                 events = feed.take(cursor, after)
-                for event in events:
-                    yield event
-                    if event.type in TERMINAL_EVENTS:
+                if events:
+                    upto = _upto_terminal(events)
+                    yield upto
+                    if upto[-1].type in TERMINAL_EVENTS:
                         return
                 if feed.ended is not None:
                     gone = feed.ended == GONE
@@ -109,7 +115,29 @@ async def follow(feeds: Feeds, key: str, after: str | None,
         view = await final_view()
         final = terminal_from_view(view) if view is not None else None
         if final is not None:
-            yield final
+            yield [final]
+
+
+def _upto_terminal(events: list[Event]) -> list[Event]:
+    """``events`` up to and including the first terminal one: one terminal event ends a
+    stream."""
+    for n, event in enumerate(events):
+        if event.type in TERMINAL_EVENTS:
+            return events[:n + 1]
+    return events
+
+
+async def follow(feeds: Feeds, key: str, after: str | None,
+                 final_view: ViewLoader) -> AsyncGenerator[Event | None, None]:
+    """``follow_batches`` one event at a time, for readers that take events singly."""
+    batches = follow_batches(feeds, key, after, final_view)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            if batch is None:
+                yield None
+                continue
+            for event in batch:
+                yield event
 
 
 def last_event_id(request: web.Request) -> str | None:
@@ -152,20 +180,23 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     resp = sse_response()
     await resp.prepare(request)
     keepalive = edge.settings.keepalive_s
-    events = follow(request.app[FEEDS], key, after, view_loader(edge, tenant, task_id))
-    async with contextlib.aclosing(events), metrics.sse_client():
+    # A task not finished has its events stream (submit writes its first event).
+    batches = follow_batches(request.app[FEEDS], key, after,
+                             view_loader(edge, tenant, task_id), exists=not ended)
+    async with contextlib.aclosing(batches), metrics.sse_client():
         last_write = time.monotonic()
-        async for event in events:
-            if event is None:
+        async for batch in batches:
+            if batch is None:
                 if client_gone(request):
                     break
                 if time.monotonic() - last_write < keepalive:
                     continue
             try:
-                await resp.write(KEEPALIVE if event is None else encode(event))
+                await resp.write(KEEPALIVE if batch is None
+                                 else b"".join(encode(event) for event in batch))
             except ConnectionResetError:
                 break  # the client left: nothing to clean up but the feed, done by aclosing
             last_write = time.monotonic()
-            if event is not None:
-                metrics.events_relayed.inc()
+            if batch is not None:
+                metrics.events_relayed.inc(len(batch))
     return resp

@@ -325,7 +325,12 @@ class Feeds:
         return self._closed
 
     @contextlib.asynccontextmanager
-    async def watch(self, key: str) -> AsyncIterator[Feed]:
+    async def watch(self, key: str, exists: bool = False) -> AsyncIterator[Feed]:
+        """The feed of ``key`` while the block runs. ``exists``: the caller knows the stream
+        is there (its task was just submitted, or is not finished), so a new feed need not
+        catch up on its own: it joins a reader at once, whose next read starts the stream
+        from its first entry (one round trip less per watched task; a stream that turns out
+        gone is found by the reader's quiet scan instead of at once)."""
         feed = self._feeds.get(key)
         if feed is None or feed.ended not in (None, TERMINAL):
             # A feed that failed or found the stream gone is not reused: read afresh.
@@ -336,7 +341,8 @@ class Feeds:
                 self._feeds[key] = feed
                 # Owned: it handles its own errors and is cancelled and awaited by the last
                 # watcher to leave or by close().
-                feed.starter = asyncio.create_task(self._start(feed), name=f"feed {key}")
+                feed.starter = asyncio.create_task(self._start(feed, exists),
+                                                   name=f"feed {key}")
                 feed.starter.add_done_callback(feed.started)
                 if self._ticker is None:
                     self._ticker = asyncio.create_task(self._tick(), name="feeds tick")
@@ -366,17 +372,19 @@ class Feeds:
             return None
         return to_events(entries)
 
-    async def _start(self, feed: Feed) -> None:
-        """Catch up without blocking (or see the stream gone), then join a reader."""
+    async def _start(self, feed: Feed, exists: bool = False) -> None:
+        """Catch up without blocking (or see the stream gone), then join a reader; join at
+        once when the stream is known to exist (``watch``)."""
         try:
-            reply = await self.redis.xread({feed.key: "0-0"}, count=READ_COUNT)
-            entries = [e for _key, got in _streams(reply) for e in got]
-            if not entries:
-                if not await self.redis.exists(feed.key):
-                    feed.end(GONE)  # expired (retention) or never existed
+            if not exists:
+                reply = await self.redis.xread({feed.key: "0-0"}, count=READ_COUNT)
+                entries = [e for _key, got in _streams(reply) for e in got]
+                if not entries:
+                    if not await self.redis.exists(feed.key):
+                        feed.end(GONE)  # expired (retention) or never existed
+                        return
+                elif feed.deliver(entries):
                     return
-            elif feed.deliver(entries):
-                return
             if feed.stopping:
                 return
             reader = self._reader()

@@ -25,6 +25,7 @@ from services.edge.tasks.events import (
     KEEPALIVE,
     client_gone,
     follow,
+    follow_batches,
     sse_response,
     view_loader,
 )
@@ -33,6 +34,7 @@ from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
 from services.edge.tasks.views import idempotency_key, json_response
 
 EventStream = AsyncGenerator[Event | None, None]
+BatchStream = AsyncGenerator[list[Event] | None, None]
 TASK_HEADER = "X-Sluice-Task-Id"
 # The task has run and ended (with the processor's own retries): an SDK that retried the request
 # would only start the same work again. OpenAI's SDKs obey this header.
@@ -240,11 +242,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     request[TASK_ID_KEY] = sub.id
     completion = Completion(sub.id, req.model, (sub.created_at or int(time.time() * 1000)) // 1000)
     headers = {TASK_HEADER: sub.id, **sub.headers}
-    events = follow(request.app[FEEDS], edge.keys.events(sub.id), None,
-                    view_loader(edge, tenant, sub.id))
+    key, view = edge.keys.events(sub.id), view_loader(edge, tenant, sub.id)
+    if stream:
+        # Just submitted (not a replay): its stream holds the queued event already.
+        batches = follow_batches(request.app[FEEDS], key, None, view, exists=not sub.existing)
+        async with contextlib.aclosing(batches):
+            return await _relay(request, batches, completion, headers, include_usage)
+    events = follow(request.app[FEEDS], key, None, view)
     async with contextlib.aclosing(events):
-        if stream:
-            return await _relay(request, events, completion, headers, include_usage)
         return await _wait(request, events, completion, headers)
 
 
@@ -265,58 +270,61 @@ async def _wait(request: web.Request, events: EventStream, completion: Completio
     raise ApiError(503, *_UNAVAILABLE, headers={**headers, **NO_RETRY})
 
 
-async def _relay(request: web.Request, events: EventStream, completion: Completion,
+async def _relay(request: web.Request, batches: BatchStream, completion: Completion,
                  headers: dict[str, str], include_usage: bool) -> web.StreamResponse:
     resp = sse_response(headers)
     await resp.prepare(request)
     keepalive = edge_of(request).settings.keepalive_s
     relays = {kind: Relay() for kind in DELTA_FIELDS}
     choices = ChoiceRelay()
+    # The role alone: an answer of tool calls or a refusal has no content, not "". It goes
+    # out with the first batch of events (the catch-up read's, at once) or the first tick.
+    out = completion.chunk({"role": "assistant"})
     try:
-        # The role alone: an answer of tool calls or a refusal has no content, not "".
-        await resp.write(completion.chunk({"role": "assistant"}))
         last_write = time.monotonic()
-        async for event in events:
-            out = b""
-            if event is None:
+        async for batch in batches:
+            if batch is None:
                 if client_gone(request):
                     return resp  # the task goes on; its result stays fetchable by id
-                if time.monotonic() - last_write >= keepalive:
+                if not out and time.monotonic() - last_write >= keepalive:
                     out = KEEPALIVE
-            elif event.type in DELTA_FIELDS:
-                text = relays[event.type].feed(orjson.loads(event.data).get("delta") or "")
-                if text:
-                    out = completion.chunk({DELTA_FIELDS[event.type]: text})
-            elif event.type == "choice":
-                if choices.feed(event.data):
-                    out = completion.choice_chunk(event.data)
-            elif event.type == "reset":
-                for relay in relays.values():
-                    relay.reset()
-                choices.reset()
-            elif event.type == "done":
-                for relay in relays.values():
-                    relay.check_finished()
-                choices.check_finished()
-                result = orjson.loads(event.data).get("result") or {}
-                out = completion.finish_chunks(result)
-                if include_usage:
-                    out += completion.usage_chunk(result)
-                await resp.write(out + b"data: [DONE]\n\n")
-                return resp
-            elif event.type in TERMINAL_EVENTS:
-                err = _failure(event)
-                await resp.write(_error_event(err.code, err.message, err.param,
-                                              err.openai_type or "api_error"))
-                return resp
+            # What a batch brings is written at once, in one write: nothing is held back.
+            for event in batch or ():
+                if event.type in DELTA_FIELDS:
+                    text = relays[event.type].feed(orjson.loads(event.data).get("delta") or "")
+                    if text:
+                        out += completion.chunk({DELTA_FIELDS[event.type]: text})
+                elif event.type == "choice":
+                    if choices.feed(event.data):
+                        out += completion.choice_chunk(event.data)
+                elif event.type == "reset":
+                    for relay in relays.values():
+                        relay.reset()
+                    choices.reset()
+                elif event.type == "done":
+                    for relay in relays.values():
+                        relay.check_finished()
+                    choices.check_finished()
+                    result = orjson.loads(event.data).get("result") or {}
+                    out += completion.finish_chunks(result)
+                    if include_usage:
+                        out += completion.usage_chunk(result)
+                    await resp.write(out + b"data: [DONE]\n\n")
+                    return resp
+                elif event.type in TERMINAL_EVENTS:
+                    err = _failure(event)
+                    await resp.write(out + _error_event(err.code, err.message, err.param,
+                                                        err.openai_type or "api_error"))
+                    return resp
             if out:
                 await resp.write(out)
+                out = b""
                 last_write = time.monotonic()
-        await resp.write(_error_event(*_UNAVAILABLE))
+        await resp.write(out + _error_event(*_UNAVAILABLE))
     except Diverged:
         # The task goes on; the SDK raises on this event, and the answer is fetchable by id.
         with contextlib.suppress(ConnectionResetError):
-            await resp.write(_error_event(*_diverged(completion.task_id)))
+            await resp.write(out + _error_event(*_diverged(completion.task_id)))
     except ConnectionResetError:
         pass  # the client left; the task goes on and its result stays fetchable by id
     return resp
