@@ -87,6 +87,7 @@ class Call:
     provider: str = ""  # its governor's id
     slot: str = ""
     tokens: int = 0
+    admitted_n: int = 0  # the provider's calls in flight when this one was admitted (its own in)
     usage: Usage | None = None
     accept_sent: bool = False
     probe: bool = False  # the call is its provider's breaker probe
@@ -217,7 +218,10 @@ class Governor:
         if self.enabled and call.slot:
             # Its estimated tokens: a declared tokens-per-minute limit starts the window at
             # that many calls of this size (settle.lua).
-            self._queue(call.provider, {"accept": call.slot, "te": call.tokens})
+            # And the calls in flight it was admitted with: its first token proves the provider
+            # holds that many at once (slow start doubles from there: settle.lua).
+            self._queue(call.provider, {"accept": call.slot, "te": call.tokens,
+                                        "n": call.admitted_n})
         if call.target is not None:
             seen = self.breakers.seen.get(call.target.name)
             if seen is not None and (seen.state != "closed" or seen.failures):
@@ -308,6 +312,7 @@ class Governor:
             self.held[slot] = provider
             call.target, call.probe = target, probe
             call.provider, call.slot, call.tokens = provider, slot, tokens
+            call.admitted_n = reply.in_flight
             self.waiting -= 1  # before _seen, so room() counts this call once
             self._seen(provider, Room(reply.limit, reply.in_flight, 0))
             return None
@@ -327,7 +332,9 @@ class Governor:
     def _release(self, call: Call, outcome: str,
                  retry_after: float | None) -> dict[str, Any]:
         self.held.pop(call.slot, None)  # not renewed any more: the lease ends it at worst
-        entry: dict[str, Any] = {"slot": call.slot, "outcome": outcome}
+        entry: dict[str, Any] = {"slot": call.slot, "outcome": outcome, "n": call.admitted_n}
+        if call.accept_sent:
+            entry["accepted"] = 1  # it grew the window at its first token, not again here
         if call.usage is not None:
             entry["tokens"] = call.usage.total_tokens - call.tokens
         if retry_after:
