@@ -143,6 +143,7 @@ class Governor:
         self.rooms: dict[str, Room] = {}
         self.waiting = 0  # tasks of this processor waiting for admission
         self._told_open = False  # what on_change said last (room() is 0 until the first look)
+        self._last_room = 0  # room() as the last look saw it
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
@@ -173,9 +174,14 @@ class Governor:
             metrics.set_governor(target.name if target is not None else DEFAULT, room.limit,
                                  room.in_flight)
         # Against what was last told, not the room a moment ago: a pause that ends opens the
-        # room by the clock alone, and that opening must still be told.
-        is_open = self.room() > 0
-        if is_open != self._told_open:
+        # room by the clock alone, and that opening must still be told. A room that grows
+        # while open is told too: the processor may have stopped claiming by its own count
+        # (tasks claimed, not yet admitted) while the room stayed open here, and then waited
+        # for one of its calls to end (a whole long call) before it claimed the room grown.
+        room = self.room()
+        is_open, grew = room > 0, room > self._last_room
+        self._last_room = room
+        if is_open != self._told_open or (is_open and grew):
             self._told_open = is_open
             self.on_change(is_open)
 

@@ -86,3 +86,32 @@ async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
         drained.set()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_a_room_that_grows_while_open_is_told(redis: RedisClient, keys: Keys) -> None:
+    """The processor stops claiming when its own count says the room is spent (tasks claimed,
+    not yet admitted), while the governor still sees room: open, open. When the window then
+    grows, that must be told too, or the processor claims nothing more until one of its calls
+    ends (the long-call burst: 23 calls in flight of a window of 46 for a whole 10 s call)."""
+    told: asyncio.Queue[bool] = asyncio.Queue()
+    limits = Limits(initial_window=4)
+    governor = Governor(redis, keys, name="p1", enabled=True, limits=limits, lease_ms=30_000,
+                        base_url="http://provider.test/v1", api_key=None, model="m",
+                        on_change=told.put_nowait)
+    steps = GovernorSteps(redis, keys, limits)
+    stopping, drained = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(governor.run(stopping, drained))
+    try:
+        async with asyncio.timeout(10):
+            assert await told.get() is True  # the first look: room 4
+            for i in range(2):  # another processor's calls: room 2, still open
+                await steps.admit(governor.default, f"t{i}", f"{now_ms()}:p2:{i}", now_ms(),
+                                  30_000, 10)
+            await redis.hset(keys.governor(governor.default), "window", 10)  # room 8
+            assert await told.get() is True
+        await until(lambda: governor.room() == 8, 5, "the grown room seen")
+    finally:
+        stopping.set()
+        drained.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
