@@ -178,9 +178,9 @@ class Governor:
         # while open is told too: the processor may have stopped claiming by its own count
         # (tasks claimed, not yet admitted) while the room stayed open here, and then waited
         # for one of its calls to end (a whole long call) before it claimed the room grown.
-        room = self.room()
-        is_open, grew = room > 0, room > self._last_room
-        self._last_room = room
+        free = self.room()
+        is_open, grew = free > 0, free > self._last_room
+        self._last_room = free
         if is_open != self._told_open or (is_open and grew):
             self._told_open = is_open
             self.on_change(is_open)
