@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smaller N, one round")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="also profile our services with py-spy during e2e; stacks go here")
+                    help="also profile our services with py-spy during e2e and long_burst; "
+                         "stacks go here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     a = ap.parse_args()
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
