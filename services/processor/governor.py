@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,15 @@ def is_rate_limit(err: ProviderError) -> bool:
     if err.status == 503:
         return err.retry_after is not None or any(w in err.message.lower() for w in _OVERLOADED)
     return False
+
+
+def next_look(backoff_s: float, rooms: Iterable[Room], now: int) -> float:
+    """Seconds until the poll looks again: its backoff, but no later than the soonest pause or
+    spent quota ends (1 ms past it). The room opens by the clock then, and the processor must
+    hear of it then: after its backoff, up to a second later, every processor left the
+    provider idle meanwhile (after a Retry-After: 1, up to twice as long as asked)."""
+    ends = [r.blocked_until for r in rooms if r.blocked_until > now]
+    return min(backoff_s, (min(ends) - now + 1) / 1000) if ends else backoff_s
 
 
 @dataclass(slots=True)
@@ -460,4 +469,5 @@ class Governor:
                 pause = min(pause * 2, POLL_IDLE_S)
             last = seen
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=pause)
+                await asyncio.wait_for(stopping.wait(),
+                                       timeout=next_look(pause, self.rooms.values(), now_ms()))
