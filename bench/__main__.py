@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smaller N, one round")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="also profile our services with py-spy (e2e, steady, long_stream); "
+                    help="also profile our services with py-spy (e2e, steady, long_stream, "
+                         "long_burst); "
                          "stacks go here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     a = ap.parse_args()

@@ -85,8 +85,9 @@ async def run(ctx: Ctx) -> dict[str, Any]:
     ctx.notes.append(f"provider-limited-two: PROVIDERS_FILE with two mocks, each allowing "
                      f"{LIMIT} calls in flight (429, Retry-After: 1 past that); tasks take "
                      f"{TASK_S} s; 2 processors at PROCESSOR_CONCURRENCY 32; 'learned': the "
-                     "governor learns each limit from its 429s (each window starts at 16, so "
-                     f"the first overshoot alone is 2 x 12 refusals); 'declared': the file's "
+                     "governor learns each limit from its 429s (each window starts at "
+                     "GOVERNOR_INITIAL_WINDOW, 8, so the first overshoot is 2 x 4 refusals); "
+                     f"'declared': the file's "
                      f"max_concurrency = {LIMIT}; answered by a / b: "
                      + ", ".join(f"{x['how']} {x['answered_by']['a']} / {x['answered_by']['b']}"
                                  for x in runs))

@@ -3,7 +3,7 @@ cost while they wait. A provider that takes one call at a time, each call long (
 tasks submitted at once: once they are all waiting, the CPU each process uses over a quiet
 stretch, per second. Two ways to a window of 1: declared (PROVIDER_MAX_CONCURRENCY=1, the
 tasks wait in Redis), and learned (the mock refuses a second call with a 429, the governor
-starts at its window of 16 and learns: tasks a processor already holds wait in it); and, for
+starts at its initial window and learns: tasks a processor already holds wait in it); and, for
 a baseline, the same stack with no task at all."""
 
 from __future__ import annotations

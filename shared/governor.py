@@ -164,7 +164,7 @@ class Limits:
     max_concurrency: int = 0
     rpm: int = 0
     tpm: int = 0
-    initial_window: int = 16
+    initial_window: int = 8
     max_backoff_ms: int = 30_000
     # RETRY_AFTER_CAP_S: no pause or x-ratelimit reset a provider announces holds longer.
     reset_cap_ms: int = 60_000

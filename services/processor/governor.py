@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,15 @@ def is_rate_limit(err: ProviderError) -> bool:
     return False
 
 
+def next_look(backoff_s: float, rooms: Iterable[Room], now: int) -> float:
+    """Seconds until the poll looks again: its backoff, but no later than the soonest pause or
+    spent quota ends (1 ms past it). The room opens by the clock then, and the processor must
+    hear of it then: after its backoff, up to a second later, every processor left the
+    provider idle meanwhile (after a Retry-After: 1, up to twice as long as asked)."""
+    ends = [r.blocked_until for r in rooms if r.blocked_until > now]
+    return min(backoff_s, (min(ends) - now + 1) / 1000) if ends else backoff_s
+
+
 @dataclass(slots=True)
 class Call:
     """One provider call, used as ``async with governor.call(...) as call``: admitted on entry
@@ -87,6 +96,7 @@ class Call:
     provider: str = ""  # its governor's id
     slot: str = ""
     tokens: int = 0
+    admitted_n: int = 0  # the provider's calls in flight when this one was admitted (its own in)
     usage: Usage | None = None
     accept_sent: bool = False
     probe: bool = False  # the call is its provider's breaker probe
@@ -142,6 +152,7 @@ class Governor:
         self.rooms: dict[str, Room] = {}
         self.waiting = 0  # tasks of this processor waiting for admission
         self._told_open = False  # what on_change said last (room() is 0 until the first look)
+        self._last_room = 0  # room() as the last look saw it
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
@@ -172,9 +183,14 @@ class Governor:
             metrics.set_governor(target.name if target is not None else DEFAULT, room.limit,
                                  room.in_flight)
         # Against what was last told, not the room a moment ago: a pause that ends opens the
-        # room by the clock alone, and that opening must still be told.
-        is_open = self.room() > 0
-        if is_open != self._told_open:
+        # room by the clock alone, and that opening must still be told. A room that grows
+        # while open is told too: the processor may have stopped claiming by its own count
+        # (tasks claimed, not yet admitted) while the room stayed open here, and then waited
+        # for one of its calls to end (a whole long call) before it claimed the room grown.
+        free = self.room()
+        is_open, grew = free > 0, free > self._last_room
+        self._last_room = free
+        if is_open != self._told_open or (is_open and grew):
             self._told_open = is_open
             self.on_change(is_open)
 
@@ -217,7 +233,10 @@ class Governor:
         if self.enabled and call.slot:
             # Its estimated tokens: a declared tokens-per-minute limit starts the window at
             # that many calls of this size (settle.lua).
-            self._queue(call.provider, {"accept": call.slot, "te": call.tokens})
+            # And the calls in flight it was admitted with: its first token proves the provider
+            # holds that many at once (slow start doubles from there: settle.lua).
+            self._queue(call.provider, {"accept": call.slot, "te": call.tokens,
+                                        "n": call.admitted_n})
         if call.target is not None:
             seen = self.breakers.seen.get(call.target.name)
             if seen is not None and (seen.state != "closed" or seen.failures):
@@ -308,6 +327,7 @@ class Governor:
             self.held[slot] = provider
             call.target, call.probe = target, probe
             call.provider, call.slot, call.tokens = provider, slot, tokens
+            call.admitted_n = reply.in_flight
             self.waiting -= 1  # before _seen, so room() counts this call once
             self._seen(provider, Room(reply.limit, reply.in_flight, 0))
             return None
@@ -327,7 +347,9 @@ class Governor:
     def _release(self, call: Call, outcome: str,
                  retry_after: float | None) -> dict[str, Any]:
         self.held.pop(call.slot, None)  # not renewed any more: the lease ends it at worst
-        entry: dict[str, Any] = {"slot": call.slot, "outcome": outcome}
+        entry: dict[str, Any] = {"slot": call.slot, "outcome": outcome, "n": call.admitted_n}
+        if call.accept_sent:
+            entry["accepted"] = 1  # it grew the window at its first token, not again here
         if call.usage is not None:
             entry["tokens"] = call.usage.total_tokens - call.tokens
         if retry_after:
@@ -447,4 +469,5 @@ class Governor:
                 pause = min(pause * 2, POLL_IDLE_S)
             last = seen
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=pause)
+                await asyncio.wait_for(stopping.wait(),
+                                       timeout=next_look(pause, self.rooms.values(), now_ms()))

@@ -48,7 +48,7 @@ class ProcessorSettings:
             max_concurrency=env.integer("PROVIDER_MAX_CONCURRENCY", 0, min_value=0),
             rpm=env.integer("PROVIDER_RPM", 0, min_value=0),
             tpm=env.integer("PROVIDER_TPM", 0, min_value=0),
-            initial_window=env.integer("GOVERNOR_INITIAL_WINDOW", 16, min_value=1,
+            initial_window=env.integer("GOVERNOR_INITIAL_WINDOW", 8, min_value=1,
                                        max_value=100_000),
             max_backoff_ms=int(1000 * env.number("GOVERNOR_MAX_BACKOFF_S", 30.0,
                                                  min_value=0.1)),

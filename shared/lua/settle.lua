@@ -7,12 +7,19 @@
 -- processor pays one round trip for all the calls that ended while the last one was on its way.
 -- AIMD: a rate limit (429, overloaded 503/529) halves the window once per overshoot (a call
 -- admitted before the last decrease cannot cause another), never below 1, and remembers the
--- window it happened at (or the calls in flight then, when fewer). A success grows the window, only while the window was in use (so a
--- quiet period does not inflate it): by 1 in slow start (doubling per round, until the first
--- refusal); then back up towards the last safe window (one below the refused one) by half the
--- distance per round (BIC's binary search: at least 1/window per success); past it, probing
--- for more by 1 per PROBE_ROUNDS rounds only, since every probe that is refused costs a 429
--- (and, with a Retry-After, a pause for every processor).
+-- ceiling it happened at (the window, or the calls in flight then, when fewer). A refusal at
+-- or past that ceiling, once slow start is over, is a probe that found the ceiling still
+-- there: the window goes back to just below it, not to half (the provider did not shrink;
+-- halving left it half idle while the window climbed back). A success grows the window, only
+-- while the window was in use (so a quiet period does not inflate it): in slow start (until
+-- the first refusal) to twice the calls the provider was seen to hold at once (a call taken
+-- while n were in flight proves n), and by 1 per success while full: doubling per round of
+-- first tokens even for long calls, which stay in flight after their first token (+1 alone
+-- grew the window by the round's new calls only: +16 a round from 16); then back up towards
+-- the last safe window (one below the refused one) by half the distance per round (BIC's
+-- binary search: at least 1/window per success); past it, probing for more by 1 per
+-- PROBE_ROUNDS rounds only, since every probe that is refused costs a 429 (and, with a
+-- Retry-After, a pause for every processor).
 -- KEYS[1] provider state hash, KEYS[2] slots zset, KEYS[3] tokens counter of this window,
 -- KEYS[4] counter of rate-limited answers of this minute
 -- ARGV[1] now (ms), ARGV[2] operator's max concurrency (0: none), ARGV[3] initial window,
@@ -22,7 +29,8 @@
 -- ARGV[7..] entries, each a JSON object:
 --   {"slot": id, "outcome": "ok"|"limited"|"other", "tokens": correction,
 --    "pause_until": ms from Retry-After (0: none), "accepted": 1 when its accept was sent}
---   and/or {"accept": id, "te": its estimated tokens} (the call's first token arrived: it
+--   and/or {"accept": id, "te": its estimated tokens, "n": calls in flight when it was
+--   admitted, its own included (0 or absent: unknown)} (the call's first token arrived: it
 --   counts as a success now)
 --   and/or {"h": {"rr": remaining requests, "rs": their reset (ms), "rl": request limit,
 --                 "tr": remaining tokens, "ts": their reset (ms), "tl": token limit}}
@@ -56,8 +64,19 @@ local PROBE_ROUNDS = 50
 local resets = {req = tonumber(s[7]), tok = tonumber(s[8])}  -- followed as headers set them
 local limits = {req = tonumber(s[9]), tok = tonumber(s[10])}  -- what the provider declared
 
-local function grow()
-  if slow then return window + 1 end
+-- n: the calls in flight when the call that succeeded was admitted (0: unknown). A call
+-- admitted into a full window counts as the window in use, also when calls have ended since
+-- (the processors' claims lag the room: judged by the calls in flight now alone, a round's
+-- growth was lost whenever one call of it had not been admitted yet).
+local function in_use(n)
+  return was_full or inflight >= math.floor(window) or n >= math.floor(window)
+end
+
+local function grow(n, used)
+  if slow then
+    return math.max(used and window + 1 or window, 2 * n)
+  end
+  if not used then return window end
   local safe = w_max - 1
   if window < safe then return window + math.max(1, (safe - window) / 2) / window end
   return window + 1 / (window * PROBE_ROUNDS)
@@ -137,7 +156,17 @@ for i = 7, #ARGV do
     succeeded = true
     streak, streak_set = 0, true
     probing()
-    if was_full or inflight >= math.floor(window) then window = grow() end
+    local n = tonumber(e.n) or 0
+    local admitted = tonumber(string.match(e.accept, '^(%d+):')) or now
+    if not slow and admitted < dec_at and w_max > 1 and window > w_max - 1 then
+      -- Taken in the overshoot that taught the ceiling, while the window is still above
+      -- it (halved from far above, 16 to 8 for a provider taking 4): the overshoot's calls
+      -- have told where the ceiling is; the window goes below it before it costs a second
+      -- overshoot. An overshoot of which nothing is taken (a quota spent) says nothing.
+      window = w_max - 1
+    else
+      window = grow(n, in_use(n))
+    end
     declared(tonumber(e.te))
   end
   if e.slot then
@@ -151,7 +180,10 @@ for i = 7, #ARGV do
       succeeded = true
       streak, streak_set = 0, true
       probing()
-      if (full or was_full) and not e.accepted then window = grow() end  -- else: at its 1st token
+      if not e.accepted then  -- else: it grew at its first token
+        local n = tonumber(e.n) or 0
+        window = grow(n, full or in_use(n))
+      end
     elseif e.outcome == 'limited' then
       redis.call('HINCRBY', state, 'limited_total', 1)
       redis.call('INCR', KEYS[4])
@@ -162,8 +194,14 @@ for i = 7, #ARGV do
       -- this one. The refusals of one overshoot arrive one by one and each lowers the estimate.
       local took = inflight + 1
       if admitted >= dec_at then
-        w_max = math.min(window, took)
-        window = math.max(1, window / 2)
+        if not slow and w_max > 0 and took >= w_max then
+          -- Refused at or past the ceiling (a probe, or a window not yet down to it): the
+          -- ceiling holds; back to just below it.
+          window = math.max(1, math.min(window, w_max - 1))
+        else
+          w_max = math.min(window, took)
+          window = math.max(1, window / 2)
+        end
         slow, dec_at = false, now
       elseif w_max > took then
         w_max = took

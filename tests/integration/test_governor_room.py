@@ -86,3 +86,73 @@ async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
         drained.set()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_a_room_that_grows_while_open_is_told(redis: RedisClient, keys: Keys) -> None:
+    """The processor stops claiming when its own count says the room is spent (tasks claimed,
+    not yet admitted), while the governor still sees room: open, open. When the window then
+    grows, that must be told too, or the processor claims nothing more until one of its calls
+    ends (the long-call burst: 23 calls in flight of a window of 46 for a whole 10 s call)."""
+    told: asyncio.Queue[bool] = asyncio.Queue()
+    limits = Limits(initial_window=4)
+    governor = Governor(redis, keys, name="p1", enabled=True, limits=limits, lease_ms=30_000,
+                        base_url="http://provider.test/v1", api_key=None, model="m",
+                        on_change=told.put_nowait)
+    steps = GovernorSteps(redis, keys, limits)
+    stopping, drained = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(governor.run(stopping, drained))
+    try:
+        async with asyncio.timeout(10):
+            assert await told.get() is True  # the first look: room 4
+            for i in range(2):  # another processor's calls: room 2, still open
+                await steps.admit(governor.default, f"t{i}", f"{now_ms()}:p2:{i}", now_ms(),
+                                  30_000, 10)
+            await redis.hset(keys.governor(governor.default), "window", 10)  # room 8
+            assert await told.get() is True
+        await until(lambda: governor.room() == 8, 5, "the grown room seen")
+    finally:
+        stopping.set()
+        drained.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_a_call_grows_the_window_once_at_its_first_token_not_again_at_its_end(
+        redis: RedisClient, keys: Keys) -> None:
+    """Before, the end of a streamed call did not say its first token had been counted, so a
+    call that ended while the window was full grew it twice (probing past a learned ceiling
+    twice as often)."""
+    governor = Governor(redis, keys, name="p1", enabled=True,
+                        limits=Limits(initial_window=2), lease_ms=30_000,
+                        base_url="http://provider.test/v1", api_key=None, model="m",
+                        on_change=lambda _open: None)
+    state = keys.governor(governor.default)
+    stopping, drained = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(governor.run(stopping, drained))
+
+    async def window() -> float:
+        return float(await redis.hget(state, "window") or 0)
+
+    try:
+        async with asyncio.timeout(20):
+            first = [governor.call(f"t{i}", {"messages": []}, None) for i in range(2)]
+            for call in first:
+                await call.__aenter__()
+                call.accepted()
+            await until(lambda: governor.rooms[governor.default].limit == 4, 5,
+                        "the first tokens settled")  # 2 calls taken at once: 2 x 2
+            more = [governor.call(f"u{i}", {"messages": []}, None) for i in range(2)]
+            for call in more:
+                await call.__aenter__()  # 4 in flight: the window is full
+            for call in first:
+                await call.__aexit__(None, None, None)
+            await until(lambda: governor.rooms[governor.default].in_flight == 2, 5,
+                        "the ends settled")
+            assert await window() == 4
+            for call in more:
+                await call.__aexit__(None, None, None)
+    finally:
+        stopping.set()
+        drained.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

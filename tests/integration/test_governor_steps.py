@@ -412,3 +412,102 @@ async def test_a_round_of_first_tokens_settled_together_doubles_the_window(
     room = await steps.settle(P, T0 + 200, [{"slot": s, "outcome": "ok", "accepted": 1}
                                             for s in slots])
     assert room.limit == 32
+
+
+async def fill_counted(steps: GovernorSteps, now: int) -> list[tuple[str, int]]:
+    """As fill, with each slot's calls in flight when it was admitted (its own included)."""
+    out = []
+    while True:
+        reply, slot = await admit(steps, now)
+        if isinstance(reply, Wait):
+            return out
+        out.append((slot, reply.in_flight))
+
+
+async def test_slow_start_doubles_per_round_of_first_tokens_while_the_calls_go_on(
+        redis: RedisClient) -> None:
+    """Long calls stay in flight after their first token: a round of them taken proves the
+    provider holds that many at once, so the next window is twice that. Before, each first
+    token added one call, so the window grew by the round's new calls (16, 32, 48, 64: +16 per
+    round, 184 rounds' worth of first tokens to 200, not 4 doublings)."""
+    steps = steps_for(redis, initial_window=16)
+    first = await fill_counted(steps, T0)
+    room = await steps.settle(P, T0 + 100, [{"accept": s, "te": 10, "n": n} for s, n in first])
+    assert room.limit == 32
+    second = await fill_counted(steps, T0 + 110)
+    assert len(second) == 16
+    # One call ends before the round's first tokens are settled: the window is not full then,
+    # but those calls were admitted into a full one (the processor's claims lag the room).
+    await steps.settle(P, T0 + 150, [{"slot": first[0][0], "outcome": "ok", "accepted": 1}])
+    room = await steps.settle(P, T0 + 210, [{"accept": s, "te": 10, "n": n} for s, n in second])
+    assert room.limit == 64
+
+
+async def test_a_window_that_is_not_used_does_not_double(redis: RedisClient) -> None:
+    """Three calls in flight of a window of 16: their first tokens prove 3, not 16."""
+    steps = steps_for(redis, initial_window=16)
+    few = []
+    for _ in range(3):
+        reply, slot = await admit(steps, T0)
+        assert isinstance(reply, Admitted)
+        few.append((slot, reply.in_flight))
+    room = await steps.settle(P, T0 + 100, [{"accept": s, "te": 10, "n": n} for s, n in few])
+    assert room.limit == 16
+
+
+async def simulate(steps: GovernorSteps, limit: int, calls: int, call_ms: int = 500,
+                   ttft_ms: int = 100, retry_after_ms: int = 1000) -> dict[str, Any]:
+    """A provider that takes ``limit`` calls in flight and refuses the next at once (429 with
+    Retry-After), driven through admit and settle as the processors drive them, on a clock of
+    10 ms ticks. Returns the refusals (their tick and the calls sent before each), the calls
+    taken, and the simulated time."""
+    now, sent, taken = T0, 0, 0
+    running: list[tuple[int, int, str, int]] = []  # (first token at, ends at, slot, n)
+    refusals: list[int] = []  # the calls sent before each refusal
+    while sent < calls:
+        entries: list[dict[str, Any]] = []
+        for first_at, end_at, slot, n in running:
+            if first_at == now:
+                entries.append({"accept": slot, "te": 10, "n": n})
+            if end_at == now:
+                entries.append({"slot": slot, "outcome": "ok", "accepted": 1})
+        running = [r for r in running if r[1] > now]
+        if entries:
+            await steps.settle(P, now, entries)
+        admitted: list[tuple[str, int]] = []  # sent together, answered after
+        while sent + len(admitted) < calls:
+            reply, slot = await admit(steps, now)
+            if isinstance(reply, Wait):
+                break
+            admitted.append((slot, reply.in_flight))
+        for slot, n in admitted:
+            sent += 1
+            if len(running) >= limit:
+                refusals.append(sent - 1)
+                # A refusal is answered at once: a millisecond after it was sent.
+                await steps.settle(P, now + 1, [{"slot": slot, "outcome": "limited",
+                                                 "pause_until": now + 1 + retry_after_ms}])
+            else:
+                taken += 1
+                running.append((now + ttft_ms, now + call_ms, slot, n))
+        now += 10
+    return {"refusals": refusals, "taken": taken, "ms": now - T0}
+
+
+async def test_after_a_refusal_at_4_the_window_probes_past_4_once_per_probe_period(
+        redis: RedisClient) -> None:
+    """A provider taking 4 calls in flight: the first overshoot teaches the ceiling; after it,
+    the window sits at 4 and looks past it only once per PROBE_ROUNDS rounds (200 calls at 4),
+    each look a single refusal that puts it back at 4, not half of it. Before: the window
+    halved to 8 after the first overshoot (4 more refusals), and each later probe halved it
+    again, to 2.5 (the provider half idle while it climbed back)."""
+    steps = steps_for(redis, initial_window=16)
+    run = await simulate(steps, limit=4, calls=1000)
+    first_episode = [r for r in run["refusals"] if r < 16]
+    later = [r for r in run["refusals"] if r >= 16]
+    assert len(first_episode) == 12  # the 16 sent at once, less the 4 taken
+    # No second overshoot, then one look past 4 per probe period at most.
+    assert len(later) <= 1000 // 200 + 1, later
+    assert all(b - a >= 150 for a, b in zip([16, *later], later, strict=False)), later
+    # The provider is kept busy: 4 calls of 0.5 s in flight is 8 a second.
+    assert run["taken"] / (run["ms"] / 1000) >= 0.9 * 8

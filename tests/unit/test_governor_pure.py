@@ -104,3 +104,14 @@ def test_a_stored_task_uses_its_deadline_or_the_default() -> None:
     assert deadlines.deadline_at({}, NOW, 10) == NOW + 10_000
     iso = "2027-01-15T08:00:00+00:00"
     assert deadlines.deadline_at({"deadline": iso}, NOW + 10**12, 10) < NOW + 10**12
+
+
+def test_the_poll_looks_again_when_a_pause_ends() -> None:
+    """A pause (Retry-After) or a spent quota ends by the clock: the poll looks again then,
+    not after its backoff (up to a second later, every provider idle meanwhile)."""
+    from services.processor.governor import next_look
+    from shared.governor import Room
+    now = 1_000_000
+    assert next_look(1.0, [Room(4, 4, now + 300), Room(4, 0, 0)], now) == pytest.approx(0.301)
+    assert next_look(0.1, [Room(4, 4, now + 300)], now) == pytest.approx(0.1)
+    assert next_look(1.0, [Room(4, 4, now - 5), Room(4, 4, 0)], now) == pytest.approx(1.0)
