@@ -394,3 +394,23 @@ async def test_a_stream_known_to_exist_is_read_by_the_reader_from_its_first_entr
     ids.append(await add(redis, key, "done"))
     got = [e.id for b in [first] + [b async for b in batches] if b is not None for e in b]
     assert got == ids
+
+
+@pytest.mark.parametrize("exists", [False, True])
+async def test_a_terminal_event_read_while_the_watcher_writes_its_last_batch_still_reaches_it(
+        redis: RedisClient, keys: Keys, hub: Feeds, exists: bool) -> None:
+    """The reader may end a feed (its terminal event read) while its watcher is away writing
+    the batch before to a slow client: the watcher, back, must still take that event, not
+    take the feed's end for the stream's (which would end the client's stream without it)."""
+    key = keys.events(f"ends-while-away-{exists}")
+    ids = [await add(redis, key, "status")]
+    batches = follow_batches(hub, key, None, _no_view, exists=exists)
+    first = await anext(batches)
+    while first is None:  # a tick of the hub on a slow machine
+        first = await anext(batches)
+    async with hub.watch(key) as feed:  # the same feed, seen from here
+        ids.append(await add(redis, key, "done"))
+        await until(lambda: feed.ended is not None, 5, "the reader reading the done event")
+        rest = [b async for b in batches]
+    got = [e.id for b in [first, *rest] if b is not None for e in b]
+    assert got == ids

@@ -96,14 +96,18 @@ async def follow_batches(feeds: Feeds, key: str, after: str | None,
             gone = history is None
             woken = False
             while not gone:
+                # Whether it ended, looked at before taking: a reader that read the terminal
+                # event while this watcher was away (writing the last batch to its client)
+                # ended the feed too, and that event must be taken before the end is obeyed.
+                ended = feed.ended
                 events = feed.take(cursor, after)
                 if events:
                     upto = _upto_terminal(events)
                     yield upto
                     if upto[-1].type in TERMINAL_EVENTS:
                         return
-                if feed.ended is not None:
-                    gone = feed.ended == GONE
+                if ended is not None:
+                    gone = ended == GONE
                     break
                 if woken and not events:
                     yield None  # a tick: nothing came
