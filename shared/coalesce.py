@@ -16,6 +16,7 @@ Redis cannot take (None, a bool: a DataError) fails alone; the others of its gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +143,21 @@ class Coalescer:
         # EXISTS first, a second round trip every time (a lost script: see _reload_lost).
         # On a cluster the pipeline calls by node. It packs its commands together, so one
         # argument Redis cannot take would fail them all: such a call fails alone.
+        if isinstance(self._redis, Redis):
+            # One server: the pipeline packs every command before it writes any, so a
+            # DataError means nothing was sent, and the group goes again, checked call by
+            # call. Checking first, every time, cost 35 encodes a task (~3% of the
+            # processor's CPU in the e2e bench) for a failure that does not happen.
+            with contextlib.suppress(DataError):
+                async with self._redis.pipeline(transaction=False) as p:
+                    for call in calls:
+                        p.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
+                    return list(await p.execute(raise_on_error=False))
+        return await self._send_checked(calls)
+
+    async def _send_checked(self, calls: list[_Call]) -> list[Any]:
+        """The group's calls whose arguments Redis can take, in one pipeline; the others
+        their DataError."""
         sha = self._script.sha
         encode = self._redis.get_encoder().encode
         replies: list[Any] = [None] * len(calls)

@@ -295,8 +295,10 @@ def set_governor(provider: str, window: int, in_flight: int) -> None:
     PROVIDERS_FILE)."""
     if _governor_seen.get(provider) != (window, in_flight):
         _governor_seen[provider] = (window, in_flight)
-        governor_window.labels(provider).set(window)
-        governor_in_flight.labels(provider).set(in_flight)
+        # child(): labels() takes a lock and checks its values, and this runs at nearly every
+        # admission and settle (its calls in flight change)
+        child(governor_window, provider).set(window)
+        child(governor_in_flight, provider).set(in_flight)
 
 
 # --- which process exports which families -----------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from contextvars import Token
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -39,13 +42,17 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     traceparent = request.headers.get("traceparent")
     # Lines logged while this request is handled carry its tenant and the client's trace id;
-    # reset at the end (one connection's requests share an asyncio task).
-    bound = dict(logs.bind_work(trace_id=logs.trace_id(traceparent)))
+    # reset at the end (one connection's requests share an asyncio task). One binding, made
+    # once the key is checked (or refused): two were ~2% of the edge's CPU per submit.
+    bound: Mapping[str, Token[Any]] = {}
     try:
         try:
             tracing.incoming.set(traceparent)
-            authenticate(request)
-            bound.update(logs.bind_work(tenant=request.get(TENANT)))
+            try:
+                authenticate(request)
+            finally:
+                bound = logs.bind_work(trace_id=logs.trace_id(traceparent),
+                                       tenant=request.get(TENANT))
             response = await handler(request)
         except ConnectionResetError:
             status = CLIENT_GONE
@@ -67,7 +74,8 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
             log.info("request", method=request.method, path=request.path, status=status,
                      ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
-        structlog.contextvars.reset_contextvars(**bound)
+        if bound:
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def _is_poll(request: web.Request) -> bool:
@@ -77,7 +85,7 @@ def _is_poll(request: web.Request) -> bool:
     path = request.path
     if path == "/api/health":
         return True
-    if request.app[SETTINGS].log_polls or request.method != "GET":
+    if request.method != "GET" or request.app[SETTINGS].log_polls:
         return False
     return path == "/metrics" or path.startswith(("/api/admin/", "/dashboard"))
 
