@@ -127,7 +127,10 @@ async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in
     tid = await core.submit({"content_tokens": 30, "tokens_per_s": 60, **QUIET})
     await core.coordinator().run_burst()
     processor = core.processor()
-    running = asyncio.create_task(processor.run(burst=True))
+    # Not in burst mode: a burst run stops once its task has succeeded, and leaves the pool as
+    # it stops, so "back in the pool" could be over before it was looked at (a flake under
+    # load). This run lasts until the test stops it.
+    running = asyncio.create_task(processor.run())
     try:
         await mid_stream(core, tid)
         refused = store_errors()
