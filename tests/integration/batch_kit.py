@@ -18,7 +18,7 @@ from harness.processes import CLIENT_TLS
 from harness.waiting import until
 from services.mockai.text import content_tokens, digest_prompt
 from tests.integration.edge_client import EdgeUnderTest, running_edge
-from tests.integration.kit import Core
+from tests.integration.kit import Core, wake_blocked
 
 KEY_A, KEY_B = "sk-batch-alpha-1", "sk-batch-beta-2"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -74,18 +74,6 @@ def mock_text(prompt: str, tokens: int = 5) -> str:
     """What the mock provider answers to this prompt: its text is a function of the prompt."""
     seed = digest_prompt([{"role": "user", "content": prompt}]).seed
     return "".join(content_tokens(seed, tokens))
-
-
-async def wake_blocked(core: Core) -> None:
-    """End the loops' blocking waits now, as their timeouts (POLL_S, 1 s) would, so a stopped
-    loop sees it is stopping: each blocked read is unblocked (CLIENT UNBLOCK ... TIMEOUT),
-    and each pub/sub wait gets a message no loop acts on. A graceful stop, without sitting
-    out a second of blocking after every test."""
-    for client in await core.redis.client_list():
-        if client.get("cmd") in ("xread", "xreadgroup") and "b" in client.get("flags", ""):
-            await core.redis.client_unblock(client["id"])
-    for channel in (core.keys.cancel_channel, core.keys.batch_channel):
-        await core.redis.publish(channel, "")
 
 
 @contextlib.asynccontextmanager

@@ -172,6 +172,18 @@ class Core:
             await http.aclose()
 
 
+async def wake_blocked(core: Core) -> None:
+    """End the loops' blocking waits now, as their timeouts (POLL_S, 1 s) would, so a stopped
+    loop sees it is stopping: each blocked read is unblocked (CLIENT UNBLOCK ... TIMEOUT),
+    and each pub/sub wait gets a message no loop acts on. A graceful stop, without sitting
+    out a second of blocking after every test."""
+    for client in await core.redis.client_list():
+        if client.get("cmd") in ("xread", "xreadgroup") and "b" in client.get("flags", ""):
+            await core.redis.client_unblock(client["id"])
+    for channel in (core.keys.cancel_channel, core.keys.batch_channel):
+        await core.redis.publish(channel, "")
+
+
 async def mid_stream(core: Core, task_id: str) -> None:
     """Block on the task's event stream until a content delta is in it."""
     last = "0-0"
