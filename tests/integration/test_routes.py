@@ -24,7 +24,7 @@ from services.processor.worker import Processor, make_http
 from shared import tasks
 from shared.config import Env
 from shared.timeutil import now_ms
-from tests.integration.kit import Core
+from tests.integration.kit import Core, stopped
 
 pytestmark = pytest.mark.usefixtures("core")
 
@@ -230,7 +230,7 @@ async def test_health_and_status_name_the_failing_provider(
             assert by["a"]["processors"]["p9"]["api_key_configured"] is False
         finally:
             live.stop()
-            await running
+            await stopped(core, running)
 
 
 async def test_a_provider_that_declares_its_limits_starts_the_window_there(

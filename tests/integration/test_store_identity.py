@@ -20,7 +20,7 @@ from shared.keys import Keys
 from shared.redis_conn import RedisClient
 from shared.store import Store, make_store
 from shared.store_check import DEPLOYMENT, StoreCheck, StoreRefused, check_identity
-from tests.integration.kit import BURST_TIMEOUT_S, QUIET, Core, mid_stream, wake_blocked
+from tests.integration.kit import QUIET, Core, mid_stream, stopped
 
 
 @pytest.fixture
@@ -172,11 +172,7 @@ async def test_a_running_processor_writes_nothing_into_a_store_file_no_longer_in
                     "the processor back in the pool")
     finally:
         processor.stop()
-        async with asyncio.timeout(BURST_TIMEOUT_S):
-            while not running.done():
-                await wake_blocked(core)
-                await asyncio.wait([running], timeout=0.05)
-        await running
+        await stopped(core, running)
 
 
 def move(src: Path, dst: Path) -> None:
