@@ -152,6 +152,10 @@ def free_cluster_port() -> int:
 
 
 CLUSTER_SLOTS = 16384
+# How long a service (a Python process and its imports) may take to start answering: a guard
+# against a hang, not a measure. Generous: on a 2-core machine shared with other test runs, a
+# start that takes 1 s alone has taken more than 20 s.
+START_S = 60
 
 
 @dataclass
@@ -350,9 +354,9 @@ class Stack:
     def up(self, processors: int = 1, coordinators: int = 1, mock: bool = True) -> Stack:
         if mock:
             self.start("mockai")
-            wait_for(lambda: _ok(f"{self.mock_url}/health"), 20, "mock provider")
+            wait_for(lambda: _ok(f"{self.mock_url}/health"), START_S, "mock provider")
         self.start("edge")
-        wait_for(lambda: _ok(f"{self.edge_url}/api/health"), 20, "edge health")
+        wait_for(lambda: _ok(f"{self.edge_url}/api/health"), START_S, "edge health")
         for _ in range(coordinators):
             self.start("coordinator")
         for _ in range(processors):
@@ -367,7 +371,7 @@ class Stack:
         first = keys.replace(",", "\n").split("\n")[0].strip()
         return {"Authorization": f"Bearer {first.split(':')[0]}"} if first else {}
 
-    def wait_alive(self, processors: int, coordinators: int, timeout: float = 20) -> None:
+    def wait_alive(self, processors: int, coordinators: int, timeout: float = START_S) -> None:
         def ready() -> bool:
             s = httpx.get(f"{self.edge_url}/api/async-status", headers=self.auth_headers,
                           verify=CLIENT_TLS).json()
