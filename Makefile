@@ -70,6 +70,12 @@ postgresql:
 run: $(STAMP) redis-server
 	$(BIN)/python -m scripts.run_local
 
+# The tests keep Python's bytecode (and pytest's rewritten test modules) in __pycache__ (ignored
+# by git) even where PYTHONDONTWRITEBYTECODE is set: without it every run, every worker of
+# test-fast and every service an e2e test starts compiles the code again (measured: collecting
+# the fast layer 3.7 s of CPU against 1.9 s; importing the services 0.6 s against 0.4 s).
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
+
 test: $(STAMP) redis-server postgresql test-tools
 	$(BIN)/pytest -q
 
