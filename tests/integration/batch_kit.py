@@ -77,14 +77,16 @@ def mock_text(prompt: str, tokens: int = 5) -> str:
 
 
 @contextlib.asynccontextmanager
-async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
+async def batch_rig(core: Core, tmp: Path, concurrency: int = 8, batch_size: int = 4,
                     **env: str) -> AsyncIterator[BatchRig]:
+    """The edge (with ``env``), a coordinator flushing batches of up to ``batch_size`` tasks
+    and a processor of ``concurrency`` slots, on ``core``'s Redis and store."""
     edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_URL": core.store.url,
                 "EDGE_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "BATCH_TICK_S": "0.02",
                 "BATCH_API": "1",
                 **env}
     async with running_edge(core.redis_url, tmp, **edge_env) as edge:
-        coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")
+        coordinator = core.coordinator(BATCH_SIZE=str(batch_size), BATCH_TIMEOUT_MS="20")
         processor = core.processor(PROCESSOR_CONCURRENCY=str(concurrency))
         base = str(edge.client.make_url("/v1"))
         client, other = (openai.AsyncOpenAI(
