@@ -160,10 +160,12 @@ class PostgresServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def new_database(self) -> str:
-        """A database of its own for one stack or test; its URL."""
+    def new_database(self, template: str | None = None) -> str:
+        """A database of its own for one stack or test; its URL. ``template``: the name of a
+        database it starts as a copy of (one no one is connected to)."""
         name = "t" + uuid.uuid4().hex[:12]
-        run_sql(self.url(), f"CREATE DATABASE {name}")
+        run_sql(self.url(), f"CREATE DATABASE {name}"
+                + (f" TEMPLATE {template}" if template else ""))
         return self.url(name)
 
 

@@ -96,6 +96,10 @@ def plain_url(url: str) -> str:
     return CLUSTER_SCHEMES.get(scheme.lower(), scheme) + sep + rest
 
 
+# How long a command waits for Redis's answer before it fails (the edge: EDGE_REDIS_TIMEOUT_S).
+SOCKET_TIMEOUT_S = 10.0
+
+
 def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
     # Maintenance notifications (Redis Enterprise's hitless upgrades) off: while redis-py 8
     # has them on ("auto"), its pool skips the check that replaces a connection the server
@@ -185,7 +189,8 @@ class WaitingPool(ConnectionPool):
 
 def connect(redis_url: Url, *, max_connections: int = 256,
             wait_s: float | None = POOL_WAIT_S,
-            overrides: RedisOverrides | None = None) -> RedisClient:
+            overrides: RedisOverrides | None = None,
+            socket_timeout: float = SOCKET_TIMEOUT_S) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -205,8 +210,9 @@ def connect(redis_url: Url, *, max_connections: int = 256,
 
     ``overrides``: which of our overrides of redis-py it uses (a service's REDIS_OVERRIDES,
     ``settings.common.redis_overrides``; default: all of them).
+    ``socket_timeout``: how long a command waits for Redis's answer before it fails.
     """
-    options = _options(max_connections, 10)
+    options = _options(max_connections, socket_timeout)
     url = _text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)

@@ -42,7 +42,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     redis = redis_conn.connect(settings.common.redis_url,
                                max_connections=settings.redis_connections,
                                wait_s=settings.redis_wait_s,
-                               overrides=settings.common.redis_overrides)
+                               overrides=settings.common.redis_overrides,
+                               socket_timeout=settings.redis_timeout_s)
     # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
     store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
                        patience_s=STORE_PATIENCE_S)

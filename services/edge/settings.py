@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.edge.openai.batch.settings import BatchApiSettings
 from services.edge.webhooks.settings import WebhookSettings
-from shared import providers
+from shared import providers, redis_conn
 from shared.config import Batching, Common, ConfigError, Env, Provider, Secret
 from shared.metrics import MetricsSettings
 from shared.providers import MAX_MODEL_CHARS, Routing, valid_model_name
@@ -42,6 +42,7 @@ class EdgeSettings:
     allow_compressed_bodies: bool  # Content-Encoding gzip/deflate accepted (else 415)
     redis_connections: int  # the main pool: commands wait for a free one ...
     redis_wait_s: float  # ... this long at most, then 503 (logged as pool exhausted)
+    redis_timeout_s: float  # a command Redis has not answered in this long: 503, outcome unknown
     models: tuple[str, ...]  # AI_MODELS: the models a request may name; AI_MODEL is the default
     routing: Routing  # PROVIDERS_FILE's providers and models, or the one of AI_BASE_URL
     metrics: MetricsSettings
@@ -95,6 +96,8 @@ class EdgeSettings:
             # and half of redis-server's (bench long_stream).
             redis_connections=env.integer("EDGE_REDIS_CONNECTIONS", 16, min_value=1),
             redis_wait_s=env.number("EDGE_REDIS_WAIT_S", 5.0, min_value=0.001),
+            redis_timeout_s=env.number("EDGE_REDIS_TIMEOUT_S", redis_conn.SOCKET_TIMEOUT_S,
+                                       min_value=0.001),
             models=routing.model_names if from_file else _models(env, provider.ai_model),
             routing=routing,
             metrics=MetricsSettings.from_env(env),

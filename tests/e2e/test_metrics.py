@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.processes import ROOT, Stack, free_port
+from harness.processes import ROOT, START_S, Stack, free_port
 from harness.waiting import wait_for
 from shared import metrics
 from tests.client import Api
@@ -38,9 +38,10 @@ class MetricsStack:
     def up(self) -> None:
         s = self.stack
         s.start("mockai", METRICS_PORT=str(self.ports["mockai"]))
-        wait_for(lambda: httpx.get(f"{s.mock_url}/health").status_code == 200, 20, "mock")
+        wait_for(lambda: httpx.get(f"{s.mock_url}/health").status_code == 200, START_S, "mock")
         s.start("edge")
-        wait_for(lambda: httpx.get(f"{s.edge_url}/api/health").status_code == 200, 20, "edge")
+        wait_for(lambda: httpx.get(f"{s.edge_url}/api/health").status_code == 200, START_S,
+                 "edge")
         s.start("coordinator", METRICS_PORT=str(self.ports["coordinator"]))
         s.start("processor", METRICS_PORT=str(self.ports["processor"]))
         s.wait_alive(1, 1)
@@ -100,8 +101,8 @@ def workload(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
         finals = [api.wait_terminal(t, 60) for t in ids]
         assert [f["status"] for f in finals] == ["succeeded"] * 5 + ["failed"] * 2
         # The counters move just after the task turns terminal: wait for the last of them.
-        wait_for(lambda: total(ms.scrape("processor"), "sluice_tasks_finished_total") == 7, 20,
-                 "the processor to count 7 finished tasks")
+        wait_for(lambda: total(ms.scrape("processor"), "sluice_tasks_finished_total") == 7,
+                 START_S, "the processor to count 7 finished tasks")
         yield ms, ids
     except BaseException:
         print(stack.logs())

@@ -18,7 +18,7 @@ from harness.processes import CLIENT_TLS
 from harness.waiting import until
 from services.mockai.text import content_tokens, digest_prompt
 from tests.integration.edge_client import EdgeUnderTest, running_edge
-from tests.integration.kit import Core
+from tests.integration.kit import Core, wake_blocked
 
 KEY_A, KEY_B = "sk-batch-alpha-1", "sk-batch-beta-2"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -76,27 +76,17 @@ def mock_text(prompt: str, tokens: int = 5) -> str:
     return "".join(content_tokens(seed, tokens))
 
 
-async def wake_blocked(core: Core) -> None:
-    """End the loops' blocking waits now, as their timeouts (POLL_S, 1 s) would, so a stopped
-    loop sees it is stopping: each blocked read is unblocked (CLIENT UNBLOCK ... TIMEOUT),
-    and each pub/sub wait gets a message no loop acts on. A graceful stop, without sitting
-    out a second of blocking after every test."""
-    for client in await core.redis.client_list():
-        if client.get("cmd") in ("xread", "xreadgroup") and "b" in client.get("flags", ""):
-            await core.redis.client_unblock(client["id"])
-    for channel in (core.keys.cancel_channel, core.keys.batch_channel):
-        await core.redis.publish(channel, "")
-
-
 @contextlib.asynccontextmanager
-async def batch_rig(core: Core, tmp: Path, concurrency: int = 8,
+async def batch_rig(core: Core, tmp: Path, concurrency: int = 8, batch_size: int = 4,
                     **env: str) -> AsyncIterator[BatchRig]:
+    """The edge (with ``env``), a coordinator flushing batches of up to ``batch_size`` tasks
+    and a processor of ``concurrency`` slots, on ``core``'s Redis and store."""
     edge_env = {"REDIS_PREFIX": core.keys.prefix, "STORE_URL": core.store.url,
                 "EDGE_API_KEYS": f"{KEY_A}:alpha,{KEY_B}:beta", "BATCH_TICK_S": "0.02",
                 "BATCH_API": "1",
                 **env}
     async with running_edge(core.redis_url, tmp, **edge_env) as edge:
-        coordinator = core.coordinator(BATCH_SIZE="4", BATCH_TIMEOUT_MS="20")
+        coordinator = core.coordinator(BATCH_SIZE=str(batch_size), BATCH_TIMEOUT_MS="20")
         processor = core.processor(PROCESSOR_CONCURRENCY=str(concurrency))
         base = str(edge.client.make_url("/v1"))
         client, other = (openai.AsyncOpenAI(

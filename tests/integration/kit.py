@@ -172,6 +172,28 @@ class Core:
             await http.aclose()
 
 
+async def wake_blocked(core: Core) -> None:
+    """End the loops' blocking waits now, as their timeouts (POLL_S, 1 s) would, so a stopped
+    loop sees it is stopping: each blocked read is unblocked (CLIENT UNBLOCK ... TIMEOUT),
+    and each pub/sub wait gets a message no loop acts on. A graceful stop, without sitting
+    out a second of blocking after every test."""
+    for client in await core.redis.client_list():
+        if client.get("cmd") in ("xread", "xreadgroup") and "b" in client.get("flags", ""):
+            await core.redis.client_unblock(client["id"])
+    for channel in (core.keys.cancel_channel, core.keys.batch_channel):
+        await core.redis.publish(channel, "")
+
+
+async def stopped(core: Core, *loops: asyncio.Task[Any]) -> None:
+    """Wait for loops told to stop (``stop()``) to end, waking their blocking waits meanwhile
+    (:func:`wake_blocked`), so each ends in milliseconds, not at its next 1 s timeout."""
+    async with asyncio.timeout(BURST_TIMEOUT_S):
+        while not all(loop.done() for loop in loops):
+            await wake_blocked(core)
+            await asyncio.wait(loops, timeout=0.05)
+    for loop in loops:
+        await loop  # its error, if it failed
+
 async def mid_stream(core: Core, task_id: str) -> None:
     """Block on the task's event stream until a content delta is in it."""
     last = "0-0"

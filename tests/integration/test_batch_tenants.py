@@ -99,21 +99,26 @@ async def test_a_line_whose_key_was_taken_fails_alone_and_its_batch_completes(
 @pytest.mark.parametrize("then", ["runs_on", "cancelled"])
 async def test_a_line_whose_task_was_lost_fails_and_its_batch_ends(
         core: Core, tmp_path: Path, then: str) -> None:
-    async with batch_rig(core, tmp_path, concurrency=1, BATCH_LINES_IN_FLIGHT="2") as rig:
+    # One task per batch entry: a processor of one slot claims one entry and runs every task
+    # in it, so "lost", flushed with "slow" into one entry (under load its line came within
+    # the coordinator's 20 ms), ran beside it and was never seen waiting. In its own entry it
+    # waits (queued, then batched) while "slow" holds the one slot for a second.
+    async with batch_rig(core, tmp_path, concurrency=1, batch_size=1,
+                         BATCH_LINES_IN_FLIGHT="2") as rig:
         lines = [line("slow", "slow one", tokens=6, tokens_per_s=6),
                  line("lost", "lost one"), line("after", "after one")]
         batch = await rig.run(lines)
 
-        async def queued_line_task() -> str | None:
+        async def waiting_line_task() -> str | None:
             rows = await core.store.fetch(
                 "SELECT task_id FROM batch_lines WHERE batch_id = ? AND line = 1", batch.id)
             if not rows:
                 return None
             task_id = str(rows[0]["task_id"])
             status = await core.redis.hget(core.keys.task(task_id), "status")
-            return task_id if status == tasks.QUEUED else None
-        lost_id = await until(queued_line_task, 10, "queued line task")
-        # Redis loses the queued task (a restart without persistence, an operator's DEL).
+            return task_id if status in (tasks.QUEUED, tasks.BATCHED) else None
+        lost_id = await until(waiting_line_task, 10, "the line's task waiting to run")
+        # Redis loses the waiting task (a restart without persistence, an operator's DEL).
         await core.redis.delete(core.keys.task(lost_id), core.keys.events(lost_id))
         if then == "cancelled":
             await rig.client.batches.cancel(batch.id)
@@ -140,7 +145,12 @@ async def test_a_small_batch_starts_before_a_big_batch_of_another_tenant_goes_on
         small = await rig.run([line("b0", "beta 0"), line("b1", "beta 1")], rig.other)
         done = await rig.wait(small.id, within_s=60, client=rig.other)
         assert done.status == "completed"
-        await rig.wait(big.id, within_s=120)
+        # Beta's batch is done while alpha's goes on; the rest of alpha's lines would only
+        # take time (30 more line-times): cancelled, each alpha line that started has its row
+        # and its start (a line cancelled before it started is counted as starting now).
+        assert (await rig.client.batches.retrieve(big.id)).status == "in_progress"
+        await rig.client.batches.cancel(big.id)
+        assert (await rig.wait(big.id, within_s=60)).status == "cancelled"
         starts = await started_at(core, "beta")
         assert len(starts) == 2
         ahead = [s for s in await started_at(core, "alpha") if s < max(starts)]

@@ -2,8 +2,9 @@
 stored (the script was sent), and the answer says so; when the submit never reached Redis, the
 answer says nothing was stored.
 
-A redis-server of the test's own, made slow with ``DEBUG SLEEP`` past the edge's socket
-timeout (10 s): the submit times out at the edge, then runs when Redis wakes."""
+A redis-server of the test's own, made slow with ``DEBUG SLEEP`` past the edge's Redis timeout
+(EDGE_REDIS_TIMEOUT_S, 10 s by default, 1 s here): the submit times out at the edge, then runs
+when Redis wakes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from tests.integration.edge_client import EdgeUnderTest, running_edge
 
 KEY = "sk-unavailable-alpha"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SLEEP_S = 13  # past the edge's Redis socket timeout (10 s, shared/redis_conn.py)
+TIMEOUT_S = 1  # EDGE_REDIS_TIMEOUT_S: how long the edge waits for Redis's answer
+SLEEP_S = 3  # past it
 
 pytestmark = pytest.mark.first_store_only
 
@@ -35,7 +37,8 @@ def slow_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 @pytest.fixture
 async def edge(slow_redis: RedisServer, tmp_path: Path) -> AsyncIterator[EdgeUnderTest]:
-    async with running_edge(slow_redis.url, tmp_path, EDGE_API_KEYS=f"{KEY}:alpha") as e:
+    async with running_edge(slow_redis.url, tmp_path, EDGE_API_KEYS=f"{KEY}:alpha",
+                            EDGE_REDIS_TIMEOUT_S=str(TIMEOUT_S)) as e:
         yield e
 
 

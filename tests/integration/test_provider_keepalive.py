@@ -42,7 +42,7 @@ async def call(url: str, *, idle_s: float, total_s: float, **mock: Any) -> provi
 
 
 async def test_keep_alive_comments_reset_the_idle_timer(mock_url: str) -> None:
-    done = await call(mock_url, idle_s=0.6, total_s=30, keepalive_s=1.5)
+    done = await call(mock_url, idle_s=0.6, total_s=30, keepalive_s=1.0)
     assert done.result.content and done.result.finish_reason == "stop"
 
 

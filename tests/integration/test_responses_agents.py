@@ -7,15 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agents import (
-    Agent,
-    ModelSettings,
-    OpenAIResponsesModel,
-    Runner,
-    function_tool,
-    set_tracing_disabled,
-)
-from agents.items import ToolCallItem, ToolCallOutputItem
 
 from tests.integration.batch_kit import BatchRig, batch_rig
 from tests.integration.kit import Core
@@ -31,6 +22,18 @@ async def rig(core: Core, tmp_path: Path) -> BatchRig:  # type: ignore[misc]
 
 @pytest.mark.first_store_only
 async def test_an_agent_calls_its_function_tool_and_answers(rig: BatchRig) -> None:
+    # Imported here, not at the top: the SDK takes 1.4 s of CPU to import, which every
+    # worker of a parallel run would pay while collecting, for this one test.
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+    from agents.items import ToolCallItem, ToolCallOutputItem
+
     set_tracing_disabled(True)  # no trace export to OpenAI from a test
     calls: list[str] = []
 

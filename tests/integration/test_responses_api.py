@@ -25,7 +25,8 @@ from tests.integration.kit import Core
 CODEX = Path(__file__).resolve().parents[1] / "fixtures" / "client-requests" / \
     "codex-0.169.0-responses-request.json"
 QUIET = {"reasoning_tokens": 0, "content_tokens": 5}
-SLOW = {"reasoning_tokens": 0, "content_tokens": 40, "tokens_per_s": 40}
+# 0.4 s of answer: a client that leaves after the first delta leaves mid-answer
+SLOW = {"reasoning_tokens": 0, "content_tokens": 40, "tokens_per_s": 100}
 
 
 def answer(messages: list[dict[str, str]], tokens: int = 5) -> str:

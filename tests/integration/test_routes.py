@@ -30,7 +30,7 @@ from shared.governor import Admitted, estimate_tokens, read_providers
 from shared.timeutil import now_ms
 from tests.integration import kit
 from tests.integration.edge_client import running_edge
-from tests.integration.kit import Core, request
+from tests.integration.kit import Core, request, stopped
 from tests.integration.test_metrics_labels import scrape, total
 
 pytestmark = pytest.mark.usefixtures("core")
@@ -219,7 +219,7 @@ async def test_health_and_status_name_the_failing_provider(
             assert by["a"]["processors"]["p9"]["api_key_configured"] is False
         finally:
             live.stop()
-            await running
+            await stopped(core, running)
 
 
 async def test_a_provider_that_declares_its_limits_starts_the_window_there(
