@@ -30,6 +30,7 @@ class Breakers:
         # not go to a provider whose breaker is open).
         self.seen: dict[str, Breaker] = {}
         self.errors: dict[str, tuple[str, int]] = {}  # name -> (last error, epoch ms)
+        self.version = 0  # moves at every copy kept: what was worked out from them is stale
 
     @property
     def on(self) -> bool:
@@ -86,6 +87,7 @@ class Breakers:
 
     def _keep(self, name: str, found: Breaker) -> None:
         self.seen[name] = found
+        self.version += 1
         metrics.breaker_state.labels(name).set(_STATES.get(found.state, 0))
 
     async def refresh(self) -> None:

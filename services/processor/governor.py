@@ -153,6 +153,7 @@ class Governor:
         self.waiting = 0  # tasks of this processor waiting for admission
         self._told_open = False  # what on_change said last (room() is 0 until the first look)
         self._last_room = 0  # room() as the last look saw it
+        self._room_kept: tuple[int, int, float, int] | None = None  # see _room_now
         self._pending: dict[str, list[dict[str, Any]]] = {}
         self._due = asyncio.Event()
         self._freed = asyncio.Event()
@@ -163,21 +164,37 @@ class Governor:
     # --- what the processor may claim ----------------------------------------------------------
     def room(self) -> int:
         """Calls the governed providers can take now, as last seen (a provider whose breaker
-        is open has none), less our own waiting tasks."""
+        is open has none), less our own waiting tasks. Asked about ten times per task: the
+        providers' sum is kept while it holds (see :meth:`_room_now`)."""
         if not self.enabled:
             return UNLIMITED
-        now, free = now_ms(), 0
+        now, kept = now_ms(), self._room_kept
+        if (kept is None or kept[0] != self.breakers.version or not kept[1] <= now < kept[2]):
+            kept = self._room_kept = self._room_now(now)
+        return kept[3] - self.waiting
+
+    def _room_now(self, now: int) -> tuple[int, int, float, int]:
+        """(breakers' version, from, until, free): the governed providers' room at ``now``,
+        which holds until a room or a breaker is seen anew (``_seen`` forgets it, a breaker's
+        change moves the version) or the clock reaches the first pause or cool-down that ends
+        after ``now`` (an open breaker lets a probe through then, a paused room opens)."""
+        free, until = 0, float(math.inf)
+        breakers = self.breakers
         for gid, target in self.governed.items():
             seen = self.rooms.get(gid)
             if seen is None:
                 continue  # not looked yet: run() looks at once
-            if target is not None and self.breakers.allows(target.name, now) == "no":
+            if target is not None and breakers.allows(target.name, now) == "no":
+                until = min(until, breakers.until(target.name))
                 continue
+            if seen.blocked_until > now:
+                until = min(until, seen.blocked_until)
             free += seen.free(now)
-        return free - self.waiting
+        return breakers.version, now, until, free
 
     def _seen(self, provider: str, room: Room) -> None:
         self.rooms[provider] = room
+        self._room_kept = None
         target = self.governed.get(provider, None)
         if provider in self.governed:
             metrics.set_governor(target.name if target is not None else DEFAULT, room.limit,

@@ -258,6 +258,8 @@ class TaskRoutes:
 
 def merge_tries(noted: list[dict[str, Any]], mine: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The calls noted in the task's hash, then this run's not among them, by start."""
+    if not noted:
+        return list(mine)  # nearly every task: its calls, made in turn, are in order of start
     out = list(noted) + [e for e in mine if e not in noted]
     return sorted(out, key=lambda e: e.get("started_at") or "")
 

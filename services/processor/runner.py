@@ -463,6 +463,7 @@ class TaskRun:
             return Outcome.LOST
         completed = now_ms()
         tries = await self._all_tries(h)
+        tries_json = orjson.dumps(tries) if tries else b""  # the row's and complete.lua's
         answered = self.routes.answered if done else None
         row = TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=status, model=h.get("model"),
@@ -476,7 +477,7 @@ class TaskRun:
             started_at=int(h.get("started_at") or completed), completed_at=completed,
             provider=answered.name if answered else None,
             provider_model=answered.route.model if answered else None,
-            tries=orjson.dumps(tries).decode() if tries else None,
+            tries=tries_json.decode() if tries_json else None,
             result_extra=orjson.dumps(extras).decode() if extras else None)
         unstored = tasks.unstored(self.request if self.request is not None
                                   else orjson.loads(h["request"]))
@@ -500,7 +501,7 @@ class TaskRun:
                                    completed_at=completed, batch_id=row.batch_id,
                                    request=self.request, tries=tries)
         policy = self.deps.policy
-        if not await self._complete(status, result, error, view, completed, tries,
+        if not await self._complete(status, result, error, view, completed, tries_json,
                                     retention_s=policy.unstored_retention_s if unstored
                                     else policy.retention_s):
             return Outcome.LOST
@@ -584,7 +585,7 @@ class TaskRun:
 
     async def _complete(self, status: str, result: dict[str, Any] | None,
                         error: dict[str, Any] | None, view: dict[str, Any],
-                        completed: int, tries: list[dict[str, Any]] | None = None,
+                        completed: int, tries_json: bytes = b"",
                         retention_s: int | None = None) -> bool:
         lease = self.lease
         assert lease is not None
@@ -598,7 +599,7 @@ class TaskRun:
             error_json=orjson.dumps(error) if error else "", now=completed,
             retention_s=retention_s or self.deps.policy.retention_s,
             view_json=orjson.dumps(view),
-            events=unsent, ack_entry=ack, tries_json=orjson.dumps(tries) if tries else ""),
+            events=unsent, ack_entry=ack, tries_json=tries_json),
             "complete", task_id=self.task_id)
         if isinstance(done, LeaseLost):
             return False

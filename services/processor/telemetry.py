@@ -36,12 +36,89 @@ class TaskFacts:
     calls: int = 0
     model: str = ""         # the model label's value
     tenant_label: str = ""  # the tenant label's value (capped)
+    series: TaskSeries | None = None  # the series of (model, tenant_label), bound at begun
     # The client has seen no token of this task yet: its first one here is the client's TTFT.
     # Not after a dead holder's run, which may have streamed some.
     client_ttft_due: bool = False
 
 
 _facts: ContextVar[TaskFacts | None] = ContextVar("sluice_task_facts", default=None)
+
+
+class Child:
+    """One labelled child, made at its first use: a series appears in /metrics when it has
+    something to say, as with labels() at the point of use."""
+
+    __slots__ = ("_found", "_metric", "_values")
+
+    def __init__(self, metric: Any, *values: str) -> None:
+        self._metric, self._values, self._found = metric, values, None
+
+    def get(self) -> Any:
+        found = self._found
+        if found is None:
+            found = self._found = self._metric.labels(*self._values)
+        return found
+
+
+class TaskSeries:
+    """The series a task of one (model, tenant) label pair updates, bound once for the pair:
+    a task then looks up one entry here, not a child per figure. As many as the capped labels
+    allow."""
+
+    __slots__ = ("client_ttft", "e2e", "finished", "labels", "queue_wait")
+
+    def __init__(self, model: str, tenant: str) -> None:
+        self.labels = (model, tenant)
+        self.queue_wait = Child(metrics.queue_wait, model, tenant)
+        self.e2e = Child(metrics.e2e_latency, model, tenant)
+        self.client_ttft = Child(metrics.client_ttft, model, tenant)
+        self.finished: dict[str, Any] = {}  # status -> its child, as statuses come
+
+    def finished_as(self, status: str) -> Any:
+        found = self.finished.get(status)
+        if found is None:
+            found = self.finished[status] = metrics.tasks_finished.labels(status, *self.labels)
+        return found
+
+
+class CallSeries:
+    """The series a provider call of one (provider, route model, tenant) updates, bound once
+    for the three labels (see :class:`TaskSeries`)."""
+
+    __slots__ = ("completion", "generation", "in_flight", "itl", "ok", "prompt",
+                 "prompt_tokens", "reasoning", "ttft")
+
+    def __init__(self, provider: str, model: str, tenant: str) -> None:
+        self.itl = Child(metrics.itl, provider, model)
+        self.ttft = Child(metrics.ttft, provider, model, tenant)
+        self.in_flight = Child(metrics.provider_in_flight, provider, model)
+        self.ok = Child(metrics.provider_requests, provider, model, "200")
+        tokens = metrics.tokens
+        self.prompt = Child(tokens, "prompt", provider, model, tenant)
+        self.reasoning = Child(tokens, "reasoning", provider, model, tenant)
+        self.completion = Child(tokens, "completion", provider, model, tenant)
+        self.prompt_tokens = Child(metrics.prompt_tokens, provider, model, tenant)
+        self.generation = Child(metrics.generation_tokens, provider, model, tenant)
+
+
+_task_series: dict[tuple[str, str], TaskSeries] = {}
+_call_series: dict[tuple[str, str, str], CallSeries] = {}
+
+
+def task_series(model: str, tenant: str) -> TaskSeries:
+    found = _task_series.get((model, tenant))
+    if found is None:
+        found = _task_series[(model, tenant)] = TaskSeries(model, tenant)
+    return found
+
+
+def call_series(labels: tuple[str, str], tenant: str) -> CallSeries:
+    key = (*labels, tenant)
+    found = _call_series.get(key)
+    if found is None:
+        found = _call_series[key] = CallSeries(*key)
+    return found
 
 
 def begun(b: Begun) -> None:
@@ -55,11 +132,12 @@ def begun(b: Begun) -> None:
                       traceparent=h.get("traceparent"), model=metrics.model(h.get("model")),
                       tenant_label=metrics.tenant(h.get("tenant", "")),
                       client_ttft_due=bool(created) and (b.counted or bool(h.get("requeues"))))
+    series = facts.series = task_series(facts.model, facts.tenant_label)
     _facts.set(facts)
     logs.bind_work(tenant=facts.tenant, trace_id=logs.trace_id(facts.traceparent))
     if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
-        metrics.child(metrics.queue_wait, facts.model, facts.tenant_label).observe(wait)
+        series.queue_wait.get().observe(wait)
         rollup.observe("queue_wait", wait, facts.tenant, facts.model)
 
 
@@ -68,13 +146,14 @@ def finished(status: str | None) -> None:
     facts = _facts.get()
     if status is None or facts is None:
         return
-    metrics.child(metrics.tasks_finished, status, facts.model, facts.tenant_label).inc()
+    series = facts.series or task_series(facts.model, facts.tenant_label)
+    series.finished_as(status).inc()
     rollup.finished(status, facts.tenant, facts.model)
     if status == tasks.FAILED:
         metrics.tasks_dead_lettered.inc()
     if facts.created_at_ms:
         e2e = max(0.0, (now_ms() - facts.created_at_ms) / 1000)
-        metrics.child(metrics.e2e_latency, facts.model, facts.tenant_label).observe(e2e)
+        series.e2e.get().observe(e2e)
         rollup.observe("e2e", e2e, facts.tenant, facts.model)
 
 
@@ -89,25 +168,27 @@ def observed(call: CallProvider) -> CallProvider:
                 metrics.task_retries.inc()
             facts.calls += 1
         # Who is called, for which model: the route's labels, bound when its target was made.
-        provider, model = labels = target.labels
+        labels = target.labels
+        model = labels[1]
         tenant = facts.tenant_label if facts is not None else metrics.tenant("")
+        series = call_series(labels, tenant)
         started = time.perf_counter()
         previous: float | None = None
-        itl = metrics.child(metrics.itl, provider, model)
+        itl = series.itl.get()
 
         def timed(deltas: list[Delta], last: bool) -> Awaitable[None]:
             # Not a coroutine: it hands back on_deltas' own, no frame of its own per read.
             nonlocal previous
             now = time.perf_counter()
             if previous is None:
-                _first_token(facts, labels, tenant, now - started)
+                _first_token(facts, series, model, now - started)
             else:
                 itl.observe(now - previous)
             previous = now
             return on_deltas(deltas, last)
 
         span = _genai_span(request, facts) if tracing.enabled() else None
-        in_flight = metrics.child(metrics.provider_in_flight, provider, model)
+        in_flight = series.in_flight.get()
         in_flight.inc()
         try:
             completion = await call(target, request, timed, on_headers, answer)
@@ -122,8 +203,8 @@ def observed(call: CallProvider) -> CallProvider:
             raise
         finally:
             in_flight.dec()
-        metrics.child(metrics.provider_requests, provider, model, "200").inc()
-        _count_tokens(completion.usage, labels, tenant, facts)
+        series.ok.get().inc()
+        _count_tokens(completion.usage, labels, series, facts)
         tracing.end(span, attributes=_genai_result(completion))
         usage = completion.usage
         tracing.record_call(model, time.perf_counter() - started,
@@ -134,17 +215,18 @@ def observed(call: CallProvider) -> CallProvider:
     return run
 
 
-def _first_token(facts: TaskFacts | None, labels: tuple[str, str], tenant: str,
+def _first_token(facts: TaskFacts | None, series: CallSeries, route_model: str,
                  ttft: float) -> None:
     """The provider call's first token: its TTFT and, the first time the task has one, the
     client's (from submit, under the model the task named)."""
-    metrics.child(metrics.ttft, *labels, tenant).observe(ttft)
+    series.ttft.get().observe(ttft)
     rollup.observe("ttft", ttft)
-    tracing.record_ttft(labels[1], ttft)
+    tracing.record_ttft(route_model, ttft)
     if facts is not None and facts.client_ttft_due:
         facts.client_ttft_due = False
         waited = max(0.0, (now_ms() - facts.created_at_ms) / 1000)
-        metrics.child(metrics.client_ttft, facts.model, tenant).observe(waited)
+        task = facts.series or task_series(facts.model, facts.tenant_label)
+        task.client_ttft.get().observe(waited)
         rollup.observe("client_ttft", waited, facts.tenant, facts.model)
 
 
@@ -181,20 +263,18 @@ def _count_error(err: ProviderError, labels: tuple[str, str]) -> None:
         metrics.child(metrics.provider_pause_seconds, *labels).inc(max(0.0, err.retry_after))
 
 
-def _count_tokens(usage: Usage | None, labels: tuple[str, str], tenant: str,
+def _count_tokens(usage: Usage | None, labels: tuple[str, str], series: CallSeries,
                   facts: TaskFacts | None) -> None:
     rollup.add("calls")
     if usage is None:
         return
     details = usage.extra.get("completion_tokens_details") or {}
     reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
-    tokens = metrics.tokens
-    metrics.child(tokens, "prompt", *labels, tenant).inc(usage.prompt_tokens)
-    metrics.child(tokens, "reasoning", *labels, tenant).inc(reasoning)
-    metrics.child(tokens, "completion", *labels, tenant).inc(
-        max(0, usage.completion_tokens - reasoning))
-    metrics.child(metrics.prompt_tokens, *labels, tenant).inc(usage.prompt_tokens)
-    metrics.child(metrics.generation_tokens, *labels, tenant).inc(usage.completion_tokens)
+    series.prompt.get().inc(usage.prompt_tokens)
+    series.reasoning.get().inc(reasoning)
+    series.completion.get().inc(max(0, usage.completion_tokens - reasoning))
+    series.prompt_tokens.get().inc(usage.prompt_tokens)
+    series.generation.get().inc(usage.completion_tokens)
     # The dashboard's per-model split is the task's model (the client's name for it).
     rollup.tokens(usage.prompt_tokens, usage.completion_tokens,
                   facts.tenant if facts else "", facts.model if facts else labels[1])

@@ -342,3 +342,21 @@ routes = [{{ provider = "{b}", model = "b-only" }}]
     for family in (metrics.ttft, metrics.tokens, metrics.provider_requests, metrics.itl,
                    metrics.provider_rate_limited, metrics.provider_in_flight):
         assert {"provider", "model"} <= set(family._labelnames), family
+
+
+async def test_a_breaker_that_opens_takes_its_providers_room_at_once_and_the_clock_gives_it_back(
+        core: Core, second_mock: TestServer, tmp_path: Path) -> None:
+    """The governor keeps the room it worked out: a breaker's change alone (no room seen anew)
+    must still take its provider's room away, and the end of its cool-down give it back."""
+    path = two_providers_file(tmp_path, core.mock_url, str(second_mock.make_url("/v1")))
+    governor = processor(core, path, BREAKER_FAILURES="1", BREAKER_COOLDOWN_S="0.3").governor
+    await governor.breakers.refresh()
+    for gid in governor.governed:
+        governor._seen(gid, await governor.steps.peek(gid, now_ms(), governor.limits[gid]))
+    both = governor.room()
+    assert both > 0
+    await governor.breakers.failed("a", "boom")  # the real step: a's breaker opens
+    assert governor.breakers.allows("a", now_ms()) == "no"
+    one = governor.room()
+    assert 0 < one < both  # b's room alone, at once
+    await until(lambda: governor.room() == both, 10, "a's room back when its cool-down ends")
