@@ -36,6 +36,7 @@ def timeline(events: list[tuple[str, dict[str, str]]], h: dict[str, str],
     steps: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
+    ended_ms: int | None = None  # the terminal event's time: the story's last step
 
     def step(at: int, what: str, **more: Any) -> None:
         steps.append({"at": iso(at), "since_submit_ms": at - created if created else None,
@@ -75,6 +76,7 @@ def timeline(events: list[tuple[str, dict[str, str]]], h: dict[str, str],
             continue
         if kind in _TERMINAL:
             status = _TERMINAL[kind]
+            ended_ms = at
             end_attempt(at, status)
             step(at, f"status {status}", status=status, error=view.get("error")
                  if status != tasks.SUCCEEDED else None)
@@ -95,11 +97,15 @@ def timeline(events: list[tuple[str, dict[str, str]]], h: dict[str, str],
             if a["status"] == "running":
                 continue  # on its way: "status running" or its reset said it began
             where = f" on {a['provider']} ({a['model']})" if a["provider"] is not None else ""
-            step(a["_end"], f"attempt {a['number']}{where}: {a['status']}",
+            # A call's end is the processor's clock, the task's end Redis's: a call that ended
+            # with the task may be recorded a few ms after it, and is told at the end.
+            end = a["_end"] if ended_ms is None else min(a["_end"], ended_ms)
+            step(end, f"attempt {a['number']}{where}: {a['status']}",
                  attempt=a["number"], provider=a["provider"], model=a["model"],
                  processor=a["processor"], latency_ms=a["latency_ms"],
                  first_token_ms=a["first_token_ms"], status=a["status"], error=a["error"])
-        steps.sort(key=lambda s: s["_ms"])  # stable: a call's end after what came with it
+        # Stable: a call's end after what came with it; the task's end after all at its ms.
+        steps.sort(key=lambda s: (s["_ms"], s["_ms"] == ended_ms and "attempt" not in s))
     for a in attempts:
         a.pop("_start", None)
         a.pop("_end", None)
