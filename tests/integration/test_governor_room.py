@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from harness.waiting import until
@@ -16,14 +17,26 @@ from shared.redis_conn import RedisClient
 from shared.timeutil import now_ms
 
 
+@contextlib.asynccontextmanager
+async def governing(governor: Governor) -> AsyncIterator[None]:
+    """The governor's loop running for the block, stopped and drained after it."""
+    stopping, drained = asyncio.Event(), asyncio.Event()
+    running = asyncio.create_task(governor.run(stopping, drained))
+    try:
+        yield
+    finally:
+        stopping.set()
+        drained.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_a_pause_that_ends_by_the_clock_is_told(redis: RedisClient, keys: Keys) -> None:
     told: asyncio.Queue[bool] = asyncio.Queue()
     governor = Governor(redis, keys, name="p1", enabled=True, limits=Limits(), lease_ms=30_000,
                         base_url="http://provider.test/v1", api_key=None, model="m",
                         on_change=told.put_nowait)
-    stopping, drained = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(governor.run(stopping, drained))
-    try:
+    async with governing(governor):
         async with asyncio.timeout(10):
             assert await told.get() is True  # the first look: room
             await GovernorSteps(redis, keys, Limits()).settle(
@@ -32,11 +45,6 @@ async def test_a_pause_that_ends_by_the_clock_is_told(redis: RedisClient, keys: 
             assert await told.get() is False  # its next poll (every second) sees the pause
             assert await told.get() is True  # and, once the 1.5 s are over, that it is over
         assert governor.room() > 0
-    finally:
-        stopping.set()
-        drained.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
@@ -56,8 +64,6 @@ async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
         return await admit(provider, task_id, *args, **kw)
 
     governor.steps.admit = counted  # type: ignore[method-assign]  # the real step, counted
-    stopping, drained = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(governor.run(stopping, drained))
     done = [asyncio.Event() for _ in range(21)]
     order: list[int] = []
 
@@ -66,7 +72,7 @@ async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
             order.append(i)
             await done[i].wait()
 
-    try:
+    async with governing(governor):
         async with asyncio.timeout(20), asyncio.TaskGroup() as tg:
             tg.create_task(task(0))
             await until(lambda: order == [0], 5, "the first call in")
@@ -81,11 +87,6 @@ async def test_tasks_waiting_for_the_window_ask_one_at_a_time_in_order(
                 if i < 20:
                     await until(lambda i=i: len(order) == i + 2, 5, f"task {i + 1} in")
         assert order == list(range(21))
-    finally:
-        stopping.set()
-        drained.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def test_a_room_that_grows_while_open_is_told(redis: RedisClient, keys: Keys) -> None:
@@ -99,9 +100,7 @@ async def test_a_room_that_grows_while_open_is_told(redis: RedisClient, keys: Ke
                         base_url="http://provider.test/v1", api_key=None, model="m",
                         on_change=told.put_nowait)
     steps = GovernorSteps(redis, keys, limits)
-    stopping, drained = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(governor.run(stopping, drained))
-    try:
+    async with governing(governor):
         async with asyncio.timeout(10):
             assert await told.get() is True  # the first look: room 4
             for i in range(2):  # another processor's calls: room 2, still open
@@ -110,11 +109,6 @@ async def test_a_room_that_grows_while_open_is_told(redis: RedisClient, keys: Ke
             await redis.hset(keys.governor(governor.default), "window", 10)  # room 8
             assert await told.get() is True
         await until(lambda: governor.room() == 8, 5, "the grown room seen")
-    finally:
-        stopping.set()
-        drained.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def test_a_call_grows_the_window_once_at_its_first_token_not_again_at_its_end(
@@ -127,13 +121,11 @@ async def test_a_call_grows_the_window_once_at_its_first_token_not_again_at_its_
                         base_url="http://provider.test/v1", api_key=None, model="m",
                         on_change=lambda _open: None)
     state = keys.governor(governor.default)
-    stopping, drained = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(governor.run(stopping, drained))
 
     async def window() -> float:
         return float(await redis.hget(state, "window") or 0)
 
-    try:
+    async with governing(governor):
         async with asyncio.timeout(20):
             first = [governor.call(f"t{i}", {"messages": []}, None) for i in range(2)]
             for call in first:
@@ -151,8 +143,3 @@ async def test_a_call_grows_the_window_once_at_its_first_token_not_again_at_its_
             assert await window() == 4
             for call in more:
                 await call.__aexit__(None, None, None)
-    finally:
-        stopping.set()
-        drained.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running

@@ -14,6 +14,7 @@ the latest holder), the error for the last attempt only."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared import tasks
@@ -185,6 +186,4 @@ def _outcome(t: dict[str, Any], nxt: dict[str, Any] | None, status: Any) -> str:
 def _ms(value: Any) -> int | None:
     if not value:
         return None
-    from datetime import datetime
-
     return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
