@@ -57,7 +57,7 @@ from shared.redis_fence import QuickPool, connection_class
 Url = str | Secret[str]
 
 
-def _text(url: Url) -> str:
+def url_text(url: Url) -> str:
     return url.get() if isinstance(url, Secret) else url
 
 log = logs.get("sluice.redis")
@@ -100,7 +100,8 @@ def plain_url(url: str) -> str:
 SOCKET_TIMEOUT_S = 10.0
 
 
-def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
+def _options(max_connections: int, socket_timeout: float | None,
+             keepalive: dict[int, int] | None = None) -> dict[str, Any]:
     # Maintenance notifications (Redis Enterprise's hitless upgrades) off: while redis-py 8
     # has them on ("auto"), its pool skips the check that replaces a connection the server
     # closed, so after a Redis restart every pooled connection fails once, and a task whose
@@ -109,7 +110,9 @@ def _options(max_connections: int, socket_timeout: float) -> dict[str, Any]:
     return {"decode_responses": True, "socket_connect_timeout": 2,
             "socket_timeout": socket_timeout, "health_check_interval": 15,
             "retry": Retry(NoBackoff(), retries=0), "max_connections": max_connections,
-            "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+            **({"socket_keepalive": True, "socket_keepalive_options": keepalive}
+               if keepalive else {})}
 
 
 def _pool(url: str, overrides: RedisOverrides, **options: Any) -> WaitingPool:
@@ -190,7 +193,8 @@ class WaitingPool(ConnectionPool):
 def connect(redis_url: Url, *, max_connections: int = 256,
             wait_s: float | None = POOL_WAIT_S,
             overrides: RedisOverrides | None = None,
-            socket_timeout: float = SOCKET_TIMEOUT_S) -> RedisClient:
+            socket_timeout: float | None = SOCKET_TIMEOUT_S,
+            keepalive: dict[int, int] | None = None) -> RedisClient:
     """A client that never re-sends a command by itself.
 
     redis-py retries on connection errors by default, but a script whose reply was lost may
@@ -210,10 +214,12 @@ def connect(redis_url: Url, *, max_connections: int = 256,
 
     ``overrides``: which of our overrides of redis-py it uses (a service's REDIS_OVERRIDES,
     ``settings.common.redis_overrides``; default: all of them).
-    ``socket_timeout``: how long a command waits for Redis's answer before it fails.
+    ``socket_timeout``: how long a command waits for Redis's answer before it fails (None:
+    as long as it takes; see :mod:`shared.redis_watch`, which bounds it otherwise).
+    ``keepalive``: TCP keepalive on, with these socket options.
     """
-    options = _options(max_connections, socket_timeout)
-    url = _text(redis_url)
+    options = _options(max_connections, socket_timeout, keepalive)
+    url = url_text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=wait_s, **options)
     overrides = RedisOverrides() if overrides is None else overrides
@@ -227,7 +233,7 @@ def connect_blocking(redis_url: Url, *, max_connections: int, socket_timeout: fl
     cluster client has no such pool (its nodes raise ``MaxConnectionsError``), so its commands
     queue on a semaphore of the same size. ``overrides``: as for :func:`connect`."""
     options = _options(max_connections, socket_timeout)
-    url = _text(redis_url)
+    url = url_text(redis_url)
     if is_cluster_url(url):
         return GatedCluster.from_url(plain_url(url), wait_s=None, **options)
     del options["retry"]  # reads only: a re-sent XREAD does no harm
@@ -356,7 +362,7 @@ class RedisUnreachable(RuntimeError):
 async def wait_until_ready(redis: RedisClient, redis_url: Url, *, attempts: int = 60) -> None:
     """Ping with capped, jittered backoff; log every attempt; raise :class:`RedisUnreachable`
     after ``attempts``."""
-    url, delay = _text(redis_url), 0.1
+    url, delay = url_text(redis_url), 0.1
     for attempt in range(1, attempts + 1):
         try:
             await redis.ping()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.coordinator.batcher import Coordinator
 from services.coordinator.settings import CoordinatorSettings
-from shared import logs, metrics, redis_conn, tracing
+from shared import logs, metrics, redis_conn, redis_watch, tracing
 from shared.config import Env, describe
 from shared.keys import Keys
 from shared.runtime import (
@@ -28,9 +28,9 @@ def load(env: Env) -> CoordinatorSettings:
 
 
 async def serve(settings: CoordinatorSettings) -> None:
-    redis = redis_conn.connect(settings.common.redis_url,
-                               overrides=settings.common.redis_overrides)
-    try:
+    # No timer per Redis command: a probe bounds how long one waits (shared/redis_watch.py).
+    async with redis_watch.watched(settings.common.redis_url,
+                                   overrides=settings.common.redis_overrides) as redis:
         await redis_conn.wait_until_ready(redis, settings.common.redis_url)
         await redis_conn.warn_if_unsafe(redis)
         coordinator = Coordinator(settings, redis)
@@ -38,8 +38,6 @@ async def serve(settings: CoordinatorSettings) -> None:
         async with metrics.serving(settings.metrics, "coordinator",
                                    coordinator.refresh_metrics()):
             await coordinator.run()
-    finally:
-        await redis.aclose()
 
 
 def main() -> None:

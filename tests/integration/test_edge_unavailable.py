@@ -8,7 +8,6 @@ when Redis wakes."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness.processes import RedisServer
+from harness.redis_sleep import put_to_sleep
 from harness.waiting import until
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 
@@ -46,29 +46,12 @@ async def _task_keys(edge: EdgeUnderTest) -> list[str]:
     return [k for k in await edge.redis_keys() if ":task:" in k]
 
 
-async def _put_to_sleep(server: RedisServer) -> asyncio.StreamWriter:
-    """Send DEBUG SLEEP and return once Redis is asleep: a PING on another connection, which
-    Redis answers at once when awake, stays unanswered."""
-    _r, sleeper = await asyncio.open_connection("127.0.0.1", server.port)
-    reader, prober = await asyncio.open_connection("127.0.0.1", server.port)
-    sleeper.write(f"DEBUG SLEEP {SLEEP_S}\r\n".encode())
-    await sleeper.drain()
-    while True:
-        prober.write(b"PING\r\n")
-        await prober.drain()
-        try:
-            await asyncio.wait_for(reader.readline(), 0.5)
-        except TimeoutError:
-            prober.close()
-            return sleeper
-
-
 async def test_a_submit_redis_did_not_answer_in_time_says_the_outcome_is_unknown(
         edge: EdgeUnderTest, slow_redis: RedisServer) -> None:
     r = await edge.client.post("/api/tasks", json={"prompt": "warm up"}, headers=AUTH)
     assert r.status == 202, await r.text()
     before = await _task_keys(edge)
-    sleeper = await _put_to_sleep(slow_redis)
+    sleeper = await put_to_sleep(slow_redis, SLEEP_S)
     try:
         r = await edge.client.post("/api/tasks", json={"prompt": "during the sleep"},
                                    headers=AUTH)
@@ -92,7 +75,7 @@ async def test_with_an_idempotency_key_the_message_says_a_retry_is_safe(
         edge: EdgeUnderTest, slow_redis: RedisServer) -> None:
     r = await edge.client.post("/api/tasks", json={"prompt": "warm up"}, headers=AUTH)
     assert r.status == 202
-    sleeper = await _put_to_sleep(slow_redis)
+    sleeper = await put_to_sleep(slow_redis, SLEEP_S)
     try:
         r = await edge.client.post("/v1/chat/completions", headers={
             **AUTH, "Idempotency-Key": "retry-me-1"}, json={
