@@ -56,7 +56,9 @@ def keepalive(timeout_s: float) -> dict[int, int]:
 async def watched(redis_url: Url, *, timeout_s: float = SOCKET_TIMEOUT_S,
                   every_s: float = EVERY_S, **options: Any) -> AsyncIterator[RedisClient]:
     """A client of :func:`shared.redis_conn.connect` (``options`` as it takes them) whose
-    commands are bounded by the probe, running while the block runs; closed after it."""
+    commands are bounded by the probe, running while the block runs; closed after it. The
+    probe asks every ``every_s``, or four times per ``timeout_s`` when that is shorter."""
+    every_s = min(every_s, timeout_s / 4)
     if is_cluster_url(url_text(redis_url)):
         redis = connect(redis_url, socket_timeout=timeout_s, **options)
         try:

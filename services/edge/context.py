@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from services.edge.settings import EdgeSettings
-from shared import redis_conn
+from shared import redis_conn, redis_watch
 from shared.keys import Keys
 from shared.redis_conn import WAIT_OUT, RedisClient
 from shared.steps import Steps
@@ -39,26 +39,28 @@ def edge_of(request: web.Request) -> Edge:
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = redis_conn.connect(settings.common.redis_url,
-                               max_connections=settings.redis_connections,
-                               wait_s=settings.redis_wait_s,
-                               overrides=settings.common.redis_overrides,
-                               socket_timeout=settings.redis_timeout_s)
-    # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
-    store = make_store(settings.common.store_url.get(), pool_size=settings.common.store_pool_size,
-                       patience_s=STORE_PATIENCE_S)
-    try:
-        await store.open()
-        keys = Keys(settings.common.redis_prefix)
+    # No timer per Redis command (a tenth of the edge's CPU per submit): a probe answers a
+    # command Redis leaves unanswered for EDGE_REDIS_TIMEOUT_S with a 503 (shared/redis_watch).
+    async with redis_watch.watched(settings.common.redis_url,
+                                   timeout_s=settings.redis_timeout_s,
+                                   max_connections=settings.redis_connections,
+                                   wait_s=settings.redis_wait_s,
+                                   overrides=settings.common.redis_overrides) as redis:
+        # Reads the edge cannot answer from Redis wait briefly for the store, then answer 503.
+        store = make_store(settings.common.store_url.get(),
+                           pool_size=settings.common.store_pool_size,
+                           patience_s=STORE_PATIENCE_S)
         try:
-            await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
-            await redis_conn.warn_if_unsafe(redis)
-            await check_identity(store, redis, keys)
-        except (redis_conn.RedisUnreachable, *WAIT_OUT):
-            pass  # the edge still starts: /api/health says Redis is down, submits answer 503
-        check = StoreCheck(store, settings.store_check_interval_s)
-        app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)
-        yield
-    finally:
-        await redis.aclose()
-        await store.close()
+            await store.open()
+            keys = Keys(settings.common.redis_prefix)
+            try:
+                await redis_conn.wait_until_ready(redis, settings.common.redis_url, attempts=3)
+                await redis_conn.warn_if_unsafe(redis)
+                await check_identity(store, redis, keys)
+            except (redis_conn.RedisUnreachable, *WAIT_OUT):
+                pass  # the edge still starts: /api/health says Redis is down, submits answer 503
+            check = StoreCheck(store, settings.store_check_interval_s)
+            app[EDGE] = Edge(settings, redis, Steps(redis, keys), keys, store, check)
+            yield
+        finally:
+            await store.close()
