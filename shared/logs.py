@@ -2,9 +2,9 @@
 coloured key-value lines on a terminal. aiohttp's and redis's stdlib loggers go through the
 same chain, so every line a service prints has one shape.
 
-Every line carries ``service``; a line written while one request or one task is handled also
-carries what :func:`bind_work` bound for it (``tenant``, ``trace_id``, ``task_id``), through
-structlog's contextvars."""
+Every line carries ``service``; a line written while one task is handled also carries what
+:func:`bind_work` bound for it (``tenant``, ``trace_id``, ``task_id``), through structlog's
+contextvars; one written while a request is handled, its :class:`RequestWork`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from contextvars import Token
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ def configure(log_format: str = "json", level: str = "info", service: str | None
     shared: list[structlog.types.Processor] = [
         *([add_service] if service else []),
         structlog.contextvars.merge_contextvars,
+        _merge_request,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -71,6 +73,32 @@ def trace_id(traceparent: str | None) -> str | None:
         return None
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+@dataclass(slots=True)
+class RequestWork:
+    """What a line logged while one request is handled carries: its tenant (once its key is
+    checked) and the client's trace id. Read only when a line is written: bound through
+    structlog's contextvars on every request (and reset after), it cost the edge 3.5 us per
+    submit, 5% of its CPU, for lines that are seldom written."""
+
+    traceparent: str | None
+    tenant: str | None = None
+
+
+REQUEST: ContextVar[RequestWork | None] = ContextVar("sluice_request", default=None)
+
+
+def _merge_request(_logger: Any, _name: str, event: structlog.types.EventDict
+                   ) -> structlog.types.EventDict:
+    work = REQUEST.get()
+    if work is not None:
+        if work.tenant:
+            event.setdefault("tenant", work.tenant)
+        trace = trace_id(work.traceparent)
+        if trace:
+            event.setdefault("trace_id", trace)
+    return event
 
 
 def bind_work(**values: str | None) -> Mapping[str, Token[Any]]:
