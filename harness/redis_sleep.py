@@ -5,8 +5,22 @@ The server must run with ``--enable-debug-command local``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 from harness.processes import RedisServer
+
+
+@contextlib.contextmanager
+def debug_redis(folder: Path) -> Iterator[RedisServer]:
+    """A redis-server of its own that takes DEBUG commands, killed after the block."""
+    server = RedisServer(folder, extra_args=["--enable-debug-command", "local"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 async def put_to_sleep(server: RedisServer, seconds: float) -> asyncio.StreamWriter:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness.processes import RedisServer
-from harness.redis_sleep import put_to_sleep
+from harness.redis_sleep import debug_redis, put_to_sleep
 from harness.waiting import until
 from tests.integration.edge_client import EdgeUnderTest, running_edge
 
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.first_store_only
 
 @pytest.fixture
 def slow_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", extra_args=["--enable-debug-command", "local"])
-    server.start()
-    yield server
-    server.kill()
+    with debug_redis(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harness.processes import RedisServer
-from harness.redis_sleep import put_to_sleep
+from harness.redis_sleep import debug_redis, put_to_sleep
 from shared.redis_conn import UNAVAILABLE
 from shared.redis_watch import keepalive, watched
 
@@ -23,10 +23,8 @@ SLEEP_S = 4  # Redis asleep for far longer than that
 
 @pytest.fixture
 def sleepy(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", extra_args=["--enable-debug-command", "local"])
-    server.start()
-    yield server
-    server.kill()
+    with debug_redis(tmp_path / "redis") as server:
+        yield server
 
 
 async def test_commands_waiting_on_a_redis_that_does_not_answer_fail_before_it_wakes(
