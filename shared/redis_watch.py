@@ -85,7 +85,7 @@ async def watched(redis_url: Url, *, timeout_s: float = SOCKET_TIMEOUT_S,
 async def _probe(redis: Redis, probe: RedisClient, every_s: float, stop: asyncio.Event
                  ) -> None:
     answering = True
-    while not stop.is_set():
+    while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
             return

@@ -13,8 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harness.processes import RedisServer
 from harness.redis_sleep import debug_redis, put_to_sleep
+from harness.waiting import until
 from shared.redis_conn import UNAVAILABLE
-from shared.redis_watch import keepalive, watched
+from shared.redis_watch import watched
 
 TIMEOUT_S = 0.5  # the probe's patience
 EVERY_S = 0.1
@@ -49,11 +50,7 @@ async def test_commands_waiting_on_a_redis_that_does_not_answer_fail_before_it_w
                 return await redis.get("k") == "before"
             except UNAVAILABLE:
                 return False
-        for _ in range(100):
-            if await answered():
-                break
-            await asyncio.sleep(0.1)
-        assert await redis.get("k") == "before"
+        await until(answered, 15, "the same client answering once Redis woke")
 
 
 async def test_a_redis_that_answers_is_left_alone(sleepy: RedisServer) -> None:
@@ -70,7 +67,15 @@ async def test_a_redis_that_answers_is_left_alone(sleepy: RedisServer) -> None:
         assert got is not None and tuple(got) == ("q2", "y")
 
 
-def test_the_kernel_closes_a_connection_to_a_vanished_peer() -> None:
-    options = keepalive(10)
-    assert options[socket.TCP_KEEPIDLE] == 5
-    assert options[socket.TCP_USER_TIMEOUT] == 10_000
+async def test_its_sockets_have_the_kernel_close_a_connection_to_a_vanished_peer(
+        sleepy: RedisServer) -> None:
+    async with watched(sleepy.url, timeout_s=TIMEOUT_S, every_s=EVERY_S) as redis:
+        pool = redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            sock = conn._writer.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 500
+        finally:
+            await pool.release(conn)
