@@ -23,10 +23,11 @@ from aiohttp import web
 from services.edge.context import SETTINGS
 from services.edge.openai.batch import openapi as openapi_batches
 from services.edge.openai.responses import openapi as openapi_responses
+from services.edge.plumbing.replies import json_response
 from services.edge.settings import EdgeSettings
 from services.edge.tasks import protocol
 from services.edge.tasks.validation import PRIORITY_HEADER, PRIORITY_HEADER_PATTERN
-from services.edge.tasks.views import IDEMPOTENCY_KEY_PATTERN, json_response
+from services.edge.tasks.views import IDEMPOTENCY_KEY_PATTERN
 from services.edge.webhooks import openapi as webhooks_openapi
 from shared import tasks
 

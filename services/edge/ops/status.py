@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from services.edge.context import Edge, edge_of
 from services.edge.ops.provider_probe import PROBE
 from services.edge.plumbing.auth import scope
-from services.edge.tasks.views import json_response
+from services.edge.plumbing.replies import json_response
 from shared import tasks
 from shared.governor import read_providers
 from shared.keys import BATCHES_GROUP, TASKS_GROUP

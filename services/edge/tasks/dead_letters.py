@@ -13,8 +13,8 @@ from aiohttp import web
 from services.edge.context import edge_of
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.replies import json_response
 from services.edge.tasks import service
-from services.edge.tasks.views import json_response
 from shared import metrics, tasks
 from shared.steps import Missing, NotFailed, StoredTask
 from shared.timeutil import iso, now_ms

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import re
 
-import orjson
 from aiohttp import web
 
 from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.replies import json_response
 from services.edge.tasks import service, waiting
 from services.edge.tasks.validation import parse_task
 from services.edge.webhooks import views as webhooks
 from shared import tasks
-
-
-def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -12,13 +12,13 @@ import secrets
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from services.edge.context import edge_of
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.replies import json_response
 from services.edge.webhooks import events, signing, ssrf
 from services.edge.webhooks.store import Endpoint, WebhookStore, delivery_statement
 
@@ -27,10 +27,6 @@ MAX_URL = 2048
 # then checked by ``ssrf``.
 URL_PATTERN = r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?(/[!-~]*)?$"
 _URL = re.compile(URL_PATTERN)
-
-
-def json_response(body: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def hooks(request: web.Request) -> WebhookStore:

@@ -15,7 +15,7 @@ from services.edge.openai.batch.store import BatchRecord
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
-from services.edge.tasks.views import json_response
+from services.edge.plumbing.replies import json_response
 
 
 def _bad(param: str, message: str) -> ApiError:

@@ -29,7 +29,7 @@ from services.edge.openai.batch.settings import BatchApiSettings
 from services.edge.openai.batch.store import PART_BYTES, BatchStore, FileMeta
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.errors import ApiError
-from services.edge.tasks.views import json_response
+from services.edge.plumbing.replies import json_response
 from shared import logs
 
 log = logs.get("sluice.batches")

@@ -20,6 +20,7 @@ from services.edge.context import TASK_ID_KEY, edge_of
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.replies import json_response
 from services.edge.tasks import service
 from services.edge.tasks.events import (
     KEEPALIVE,
@@ -31,7 +32,7 @@ from services.edge.tasks.events import (
 )
 from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
 from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
-from services.edge.tasks.views import idempotency_key, json_response
+from services.edge.tasks.views import idempotency_key
 
 EventStream = AsyncGenerator[Event | None, None]
 BatchStream = AsyncGenerator[list[Event] | None, None]

@@ -60,12 +60,13 @@ from services.edge.openai.responses.translate import (
 from services.edge.plumbing.auth import tenant_of
 from services.edge.plumbing.bodies import read_json
 from services.edge.plumbing.errors import ApiError
+from services.edge.plumbing.replies import json_response
 from services.edge.settings import EdgeSettings
 from services.edge.tasks import service
 from services.edge.tasks.events import KEEPALIVE, client_gone, follow, sse_response, view_loader
 from services.edge.tasks.feeds import FEEDS, TERMINAL_EVENTS, Event
 from services.edge.tasks.validation import PRIORITY_HEADER, parse_task
-from services.edge.tasks.views import idempotency_key, json_response
+from services.edge.tasks.views import idempotency_key
 from shared import logs, tasks
 from shared.redis_conn import UNAVAILABLE
 from shared.steps import StillActive

@@ -16,8 +16,8 @@ from services.edge.ops.dashboard import live as live_stream  # reads scope() at 
 from services.edge.ops.dashboard import story
 from services.edge.ops.status import last_error, provider_health, provider_view, tenant_counts
 from services.edge.plumbing.auth import TENANT, is_admin, scope
+from services.edge.plumbing.replies import json_response
 from services.edge.tasks import dead_letters, events, service, waiting
-from services.edge.tasks.views import json_response
 from shared import figures, metrics, rollup, tasks
 from shared.governor import read_providers
 from shared.redis_conn import hash_of

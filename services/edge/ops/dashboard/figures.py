@@ -17,7 +17,7 @@ from aiohttp import web
 from services.edge.context import Edge, edge_of
 from services.edge.plumbing.auth import scope
 from services.edge.plumbing.errors import ApiError
-from services.edge.tasks.views import json_response
+from services.edge.plumbing.replies import json_response
 from shared import figures as queue_figures
 from shared import metrics, rollup
 from shared.governor import read_providers
