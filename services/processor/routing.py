@@ -159,26 +159,36 @@ CallTarget = Callable[["Target", dict[str, Any], OnDeltas, OnHeaders, ChoiceText
 CallRoute = Callable[["Call", dict[str, Any], OnDeltas, ChoiceText], Awaitable[Completion]]
 
 
+class _FirstToken:
+    """A call's deltas' handler that tells the governor of the answer's first token (the call
+    counts as accepted there), then hands every piece on. One small object per call: the two
+    closures it replaces, with their cells, held ~0.5 KB per stream in flight."""
+
+    __slots__ = ("call", "on_deltas")
+
+    def __init__(self, call: Call, on_deltas: OnDeltas) -> None:
+        self.call: Call | None = call
+        self.on_deltas = on_deltas
+
+    def __call__(self, deltas: list[Delta], last: bool) -> Awaitable[None]:
+        call = self.call
+        if call is not None:
+            self.call = None
+            call.accepted()
+        return self.on_deltas(deltas, last)
+
+
 def route_caller(call_target: CallTarget) -> CallRoute:
     """The runner's provider call: the admitted route's request, and the answer's first token
-    told to the governor (the call counts as accepted there: see settle.lua)."""
+    told to the governor (see :class:`_FirstToken`). Not a coroutine of its own: it hands back
+    the target call's, one frame less per stream in flight."""
 
-    async def call_route(call: Call, request: dict[str, Any], on_deltas: OnDeltas,
-                         answer: ChoiceText) -> Completion:
+    def call_route(call: Call, request: dict[str, Any], on_deltas: OnDeltas,
+                   answer: ChoiceText) -> Awaitable[Completion]:
         target = call.target
         assert target is not None
-        handler: OnDeltas = on_deltas
-
-        def first(deltas: list[Delta], last: bool) -> Awaitable[None]:
-            nonlocal handler
-            call.accepted()
-            handler = on_deltas  # from here on, straight through
-            return on_deltas(deltas, last)
-
-        handler = first
-        return await call_target(target, target.payload(request),
-                                 lambda deltas, last: handler(deltas, last), call.observe,
-                                 answer)
+        return call_target(target, target.payload(request), _FirstToken(call, on_deltas),
+                           call.observe, answer)
 
     return call_route
 

@@ -134,7 +134,7 @@ def begun(b: Begun) -> None:
                       client_ttft_due=bool(created) and (b.counted or bool(h.get("requeues"))))
     series = facts.series = task_series(facts.model, facts.tenant_label)
     _facts.set(facts)
-    logs.bind_work(tenant=facts.tenant, trace_id=logs.trace_id(facts.traceparent))
+    logs.bind_work(facts.tenant, facts.traceparent)
     if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
         series.queue_wait.get().observe(wait)
@@ -173,20 +173,7 @@ def observed(call: CallProvider) -> CallProvider:
         tenant = facts.tenant_label if facts is not None else metrics.tenant("")
         series = call_series(labels, tenant)
         started = time.perf_counter()
-        previous: float | None = None
-        itl = series.itl.get()
-
-        def timed(deltas: list[Delta], last: bool) -> Awaitable[None]:
-            # Not a coroutine: it hands back on_deltas' own, no frame of its own per read.
-            nonlocal previous
-            now = time.perf_counter()
-            if previous is None:
-                _first_token(facts, series, model, now - started)
-            else:
-                itl.observe(now - previous)
-            previous = now
-            return on_deltas(deltas, last)
-
+        timed = _Timed(facts, series, model, started, on_deltas)
         span = _genai_span(request, facts) if tracing.enabled() else None
         in_flight = series.in_flight.get()
         in_flight.inc()
@@ -213,6 +200,34 @@ def observed(call: CallProvider) -> CallProvider:
         return completion
 
     return run
+
+
+class _Timed:
+    """A call's deltas' handler that times them (the first token's TTFT, then the gaps between
+    pieces) and hands them on. Not a coroutine: it hands back on_deltas' own, no frame of its
+    own per read. An object, not a closure: its six cells held ~0.4 KB per stream in flight."""
+
+    __slots__ = ("facts", "itl", "model", "on_deltas", "previous", "series", "started")
+
+    def __init__(self, facts: TaskFacts | None, series: CallSeries, model: str, started: float,
+                 on_deltas: OnDeltas) -> None:
+        self.facts = facts
+        self.series = series
+        self.model = model
+        self.started = started
+        self.on_deltas = on_deltas
+        self.previous: float | None = None
+        self.itl = series.itl.get()
+
+    def __call__(self, deltas: list[Delta], last: bool) -> Awaitable[None]:
+        now = time.perf_counter()
+        previous = self.previous
+        if previous is None:
+            _first_token(self.facts, self.series, self.model, now - self.started)
+        else:
+            self.itl.observe(now - previous)
+        self.previous = now
+        return self.on_deltas(deltas, last)
 
 
 def _first_token(facts: TaskFacts | None, series: CallSeries, route_model: str,
