@@ -38,9 +38,9 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
     status = 500
     traceparent = request.headers.get("traceparent")
     # Lines logged while this request is handled carry its tenant and the client's trace id
-    # (logs.RequestWork); reset at the end (one connection's requests share an asyncio task).
-    work = logs.RequestWork(traceparent)
-    bound = logs.REQUEST.set(work)
+    # (logs.Work); reset at the end (one connection's requests share an asyncio task).
+    work = logs.Work(traceparent)
+    bound = logs.WORK.set(work)
     try:
         try:
             tracing.incoming.set(traceparent)
@@ -69,7 +69,7 @@ async def edge_layer(request: web.Request, handler: Handler) -> web.StreamRespon
             log.info("request", method=request.method, path=request.path, status=status,
                      ms=round(elapsed * 1000, 2),
                      task_id=request.get(TASK_ID_KEY) or request.match_info.get("id"))
-        logs.REQUEST.reset(bound)
+        logs.WORK.reset(bound)
 
 
 def _is_poll(request: web.Request) -> bool:
