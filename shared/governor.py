@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from redis.commands.core import AsyncScript
 
-from shared import scripts
+from shared import jsonbytes, scripts
 from shared.coalesce import Coalescer
 from shared.keys import Keys
 from shared.redis_conn import RedisClient
@@ -246,7 +246,7 @@ class GovernorSteps:
                   k.governor_count(provider, "limited", now // LIMITED_WINDOW_MS)],
             args=[now, lim.max_concurrency, lim.initial_window, lim.max_backoff_ms,
                   "1" if lim.tpm else "0", lim.reset_cap_ms,
-                  *(orjson.dumps(e) for e in entries)])
+                  *(jsonbytes.dumps(e) for e in entries)])
         return Room(int(reply[0]), int(reply[1]), int(reply[2]))
 
     async def peek(self, provider: str, now: int, limits: Limits | None = None) -> Room:
@@ -278,7 +278,7 @@ class GovernorSteps:
         k = self.keys
         return str(await self._expire(
             keys=[k.task(task_id), k.events(task_id), k.deadlines, k.dead_letters, k.stats],
-            args=[task_id, now, retention_s, orjson.dumps(error), orjson.dumps(view),
+            args=[task_id, now, retention_s, jsonbytes.dumps(error), jsonbytes.dumps(view),
                   k.tenant_active("")]))
 
 

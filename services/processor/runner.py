@@ -32,7 +32,7 @@ from services.processor.governor import Call, DeadlineExceeded, Governor, is_rat
 from services.processor.leases import Lease, LeaseKeeper
 from services.processor.provider import Completion
 from services.processor.results import answer_extras, counted_usage, usage_dict
-from shared import deadlines, logs, metrics, tasks
+from shared import deadlines, jsonbytes, logs, metrics, tasks
 from shared.loops import until_redis_answers
 from shared.redis_conn import WAIT_OUT
 from shared.steps import (
@@ -334,7 +334,7 @@ class TaskRun:
         if exc is None or self.lease is None or isinstance(exc, asyncio.CancelledError):
             return
         try:
-            await self.deps.steps.note_try(self.task_id, self.lease.token, orjson.dumps(entry))
+            await self.deps.steps.note_try(self.task_id, self.lease.token, jsonbytes.dumps(entry))
         except WAIT_OUT:
             pass  # a note: the task goes on without it
         else:
@@ -463,7 +463,7 @@ class TaskRun:
             return Outcome.LOST
         completed = now_ms()
         tries = await self._all_tries(h)
-        tries_json = orjson.dumps(tries) if tries else b""  # the row's and complete.lua's
+        tries_json = jsonbytes.dumps(tries) if tries else b""  # the row's and complete.lua's
         answered = self.routes.answered if done else None
         row = TaskRow(
             id=self.task_id, tenant=h.get("tenant", ""), status=status, model=h.get("model"),
@@ -595,10 +595,10 @@ class TaskRun:
         ack = entry.ack_with_last() if entry is not None else ""
         done = await until_redis_answers(lambda: self.deps.steps.complete(
             task_id=self.task_id, token=lease.token, status=status,
-            result_json=orjson.dumps(result) if result else "",
-            error_json=orjson.dumps(error) if error else "", now=completed,
+            result_json=jsonbytes.dumps(result) if result else "",
+            error_json=jsonbytes.dumps(error) if error else "", now=completed,
             retention_s=retention_s or self.deps.policy.retention_s,
-            view_json=orjson.dumps(view),
+            view_json=jsonbytes.dumps(view),
             events=unsent, ack_entry=ack, tries_json=tries_json),
             "complete", task_id=self.task_id)
         if isinstance(done, LeaseLost):

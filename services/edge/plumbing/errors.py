@@ -14,8 +14,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from services.edge.plumbing.replies import json_bytes
-from shared import logs
+from shared import jsonbytes, logs
 from shared.redis_conn import UNAVAILABLE, ClusterUnreachable
 from shared.store import StoreUnavailable
 
@@ -51,7 +50,7 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
             body["error"]["field"] = err.param
     if err.outcome:
         body["error"]["outcome"] = err.outcome
-    response = web.Response(status=err.status, body=json_bytes(body),
+    response = web.Response(status=err.status, body=jsonbytes.dumps(body),
                             content_type="application/json", headers=err.headers)
     if err.status == 408:
         response.force_close()  # the rest of a body that came too slowly is not waited for
