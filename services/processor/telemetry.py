@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,11 @@ class TaskFacts:
     client_ttft_due: bool = False
 
 
-_facts: ContextVar[TaskFacts | None] = ContextVar("sluice_task_facts", default=None)
+def _current() -> TaskFacts | None:
+    """The facts of the run the current asyncio task is (each run has a task of its own). They
+    are its log lines' work too (tenant, traceparent): one context variable set per run."""
+    facts = logs.WORK.get()
+    return facts if isinstance(facts, TaskFacts) else None
 
 
 class Child:
@@ -133,8 +136,7 @@ def begun(b: Begun) -> None:
                       tenant_label=metrics.tenant(h.get("tenant", "")),
                       client_ttft_due=bool(created) and (b.counted or bool(h.get("requeues"))))
     series = facts.series = task_series(facts.model, facts.tenant_label)
-    _facts.set(facts)
-    logs.bind_work(facts.tenant, facts.traceparent)
+    logs.WORK.set(facts)
     if first_run and created:
         wait = max(0.0, (now_ms() - created) / 1000)
         series.queue_wait.get().observe(wait)
@@ -143,7 +145,7 @@ def begun(b: Begun) -> None:
 
 def finished(status: str | None) -> None:
     """This run made the task terminal with ``status``."""
-    facts = _facts.get()
+    facts = _current()
     if status is None or facts is None:
         return
     series = facts.series or task_series(facts.model, facts.tenant_label)
@@ -162,7 +164,7 @@ def observed(call: CallProvider) -> CallProvider:
 
     async def run(target: Target, request: dict[str, Any], on_deltas: OnDeltas,
                   on_headers: OnHeaders, answer: ChoiceText) -> Completion:
-        facts = _facts.get()
+        facts = _current()
         if facts is not None:
             if facts.calls or facts.attempted_before:
                 metrics.task_retries.inc()

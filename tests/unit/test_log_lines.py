@@ -9,7 +9,9 @@ import json
 import pytest
 import structlog
 
+from services.processor import telemetry
 from shared import logs
+from shared.steps import Begun
 
 
 class Thing:
@@ -63,14 +65,18 @@ def test_a_line_logged_while_a_request_is_handled_carries_its_tenant_and_trace_i
 
 def test_a_line_logged_by_a_task_run_carries_its_tenant_and_trace_id_and_no_other(
         capsys: pytest.CaptureFixture[str]) -> None:
-    """The processor binds each run's work in the run's own asyncio task: lines of another
-    task (another run, the processor's loops) do not carry it."""
+    """The processor sets each run's facts (telemetry.begun) in the run's own asyncio task:
+    lines of another task (another run, the processor's loops) do not carry them."""
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     logs.configure("json", "info")
 
     async def run(tenant: str, traceparent: str | None, started: asyncio.Event,
                   other_done: asyncio.Event) -> None:
-        logs.bind_work(tenant, traceparent)
+        task = {"tenant": tenant, "created_at": "1700000000000"}
+        if traceparent:
+            task["traceparent"] = traceparent
+        telemetry.begun(Begun(fence=1, attempts=1, cancel_requested=False, counted=True,
+                              task=task))
         started.set()
         await other_done.wait()  # the other run logs while this one's work is bound
         logs.get("sluice.test").info("run", who=tenant or "anonymous")
