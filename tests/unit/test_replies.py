@@ -5,31 +5,12 @@ length (``sys.getsizeof`` reports only the length)."""
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
-
 import orjson
 from aiohttp.test_utils import make_mocked_request
 
+from harness.heap import held_each
 from services.edge.plumbing.errors import ApiError, error_response
 from services.edge.plumbing.replies import json_response
-
-ANSWERS = 50
-
-
-def _held_per_answer(make: object) -> float:
-    assert callable(make)
-    make()  # once before measuring: caches made on first use are not the answers'
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        kept = [make() for _ in range(ANSWERS)]
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert len(kept) == ANSWERS
-    return held / ANSWERS
 
 
 def test_a_kept_json_answer_holds_about_its_size() -> None:
@@ -37,7 +18,7 @@ def test_a_kept_json_answer_holds_about_its_size() -> None:
     answer = json_response(body, status=202)
     assert answer.body == orjson.dumps(body)
     # The response object, its headers and its 45-byte body: under 1 KiB (4.5 KiB before).
-    assert _held_per_answer(lambda: json_response(body, status=202)) < 1024
+    assert held_each(lambda: json_response(body, status=202)) < 1024
 
 
 def test_a_kept_error_answer_holds_about_its_size() -> None:
@@ -47,4 +28,4 @@ def test_a_kept_error_answer_holds_about_its_size() -> None:
     assert isinstance(answer.body, bytes)
     assert orjson.loads(answer.body) == {"error": {"code": "not_found",
                                                    "message": "no task with that id"}}
-    assert _held_per_answer(lambda: error_response(request, err)) < 1024
+    assert held_each(lambda: error_response(request, err)) < 1024
