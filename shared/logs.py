@@ -29,8 +29,7 @@ def configure(log_format: str = "json", level: str = "info", service: str | None
 
     shared: list[structlog.types.Processor] = [
         *([add_service] if service else []),
-        structlog.contextvars.merge_contextvars,
-        _merge_work,
+        _merge_work,  # nothing binds structlog's contextvars: WORK carries what a line needs
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -14,7 +14,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from shared import jsonbytes, logs
+from services.edge.plumbing.replies import json_response
+from shared import logs
 from shared.redis_conn import UNAVAILABLE, ClusterUnreachable
 from shared.store import StoreUnavailable
 
@@ -50,8 +51,7 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
             body["error"]["field"] = err.param
     if err.outcome:
         body["error"]["outcome"] = err.outcome
-    response = web.Response(status=err.status, body=jsonbytes.dumps(body),
-                            content_type="application/json", headers=err.headers)
+    response = json_response(body, err.status, err.headers)
     if err.status == 408:
         response.force_close()  # the rest of a body that came too slowly is not waited for
     return response
